@@ -1,0 +1,87 @@
+/**
+ * `reconciler run <name…> | --all`: a manual pass through the same engine the daemon
+ * uses. Exit 0 ok, 1 items failed (or the pass broke), 2 usage error, 3 lock held.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ExitCode, UserError } from '../../errors.js';
+import { Engine, describeHolder, summarize, type RunOutcome } from '../../engine/engine.js';
+import type { PassResult } from '../../engine/pass.js';
+import { withContext } from '../context.js';
+import { printJson } from '../table.js';
+import { Progress } from '../progress.js';
+
+export interface RunFlags {
+  all?: boolean;
+  dryRun?: boolean;
+  key?: string;
+  json?: boolean;
+  wait?: boolean;
+}
+
+export async function runCommand(names: string[], flags: RunFlags): Promise<number> {
+  if (flags.all && names.length > 0) throw new UserError('give reconciler names or --all, not both');
+  if (!flags.all && names.length === 0) throw new UserError('name the reconciler(s) to run, or pass --all (see `reconciler list`)');
+  if (flags.key !== undefined && (flags.all || names.length !== 1)) throw new UserError('--key needs exactly one reconciler name');
+  return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ config, log, database, reconcilers }) => {
+    const engine = new Engine({ db: database.db, reconcilers, log, leaseMs: config.LOCK_TTL });
+    const selected = flags.all ? [...engine.reconcilers.keys()] : names;
+    for (const name of selected) engine.get(name); // unknown names fail before any pass runs
+    if (selected.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
+
+    const progress = flags.json ? undefined : Progress.forStderr(engine.events);
+    if (flags.dryRun) {
+      engine.events.on('item:done', (item) => {
+        const line = flags.json ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.outcome, note: item.note ?? null }) : `would be ${item.outcome.padEnd(9)}  ${item.key}${item.note ? `  ${item.note}` : ''}`;
+        progress?.clear();
+        process.stdout.write(`${line}\n`);
+      });
+      engine.events.on('item:deferred', (item) => {
+        const line = flags.json
+          ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.reason === 'dead' ? 'dead' : 'deferred', note: null })
+          : `not now ${item.reason === 'dead' ? '(dead)   ' : '(backoff)'}  ${item.key}${item.reason === 'backoff' ? `  next attempt ${item.nextAttemptAt.toISOString()}` : '  run `reconciler retry` to try again'}`;
+        progress?.clear();
+        process.stdout.write(`${line}\n`);
+      });
+    }
+    let exitCode: number = ExitCode.ok;
+    for (const name of selected) {
+      const outcome = await runWithWait(engine, name, flags, (message) => log.warn(message));
+      progress?.clear();
+      if (!outcome.ran) {
+        if (outcome.reason !== 'held') throw new Error(`pass did not run: ${outcome.reason}`);
+        const message = `${name}: a pass is already running on ${describeHolder(outcome.holder)}; wait for it with --wait`;
+        if (flags.json) printJson({ type: 'pass', reconciler: name, status: 'locked', holder: outcome.holder });
+        else process.stderr.write(`reconciler: ${message}\n`);
+        exitCode = Math.max(exitCode, ExitCode.lockHeld);
+        continue;
+      }
+      report(outcome.result, flags);
+      if (flags.key !== undefined && !outcome.result.keyFound) {
+        process.stderr.write(`reconciler: ${name}: the scan did not find an item with key ${JSON.stringify(flags.key)} (nothing to do for it, or a wrong key)\n`);
+      }
+      if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
+    }
+    progress?.stop();
+    return exitCode;
+  });
+}
+
+function report(result: PassResult, flags: RunFlags): void {
+  if (flags.json) printJson({ type: 'pass', ...result, durationMs: Math.round(result.durationMs) });
+  else process.stdout.write(`${summarize(result)}\n`);
+}
+
+/** One pass; with `--wait`, polls until the holder is done instead of giving up. */
+async function runWithWait(engine: Engine, name: string, flags: RunFlags, say: (message: string) => void): Promise<RunOutcome> {
+  const request = { trigger: 'manual' as const, dryRun: Boolean(flags.dryRun), ...(flags.key !== undefined ? { onlyKey: flags.key } : {}) };
+  let announced = false;
+  for (;;) {
+    const outcome = await engine.runPass(name, request);
+    if (outcome.ran || !flags.wait) return outcome;
+    if (outcome.reason === 'held' && !announced) {
+      say(`${name}: waiting for the pass running on ${describeHolder(outcome.holder)}`);
+      announced = true;
+    }
+    await sleep(250);
+  }
+}

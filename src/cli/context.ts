@@ -1,0 +1,69 @@
+/**
+ * What every CLI command starts from: validated configuration, a logger on stderr (stdout
+ * is the command's output), the database, and the loaded reconcilers.
+ */
+import type { Logger } from 'pino';
+import { loadConfig, type Config } from '../config.js';
+import { UserError } from '../errors.js';
+import { createLogger } from '../log.js';
+import { openDatabase, type Database } from '../store/database.js';
+import { migrateDatabase, pendingMigrations } from '../store/migrate.js';
+import { formatLoadError, loadReconcilers, type LoadError } from '../engine/load.js';
+import type { Reconciler } from '../reconciler.js';
+
+export interface CommandContext {
+  config: Config;
+  log: Logger;
+  database: Database;
+  reconcilers: Reconciler[];
+  loadErrors: LoadError[];
+  close(): Promise<void>;
+}
+
+export interface ContextOptions {
+  /** Load the job files. */
+  jobs: boolean;
+  /** `list` shows load errors instead of failing on them. */
+  tolerateLoadErrors?: boolean;
+  /** CLI commands log at warn unless LOG_LEVEL says otherwise; the daemon at info. */
+  defaultLogLevel?: string;
+  /** Log to stdout (the daemon) instead of stderr. */
+  logToStdout?: boolean;
+  /** Skip the pending-migration check (`migrate` itself, and the daemon that migrates). */
+  migrating?: boolean;
+}
+
+export async function openContext(options: ContextOptions): Promise<CommandContext> {
+  const config = loadConfig(process.env.LOG_LEVEL === undefined && options.defaultLogLevel ? { ...process.env, LOG_LEVEL: options.defaultLogLevel } : process.env);
+  const log = createLogger({ level: config.LOG_LEVEL, fd: options.logToStdout ? 1 : 2 });
+  let reconcilers: Reconciler[] = [];
+  let loadErrors: LoadError[] = [];
+  if (options.jobs) {
+    ({ reconcilers, errors: loadErrors } = await loadReconcilers(config.JOBS_DIR));
+    if (loadErrors.length > 0 && !options.tolerateLoadErrors) throw new UserError(loadErrors.map(formatLoadError).join('\n'));
+  }
+  const database = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, log, poolSize: config.DATABASE_POOL_SIZE });
+  try {
+    if (!options.migrating) {
+      const pending = await pendingMigrations(database);
+      if (pending > 0 && database.kind === 'embedded') await migrateDatabase(database);
+      else if (pending > 0) {
+        throw new UserError(`the database at ${database.target} has ${pending} pending migration(s): run \`reconciler migrate\` (the daemon also applies them at start)`);
+      }
+    }
+  } catch (error) {
+    await database.close();
+    throw error;
+  }
+  return { config, log, database, reconcilers, loadErrors, close: () => database.close() };
+}
+
+/** Runs `fn` with a context and always closes the database afterwards. */
+export async function withContext<T>(options: ContextOptions, fn: (context: CommandContext) => Promise<T>): Promise<T> {
+  const context = await openContext(options);
+  try {
+    return await fn(context);
+  } finally {
+    await context.close();
+  }
+}

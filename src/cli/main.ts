@@ -1,0 +1,130 @@
+/**
+ * The `reconciler` command line. Every command reuses the engine; none has a second code
+ * path. Errors a person can fix print one line on stderr, with no stack trace unless
+ * LOG_LEVEL=debug, and exit with a documented code (see `reconciler --help`).
+ */
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { ExitCode, UserError, coerceError } from '../errors.js';
+import { scrub } from '../secrets.js';
+import { runDaemon } from '../daemon.js';
+import { runCommand } from './commands/run.js';
+import { listCommand } from './commands/list.js';
+import { historyCommand } from './commands/history.js';
+import { clearCommand, failuresCommand, retryCommand } from './commands/failures.js';
+import { migrateCommand } from './commands/migrate.js';
+import { configCommand } from './commands/config.js';
+
+const EXIT_CODES = `
+Exit codes:
+  0  ok
+  1  the pass finished with failed items (or broke off)
+  2  usage, configuration, job file or database-connection error
+  3  the pass lock is held by another process (use --wait to wait)`;
+
+function version(): string {
+  for (const path of ['../../package.json', '../../../package.json']) {
+    try {
+      return (JSON.parse(readFileSync(new URL(path, import.meta.url), 'utf8')) as { version: string }).version;
+    } catch {
+      // try the next layout (src/cli or dist/src/cli)
+    }
+  }
+  return 'unknown';
+}
+
+function positiveInteger(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a whole number of at least 1');
+  return n;
+}
+
+function buildProgram(setExitCode: (code: number) => void): Command {
+  const program = new Command('reconciler')
+    .description('Runs parameterless background jobs: reconcilers that find missing work in the database and do it idempotently.')
+    .version(version(), '-V, --version')
+    .exitOverride()
+    .showSuggestionAfterError(true)
+    .configureOutput({
+      outputError: (message, write) => write(`reconciler: ${message.replace(/^error: /, '').replace(/\s*\n\s*/g, ' ').trim()} (see \`reconciler --help\`)\n`),
+    })
+    .addHelpText('after', EXIT_CODES);
+  const command = (name: string) => program.command(name).exitOverride().showSuggestionAfterError(true).configureOutput(program.configureOutput());
+
+  command('daemon')
+    .description('run every reconciler on its schedule until SIGTERM (migrates the database first)')
+    .action(async () => setExitCode(await runDaemon()));
+  command('run')
+    .description('run one pass of the named reconcilers now, or of all of them')
+    .argument('[names...]', 'reconciler names (file stems under JOBS_DIR)')
+    .option('--all', 'run every reconciler')
+    .option('--dry-run', 'scan and show what would be done, changing nothing')
+    .option('--key <key>', 'reconcile only the item with this key (ignores its backoff)')
+    .option('--json', 'print JSON lines instead of text (no colour, no progress)')
+    .option('--wait', 'if a pass is already running elsewhere, wait for it instead of exiting 3')
+    .addHelpText('after', EXIT_CODES)
+    .action(async (names: string[], flags) => setExitCode(await runCommand(names, flags)));
+  command('list')
+    .description('show each reconciler: schedule, next run, last pass, holder, items in backoff, dead items, load errors')
+    .option('--json', 'print JSON')
+    .action(async (flags) => setExitCode(await listCommand(flags)));
+  command('history')
+    .description('show recent passes, newest first')
+    .argument('[name]', 'only this reconciler')
+    .option('--limit <n>', 'how many passes', positiveInteger, 50)
+    .option('--json', 'print JSON')
+    .action(async (name: string | undefined, flags) => setExitCode(await historyCommand(name, flags)));
+  command('failures')
+    .description('show items that are failing (in backoff) or dead')
+    .argument('[name]', 'only this reconciler')
+    .option('--dead', 'only dead items')
+    .option('--limit <n>', 'how many items', positiveInteger, 100)
+    .option('--json', 'print JSON')
+    .action(async (name: string | undefined, flags) => setExitCode(await failuresCommand(name, flags)));
+  command('retry')
+    .description('make a failed or dead item due now, with a fresh attempt budget')
+    .argument('<name>', 'reconciler name')
+    .argument('[key]', 'item key (see `reconciler failures`)')
+    .option('--all', 'every failed item of this reconciler')
+    .action(async (name: string, key: string | undefined, flags) => setExitCode(await retryCommand(name, key, flags)));
+  command('clear')
+    .description("forget a failed or dead item's failure record")
+    .argument('<name>', 'reconciler name')
+    .argument('[key]', 'item key (see `reconciler failures`)')
+    .option('--all', 'every failed item of this reconciler')
+    .action(async (name: string, key: string | undefined, flags) => setExitCode(await clearCommand(name, key, flags)));
+  command('migrate')
+    .description('apply pending database migrations (safe from several replicas at once)')
+    .action(async () => setExitCode(await migrateCommand()));
+  command('config')
+    .description('print the effective configuration, secrets masked')
+    .option('--json', 'print JSON')
+    .action(async (flags) => setExitCode(await configCommand(flags)));
+  return program;
+}
+
+/** Runs the CLI; resolves with the process exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  let exitCode: number = ExitCode.ok;
+  const program = buildProgram((code) => (exitCode = code));
+  try {
+    if (argv.length === 0) {
+      program.outputHelp();
+      return ExitCode.usage;
+    }
+    await program.parseAsync([...argv], { from: 'user' });
+    return exitCode;
+  } catch (thrown) {
+    if (thrown instanceof CommanderError) {
+      return thrown.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+    }
+    const error = coerceError(thrown);
+    if (error instanceof UserError) {
+      for (const line of error.message.split('\n')) process.stderr.write(`reconciler: ${scrub(line)}\n`);
+      return error.exitCode;
+    }
+    process.stderr.write(`reconciler: ${scrub(error.message.split('\n')[0] ?? 'error')}\n`);
+    if (/^(debug|trace)$/.test(process.env.LOG_LEVEL ?? '')) process.stderr.write(`${scrub(error.stack ?? '')}\n`);
+    return ExitCode.usage;
+  }
+}

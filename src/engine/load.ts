@@ -1,0 +1,88 @@
+/**
+ * Discovery: the jobs directory is the registry. Every file directly under it with a
+ * script extension is a reconciler, named after the file's stem. A file that cannot be
+ * used is reported as one line naming the file and the problem.
+ */
+import { readdirSync, statSync } from 'node:fs';
+import { basename, extname, join, relative } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { UserError, coerceError } from '../errors.js';
+import { NAME_PATTERN, isDefinition, resolveReconciler, type Reconciler } from '../reconciler.js';
+
+const EXTENSIONS = new Set(['.ts', '.mts', '.js', '.mjs']);
+
+export interface LoadError {
+  file: string;
+  message: string;
+}
+
+export interface LoadResult {
+  reconcilers: Reconciler[];
+  errors: LoadError[];
+}
+
+/** `jobs/broken.ts: unknown option \`timout\`, did you mean \`timeout\`?` */
+export function formatLoadError(error: LoadError): string {
+  return `${error.file}: ${error.message}`;
+}
+
+function isJobFile(file: string): boolean {
+  if (file.startsWith('.') || file.startsWith('_')) return false;
+  if (file.endsWith('.d.ts') || file.endsWith('.d.mts') || /\.(test|spec)\.[mc]?[jt]s$/.test(file)) return false;
+  return EXTENSIONS.has(extname(file));
+}
+
+function importProblem(error: Error, file: string): string {
+  if (error.name === 'DefinitionError') return error.message;
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'ERR_UNKNOWN_FILE_EXTENSION' && /\.m?ts$/.test(file)) {
+    return 'cannot import TypeScript here (tsx is not installed): build with `npm run build` and set JOBS_DIR=dist/jobs';
+  }
+  const firstLine = (error.message || String(error)).split('\n')[0]!.trim();
+  return `failed to import: ${error.name && error.name !== 'Error' ? `${error.name}: ` : ''}${firstLine}`;
+}
+
+/** Loads every job file under `jobsDir`. Never throws for a bad file; throws a UserError if the directory is missing. */
+export async function loadReconcilers(jobsDir: string): Promise<LoadResult> {
+  let entries: string[];
+  try {
+    if (!statSync(jobsDir).isDirectory()) throw new Error('not a directory');
+    entries = readdirSync(jobsDir).filter(isJobFile).sort();
+  } catch {
+    throw new UserError(`JOBS_DIR ${jobsDir} is not a directory: create it, or set JOBS_DIR to the folder that holds your reconciler files`);
+  }
+  const reconcilers: Reconciler[] = [];
+  const errors: LoadError[] = [];
+  const byName = new Map<string, string>();
+  for (const entry of entries) {
+    const path = join(jobsDir, entry);
+    const file = relative(process.cwd(), path) || path;
+    const name = basename(entry, extname(entry));
+    if (!NAME_PATTERN.test(name)) {
+      errors.push({ file, message: `the file name \`${name}\` is not a valid reconciler name: use kebab-case (lowercase letters, digits and dashes), e.g. settle-returns.ts` });
+      continue;
+    }
+    const twin = byName.get(name);
+    if (twin !== undefined) {
+      errors.push({ file, message: `duplicates the reconciler name \`${name}\` already defined by ${twin}: remove or rename one of them` });
+      continue;
+    }
+    byName.set(name, file);
+    let module: Record<string, unknown>;
+    try {
+      module = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+    } catch (thrown) {
+      errors.push({ file, message: importProblem(coerceError(thrown), entry) });
+      continue;
+    }
+    const exported = module.default;
+    if (exported === undefined) {
+      errors.push({ file, message: 'does not default-export a reconciler: add `export default defineReconciler({ schedule, scan, key, reconcile })`' });
+    } else if (!isDefinition(exported)) {
+      errors.push({ file, message: 'its default export is not a reconciler: wrap it in defineReconciler({ ... }) so it is validated' });
+    } else {
+      reconcilers.push(resolveReconciler(name, file, exported));
+    }
+  }
+  return { reconcilers, errors };
+}

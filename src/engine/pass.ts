@@ -1,0 +1,310 @@
+/**
+ * One pass of one reconciler: scan in keyset pages, look up failure memory once per page,
+ * reconcile the due items with at most `concurrency` in flight, each under its timeout,
+ * and count every outcome. The pass never lets one item's failure or hang stop the rest.
+ * Leases and history rows are the engine's job (engine.ts); this file does the work.
+ */
+import type { Logger } from 'pino';
+import type { Db, Outcome, Partition, Reconciler, ReconcileResult } from '../reconciler.js';
+import { coerceError, errorSummary, isTerminalError } from '../errors.js';
+import { formatDuration } from '../duration.js';
+import { forgetFailure, forgetUnseen, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
+import type { PassCounts, PassStatus, Trigger } from '../store/runs.js';
+import { backoffDelay } from './backoff.js';
+import type { EngineEvents } from './events.js';
+
+/** Longest key accepted; longer keys could not be indexed by failure memory. */
+export const MAX_KEY_LENGTH = 1_024;
+const OUTCOMES: readonly Outcome[] = ['changed', 'unchanged', 'skipped'];
+
+export interface PassOptions {
+  trigger: Trigger;
+  dryRun: boolean;
+  /** Reconcile only the item with this key (ignoring its backoff); `reconciler run --key`. */
+  onlyKey?: string;
+  partition: Partition;
+}
+
+export interface PassResult {
+  reconciler: string;
+  runId: number | null;
+  trigger: Trigger;
+  dryRun: boolean;
+  status: PassStatus;
+  counts: PassCounts;
+  /** False when the pass stopped before its scan ended (budget, `--key`, abort); the rest waits for the next pass. */
+  complete: boolean;
+  durationMs: number;
+  error: string | null;
+  /** With `onlyKey`: whether the scan found that item. */
+  keyFound?: boolean;
+}
+
+export interface PassControl {
+  /** Aborted to stop taking new items (shutdown began); in-flight items go on. */
+  stop: AbortSignal;
+  /** Aborted to abort in-flight items too (shutdown timeout, lease lost). */
+  abort: AbortSignal;
+}
+
+export interface PassDeps {
+  db: Db;
+  log: Logger;
+  events: EngineEvents;
+  runId: number | null;
+  /** Database time at which the pass started (from the lease); used to forget unseen failures. */
+  startedAt: Date | undefined;
+  random?: () => number;
+}
+
+class ItemTimeoutError extends Error {
+  override name = 'TimeoutError';
+}
+
+function emptyCounts(): PassCounts {
+  return { found: 0, changed: 0, unchanged: 0, skipped: 0, failed: 0, deferred: 0, dead: 0 };
+}
+
+function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {
+  return typeof value === 'object' && value !== null && typeof (value as AsyncIterable<unknown>)[Symbol.asyncIterator] === 'function';
+}
+
+/** The scan's items in pages of at most `pageSize`, whether `scan` returns pages or an async iterable. */
+async function* pagesOf(reconciler: Reconciler, db: Db, signal: AbortSignal, partition: Partition): AsyncGenerator<unknown[]> {
+  let after: unknown = undefined;
+  for (;;) {
+    const result = reconciler.scan({ db, after, limit: reconciler.pageSize, signal, partition });
+    if (isAsyncIterable(result)) {
+      let page: unknown[] = [];
+      for await (const item of result) {
+        page.push(item);
+        if (page.length >= reconciler.pageSize) {
+          yield page;
+          page = [];
+        }
+      }
+      if (page.length > 0) yield page;
+      return;
+    }
+    const items: unknown = await result;
+    if (!Array.isArray(items)) {
+      throw new TypeError(`scan() must return an array of items (one page) or an async iterable, but it returned ${items === null ? 'null' : typeof items}`);
+    }
+    if (items.length > 0) yield items;
+    if (items.length < reconciler.pageSize) return;
+    after = items[items.length - 1];
+  }
+}
+
+function normalizeResult(result: ReconcileResult): { outcome: Outcome; note: string | undefined } {
+  const outcome = typeof result === 'string' ? result : (result as { outcome?: unknown } | null)?.outcome;
+  if (typeof outcome === 'string' && (OUTCOMES as readonly string[]).includes(outcome)) {
+    const note = typeof result === 'object' && result !== null && typeof result.note === 'string' ? result.note : undefined;
+    return { outcome: outcome as Outcome, note };
+  }
+  throw new TypeError(`reconcile() returned ${JSON.stringify(result) ?? String(result)}; expected 'changed', 'unchanged', 'skipped' or { outcome, note }`);
+}
+
+/** Resolves or rejects with `work`, or rejects with the signal's reason as soon as it aborts. */
+function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+function keyOf(reconciler: Reconciler, item: unknown): { key: string } | { problem: string } {
+  let key: unknown;
+  try {
+    key = reconciler.key(item);
+  } catch (error) {
+    return { problem: `key() threw: ${errorSummary(coerceError(error), 300)}` };
+  }
+  if (typeof key !== 'string' || key === '') return { problem: `key() returned ${JSON.stringify(key) ?? String(key)}; it must return a non-empty string` };
+  if (key.length > MAX_KEY_LENGTH) return { problem: `key() returned a key of ${key.length} characters; keys must be at most ${MAX_KEY_LENGTH}` };
+  return { key };
+}
+
+/** Runs one pass. Never throws: a broken pass comes back with status `error`. */
+export async function runPass(reconciler: Reconciler, options: PassOptions, deps: PassDeps, control: PassControl): Promise<PassResult> {
+  const { db, events } = deps;
+  const log = deps.log.child({ reconciler: reconciler.name, passId: deps.runId ?? 'dry-run' });
+  const started = performance.now();
+  const counts = emptyCounts();
+  const inFlight = new Set<Promise<void>>();
+  const keysInFlight = new Set<string>();
+  let complete = false;
+  let taken = 0;
+  let error: string | null = null;
+  let keyFound = false;
+  const elapsed = () => performance.now() - started;
+  const overBudget = () =>
+    (reconciler.maxItemsPerPass !== undefined && taken >= reconciler.maxItemsPerPass) ||
+    (reconciler.maxPassDurationMs !== undefined && elapsed() >= reconciler.maxPassDurationMs);
+
+  const reconcileItem = async (item: unknown, key: string, memory: FailureMemory | undefined): Promise<void> => {
+    const attempt = (memory?.attempts ?? 0) + 1;
+    const controller = new AbortController();
+    const abortItem = () => controller.abort(control.abort.reason);
+    control.abort.addEventListener('abort', abortItem, { once: true });
+    const timer = setTimeout(() => controller.abort(new ItemTimeoutError(`timed out after ${formatDuration(reconciler.timeoutMs)}`)), reconciler.timeoutMs);
+    const itemLog = log.child({ key });
+    const itemStarted = performance.now();
+    try {
+      const work = Promise.resolve().then(() =>
+        reconciler.reconcile(item, { db, log: itemLog, signal: controller.signal, attempt, dryRun: options.dryRun, idempotencyKey: `${reconciler.name}:${key}`, key }),
+      );
+      const { outcome, note } = normalizeResult(await raceAbort(work, controller.signal));
+      counts[outcome]++;
+      if (memory && !options.dryRun) await forgetFailure(db, reconciler.name, key);
+      const durationMs = performance.now() - itemStarted;
+      itemLog.debug({ outcome, note, durationMs: Math.round(durationMs), attempt }, note ? `${outcome}: ${note}` : outcome);
+      events.emit('item:done', { reconciler: reconciler.name, key, outcome, note, durationMs, dryRun: options.dryRun });
+    } catch (thrown) {
+      const failure = coerceError(thrown);
+      if (control.abort.aborted && !(failure instanceof ItemTimeoutError)) {
+        counts.skipped++; // aborted by shutdown or a lost lease: not the item's fault, no attempt spent
+        itemLog.warn({ attempt }, `aborted in flight: ${errorSummary(coerceError(control.abort.reason), 200)}`);
+        return;
+      }
+      counts.failed++;
+      const terminal = isTerminalError(failure);
+      const dead = terminal || attempt >= reconciler.retry.maxAttempts;
+      const delayMs = backoffDelay(attempt, reconciler.retry, deps.random);
+      const message = errorSummary(failure);
+      if (!options.dryRun) {
+        try {
+          await recordFailure(db, { reconciler: reconciler.name, partition: options.partition.index, key, attempt, error: message, delayMs, dead });
+        } catch (recordError) {
+          itemLog.error({ err: coerceError(recordError) }, 'could not record the failure; the item will be found again by the next pass');
+        }
+      }
+      const level = dead ? 'error' : 'warn';
+      const next = dead ? (terminal ? 'dead (TerminalError): skipped until `reconciler retry`' : `dead after ${attempt} attempts: skipped until \`reconciler retry\``) : `retry in ${formatDuration(delayMs)}`;
+      itemLog[level]({ attempt, dead, error: message }, `failed: ${errorSummary(failure, 300)}; ${options.dryRun ? 'dry run, not recorded' : next}`);
+      events.emit('item:failed', { reconciler: reconciler.name, key, error: failure, attempt, dead, dryRun: options.dryRun });
+    } finally {
+      clearTimeout(timer);
+      control.abort.removeEventListener('abort', abortItem);
+    }
+  };
+
+  const scanSignal = AbortSignal.any([control.abort]);
+  try {
+    let previousFirstKey: string | undefined;
+    complete = true;
+    pages: for await (const page of pagesOf(reconciler, db, scanSignal, options.partition)) {
+      events.emit('page:scanned', { reconciler: reconciler.name, items: page.length });
+      const keyed: { item: unknown; key: string }[] = [];
+      const pageKeys = new Set<string>();
+      for (const item of page) {
+        const result = keyOf(reconciler, item);
+        if ('problem' in result) {
+          counts.found++;
+          counts.failed++;
+          log.error({ item: typeof item === 'object' ? undefined : item }, `scan yielded an item without a usable key: ${result.problem}`);
+          continue;
+        }
+        if (options.onlyKey !== undefined && result.key !== options.onlyKey) continue;
+        if (pageKeys.has(result.key) || keysInFlight.has(result.key)) {
+          counts.found++;
+          counts.skipped++;
+          log.warn({ key: result.key }, 'scan yielded the same key twice; reconciling it once');
+          continue;
+        }
+        pageKeys.add(result.key);
+        keyed.push({ item, key: result.key });
+      }
+      const firstKey = keyed[0]?.key;
+      if (firstKey !== undefined && firstKey === previousFirstKey && options.onlyKey === undefined) {
+        throw new Error('scan() returned the same page twice: it must return the items after `after` (keyset paging), or the pass would never end');
+      }
+      previousFirstKey = firstKey ?? previousFirstKey;
+      const memories = await lookupFailures(db, reconciler.name, [...pageKeys], options.dryRun);
+      for (const { item, key } of keyed) {
+        if (control.stop.aborted || control.abort.aborted || overBudget()) {
+          complete = false;
+          break pages;
+        }
+        counts.found++;
+        const memory = memories.get(key);
+        if (memory?.dead) {
+          counts.dead++;
+          events.emit('item:deferred', { reconciler: reconciler.name, key, reason: 'dead', nextAttemptAt: memory.nextAttemptAt });
+          continue;
+        }
+        if (memory?.inBackoff && options.onlyKey === undefined) {
+          counts.deferred++;
+          events.emit('item:deferred', { reconciler: reconciler.name, key, reason: 'backoff', nextAttemptAt: memory.nextAttemptAt });
+          continue;
+        }
+        while (inFlight.size >= reconciler.concurrency) await Promise.race(inFlight);
+        if (control.stop.aborted || control.abort.aborted) {
+          counts.found--;
+          complete = false;
+          break pages;
+        }
+        taken++;
+        keysInFlight.add(key);
+        const running = reconcileItem(item, key, memory).finally(() => {
+          inFlight.delete(running);
+          keysInFlight.delete(key);
+        });
+        inFlight.add(running);
+      }
+      if (options.onlyKey !== undefined && keyed.length > 0) {
+        keyFound = true;
+        complete = false;
+        break;
+      }
+    }
+  } catch (thrown) {
+    complete = false;
+    const failure = coerceError(thrown);
+    error = control.abort.aborted ? errorSummary(coerceError(control.abort.reason)) : `scan failed: ${errorSummary(failure)}`;
+    if (!control.abort.aborted) log.error({ err: failure }, `pass broke off: ${error}`);
+  }
+  await Promise.all(inFlight);
+
+  if (complete && error === null && !options.dryRun && options.onlyKey === undefined && deps.startedAt) {
+    try {
+      const forgotten = await forgetUnseen(db, reconciler.name, options.partition.index, deps.startedAt);
+      if (forgotten > 0) log.info({ forgotten }, `forgot ${forgotten} failed item(s) that the scan no longer finds (their work was done elsewhere)`);
+    } catch (forgetError) {
+      log.warn({ err: coerceError(forgetError) }, 'could not prune failure memory; will try after the next complete pass');
+    }
+  }
+
+  let status: PassStatus;
+  if (control.abort.aborted || (control.stop.aborted && !complete)) {
+    status = 'aborted';
+    error ??= errorSummary(coerceError(control.abort.reason ?? control.stop.reason ?? 'stopped'));
+  } else if (error !== null) status = 'error';
+  else if (counts.failed > 0) status = 'failed';
+  else status = 'succeeded';
+
+  const result: PassResult = {
+    reconciler: reconciler.name,
+    runId: deps.runId,
+    trigger: options.trigger,
+    dryRun: options.dryRun,
+    status,
+    counts,
+    complete,
+    durationMs: elapsed(),
+    error,
+    ...(options.onlyKey !== undefined ? { keyFound } : {}),
+  };
+  return result;
+}

@@ -1,0 +1,60 @@
+/**
+ * The errors that cross module boundaries, and the one function every `catch` uses.
+ *
+ * Exit codes are part of the CLI's contract (see README "CLI"):
+ * 0 ok, 1 the pass finished with failed items, 2 usage / configuration / load /
+ * database-connection error, 3 the pass lock is held by another process.
+ */
+export const ExitCode = { ok: 0, itemsFailed: 1, usage: 2, lockHeld: 3 } as const;
+
+const TERMINAL = Symbol.for('reconciler.TerminalError');
+
+/**
+ * Throw from `reconcile` to say "retrying will not help": the item is marked dead at
+ * once and skipped until a person runs `reconciler retry` or `reconciler clear`.
+ * Any other thrown value means "retry later, with backoff".
+ */
+export class TerminalError extends Error {
+  readonly [TERMINAL] = true;
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'TerminalError';
+  }
+}
+
+/** True for a {@link TerminalError}, even one created by another copy of this module. */
+export function isTerminalError(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && (error as Record<symbol, unknown>)[TERMINAL] === true;
+}
+
+/**
+ * An error a person caused and can fix (a bad flag, file, variable or name). The CLI
+ * prints its message as one line, with no stack trace, and exits with `exitCode`.
+ */
+export class UserError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number = ExitCode.usage,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = 'UserError';
+  }
+}
+
+/** Every `catch` passes its `unknown` through here, so code after it always has an Error. */
+export function coerceError(value: unknown): Error {
+  if (value instanceof Error) return value;
+  if (typeof value === 'string') return new Error(value);
+  try {
+    return new Error(`non-error thrown: ${JSON.stringify(value)}`);
+  } catch {
+    return new Error(`non-error thrown: ${String(value)}`);
+  }
+}
+
+/** The message of an error, cut to `max` characters so that one bad item cannot bloat a row or a log line. */
+export function errorSummary(error: Error, max = 2_000): string {
+  const text = error.message || error.name || 'error';
+  return text.length > max ? `${text.slice(0, max)}… (${text.length - max} more characters)` : text;
+}

@@ -1,0 +1,52 @@
+/**
+ * Logging: pino JSON lines, or pino-pretty on a terminal. Every message and error passes
+ * through `scrub`, so a password inside an error message never reaches a log line.
+ */
+import pino, { type Logger } from 'pino';
+import pretty from 'pino-pretty';
+import { scrub } from './secrets.js';
+
+export type { Logger };
+
+export interface LoggerOptions {
+  level: string;
+  /** 1 = stdout (the daemon), 2 = stderr (CLI commands, whose stdout is their output). */
+  fd: 1 | 2;
+  /** Pretty output; defaults to "is that stream a terminal". */
+  pretty?: boolean;
+}
+
+function scrubValue(value: unknown, depth = 0): unknown {
+  if (typeof value === 'string') return scrub(value);
+  if (depth > 4 || value === null || typeof value !== 'object') return value;
+  if (value instanceof Date) return value;
+  if (Array.isArray(value)) return value.map((v) => scrubValue(v, depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) out[k] = scrubValue(v, depth + 1);
+  return out;
+}
+
+export function createLogger(options: LoggerOptions): Logger {
+  const stream = options.fd === 1 ? process.stdout : process.stderr;
+  const usePretty = options.pretty ?? Boolean(stream.isTTY);
+  const destination = usePretty
+    ? pretty({ destination: options.fd, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true })
+    : pino.destination({ fd: options.fd, sync: true });
+  return pino(
+    {
+      level: options.level,
+      base: { pid: process.pid },
+      redact: { paths: ['password', '*.password', 'databaseUrl', '*.databaseUrl', 'apiKey', '*.apiKey', 'headers.authorization'], censor: '[redacted]' },
+      serializers: {
+        err: (error: unknown) => scrubValue(pino.stdSerializers.err(error as Error)),
+      },
+      formatters: { log: (object) => scrubValue(object) as Record<string, unknown> },
+      hooks: {
+        logMethod(args, method) {
+          method.apply(this, args.map((arg) => (typeof arg === 'string' ? scrub(arg) : arg)) as Parameters<typeof method>);
+        },
+      },
+    },
+    destination,
+  );
+}

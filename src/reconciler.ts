@@ -1,0 +1,267 @@
+/**
+ * What a reconciler is: the definition a job file default-exports, its validation, and
+ * its defaults. Everything here is checked once, when the file is loaded, so that a bad
+ * file fails start-up with a message naming the file, never a pass at 3 a.m.
+ */
+import nodeCron from 'node-cron';
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
+import type { Logger } from 'pino';
+import { parseDuration, type Duration } from './duration.js';
+import { didYouMean } from './suggest.js';
+
+/** The database handle reconcilers get: drizzle over `pg` (or over PGlite in the embedded default). */
+export type Db = PgDatabase<PgQueryResultHKT>;
+
+/**
+ * What `reconcile` did to one item:
+ * - `changed`: the missing work was done now;
+ * - `unchanged`: on a closer look nothing was missing (someone else did it, or it was already done);
+ * - `skipped`: not this time, on purpose (not ready yet; the next pass will see it again).
+ *
+ * Return `{ outcome, note }` to say what was (or, under `dryRun`, would be) done;
+ * the note shows in `reconciler run --dry-run` and in debug logs.
+ * To fail, throw: any error means "retry later, with backoff"; a `TerminalError` means "do not retry".
+ */
+export type Outcome = 'changed' | 'unchanged' | 'skipped';
+export type ReconcileResult = Outcome | { outcome: Outcome; note?: string };
+
+/** Which slice of the items a pass covers. Until partitioned reconcilers exist it is always `{ index: 0, count: 1 }`. */
+export interface Partition {
+  index: number;
+  count: number;
+}
+
+/** The arguments of one `scan` call: one keyset page. */
+export interface ScanRequest<Item> {
+  db: Db;
+  /**
+   * The last item of the previous page, or undefined for the first page. Filter on it
+   * (`WHERE id > ${after.id} ORDER BY id`), never with OFFSET: keyset pages cost the same
+   * at the millionth row as at the first.
+   */
+  after: Item | undefined;
+  /** Return at most this many items. A page with fewer items ends the scan. */
+  limit: number;
+  signal: AbortSignal;
+  partition: Partition;
+}
+
+/** What `reconcile` gets besides the item. */
+export interface ReconcileContext {
+  db: Db;
+  /** A child logger carrying reconciler, pass id and item key. */
+  log: Logger;
+  /** Aborted when the item's `timeout` elapses or the daemon shuts down. Pass it to every I/O call. */
+  signal: AbortSignal;
+  /** 1 on the first try; failure memory counts the tries before this one. */
+  attempt: number;
+  /** True under `reconciler run --dry-run`: decide and describe, but change nothing. */
+  dryRun: boolean;
+  /**
+   * `"{reconciler}:{key}"`: stable for this item across attempts, passes and processes.
+   * Derive the idempotency keys you send to other systems from it (add a version suffix
+   * if the meaning of the effect ever changes).
+   */
+  idempotencyKey: string;
+  /** The item's key, as `key(item)` returned it. */
+  key: string;
+}
+
+/** The retry policy for items whose `reconcile` throws. */
+export interface RetryPolicy {
+  /** After this many failed attempts the item is dead. Default 10. */
+  maxAttempts?: number;
+  /** Exponential backoff with jitter: `initial × 2^(attempt-1)`, capped at `max`. Defaults 10s and 1h. */
+  backoff?: { initial?: Duration; max?: Duration };
+}
+
+/**
+ * A reconciler: a schedule, a `scan` that finds the items still needing work, a `key`
+ * that names each one, and a `reconcile` that does the missing work idempotently.
+ * Default-export `defineReconciler({...})` from a file directly under `jobs/`; the file's
+ * stem is the reconciler's name.
+ */
+export interface ReconcilerDefinition<Item> {
+  /** Cron expression of 5 fields (minute precision) or 6 fields (seconds first). */
+  schedule: string;
+  /** IANA time zone the schedule is read in. Default `UTC`. */
+  timezone?: string;
+  /** One line for `reconciler list`. */
+  description?: string;
+  /**
+   * Finds the items that still need work, in keyset pages: return at most `limit` items
+   * after `after`. Or return an async iterable (an `async function*`) and the engine pages it.
+   */
+  scan(request: ScanRequest<Item>): Promise<readonly Item[]> | AsyncIterable<Item>;
+  /** The item's stable identity. Failure memory and `ctx.idempotencyKey` derive from it. */
+  key(item: Item): string;
+  /** Does the missing work for one item. Must be idempotent: doing it twice has the effect of doing it once. */
+  reconcile(item: Item, ctx: ReconcileContext): Promise<ReconcileResult> | ReconcileResult;
+  /** Items reconciled at once. Default 5. */
+  concurrency?: number;
+  /** Per-item time limit; `ctx.signal` aborts when it elapses and the item counts as failed. Default 30s. */
+  timeout?: Duration;
+  /** Items per scan page. Default 500. */
+  pageSize?: number;
+  retry?: RetryPolicy;
+  /** Stop taking new items after this many in one pass; the rest waits for the next pass. */
+  maxItemsPerPass?: number;
+  /** Stop taking new items after this long; in-flight items still finish. */
+  maxPassDuration?: Duration;
+}
+
+/** A definition after validation, with every default filled in. Built by the loader. */
+export interface Reconciler<Item = unknown> {
+  name: string;
+  /** The job file it came from, for error messages. */
+  file: string;
+  schedule: string;
+  timezone: string;
+  description: string;
+  scan: ReconcilerDefinition<Item>['scan'];
+  key: ReconcilerDefinition<Item>['key'];
+  reconcile: ReconcilerDefinition<Item>['reconcile'];
+  concurrency: number;
+  timeoutMs: number;
+  pageSize: number;
+  retry: { maxAttempts: number; initialDelayMs: number; maxDelayMs: number };
+  maxItemsPerPass: number | undefined;
+  maxPassDurationMs: number | undefined;
+}
+
+const DEFINED = Symbol.for('reconciler.definition');
+const KNOWN_OPTIONS = [
+  'schedule', 'timezone', 'description', 'scan', 'key', 'reconcile', 'concurrency',
+  'timeout', 'pageSize', 'retry', 'maxItemsPerPass', 'maxPassDuration',
+] as const;
+const KNOWN_RETRY_OPTIONS = ['maxAttempts', 'backoff'];
+const KNOWN_BACKOFF_OPTIONS = ['initial', 'max'];
+
+/** A problem with a definition. The loader prefixes the file name. */
+export class DefinitionError extends Error {
+  override name = 'DefinitionError';
+}
+
+/**
+ * Declares a reconciler. The item type flows from `scan` to `key` to `reconcile`.
+ * Validates eagerly: an unknown option, a bad cron or time zone throws here, at import.
+ */
+export function defineReconciler<Item>(definition: ReconcilerDefinition<Item>): ReconcilerDefinition<Item> {
+  validateDefinition(definition);
+  Object.defineProperty(definition, DEFINED, { value: true, enumerable: false });
+  return definition;
+}
+
+/** True when `value` came from `defineReconciler` (of any copy of this module). */
+export function isDefinition(value: unknown): value is ReconcilerDefinition<unknown> {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[DEFINED] === true;
+}
+
+function checkKeys(object: object, known: readonly string[], where: string): void {
+  for (const option of Object.keys(object)) {
+    if (!known.includes(option)) {
+      throw new DefinitionError(`unknown option \`${where}${option}\`${didYouMean(option, known) || ` (known options: ${known.join(', ')})`}`);
+    }
+  }
+}
+
+function positiveInteger(value: unknown, option: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
+    throw new DefinitionError(`\`${option}\` must be a whole number of at least 1, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function duration(value: unknown, option: string): number {
+  try {
+    return parseDuration(value);
+  } catch (error) {
+    throw new DefinitionError(`\`${option}\`: ${(error as Error).message}`);
+  }
+}
+
+/** Throws a DefinitionError when the cron expression is not 5 or 6 valid fields. */
+export function validateSchedule(schedule: unknown): void {
+  if (typeof schedule !== 'string' || schedule.trim() === '') {
+    throw new DefinitionError('`schedule` is required: a cron expression such as "*/5 * * * *"');
+  }
+  const fields = schedule.trim().split(/\s+/).length;
+  if (fields !== 5 && fields !== 6) {
+    throw new DefinitionError(`invalid cron "${schedule}": it has ${fields} fields; use 5 (minute hour day month weekday) or 6 (seconds first)`);
+  }
+  const result = nodeCron.validateDetailed(schedule);
+  if (!result.valid) {
+    const reasons = result.errors.map((e) => `${e.field}: ${e.message}`).join('; ');
+    throw new DefinitionError(`invalid cron "${schedule}": ${reasons || 'not a cron expression'}`);
+  }
+}
+
+/** Throws a DefinitionError when `timezone` is not an IANA zone this Node.js knows. */
+export function validateTimezone(timezone: unknown): void {
+  try {
+    if (typeof timezone !== 'string') throw new RangeError();
+    new Intl.DateTimeFormat('en-US', { timeZone: timezone });
+  } catch {
+    throw new DefinitionError(`invalid timezone ${JSON.stringify(timezone)}: use an IANA name such as "UTC" or "Europe/Berlin"`);
+  }
+}
+
+function validateDefinition(definition: unknown): asserts definition is ReconcilerDefinition<unknown> {
+  if (typeof definition !== 'object' || definition === null) {
+    throw new DefinitionError('defineReconciler() needs an object: { schedule, scan, key, reconcile, ... }');
+  }
+  const d = definition as Record<string, unknown>;
+  checkKeys(d, KNOWN_OPTIONS, '');
+  validateSchedule(d.schedule);
+  if (d.timezone !== undefined) validateTimezone(d.timezone);
+  for (const fn of ['scan', 'key', 'reconcile'] as const) {
+    if (typeof d[fn] !== 'function') throw new DefinitionError(`\`${fn}\` must be a function, got ${typeof d[fn]}`);
+  }
+  if (d.description !== undefined && typeof d.description !== 'string') throw new DefinitionError('`description` must be a string');
+  if (d.concurrency !== undefined) positiveInteger(d.concurrency, 'concurrency');
+  if (d.pageSize !== undefined) positiveInteger(d.pageSize, 'pageSize');
+  if (d.maxItemsPerPass !== undefined) positiveInteger(d.maxItemsPerPass, 'maxItemsPerPass');
+  if (d.timeout !== undefined && duration(d.timeout, 'timeout') <= 0) throw new DefinitionError('`timeout` must be above zero');
+  if (d.maxPassDuration !== undefined) duration(d.maxPassDuration, 'maxPassDuration');
+  if (d.retry !== undefined) {
+    if (typeof d.retry !== 'object' || d.retry === null) throw new DefinitionError('`retry` must be an object: { maxAttempts, backoff: { initial, max } }');
+    const retry = d.retry as Record<string, unknown>;
+    checkKeys(retry, KNOWN_RETRY_OPTIONS, 'retry.');
+    if (retry.maxAttempts !== undefined) positiveInteger(retry.maxAttempts, 'retry.maxAttempts');
+    if (retry.backoff !== undefined) {
+      if (typeof retry.backoff !== 'object' || retry.backoff === null) throw new DefinitionError('`retry.backoff` must be an object: { initial, max }');
+      const backoff = retry.backoff as Record<string, unknown>;
+      checkKeys(backoff, KNOWN_BACKOFF_OPTIONS, 'retry.backoff.');
+      if (backoff.initial !== undefined) duration(backoff.initial, 'retry.backoff.initial');
+      if (backoff.max !== undefined) duration(backoff.max, 'retry.backoff.max');
+    }
+  }
+}
+
+/** Reconciler names are file stems in kebab-case: `settle-returns`. */
+export const NAME_PATTERN = /^[a-z0-9]+(?:-[a-z0-9]+)*$/;
+
+/** Fills in defaults. `definition` must have passed `defineReconciler`. */
+export function resolveReconciler<Item>(name: string, file: string, definition: ReconcilerDefinition<Item>): Reconciler<Item> {
+  const backoff = definition.retry?.backoff;
+  return {
+    name,
+    file,
+    schedule: definition.schedule.trim(),
+    timezone: definition.timezone ?? 'UTC',
+    description: definition.description ?? '',
+    scan: definition.scan.bind(definition),
+    key: definition.key.bind(definition),
+    reconcile: definition.reconcile.bind(definition),
+    concurrency: definition.concurrency ?? 5,
+    timeoutMs: definition.timeout === undefined ? 30_000 : parseDuration(definition.timeout),
+    pageSize: definition.pageSize ?? 500,
+    retry: {
+      maxAttempts: definition.retry?.maxAttempts ?? 10,
+      initialDelayMs: backoff?.initial === undefined ? 10_000 : parseDuration(backoff.initial),
+      maxDelayMs: backoff?.max === undefined ? 3_600_000 : parseDuration(backoff.max),
+    },
+    maxItemsPerPass: definition.maxItemsPerPass,
+    maxPassDurationMs: definition.maxPassDuration === undefined ? undefined : parseDuration(definition.maxPassDuration),
+  };
+}

@@ -1,0 +1,168 @@
+/**
+ * Opens the database: PostgreSQL through a `pg` pool when DATABASE_URL is set, else the
+ * embedded PGlite database under DATA_DIR (one process at a time, guarded by a lock file).
+ * Both give the same drizzle handle and run the same migrations.
+ */
+import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
+import pg from 'pg';
+import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
+import type { SQL } from 'drizzle-orm';
+import type { Logger } from 'pino';
+import type { Db } from '../reconciler.js';
+import { UserError, coerceError } from '../errors.js';
+import { describeDatabaseUrl } from '../secrets.js';
+
+export interface Database {
+  db: Db;
+  kind: 'postgres' | 'embedded';
+  /** Where the data lives, safe to print: `postgres://app:***@db:5432/app` or `embedded database in ./.data`. */
+  target: string;
+  /** Runs `fn` while holding a cluster-wide lock, on one dedicated connection. */
+  withExclusiveLock<T>(lockKey: number, fn: (db: Db) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  databaseUrl: string | undefined;
+  dataDir: string;
+  log: Logger;
+  /** Pool size for PostgreSQL. */
+  poolSize?: number;
+}
+
+/** Rows of a raw query, the same shape from `pg` and from PGlite. */
+export async function queryRows<Row>(db: Db, query: SQL): Promise<Row[]> {
+  const result = (await db.execute(query)) as unknown as { rows: Row[] };
+  return result.rows;
+}
+
+export async function openDatabase(options: OpenOptions): Promise<Database> {
+  return options.databaseUrl === undefined ? openEmbedded(options) : openPostgres(options.databaseUrl, options);
+}
+
+async function openPostgres(url: string, options: OpenOptions): Promise<Database> {
+  const target = describeDatabaseUrl(url);
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.poolSize ?? 10,
+    connectionTimeoutMillis: 5_000,
+    idleTimeoutMillis: 30_000,
+    application_name: 'reconciler',
+  });
+  // Without this listener an idle connection dropped by a database restart crashes the process.
+  let lastPoolError = 0;
+  pool.on('error', (error) => {
+    if (Date.now() - lastPoolError > 10_000) options.log.warn({ err: error }, 'lost an idle database connection; the pool will reconnect');
+    lastPoolError = Date.now();
+  });
+  try {
+    const client = await pool.connect();
+    client.release();
+  } catch (error) {
+    await pool.end().catch(() => undefined);
+    throw new UserError(`cannot connect to PostgreSQL at ${target}: ${coerceError(error).message || (error as { code?: string }).code}`);
+  }
+  const db = drizzlePg(pool) as unknown as Db;
+  return {
+    db,
+    kind: 'postgres',
+    target,
+    async withExclusiveLock(lockKey, fn) {
+      const client = await pool.connect();
+      try {
+        await client.query('SELECT pg_advisory_lock($1)', [lockKey]);
+        try {
+          return await fn(drizzlePg(client) as unknown as Db);
+        } finally {
+          await client.query('SELECT pg_advisory_unlock($1)', [lockKey]);
+        }
+      } finally {
+        client.release();
+      }
+    },
+    close: () => pool.end(),
+  };
+}
+
+/** The lock file that keeps a second process off the embedded database directory. */
+function lockEmbeddedDirectory(dataDir: string): () => void {
+  mkdirSync(dataDir, { recursive: true });
+  const lockFile = join(dataDir, 'reconciler.lock');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(lockFile, 'wx');
+      writeSync(fd, JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString(), command: process.argv.slice(2).join(' ') }));
+      closeSync(fd);
+      const release = () => rmSync(lockFile, { force: true });
+      process.once('exit', release);
+      return () => {
+        process.off('exit', release);
+        release();
+      };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      const holder = readHolder(lockFile);
+      if (holder && holder.host === hostname() && isAlive(holder.pid)) {
+        throw new UserError(
+          `the embedded database in ${dataDir} is in use by process ${holder.pid} (\`reconciler ${holder.command}\`, since ${holder.since}); ` +
+            'it allows one process at a time: stop that process, or set DATABASE_URL to a PostgreSQL server that several processes can share',
+        );
+      }
+      rmSync(lockFile, { force: true }); // left behind by a process that died
+    }
+  }
+  throw new UserError(`cannot lock the embedded database in ${dataDir}: ${lockFile} keeps coming back; is another process starting?`);
+}
+
+function readHolder(lockFile: string): { pid: number; host: string; since: string; command: string } | undefined {
+  try {
+    return JSON.parse(readFileSync(lockFile, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+async function openEmbedded(options: OpenOptions): Promise<Database> {
+  const dataDir = resolve(options.dataDir);
+  const shown = options.dataDir;
+  const unlock = lockEmbeddedDirectory(dataDir);
+  try {
+    const [{ PGlite }, { drizzle }] = await Promise.all([import('@electric-sql/pglite'), import('drizzle-orm/pglite')]);
+    const client = await PGlite.create(join(dataDir, 'pglite'));
+    const db = drizzle(client) as unknown as Db;
+    let queue: Promise<unknown> = Promise.resolve();
+    return {
+      db,
+      kind: 'embedded',
+      target: `embedded database in ${shown}`,
+      // One process owns the directory, so a lock inside this process is the whole cluster.
+      withExclusiveLock(_lockKey, fn) {
+        const run = queue.then(() => fn(db));
+        queue = run.catch(() => undefined);
+        return run;
+      },
+      async close() {
+        try {
+          await client.close();
+        } finally {
+          unlock();
+        }
+      },
+    };
+  } catch (error) {
+    unlock();
+    if (error instanceof UserError) throw error;
+    throw new UserError(`cannot open the embedded database in ${shown}: ${coerceError(error).message}`);
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * reconciler_failures: failure memory. Only failures are remembered; the system's state
+ * is the queue. Looking failures up costs one query per scanned page, never one per item.
+ */
+import { and, asc, eq, isNotNull, sql } from 'drizzle-orm';
+import type { Db } from '../reconciler.js';
+import { queryRows } from './database.js';
+import { reconcilerFailures } from './schema.js';
+
+/** What failure memory knows of one item. */
+export interface FailureMemory {
+  attempts: number;
+  dead: boolean;
+  /** True while `next_attempt_at` is in the future (database time). */
+  inBackoff: boolean;
+  nextAttemptAt: Date;
+}
+
+export type FailureRow = typeof reconcilerFailures.$inferSelect;
+
+const toDate = (value: unknown): Date => (value instanceof Date ? value : new Date(String(value)));
+
+/**
+ * Failure memory of a page of keys, in one query. Unless `readOnly`, it also stamps the
+ * rows as seen, so that a complete pass can forget the items its scan no longer finds.
+ */
+export async function lookupFailures(db: Db, reconciler: string, keys: readonly string[], readOnly: boolean): Promise<Map<string, FailureMemory>> {
+  const found = new Map<string, FailureMemory>();
+  if (keys.length === 0) return found;
+  const keyArray = sql`${`{${keys.map((k) => `"${k.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`).join(',')}}`}::text[]`;
+  const columns = sql`key, attempts, dead_at IS NOT NULL AS dead, next_attempt_at > now() AS in_backoff, next_attempt_at`;
+  const rows = await queryRows<{ key: string; attempts: number; dead: boolean; in_backoff: boolean; next_attempt_at: Date | string }>(
+    db,
+    readOnly
+      ? sql`SELECT ${columns} FROM reconciler_failures WHERE reconciler = ${reconciler} AND key = ANY(${keyArray})`
+      : sql`UPDATE reconciler_failures SET last_seen_at = now() WHERE reconciler = ${reconciler} AND key = ANY(${keyArray}) RETURNING ${columns}`,
+  );
+  for (const row of rows) {
+    found.set(row.key, { attempts: Number(row.attempts), dead: row.dead, inBackoff: row.in_backoff, nextAttemptAt: toDate(row.next_attempt_at) });
+  }
+  return found;
+}
+
+export interface FailureRecord {
+  reconciler: string;
+  partition: number;
+  key: string;
+  /** The attempt that just failed (1 for the first). */
+  attempt: number;
+  error: string;
+  delayMs: number;
+  dead: boolean;
+}
+
+/** Remembers a failed attempt: attempts, last error, next attempt time (database clock), dead or not. */
+export async function recordFailure(db: Db, f: FailureRecord): Promise<void> {
+  await queryRows(
+    db,
+    sql`INSERT INTO reconciler_failures AS f (reconciler, key, partition, attempts, last_error, next_attempt_at, dead_at)
+        VALUES (${f.reconciler}, ${f.key}, ${f.partition}, ${f.attempt}, ${f.error},
+                now() + ${Math.round(f.delayMs)} * interval '1 millisecond', CASE WHEN ${f.dead} THEN now() END)
+        ON CONFLICT (reconciler, key) DO UPDATE SET
+          attempts = excluded.attempts, last_error = excluded.last_error, last_failed_at = now(),
+          next_attempt_at = excluded.next_attempt_at, dead_at = excluded.dead_at, last_seen_at = now(),
+          partition = excluded.partition`,
+  );
+}
+
+/** Forgets an item that succeeded. */
+export async function forgetFailure(db: Db, reconciler: string, key: string): Promise<void> {
+  await db.delete(reconcilerFailures).where(and(eq(reconcilerFailures.reconciler, reconciler), eq(reconcilerFailures.key, key)));
+}
+
+/** After a complete pass: forgets the items the scan no longer finds (their work was done elsewhere). */
+export async function forgetUnseen(db: Db, reconciler: string, partition: number, passStartedAt: Date): Promise<number> {
+  const rows = await queryRows<{ key: string }>(
+    db,
+    sql`DELETE FROM reconciler_failures
+        WHERE reconciler = ${reconciler} AND partition = ${partition} AND last_seen_at < ${passStartedAt.toISOString()}::timestamptz
+        RETURNING key`,
+  );
+  return rows.length;
+}
+
+export async function listFailures(db: Db, options: { reconciler?: string; deadOnly?: boolean; limit: number }): Promise<FailureRow[]> {
+  return db
+    .select()
+    .from(reconcilerFailures)
+    .where(
+      and(
+        options.reconciler === undefined ? undefined : eq(reconcilerFailures.reconciler, options.reconciler),
+        options.deadOnly ? isNotNull(reconcilerFailures.deadAt) : undefined,
+      ),
+    )
+    .orderBy(asc(reconcilerFailures.reconciler), asc(reconcilerFailures.lastFailedAt))
+    .limit(options.limit);
+}
+
+/** Per reconciler: items in backoff and dead items. */
+export async function countFailures(db: Db): Promise<Map<string, { backoff: number; dead: number }>> {
+  const rows = await queryRows<{ reconciler: string; backoff: number; dead: number }>(
+    db,
+    sql`SELECT reconciler, count(*) FILTER (WHERE dead_at IS NULL)::int AS backoff, count(*) FILTER (WHERE dead_at IS NOT NULL)::int AS dead
+        FROM reconciler_failures GROUP BY reconciler`,
+  );
+  return new Map(rows.map((r) => [r.reconciler, { backoff: Number(r.backoff), dead: Number(r.dead) }]));
+}
+
+/**
+ * `reconciler retry`: makes failed items due now with a fresh attempt budget, dead or not.
+ * The last error stays visible until the next attempt. `key` undefined means every item
+ * of the reconciler. Returns the keys it changed.
+ */
+export async function retryFailures(db: Db, reconciler: string, key: string | undefined): Promise<string[]> {
+  const rows = await db
+    .update(reconcilerFailures)
+    .set({ attempts: 0, deadAt: null, nextAttemptAt: sql`now()` })
+    .where(and(eq(reconcilerFailures.reconciler, reconciler), key === undefined ? undefined : eq(reconcilerFailures.key, key)))
+    .returning({ key: reconcilerFailures.key });
+  return rows.map((r) => r.key);
+}
+
+/** `reconciler clear`: forgets failed items. If the scan still finds them, they start over as new. */
+export async function clearFailures(db: Db, reconciler: string, key: string | undefined): Promise<string[]> {
+  const rows = await db
+    .delete(reconcilerFailures)
+    .where(and(eq(reconcilerFailures.reconciler, reconciler), key === undefined ? undefined : eq(reconcilerFailures.key, key)))
+    .returning({ key: reconcilerFailures.key });
+  return rows.map((r) => r.key);
+}

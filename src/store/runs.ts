@@ -1,0 +1,68 @@
+/** reconciler_runs: the history of passes, for `reconciler history` and for operators. */
+import { and, desc, eq, lt, sql } from 'drizzle-orm';
+import type { Db } from '../reconciler.js';
+import { queryRows } from './database.js';
+import { reconcilerRuns } from './schema.js';
+
+/** What started a pass. */
+export type Trigger = 'schedule' | 'manual' | 'startup';
+
+/**
+ * How a pass ended:
+ * - `succeeded`: every item it took was reconciled (or deferred by backoff);
+ * - `failed`: it finished, but some items threw (they are in failure memory);
+ * - `error`: the pass itself broke (its scan threw, the database went away);
+ * - `aborted`: stopped early by shutdown or a lost lease;
+ * - `abandoned`: its process died; set by the process that took the lease over.
+ */
+export type PassStatus = 'succeeded' | 'failed' | 'error' | 'aborted' | 'abandoned';
+
+/** Per-pass item counts. `found` = every item the pass considered = the sum of the others. */
+export interface PassCounts {
+  found: number;
+  changed: number;
+  unchanged: number;
+  skipped: number;
+  failed: number;
+  /** Items in backoff: their next attempt is later. */
+  deferred: number;
+  /** Dead items the scan still finds: waiting for a person (`retry` or `clear`). */
+  dead: number;
+}
+
+export type RunRow = typeof reconcilerRuns.$inferSelect;
+
+export async function listRuns(db: Db, options: { reconciler?: string; limit: number }): Promise<RunRow[]> {
+  return db
+    .select()
+    .from(reconcilerRuns)
+    .where(options.reconciler === undefined ? undefined : eq(reconcilerRuns.reconciler, options.reconciler))
+    .orderBy(desc(reconcilerRuns.id))
+    .limit(options.limit);
+}
+
+/** Deletes up to `batch` finished runs older than the retention; returns how many went. */
+export async function pruneRuns(db: Db, retentionMs: number, batch = 5_000): Promise<number> {
+  const rows = await queryRows<{ id: string }>(
+    db,
+    sql`DELETE FROM reconciler_runs WHERE id IN (
+          SELECT id FROM reconciler_runs
+          WHERE started_at < now() - ${retentionMs} * interval '1 millisecond' AND status <> 'running'
+          LIMIT ${batch})
+        RETURNING id`,
+  );
+  return rows.length;
+}
+
+export async function readRun(db: Db, id: number): Promise<RunRow | undefined> {
+  const rows = await db.select().from(reconcilerRuns).where(eq(reconcilerRuns.id, id));
+  return rows[0];
+}
+
+/** Runs of one reconciler that are still marked running (for tests and `list`). */
+export async function runningRuns(db: Db, reconciler: string): Promise<RunRow[]> {
+  return db
+    .select()
+    .from(reconcilerRuns)
+    .where(and(eq(reconcilerRuns.reconciler, reconciler), eq(reconcilerRuns.status, 'running'), lt(reconcilerRuns.id, Number.MAX_SAFE_INTEGER)));
+}

@@ -1,0 +1,74 @@
+import { describe, expect, it } from 'vitest';
+import { defineReconciler, resolveReconciler } from '../src/reconciler.js';
+import { parseDuration, formatDuration } from '../src/duration.js';
+
+const base = {
+  schedule: '*/5 * * * *',
+  scan: async () => [] as { id: number }[],
+  key: (item: { id: number }) => String(item.id),
+  reconcile: async () => 'changed' as const,
+};
+
+describe('defineReconciler', () => {
+  it('accepts a minimal definition and fills in documented defaults', () => {
+    const r = resolveReconciler('demo', 'jobs/demo.ts', defineReconciler(base));
+    expect(r).toMatchObject({ name: 'demo', timezone: 'UTC', concurrency: 5, timeoutMs: 30_000, pageSize: 500, retry: { maxAttempts: 10, initialDelayMs: 10_000, maxDelayMs: 3_600_000 } });
+  });
+
+  it('suggests the closest option for a misspelt one', () => {
+    expect(() => defineReconciler({ ...base, timout: '5s' } as never)).toThrow('unknown option `timout`, did you mean `timeout`?');
+    expect(() => defineReconciler({ ...base, retry: { maxAtempts: 3 } } as never)).toThrow('unknown option `retry.maxAtempts`, did you mean `maxAttempts`?');
+  });
+
+  it('lists the known options when nothing is close', () => {
+    expect(() => defineReconciler({ ...base, zzzzzzzzzz: 1 } as never)).toThrow(/unknown option `zzzzzzzzzz` \(known options: schedule, timezone/);
+  });
+
+  it('accepts 5- and 6-field cron expressions and rejects others', () => {
+    expect(() => defineReconciler({ ...base, schedule: '*/10 * * * * *' })).not.toThrow();
+    expect(() => defineReconciler({ ...base, schedule: '* * * *' })).toThrow('invalid cron "* * * *": it has 4 fields');
+    expect(() => defineReconciler({ ...base, schedule: '61 * * * *' })).toThrow(/invalid cron "61 \* \* \* \*": minute/);
+    expect(() => defineReconciler({ ...base, schedule: '' })).toThrow('`schedule` is required');
+  });
+
+  it('rejects an unknown time zone', () => {
+    expect(() => defineReconciler({ ...base, timezone: 'Mars/Olympus' })).toThrow('invalid timezone "Mars/Olympus"');
+    expect(() => defineReconciler({ ...base, timezone: 'Europe/Berlin' })).not.toThrow();
+  });
+
+  it('rejects bad numbers and durations with the option named', () => {
+    expect(() => defineReconciler({ ...base, concurrency: 0 })).toThrow('`concurrency` must be a whole number of at least 1, got 0');
+    expect(() => defineReconciler({ ...base, timeout: 'soon' as never })).toThrow('`timeout`: "soon" is not a duration');
+    expect(() => defineReconciler({ ...base, scan: undefined as never })).toThrow('`scan` must be a function');
+  });
+
+  it('lets the item type flow from scan to key and reconcile without casts', () => {
+    defineReconciler({
+      schedule: '* * * * *',
+      scan: async () => [{ returnId: 7, amountCents: 100 }],
+      key: (item) => `return:${item.returnId}`,
+      reconcile: async (item, ctx) => {
+        const cents: number = item.amountCents;
+        // @ts-expect-error the item has no such field: the type flowed from scan
+        void item.missing;
+        return ctx.dryRun ? { outcome: 'skipped', note: `${cents}` } : 'changed';
+      },
+    });
+  });
+});
+
+describe('durations', () => {
+  it('parses numbers and unit strings', () => {
+    expect(parseDuration(250)).toBe(250);
+    expect(parseDuration('30s')).toBe(30_000);
+    expect(parseDuration('1.5m')).toBe(90_000);
+    expect(parseDuration('14d')).toBe(14 * 86_400_000);
+    expect(() => parseDuration('-1s')).toThrow(RangeError);
+  });
+
+  it('formats for people', () => {
+    expect(formatDuration(850)).toBe('850ms');
+    expect(formatDuration(12_300)).toBe('12.3s');
+    expect(formatDuration(245_000)).toBe('4m05s');
+  });
+});
