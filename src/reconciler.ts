@@ -95,8 +95,11 @@ export interface ReconcilerDefinition<Item> {
   scan(request: ScanRequest<Item>): Promise<readonly Item[]> | AsyncIterable<Item>;
   /** The item's stable identity. Failure memory and `ctx.idempotencyKey` derive from it. */
   key(item: Item): string;
-  /** Does the missing work for one item. Must be idempotent: doing it twice has the effect of doing it once. */
-  reconcile(item: Item, ctx: ReconcileContext): Promise<ReconcileResult> | ReconcileResult;
+  /**
+   * Does the missing work for one item; an `async` function. Must be idempotent: doing it
+   * twice has the effect of doing it once.
+   */
+  reconcile(item: Item, ctx: ReconcileContext): Promise<ReconcileResult>;
   /** Items reconciled at once. Default 5. */
   concurrency?: number;
   /** Per-item time limit; `ctx.signal` aborts when it elapses and the item counts as failed. Default 30s. */

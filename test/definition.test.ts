@@ -55,6 +55,19 @@ describe('defineReconciler', () => {
       },
     });
   });
+
+  it('takes the item type once as a type argument when the scan uses `after`', () => {
+    interface Row {
+      id: number;
+      email: string;
+    }
+    defineReconciler<Row>({
+      schedule: '* * * * *',
+      scan: async ({ after, limit }) => [{ id: (after?.id ?? 0) + limit, email: 'a@example.com' }],
+      key: (row) => `signup:${row.id}`,
+      reconcile: async (row) => (row.email.endsWith('@example.com') ? 'skipped' : 'changed'),
+    });
+  });
 });
 
 describe('durations', () => {

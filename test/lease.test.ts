@@ -24,7 +24,7 @@ function heldOpen(name = 'held') {
     schedule: '* * * * *',
     scan: numbers(1),
     key: () => 'only',
-    reconcile: async () => {
+    reconcile: async (_item) => {
       entered.resolve();
       await gate.promise;
       return 'changed' as const;
@@ -51,7 +51,7 @@ describe('pass leases', () => {
     const dead = { id: '00000000-0000-4000-8000-000000000001', host: 'gone', pid: 999 };
     const lease = await acquireLease(t.db, { reconciler: 'orphan', partition: { index: 0, count: 1 }, holder: dead, trigger: 'schedule', leaseMs: 60_000 });
     expect(lease.acquired).toBe(true);
-    const e = engine(t.db, [reconciler('orphan', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: () => 'changed' })]);
+    const e = engine(t.db, [reconciler('orphan', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: async () => 'changed' })]);
     expect(await e.runPass('orphan', { trigger: 'manual' })).toMatchObject({ ran: false, reason: 'held' });
     // The holder died: time passes on the database clock until its lease has lapsed.
     await t.rows(sql`UPDATE reconciler_state SET lease_expires_at = now() - interval '1 millisecond' WHERE reconciler = 'orphan'`);
@@ -61,7 +61,7 @@ describe('pass leases', () => {
   });
 
   it('runs a scheduled tick once across replicas', async () => {
-    const definition = reconciler('ticking', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: () => 'changed' });
+    const definition = reconciler('ticking', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: async () => 'changed' });
     const a = engine(t.db, [definition], { host: 'a' });
     const b = engine(t.db, [definition], { host: 'b' });
     // Each replica's cron fires for the same nominal tick; a replica whose clock runs a little late comes second.
@@ -74,7 +74,7 @@ describe('pass leases', () => {
   });
 
   it('does not serve a tick that a pass started after it already covered', async () => {
-    const definition = reconciler('covered', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: () => 'changed' });
+    const definition = reconciler('covered', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: async () => 'changed' });
     const e = engine(t.db, [definition]);
     await e.runPass('covered', { trigger: 'manual' });
     expect(await e.runPass('covered', { trigger: 'startup', tick: new Date(Date.now() - 60_000) })).toEqual({ ran: false, reason: 'already-served' });

@@ -6,6 +6,8 @@ import { createTestDatabase, type TestDatabase } from './helpers/db.js';
 import { deferred, engine, numbers, reconciler } from './helpers/engine.js';
 import type { Engine, RunOutcome } from '../src/engine/engine.js';
 
+type N = { n: number };
+
 let t: TestDatabase;
 beforeAll(async () => {
   t = await createTestDatabase();
@@ -32,7 +34,7 @@ describe('a pass', () => {
   it('scans in keyset pages, passing the last item of each page as `after`', async () => {
     const calls: { after: number | undefined; limit: number }[] = [];
     const scan = numbers(25);
-    const e = engine(t.db, [reconciler('paged', { schedule: '* * * * *', pageSize: 10, scan: async (r) => (calls.push({ after: r.after?.n, limit: r.limit }), scan(r)), key: (i) => `n${i.n}`, reconcile: () => 'changed' })]);
+    const e = engine(t.db, [reconciler<N>('paged', { schedule: '* * * * *', pageSize: 10, scan: async (r) => (calls.push({ after: r.after?.n, limit: r.limit }), scan(r)), key: (i) => `n${i.n}`, reconcile: async () => 'changed' })]);
     const result = await pass(e, 'paged');
     expect(calls).toEqual([{ after: undefined, limit: 10 }, { after: 10, limit: 10 }, { after: 20, limit: 10 }]);
     expect(result.counts).toMatchObject({ found: 25, changed: 25 });
@@ -47,7 +49,7 @@ describe('a pass', () => {
         for (let n = 1; n <= 20; n++) yield { n };
       },
       key: (i) => `n${i.n}`,
-      reconcile: () => 'unchanged',
+      reconcile: async () => 'unchanged',
     })]);
     const pages: number[] = [];
     e.events.on('page:scanned', (p) => pages.push(p.items));
@@ -64,7 +66,7 @@ describe('a pass', () => {
       concurrency: 3,
       scan: numbers(30),
       key: (i) => `n${i.n}`,
-      reconcile: async () => {
+      reconcile: async (_item) => {
         peak = Math.max(peak, ++inFlight);
         await new Promise((resolve) => setImmediate(resolve));
         inFlight--;
@@ -80,7 +82,7 @@ describe('a pass', () => {
     let finished = 0;
     let peakHeld = 0;
     const scan = numbers(5_000);
-    const e = engine(t.db, [reconciler('streaming', {
+    const e = engine(t.db, [reconciler<N>('streaming', {
       schedule: '* * * * *',
       pageSize: 100,
       concurrency: 4,
@@ -91,7 +93,7 @@ describe('a pass', () => {
         return page;
       },
       key: (i) => `n${i.n}`,
-      reconcile: async () => {
+      reconcile: async (_item) => {
         await new Promise((resolve) => setImmediate(resolve));
         finished++;
         return 'changed';
@@ -105,7 +107,7 @@ describe('a pass', () => {
   it('looks up failure memory with one statement per page, not one per item', async () => {
     const counting = t.counting();
     try {
-      const e = engine(counting.db, [reconciler('lookups', { schedule: '* * * * *', pageSize: 10, scan: numbers(30), key: (i) => `n${i.n}`, reconcile: () => 'unchanged' })]);
+      const e = engine(counting.db, [reconciler('lookups', { schedule: '* * * * *', pageSize: 10, scan: numbers(30), key: (i) => `n${i.n}`, reconcile: async () => 'unchanged' })]);
       await pass(e, 'lookups');
       const lookups = counting.statements.filter((s) => /reconciler_failures/.test(s) && /key = ANY/.test(s));
       expect(lookups).toHaveLength(3);
@@ -137,7 +139,7 @@ describe('a pass', () => {
 
   it('does not wait for an item that ignores its AbortSignal and never settles', async () => {
     const never = deferred<'changed'>();
-    const e = engine(t.db, [reconciler('hang', { schedule: '* * * * *', timeout: 150, concurrency: 1, scan: numbers(3), key: (i) => `n${i.n}`, reconcile: (i) => (i.n === 1 ? never.promise : 'changed') })]);
+    const e = engine(t.db, [reconciler('hang', { schedule: '* * * * *', timeout: 150, concurrency: 1, scan: numbers(3), key: (i) => `n${i.n}`, reconcile: async (i) => (i.n === 1 ? never.promise : 'changed') })]);
     const result = await pass(e, 'hang');
     expect(result.counts).toMatchObject({ found: 3, changed: 2, failed: 1 });
   });
@@ -150,7 +152,7 @@ describe('a pass', () => {
       retry: { backoff: { initial: '1m', max: '1h' } },
       scan: numbers(2),
       key: (i) => `n${i.n}`,
-      reconcile: (i, ctx) => {
+      reconcile: async (i, ctx) => {
         if (i.n === 2) attempts.push(ctx.attempt);
         if (i.n === 2 && !healthy) throw new Error('provider said 503');
         return 'changed';
@@ -173,7 +175,7 @@ describe('a pass', () => {
 
   it('marks an item dead after its last attempt and skips it until a person acts', async () => {
     let calls = 0;
-    const e = engine(t.db, [reconciler('doomed', { schedule: '* * * * *', retry: { maxAttempts: 2 }, scan: numbers(1), key: () => 'only', reconcile: () => { calls++; throw new Error('still broken'); } })]);
+    const e = engine(t.db, [reconciler('doomed', { schedule: '* * * * *', retry: { maxAttempts: 2 }, scan: numbers(1), key: () => 'only', reconcile: async () => { calls++; throw new Error('still broken'); } })]);
     await pass(e, 'doomed');
     await makeDue();
     const second = await pass(e, 'doomed');
@@ -187,7 +189,7 @@ describe('a pass', () => {
   });
 
   it('marks an item dead at once on a TerminalError', async () => {
-    const e = engine(t.db, [reconciler('terminal', { schedule: '* * * * *', scan: numbers(1), key: () => 'card-declined', reconcile: () => { throw new TerminalError('card declined'); } })]);
+    const e = engine(t.db, [reconciler('terminal', { schedule: '* * * * *', scan: numbers(1), key: () => 'card-declined', reconcile: async () => { throw new TerminalError('card declined'); } })]);
     const result = await pass(e, 'terminal');
     expect(result.status).toBe('failed');
     expect(await failures()).toMatchObject([{ key: 'card-declined', attempts: 1, dead: true, last_error: 'card declined' }]);
@@ -195,7 +197,7 @@ describe('a pass', () => {
 
   it('forgets failed items that a complete scan no longer finds (fixed elsewhere)', async () => {
     let count = 3;
-    const e = engine(t.db, [reconciler('shrinking', { schedule: '* * * * *', scan: (r) => numbers(count)(r), key: (i) => `n${i.n}`, reconcile: (i) => { if (i.n === 3) throw new Error('no'); return 'changed'; } })]);
+    const e = engine(t.db, [reconciler<N>('shrinking', { schedule: '* * * * *', scan: (r) => numbers(count)(r), key: (i) => `n${i.n}`, reconcile: async (i) => { if (i.n === 3) throw new Error('no'); return 'changed'; } })]);
     await pass(e, 'shrinking');
     expect(await failures()).toHaveLength(1);
     count = 2; // someone settled item 3 by hand
@@ -205,13 +207,13 @@ describe('a pass', () => {
 
   it('stops taking items at maxItemsPerPass; the rest waits for the next pass', async () => {
     const done = new Set<number>();
-    const e = engine(t.db, [reconciler('budgeted', {
+    const e = engine(t.db, [reconciler<N>('budgeted', {
       schedule: '* * * * *',
       maxItemsPerPass: 4,
       concurrency: 2,
       scan: async (r) => (await numbers(10)(r)).filter((i) => !done.has(i.n)),
       key: (i) => `n${i.n}`,
-      reconcile: (i) => (done.add(i.n), 'changed'),
+      reconcile: async (i) => (done.add(i.n), 'changed'),
     })]);
     const first = await pass(e, 'budgeted');
     expect(first.counts.changed).toBe(4);
@@ -228,7 +230,7 @@ describe('a pass', () => {
       concurrency: 1,
       scan: numbers(1_000),
       key: (i) => `n${i.n}`,
-      reconcile: async () => {
+      reconcile: async (_item) => {
         await new Promise((resolve) => setTimeout(resolve, 20));
         return 'changed';
       },
@@ -242,14 +244,14 @@ describe('a pass', () => {
 
   it('reports duplicate keys and keys that throw, and goes on with the rest', async () => {
     const seen: string[] = [];
-    const e = engine(t.db, [reconciler('messy', {
+    const e = engine(t.db, [reconciler<{ k: string | null }>('messy', {
       schedule: '* * * * *',
       scan: async ({ after }) => (after ? [] : [{ k: 'a' }, { k: 'a' }, { k: null }, { k: `quote'"\\;--` }]),
       key: (i) => {
         if (i.k === null) throw new Error('no key');
         return i.k;
       },
-      reconcile: (i) => (seen.push(i.k!), 'changed'),
+      reconcile: async (i) => (seen.push(i.k!), 'changed'),
     })]);
     const result = await pass(e, 'messy');
     expect(seen.sort()).toEqual(['a', `quote'"\\;--`]);
@@ -258,27 +260,27 @@ describe('a pass', () => {
 
   it('keeps failure memory for keys with quotes, backslashes and SQL metacharacters', async () => {
     const key = `it's "odd" \\ ; DROP TABLE x; -- {a,b}`;
-    const e = engine(t.db, [reconciler('odd-keys', { schedule: '* * * * *', scan: async ({ after }) => (after ? [] : [{ key }]), key: (i) => i.key, reconcile: () => { throw new Error('nope'); } })]);
+    const e = engine(t.db, [reconciler<{ key: string }>('odd-keys', { schedule: '* * * * *', scan: async ({ after }) => (after ? [] : [{ key }]), key: (i) => i.key, reconcile: async () => { throw new Error('nope'); } })]);
     await pass(e, 'odd-keys');
     expect((await failures()).map((f) => f.key)).toEqual([key]);
     expect((await pass(e, 'odd-keys')).counts.deferred).toBe(1);
   });
 
   it('fails an item whose reconcile returns something that is not an outcome', async () => {
-    const e = engine(t.db, [reconciler('garbage', { schedule: '* * * * *', scan: numbers(1), key: () => 'x', reconcile: () => 'done' as never })]);
+    const e = engine(t.db, [reconciler('garbage', { schedule: '* * * * *', scan: numbers(1), key: () => 'x', reconcile: async () => 'done' as never })]);
     await pass(e, 'garbage');
     expect((await failures())[0]!.last_error).toContain(`reconcile() returned "done"; expected 'changed', 'unchanged', 'skipped'`);
   });
 
   it('breaks off with a clear error when the scan ignores `after` and repeats a page', async () => {
-    const e = engine(t.db, [reconciler('loops', { schedule: '* * * * *', pageSize: 2, scan: async () => [{ n: 1 }, { n: 2 }], key: (i) => `n${i.n}`, reconcile: () => 'unchanged' })]);
+    const e = engine(t.db, [reconciler('loops', { schedule: '* * * * *', pageSize: 2, scan: async () => [{ n: 1 }, { n: 2 }], key: (i) => `n${i.n}`, reconcile: async () => 'unchanged' })]);
     const result = await pass(e, 'loops');
     expect(result.status).toBe('error');
     expect(result.error).toContain('scan() returned the same page twice');
   });
 
   it('records the pass in history with its counts, duration and holder', async () => {
-    const e = engine(t.db, [reconciler('recorded', { schedule: '* * * * *', scan: numbers(3), key: (i) => `n${i.n}`, reconcile: (i) => (i.n === 1 ? 'skipped' : 'changed') })], { host: 'box-1', pid: 4242 });
+    const e = engine(t.db, [reconciler('recorded', { schedule: '* * * * *', scan: numbers(3), key: (i) => `n${i.n}`, reconcile: async (i) => (i.n === 1 ? 'skipped' : 'changed') })], { host: 'box-1', pid: 4242 });
     const result = await pass(e, 'recorded');
     const [run] = await t.rows<Record<string, unknown>>(sql`SELECT * FROM reconciler_runs WHERE id = ${result.runId}`);
     expect(run).toMatchObject({ reconciler: 'recorded', trigger: 'manual', status: 'succeeded', found: 3, changed: 2, skipped: 1, failed: 0, complete: true, host: 'box-1', pid: 4242 });
@@ -290,7 +292,7 @@ describe('a pass', () => {
 
   it('under dry run, passes dryRun to reconcile and writes no history and no failure memory', async () => {
     const flags: boolean[] = [];
-    const e = engine(t.db, [reconciler('dry', { schedule: '* * * * *', scan: numbers(2), key: (i) => `n${i.n}`, reconcile: (i, ctx) => { flags.push(ctx.dryRun); if (i.n === 2) throw new Error('would fail'); return { outcome: 'changed', note: 'would refund 12.00 EUR' }; } })]);
+    const e = engine(t.db, [reconciler('dry', { schedule: '* * * * *', scan: numbers(2), key: (i) => `n${i.n}`, reconcile: async (i, ctx) => { flags.push(ctx.dryRun); if (i.n === 2) throw new Error('would fail'); return { outcome: 'changed', note: 'would refund 12.00 EUR' }; } })]);
     const notes: (string | undefined)[] = [];
     e.events.on('item:done', (item) => notes.push(item.note));
     const result = await pass(e, 'dry', { dryRun: true });
@@ -303,7 +305,7 @@ describe('a pass', () => {
 
   it('gives each item a stable idempotency key derived from reconciler and key', async () => {
     const keys: string[] = [];
-    const e = engine(t.db, [reconciler('stable', { schedule: '* * * * *', scan: numbers(1), key: () => 'return:7', reconcile: (_, ctx) => (keys.push(ctx.idempotencyKey), 'changed') })]);
+    const e = engine(t.db, [reconciler('stable', { schedule: '* * * * *', scan: numbers(1), key: () => 'return:7', reconcile: async (_, ctx) => (keys.push(ctx.idempotencyKey), 'changed') })]);
     await pass(e, 'stable');
     await pass(e, 'stable');
     expect(keys).toEqual(['stable:return:7', 'stable:return:7']);
@@ -312,7 +314,7 @@ describe('a pass', () => {
   it('with onlyKey, reconciles just that item, even while it is in backoff', async () => {
     const seen: string[] = [];
     let fail = true;
-    const e = engine(t.db, [reconciler('one', { schedule: '* * * * *', scan: numbers(5), key: (i) => `n${i.n}`, reconcile: (i) => { seen.push(`n${i.n}`); if (fail && i.n === 4) throw new Error('x'); return 'changed'; } })]);
+    const e = engine(t.db, [reconciler('one', { schedule: '* * * * *', scan: numbers(5), key: (i) => `n${i.n}`, reconcile: async (i) => { seen.push(`n${i.n}`); if (fail && i.n === 4) throw new Error('x'); return 'changed'; } })]);
     await pass(e, 'one');
     seen.length = 0;
     fail = false;

@@ -5,8 +5,8 @@ import { backoffDelay } from '../src/engine/backoff.js';
 import { resolveReconciler, defineReconciler } from '../src/reconciler.js';
 
 const at = (iso: string) => new Date(iso);
-const hourly = resolveReconciler('hourly', 'x', defineReconciler({ schedule: '0 * * * *', scan: async () => [], key: () => 'k', reconcile: () => 'changed' as const }));
-const nineInBerlin = resolveReconciler('berlin', 'x', defineReconciler({ schedule: '0 9 * * *', timezone: 'Europe/Berlin', scan: async () => [], key: () => 'k', reconcile: () => 'changed' as const }));
+const hourly = resolveReconciler('hourly', 'x', defineReconciler({ schedule: '0 * * * *', scan: async () => [], key: () => 'k', reconcile: async () => 'changed' as const }));
+const nineInBerlin = resolveReconciler('berlin', 'x', defineReconciler({ schedule: '0 9 * * *', timezone: 'Europe/Berlin', scan: async () => [], key: () => 'k', reconcile: async () => 'changed' as const }));
 
 describe('cron arithmetic', () => {
   it('finds the next and the previous tick', () => {
