@@ -8,5 +8,8 @@ export default defineConfig({
     hookTimeout: 120_000,
     // Tests that spawn daemons and CLI processes compete for 2 cores; two files at a time.
     maxWorkers: 2,
+    // The JSON report is what .ci/run counts for its "N passed, N failed" line.
+    reporters: ['default', 'json'],
+    outputFile: { json: 'test/.tmp/vitest-report.json' },
   },
 });

@@ -1,0 +1,76 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Writable } from 'node:stream';
+import { once } from 'node:events';
+import pg from 'pg';
+import pino from 'pino';
+import { sql } from 'drizzle-orm';
+import { openDatabase, queryRows } from '../src/store/database.js';
+import { createTestDatabase, type TestDatabase } from './helpers/db.js';
+import { runCli } from './helpers/processes.js';
+
+let t: TestDatabase;
+beforeAll(async () => {
+  t = await createTestDatabase();
+});
+afterAll(async () => {
+  await t.drop();
+});
+
+/** A logger whose lines can be awaited. */
+function capturingLogger() {
+  const lines: { msg: string; level: number }[] = [];
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      lines.push(JSON.parse(String(chunk)));
+      stream.emit('line');
+      done();
+    },
+  });
+  return { log: pino({ level: 'debug' }, stream), lines, stream };
+}
+
+describe('the PostgreSQL pool', () => {
+  it('survives its idle connections being dropped (as in a database restart) and reconnects', async () => {
+    const { log, lines, stream } = capturingLogger();
+    const database = await openDatabase({ databaseUrl: t.url, dataDir: '.data', log });
+    try {
+      await queryRows(database.db, sql`SELECT 1`);
+      const admin = new pg.Client({ connectionString: t.url });
+      await admin.connect();
+      await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'reconciler'`);
+      await admin.end();
+      while (!lines.some((l) => l.msg.includes('lost an idle database connection'))) await once(stream, 'line');
+      const [row] = await queryRows<{ ok: number }>(database.db, sql`SELECT 1 AS ok`);
+      expect(row!.ok).toBe(1);
+    } finally {
+      await database.close();
+    }
+  });
+
+  it('reports an unreachable server as one line naming the target, without its password', async () => {
+    await expect(openDatabase({ databaseUrl: 'postgres://app:hunter2secret@127.0.0.1:1/app', dataDir: '.data', log: pino({ level: 'silent' }) })).rejects.toThrow(
+      /^cannot connect to PostgreSQL at postgres:\/\/app:\*\*\*@127\.0\.0\.1:1\/app: /,
+    );
+  });
+});
+
+describe('the example reconciler (examples/end-idle-transactions.ts)', () => {
+  it('shows under --dry-run, then ends, a session left idle in a transaction', async () => {
+    const idle = new pg.Client({ connectionString: t.url, application_name: 'forgotten-worker' });
+    await idle.connect();
+    const ended = new Promise<Error>((resolve) => idle.on('error', resolve));
+    await idle.query('BEGIN');
+    await idle.query('SELECT 1');
+    const env = { DATABASE_URL: t.url, JOBS_DIR: 'examples', IDLE_TRANSACTION_LIMIT_SECONDS: '0' };
+
+    const dry = await runCli(['run', 'end-idle-transactions', '--dry-run'], env);
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toMatch(/would be changed\s+\d+@.*would terminate pid \d+ \(postgres, forgotten-worker, idle \d+s\)/);
+
+    const real = await runCli(['run', 'end-idle-transactions'], env);
+    expect(real.stdout).toMatch(/end-idle-transactions: pass \d+ succeeded .*: 1 found, 1 changed/);
+    expect(String(await ended)).toContain('terminat');
+    const again = await runCli(['run', 'end-idle-transactions'], env);
+    expect(again.stdout).toContain(': 0 found');
+  });
+});
