@@ -200,11 +200,10 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     }
   };
 
-  const scanSignal = AbortSignal.any([control.abort]);
   try {
     let previousFirstKey: string | undefined;
     complete = true;
-    pages: for await (const page of pagesOf(reconciler, db, scanSignal, options.partition)) {
+    pages: for await (const page of pagesOf(reconciler, db, control.abort, options.partition)) {
       events.emit('page:scanned', { reconciler: reconciler.name, items: page.length });
       const keyed: { item: unknown; key: string }[] = [];
       const pageKeys = new Set<string>();
