@@ -36,11 +36,11 @@ const databaseUrl = z
     try {
       parsed = new URL(value);
     } catch {
-      ctx.addIssue({ code: 'custom', message: 'is not a URL; expected postgres://user:password@host:5432/database' });
+      ctx.addIssue({ code: 'custom', message: 'is not a URL; expected one like postgres://user@host:5432/database (with the password after the user name)' });
       return z.NEVER;
     }
     if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
-      ctx.addIssue({ code: 'custom', message: `has scheme "${parsed.protocol}"; expected postgres://user:password@host:5432/database` });
+      ctx.addIssue({ code: 'custom', message: `has scheme "${parsed.protocol}"; expected postgres:// or postgresql://` });
       return z.NEVER;
     }
     return value;

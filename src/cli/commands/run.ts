@@ -24,7 +24,7 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
   if (flags.key !== undefined && (flags.all || names.length !== 1)) throw new UserError('--key needs exactly one reconciler name');
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ config, log, database, reconcilers }) => {
     const engine = new Engine({ db: database.db, reconcilers, log, leaseMs: config.LOCK_TTL });
-    const selected = flags.all ? [...engine.reconcilers.keys()] : names;
+    const selected = flags.all ? [...engine.reconcilers.keys()] : [...new Set(names)];
     for (const name of selected) engine.get(name); // unknown names fail before any pass runs
     if (selected.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
 

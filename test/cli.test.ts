@@ -1,0 +1,405 @@
+/**
+ * The `reconciler` command line, run as a user runs it: a real child process per command,
+ * against a real PostgreSQL (or the embedded PGlite default), with job files in a folder.
+ */
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { sql } from 'drizzle-orm';
+import { createEmptyDatabase, createTestDatabase, databaseUrl, dropDatabase, type TestDatabase } from './helpers/db.js';
+import { API, REPO_ROOT, jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
+import { runCli, startProcess, type CliResult, type RunningProcess } from './helpers/processes.js';
+
+let t: TestDatabase;
+beforeAll(async () => {
+  t = await createTestDatabase();
+});
+afterAll(async () => {
+  await t.drop();
+});
+
+/** Job folders and processes made by a test, removed after it. */
+const folders: JobsDir[] = [];
+const processes: RunningProcess[] = [];
+afterEach(async () => {
+  for (const p of processes.splice(0)) await p.kill();
+  for (const f of folders.splice(0)) f.cleanup();
+});
+
+function jobs(files: Record<string, string>): JobsDir {
+  const folder = jobsDir(files);
+  folders.push(folder);
+  return folder;
+}
+
+/** A fresh `items` table with `count` rows and an empty engine state. */
+async function resetItems(count: number): Promise<void> {
+  await t.rows(sql`DROP TABLE IF EXISTS items`);
+  await t.rows(sql.raw(tableSql(count)));
+  await t.rows(sql`TRUNCATE reconciler_runs, reconciler_failures, reconciler_state`);
+}
+
+/** `items.ts` over a fresh table of `count` rows, and the env to run the CLI against it. */
+async function itemsJob(count: number, options: Parameters<typeof tableJob>[0] = {}): Promise<{ folder: JobsDir; env: Record<string, string> }> {
+  await resetItems(count);
+  const folder = jobs({ 'items.ts': tableJob(options) });
+  return { folder, env: { DATABASE_URL: t.url, JOBS_DIR: folder.dir } };
+}
+
+const lines = (text: string) => text.split('\n').filter((line) => line.trim() !== '');
+const doneItems = async () => (await t.rows<{ name: string }>(sql`SELECT name FROM items WHERE done ORDER BY id`)).map((r) => r.name);
+
+/** An error a person can fix: exit 2, one line on stderr, no stack trace. */
+function expectOneLineError(result: CliResult, pattern?: string | RegExp): string {
+  expect(result.code, `stdout: ${result.stdout}\nstderr: ${result.stderr}`).toBe(2);
+  const errorLines = lines(result.stderr);
+  expect(errorLines, result.stderr).toHaveLength(1);
+  expect(result.stderr).not.toMatch(/^\s{4}at /m);
+  if (pattern !== undefined) expect(errorLines[0]).toMatch(pattern);
+  return errorLines[0]!;
+}
+
+/** A job whose scan yields three fixed items and needs no table. */
+const FIXED_JOB = `
+import { defineReconciler } from ${JSON.stringify(API)};
+export default defineReconciler({
+  schedule: '0 0 1 1 *',
+  scan: async function* () {
+    for (const n of [1, 2, 3]) yield { n };
+  },
+  key: (item) => 'fixed-' + item.n,
+  reconcile: () => 'changed',
+});
+`;
+
+describe('reconciler run', () => {
+  it('reconciles every item, prints a summary line and exits 0', async () => {
+    const { env } = await itemsJob(5);
+    const result = await runCli(['run', 'items'], env);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/^items: pass \d+ succeeded in .+: 5 found, 5 changed, 0 unchanged, 0 skipped, 0 failed, 0 deferred, 0 dead$/m);
+    expect(await doneItems()).toEqual(['item-1', 'item-2', 'item-3', 'item-4', 'item-5']);
+  });
+
+  it('exits 1 when items fail, and failures and history show them', async () => {
+    const { env } = await itemsJob(3, { failKeys: ['item-2'] });
+    const run = await runCli(['run', 'items'], env);
+    expect(run.code, run.stderr).toBe(1);
+    expect(run.stdout).toMatch(/items: pass \d+ failed in .+: 3 found, 2 changed, 0 unchanged, 0 skipped, 1 failed/);
+
+    const failures = await runCli(['failures'], env);
+    expect(failures.code, failures.stderr).toBe(0);
+    const row = lines(failures.stdout).find((line) => line.includes('item-2'));
+    expect(row, failures.stdout).toBeDefined();
+    expect(row).toMatch(/^items\s+item-2\s+1\s+retry .*cannot reconcile item-2$/);
+    expect(failures.stdout).not.toMatch(/item-1|item-3/);
+
+    const json = await runCli(['failures', '--json'], env);
+    expect(json.code, json.stderr).toBe(0);
+    const parsed = JSON.parse(json.stdout) as { failures: { reconciler: string; key: string; attempts: number; lastError: string; dead: boolean }[] };
+    expect(parsed.failures).toEqual([expect.objectContaining({ reconciler: 'items', key: 'item-2', attempts: 1, lastError: 'cannot reconcile item-2', dead: false })]);
+
+    const history = await runCli(['history'], env);
+    expect(history.code, history.stderr).toBe(0);
+    const [header, pass, ...rest] = lines(history.stdout);
+    expect(header).toMatch(/^RUN\s+RECONCILER\s+TRIGGER\s+STATUS/);
+    expect(pass).toMatch(/^\d+\s+items\s+manual\s+failed\s/);
+    expect(rest).toEqual([]);
+  });
+
+  it('writes nothing under --dry-run, and prints one line per item and the summary', async () => {
+    const { env } = await itemsJob(3);
+    const result = await runCli(['run', 'items', '--dry-run'], env);
+    expect(result.code, result.stderr).toBe(0);
+    expect(lines(result.stdout)).toEqual([
+      'would be changed    item-1  would mark item-1',
+      'would be changed    item-2  would mark item-2',
+      'would be changed    item-3  would mark item-3',
+      expect.stringMatching(/^items: dry run succeeded in .+: 3 found, 3 changed, 0 unchanged, 0 skipped, 0 failed, 0 deferred, 0 dead$/),
+    ]);
+    expect(await t.rows(sql`SELECT * FROM reconciler_runs`)).toEqual([]);
+    expect(await t.rows(sql`SELECT * FROM reconciler_failures`)).toEqual([]);
+    expect(await t.rows(sql`SELECT * FROM reconciler_state`)).toEqual([]);
+    expect(await doneItems()).toEqual([]);
+  });
+
+  it('prints only JSON lines, without ANSI escapes, under --json', async () => {
+    const { env } = await itemsJob(3);
+    const result = await runCli(['run', 'items', '--json'], env);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).not.toMatch(/\u001b\[/);
+    const output = lines(result.stdout).map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(output).toEqual([expect.objectContaining({ type: 'pass', reconciler: 'items', status: 'succeeded', counts: expect.objectContaining({ found: 3, changed: 3 }) })]);
+  });
+
+  it('prints an item line per item and a pass line under --dry-run --json', async () => {
+    const { env } = await itemsJob(2);
+    const result = await runCli(['run', 'items', '--dry-run', '--json'], env);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).not.toMatch(/\u001b\[/);
+    const output = lines(result.stdout).map((line) => JSON.parse(line) as Record<string, unknown>);
+    expect(output).toEqual([
+      { type: 'item', reconciler: 'items', key: 'item-1', outcome: 'changed', note: 'would mark item-1' },
+      { type: 'item', reconciler: 'items', key: 'item-2', outcome: 'changed', note: 'would mark item-2' },
+      expect.objectContaining({ type: 'pass', reconciler: 'items', dryRun: true, status: 'succeeded' }),
+    ]);
+    expect(await doneItems()).toEqual([]);
+  });
+
+  it('reconciles only the named item under --key', async () => {
+    const { env } = await itemsJob(5);
+    const result = await runCli(['run', 'items', '--key', 'item-3'], env);
+    expect(result.code, result.stderr).toBe(0);
+    expect(await doneItems()).toEqual(['item-3']);
+    expect(result.stdout).toMatch(/items: pass \d+ succeeded .*1 changed/);
+  });
+
+  it('exits 2 with a did-you-mean line for an unknown reconciler name', async () => {
+    const { env } = await itemsJob(1);
+    const result = await runCli(['run', 'itmes'], env);
+    expectOneLineError(result, 'unknown reconciler `itmes`, did you mean `items`?');
+    expect(await doneItems()).toEqual([]);
+  });
+
+  it('exits 2 with one line for an unknown flag', async () => {
+    const { env } = await itemsJob(1);
+    const result = await runCli(['run', '--bogus'], env);
+    expectOneLineError(result, /--bogus/);
+  });
+
+  it('exits 2 with one line when given neither names nor --all', async () => {
+    const { env } = await itemsJob(1);
+    const result = await runCli(['run'], env);
+    expectOneLineError(result, /--all/);
+  });
+
+  it('exits 2 naming the file when a job file in the folder is broken', async () => {
+    const { env, folder } = await itemsJob(2);
+    folder.write('broken.ts', `throw new Error('boom');\n`);
+    const result = await runCli(['run', 'items'], env);
+    expectOneLineError(result, /broken\.ts: failed to import: boom/);
+    expect(await doneItems()).toEqual([]);
+  });
+});
+
+describe('reconciler retry and clear', () => {
+  it('makes a failed item due now with a fresh attempt budget, and says so', async () => {
+    const { env } = await itemsJob(2, { failKeys: ['item-2'] });
+    expect((await runCli(['run', 'items'], env)).code).toBe(1);
+    await t.rows(sql`UPDATE reconciler_failures SET next_attempt_at = now() + interval '1 hour', dead_at = now(), attempts = 7`);
+
+    const result = await runCli(['retry', 'items', 'item-2'], env);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/^items: 1 item\(s\) due now with a fresh attempt budget/);
+    const rows = await t.rows<{ key: string; attempts: number; due: boolean; dead: boolean }>(
+      sql`SELECT key, attempts, next_attempt_at <= now() AS due, dead_at IS NOT NULL AS dead FROM reconciler_failures`,
+    );
+    expect(rows).toEqual([{ key: 'item-2', attempts: 0, due: true, dead: false }]);
+  });
+
+  it('exits 2 with one line for a key that has no failure on record', async () => {
+    const { env } = await itemsJob(2, { failKeys: ['item-2'] });
+    expect((await runCli(['run', 'items'], env)).code).toBe(1);
+    const result = await runCli(['retry', 'items', 'no-such-key'], env);
+    expectOneLineError(result, /no failure on record for key "no-such-key"/);
+  });
+
+  it('exits 2 with one line when given neither a key nor --all', async () => {
+    const { env } = await itemsJob(1);
+    const result = await runCli(['retry', 'items'], env);
+    expectOneLineError(result, /--all/);
+  });
+
+  it('forgets every failed item of a reconciler with clear --all', async () => {
+    const { env } = await itemsJob(3, { failKeys: ['item-1', 'item-3'] });
+    expect((await runCli(['run', 'items'], env)).code).toBe(1);
+    expect(await t.rows(sql`SELECT key FROM reconciler_failures`)).toHaveLength(2);
+    const result = await runCli(['clear', 'items', '--all'], env);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/^items: 2 item\(s\) forgotten/);
+    expect(await t.rows(sql`SELECT key FROM reconciler_failures`)).toEqual([]);
+  });
+});
+
+describe('database and configuration errors', () => {
+  it('exits 2 with one line when the database cannot be reached', async () => {
+    const folder = jobs({ 'items.ts': tableJob() });
+    const result = await runCli(['list'], { DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x', JOBS_DIR: folder.dir });
+    expectOneLineError(result, /cannot connect to PostgreSQL at postgres:\/\/postgres@127\.0\.0\.1:1\/x/);
+  });
+
+  it.each(['not a url', 'mysql://x@y/z'])('exits 2 with one line naming DATABASE_URL when it is %j', async (url) => {
+    const folder = jobs({ 'items.ts': tableJob() });
+    const result = await runCli(['list'], { DATABASE_URL: url, JOBS_DIR: folder.dir });
+    expectOneLineError(result, /^reconciler: invalid DATABASE_URL: /);
+  });
+
+  it('never prints the password of DATABASE_URL', async () => {
+    const folder = jobs({ 'items.ts': tableJob() });
+    const env = { DATABASE_URL: 'postgres://postgres:S3cretCanary@127.0.0.1:1/x', JOBS_DIR: folder.dir };
+    for (const args of [['list'], ['run', 'items'], ['config'], ['config', '--json'], ['migrate']]) {
+      const result = await runCli(args, env);
+      expect(result.stdout + result.stderr, args.join(' ')).not.toContain('S3cretCanary');
+      if (args[0] !== 'config') expectOneLineError(result, /cannot connect/);
+    }
+    const debug = await runCli(['list'], { ...env, LOG_LEVEL: 'debug' });
+    expect(debug.stdout + debug.stderr).not.toContain('S3cretCanary');
+  });
+
+  it('exits 2 with one line per invalid variable', async () => {
+    const folder = jobs({ 'items.ts': tableJob() });
+    const result = await runCli(['list'], { DATABASE_URL: t.url, JOBS_DIR: folder.dir, LOCK_TTL: 'banana', LOG_LEVEL: 'loud' });
+    expect(result.code).toBe(2);
+    const errorLines = lines(result.stderr);
+    expect(errorLines).toHaveLength(2);
+    expect(errorLines).toEqual(expect.arrayContaining([expect.stringMatching(/^reconciler: invalid LOCK_TTL \(got "banana"\): /), expect.stringMatching(/^reconciler: invalid LOG_LEVEL \(got "loud"\): must be one of /)]));
+    expect(result.stderr).not.toMatch(/^\s{4}at /m);
+  });
+});
+
+describe('reconciler list', () => {
+  it('shows each reconciler with its schedule, next run and last pass', async () => {
+    const { env } = await itemsJob(2, { schedule: '*/5 * * * *' });
+    const before = await runCli(['list'], env);
+    expect(before.code, before.stderr).toBe(0);
+    expect(lines(before.stdout)[0]).toMatch(/^NAME\s+SCHEDULE\s+NEXT RUN\s+LAST PASS\s/);
+    expect(lines(before.stdout)[1]).toMatch(/^items\s+\*\/5 \* \* \* \*\s+\d{4}-\d\d-\d\d \d\d:\d\d:00Z \(in [^)]+\)\s+never\s/);
+
+    expect((await runCli(['run', 'items'], env)).code).toBe(0);
+    const after = await runCli(['list'], env);
+    expect(after.code, after.stderr).toBe(0);
+    expect(lines(after.stdout)[1]).toMatch(/^items\s+\*\/5 \* \* \* \*\s+\S+ \S+ \(in [^)]+\)\s+succeeded \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \([^)]+ ago\)/);
+    expect(after.stderr).toBe('');
+  });
+
+  const defined = (body: string) => `import { defineReconciler } from ${JSON.stringify(API)};\nexport default defineReconciler({ ${body} });\n`;
+  const base = `scan: async () => [], key: () => 'k', reconcile: () => 'unchanged'`;
+  it.each([
+    { problem: 'a file that throws at import', file: 'boom.ts', source: `throw new Error('boom');\n`, message: 'failed to import: boom' },
+    { problem: 'a file with no default export', file: 'nodefault.ts', source: `export const x = 1;\n`, message: 'does not default-export a reconciler' },
+    { problem: 'a plain-object default export', file: 'plain.ts', source: `export default { schedule: '* * * * *', ${base} };\n`, message: 'its default export is not a reconciler: wrap it in defineReconciler' },
+    { problem: 'an invalid cron', file: 'badcron.ts', source: defined(`schedule: '61 * * * *', ${base}`), message: 'invalid cron "61 * * * *"' },
+    { problem: 'an invalid timezone', file: 'badtz.ts', source: defined(`schedule: '* * * * *', timezone: 'Mars/Olympus', ${base}`), message: 'invalid timezone "Mars/Olympus"' },
+    { problem: 'an unknown option', file: 'typo.ts', source: defined(`schedule: '* * * * *', timout: '5s', ${base}`), message: 'unknown option `timout`, did you mean `timeout`?' },
+    { problem: 'a bad file name', file: 'Bad_Name.ts', source: defined(`schedule: '* * * * *', ${base}`), message: 'the file name `Bad_Name` is not a valid reconciler name' },
+  ])('lists the good reconciler and reports $problem as `<file>: <problem>`, exiting 2', async ({ file, source, message }) => {
+    const { env, folder } = await itemsJob(1);
+    folder.write(file, source);
+    const result = await runCli(['list'], env);
+    expect(result.code, result.stderr).toBe(2);
+    expect(lines(result.stdout)[1]).toMatch(/^items\s/);
+    const errorLines = lines(result.stderr);
+    expect(errorLines, result.stderr).toHaveLength(1);
+    expect(errorLines[0]).toContain(`${join(folder.dir, file).slice(REPO_ROOT.length + 1)}: `);
+    expect(errorLines[0]).toContain(message);
+    expect(result.stderr).not.toMatch(/^\s{4}at /m);
+  });
+
+  it('lists the good reconciler and reports a duplicate name naming both files, exiting 2', async () => {
+    const { env, folder } = await itemsJob(1);
+    folder.write('dup.ts', FIXED_JOB);
+    folder.write('dup.mjs', FIXED_JOB);
+    const result = await runCli(['list'], env);
+    expect(result.code, result.stderr).toBe(2);
+    const names = lines(result.stdout).slice(1).map((line) => line.split(/\s+/)[0]);
+    expect(names).toEqual(['dup', 'items']);
+    const errorLines = lines(result.stderr);
+    expect(errorLines, result.stderr).toHaveLength(1);
+    const rel = (file: string) => join(folder.dir, file).slice(REPO_ROOT.length + 1);
+    expect(errorLines[0]).toContain(`${rel('dup.ts')}: duplicates the reconciler name \`dup\` already defined by ${rel('dup.mjs')}`);
+  });
+});
+
+describe('help and version', () => {
+  it.each(['', 'daemon', 'run', 'list', 'history', 'failures', 'retry', 'clear', 'migrate', 'config'])('prints usage and exits 0 for `reconciler %s --help`', async (command) => {
+    const result = await runCli(command ? [command, '--help'] : ['--help'], {});
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toContain('Usage');
+  });
+
+  it('prints help and exits 2 when given no arguments', async () => {
+    const result = await runCli([], {});
+    expect(result.code).toBe(2);
+    expect(result.stdout + result.stderr).toContain('Usage: reconciler');
+  });
+
+  it('prints the package version for --version', async () => {
+    const { version } = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
+    const result = await runCli(['--version'], {});
+    expect(result.code).toBe(0);
+    expect(result.stdout.trim()).toBe(version);
+  });
+});
+
+describe('reconciler migrate', () => {
+  let name: string;
+  beforeEach(async () => {
+    name = await createEmptyDatabase();
+  });
+  afterEach(async () => {
+    await dropDatabase(name);
+  });
+
+  it('applies the migrations to an empty database, then says it is up to date', async () => {
+    const env = { DATABASE_URL: databaseUrl(name) };
+    const first = await runCli(['migrate'], env);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toMatch(/^applied 1 migration\(s\) to postgres:\/\//);
+    const second = await runCli(['migrate'], env);
+    expect(second.code, second.stderr).toBe(0);
+    expect(second.stdout).toMatch(/^postgres:\/\/\S+ is up to date$/m);
+  });
+
+  it('tells to run `reconciler migrate` when a command meets an unmigrated database', async () => {
+    const folder = jobs({ 'items.ts': tableJob() });
+    const result = await runCli(['list'], { DATABASE_URL: databaseUrl(name), JOBS_DIR: folder.dir });
+    expectOneLineError(result, /pending migration\(s\): run `reconciler migrate`/);
+  });
+});
+
+describe('reconciler config', () => {
+  it('prints the effective configuration with the database password masked', async () => {
+    const url = new URL(t.url);
+    url.password = 'Hunter2Secret';
+    const result = await runCli(['config'], { DATABASE_URL: url.toString(), JOBS_DIR: 'some/jobs', LOCK_TTL: '20s' });
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).not.toContain('Hunter2Secret');
+    expect(result.stdout).toMatch(/^DATABASE_URL\s+postgres:\/\/postgres:\*\*\*@/m);
+    expect(result.stdout).toMatch(/^JOBS_DIR\s+some\/jobs$/m);
+    expect(result.stdout).toMatch(/^LOCK_TTL\s+20000ms$/m);
+  });
+});
+
+describe('the embedded database', () => {
+  let dataDir: string;
+  let folder: JobsDir;
+  let env: Record<string, string>;
+  beforeEach(() => {
+    dataDir = join(REPO_ROOT, 'test', '.tmp', `data-${randomBytes(4).toString('hex')}`);
+    mkdirSync(dataDir, { recursive: true });
+    folder = jobs({ 'items.ts': FIXED_JOB });
+    env = { DATA_DIR: dataDir, JOBS_DIR: folder.dir };
+  });
+  afterEach(async () => {
+    for (const p of processes.splice(0)) await p.kill();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('is used when DATABASE_URL is unset, and keeps the history of a pass', { timeout: 120_000 }, async () => {
+    const run = await runCli(['run', 'items'], env, { timeoutMs: 90_000 });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/^items: pass \d+ succeeded in .+: 3 found, 3 changed/m);
+    const history = await runCli(['history'], env, { timeoutMs: 90_000 });
+    expect(history.code, history.stderr).toBe(0);
+    expect(lines(history.stdout)[1]).toMatch(/^\d+\s+items\s+manual\s+succeeded\s/);
+  });
+
+  it('refuses a second process, naming the process that holds it', { timeout: 120_000 }, async () => {
+    const daemon = startProcess(['daemon'], { ...env, LOG_LEVEL: 'info' });
+    processes.push(daemon);
+    await daemon.waitFor((line) => line.msg.startsWith('daemon started'), 'daemon started', 90_000);
+    const result = await runCli(['list'], env, { timeoutMs: 90_000 });
+    expectOneLineError(result, new RegExp(`the embedded database in .+ is in use by process ${daemon.pid}\\b`));
+  });
+});
