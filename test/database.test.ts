@@ -1,20 +1,14 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Writable } from 'node:stream';
 import { once } from 'node:events';
 import pg from 'pg';
 import pino from 'pino';
 import { sql } from 'drizzle-orm';
 import { openDatabase, queryRows } from '../src/store/database.js';
-import { createTestDatabase, type TestDatabase } from './helpers/db.js';
+import { useTestDatabase } from './helpers/db.js';
 import { runCli } from './helpers/processes.js';
 
-let t: TestDatabase;
-beforeAll(async () => {
-  t = await createTestDatabase();
-});
-afterAll(async () => {
-  await t.drop();
-});
+const t = useTestDatabase();
 
 /** A logger whose lines can be awaited. */
 function capturingLogger() {

@@ -1,20 +1,11 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
-import { createTestDatabase, type TestDatabase } from './helpers/db.js';
+import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, numbers, reconciler } from './helpers/engine.js';
 import { acquireLease } from '../src/store/state.js';
 import { pruneRuns } from '../src/store/runs.js';
 
-let t: TestDatabase;
-beforeAll(async () => {
-  t = await createTestDatabase();
-});
-afterAll(async () => {
-  await t.drop();
-});
-beforeEach(async () => {
-  await t.rows(sql`TRUNCATE reconciler_runs, reconciler_failures, reconciler_state`);
-});
+const t = useTestDatabase({ resetEngineTables: true });
 
 /** A reconciler whose single item waits until released: a pass held open on demand. */
 function heldOpen(name = 'held') {

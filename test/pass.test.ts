@@ -1,23 +1,14 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { TerminalError } from '../src/errors.js';
 import type { PassResult } from '../src/engine/pass.js';
-import { createTestDatabase, type TestDatabase } from './helpers/db.js';
+import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, numbers, reconciler } from './helpers/engine.js';
 import type { Engine, RunOutcome } from '../src/engine/engine.js';
 
 type N = { n: number };
 
-let t: TestDatabase;
-beforeAll(async () => {
-  t = await createTestDatabase();
-});
-afterAll(async () => {
-  await t.drop();
-});
-beforeEach(async () => {
-  await t.rows(sql`TRUNCATE reconciler_runs, reconciler_failures, reconciler_state`);
-});
+const t = useTestDatabase({ resetEngineTables: true });
 
 async function pass(e: Engine, name: string, request: Partial<Parameters<Engine['runPass']>[1]> = {}): Promise<PassResult> {
   const outcome: RunOutcome = await e.runPass(name, { trigger: 'manual', ...request });

@@ -3,11 +3,11 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import pino from 'pino';
 import { drizzle } from 'drizzle-orm/node-postgres';
-import { inject } from 'vitest';
+import { afterAll, beforeAll, beforeEach, inject } from 'vitest';
 import type { Db } from '../../src/reconciler.js';
 import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
 import { migrateDatabase } from '../../src/store/migrate.js';
-import type { SQL } from 'drizzle-orm';
+import { sql, type SQL } from 'drizzle-orm';
 
 export interface TestDatabase {
   url: string;
@@ -73,4 +73,25 @@ export async function createTestDatabase(options: { migrate?: boolean } = {}): P
       await dropDatabase(name);
     },
   };
+}
+
+/**
+ * The usual setup of a test file: a fresh database before its tests, dropped after them,
+ * optionally with the engine's tables emptied before each test. The returned object is
+ * filled in by `beforeAll`; use it inside tests only.
+ */
+export function useTestDatabase(options: { resetEngineTables?: boolean } = {}): TestDatabase {
+  const handle = {} as TestDatabase;
+  beforeAll(async () => {
+    Object.assign(handle, await createTestDatabase());
+  });
+  afterAll(async () => {
+    await handle.drop?.();
+  });
+  if (options.resetEngineTables) {
+    beforeEach(async () => {
+      await handle.rows(sql`TRUNCATE reconciler_runs, reconciler_failures, reconciler_state`);
+    });
+  }
+  return handle;
 }
