@@ -159,6 +159,21 @@ describe('reconciler run, as processes', () => {
     expect((await items('killed')).map((row) => row.touched)).toEqual([1, 1, 1, 1]);
     expect(await heldLease('killed')).toBeUndefined();
   }, 60_000);
+
+  it('on Ctrl-C finishes the items in flight, records the pass as aborted, releases the lease and exits 1', async () => {
+    const jobs = await setUp('interrupted', 6, { delayMs: 800, concurrency: 1 });
+    const run = start(['run', 'interrupted'], env(jobs));
+    await until(() => heldLease('interrupted'), 'the run to hold the lease', { watch: [run] });
+    run.child.kill('SIGINT');
+    const { code } = await run.exited;
+    expect(code).toBe(1);
+    expect(run.stderr).toContain('SIGINT: finishing the items in flight');
+    const [pass] = await runs('interrupted');
+    expect(pass).toMatchObject({ status: 'aborted', complete: false, failed: 0 });
+    expect(pass!.changed).toBe(await doneCount('interrupted'));
+    expect(pass!.changed).toBeLessThan(6);
+    expect(await heldLease('interrupted')).toBeUndefined();
+  }, 60_000);
 });
 
 describe('the daemon, as a process', () => {

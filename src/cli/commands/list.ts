@@ -1,6 +1,7 @@
 /** `reconciler list`: every reconciler with its schedule, next run, last pass, holder, backoff and dead items, and load errors. */
 import { ExitCode } from '../../errors.js';
 import { formatLoadError } from '../../engine/load.js';
+import { describeHolder } from '../../engine/engine.js';
 import { CronSchedule } from '../../scheduler/cron.js';
 import { countFailures } from '../../store/failures.js';
 import { readStates } from '../../store/state.js';
@@ -25,7 +26,7 @@ export async function listCommand(flags: { json?: boolean }): Promise<number> {
         lastStartedAt: state?.lastStartedAt ?? null,
         lastStatus: state?.lastStatus ?? null,
         lastSucceededAt: state?.lastSucceededAt ?? null,
-        runningOn: held ? { host: held.holderHost, pid: held.holderPid, since: held.holderSince, runId: held.currentRunId } : null,
+        runningOn: held ? { host: held.holderHost ?? '?', pid: held.holderPid ?? 0, since: held.holderSince ?? now, expiresAt: held.leaseExpiresAt ?? now, runId: held.currentRunId } : null,
         skippedTicks: state?.skippedTicks ?? 0,
         inBackoff: failures.get(r.name)?.backoff ?? 0,
         dead: failures.get(r.name)?.dead ?? 0,
@@ -44,7 +45,7 @@ export async function listCommand(flags: { json?: boolean }): Promise<number> {
               r.timezone === 'UTC' ? r.schedule : `${r.schedule} (${r.timezone})`,
               when(r.nextRun, now),
               r.lastStartedAt ? `${r.lastStatus ?? 'running'} ${when(r.lastStartedAt, now)}` : 'never',
-              r.runningOn ? `${r.runningOn.host} pid ${r.runningOn.pid}` : '-',
+              r.runningOn ? describeHolder(r.runningOn) : '-',
               String(r.inBackoff),
               String(r.dead),
               String(r.skippedTicks),

@@ -4,6 +4,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, UserError } from '../../errors.js';
+import { formatDuration } from '../../duration.js';
 import { Engine, describeHolder, summarize, type RunOutcome } from '../../engine/engine.js';
 import type { PassResult } from '../../engine/pass.js';
 import { withContext } from '../context.js';
@@ -43,11 +44,25 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
         process.stdout.write(`${line}\n`);
       });
     }
+    // Ctrl-C stops taking new items, lets in-flight ones finish and records the pass as aborted; a second one exits at once.
+    let interrupts = 0;
+    const onInterrupt = (signal: NodeJS.Signals) => {
+      if (++interrupts > 1) process.exit(signal === 'SIGINT' ? 130 : 143);
+      progress?.clear();
+      process.stderr.write(`reconciler: ${signal}: finishing the items in flight (up to ${formatDuration(config.SHUTDOWN_TIMEOUT)}); press Ctrl-C again to exit at once\n`);
+      void engine.stop(config.SHUTDOWN_TIMEOUT);
+    };
+    process.on('SIGINT', onInterrupt);
+    process.on('SIGTERM', onInterrupt);
     let exitCode: number = ExitCode.ok;
     for (const name of selected) {
       const outcome = await runWithWait(engine, name, flags, (message) => log.warn(message));
       progress?.clear();
       if (!outcome.ran) {
+        if (outcome.reason === 'stopping') {
+          exitCode = Math.max(exitCode, ExitCode.itemsFailed);
+          break;
+        }
         if (outcome.reason !== 'held') throw new Error(`pass did not run: ${outcome.reason}`);
         const message = `${name}: a pass is already running on ${describeHolder(outcome.holder)}; wait for it with --wait`;
         if (flags.json) printJson({ type: 'pass', reconciler: name, status: 'locked', holder: outcome.holder });
@@ -77,7 +92,7 @@ async function runWithWait(engine: Engine, name: string, flags: RunFlags, say: (
   let announced = false;
   for (;;) {
     const outcome = await engine.runPass(name, request);
-    if (outcome.ran || !flags.wait) return outcome;
+    if (outcome.ran || !flags.wait || outcome.reason !== 'held') return outcome;
     if (outcome.reason === 'held' && !announced) {
       say(`${name}: waiting for the pass running on ${describeHolder(outcome.holder)}`);
       announced = true;
