@@ -21,6 +21,12 @@ if (!existsSync(entry)) {
   process.stderr.write('reconciler: no build found in dist/ and tsx is not installed: run `npm install` (development) or `npm run build`\n');
   process.exit(2);
 }
+// A reader that goes away (`reconciler history | head`) is not an error of ours.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (error) => process.exit(error.code === 'EPIPE' ? 0 : 2));
+}
 const { main } = await import(entry.href);
 const code = await main(process.argv.slice(2));
+// Exit only once piped output is flushed: process.exit() would cut it at 64 KiB.
+await Promise.all([process.stdout, process.stderr].map((stream) => new Promise((resolve) => stream.write('', resolve))));
 process.exit(code);

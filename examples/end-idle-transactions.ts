@@ -4,7 +4,7 @@
  * writers, and nobody is coming back for it.
  *
  * State it repairs: sessions in this database whose state is `idle in transaction` and
- * whose last state change is older than IDLE_TRANSACTION_LIMIT (default 15 minutes).
+ * whose last state change is older than IDLE_TRANSACTION_LIMIT_SECONDS (default 900).
  * Why doing it twice is harmless: terminating a backend that is already gone, or that has
  * since moved on, does nothing: the check and the action are one statement.
  *

@@ -3,9 +3,9 @@
  * A bad value is reported as one line per variable (exit 2), never discovered at 3 a.m.
  */
 import { z } from 'zod';
-import { parseDuration } from './duration.js';
+import { durationText, parseDuration } from './duration.js';
 import { UserError } from './errors.js';
-import { describeDatabaseUrl, registerSecret } from './secrets.js';
+import { describeDatabaseUrl } from './secrets.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -62,7 +62,7 @@ export const configSchema = z.object({
   /** How long in-flight items may finish after SIGTERM before they are aborted. */
   SHUTDOWN_TIMEOUT: duration('25s', 0, 3_600_000),
   /** Database connections per process (PostgreSQL only). */
-  DATABASE_POOL_SIZE: z.coerce.number().int().min(2).max(200).default(10),
+  DATABASE_POOL_SIZE: z.coerce.number({ message: 'must be a whole number from 2 to 200' }).int({ message: 'must be a whole number from 2 to 200' }).min(2, { message: 'must be at least 2' }).max(200, { message: 'must be at most 200' }).default(10),
 });
 
 export type Config = z.output<typeof configSchema>;
@@ -83,17 +83,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 }
 
 /** The effective configuration with secrets masked, for `reconciler config` and start-up logs. */
-export function redactedConfig(config: Config): Record<string, string> {
+export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   return {
-    DATABASE_URL: config.DATABASE_URL ? describeDatabaseUrl(config.DATABASE_URL) : `(unset: embedded database in ${config.DATA_DIR})`,
+    DATABASE_URL: config.DATABASE_URL ? describeDatabaseUrl(config.DATABASE_URL) : `(unset: the embedded database in ${config.DATA_DIR})`,
     DATA_DIR: config.DATA_DIR,
     JOBS_DIR: config.JOBS_DIR,
-    LOG_LEVEL: config.LOG_LEVEL,
-    HISTORY_RETENTION: `${config.HISTORY_RETENTION}ms`,
-    LOCK_TTL: `${config.LOCK_TTL}ms`,
-    SHUTDOWN_TIMEOUT: `${config.SHUTDOWN_TIMEOUT}ms`,
+    LOG_LEVEL: env.LOG_LEVEL === undefined ? 'info for the daemon, warn for other commands (unset)' : config.LOG_LEVEL,
+    HISTORY_RETENTION: durationText(config.HISTORY_RETENTION),
+    LOCK_TTL: durationText(config.LOCK_TTL),
+    SHUTDOWN_TIMEOUT: durationText(config.SHUTDOWN_TIMEOUT),
     DATABASE_POOL_SIZE: String(config.DATABASE_POOL_SIZE),
   };
 }
-
-export { registerSecret };

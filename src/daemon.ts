@@ -11,6 +11,8 @@ import { pruneRuns } from './store/runs.js';
 import { openContext } from './cli/context.js';
 
 const PRUNE_EVERY_MS = 3_600_000;
+/** After the passes have stopped, how long closing the database may take. */
+const CLOSE_GRACE_MS = 5_000;
 
 export async function runDaemon(): Promise<number> {
   const context = await openContext({ jobs: true, logToStdout: true, migrating: true });
@@ -21,7 +23,7 @@ export async function runDaemon(): Promise<number> {
   });
   if (applied > 0) log.info({ applied }, `applied ${applied} migration(s) to ${database.target}`);
 
-  const engine = new Engine({ db: database.db, reconcilers, log, leaseMs: config.LOCK_TTL });
+  const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
   const scheduler = new Scheduler({ engine, log });
 
   const prune = async () => {
@@ -50,21 +52,36 @@ export async function runDaemon(): Promise<number> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // Started through `npm start`, the daemon is npm's child, and npm does not pass SIGTERM on:
+  // when our parent goes away, shut down as if signalled instead of running on as an orphan.
+  const parent = process.ppid;
+  const orphanCheck = setInterval(() => {
+    if (process.ppid !== parent && signals === 0) {
+      log.warn({ parent }, `the parent process (pid ${parent}) exited; shutting down`);
+      onSignal('SIGTERM');
+    }
+  }, 1_000);
+  orphanCheck.unref();
 
   await prune();
   if (reconcilers.length === 0) log.warn(`no reconcilers in ${config.JOBS_DIR}: the daemon will idle (add a file there, see README "Writing a reconciler")`);
   await scheduler.start();
   log.info(
     { reconcilers: reconcilers.map((r) => r.name), database: database.target },
-    `daemon started on ${database.target} with ${reconcilers.length} reconciler(s): ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}`,
+    `daemon started on ${database.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}`,
   );
 
   await stopSignal;
   clearInterval(pruneTimer);
+  clearInterval(orphanCheck);
   await scheduler.stop();
   await engine.stop(config.SHUTDOWN_TIMEOUT);
-  await scheduler.drain();
-  await context.close();
+  // An item that ignores its AbortSignal may hold a connection forever: do not wait on it.
+  const closed = await Promise.race([
+    scheduler.drain().then(() => context.close()).then(() => true),
+    new Promise<false>((resolve) => setTimeout(() => resolve(false), CLOSE_GRACE_MS).unref()),
+  ]);
+  if (!closed) log.warn(`some items ignored their AbortSignal and still hold database connections; exiting without waiting for them`);
   log.info('daemon stopped');
   return ExitCode.ok;
 }

@@ -6,7 +6,7 @@ export type Duration = number | `${number}${DurationUnit}`;
 type DurationUnit = 'ms' | 's' | 'm' | 'h' | 'd';
 
 const UNIT_MS: Record<DurationUnit, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-const PATTERN = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/;
+const PATTERN = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/;
 
 /** Parses a {@link Duration} into milliseconds; throws a RangeError that quotes the bad value. */
 export function parseDuration(value: unknown): number {
@@ -14,9 +14,15 @@ export function parseDuration(value: unknown): number {
     if (Number.isFinite(value) && value >= 0) return value;
   } else if (typeof value === 'string') {
     const match = PATTERN.exec(value);
-    if (match) return Math.round(Number(match[1]) * UNIT_MS[match[2] as DurationUnit]);
+    if (match) return Math.round(Number(match[1]) * UNIT_MS[(match[2] ?? 'ms') as DurationUnit]);
   }
-  throw new RangeError(`${JSON.stringify(value)} is not a duration (use milliseconds, or a string like "30s", "5m", "2h", "14d")`);
+  throw new RangeError(`${JSON.stringify(value)} is not a duration (use milliseconds, e.g. 1500, or a string such as "30s", "5m", "2h", "14d")`);
+}
+
+/** The shortest exact spelling of a duration: `1500ms`, `30s`, `5m`, `14d`. */
+export function durationText(ms: number): string {
+  for (const unit of ['d', 'h', 'm', 's'] as const) if (ms >= UNIT_MS[unit] && ms % UNIT_MS[unit] === 0) return `${ms / UNIT_MS[unit]}${unit}`;
+  return `${ms}ms`;
 }
 
 /** Formats milliseconds for people: `850ms`, `12.3s`, `4m05s`, `3h12m`, `2d04h`. */

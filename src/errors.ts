@@ -7,6 +7,8 @@
  */
 export const ExitCode = { ok: 0, itemsFailed: 1, usage: 2, lockHeld: 3 } as const;
 
+import { scrub } from './secrets.js';
+
 const TERMINAL = Symbol.for('reconciler.TerminalError');
 
 /**
@@ -53,8 +55,26 @@ export function coerceError(value: unknown): Error {
   }
 }
 
-/** The message of an error, cut to `max` characters so that one bad item cannot bloat a row or a log line. */
+/**
+ * The message that explains an error. drizzle wraps every failed query in
+ * "Failed query: <sql> params: <values>" with the database's own error as `cause`: the
+ * cause is what a person needs, and the parameters may hold secrets, so they never show.
+ */
+function explanation(error: Error): string {
+  const cause = (error as { cause?: unknown }).cause;
+  if (error.message.startsWith('Failed query:') && cause instanceof Error) {
+    const code = (cause as { code?: unknown }).code;
+    return `${explanation(cause)}${typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? ` (SQLSTATE ${code})` : ''}`;
+  }
+  return error.message || error.name || 'error';
+}
+
+/**
+ * The message of an error as one line: the database's cause rather than drizzle's wrapper,
+ * no NUL bytes (PostgreSQL text cannot hold them), no secrets, cut to `max` characters so
+ * that one bad item cannot bloat a row or a log line.
+ */
 export function errorSummary(error: Error, max = 2_000): string {
-  const text = error.message || error.name || 'error';
+  const text = scrub(explanation(error)).replace(/\u0000/g, '').replace(/\s*\n\s*/g, ' ').trim() || 'error';
   return text.length > max ? `${text.slice(0, max)}… (${text.length - max} more characters)` : text;
 }

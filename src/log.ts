@@ -5,6 +5,7 @@
 import pino, { type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import { scrub } from './secrets.js';
+import { coerceError, errorSummary } from './errors.js';
 
 export type { Logger };
 
@@ -26,11 +27,20 @@ function scrubValue(value: unknown, depth = 0): unknown {
   return out;
 }
 
+/** An error as a log field: the explaining message (see errorSummary), its code, and stack frames without the raw message. */
+function serializeError(value: unknown): Record<string, unknown> {
+  const error = coerceError(value);
+  const message = errorSummary(error, 10_000);
+  const code = (error as { code?: unknown }).code ?? ((error as { cause?: { code?: unknown } }).cause?.code);
+  const frames = (error.stack ?? '').split('\n').filter((line) => /^\s+at /.test(line));
+  return { type: error.name, message, ...(typeof code === 'string' ? { code } : {}), stack: scrub([`${error.name}: ${message}`, ...frames].join('\n')) };
+}
+
 export function createLogger(options: LoggerOptions): Logger {
   const stream = options.fd === 1 ? process.stdout : process.stderr;
   const usePretty = options.pretty ?? Boolean(stream.isTTY);
   const destination = usePretty
-    ? pretty({ destination: options.fd, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', sync: true })
+    ? pretty({ destination: options.fd, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true })
     : pino.destination({ fd: options.fd, sync: true });
   return pino(
     {
@@ -38,7 +48,7 @@ export function createLogger(options: LoggerOptions): Logger {
       base: { pid: process.pid },
       redact: { paths: ['password', '*.password', 'databaseUrl', '*.databaseUrl', 'apiKey', '*.apiKey', 'headers.authorization'], censor: '[redacted]' },
       serializers: {
-        err: (error: unknown) => scrubValue(pino.stdSerializers.err(error as Error)),
+        err: serializeError,
       },
       formatters: { log: (object) => scrubValue(object) as Record<string, unknown> },
       hooks: {

@@ -51,7 +51,11 @@ export interface ReconcileContext {
   db: Db;
   /** A child logger carrying reconciler, pass id and item key. */
   log: Logger;
-  /** Aborted when the item's `timeout` elapses or the daemon shuts down. Pass it to every I/O call. */
+  /**
+   * Aborted when the item's `timeout` elapses, when the pass loses its lease, or when
+   * SHUTDOWN_TIMEOUT has passed after a shutdown began. Pass it to every I/O call: an item
+   * that ignores it keeps its key busy in this process until it settles.
+   */
   signal: AbortSignal;
   /** 1 on the first try; failure memory counts the tries before this one. */
   attempt: number;
@@ -133,6 +137,8 @@ export interface Reconciler<Item = unknown> {
 }
 
 const DEFINED = Symbol.for('reconciler.definition');
+/** Node's timers hold at most 2^31-1 ms (24.8 days). */
+const MAX_TIMER_MS = 24 * 86_400_000;
 const KNOWN_OPTIONS = [
   'schedule', 'timezone', 'description', 'scan', 'key', 'reconcile', 'concurrency',
   'timeout', 'pageSize', 'retry', 'maxItemsPerPass', 'maxPassDuration',
@@ -224,8 +230,11 @@ function validateDefinition(definition: unknown): asserts definition is Reconcil
   if (d.concurrency !== undefined) positiveInteger(d.concurrency, 'concurrency');
   if (d.pageSize !== undefined) positiveInteger(d.pageSize, 'pageSize');
   if (d.maxItemsPerPass !== undefined) positiveInteger(d.maxItemsPerPass, 'maxItemsPerPass');
-  if (d.timeout !== undefined && duration(d.timeout, 'timeout') <= 0) throw new DefinitionError('`timeout` must be above zero');
-  if (d.maxPassDuration !== undefined) duration(d.maxPassDuration, 'maxPassDuration');
+  for (const option of ['timeout', 'maxPassDuration'] as const) {
+    if (d[option] === undefined) continue;
+    const ms = duration(d[option], option);
+    if (ms <= 0 || ms > MAX_TIMER_MS) throw new DefinitionError(`\`${option}\` must be above zero and at most 24 days, got ${JSON.stringify(d[option])}`);
+  }
   if (d.retry !== undefined) {
     if (typeof d.retry !== 'object' || d.retry === null) throw new DefinitionError('`retry` must be an object: { maxAttempts, backoff: { initial, max } }');
     const retry = d.retry as Record<string, unknown>;

@@ -35,7 +35,12 @@ export function describeDatabaseUrl(url: string): string {
     const parsed = new URL(url);
     registerSecret(parsed.password);
     if (parsed.password) parsed.password = '***';
-    for (const key of ['password', 'sslpassword', 'sslkey']) if (parsed.searchParams.has(key)) parsed.searchParams.set(key, '***');
+    for (const key of ['password', 'sslpassword', 'sslkey']) {
+      if (parsed.searchParams.has(key)) {
+        registerSecret(parsed.searchParams.get(key) ?? undefined);
+        parsed.searchParams.set(key, '***');
+      }
+    }
     return parsed.toString();
   } catch {
     return scrub(url);

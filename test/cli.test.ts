@@ -147,6 +147,23 @@ describe('reconciler run', () => {
     expect(await doneItems()).toEqual([]);
   });
 
+  it('shows the items that would fail under --dry-run, with their error', async () => {
+    const { env } = await itemsJob(3, { failKeys: ['item-2'] });
+    const result = await runCli(['run', 'items', '--dry-run'], env);
+    expect(result.code).toBe(1);
+    expect(lines(result.stdout)).toContain('would fail          item-2  cannot reconcile item-2');
+    expect(await t.rows(sql`SELECT * FROM reconciler_failures`)).toEqual([]);
+  });
+
+  it('exits 1 and says how to make it due when --key names a dead item', async () => {
+    const { env } = await itemsJob(3);
+    await t.rows(sql`INSERT INTO reconciler_failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at) VALUES ('items', 'item-2', 10, 'boom', now(), now())`);
+    const result = await runCli(['run', 'items', '--key', 'item-2'], env);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('item "item-2" is dead and was not attempted; make it due with `reconciler retry items "item-2"` first');
+    expect(await doneItems()).toEqual([]);
+  });
+
   it('reconciles only the named item under --key', async () => {
     const { env } = await itemsJob(5);
     const result = await runCli(['run', 'items', '--key', 'item-3'], env);
@@ -211,6 +228,13 @@ describe('reconciler retry and clear', () => {
     expectOneLineError(result, /--all/);
   });
 
+  it('names the load error when the reconciler to retry is a broken file', async () => {
+    await resetItems(1);
+    const folder = jobs({ 'items.ts': 'throw new Error("boom at import");' });
+    const result = await runCli(['retry', 'items', 'item-1'], { DATABASE_URL: t.url, JOBS_DIR: folder.dir });
+    expectOneLineError(result, /items did not load, and has no failures on record: .*items\.ts: failed to import: boom at import/);
+  });
+
   it('forgets every failed item of a reconciler with clear --all', async () => {
     const { env } = await itemsJob(3, { failKeys: ['item-1', 'item-3'] });
     expect((await runCli(['run', 'items'], env)).code).toBe(1);
@@ -219,6 +243,25 @@ describe('reconciler retry and clear', () => {
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toMatch(/^items: 2 item\(s\) forgotten/);
     expect(await t.rows(sql`SELECT key FROM reconciler_failures`)).toEqual([]);
+  });
+});
+
+describe('output through pipes', () => {
+  it('keeps JSON output whole when it is larger than a pipe buffer', async () => {
+    const { env } = await itemsJob(1);
+    await t.rows(sql`INSERT INTO reconciler_runs (reconciler, trigger, status, host, pid, error)
+                     SELECT 'items', 'manual', 'failed', 'host', 1, repeat('x', 200) FROM generate_series(1, 3000)`);
+    const result = await runCli(['history', '--json', '--limit', '3000'], env);
+    expect(result.stdout.length).toBeGreaterThan(256 * 1024);
+    expect((JSON.parse(result.stdout) as { runs: unknown[] }).runs).toHaveLength(3000);
+  });
+
+  it('exits quietly when the reader of its output goes away', async () => {
+    const { env } = await itemsJob(1);
+    await t.rows(sql`INSERT INTO reconciler_runs (reconciler, trigger, status, host, pid) SELECT 'items', 'manual', 'succeeded', 'host', 1 FROM generate_series(1, 3000)`);
+    const result = await runCli([], {}, { shell: `set -o pipefail; DATABASE_URL='${env.DATABASE_URL}' JOBS_DIR='${env.JOBS_DIR}' node bin/reconciler.js history --limit 3000 | head -c 10 >/dev/null` });
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stderr).toBe('');
   });
 });
 
@@ -367,7 +410,16 @@ describe('reconciler config', () => {
     expect(result.stdout).not.toContain('Hunter2Secret');
     expect(result.stdout).toMatch(/^DATABASE_URL\s+postgres:\/\/postgres:\*\*\*@/m);
     expect(result.stdout).toMatch(/^JOBS_DIR\s+some\/jobs$/m);
-    expect(result.stdout).toMatch(/^LOCK_TTL\s+20000ms$/m);
+    expect(result.stdout).toMatch(/^LOCK_TTL\s+20s$/m);
+  });
+});
+
+describe('configuration values', () => {
+  it('accepts durations in plain milliseconds, as environment variables often spell them', async () => {
+    const result = await runCli(['config'], { LOCK_TTL: '5000', SHUTDOWN_TIMEOUT: '0' });
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/^LOCK_TTL\s+5s$/m);
+    expect(result.stdout).toMatch(/^SHUTDOWN_TIMEOUT\s+0ms$/m);
   });
 });
 

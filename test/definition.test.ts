@@ -76,6 +76,7 @@ describe('durations', () => {
     expect(parseDuration('30s')).toBe(30_000);
     expect(parseDuration('1.5m')).toBe(90_000);
     expect(parseDuration('14d')).toBe(14 * 86_400_000);
+    expect(parseDuration('1500')).toBe(1_500); // as an environment variable spells milliseconds
     expect(() => parseDuration('-1s')).toThrow(RangeError);
   });
 

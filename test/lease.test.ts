@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
+import pg from 'pg';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, numbers, reconciler } from './helpers/engine.js';
 import { acquireLease } from '../src/store/state.js';
@@ -64,22 +65,39 @@ describe('pass leases', () => {
     expect(await a.runPass('ticking', { trigger: 'schedule', tick: nextTick })).toEqual({ ran: false, reason: 'already-served' });
   });
 
-  it('does not serve a tick that a pass started after it already covered', async () => {
-    const definition = reconciler('covered', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: async () => 'changed' });
+  it('runs a catch-up pass only if no pass finished since the replica looked (compare-and-set on the last run)', async () => {
+    const definition = reconciler('caught-up', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: async () => 'changed' });
+    const a = engine(t.db, [definition], { host: 'a' });
+    const b = engine(t.db, [definition], { host: 'b' });
+    const tick = new Date(Math.floor(Date.now() / 60_000) * 60_000);
+    // Both replicas start, both see "never ran" (last run 0), both ask for the same catch-up.
+    expect(await a.runPass('caught-up', { trigger: 'startup', tick, expectLastRunId: 0 })).toMatchObject({ ran: true });
+    expect(await b.runPass('caught-up', { trigger: 'startup', tick, expectLastRunId: 0 })).toEqual({ ran: false, reason: 'already-served' });
+  });
+
+  it('repeats the tick of an aborted pass on catch-up', async () => {
+    const definition = reconciler('redo', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: async () => 'changed' });
     const e = engine(t.db, [definition]);
-    await e.runPass('covered', { trigger: 'manual' });
-    expect(await e.runPass('covered', { trigger: 'startup', tick: new Date(Date.now() - 60_000) })).toEqual({ ran: false, reason: 'already-served' });
+    const tick = new Date(Math.floor(Date.now() / 60_000) * 60_000);
+    const first = await e.runPass('redo', { trigger: 'schedule', tick });
+    await t.rows(sql`UPDATE reconciler_state SET last_status = 'aborted' WHERE reconciler = 'redo'`);
+    expect(await e.runPass('redo', { trigger: 'schedule', tick })).toEqual({ ran: false, reason: 'already-served' });
+    const lastRunId = first.ran ? first.result.runId! : 0;
+    expect(await e.runPass('redo', { trigger: 'startup', tick, expectLastRunId: lastRunId })).toMatchObject({ ran: true });
   });
 
   it('skips a tick that finds a pass still running, and counts it once across replicas', async () => {
     const { definition, gate, entered } = heldOpen('busy');
     const a = engine(t.db, [definition], { host: 'a' });
     const b = engine(t.db, [definition], { host: 'b' });
-    const running = a.runPass('busy', { trigger: 'schedule', tick: new Date('2026-11-27T10:00:00Z') });
+    const tick = new Date('2026-11-27T10:00:00Z');
+    const running = a.runPass('busy', { trigger: 'schedule', tick });
     await entered.promise;
     const skipped: string[] = [];
     a.events.on('tick:skipped', (s) => skipped.push(`a:${s.reason}`));
     b.events.on('tick:skipped', (s) => skipped.push(`b:${s.reason}`));
+    // The same tick, seen late by another replica, is being served: that is not a skipped tick.
+    expect(await b.runPass('busy', { trigger: 'schedule', tick })).toEqual({ ran: false, reason: 'already-served' });
     const next = new Date('2026-11-27T10:01:00Z');
     expect(await a.runPass('busy', { trigger: 'schedule', tick: next })).toEqual({ ran: false, reason: 'running-here' });
     expect(await b.runPass('busy', { trigger: 'schedule', tick: next })).toMatchObject({ ran: false, reason: 'held' });
@@ -109,6 +127,40 @@ describe('pass leases', () => {
     const outcome = await running;
     expect(outcome).toMatchObject({ ran: true, result: { status: 'aborted' } });
     expect(String(aborted)).toContain('lease lost');
+  });
+
+  it('aborts a pass whose lease renewal hangs, before the lease can lapse on the database', async () => {
+    const entered = deferred<void>();
+    const aborted = deferred<unknown>();
+    const e = engine(t.db, [reconciler('stalled', {
+      schedule: '* * * * *',
+      scan: numbers(1),
+      key: () => 'k',
+      reconcile: async (_item, ctx) => {
+        entered.resolve();
+        await new Promise((_, reject) => ctx.signal.addEventListener('abort', () => {
+          aborted.resolve(ctx.signal.reason);
+          reject(ctx.signal.reason);
+        }));
+        return 'changed' as const;
+      },
+    })], { leaseMs: 1_500 });
+    const running = e.runPass('stalled', { trigger: 'manual' });
+    await entered.promise;
+    // Another session locks the lease row: every renewal now hangs, as on a stalled network.
+    const blocker = new pg.Client({ connectionString: t.url });
+    await blocker.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query(`SELECT 1 FROM reconciler_state WHERE reconciler = 'stalled' FOR UPDATE`);
+      const started = performance.now();
+      expect(String(await aborted.promise)).toContain('lease expired');
+      expect(performance.now() - started).toBeLessThan(1_500);
+    } finally {
+      await blocker.query('ROLLBACK'); // the pass can now record its end
+      await blocker.end();
+    }
+    expect(await running).toMatchObject({ ran: true, result: { status: 'aborted' } });
   });
 
   it('stops a pass on shutdown: no new items, in-flight ones finish, recorded as aborted with counts', async () => {

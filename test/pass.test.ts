@@ -135,6 +135,24 @@ describe('a pass', () => {
     expect(result.counts).toMatchObject({ found: 3, changed: 2, failed: 1 });
   });
 
+  it('does not start an item again while an earlier attempt that ignored its timeout is still running', async () => {
+    const release = deferred<void>();
+    let starts = 0;
+    const e = engine(t.db, [reconciler('zombie', { schedule: '* * * * *', timeout: 100, scan: numbers(1), key: () => 'z', reconcile: async () => {
+      starts++;
+      await release.promise; // ignores ctx.signal
+      return 'changed';
+    } })]);
+    expect((await pass(e, 'zombie')).counts.failed).toBe(1);
+    await makeDue();
+    expect((await pass(e, 'zombie', { onlyKey: 'z' })).counts).toMatchObject({ found: 1, skipped: 1 });
+    expect(starts).toBe(1);
+    release.resolve();
+    await new Promise((resolve) => setImmediate(resolve));
+    await pass(e, 'zombie', { onlyKey: 'z' });
+    expect(starts).toBe(2);
+  });
+
   it('remembers a failure with attempts, error and backoff, defers the item, then retries it', async () => {
     const attempts: number[] = [];
     let healthy = false;
@@ -255,6 +273,37 @@ describe('a pass', () => {
     await pass(e, 'odd-keys');
     expect((await failures()).map((f) => f.key)).toEqual([key]);
     expect((await pass(e, 'odd-keys')).counts.deferred).toBe(1);
+  });
+
+  it("records the database's own error for a failed query, never drizzle's wrapper with the query parameters", async () => {
+    const e = engine(t.db, [reconciler('bad-sql', { schedule: '* * * * *', scan: numbers(1), key: () => 'x', reconcile: async (_item, ctx) => {
+      await ctx.db.execute(sql`SELECT * FROM no_such_table WHERE token = ${'tok_live_secret'}`);
+      return 'changed';
+    } })]);
+    await pass(e, 'bad-sql');
+    const [row] = await failures();
+    expect(row!.last_error).toBe('relation "no_such_table" does not exist (SQLSTATE 42P01)');
+  });
+
+  it('rejects keys with a NUL character (PostgreSQL cannot store them) and goes on', async () => {
+    const seen: string[] = [];
+    const e = engine(t.db, [reconciler<{ k: string }>('nul', { schedule: '* * * * *', scan: async ({ after }) => (after ? [] : [{ k: 'a\u0000b' }, { k: 'ok' }]), key: (i) => i.k, reconcile: async (i) => (seen.push(i.k), 'changed') })]);
+    const result = await pass(e, 'nul');
+    expect(seen).toEqual(['ok']);
+    expect(result).toMatchObject({ status: 'failed', counts: { found: 2, changed: 1, failed: 1 } });
+  });
+
+  it('is not broken by an event listener that throws', async () => {
+    const e = engine(t.db, [reconciler('listened', { schedule: '* * * * *', scan: numbers(3), key: (i) => `n${i.n}`, reconcile: async () => 'changed' })]);
+    e.events.on('item:done', () => {
+      throw new Error('a buggy metrics listener');
+    });
+    e.events.on('pass:start', () => {
+      throw new Error('another');
+    });
+    const result = await pass(e, 'listened');
+    expect(result).toMatchObject({ status: 'succeeded', counts: { found: 3, changed: 3, failed: 0 } });
+    expect(await t.rows(sql`SELECT 1 FROM reconciler_state WHERE holder_id IS NOT NULL`)).toEqual([]);
   });
 
   it('fails an item whose reconcile returns something that is not an outcome', async () => {

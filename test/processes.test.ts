@@ -149,7 +149,7 @@ describe('reconciler run, as processes', () => {
     expect(history).toHaveLength(2);
     const [abandoned, takeover] = history as [RunRow, RunRow];
     expect(abandoned).toMatchObject({ id: Number(lease.current_run_id), pid: victim.pid, status: 'abandoned' });
-    expect(abandoned.error).toContain('stopped renewing its lease');
+    expect(abandoned.error).toContain('stopped renewing the lease');
     expect(takeover).toMatchObject({ status: 'succeeded', complete: true });
     // Not before the lease ran out, and within LOCK_TTL (plus start-up and polling slack) of the kill.
     expect(takeover.started_ms).toBeGreaterThanOrEqual(leaseBeforeKill!.lease_expires_ms!);
@@ -212,6 +212,44 @@ describe('the daemon, as a process', () => {
     const history = await runs('overdue');
     expect(history.map((run) => [run.trigger, run.status])).toEqual([['startup', 'succeeded']]);
     expect((await items('overdue')).map((row) => row.touched)).toEqual([1, 1]);
+  }, 60_000);
+
+  it('after a kill -9 and a quick restart, catches up once the dead holder\'s lease has lapsed', async () => {
+    const jobs = await setUp('restarted', 4, { schedule: '0 0 1 1 *', delayMs: 1_000, concurrency: 1 });
+    const first = start(['daemon'], env(jobs));
+    await until(() => heldLease('restarted'), 'the first daemon to start its catch-up pass', { watch: [first] });
+    await first.kill('SIGKILL');
+
+    const second = start(['daemon'], env(jobs));
+    const summary = await second.waitFor(isSummary('restarted', 'startup'), 'the catch-up pass after the lease lapsed', 30_000);
+    expect(summary.status).toBe('succeeded');
+    second.child.kill('SIGTERM');
+    expect((await second.exited).code).toBe(0);
+    expect((await runs('restarted')).map((run) => [run.trigger, run.status])).toEqual([
+      ['startup', 'abandoned'],
+      ['startup', 'succeeded'],
+    ]);
+    expect((await items('restarted')).every((row) => row.done && row.touched === 1)).toBe(true);
+  }, 60_000);
+
+  it('shuts down gracefully when its parent exits, as under `npm start` stopped with SIGTERM', async () => {
+    const jobs = await setUp('orphaned', 1, { schedule: '0 0 1 1 *' });
+    const npm = startProcess(['start'], env(jobs), { command: 'npm' });
+    children.push(npm);
+    const started = await npm.waitFor((line) => typeof line.msg === 'string' && line.msg.startsWith('daemon started'), 'the daemon to start under npm', 30_000);
+    const daemonPid = Number(started.pid);
+    expect(daemonPid).not.toBe(npm.pid);
+    npm.child.kill('SIGTERM'); // npm exits without passing the signal on
+    await until(async () => {
+      try {
+        process.kill(daemonPid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    }, 'the orphaned daemon to exit', { timeoutMs: 20_000 });
+    expect(npm.stdoutText.join('\n')).toContain(`the parent process`);
+    expect(npm.lines.some((line) => line.msg === 'daemon stopped')).toBe(true);
   }, 60_000);
 
   it('on SIGTERM lets in-flight items finish, takes no new ones, records the pass and releases the lease', async () => {

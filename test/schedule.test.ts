@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { CronSchedule } from '../src/scheduler/cron.js';
-import { dueForCatchUp } from '../src/scheduler/scheduler.js';
+import { nextTick, previousTick } from '../src/scheduler/cron.js';
+import { dueForCatchUp, type StateSummary } from '../src/scheduler/scheduler.js';
 import { backoffDelay } from '../src/engine/backoff.js';
 import { resolveReconciler, defineReconciler } from '../src/reconciler.js';
 
@@ -10,43 +10,54 @@ const nineInBerlin = resolveReconciler('berlin', 'x', defineReconciler({ schedul
 
 describe('cron arithmetic', () => {
   it('finds the next and the previous tick', () => {
-    const every5 = new CronSchedule('*/5 * * * *', 'UTC');
-    expect(every5.next(at('2026-01-01T00:00:00Z'))).toEqual(at('2026-01-01T00:05:00Z'));
-    expect(every5.previous(at('2026-01-01T00:07:30Z'))).toEqual(at('2026-01-01T00:05:00Z'));
-    expect(every5.previous(at('2026-01-01T00:05:00Z'))).toEqual(at('2026-01-01T00:05:00Z'));
+    expect(nextTick('*/5 * * * *', 'UTC', at('2026-01-01T00:00:00Z'))).toEqual(at('2026-01-01T00:05:00Z'));
+    expect(previousTick('*/5 * * * *', 'UTC', at('2026-01-01T00:07:30Z'))).toEqual(at('2026-01-01T00:05:00Z'));
+    expect(previousTick('*/5 * * * *', 'UTC', at('2026-01-01T00:05:00Z'))).toEqual(at('2026-01-01T00:05:00Z'));
   });
 
   it('reads the schedule in its time zone', () => {
-    const nine = new CronSchedule('0 9 * * *', 'Europe/Berlin');
-    expect(nine.next(at('2026-07-01T00:00:00Z'))).toEqual(at('2026-07-01T07:00:00Z')); // CEST, UTC+2
-    expect(nine.next(at('2026-12-01T00:00:00Z'))).toEqual(at('2026-12-01T08:00:00Z')); // CET, UTC+1
+    expect(nextTick('0 9 * * *', 'Europe/Berlin', at('2026-07-01T00:00:00Z'))).toEqual(at('2026-07-01T07:00:00Z')); // CEST, UTC+2
+    expect(nextTick('0 9 * * *', 'Europe/Berlin', at('2026-12-01T00:00:00Z'))).toEqual(at('2026-12-01T08:00:00Z')); // CET, UTC+1
   });
 
   it('finds a previous tick far back for a yearly schedule', () => {
-    expect(new CronSchedule('0 0 1 1 *', 'UTC').previous(at('2026-11-27T12:00:00Z'))).toEqual(at('2026-01-01T00:00:00Z'));
+    expect(previousTick('0 0 1 1 *', 'UTC', at('2026-11-27T12:00:00Z'))).toEqual(at('2026-01-01T00:00:00Z'));
   });
 });
 
 describe('catch-up after downtime (controlled clock)', () => {
   const now = at('2026-11-27T10:20:00Z');
+  const ranAt = (started: string, extra: Partial<StateSummary> = {}): Map<string, StateSummary> =>
+    new Map([['hourly', { lastTickAt: null, lastStartedAt: at(started), lastStatus: 'succeeded', lastRunId: 41, holderId: null, ...extra }]]);
 
   it('runs a reconciler whose last pass is older than its latest tick, once, for that tick', () => {
-    const due = dueForCatchUp([hourly], new Map([['hourly', at('2026-11-27T06:00:03Z')]]), now);
-    expect(due).toEqual([{ name: 'hourly', tick: at('2026-11-27T10:00:00Z') }]);
+    expect(dueForCatchUp([hourly], ranAt('2026-11-27T06:00:03Z'), now)).toMatchObject([{ name: 'hourly', tick: at('2026-11-27T10:00:00Z'), expectLastRunId: 41 }]);
   });
 
   it('leaves alone a reconciler that already ran since its latest tick', () => {
-    expect(dueForCatchUp([hourly], new Map([['hourly', at('2026-11-27T10:00:01Z')]]), now)).toEqual([]);
+    expect(dueForCatchUp([hourly], ranAt('2026-11-27T10:00:01Z'), now)).toEqual([]);
   });
 
   it('runs a reconciler that never ran', () => {
-    expect(dueForCatchUp([hourly], new Map(), now)).toEqual([{ name: 'hourly', tick: at('2026-11-27T10:00:00Z') }]);
+    expect(dueForCatchUp([hourly], new Map(), now)).toMatchObject([{ name: 'hourly', tick: at('2026-11-27T10:00:00Z'), expectLastRunId: 0, reason: 'it never ran' }]);
+  });
+
+  it('runs again a reconciler whose last pass was aborted by a deploy, or broke off', () => {
+    expect(dueForCatchUp([hourly], ranAt('2026-11-27T10:00:01Z', { lastStatus: 'aborted' }), now)).toMatchObject([{ reason: 'its last pass was aborted' }]);
+    expect(dueForCatchUp([hourly], ranAt('2026-11-27T10:00:01Z', { lastStatus: 'error' }), now)).toMatchObject([{ reason: 'its last pass broke off' }]);
+  });
+
+  it('runs again a reconciler whose pass was left unfinished by a process that died', () => {
+    expect(dueForCatchUp([hourly], ranAt('2026-11-27T10:00:01Z', { holderId: '00000000-0000-4000-8000-000000000009' }), now)).toMatchObject([
+      { reason: 'a pass was left unfinished by a process that stopped' },
+    ]);
   });
 
   it('judges lateness by the schedule in its own time zone', () => {
     // 09:00 Berlin is 08:00 UTC in November: a pass at 07:30 UTC is before that tick.
-    expect(dueForCatchUp([nineInBerlin], new Map([['berlin', at('2026-11-27T07:30:00Z')]]), now)).toEqual([{ name: 'berlin', tick: at('2026-11-27T08:00:00Z') }]);
-    expect(dueForCatchUp([nineInBerlin], new Map([['berlin', at('2026-11-27T08:00:05Z')]]), now)).toEqual([]);
+    const berlin = (started: string) => new Map([['berlin', { lastTickAt: null, lastStartedAt: at(started), lastStatus: 'succeeded', lastRunId: 1, holderId: null }]]);
+    expect(dueForCatchUp([nineInBerlin], berlin('2026-11-27T07:30:00Z'), now)).toMatchObject([{ name: 'berlin', tick: at('2026-11-27T08:00:00Z') }]);
+    expect(dueForCatchUp([nineInBerlin], berlin('2026-11-27T08:00:05Z'), now)).toEqual([]);
   });
 });
 

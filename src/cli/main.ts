@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { ExitCode, UserError, coerceError } from '../errors.js';
+import { ExitCode, UserError, coerceError, errorSummary } from '../errors.js';
 import { scrub } from '../secrets.js';
 import { runDaemon } from '../daemon.js';
 import { runCommand } from './commands/run.js';
@@ -123,7 +123,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       for (const line of error.message.split('\n')) process.stderr.write(`reconciler: ${scrub(line)}\n`);
       return error.exitCode;
     }
-    process.stderr.write(`reconciler: ${scrub(error.message.split('\n')[0] ?? 'error')}\n`);
+    process.stderr.write(`reconciler: ${errorSummary(error, 500)}\n`);
     if (/^(debug|trace)$/.test(process.env.LOG_LEVEL ?? '')) process.stderr.write(`${scrub(error.stack ?? '')}\n`);
     return ExitCode.usage;
   }

@@ -17,6 +17,8 @@ import { runPass, type PassResult } from './pass.js';
 
 export interface EngineOptions {
   db: Db;
+  /** Where leases are taken and renewed: a separate small pool, so lease traffic never queues behind items. Defaults to `db`. */
+  control?: Db;
   reconcilers: readonly Reconciler[];
   log: Logger;
   /** Lease length. A holder that dies is taken over at most this long after its last renewal. */
@@ -34,6 +36,8 @@ export interface RunRequest {
   onlyKey?: string;
   /** The scheduled tick this pass serves (schedule and startup triggers). */
   tick?: Date;
+  /** Catch-up: run only if the last finished run is still this one (see acquireLease). */
+  expectLastRunId?: number;
 }
 
 /** A pass that did not run, and why. */
@@ -52,6 +56,8 @@ interface ActivePass {
 }
 
 const WHOLE: Partition = { index: 0, count: 1 };
+/** After aborting in-flight items at shutdown, how long to wait for passes to record their end. */
+const RECORD_GRACE_MS = 5_000;
 
 /** "web-1 pid 4242 since 12:00:01Z (run 17)" */
 export function describeHolder(holder: LeaseHolder): string {
@@ -64,7 +70,8 @@ export function summarize(result: PassResult): string {
   return (
     `${result.reconciler}: ${what} ${result.status} in ${formatDuration(result.durationMs)}: ` +
     `${c.found} found, ${c.changed} changed, ${c.unchanged} unchanged, ${c.skipped} skipped, ${c.failed} failed, ${c.deferred} deferred, ${c.dead} dead` +
-    `${result.complete ? '' : ' (stopped early; the rest waits for the next pass)'}${result.error ? `: ${result.error}` : ''}`
+    `${result.keyFound !== undefined ? ' (one item, by --key)' : result.complete || result.status === 'error' ? '' : ' (stopped early; the rest waits for the next pass)'}` +
+    `${result.error ? `: ${result.error}` : ''}`
   );
 }
 
@@ -75,16 +82,23 @@ export class Engine {
   readonly pid: number;
   readonly db: Db;
   readonly #options: EngineOptions;
+  readonly #control: Db;
+  /** Leased passes running in this process, by reconciler name. */
   readonly #active = new Map<string, ActivePass>();
+  /** Dry runs take no lease, but shutdown and Ctrl-C still stop them. */
+  readonly #dryRuns = new Set<ActivePass>();
+  /** Per reconciler, keys whose reconcile has not settled yet (see PassDeps.busyKeys). */
+  readonly #busyKeys = new Map<string, Set<string>>();
   #stopping = false;
 
   constructor(options: EngineOptions) {
     this.#options = options;
-    this.events = options.events ?? new EngineEvents();
+    this.events = options.events ?? new EngineEvents((error, event) => options.log.error({ err: error, event }, `a listener of ${event} threw: ${error.message}`));
     this.reconcilers = new Map(options.reconcilers.map((r) => [r.name, r]));
     this.host = options.host ?? hostname();
     this.pid = options.pid ?? process.pid;
     this.db = options.db;
+    this.#control = options.control ?? options.db;
   }
 
   /** The reconciler called `name`, or a UserError with a "did you mean" hint. */
@@ -97,14 +111,11 @@ export class Engine {
     );
   }
 
-  isRunning(name: string): boolean {
-    return this.#active.has(name);
-  }
-
   /**
    * Runs one pass of `name` unless another pass of it is running anywhere. Scheduled and
    * catch-up passes also skip when another replica already served their tick. Never throws
-   * for a broken pass (that is a result with status `error`); throws only for an unknown name.
+   * for a broken pass (that is a result with status `error`); throws for an unknown name,
+   * and when the database cannot be reached to take the lease.
    */
   async runPass(name: string, request: RunRequest): Promise<RunOutcome> {
     const reconciler = this.get(name);
@@ -114,49 +125,67 @@ export class Engine {
       if (request.tick) await this.#tickSkipped(reconciler, request.tick, 'running', undefined);
       return { ran: false, reason: 'running-here' };
     }
-    const stop = new AbortController();
-    const abort = new AbortController();
-    let release!: () => void;
-    const done = new Promise<void>((resolve) => (release = resolve));
-    this.#active.set(name, { stop, abort, done });
+    const pass = this.#newActivePass();
+    this.#active.set(name, pass.active);
     try {
-      return await this.#leasedPass(reconciler, request, stop, abort);
+      return await this.#leasedPass(reconciler, request, pass.active);
     } finally {
       this.#active.delete(name);
-      release();
+      pass.finished();
     }
   }
 
-  async #leasedPass(reconciler: Reconciler, request: RunRequest, stop: AbortController, abort: AbortController): Promise<RunOutcome> {
+  #newActivePass(): { active: ActivePass; finished: () => void } {
+    let finished!: () => void;
+    const done = new Promise<void>((resolve) => (finished = resolve));
+    return { active: { stop: new AbortController(), abort: new AbortController(), done }, finished };
+  }
+
+  #busyKeysOf(name: string): Set<string> {
+    let keys = this.#busyKeys.get(name);
+    if (!keys) this.#busyKeys.set(name, (keys = new Set()));
+    return keys;
+  }
+
+  async #leasedPass(reconciler: Reconciler, request: RunRequest, active: ActivePass): Promise<RunOutcome> {
     const { db, log, leaseMs } = this.#options;
     const holder = { id: randomUUID(), host: this.host, pid: this.pid };
-    const lease = await acquireLease(db, { reconciler: reconciler.name, partition: WHOLE, holder, trigger: request.trigger, leaseMs, ...(request.tick ? { tick: request.tick } : {}) });
+    const partial = request.onlyKey !== undefined;
+    const ask = () =>
+      acquireLease(this.#control, {
+        reconciler: reconciler.name, partition: WHOLE, holder, trigger: request.trigger, leaseMs, partial,
+        ...(request.tick ? { tick: request.tick } : {}),
+        ...(request.expectLastRunId !== undefined ? { expectLastRunId: request.expectLastRunId } : {}),
+      });
+    let lease = await ask();
+    // A manual pass has nothing to be "already served" by: the holder released between our two reads. Ask again.
+    if (!lease.acquired && lease.reason === 'already-served' && !request.tick && request.expectLastRunId === undefined) lease = await ask();
     if (!lease.acquired) {
       if (lease.reason === 'held' && request.tick) await this.#tickSkipped(reconciler, request.tick, 'held', lease.holder);
-      if (lease.reason === 'already-served') log.debug({ reconciler: reconciler.name, tick: request.tick }, 'tick already served by another process');
+      if (lease.reason === 'already-served') log.debug({ reconciler: reconciler.name, tick: request.tick }, 'already served by another process');
       return lease.reason === 'held' ? { ran: false, reason: 'held', holder: lease.holder } : { ran: false, reason: 'already-served' };
     }
-    const heartbeat = this.#keepLease(reconciler.name, holder.id, abort);
-    this.events.emit('pass:start', { reconciler: reconciler.name, runId: lease.runId, trigger: request.trigger, dryRun: false });
-    log.debug({ reconciler: reconciler.name, passId: lease.runId, trigger: request.trigger }, 'pass started');
+    const keeper = this.#keepLease(reconciler.name, holder.id, active.abort);
     let result: PassResult;
     try {
+      this.events.emit('pass:start', { reconciler: reconciler.name, runId: lease.runId, trigger: request.trigger, dryRun: false });
+      log.debug({ reconciler: reconciler.name, passId: lease.runId, trigger: request.trigger }, 'pass started');
       result = await runPass(
         reconciler,
-        { trigger: request.trigger, dryRun: false, partition: WHOLE, ...(request.onlyKey !== undefined ? { onlyKey: request.onlyKey } : {}) },
-        { db, log, events: this.events, runId: lease.runId, startedAt: lease.startedAt, ...(this.#options.random ? { random: this.#options.random } : {}) },
-        { stop: stop.signal, abort: abort.signal },
+        { trigger: request.trigger, dryRun: false, partition: WHOLE, ...(partial ? { onlyKey: request.onlyKey } : {}) },
+        { db, log, events: this.events, runId: lease.runId, busyKeys: this.#busyKeysOf(reconciler.name), ...(this.#options.random ? { random: this.#options.random } : {}) },
+        { stop: active.stop.signal, abort: active.abort.signal },
       );
     } finally {
-      clearInterval(heartbeat);
+      keeper.stop();
     }
     try {
-      await finishAndRelease(db, {
-        reconciler: reconciler.name, partition: WHOLE.index, holderId: holder.id, runId: lease.runId,
+      await finishAndRelease(this.#control, {
+        reconciler: reconciler.name, partition: WHOLE.index, holderId: holder.id, runId: lease.runId, partial,
         status: result.status, counts: result.counts, complete: result.complete, durationMs: result.durationMs, error: result.error,
       });
     } catch (error) {
-      log.error({ err: coerceError(error), reconciler: reconciler.name, passId: lease.runId }, 'could not record the pass; its lease will expire by itself');
+      log.error({ err: coerceError(error), reconciler: reconciler.name, passId: lease.runId }, 'could not record the end of the pass; its lease will expire by itself');
     }
     this.#logResult(result);
     this.events.emit('pass:finish', result);
@@ -165,47 +194,78 @@ export class Engine {
 
   async #dryRun(reconciler: Reconciler, request: RunRequest): Promise<PassResult> {
     const { db, log } = this.#options;
-    this.events.emit('pass:start', { reconciler: reconciler.name, runId: null, trigger: request.trigger, dryRun: true });
-    const never = new AbortController();
-    const result = await runPass(
-      reconciler,
-      { trigger: request.trigger, dryRun: true, partition: WHOLE, ...(request.onlyKey !== undefined ? { onlyKey: request.onlyKey } : {}) },
-      { db, log, events: this.events, runId: null, startedAt: undefined },
-      { stop: never.signal, abort: never.signal },
-    );
-    this.#logResult(result);
-    this.events.emit('pass:finish', result);
-    return result;
+    const pass = this.#newActivePass();
+    this.#dryRuns.add(pass.active);
+    try {
+      this.events.emit('pass:start', { reconciler: reconciler.name, runId: null, trigger: request.trigger, dryRun: true });
+      const result = await runPass(
+        reconciler,
+        { trigger: request.trigger, dryRun: true, partition: WHOLE, ...(request.onlyKey !== undefined ? { onlyKey: request.onlyKey } : {}) },
+        { db, log, events: this.events, runId: null, busyKeys: this.#busyKeysOf(reconciler.name) },
+        { stop: pass.active.stop.signal, abort: pass.active.abort.signal },
+      );
+      this.#logResult(result);
+      this.events.emit('pass:finish', result);
+      return result;
+    } finally {
+      this.#dryRuns.delete(pass.active);
+      pass.finished();
+    }
   }
 
-  /** Renews the lease every third of its length; aborts the pass when the lease is lost. */
-  #keepLease(name: string, holderId: string, abort: AbortController): NodeJS.Timeout {
-    const { db, log, leaseMs } = this.#options;
-    let lastRenewed = performance.now();
-    const timer = setInterval(() => {
-      renewLease(db, name, WHOLE.index, holderId, leaseMs).then(
-        (kept) => {
-          if (kept) lastRenewed = performance.now();
-          else abort.abort(new Error('lease lost: another process took this reconciler over (this one was paused or cut off longer than LOCK_TTL)'));
-        },
-        (error: unknown) => {
-          if (performance.now() - lastRenewed >= leaseMs) {
-            abort.abort(new Error(`lease expired: could not renew it for ${formatDuration(leaseMs)} (${errorSummary(coerceError(error), 200)})`));
-          } else {
-            log.warn({ reconciler: name, err: coerceError(error) }, 'could not renew the pass lease; will try again');
-          }
-        },
-      );
-    }, Math.max(100, Math.floor(leaseMs / 3)));
-    timer.unref();
-    return timer;
+  /**
+   * Renews the lease every third of its length, one renewal at a time, on the control
+   * pool. A local watchdog aborts the pass when the lease may have lapsed: `leaseMs` after
+   * the *sending* of the last renewal that succeeded (minus a margin), whether or not a
+   * renewal is still hanging. Another process may take over from then on.
+   */
+  #keepLease(name: string, holderId: string, abort: AbortController): { stop(): void } {
+    const { log, leaseMs } = this.#options;
+    const margin = Math.min(1_000, leaseMs / 5);
+    let stopped = false;
+    let renewTimer: NodeJS.Timeout | undefined;
+    let watchdog: NodeJS.Timeout | undefined;
+    let lastError: Error | undefined;
+    const armWatchdog = (sentAt: number) => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        const why = lastError ? `: ${errorSummary(lastError, 200)}` : '';
+        abort.abort(new Error(`lease expired: could not renew it within ${formatDuration(leaseMs)}${why}; another process may take over`));
+      }, Math.max(0, sentAt + leaseMs - margin - performance.now()));
+    };
+    const renew = async () => {
+      if (stopped || abort.signal.aborted) return;
+      const sentAt = performance.now();
+      try {
+        if (await renewLease(this.#control, name, WHOLE.index, holderId, leaseMs)) {
+          lastError = undefined;
+          armWatchdog(sentAt);
+        } else {
+          abort.abort(new Error('lease lost: another process took this reconciler over (this one was paused or cut off for longer than LOCK_TTL)'));
+          return;
+        }
+      } catch (error) {
+        lastError = coerceError(error);
+        log.warn({ reconciler: name, err: lastError }, 'could not renew the pass lease; will try again');
+      }
+      if (!stopped) renewTimer = setTimeout(() => void renew(), Math.max(100, Math.floor(leaseMs / 3)));
+    };
+    armWatchdog(performance.now());
+    renewTimer = setTimeout(() => void renew(), Math.max(100, Math.floor(leaseMs / 3)));
+    return {
+      stop() {
+        stopped = true;
+        clearTimeout(renewTimer);
+        clearTimeout(watchdog);
+      },
+    };
   }
 
   async #tickSkipped(reconciler: Reconciler, tick: Date, reason: 'running' | 'held', holder: LeaseHolder | undefined): Promise<void> {
-    const { db, log } = this.#options;
+    const { log } = this.#options;
     let counted = false;
     try {
-      counted = await countSkippedTick(db, reconciler.name, WHOLE.index, tick);
+      counted = await countSkippedTick(this.#control, reconciler.name, WHOLE.index, tick);
     } catch (error) {
       log.warn({ err: coerceError(error), reconciler: reconciler.name }, 'could not count a skipped tick');
     }
@@ -227,23 +287,30 @@ export class Engine {
 
   /**
    * Stops taking new passes and items, lets in-flight items finish for up to `timeoutMs`,
-   * then aborts them through their AbortSignal. Resolves when every pass has recorded its end.
-   * Safe to call more than once.
+   * then aborts them through their AbortSignal and gives the passes a few seconds to record
+   * their end. Items whose reconcile ignores the signal are not waited for. Safe to call
+   * more than once.
    */
   async stop(timeoutMs: number): Promise<void> {
     this.#stopping = true;
-    const passes = [...this.#active.values()];
+    const passes = [...this.#active.values(), ...this.#dryRuns];
     for (const pass of passes) pass.stop.abort(new Error('shutting down'));
-    const all = Promise.all(passes.map((p) => p.done));
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = await Promise.race([
-      all.then(() => false),
-      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs))),
-    ]);
-    clearTimeout(timer);
-    if (timedOut) {
-      for (const pass of passes) pass.abort.abort(new Error(`shutting down: items still running after ${formatDuration(timeoutMs)} were aborted`));
-      await all;
+    const all = Promise.all(passes.map((p) => p.done)).then(() => true);
+    if (await settlesWithin(all, timeoutMs)) return;
+    for (const pass of passes) pass.abort.abort(new Error(`shutting down: items still running after ${formatDuration(timeoutMs)} were aborted`));
+    if (!(await settlesWithin(all, RECORD_GRACE_MS))) {
+      this.#options.log.warn(`some passes did not record their end within ${formatDuration(RECORD_GRACE_MS)} of the abort; their leases will expire by themselves`);
     }
+  }
+}
+
+/** True if `promise` settles within `ms`. */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([promise.then(() => true), timeout]);
+  } finally {
+    clearTimeout(timer);
   }
 }

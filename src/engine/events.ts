@@ -1,12 +1,13 @@
 /**
  * The engine's typed events. They feed the logs (and later metrics), and tests await
- * them instead of sleeping.
+ * them instead of sleeping. A listener that throws is reported, never allowed to break
+ * the pass that emitted the event.
  */
-import { EventEmitter, once } from 'node:events';
 import type { LeaseHolder } from '../store/state.js';
 import type { Outcome } from '../reconciler.js';
 import type { PassResult } from './pass.js';
 import type { Trigger } from '../store/runs.js';
+import { coerceError } from '../errors.js';
 
 export interface EngineEventMap {
   'pass:start': { reconciler: string; runId: number | null; trigger: Trigger; dryRun: boolean };
@@ -20,28 +21,29 @@ export interface EngineEventMap {
 }
 
 export type EngineEventName = keyof EngineEventMap;
+type Listener<E extends EngineEventName> = (payload: EngineEventMap[E]) => void;
 
 export class EngineEvents {
-  readonly #emitter = new EventEmitter();
+  readonly #listeners = new Map<EngineEventName, Set<Listener<never>>>();
 
-  constructor() {
-    this.#emitter.setMaxListeners(100);
-  }
+  /** @param onListenerError where a throwing listener is reported (the engine logs it). */
+  constructor(private readonly onListenerError: (error: Error, event: EngineEventName) => void = () => undefined) {}
 
   emit<E extends EngineEventName>(event: E, payload: EngineEventMap[E]): void {
-    this.#emitter.emit(event, payload);
-  }
-
-  on<E extends EngineEventName>(event: E, listener: (payload: EngineEventMap[E]) => void): () => void {
-    this.#emitter.on(event, listener);
-    return () => this.#emitter.off(event, listener);
-  }
-
-  /** Resolves with the next `event` whose payload satisfies `predicate`. */
-  async next<E extends EngineEventName>(event: E, predicate: (payload: EngineEventMap[E]) => boolean = () => true, signal?: AbortSignal): Promise<EngineEventMap[E]> {
-    for (;;) {
-      const [payload] = (await once(this.#emitter, event, signal ? { signal } : {})) as [EngineEventMap[E]];
-      if (predicate(payload)) return payload;
+    for (const listener of this.#listeners.get(event) ?? []) {
+      try {
+        (listener as Listener<E>)(payload);
+      } catch (error) {
+        this.onListenerError(coerceError(error), event);
+      }
     }
+  }
+
+  /** Subscribes; returns the function that unsubscribes. */
+  on<E extends EngineEventName>(event: E, listener: Listener<E>): () => void {
+    let set = this.#listeners.get(event);
+    if (!set) this.#listeners.set(event, (set = new Set()));
+    set.add(listener as Listener<never>);
+    return () => set.delete(listener as Listener<never>);
   }
 }

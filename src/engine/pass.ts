@@ -4,6 +4,7 @@
  * and count every outcome. The pass never lets one item's failure or hang stop the rest.
  * Leases and history rows are the engine's job (engine.ts); this file does the work.
  */
+import { setMaxListeners } from 'node:events';
 import type { Logger } from 'pino';
 import type { Db, Outcome, Partition, Reconciler, ReconcileResult } from '../reconciler.js';
 import { coerceError, errorSummary, isTerminalError } from '../errors.js';
@@ -52,8 +53,12 @@ export interface PassDeps {
   log: Logger;
   events: EngineEvents;
   runId: number | null;
-  /** Database time at which the pass started (from the lease); used to forget unseen failures. */
-  startedAt: Date | undefined;
+  /**
+   * Keys of this reconciler whose `reconcile` is still running in this process, across
+   * passes: an item that timed out but ignores its signal keeps its key here until it
+   * settles, so that no later pass starts the same item beside it.
+   */
+  busyKeys: Set<string>;
   random?: () => number;
 }
 
@@ -132,6 +137,7 @@ function keyOf(reconciler: Reconciler, item: unknown): { key: string } | { probl
     return { problem: `key() threw: ${errorSummary(coerceError(error), 300)}` };
   }
   if (typeof key !== 'string' || key === '') return { problem: `key() returned ${JSON.stringify(key) ?? String(key)}; it must return a non-empty string` };
+  if (key.includes('\u0000')) return { problem: `key() returned a key with a NUL character (${JSON.stringify(key.slice(0, 80))}); PostgreSQL text cannot store it` };
   if (key.length > MAX_KEY_LENGTH) return { problem: `key() returned a key of ${key.length} characters; keys must be at most ${MAX_KEY_LENGTH}` };
   return { key };
 }
@@ -149,6 +155,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   let error: string | null = null;
   let keyFound = false;
   const elapsed = () => performance.now() - started;
+  setMaxListeners(reconciler.concurrency + 10, control.abort); // one abort listener per item in flight
   const overBudget = () =>
     (reconciler.maxItemsPerPass !== undefined && taken >= reconciler.maxItemsPerPass) ||
     (reconciler.maxPassDurationMs !== undefined && elapsed() >= reconciler.maxPassDurationMs);
@@ -162,12 +169,23 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     const itemLog = log.child({ key });
     const itemStarted = performance.now();
     try {
+      deps.busyKeys.add(key);
       const work = Promise.resolve().then(() =>
         reconciler.reconcile(item, { db, log: itemLog, signal: controller.signal, attempt, dryRun: options.dryRun, idempotencyKey: `${reconciler.name}:${key}`, key }),
       );
+      void work.then(
+        () => deps.busyKeys.delete(key),
+        () => deps.busyKeys.delete(key),
+      );
       const { outcome, note } = normalizeResult(await raceAbort(work, controller.signal));
       counts[outcome]++;
-      if (memory && !options.dryRun) await forgetFailure(db, reconciler.name, key);
+      if (memory && !options.dryRun) {
+        try {
+          await forgetFailure(db, reconciler.name, key);
+        } catch (forgetError) {
+          itemLog.warn({ err: coerceError(forgetError) }, 'done, but could not clear its failure record; the next pass will clear it');
+        }
+      }
       const durationMs = performance.now() - itemStarted;
       itemLog.debug({ outcome, note, durationMs: Math.round(durationMs), attempt }, note ? `${outcome}: ${note}` : outcome);
       events.emit('item:done', { reconciler: reconciler.name, key, outcome, note, durationMs, dryRun: options.dryRun });
@@ -180,20 +198,25 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
       }
       counts.failed++;
       const terminal = isTerminalError(failure);
-      const dead = terminal || attempt >= reconciler.retry.maxAttempts;
+      let dead = terminal || attempt >= reconciler.retry.maxAttempts;
+      let attempts = attempt;
       const delayMs = backoffDelay(attempt, reconciler.retry, deps.random);
       const message = errorSummary(failure);
       if (!options.dryRun) {
         try {
-          await recordFailure(db, { reconciler: reconciler.name, partition: options.partition.index, key, attempt, error: message, delayMs, dead });
+          ({ attempts, dead } = await recordFailure(db, { reconciler: reconciler.name, partition: options.partition.index, key, error: message, delayMs, terminal, maxAttempts: reconciler.retry.maxAttempts }));
         } catch (recordError) {
           itemLog.error({ err: coerceError(recordError) }, 'could not record the failure; the item will be found again by the next pass');
         }
       }
       const level = dead ? 'error' : 'warn';
-      const next = dead ? (terminal ? 'dead (TerminalError): skipped until `reconciler retry`' : `dead after ${attempt} attempts: skipped until \`reconciler retry\``) : `retry in ${formatDuration(delayMs)}`;
-      itemLog[level]({ attempt, dead, error: message }, `failed: ${errorSummary(failure, 300)}; ${options.dryRun ? 'dry run, not recorded' : next}`);
-      events.emit('item:failed', { reconciler: reconciler.name, key, error: failure, attempt, dead, dryRun: options.dryRun });
+      const next = dead
+        ? terminal
+          ? 'dead (TerminalError): skipped until `reconciler retry`'
+          : `dead after ${attempts} attempt${attempts === 1 ? '' : 's'}: skipped until \`reconciler retry\``
+        : `retry in ${formatDuration(delayMs)}`;
+      itemLog[level]({ attempt: attempts, dead, error: message }, `failed: ${errorSummary(failure, 300)}; ${options.dryRun ? 'dry run, not recorded' : next}`);
+      events.emit('item:failed', { reconciler: reconciler.name, key, error: failure, attempt: attempts, dead, dryRun: options.dryRun });
     } finally {
       clearTimeout(timer);
       control.abort.removeEventListener('abort', abortItem);
@@ -216,6 +239,12 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
           continue;
         }
         if (options.onlyKey !== undefined && result.key !== options.onlyKey) continue;
+        if (deps.busyKeys.has(result.key) && !keysInFlight.has(result.key)) {
+          counts.found++;
+          counts.skipped++;
+          log.warn({ key: result.key }, 'skipped: an earlier attempt that timed out is still running in this process (its reconcile ignores ctx.signal)');
+          continue;
+        }
         if (pageKeys.has(result.key) || keysInFlight.has(result.key)) {
           counts.found++;
           counts.skipped++;
@@ -271,14 +300,14 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   } catch (thrown) {
     complete = false;
     const failure = coerceError(thrown);
-    error = control.abort.aborted ? errorSummary(coerceError(control.abort.reason)) : `scan failed: ${errorSummary(failure)}`;
+    error = control.abort.aborted ? errorSummary(coerceError(control.abort.reason)) : errorSummary(failure);
     if (!control.abort.aborted) log.error({ err: failure }, `pass broke off: ${error}`);
   }
   await Promise.all(inFlight);
 
-  if (complete && error === null && !options.dryRun && options.onlyKey === undefined && deps.startedAt) {
+  if (complete && error === null && !options.dryRun && options.onlyKey === undefined && deps.runId !== null) {
     try {
-      const forgotten = await forgetUnseen(db, reconciler.name, options.partition.index, deps.startedAt);
+      const forgotten = await forgetUnseen(db, reconciler.name, options.partition.index, deps.runId);
       if (forgotten > 0) log.info({ forgotten }, `forgot ${forgotten} failed item(s) that the scan no longer finds (their work was done elsewhere)`);
     } catch (forgetError) {
       log.warn({ err: coerceError(forgetError) }, 'could not prune failure memory; will try after the next complete pass');

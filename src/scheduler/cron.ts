@@ -1,43 +1,47 @@
 /**
- * Cron arithmetic on top of node-cron's own matcher, so that ticks, "next run" and
- * catch-up agree exactly with the clock that fires them.
+ * Cron arithmetic on node-cron's own matcher, so that ticks, "next run" and catch-up agree
+ * exactly with the clock that fires them (including time zones and daylight saving).
  */
-import nodeCron, { type ScheduledTask, type TaskFn } from 'node-cron';
+import nodeCron from 'node-cron';
 
 interface TimeMatcher {
   getNextMatch(date: Date): Date;
 }
 
-export class CronSchedule {
-  readonly task: ScheduledTask;
-  readonly #matcher: TimeMatcher;
+const matchers = new Map<string, TimeMatcher>();
 
-  constructor(readonly expression: string, readonly timezone: string, onTick: TaskFn = () => undefined, name?: string) {
-    this.task = nodeCron.createTask(expression, onTick, { timezone, ...(name ? { name } : {}) });
-    // node-cron 4.6 keeps its matcher on the task; it is pinned, and test/cron.test.ts fails if this moves.
-    const matcher = (this.task as unknown as { timeMatcher?: TimeMatcher }).timeMatcher;
+/** node-cron 4.6 keeps its matcher on the task; it is pinned, and test/schedule.test.ts fails if this moves. */
+function matcherFor(expression: string, timezone: string): TimeMatcher {
+  const cacheKey = `${timezone} ${expression}`;
+  let matcher = matchers.get(cacheKey);
+  if (!matcher) {
+    const task = nodeCron.createTask(expression, () => undefined, { timezone });
+    matcher = (task as unknown as { timeMatcher?: TimeMatcher }).timeMatcher;
+    void task.destroy(); // only its matcher is needed: leave nothing in node-cron's task registry
     if (typeof matcher?.getNextMatch !== 'function') throw new Error('node-cron internals changed: task.timeMatcher.getNextMatch is missing');
-    this.#matcher = matcher;
+    matchers.set(cacheKey, matcher);
   }
+  return matcher;
+}
 
-  /** The first tick strictly after `date`. */
-  next(date: Date): Date {
-    return this.#matcher.getNextMatch(date);
-  }
+/** The first tick strictly after `date`. */
+export function nextTick(expression: string, timezone: string, date: Date): Date {
+  return matcherFor(expression, timezone).getNextMatch(date);
+}
 
-  /** The latest tick at or before `date`, or undefined if there was none in the last 400 days. */
-  previous(date: Date): Date | undefined {
-    const limit = 400 * 86_400_000;
-    for (let span = 1_000; span <= limit * 4; span *= 4) {
-      let tick = this.next(new Date(date.getTime() - Math.min(span, limit)));
-      if (tick.getTime() > date.getTime()) continue;
-      let latest = tick;
-      while (tick.getTime() <= date.getTime()) {
-        latest = tick;
-        tick = this.next(tick);
-      }
-      return latest;
+/** The latest tick at or before `date`, or undefined if there was none in the last 400 days. */
+export function previousTick(expression: string, timezone: string, date: Date): Date | undefined {
+  const matcher = matcherFor(expression, timezone);
+  const limit = 400 * 86_400_000;
+  for (let span = 1_000; span <= limit * 4; span *= 4) {
+    let tick = matcher.getNextMatch(new Date(date.getTime() - Math.min(span, limit)));
+    if (tick.getTime() > date.getTime()) continue;
+    let latest = tick;
+    while (tick.getTime() <= date.getTime()) {
+      latest = tick;
+      tick = matcher.getNextMatch(tick);
     }
-    return undefined;
+    return latest;
   }
+  return undefined;
 }

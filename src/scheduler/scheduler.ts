@@ -1,17 +1,17 @@
 /**
  * The scheduler: node-cron is only the clock. Each tick asks the engine for a pass that
  * serves that tick; the lease statement decides, cluster-wide, whether it runs. On start,
- * a reconciler whose last pass is older than its latest tick gets one catch-up pass
- * (missed ticks are folded into it, not replayed).
+ * a reconciler gets one catch-up pass when a tick passed since its last pass, when its
+ * last pass did not end well (aborted by a deploy, broke off), or when a pass was left
+ * behind by a process that died. Missed ticks are folded into that pass, not replayed.
  */
+import nodeCron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
-import type { TaskContext } from 'node-cron';
-import type { Engine } from '../engine/engine.js';
+import type { Engine, RunRequest } from '../engine/engine.js';
 import type { Reconciler } from '../reconciler.js';
 import { coerceError } from '../errors.js';
-import { readStates } from '../store/state.js';
-import type { Trigger } from '../store/runs.js';
-import { CronSchedule } from './cron.js';
+import { readStates, type StateRow } from '../store/state.js';
+import { previousTick } from './cron.js';
 
 export interface SchedulerOptions {
   engine: Engine;
@@ -23,27 +23,43 @@ export interface SchedulerOptions {
 /** A tick rounded down to the second, as every replica computes it. */
 const toTick = (date: Date) => new Date(Math.floor(date.getTime() / 1_000) * 1_000);
 
-/** Which reconcilers need a catch-up pass, and the tick each one serves. */
-export function dueForCatchUp(
-  reconcilers: Iterable<Reconciler>,
-  lastStarted: ReadonlyMap<string, Date | null>,
-  now: Date,
-): { name: string; tick: Date }[] {
-  const due: { name: string; tick: Date }[] = [];
+export interface CatchUp {
+  name: string;
+  tick: Date;
+  /** The last finished run when we looked; the catch-up runs only if it is still the last. */
+  expectLastRunId: number;
+  reason: string;
+}
+
+export type StateSummary = Pick<StateRow, 'lastTickAt' | 'lastStartedAt' | 'lastStatus' | 'lastRunId' | 'holderId'>;
+
+/** Which reconcilers need a catch-up pass at start, the tick each serves, and why. */
+export function dueForCatchUp(reconcilers: Iterable<Reconciler>, states: ReadonlyMap<string, StateSummary>, now: Date): CatchUp[] {
+  const due: CatchUp[] = [];
   for (const reconciler of reconcilers) {
-    const latestTick = new CronSchedule(reconciler.schedule, reconciler.timezone).previous(now);
-    const last = lastStarted.get(reconciler.name) ?? null;
-    if (last === null) due.push({ name: reconciler.name, tick: latestTick ?? toTick(now) });
-    else if (latestTick && last.getTime() < latestTick.getTime()) due.push({ name: reconciler.name, tick: latestTick });
+    const latestTick = previousTick(reconciler.schedule, reconciler.timezone, now);
+    const state = states.get(reconciler.name);
+    const tick = latestTick ?? toTick(now);
+    const expectLastRunId = state?.lastRunId ?? 0;
+    const add = (reason: string) => due.push({ name: reconciler.name, tick, expectLastRunId, reason });
+    if (!state || (!state.lastStartedAt && !state.lastTickAt)) add('it never ran');
+    else if (state.holderId) add('a pass was left unfinished by a process that stopped');
+    else if (state.lastStatus === 'aborted' || state.lastStatus === 'error') add(`its last pass ${state.lastStatus === 'aborted' ? 'was aborted' : 'broke off'}`);
+    else if (latestTick && Math.max(state.lastTickAt?.getTime() ?? 0, state.lastStartedAt?.getTime() ?? 0) < latestTick.getTime()) {
+      add(`its last pass is older than its latest scheduled tick, ${latestTick.toISOString()}`);
+    }
   }
   return due;
 }
 
 export class Scheduler {
   readonly #options: SchedulerOptions;
-  readonly #schedules = new Map<string, CronSchedule>();
+  readonly #tasks: ScheduledTask[] = [];
   readonly #inFlight = new Set<Promise<void>>();
-  #started = false;
+  /** Reconcilers with a pass launched by this scheduler that has not returned yet. */
+  readonly #launched = new Set<string>();
+  readonly #retries = new Set<NodeJS.Timeout>();
+  #state: 'new' | 'started' | 'stopped' = 'new';
 
   constructor(options: SchedulerOptions) {
     this.#options = options;
@@ -51,47 +67,62 @@ export class Scheduler {
 
   /** Runs catch-up passes for overdue reconcilers, then starts the cron clocks. Idempotent. */
   async start(): Promise<void> {
-    if (this.#started) return;
-    this.#started = true;
+    if (this.#state !== 'new') return;
+    this.#state = 'started';
     const { engine, log } = this.#options;
     const now = this.#options.now?.() ?? new Date();
-    const states = await readStates(engine.db);
-    const lastStarted = new Map(states.filter((s) => s.partition === 0).map((s) => [s.reconciler, s.lastStartedAt]));
-    for (const { name, tick } of dueForCatchUp(engine.reconcilers.values(), lastStarted, now)) {
-      log.info({ reconciler: name, tick: tick.toISOString() }, `${name}: catch-up pass (its last pass is older than its latest scheduled tick, ${tick.toISOString()})`);
-      this.#launch(name, 'startup', tick);
+    const states = new Map((await readStates(engine.db)).filter((s) => s.partition === 0).map((s) => [s.reconciler, s]));
+    for (const catchUp of dueForCatchUp(engine.reconcilers.values(), states, now)) {
+      log.info({ reconciler: catchUp.name, tick: catchUp.tick.toISOString() }, `${catchUp.name}: catch-up pass, because ${catchUp.reason}`);
+      this.#launch(catchUp.name, { trigger: 'startup', tick: catchUp.tick, expectLastRunId: catchUp.expectLastRunId });
     }
     for (const reconciler of engine.reconcilers.values()) {
-      const schedule = new CronSchedule(reconciler.schedule, reconciler.timezone, (context: TaskContext) => this.#launch(reconciler.name, 'schedule', toTick(context.date)), reconciler.name);
-      // node-cron noticed it could not fire a tick on time (event loop stall): fold it into one pass.
-      schedule.task.on('execution:missed', (context) => this.#launch(reconciler.name, 'schedule', toTick(context.date)));
-      this.#schedules.set(reconciler.name, schedule);
-      await schedule.task.start();
+      const task = nodeCron.createTask(reconciler.schedule, (context) => this.#launch(reconciler.name, { trigger: 'schedule', tick: toTick(context.date) }), {
+        timezone: reconciler.timezone,
+        name: reconciler.name,
+      });
+      // node-cron noticed it could not fire on time (an event-loop stall): fold all of them into one pass.
+      task.on('execution:missed', (context) => {
+        if (!this.#launched.has(reconciler.name)) this.#launch(reconciler.name, { trigger: 'schedule', tick: toTick(context.date) });
+      });
+      this.#tasks.push(task);
+      await task.start();
     }
   }
 
-  /** When `name` fires next, per its cron and time zone. */
-  nextRun(name: string, after = new Date()): Date {
-    const reconciler = this.#options.engine.get(name);
-    return (this.#schedules.get(name) ?? new CronSchedule(reconciler.schedule, reconciler.timezone)).next(after);
-  }
-
-  #launch(name: string, trigger: Trigger, tick: Date): void {
+  #launch(name: string, request: RunRequest): void {
     const { engine, log } = this.#options;
+    if (this.#state !== 'started') return;
+    this.#launched.add(name);
     const pass = engine
-      .runPass(name, { trigger, tick })
-      .then(() => undefined)
-      .catch((error: unknown) => {
-        log.error({ reconciler: name, err: coerceError(error) }, `${name}: could not start a ${trigger} pass: ${coerceError(error).message}`);
+      .runPass(name, request)
+      .then((outcome) => {
+        // A catch-up that found the lease held by a dead process: try again once that lease has lapsed.
+        if (!outcome.ran && outcome.reason === 'held' && request.trigger === 'startup') {
+          const wait = Math.max(100, outcome.holder.expiresAt.getTime() - Date.now() + 250);
+          const timer = setTimeout(() => {
+            this.#retries.delete(timer);
+            this.#launch(name, request);
+          }, wait);
+          this.#retries.add(timer);
+        }
       })
-      .finally(() => this.#inFlight.delete(pass));
+      .catch((error: unknown) => {
+        log.error({ reconciler: name, err: coerceError(error) }, `${name}: could not start a ${request.trigger} pass: ${coerceError(error).message}`);
+      })
+      .finally(() => {
+        this.#inFlight.delete(pass);
+        this.#launched.delete(name);
+      });
     this.#inFlight.add(pass);
   }
 
-  /** Stops the clocks. Passes already started are the engine's to stop. Idempotent. */
+  /** Stops the clocks and pending catch-up retries. Passes already started are the engine's to stop. Idempotent. */
   async stop(): Promise<void> {
-    for (const schedule of this.#schedules.values()) await schedule.task.destroy();
-    this.#schedules.clear();
+    this.#state = 'stopped';
+    for (const timer of this.#retries) clearTimeout(timer);
+    this.#retries.clear();
+    for (const task of this.#tasks.splice(0)) await task.destroy();
   }
 
   /** Resolves when every pass this scheduler started has ended. */

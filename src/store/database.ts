@@ -16,6 +16,11 @@ import { describeDatabaseUrl } from '../secrets.js';
 
 export interface Database {
   db: Db;
+  /**
+   * Lease traffic (take, renew, release) on its own small pool with a query timeout, so
+   * that it never waits behind the items' queries. The same handle as `db` when embedded.
+   */
+  control: Db;
   kind: 'postgres' | 'embedded';
   /** Where the data lives, safe to print: `postgres://app:***@db:5432/app` or `embedded database in ./.data`. */
   target: string;
@@ -64,13 +69,24 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
     await pool.end().catch(() => undefined);
     throw new UserError(`cannot connect to PostgreSQL at ${target}: ${coerceError(error).message || (error as { code?: string }).code}`);
   }
+  const controlPool = new pg.Pool({
+    connectionString: url,
+    max: 2,
+    connectionTimeoutMillis: 5_000,
+    idleTimeoutMillis: 30_000,
+    query_timeout: 10_000,
+    application_name: 'reconciler-lease',
+  });
+  controlPool.on('error', () => undefined); // the main pool's listener reports outages once
   const db = drizzlePg(pool) as unknown as Db;
   return {
     db,
+    control: drizzlePg(controlPool) as unknown as Db,
     kind: 'postgres',
     target,
     async withExclusiveLock(lockKey, fn) {
       const client = await pool.connect();
+      let broken: Error | undefined;
       try {
         await client.query('SELECT pg_advisory_lock($1)', [lockKey]);
         try {
@@ -78,11 +94,16 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
         } finally {
           await client.query('SELECT pg_advisory_unlock($1)', [lockKey]);
         }
+      } catch (error) {
+        broken = coerceError(error);
+        throw error;
       } finally {
-        client.release();
+        client.release(broken); // a client that failed mid-lock is discarded, never reused
       }
     },
-    close: () => pool.end(),
+    close: async () => {
+      await Promise.all([pool.end(), controlPool.end()]);
+    },
   };
 }
 
@@ -104,7 +125,13 @@ function lockEmbeddedDirectory(dataDir: string): () => void {
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       const holder = readHolder(lockFile);
-      if (holder && holder.host === hostname() && isAlive(holder.pid)) {
+      if (holder && holder.host !== hostname()) {
+        throw new UserError(
+          `the embedded database in ${dataDir} is locked by process ${holder.pid} on host ${holder.host} (since ${holder.since}); ` +
+            `if that process is gone, delete ${lockFile}; to share a database between hosts, set DATABASE_URL`,
+        );
+      }
+      if (holder && isAlive(holder.pid)) {
         throw new UserError(
           `the embedded database in ${dataDir} is in use by process ${holder.pid} (\`reconciler ${holder.command}\`, since ${holder.since}); ` +
             'it allows one process at a time: stop that process, or set DATABASE_URL to a PostgreSQL server that several processes can share',
@@ -144,6 +171,7 @@ async function openEmbedded(options: OpenOptions): Promise<Database> {
     let queue: Promise<unknown> = Promise.resolve();
     return {
       db,
+      control: db,
       kind: 'embedded',
       target: `embedded database in ${shown}`,
       // One process owns the directory, so a lock inside this process is the whole cluster.

@@ -18,7 +18,6 @@ export interface FailureMemory {
 
 export type FailureRow = typeof reconcilerFailures.$inferSelect;
 
-const toDate = (value: unknown): Date => (value instanceof Date ? value : new Date(String(value)));
 
 /**
  * Failure memory of a page of keys, in one query. Unless `readOnly`, it also stamps the
@@ -28,15 +27,15 @@ export async function lookupFailures(db: Db, reconciler: string, keys: readonly 
   const found = new Map<string, FailureMemory>();
   if (keys.length === 0) return found;
   const keyArray = sql`${`{${keys.map((k) => `"${k.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`).join(',')}}`}::text[]`;
-  const columns = sql`key, attempts, dead_at IS NOT NULL AS dead, next_attempt_at > now() AS in_backoff, next_attempt_at`;
-  const rows = await queryRows<{ key: string; attempts: number; dead: boolean; in_backoff: boolean; next_attempt_at: Date | string }>(
+  const columns = sql`key, attempts, dead_at IS NOT NULL AS dead, next_attempt_at > now() AS in_backoff, (extract(epoch FROM next_attempt_at) * 1000)::float8 AS next_attempt_at`;
+  const rows = await queryRows<{ key: string; attempts: number; dead: boolean; in_backoff: boolean; next_attempt_at: number }>(
     db,
     readOnly
       ? sql`SELECT ${columns} FROM reconciler_failures WHERE reconciler = ${reconciler} AND key = ANY(${keyArray})`
       : sql`UPDATE reconciler_failures SET last_seen_at = now() WHERE reconciler = ${reconciler} AND key = ANY(${keyArray}) RETURNING ${columns}`,
   );
   for (const row of rows) {
-    found.set(row.key, { attempts: Number(row.attempts), dead: row.dead, inBackoff: row.in_backoff, nextAttemptAt: toDate(row.next_attempt_at) });
+    found.set(row.key, { attempts: Number(row.attempts), dead: row.dead, inBackoff: row.in_backoff, nextAttemptAt: new Date(Number(row.next_attempt_at)) });
   }
   return found;
 }
@@ -45,25 +44,33 @@ export interface FailureRecord {
   reconciler: string;
   partition: number;
   key: string;
-  /** The attempt that just failed (1 for the first). */
-  attempt: number;
   error: string;
+  /** Delay before the next attempt, from the attempt number the pass saw. */
   delayMs: number;
-  dead: boolean;
+  /** A TerminalError: dead at once. */
+  terminal: boolean;
+  maxAttempts: number;
 }
 
-/** Remembers a failed attempt: attempts, last error, next attempt time (database clock), dead or not. */
-export async function recordFailure(db: Db, f: FailureRecord): Promise<void> {
-  await queryRows(
+/**
+ * Remembers a failed attempt: attempts + 1 (counted in SQL, so a concurrent `retry` is
+ * not undone), the last error, the next attempt time (database clock), dead or not.
+ * Returns the attempts so far and whether the item is now dead.
+ */
+export async function recordFailure(db: Db, f: FailureRecord): Promise<{ attempts: number; dead: boolean }> {
+  const [row] = await queryRows<{ attempts: number; dead: boolean }>(
     db,
     sql`INSERT INTO reconciler_failures AS f (reconciler, key, partition, attempts, last_error, next_attempt_at, dead_at)
-        VALUES (${f.reconciler}, ${f.key}, ${f.partition}, ${f.attempt}, ${f.error},
-                now() + ${Math.round(f.delayMs)} * interval '1 millisecond', CASE WHEN ${f.dead} THEN now() END)
+        VALUES (${f.reconciler}, ${f.key}, ${f.partition}, 1, ${f.error},
+                now() + ${Math.round(f.delayMs)} * interval '1 millisecond',
+                CASE WHEN ${f.terminal} OR ${f.maxAttempts} <= 1 THEN now() END)
         ON CONFLICT (reconciler, key) DO UPDATE SET
-          attempts = excluded.attempts, last_error = excluded.last_error, last_failed_at = now(),
-          next_attempt_at = excluded.next_attempt_at, dead_at = excluded.dead_at, last_seen_at = now(),
-          partition = excluded.partition`,
+          attempts = f.attempts + 1, last_error = excluded.last_error, last_failed_at = now(),
+          next_attempt_at = excluded.next_attempt_at, last_seen_at = now(), partition = excluded.partition,
+          dead_at = CASE WHEN ${f.terminal} OR f.attempts + 1 >= ${f.maxAttempts} THEN now() END
+        RETURNING attempts, dead_at IS NOT NULL AS dead`,
   );
+  return { attempts: Number(row?.attempts ?? 1), dead: Boolean(row?.dead) };
 }
 
 /** Forgets an item that succeeded. */
@@ -71,12 +78,16 @@ export async function forgetFailure(db: Db, reconciler: string, key: string): Pr
   await db.delete(reconcilerFailures).where(and(eq(reconcilerFailures.reconciler, reconciler), eq(reconcilerFailures.key, key)));
 }
 
-/** After a complete pass: forgets the items the scan no longer finds (their work was done elsewhere). */
-export async function forgetUnseen(db: Db, reconciler: string, partition: number, passStartedAt: Date): Promise<number> {
+/**
+ * After a complete pass: forgets the items its scan no longer finds (their work was done
+ * elsewhere). Every item the scan found was stamped after the run started.
+ */
+export async function forgetUnseen(db: Db, reconciler: string, partition: number, runId: number): Promise<number> {
   const rows = await queryRows<{ key: string }>(
     db,
     sql`DELETE FROM reconciler_failures
-        WHERE reconciler = ${reconciler} AND partition = ${partition} AND last_seen_at < ${passStartedAt.toISOString()}::timestamptz
+        WHERE reconciler = ${reconciler} AND partition = ${partition}
+          AND last_seen_at < (SELECT started_at FROM reconciler_runs WHERE id = ${runId})
         RETURNING key`,
   );
   return rows.length;

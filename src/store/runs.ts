@@ -1,5 +1,5 @@
 /** reconciler_runs: the history of passes, for `reconciler history` and for operators. */
-import { and, desc, eq, lt, sql } from 'drizzle-orm';
+import { desc, eq, sql } from 'drizzle-orm';
 import type { Db } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { reconcilerRuns } from './schema.js';
@@ -57,12 +57,4 @@ export async function pruneRuns(db: Db, retentionMs: number, batch = 5_000): Pro
 export async function readRun(db: Db, id: number): Promise<RunRow | undefined> {
   const rows = await db.select().from(reconcilerRuns).where(eq(reconcilerRuns.id, id));
   return rows[0];
-}
-
-/** Runs of one reconciler that are still marked running (for tests and `list`). */
-export async function runningRuns(db: Db, reconciler: string): Promise<RunRow[]> {
-  return db
-    .select()
-    .from(reconcilerRuns)
-    .where(and(eq(reconcilerRuns.reconciler, reconciler), eq(reconcilerRuns.status, 'running'), lt(reconcilerRuns.id, Number.MAX_SAFE_INTEGER)));
 }

@@ -7,7 +7,7 @@
  * gives the lease back. Replicas racing for the same scheduled tick are decided by the
  * same statement: it also requires that no pass has served that tick yet.
  */
-import { and, asc, eq, sql } from 'drizzle-orm';
+import { asc, getTableColumns, sql } from 'drizzle-orm';
 import type { Db, Partition } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { reconcilerState } from './schema.js';
@@ -26,8 +26,20 @@ export interface AcquireRequest {
   holder: Holder;
   trigger: Trigger;
   leaseMs: number;
-  /** For scheduled and catch-up passes: the tick this pass serves. Taken only if no pass started at or after it. */
+  /**
+   * For scheduled and catch-up passes: the tick this pass serves. Taken only if no pass
+   * served this tick or a later one yet. Ticks are compared with ticks (every replica
+   * computes the same tick from the cron), never with a clock.
+   */
   tick?: Date;
+  /**
+   * Compare-and-set for catch-up: taken only if the reconciler's last finished run is
+   * still this one (0 = none), i.e. nobody has finished a pass since the caller looked.
+   * It replaces the tick condition (a catch-up may repeat a tick whose pass was aborted).
+   */
+  expectLastRunId?: number;
+  /** A pass over part of the items (`run --key`): it does not count as the reconciler's last pass. */
+  partial?: boolean;
 }
 
 export type AcquireResult =
@@ -44,15 +56,19 @@ export interface LeaseHolder {
   runId: number | null;
 }
 
-export type StateRow = typeof reconcilerState.$inferSelect;
+export type StateRow = typeof reconcilerState.$inferSelect & {
+  /** The lease is held and not expired, by the database clock. */
+  leaseLive: boolean;
+};
 
-const toDate = (value: unknown): Date => (value instanceof Date ? value : new Date(String(value)));
 
 export async function acquireLease(db: Db, request: AcquireRequest): Promise<AcquireResult> {
-  const { reconciler, holder, trigger, tick } = request;
+  const { reconciler, holder, trigger } = request;
   const partition = request.partition.index;
-  const tickParam = tick ? tick.toISOString() : null;
-  const rows = await queryRows<{ run_id: string | number; started_at: Date | string }>(
+  const tick = request.tick ? request.tick.toISOString() : null;
+  const expect = request.expectLastRunId ?? null;
+  const partial = Boolean(request.partial);
+  const rows = await queryRows<{ run_id: string | number; started_ms: number }>(
     db,
     sql`
     WITH previous AS (
@@ -62,43 +78,51 @@ export async function acquireLease(db: Db, request: AcquireRequest): Promise<Acq
         (reconciler, partition, holder_id, holder_host, holder_pid, holder_since, lease_expires_at, current_run_id, last_started_at, last_tick_at)
       VALUES (${reconciler}, ${partition}, ${holder.id}, ${holder.host}, ${holder.pid}, now(),
               now() + ${request.leaseMs} * interval '1 millisecond',
-              nextval(pg_get_serial_sequence('reconciler_runs', 'id')), now(), ${tickParam}::timestamptz)
+              nextval(pg_get_serial_sequence('reconciler_runs', 'id')),
+              CASE WHEN ${partial} THEN NULL ELSE now() END, ${tick}::timestamptz)
       ON CONFLICT (reconciler, partition) DO UPDATE SET
         holder_id = excluded.holder_id, holder_host = excluded.holder_host, holder_pid = excluded.holder_pid,
         holder_since = excluded.holder_since, lease_expires_at = excluded.lease_expires_at,
-        current_run_id = excluded.current_run_id, last_started_at = excluded.last_started_at,
+        current_run_id = excluded.current_run_id,
+        last_started_at = CASE WHEN ${partial} THEN s.last_started_at ELSE excluded.last_started_at END,
         last_tick_at = coalesce(excluded.last_tick_at, s.last_tick_at)
       WHERE (s.holder_id IS NULL OR s.lease_expires_at < now())
-        AND (${tickParam}::timestamptz IS NULL OR (
-              coalesce(s.last_tick_at, '-infinity') < ${tickParam}::timestamptz
-          AND coalesce(s.last_started_at, '-infinity') < ${tickParam}::timestamptz))
-      RETURNING s.current_run_id AS run_id, s.last_started_at AS started_at
+        AND CASE WHEN ${expect}::bigint IS NOT NULL THEN coalesce(s.last_run_id, 0) = ${expect}::bigint
+                 WHEN ${tick}::timestamptz IS NOT NULL THEN coalesce(s.last_tick_at, '-infinity') < ${tick}::timestamptz
+                 ELSE true END
+      RETURNING s.current_run_id AS run_id, s.holder_since AS started_at, (extract(epoch FROM s.holder_since) * 1000)::float8 AS started_ms
     ), abandoned AS (
       UPDATE reconciler_runs SET status = 'abandoned', finished_at = now(),
-        error = 'the process running this pass stopped renewing its lease (killed, or cut off from the database)'
+        error = 'its process stopped renewing the lease (killed, stalled, or cut off from the database) and another took over'
       WHERE id = (SELECT current_run_id FROM previous) AND status = 'running' AND EXISTS (SELECT 1 FROM acquired)
     ), run AS (
       INSERT INTO reconciler_runs (id, reconciler, partition, trigger, status, started_at, host, pid)
       SELECT run_id, ${reconciler}, ${partition}, ${trigger}, 'running', started_at, ${holder.host}, ${holder.pid} FROM acquired
     )
-    SELECT run_id, started_at FROM acquired`,
+    SELECT run_id, started_ms FROM acquired`,
   );
   const row = rows[0];
-  if (row) return { acquired: true, runId: Number(row.run_id), startedAt: toDate(row.started_at) };
-  const current = await readLeaseHolder(db, reconciler, partition);
-  return current ? { acquired: false, reason: 'held', holder: current } : { acquired: false, reason: 'already-served' };
-}
+  if (row) return { acquired: true, runId: Number(row.run_id), startedAt: new Date(Number(row.started_ms)) };
 
-/** The current holder, or undefined when the lease is free or expired. */
-export async function readLeaseHolder(db: Db, reconciler: string, partition: number): Promise<LeaseHolder | undefined> {
-  const rows = await queryRows<{ host: string; pid: number; since: Date | string; expires_at: Date | string; run_id: string | null }>(
+  // Not taken: either this tick (or the expected run) was already served, or the lease is held.
+  const [why] = await queryRows<{ served: boolean; held: boolean; host: string | null; pid: number | null; since: number | null; expires_at: number | null; run_id: string | null }>(
     db,
-    sql`SELECT holder_host AS host, holder_pid AS pid, holder_since AS since, lease_expires_at AS expires_at, current_run_id AS run_id
-        FROM reconciler_state
-        WHERE reconciler = ${reconciler} AND partition = ${partition} AND holder_id IS NOT NULL AND lease_expires_at >= now()`,
+    sql`SELECT CASE WHEN ${expect}::bigint IS NOT NULL THEN coalesce(last_run_id, 0) <> ${expect}::bigint
+                    WHEN ${tick}::timestamptz IS NOT NULL THEN coalesce(last_tick_at, '-infinity') >= ${tick}::timestamptz
+                    ELSE false END AS served,
+               holder_id IS NOT NULL AND lease_expires_at >= now() AS held,
+               holder_host AS host, holder_pid AS pid, (extract(epoch FROM holder_since) * 1000)::float8 AS since,
+               (extract(epoch FROM lease_expires_at) * 1000)::float8 AS expires_at, current_run_id AS run_id
+        FROM reconciler_state WHERE reconciler = ${reconciler} AND partition = ${partition}`,
   );
-  const row = rows[0];
-  return row && { host: row.host, pid: Number(row.pid), since: toDate(row.since), expiresAt: toDate(row.expires_at), runId: row.run_id === null ? null : Number(row.run_id) };
+  if (why && !why.served && why.held) {
+    return {
+      acquired: false,
+      reason: 'held',
+      holder: { host: why.host ?? '?', pid: Number(why.pid), since: new Date(Number(why.since)), expiresAt: new Date(Number(why.expires_at)), runId: why.run_id === null ? null : Number(why.run_id) },
+    };
+  }
+  return { acquired: false, reason: 'already-served' };
 }
 
 /** Extends the lease. False means it was lost (expired and taken over): the pass must stop. */
@@ -122,6 +146,8 @@ export interface FinishRequest {
   complete: boolean;
   durationMs: number;
   error: string | null;
+  /** A `run --key` pass: recorded in history, but not as the reconciler's last pass. */
+  partial: boolean;
 }
 
 /** Records the run's outcome and gives the lease back (if this holder still has it). */
@@ -138,9 +164,11 @@ export async function finishAndRelease(db: Db, f: FinishRequest): Promise<void> 
       RETURNING id
     )
     UPDATE reconciler_state SET holder_id = NULL, holder_host = NULL, holder_pid = NULL, holder_since = NULL,
-      lease_expires_at = NULL, current_run_id = NULL, last_finished_at = now(), last_status = ${f.status},
-      last_run_id = ${f.runId},
-      last_succeeded_at = CASE WHEN ${f.status} = 'succeeded' THEN now() ELSE last_succeeded_at END
+      lease_expires_at = NULL, current_run_id = NULL,
+      last_finished_at = CASE WHEN ${f.partial} THEN last_finished_at ELSE now() END,
+      last_status = CASE WHEN ${f.partial} THEN last_status ELSE ${f.status} END,
+      last_run_id = CASE WHEN ${f.partial} THEN last_run_id ELSE ${f.runId} END,
+      last_succeeded_at = CASE WHEN ${f.status} = 'succeeded' AND NOT ${f.partial} THEN now() ELSE last_succeeded_at END
     WHERE reconciler = ${f.reconciler} AND partition = ${f.partition} AND holder_id = ${f.holderId}`,
   );
 }
@@ -162,13 +190,8 @@ export async function countSkippedTick(db: Db, reconciler: string, partition: nu
 
 /** Every reconciler's state row, for `reconciler list` and catch-up. */
 export async function readStates(db: Db): Promise<StateRow[]> {
-  return db.select().from(reconcilerState).orderBy(asc(reconcilerState.reconciler), asc(reconcilerState.partition));
-}
-
-export async function readState(db: Db, reconciler: string, partition = 0): Promise<StateRow | undefined> {
-  const rows = await db
-    .select()
+  return db
+    .select({ ...getTableColumns(reconcilerState), leaseLive: sql<boolean>`(${reconcilerState.holderId} IS NOT NULL AND ${reconcilerState.leaseExpiresAt} >= now())` })
     .from(reconcilerState)
-    .where(and(eq(reconcilerState.reconciler, reconciler), eq(reconcilerState.partition, partition)));
-  return rows[0];
+    .orderBy(asc(reconcilerState.reconciler), asc(reconcilerState.partition));
 }

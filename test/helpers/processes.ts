@@ -23,9 +23,14 @@ export function childEnv(env: Record<string, string | undefined>): NodeJS.Proces
 }
 
 /** Runs `reconciler …args` to completion. */
-export function runCli(args: string[], env: Record<string, string | undefined>, options: { cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
+export function runCli(
+  args: string[],
+  env: Record<string, string | undefined>,
+  options: { cwd?: string; timeoutMs?: number; /** Run this bash command line instead (for pipes). */ shell?: string } = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: options.cwd ?? REPO_ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    const [command, argv] = options.shell === undefined ? [process.execPath, [BIN, ...args]] : ['bash', ['-c', options.shell]];
+    const child = spawn(command, argv, { cwd: options.cwd ?? REPO_ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk) => (stdout += chunk));
@@ -114,8 +119,9 @@ export class RunningProcess {
   }
 }
 
-/** Starts `reconciler …args` (e.g. `daemon`) in the background. */
-export function startProcess(args: string[], env: Record<string, string | undefined>): RunningProcess {
-  const child = spawn(process.execPath, [BIN, ...args], { cwd: REPO_ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+/** Starts `reconciler …args` (e.g. `daemon`) in the background; with `command`, runs that program with `args` instead. */
+export function startProcess(args: string[], env: Record<string, string | undefined>, options: { command?: string } = {}): RunningProcess {
+  const [command, argv] = options.command === undefined ? [process.execPath, [BIN, ...args]] : [options.command, args];
+  const child = spawn(command, argv, { cwd: REPO_ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   return new RunningProcess(child);
 }

@@ -4,7 +4,9 @@
  */
 import { ExitCode, UserError } from '../../errors.js';
 import { clearFailures, listFailures, retryFailures } from '../../store/failures.js';
+import { basename } from 'node:path';
 import { didYouMean } from '../../suggest.js';
+import { formatLoadError } from '../../engine/load.js';
 import { withContext, type CommandContext } from '../context.js';
 import { oneLine, printJson, table, when } from '../table.js';
 
@@ -13,6 +15,8 @@ async function checkName(context: CommandContext, name: string): Promise<void> {
   if (context.reconcilers.some((r) => r.name === name)) return;
   const recorded = await listFailures(context.database.db, { reconciler: name, limit: 1 });
   if (recorded.length > 0) return;
+  const broken = context.loadErrors.find((e) => basename(e.file).replace(/\.[^.]+$/, '') === name);
+  if (broken) throw new UserError(`${name} did not load, and has no failures on record: ${formatLoadError(broken)}`);
   const known = context.reconcilers.map((r) => r.name);
   throw new UserError(`unknown reconciler \`${name}\`${didYouMean(name, known) || (known.length ? ` (known: ${known.join(', ')})` : '')}`);
 }
@@ -54,7 +58,7 @@ async function changeFailures(verb: 'retry' | 'clear', name: string, key: string
     process.stdout.write(
       verb === 'retry'
         ? `${name}: ${keys.length} item(s) due now with a fresh attempt budget; the next pass retries ${them} (or run now: ${runNow})\n`
-        : `${name}: ${keys.length} item(s) forgotten; if the scan still finds ${them}, ${them} start${keys.length === 1 ? 's' : ''} over as new\n`,
+        : `${name}: ${keys.length} item(s) forgotten; any the scan still finds start over as new\n`,
     );
     return ExitCode.ok;
   });

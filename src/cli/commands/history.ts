@@ -25,7 +25,7 @@ export async function historyCommand(name: string | undefined, flags: { limit: n
           String(r.id), r.reconciler, r.trigger, r.complete || r.status === 'running' ? r.status : `${r.status} (partial)`, when(r.startedAt),
           r.durationMs === null ? '-' : formatDuration(r.durationMs),
           String(r.found), String(r.changed), String(r.unchanged), String(r.skipped), String(r.failed), String(r.deferred), String(r.dead),
-          `${r.host}:${r.pid}`, oneLine(r.error, 60),
+          `${r.host}:${r.pid}`, oneLine(r.error, 120),
         ]),
       )}\n`,
     );

@@ -2,7 +2,7 @@
 import { ExitCode } from '../../errors.js';
 import { formatLoadError } from '../../engine/load.js';
 import { describeHolder } from '../../engine/engine.js';
-import { CronSchedule } from '../../scheduler/cron.js';
+import { nextTick } from '../../scheduler/cron.js';
 import { countFailures } from '../../store/failures.js';
 import { readStates } from '../../store/state.js';
 import { withContext } from '../context.js';
@@ -15,14 +15,14 @@ export async function listCommand(flags: { json?: boolean }): Promise<number> {
     const failures = await countFailures(database.db);
     const rows = reconcilers.map((r) => {
       const state = states.get(r.name);
-      const held = state?.holderId && state.leaseExpiresAt && state.leaseExpiresAt > now ? state : undefined;
+      const held = state?.leaseLive ? state : undefined;
       return {
         name: r.name,
         file: r.file,
         description: r.description,
         schedule: r.schedule,
         timezone: r.timezone,
-        nextRun: new CronSchedule(r.schedule, r.timezone).next(now),
+        nextRun: nextTick(r.schedule, r.timezone, now),
         lastStartedAt: state?.lastStartedAt ?? null,
         lastStatus: state?.lastStatus ?? null,
         lastSucceededAt: state?.lastSucceededAt ?? null,

@@ -3,7 +3,7 @@
  * uses. Exit 0 ok, 1 items failed (or the pass broke), 2 usage error, 3 lock held.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ExitCode, UserError } from '../../errors.js';
+import { ExitCode, UserError, errorSummary } from '../../errors.js';
 import { formatDuration } from '../../duration.js';
 import { Engine, describeHolder, summarize, type RunOutcome } from '../../engine/engine.js';
 import type { PassResult } from '../../engine/pass.js';
@@ -23,8 +23,9 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
   if (flags.all && names.length > 0) throw new UserError('give reconciler names or --all, not both');
   if (!flags.all && names.length === 0) throw new UserError('name the reconciler(s) to run, or pass --all (see `reconciler list`)');
   if (flags.key !== undefined && (flags.all || names.length !== 1)) throw new UserError('--key needs exactly one reconciler name');
+  if (flags.key !== undefined && flags.key === '') throw new UserError('--key needs a non-empty key (see `reconciler failures` or --dry-run for keys)');
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ config, log, database, reconcilers }) => {
-    const engine = new Engine({ db: database.db, reconcilers, log, leaseMs: config.LOCK_TTL });
+    const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
     const selected = flags.all ? [...engine.reconcilers.keys()] : [...new Set(names)];
     for (const name of selected) engine.get(name); // unknown names fail before any pass runs
     if (selected.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
@@ -32,14 +33,20 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
     const progress = flags.json ? undefined : Progress.forStderr(engine.events);
     if (flags.dryRun) {
       engine.events.on('item:done', (item) => {
-        const line = flags.json ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.outcome, note: item.note ?? null }) : `would be ${item.outcome.padEnd(9)}  ${item.key}${item.note ? `  ${item.note}` : ''}`;
+        const line = flags.json ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.outcome, note: item.note ?? null }) : dryRunLine(`would be ${item.outcome}`, item.key, item.note);
+        progress?.clear();
+        process.stdout.write(`${line}\n`);
+      });
+      engine.events.on('item:failed', (item) => {
+        const error = errorSummary(item.error, 200);
+        const line = flags.json ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: 'failed', note: error }) : dryRunLine('would fail', item.key, error);
         progress?.clear();
         process.stdout.write(`${line}\n`);
       });
       engine.events.on('item:deferred', (item) => {
         const line = flags.json
           ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.reason === 'dead' ? 'dead' : 'deferred', note: null })
-          : `not now ${item.reason === 'dead' ? '(dead)   ' : '(backoff)'}  ${item.key}${item.reason === 'backoff' ? `  next attempt ${item.nextAttemptAt.toISOString()}` : '  run `reconciler retry` to try again'}`;
+          : dryRunLine(`not now (${item.reason})`, item.key, item.reason === 'backoff' ? `next attempt ${item.nextAttemptAt.toISOString()}` : 'dead: `reconciler retry` makes it due');
         progress?.clear();
         process.stdout.write(`${line}\n`);
       });
@@ -72,13 +79,22 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
       }
       report(outcome.result, flags);
       if (flags.key !== undefined && !outcome.result.keyFound) {
-        process.stderr.write(`reconciler: ${name}: the scan did not find an item with key ${JSON.stringify(flags.key)} (nothing to do for it, or a wrong key)\n`);
+        process.stderr.write(`reconciler: ${name}: the scan did not find an item with key ${JSON.stringify(flags.key)}: nothing needs doing for it (or the key is wrong)\n`);
+      }
+      if (flags.key !== undefined && outcome.result.counts.dead > 0) {
+        process.stderr.write(`reconciler: ${name}: item ${JSON.stringify(flags.key)} is dead and was not attempted; make it due with \`reconciler retry ${name} ${JSON.stringify(flags.key)}\` first\n`);
+        exitCode = Math.max(exitCode, ExitCode.itemsFailed);
       }
       if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
     }
     progress?.stop();
     return exitCode;
   });
+}
+
+/** One line of `--dry-run` output: what, which item, and the reconciler's note. */
+function dryRunLine(label: string, key: string, note: string | undefined): string {
+  return `${label.padEnd(19)} ${key}${note ? `  ${note}` : ''}`;
 }
 
 function report(result: PassResult, flags: RunFlags): void {
