@@ -4,6 +4,6 @@ import { defineConfig } from 'drizzle-kit';
 // a migration that has landed: generate a new one.
 export default defineConfig({
   dialect: 'postgresql',
-  schema: ['./src/store/schema.ts'],
+  schema: ['./src/store/schema.ts', './src/returns/schema.ts'],
   out: './src/store/migrations',
 });

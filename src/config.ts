@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { durationText, parseDuration } from './duration.js';
 import { UserError } from './errors.js';
-import { describeDatabaseUrl } from './secrets.js';
+import { describeDatabaseUrl, registerSecret } from './secrets.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -46,6 +46,21 @@ const databaseUrl = z
     return value;
   });
 
+const httpUrl = z
+  .string()
+  .optional()
+  .transform((value, ctx) => {
+    if (value === undefined || value.trim() === '') return undefined;
+    try {
+      const parsed = new URL(value);
+      if (parsed.protocol === 'http:' || parsed.protocol === 'https:') return value;
+    } catch {
+      // reported below
+    }
+    ctx.addIssue({ code: 'custom', message: 'is not an http(s) URL, e.g. https://payments.example.com' });
+    return z.NEVER;
+  });
+
 /** The variables, their defaults and meaning. README "Configuration" mirrors this table. */
 export const configSchema = z.object({
   /** PostgreSQL connection string. Unset: the embedded database under DATA_DIR. */
@@ -62,10 +77,21 @@ export const configSchema = z.object({
   /** How long in-flight items may finish after SIGTERM before they are aborted. */
   SHUTDOWN_TIMEOUT: duration('25s', 0, 3_600_000),
   /** Database connections per process (PostgreSQL only). */
+  /** The payment provider's base URL. Unset with DATABASE_URL also unset: a simulator runs in-process (the demo). */
+  PAYMENT_PROVIDER_URL: httpUrl,
+  /** The provider's API key (a secret). */
+  PAYMENT_PROVIDER_KEY: z.string().min(1).optional(),
+  /** Time limit of one provider request. */
+  PAYMENT_PROVIDER_TIMEOUT: duration('10s', 100, 300_000),
   DATABASE_POOL_SIZE: z.coerce.number({ message: 'must be a whole number from 2 to 200' }).int({ message: 'must be a whole number from 2 to 200' }).min(2, { message: 'must be at least 2' }).max(200, { message: 'must be at most 200' }).default(10),
 });
 
 export type Config = z.output<typeof configSchema>;
+
+/** True when nothing is configured: embedded database, and a payment provider simulator in-process. */
+export function isZeroConfig(config: Config): boolean {
+  return config.DATABASE_URL === undefined && config.PAYMENT_PROVIDER_URL === undefined;
+}
 
 /** Parses the environment; throws one UserError listing each bad variable on its own line. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -79,6 +105,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new UserError(lines.join('\n'));
   }
   if (result.data.DATABASE_URL) describeDatabaseUrl(result.data.DATABASE_URL); // registers its password as a secret
+  registerSecret(result.data.PAYMENT_PROVIDER_KEY);
+  if (result.data.PAYMENT_PROVIDER_URL && !result.data.PAYMENT_PROVIDER_KEY) {
+    throw new UserError('invalid PAYMENT_PROVIDER_KEY: it is required when PAYMENT_PROVIDER_URL is set (the API key of the payment provider)');
+  }
   return result.data;
 }
 
@@ -92,6 +122,9 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     HISTORY_RETENTION: durationText(config.HISTORY_RETENTION),
     LOCK_TTL: durationText(config.LOCK_TTL),
     SHUTDOWN_TIMEOUT: durationText(config.SHUTDOWN_TIMEOUT),
+    PAYMENT_PROVIDER_URL: config.PAYMENT_PROVIDER_URL ?? (isZeroConfig(config) ? '(unset: a simulator runs in-process)' : '(unset)'),
+    PAYMENT_PROVIDER_KEY: config.PAYMENT_PROVIDER_KEY ? '***' : '(unset)',
+    PAYMENT_PROVIDER_TIMEOUT: durationText(config.PAYMENT_PROVIDER_TIMEOUT),
     DATABASE_POOL_SIZE: String(config.DATABASE_POOL_SIZE),
   };
 }

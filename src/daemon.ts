@@ -9,6 +9,8 @@ import { Scheduler } from './scheduler/scheduler.js';
 import { migrateDatabase } from './store/migrate.js';
 import { pruneRuns } from './store/runs.js';
 import { openContext } from './cli/context.js';
+import { isZeroConfig } from './config.js';
+import { seedDemoIfEmpty, startDemoProvider } from './returns/demo.js';
 
 const PRUNE_EVERY_MS = 3_600_000;
 /** After the passes have stopped, how long closing the database may take. */
@@ -22,6 +24,8 @@ export async function runDaemon(): Promise<number> {
     throw error;
   });
   if (applied > 0) log.info({ applied }, `applied ${applied} migration(s) to ${database.target}`);
+  const demo = isZeroConfig(config) ? await startDemoProvider(database, log) : undefined;
+  if (demo) await seedDemoIfEmpty(database, log);
 
   const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
   const scheduler = new Scheduler({ engine, log });
@@ -78,7 +82,7 @@ export async function runDaemon(): Promise<number> {
   await engine.stop(config.SHUTDOWN_TIMEOUT);
   // An item that ignores its AbortSignal may hold a connection forever: do not wait on it.
   const closed = await Promise.race([
-    scheduler.drain().then(() => context.close()).then(() => true),
+    scheduler.drain().then(() => demo?.close()).then(() => context.close()).then(() => true),
     new Promise<false>((resolve) => setTimeout(() => resolve(false), CLOSE_GRACE_MS).unref()),
   ]);
   if (!closed) log.warn(`some items ignored their AbortSignal and still hold database connections; exiting without waiting for them`);

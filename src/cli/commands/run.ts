@@ -8,6 +8,9 @@ import { formatDuration } from '../../duration.js';
 import { Engine, describeHolder, summarize, type RunOutcome } from '../../engine/engine.js';
 import type { PassResult } from '../../engine/pass.js';
 import { withContext } from '../context.js';
+import { isZeroConfig, type Config } from '../../config.js';
+import { startDemoProvider } from '../../returns/demo.js';
+import type { Logger } from 'pino';
 import { printJson } from '../table.js';
 import { Progress } from '../progress.js';
 
@@ -26,70 +29,80 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
   if (flags.key !== undefined && flags.key === '') throw new UserError('--key needs a non-empty key (see `reconciler failures` or --dry-run for keys)');
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ config, log, database, reconcilers }) => {
     const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
-    const selected = flags.all ? [...engine.reconcilers.keys()] : [...new Set(names)];
-    for (const name of selected) engine.get(name); // unknown names fail before any pass runs
-    if (selected.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
-
-    const progress = flags.json ? undefined : Progress.forStderr(engine.events);
-    if (flags.dryRun) {
-      engine.events.on('item:done', (item) => {
-        const line = flags.json ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.outcome, note: item.note ?? null }) : dryRunLine(`would be ${item.outcome}`, item.key, item.note);
-        progress?.clear();
-        process.stdout.write(`${line}\n`);
-      });
-      engine.events.on('item:failed', (item) => {
-        const error = errorSummary(item.error, 200);
-        const line = flags.json ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: 'failed', note: error }) : dryRunLine('would fail', item.key, error);
-        progress?.clear();
-        process.stdout.write(`${line}\n`);
-      });
-      engine.events.on('item:deferred', (item) => {
-        const line = flags.json
-          ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.reason === 'dead' ? 'dead' : 'deferred', note: null })
-          : dryRunLine(`not now (${item.reason})`, item.key, item.reason === 'backoff' ? `next attempt ${item.nextAttemptAt.toISOString()}` : 'dead: `reconciler retry` makes it due');
-        progress?.clear();
-        process.stdout.write(`${line}\n`);
-      });
+    // The zero-configuration demo: a pass that may call the payment provider gets the in-process simulator.
+    const demo = isZeroConfig(config) && !flags.dryRun ? await startDemoProvider(database, log) : undefined;
+    try {
+      return await runPasses(engine, names, flags, config, log);
+    } finally {
+      await demo?.close();
     }
-    // Ctrl-C stops taking new items, lets in-flight ones finish and records the pass as aborted; a second one exits at once.
-    let interrupts = 0;
-    const onInterrupt = (signal: NodeJS.Signals) => {
-      if (++interrupts > 1) process.exit(signal === 'SIGINT' ? 130 : 143);
-      progress?.clear();
-      process.stderr.write(`reconciler: ${signal}: finishing the items in flight (up to ${formatDuration(config.SHUTDOWN_TIMEOUT)}); press Ctrl-C again to exit at once\n`);
-      void engine.stop(config.SHUTDOWN_TIMEOUT);
-    };
-    process.on('SIGINT', onInterrupt);
-    process.on('SIGTERM', onInterrupt);
-    let exitCode: number = ExitCode.ok;
-    for (const name of selected) {
-      const outcome = await runWithWait(engine, name, flags, (message) => log.warn(message));
-      progress?.clear();
-      if (!outcome.ran) {
-        if (outcome.reason === 'stopping') {
-          exitCode = Math.max(exitCode, ExitCode.itemsFailed);
-          break;
-        }
-        if (outcome.reason !== 'held') throw new Error(`pass did not run: ${outcome.reason}`);
-        const message = `${name}: a pass is already running on ${describeHolder(outcome.holder)}; wait for it with --wait`;
-        if (flags.json) printJson({ type: 'pass', reconciler: name, status: 'locked', holder: outcome.holder });
-        else process.stderr.write(`reconciler: ${message}\n`);
-        exitCode = Math.max(exitCode, ExitCode.lockHeld);
-        continue;
-      }
-      report(outcome.result, flags);
-      if (flags.key !== undefined && !outcome.result.keyFound) {
-        process.stderr.write(`reconciler: ${name}: the scan did not find an item with key ${JSON.stringify(flags.key)}: nothing needs doing for it (or the key is wrong)\n`);
-      }
-      if (flags.key !== undefined && outcome.result.counts.dead > 0) {
-        process.stderr.write(`reconciler: ${name}: item ${JSON.stringify(flags.key)} is dead and was not attempted; make it due with \`reconciler retry ${name} ${JSON.stringify(flags.key)}\` first\n`);
-        exitCode = Math.max(exitCode, ExitCode.itemsFailed);
-      }
-      if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
-    }
-    progress?.stop();
-    return exitCode;
   });
+}
+
+async function runPasses(engine: Engine, names: string[], flags: RunFlags, config: Config, log: Logger): Promise<number> {
+  const selected = flags.all ? [...engine.reconcilers.keys()] : [...new Set(names)];
+  for (const name of selected) engine.get(name); // unknown names fail before any pass runs
+  if (selected.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
+
+  const progress = flags.json ? undefined : Progress.forStderr(engine.events);
+  if (flags.dryRun) {
+    engine.events.on('item:done', (item) => {
+      const line = flags.json ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.outcome, note: item.note ?? null }) : dryRunLine(`would be ${item.outcome}`, item.key, item.note);
+      progress?.clear();
+      process.stdout.write(`${line}\n`);
+    });
+    engine.events.on('item:failed', (item) => {
+      const error = errorSummary(item.error, 200);
+      const line = flags.json ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: 'failed', note: error }) : dryRunLine('would fail', item.key, error);
+      progress?.clear();
+      process.stdout.write(`${line}\n`);
+    });
+    engine.events.on('item:deferred', (item) => {
+      const line = flags.json
+        ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.reason === 'dead' ? 'dead' : 'deferred', note: null })
+        : dryRunLine(`not now (${item.reason})`, item.key, item.reason === 'backoff' ? `next attempt ${item.nextAttemptAt.toISOString()}` : 'dead: `reconciler retry` makes it due');
+      progress?.clear();
+      process.stdout.write(`${line}\n`);
+    });
+  }
+  // Ctrl-C stops taking new items, lets in-flight ones finish and records the pass as aborted; a second one exits at once.
+  let interrupts = 0;
+  const onInterrupt = (signal: NodeJS.Signals) => {
+    if (++interrupts > 1) process.exit(signal === 'SIGINT' ? 130 : 143);
+    progress?.clear();
+    process.stderr.write(`reconciler: ${signal}: finishing the items in flight (up to ${formatDuration(config.SHUTDOWN_TIMEOUT)}); press Ctrl-C again to exit at once\n`);
+    void engine.stop(config.SHUTDOWN_TIMEOUT);
+  };
+  process.on('SIGINT', onInterrupt);
+  process.on('SIGTERM', onInterrupt);
+  let exitCode: number = ExitCode.ok;
+  for (const name of selected) {
+    const outcome = await runWithWait(engine, name, flags, (message) => log.warn(message));
+    progress?.clear();
+    if (!outcome.ran) {
+      if (outcome.reason === 'stopping') {
+        exitCode = Math.max(exitCode, ExitCode.itemsFailed);
+        break;
+      }
+      if (outcome.reason !== 'held') throw new Error(`pass did not run: ${outcome.reason}`);
+      const message = `${name}: a pass is already running on ${describeHolder(outcome.holder)}; wait for it with --wait`;
+      if (flags.json) printJson({ type: 'pass', reconciler: name, status: 'locked', holder: outcome.holder });
+      else process.stderr.write(`reconciler: ${message}\n`);
+      exitCode = Math.max(exitCode, ExitCode.lockHeld);
+      continue;
+    }
+    report(outcome.result, flags);
+    if (flags.key !== undefined && !outcome.result.keyFound) {
+      process.stderr.write(`reconciler: ${name}: the scan did not find an item with key ${JSON.stringify(flags.key)}: nothing needs doing for it (or the key is wrong)\n`);
+    }
+    if (flags.key !== undefined && outcome.result.counts.dead > 0) {
+      process.stderr.write(`reconciler: ${name}: item ${JSON.stringify(flags.key)} is dead and was not attempted; make it due with \`reconciler retry ${name} ${JSON.stringify(flags.key)}\` first\n`);
+      exitCode = Math.max(exitCode, ExitCode.itemsFailed);
+    }
+    if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
+  }
+  progress?.stop();
+  return exitCode;
 }
 
 /** One line of `--dry-run` output: what, which item, and the reconciler's note. */

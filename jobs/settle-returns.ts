@@ -1,0 +1,24 @@
+/**
+ * settle-returns: charges or refunds customers for their returned Fixes.
+ *
+ * State it repairs: returns whose money work is missing (`settled_at IS NULL`), found in
+ * keyset pages through the partial index `returns_unsettled`, so a pass costs O(unsettled
+ * returns), not O(all returns).
+ * Why doing it twice is harmless: the service writes a payment intent with a key derived
+ * from the return before it calls the provider, and completes that same intent on every
+ * later attempt; the provider applies one effect per key. See src/returns/service.ts.
+ */
+import { defineReconciler } from '../src/index.js';
+import { paymentProviderFromEnv } from '../src/returns/provider.js';
+import { findReturnsToSettle, settleReturn, type ReturnToSettle } from '../src/returns/service.js';
+
+export default defineReconciler<ReturnToSettle>({
+  schedule: '* * * * *',
+  description: 'charges or refunds customers for returned Fixes (index: returns_unsettled)',
+  concurrency: 10,
+  timeout: '30s',
+  retry: { maxAttempts: 12, backoff: { initial: '10s', max: '30m' } },
+  scan: ({ db, after, limit }) => findReturnsToSettle(db, after?.id ?? 0, limit),
+  key: (ret) => `return:${ret.id}`,
+  reconcile: (ret, ctx) => settleReturn(ret.id, ctx, paymentProviderFromEnv),
+});

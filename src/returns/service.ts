@@ -1,0 +1,209 @@
+/**
+ * Settling a return: decide charge, refund or nothing, and carry it out exactly once.
+ *
+ * The exactly-once recipe (README "How exactly-once works"):
+ *  (a) intent first: one statement inserts the payment intent with its amount frozen and an
+ *      idempotency key derived from the return (`return:{id}:{kind}:v1`); UNIQUE(return_id)
+ *      makes a second intent impossible, so a later pass always finds this one;
+ *  (b) the provider is called outside any transaction, with that key;
+ *  (c) the outcome is recorded with a compare-and-set on the intent
+ *      (`WHERE state IN ('pending', 'unknown')`), in one transaction with the return.
+ * A timeout, reset, 5xx, 409 or 429 leaves the intent `unknown`: the next attempt sends the
+ * same key and the same frozen parameters, so the provider answers with the first result
+ * instead of applying the effect again.
+ */
+import { sql } from 'drizzle-orm';
+import { TerminalError } from '../errors.js';
+import type { Db, ReconcileContext, ReconcileResult } from '../reconciler.js';
+import { queryRows } from '../store/database.js';
+import { ProviderError, type PaymentProvider } from './provider.js';
+import { decideSettlement, money } from './settlement.js';
+
+/** An item of the settle-returns scan: a return whose money work is still missing. */
+export interface ReturnToSettle {
+  id: number;
+}
+
+/** Providers forget idempotency keys after about 24 hours; stop retrying an unknown intent well before. */
+const KEY_LIFETIME_HOURS = 20;
+
+/** Returns still to settle, in keyset pages by id, through the partial index `returns_unsettled`. */
+export async function findReturnsToSettle(db: Db, afterId: number, limit: number): Promise<ReturnToSettle[]> {
+  const rows = await queryRows<{ id: number }>(db, sql`SELECT id FROM returns WHERE settled_at IS NULL AND id > ${afterId} ORDER BY id LIMIT ${limit}`);
+  return rows.map((row) => ({ id: Number(row.id) }));
+}
+
+interface ReturnState {
+  id: number;
+  settled: boolean;
+  currency: string;
+  styling_fee_cents: number;
+  prepaid_cents: number;
+  customer_name: string;
+  customer_ref: string;
+  payment_method: string;
+  items: { priceCents: number; returned: boolean }[] | null;
+  payment_id: number | null;
+  kind: 'charge' | 'refund' | null;
+  amount_cents: number | null;
+  payment_currency: string | null;
+  idempotency_key: string | null;
+  state: 'pending' | 'succeeded' | 'declined' | 'unknown' | null;
+  provider_ref: string | null;
+  last_error: string | null;
+  intent_age_hours: number | null;
+}
+
+interface Intent {
+  id: number;
+  kind: 'charge' | 'refund';
+  amountCents: number;
+  currency: string;
+  idempotencyKey: string;
+  state: 'pending' | 'succeeded' | 'declined' | 'unknown';
+  providerRef: string | null;
+  lastError: string | null;
+  ageHours: number;
+}
+
+async function loadReturn(db: Db, returnId: number): Promise<ReturnState | undefined> {
+  const [row] = await queryRows<ReturnState>(
+    db,
+    sql`SELECT r.id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_cents, f.prepaid_cents,
+               c.name AS customer_name, 'cus_' || c.id AS customer_ref, c.payment_method,
+               (SELECT json_agg(json_build_object('priceCents', fi.price_cents, 'returned', ri.return_id IS NOT NULL) ORDER BY fi.id)
+                  FROM fix_items fi LEFT JOIN return_items ri ON ri.fix_item_id = fi.id AND ri.return_id = r.id
+                 WHERE fi.fix_id = f.id) AS items,
+               p.id AS payment_id, p.kind, p.amount_cents, p.currency AS payment_currency, p.idempotency_key, p.state,
+               p.provider_ref, p.last_error, extract(epoch FROM now() - p.created_at)::float8 / 3600 AS intent_age_hours
+        FROM returns r JOIN fixes f ON f.id = r.fix_id JOIN customers c ON c.id = f.customer_id
+        LEFT JOIN payments p ON p.return_id = r.id
+        WHERE r.id = ${returnId}`,
+  );
+  return row;
+}
+
+function intentOf(row: ReturnState): Intent | undefined {
+  if (row.payment_id === null) return undefined;
+  return {
+    id: Number(row.payment_id),
+    kind: row.kind!,
+    amountCents: Number(row.amount_cents),
+    currency: row.payment_currency!,
+    idempotencyKey: row.idempotency_key!,
+    state: row.state!,
+    providerRef: row.provider_ref,
+    lastError: row.last_error,
+    ageHours: Number(row.intent_age_hours),
+  };
+}
+
+/** (a) The intent, inserted once; if one exists already, that one (its frozen parameters win). */
+async function ensureIntent(db: Db, returnId: number, kind: 'charge' | 'refund', amountCents: number, currency: string): Promise<Intent> {
+  const key = `return:${returnId}:${kind}:v1`;
+  await queryRows(
+    db,
+    sql`INSERT INTO payments (return_id, kind, amount_cents, currency, idempotency_key)
+        VALUES (${returnId}, ${kind}, ${amountCents}, ${currency}, ${key})
+        ON CONFLICT (return_id) DO NOTHING`,
+  );
+  const row = await loadReturn(db, returnId);
+  return intentOf(row!)!;
+}
+
+/** Fault injection for the crash tests: RECONCILER_CRASH_AT=<point> kills this process with SIGKILL there. */
+function crashPoint(point: 'before-call' | 'after-call' | 'during-record'): void {
+  if (process.env.RECONCILER_CRASH_AT === point) process.kill(process.pid, 'SIGKILL');
+}
+
+const past = { charge: 'charged', refund: 'refunded' } as const;
+const to = { charge: 'to', refund: 'to' } as const;
+
+/**
+ * Settles one return. Idempotent: a settled return is `unchanged`; an intent left by an
+ * earlier attempt is completed with its own key and parameters, never duplicated.
+ */
+export async function settleReturn(returnId: number, ctx: ReconcileContext, provider: () => PaymentProvider): Promise<ReconcileResult> {
+  const { db } = ctx;
+  const row = await loadReturn(db, returnId);
+  if (!row || row.settled) return 'unchanged';
+  let intent = intentOf(row);
+
+  if (!intent) {
+    const decision = decideSettlement({ currency: row.currency, stylingFeeCents: row.styling_fee_cents, prepaidCents: row.prepaid_cents, items: row.items ?? [] });
+    if (decision.kind === 'none') {
+      if (ctx.dryRun) return { outcome: 'changed', note: `nothing to charge or refund for return ${returnId}: would mark it settled` };
+      const marked = await queryRows(db, sql`UPDATE returns SET settled_at = now(), settlement = 'none' WHERE id = ${returnId} AND settled_at IS NULL RETURNING id`);
+      return marked.length > 0 ? { outcome: 'changed', note: `return ${returnId}: nothing to charge or refund` } : 'unchanged';
+    }
+    if (ctx.dryRun) {
+      return { outcome: 'changed', note: `would ${decision.kind} ${money(decision.amountCents, decision.currency)} ${to[decision.kind]} ${row.customer_name} (return ${returnId})` };
+    }
+    intent = await ensureIntent(db, returnId, decision.kind, decision.amountCents, decision.currency);
+  }
+
+  const what = `${money(intent.amountCents, intent.currency)} ${to[intent.kind]} ${row.customer_name} (return ${returnId}, key ${intent.idempotencyKey})`;
+  if (intent.state === 'succeeded') {
+    if (ctx.dryRun) return { outcome: 'changed', note: `already ${past[intent.kind]} ${what}: would mark the return settled` };
+    return (await recordOutcome(db, intent, returnId, intent.providerRef)) ? { outcome: 'changed', note: `return ${returnId} settled` } : 'unchanged';
+  }
+  if (intent.state === 'declined') {
+    throw new TerminalError(`${intent.kind} of ${what} was declined: ${intent.lastError ?? 'no reason given'}; settle it by hand, then mark the return settled`);
+  }
+  if (intent.ageHours > KEY_LIFETIME_HOURS) {
+    throw new TerminalError(
+      `${intent.kind} of ${what} is still ${intent.state} after ${Math.floor(intent.ageHours)} hours; the provider may have forgotten the key, ` +
+        'so retrying could apply it twice: look it up at the provider, record the outcome on the payment, then `reconciler retry`',
+    );
+  }
+  if (ctx.dryRun) return { outcome: 'changed', note: `would ${intent.state === 'unknown' ? 'retry' : 'send'} the ${intent.kind} of ${what}` };
+
+  // (b) The call, outside any transaction, with the intent's key and frozen parameters.
+  crashPoint('before-call');
+  await queryRows(db, sql`UPDATE payments SET attempts = attempts + 1, updated_at = now() WHERE id = ${intent.id}`);
+  const request = { idempotencyKey: intent.idempotencyKey, amountCents: intent.amountCents, currency: intent.currency, customer: row.customer_ref, paymentMethod: row.payment_method, returnId };
+  let providerRef: string;
+  try {
+    providerRef = (await (intent.kind === 'charge' ? provider().charge(request, ctx.signal) : provider().refund(request, ctx.signal))).id;
+  } catch (error) {
+    if (!(error instanceof ProviderError)) throw error;
+    return await recordFailure(db, intent, returnId, error, what);
+  }
+  crashPoint('after-call');
+
+  // (c) The outcome, by compare-and-set on the intent, with the return, in one transaction.
+  const recorded = await recordOutcome(db, intent, returnId, providerRef);
+  ctx.log.info({ returnId, kind: intent.kind, amountCents: intent.amountCents, providerRef }, `${past[intent.kind]} ${what}: ${providerRef}`);
+  return recorded ? { outcome: 'changed', note: `${past[intent.kind]} ${what}: ${providerRef}` } : 'unchanged';
+}
+
+/** Marks the intent succeeded and the return settled; false if another attempt got there first. */
+async function recordOutcome(db: Db, intent: Intent, returnId: number, providerRef: string | null): Promise<boolean> {
+  return db.transaction(async (tx) => {
+    await queryRows(
+      tx as unknown as Db,
+      sql`UPDATE payments SET state = 'succeeded', provider_ref = ${providerRef}, settled_at = now(), updated_at = now(), last_error = NULL
+          WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`,
+    );
+    crashPoint('during-record');
+    const settled = await queryRows(tx as unknown as Db, sql`UPDATE returns SET settled_at = now(), settlement = ${intent.kind} WHERE id = ${returnId} AND settled_at IS NULL RETURNING id`);
+    return settled.length > 0;
+  });
+}
+
+/** Records what the provider said, then throws what the engine should do next. */
+async function recordFailure(db: Db, intent: Intent, returnId: number, error: ProviderError, what: string): Promise<never> {
+  if (error.failure === 'declined') {
+    await queryRows(
+      db,
+      sql`UPDATE payments SET state = 'declined', last_error = ${error.message}, settled_at = now(), updated_at = now()
+          WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`,
+    );
+    throw new TerminalError(`${intent.kind} of ${what} was declined (${error.message}); settle it by hand, then mark the return settled`);
+  }
+  const state = error.failure === 'retryable' ? 'unknown' : intent.state;
+  await queryRows(db, sql`UPDATE payments SET state = ${state}, last_error = ${error.message}, updated_at = now() WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`);
+  if (error.failure === 'retryable') throw new Error(`${intent.kind} of ${what}: ${error.message}; will retry with the same key`);
+  if (error.status === 401 || error.status === 403) throw new Error(`the provider refused our credentials (${error.message}): check PAYMENT_PROVIDER_KEY`);
+  throw new TerminalError(`${intent.kind} of ${what} was rejected: ${error.message}; not retried, as the same request would be rejected again`);
+}
