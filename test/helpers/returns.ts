@@ -1,0 +1,101 @@
+/**
+ * The returns domain under test: a payment provider simulator as its own process with its
+ * own database, seeded returns, and the checks of the exactly-once promise.
+ */
+import { expect } from 'vitest';
+import { sql } from 'drizzle-orm';
+import { createEmptyDatabase, databaseUrl, dropDatabase, type TestDatabase } from './db.js';
+import { REPO_ROOT } from './jobs.js';
+import { runCli, startProcess, type CliResult, type RunningProcess } from './processes.js';
+import type { SimulatorFaults, SimulatorStats, LedgerEntry } from '../../src/returns/simulator/server.js';
+
+export const PROVIDER_KEY = 'sk_test_reconciler_suite';
+
+export interface Provider {
+  url: string;
+  process: RunningProcess;
+  ledger(): Promise<LedgerEntry[]>;
+  stats(): Promise<SimulatorStats>;
+  setFaults(faults: Partial<SimulatorFaults>): Promise<void>;
+  stop(): Promise<void>;
+}
+
+async function call<T>(url: string, path: string, init: RequestInit = {}): Promise<T> {
+  const response = await fetch(`${url}${path}`, { ...init, headers: { authorization: `Bearer ${PROVIDER_KEY}`, 'content-type': 'application/json' } });
+  if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
+  return (await response.json()) as T;
+}
+
+/** Starts `npm run provider`'s entry point as its own process, storing in its own new database. */
+export async function startProvider(args: string[] = []): Promise<Provider> {
+  const storage = await createEmptyDatabase();
+  const child = startProcess(['--import', 'tsx', 'src/returns/simulator/main.ts', '--port', '0', '--api-key', PROVIDER_KEY, '--seed', '42', ...args], { PROVIDER_DATABASE_URL: databaseUrl(storage) }, { command: process.execPath });
+  const line = await child.waitFor((l) => typeof l.url === 'string', 'the simulator to listen', 30_000);
+  const url = String(line.url);
+  return {
+    url,
+    process: child,
+    ledger: async () => (await call<{ effects: LedgerEntry[] }>(url, '/v1/ledger')).effects,
+    stats: () => call<SimulatorStats>(url, '/v1/_simulator/stats'),
+    setFaults: async (faults) => void (await call(url, '/v1/_simulator/faults', { method: 'POST', body: JSON.stringify(faults) })),
+    async stop() {
+      await child.kill('SIGTERM');
+      await dropDatabase(storage);
+    },
+  };
+}
+
+/** The environment of a `reconciler` process that settles returns of `t` through `provider`. */
+export function settleEnv(t: TestDatabase, provider: Provider, extra: Record<string, string> = {}): Record<string, string> {
+  return { DATABASE_URL: t.url, JOBS_DIR: `${REPO_ROOT}/jobs`, PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: PROVIDER_KEY, PAYMENT_PROVIDER_TIMEOUT: '3s', LOCK_TTL: '1s', ...extra };
+}
+
+export function settlePass(t: TestDatabase, provider: Provider, extra: Record<string, string> = {}, args: string[] = []): Promise<CliResult> {
+  return runCli(['run', 'settle-returns', '--wait', ...args], settleEnv(t, provider, extra));
+}
+
+/** Time passes: every item in backoff is due now. */
+export async function makeDue(t: TestDatabase): Promise<void> {
+  await t.rows(sql`UPDATE reconciler_failures SET next_attempt_at = now() - interval '1 second' WHERE dead_at IS NULL`);
+}
+
+/** Runs passes, making backoff due before each, until one succeeds with nothing left in backoff (dead items stay), at most `max` times. */
+export async function settleUntilQuiet(t: TestDatabase, provider: Provider, max = 15): Promise<void> {
+  for (let i = 0; i < max; i++) {
+    await makeDue(t);
+    const result = await settlePass(t, provider);
+    const [waiting] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_failures WHERE dead_at IS NULL`);
+    if (result.code === 0 && waiting!.n === 0) return;
+  }
+  throw new Error(`not converged after ${max} passes`);
+}
+
+/** The provider's effects for the returns now in `t` (the simulator outlives the tests of a file; return ids never repeat). */
+export async function ledgerOf(t: TestDatabase, provider: Provider): Promise<LedgerEntry[]> {
+  const ids = new Set((await t.rows<{ id: number }>(sql`SELECT id FROM returns`)).map((r) => String(r.id)));
+  return (await provider.ledger()).filter((entry) => ids.has(entry.returnId));
+}
+
+/**
+ * The promise: every return that needs money work has exactly one effect at the provider,
+ * with the amount and key of its intent; no return has two; the ledger and the database agree.
+ */
+export async function expectExactlyOnce(t: TestDatabase, provider: Provider, options: { declined?: number } = {}): Promise<LedgerEntry[]> {
+  const ledger = await ledgerOf(t, provider);
+  const byReturn = new Map<string, LedgerEntry[]>();
+  for (const entry of ledger) byReturn.set(entry.returnId, [...(byReturn.get(entry.returnId) ?? []), entry]);
+  const duplicates = [...byReturn.entries()].filter(([, entries]) => entries.length > 1);
+  expect(duplicates, 'returns with more than one effect').toEqual([]);
+  const payments = await t.rows<{ return_id: number; kind: string; amount_cents: number; idempotency_key: string; state: string; provider_ref: string | null }>(
+    sql`SELECT return_id, kind, amount_cents, idempotency_key, state, provider_ref FROM payments ORDER BY return_id`,
+  );
+  const succeeded = payments.filter((p) => p.state === 'succeeded');
+  expect(payments.filter((p) => p.state !== 'succeeded' && p.state !== 'declined'), 'intents neither succeeded nor declined').toEqual([]);
+  expect(payments.filter((p) => p.state === 'declined')).toHaveLength(options.declined ?? 0);
+  expect(ledger.map((e) => `${e.returnId}:${e.kind}:${e.amount}:${e.idempotencyKey}:${e.id}`).sort()).toEqual(
+    succeeded.map((p) => `${p.return_id}:${p.kind}:${p.amount_cents}:${p.idempotency_key}:${p.provider_ref}`).sort(),
+  );
+  const [missing] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL AND id NOT IN (SELECT return_id FROM payments WHERE state = 'declined')`);
+  expect(missing!.n, 'returns left unsettled').toBe(0);
+  return ledger;
+}

@@ -1,0 +1,153 @@
+/**
+ * The returns domain against real PostgreSQL and the real simulator process: every return
+ * that needs money work gets exactly one effect at the provider, whatever fails.
+ */
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { sql } from 'drizzle-orm';
+import { decideSettlement } from '../src/returns/settlement.js';
+import { seedReturns } from '../src/returns/seed.js';
+import { useTestDatabase } from './helpers/db.js';
+import { runCli, startProcess } from './helpers/processes.js';
+import { expectExactlyOnce, ledgerOf, makeDue, settleEnv, settlePass, settleUntilQuiet, startProvider, type Provider } from './helpers/returns.js';
+
+const t = useTestDatabase();
+let provider: Provider;
+beforeAll(async () => {
+  provider = await startProvider();
+});
+afterAll(async () => {
+  await provider.stop();
+});
+beforeEach(async () => {
+  await t.rows(sql`TRUNCATE reconciler_runs, reconciler_failures, reconciler_state, payments, return_items, returns, fix_items, fixes, customers CASCADE`); // ids go on, so idempotency keys never repeat at the provider
+  await provider.setFaults({ latencyMs: [0, 0], errorRate: 0, timeoutRate: 0, declineRate: 0, rateLimitRate: 0 });
+});
+afterEach(async () => {
+  await provider.setFaults({ latencyMs: [0, 0], errorRate: 0, timeoutRate: 0, declineRate: 0, rateLimitRate: 0 });
+});
+
+const ledgerSize = async () => (await ledgerOf(t, provider)).length;
+const posts = async () => (await provider.stats()).posts;
+
+describe('the settlement rule', () => {
+  const fix = (prepaidCents: number, returned: boolean[]) => ({ currency: 'USD', stylingFeeCents: 2_000, prepaidCents, items: [5_000, 3_000].map((priceCents, i) => ({ priceCents, returned: returned[i]! })) });
+
+  it('charges the styling fee and the kept items when nothing was paid', () => {
+    expect(decideSettlement(fix(0, [false, true]))).toEqual({ kind: 'charge', amountCents: 7_000, currency: 'USD' });
+  });
+
+  it('refunds returned items that were paid for', () => {
+    expect(decideSettlement(fix(10_000, [true, false]))).toEqual({ kind: 'refund', amountCents: 5_000, currency: 'USD' });
+  });
+
+  it('does nothing when what was paid is what is owed', () => {
+    expect(decideSettlement(fix(7_000, [false, true]))).toEqual({ kind: 'none', currency: 'USD' });
+  });
+});
+
+describe('settle-returns', () => {
+  it('charges, refunds or settles each return once, then a second pass makes no provider call', async () => {
+    const seeded = await seedReturns(t.db, 60, 3);
+    const first = await settlePass(t, provider);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toMatch(/settle-returns: pass \d+ succeeded .*: 60 found, 60 changed/);
+    const ledger = await expectExactlyOnce(t, provider);
+    expect(ledger.filter((e) => e.kind === 'charge')).toHaveLength(seeded.charge);
+    expect(ledger.filter((e) => e.kind === 'refund')).toHaveLength(seeded.refund);
+    expect(ledger.reduce((sum, e) => sum + (e.kind === 'charge' ? e.amount : 0), 0)).toBe(seeded.chargeCents);
+
+    const before = await posts();
+    const second = await settlePass(t, provider);
+    expect(second.stdout).toContain(': 0 found');
+    expect(await posts()).toBe(before);
+  });
+
+  it('lists what it would charge and refund, with amounts, under --dry-run, and calls nobody', async () => {
+    await seedReturns(t.db, 5, 4);
+    const before = await posts();
+    const result = await settlePass(t, provider, {}, ['--dry-run']);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/would be changed\s+return:\d+\s+would (charge|refund) \d+\.\d\d USD to .+ \(return \d+\)/);
+    expect(await posts()).toBe(before);
+    expect(await t.rows(sql`SELECT 1 FROM payments`)).toEqual([]);
+  });
+
+  it.each(['before-call', 'after-call', 'during-record'])('leaves exactly one effect per return after a SIGKILL %s, and the next pass', async (point) => {
+    await seedReturns(t.db, 8, 5);
+    const killed = await settlePass(t, provider, { RECONCILER_CRASH_AT: point });
+    expect(killed.signal).toBe('SIGKILL');
+    if (point !== 'before-call') expect(await ledgerSize()).toBeGreaterThan(0); // the provider applied one before the kill
+    await settleUntilQuiet(t, provider);
+    await expectExactlyOnce(t, provider);
+  });
+
+  it('never applies an effect twice when the provider applied it and the answer was lost', async () => {
+    const seeded = await seedReturns(t.db, 10, 6);
+    const needingEffect = seeded.charge + seeded.refund;
+    await provider.setFaults({ timeoutRate: 1 });
+    const lost = await settlePass(t, provider);
+    expect(lost.code).toBe(1);
+    expect(await ledgerSize()).toBe(needingEffect); // applied, every answer lost
+    const unknown = await t.rows<{ state: string }>(sql`SELECT state FROM payments`);
+    expect(unknown.every((p) => p.state === 'unknown')).toBe(true);
+
+    await provider.setFaults({ timeoutRate: 0 });
+    const replayedBefore = (await provider.stats()).replayed;
+    await makeDue(t);
+    await settleUntilQuiet(t, provider);
+    await expectExactlyOnce(t, provider);
+    expect((await provider.stats()).replayed - replayedBefore).toBe(needingEffect); // the same keys, answered from the first result
+  });
+
+  it('converges through 500s and 429s', async () => {
+    await seedReturns(t.db, 30, 7);
+    await provider.setFaults({ errorRate: 0.4, rateLimitRate: 0.3 });
+    const first = await settlePass(t, provider);
+    expect(first.code).toBe(1);
+    await settleUntilQuiet(t, provider, 40);
+    await expectExactlyOnce(t, provider);
+  });
+
+  it('records a decline as final, shows it in failures, and does not call the provider again', async () => {
+    const seeded = await seedReturns(t.db, 6, 8);
+    const needingEffect = seeded.charge + seeded.refund;
+    await provider.setFaults({ declineRate: 1 });
+    const result = await settlePass(t, provider);
+    expect(result.code).toBe(1);
+    await expectExactlyOnce(t, provider, { declined: needingEffect });
+    const failures = await runCli(['failures', 'settle-returns', '--dead'], settleEnv(t, provider));
+    expect(failures.stdout).toMatch(/return:\d+\s+1\s+dead\s+.*was declined/);
+
+    const before = await posts();
+    await runCli(['retry', 'settle-returns', '--all'], settleEnv(t, provider));
+    await settlePass(t, provider);
+    expect(await posts()).toBe(before); // the intent says declined: settled by a person, not by retrying
+  });
+
+  it('surfaces a key reused with other parameters as a permanent error, not retried blindly', async () => {
+    await seedReturns(t.db, 1, 9);
+    await t.rows(sql`UPDATE fixes SET prepaid_cents = 0`); // make sure the one return needs a charge
+    await provider.setFaults({ timeoutRate: 1 });
+    await settlePass(t, provider);
+    await provider.setFaults({ timeoutRate: 0 });
+    await t.rows(sql`UPDATE payments SET amount_cents = amount_cents + 100`); // the frozen parameters changed: a bug
+    await makeDue(t);
+    const result = await settlePass(t, provider);
+    expect(result.code).toBe(1);
+    const [failure] = await t.rows<{ dead: boolean; last_error: string }>(sql`SELECT dead_at IS NOT NULL AS dead, last_error FROM reconciler_failures`);
+    expect(failure).toMatchObject({ dead: true });
+    expect(failure!.last_error).toMatch(/was rejected: POST \/v1\/charges: 422 idempotency_key_reused/);
+    expect(await ledgerSize()).toBe(1);
+  });
+
+  it('makes one effect per return when two processes settle the same returns at once, bypassing the lease', async () => {
+    await seedReturns(t.db, 40, 10);
+    await provider.setFaults({ latencyMs: [10, 40] });
+    const env = { ...settleEnv(t, provider), NODE_OPTIONS: '' };
+    const racers = [0, 1].map(() => startProcess(['--import', 'tsx', 'test/fixtures/settle-directly.ts'], env, { command: process.execPath }));
+    const exits = await Promise.all(racers.map((r) => r.exited));
+    expect(exits.map((e) => e.code)).toEqual([0, 0]);
+    await settleUntilQuiet(t, provider);
+    await expectExactlyOnce(t, provider);
+  });
+});
