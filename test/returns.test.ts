@@ -3,7 +3,10 @@
  * that needs money work gets exactly one effect at the provider, whatever fails.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
+import { REPO_ROOT } from './helpers/jobs.js';
 import { decideSettlement } from '../src/returns/settlement.js';
 import { seedReturns } from '../src/returns/seed.js';
 import { useTestDatabase } from './helpers/db.js';
@@ -42,6 +45,26 @@ describe('the settlement rule', () => {
 
   it('does nothing when what was paid is what is owed', () => {
     expect(decideSettlement(fix(7_000, [false, true]))).toEqual({ kind: 'none', currency: 'USD' });
+  });
+});
+
+describe('the zero-configuration demo (`npm start` on a fresh checkout)', () => {
+  it('runs on the embedded database, starts the simulator, seeds returns and settles each once within a minute', { timeout: 120_000 }, async () => {
+    const dataDir = join(REPO_ROOT, 'test', '.tmp', `demo-${process.pid}-${Date.now()}`);
+    const daemon = startProcess(['daemon'], { DATA_DIR: dataDir, LOG_LEVEL: 'info' });
+    try {
+      const seeded = await daemon.waitFor((line) => String(line.msg).startsWith('demo: the database had no returns'), 'the demo seed', 60_000);
+      await daemon.waitFor((line) => line.reconciler === 'settle-returns' && typeof line.status === 'string', 'the first settle-returns pass', 60_000);
+      const effects = daemon.lines.filter((line) => /^(charged|refunded) /.test(String(line.msg)));
+      expect(effects).toHaveLength(Number(seeded.charge) + Number(seeded.refund));
+      expect(new Set(effects.map((line) => line.returnId)).size).toBe(effects.length);
+      expect(daemon.lines.some((line) => String(line.msg).includes('simulator runs in-process on http://127.0.0.1:'))).toBe(true);
+      daemon.child.kill('SIGTERM');
+      expect((await daemon.exited).code).toBe(0);
+    } finally {
+      await daemon.kill();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 });
 
