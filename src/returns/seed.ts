@@ -7,6 +7,7 @@ import { sql } from 'drizzle-orm';
 import type { Db } from '../reconciler.js';
 import { queryRows } from '../store/database.js';
 import { decideSettlement, money } from './settlement.js';
+import { dice } from '../dice.js';
 
 export interface SeedCounts {
   returns: number;
@@ -22,17 +23,6 @@ const STYLING_FEE_CENTS = 2_000;
 const BATCH = 2_000;
 const NAMES = ['Ada Lovelace', 'Grace Hopper', 'Alan Turing', 'Katherine Johnson', 'Edsger Dijkstra', 'Barbara Liskov', 'Donald Knuth', 'Frances Allen'];
 const GOODS = ['linen shirt', 'denim jacket', 'wool sweater', 'chinos', 'sneakers', 'silk scarf', 'midi dress', 'leather belt'];
-
-function dice(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
 
 const array = (values: readonly (string | number)[], type: 'int[]' | 'text[]') => sql`${`{${values.map((v) => (typeof v === 'number' ? v : `"${v}"`)).join(',')}}`}::${sql.raw(type)}`;
 

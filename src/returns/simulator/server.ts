@@ -14,6 +14,7 @@ import type { AddressInfo } from 'node:net';
 import { sql } from 'drizzle-orm';
 import type { Db } from '../../reconciler.js';
 import { queryRows } from '../../store/database.js';
+import { dice } from '../../dice.js';
 
 export interface SimulatorFaults {
   /** Latency range of each charge or refund, in ms. */
@@ -66,18 +67,6 @@ export interface RunningSimulator {
   stats(): SimulatorStats;
   setFaults(faults: Partial<SimulatorFaults>): SimulatorFaults;
   close(): Promise<void>;
-}
-
-/** A small seeded PRNG (mulberry32), so that fault sequences replay. */
-function dice(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
 }
 
 /** Creates the simulator's own tables (idempotent). */
