@@ -20,5 +20,6 @@ export default defineReconciler<ReturnToSettle>({
   retry: { maxAttempts: 12, backoff: { initial: '10s', max: '30m' } },
   scan: ({ db, after, limit }) => findReturnsToSettle(db, after?.id ?? 0, limit),
   key: (ret) => `return:${ret.id}`,
+  since: (ret) => ret.receivedAt,
   reconcile: (ret, ctx) => settleReturn(ret.id, ctx, paymentProviderFromEnv),
 });

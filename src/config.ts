@@ -83,6 +83,14 @@ export const configSchema = z.object({
   PAYMENT_PROVIDER_KEY: z.string().min(1).optional(),
   /** Time limit of one provider request. */
   PAYMENT_PROVIDER_TIMEOUT: duration('10s', 100, 300_000),
+  /** Address of the operations endpoint (/healthz, /readyz, /metrics). */
+  HTTP_HOST: z.string().min(1).default('0.0.0.0'),
+  /** Port of the operations endpoint; 0 picks a free one (logged). */
+  HTTP_PORT: z.coerce.number({ message: 'must be a port number from 0 to 65535' }).int({ message: 'must be a port number from 0 to 65535' }).min(0, { message: 'must be a port number from 0 to 65535' }).max(65_535, { message: 'must be a port number from 0 to 65535' }).default(8080),
+  /** /healthz fails when the event loop was blocked longer than this. */
+  HEALTH_MAX_EVENT_LOOP_LAG: duration('5s', 100, 600_000),
+  /** The daemon waits a random time up to this before scheduling, to spread replicas that start together. */
+  STARTUP_JITTER: duration('0', 0, 600_000),
   DATABASE_POOL_SIZE: z.coerce.number({ message: 'must be a whole number from 2 to 200' }).int({ message: 'must be a whole number from 2 to 200' }).min(2, { message: 'must be at least 2' }).max(200, { message: 'must be at most 200' }).default(10),
 });
 
@@ -122,6 +130,10 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     HISTORY_RETENTION: durationText(config.HISTORY_RETENTION),
     LOCK_TTL: durationText(config.LOCK_TTL),
     SHUTDOWN_TIMEOUT: durationText(config.SHUTDOWN_TIMEOUT),
+    HTTP_HOST: config.HTTP_HOST,
+    HTTP_PORT: String(config.HTTP_PORT),
+    HEALTH_MAX_EVENT_LOOP_LAG: durationText(config.HEALTH_MAX_EVENT_LOOP_LAG),
+    STARTUP_JITTER: durationText(config.STARTUP_JITTER),
     PAYMENT_PROVIDER_URL: config.PAYMENT_PROVIDER_URL ?? (isZeroConfig(config) ? '(unset: a simulator runs in-process)' : '(unset)'),
     PAYMENT_PROVIDER_KEY: config.PAYMENT_PROVIDER_KEY ? '***' : '(unset)',
     PAYMENT_PROVIDER_TIMEOUT: durationText(config.PAYMENT_PROVIDER_TIMEOUT),

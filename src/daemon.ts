@@ -2,11 +2,15 @@
  * The long-running process: migrate, load, catch up, schedule, prune history, and shut
  * down gracefully on SIGTERM/SIGINT (a second signal exits at once).
  */
-import { ExitCode, coerceError } from './errors.js';
+import { sql } from 'drizzle-orm';
+import { ExitCode, UserError, coerceError, errorSummary } from './errors.js';
 import { formatDuration } from './duration.js';
 import { Engine } from './engine/engine.js';
 import { Scheduler } from './scheduler/scheduler.js';
-import { migrateDatabase } from './store/migrate.js';
+import { migrateDatabase, pendingMigrations } from './store/migrate.js';
+import { queryRows } from './store/database.js';
+import { Metrics } from './http/metrics.js';
+import { CHECK_TIMEOUT_MS, startOpsServer, within, type Check } from './http/server.js';
 import { pruneRuns } from './store/runs.js';
 import { openContext } from './cli/context.js';
 import { isZeroConfig } from './config.js';
@@ -29,6 +33,39 @@ export async function runDaemon(): Promise<number> {
 
   const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
   const scheduler = new Scheduler({ engine, log });
+  const metrics = new Metrics(database.control, reconcilers.map((r) => r.name), log);
+  metrics.attach(engine.events);
+  let scheduling = false;
+  let shuttingDown = false;
+  const probe = async (what: string, check: () => Promise<string>): Promise<Check> => {
+    try {
+      return { ok: true, detail: await within(check(), CHECK_TIMEOUT_MS, what) };
+    } catch (error) {
+      return { ok: false, detail: errorSummary(coerceError(error), 200) };
+    }
+  };
+  const ops = await startOpsServer({
+    host: config.HTTP_HOST,
+    port: config.HTTP_PORT,
+    log,
+    maxEventLoopLagMs: config.HEALTH_MAX_EVENT_LOOP_LAG,
+    metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
+    readiness: async () => ({
+      database: await probe('database', async () => (await queryRows(database.control, sql`SELECT 1`), `reachable: ${database.target}`)),
+      migrations: await probe('migrations', async () => {
+        const pending = await pendingMigrations(database);
+        if (pending > 0) throw new Error(`${pending} migration(s) pending`);
+        return 'applied';
+      }),
+      jobs: { ok: scheduling, detail: scheduling ? `${reconcilers.length} reconciler(s) loaded and scheduled` : 'starting' },
+      shutdown: { ok: !shuttingDown, detail: shuttingDown ? 'shutting down' : 'running' },
+    }),
+  }).catch(async (error: unknown) => {
+    await context.close();
+    const reason = (error as NodeJS.ErrnoException).code ?? coerceError(error).message;
+    throw new UserError(`cannot serve the operations endpoint on ${config.HTTP_HOST}:${config.HTTP_PORT} (${reason}): set HTTP_PORT to a free port, or 0 for any`);
+  });
+  log.info({ url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
 
   const prune = async () => {
     try {
@@ -68,14 +105,23 @@ export async function runDaemon(): Promise<number> {
   orphanCheck.unref();
 
   await prune();
+  if (config.STARTUP_JITTER > 0) {
+    const wait = Math.round(Math.random() * config.STARTUP_JITTER);
+    log.info({ waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
+    await Promise.race([new Promise((resolve) => setTimeout(resolve, wait).unref()), stopSignal]);
+  }
   if (reconcilers.length === 0) log.warn(`no reconcilers in ${config.JOBS_DIR}: the daemon will idle (add a file there, see README "Writing a reconciler")`);
-  await scheduler.start();
+  if (signals === 0) {
+    await scheduler.start();
+    scheduling = true;
+  }
   log.info(
     { reconcilers: reconcilers.map((r) => r.name), database: database.target },
     `daemon started on ${database.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}`,
   );
 
   await stopSignal;
+  shuttingDown = true; // readiness fails from now on
   clearInterval(pruneTimer);
   clearInterval(orphanCheck);
   await scheduler.stop();
@@ -86,6 +132,7 @@ export async function runDaemon(): Promise<number> {
     new Promise<false>((resolve) => setTimeout(() => resolve(false), CLOSE_GRACE_MS).unref()),
   ]);
   if (!closed) log.warn(`some items ignored their AbortSignal and still hold database connections; exiting without waiting for them`);
+  await ops.close();
   log.info('daemon stopped');
   return ExitCode.ok;
 }

@@ -104,6 +104,12 @@ export interface ReconcilerDefinition<Item> {
    * twice has the effect of doing it once.
    */
   reconcile(item: Item, ctx: ReconcileContext): Promise<ReconcileResult>;
+  /**
+   * When the item started needing work (a return's `received_at`). Optional; with it, the
+   * `reconciler_staleness_seconds` metric shows the age of the oldest item the last scan
+   * found: the number an operator actually cares about.
+   */
+  since?(item: Item): Date | undefined;
   /** Items reconciled at once. Default 5. */
   concurrency?: number;
   /** Per-item time limit; `ctx.signal` aborts when it elapses and the item counts as failed. Default 30s. */
@@ -128,6 +134,7 @@ export interface Reconciler<Item = unknown> {
   scan: ReconcilerDefinition<Item>['scan'];
   key: ReconcilerDefinition<Item>['key'];
   reconcile: ReconcilerDefinition<Item>['reconcile'];
+  since: ReconcilerDefinition<Item>['since'];
   concurrency: number;
   timeoutMs: number;
   pageSize: number;
@@ -140,7 +147,7 @@ const DEFINED = Symbol.for('reconciler.definition');
 /** Node's timers hold at most 2^31-1 ms (24.8 days). */
 const MAX_TIMER_MS = 24 * 86_400_000;
 const KNOWN_OPTIONS = [
-  'schedule', 'timezone', 'description', 'scan', 'key', 'reconcile', 'concurrency',
+  'schedule', 'timezone', 'description', 'scan', 'key', 'reconcile', 'since', 'concurrency',
   'timeout', 'pageSize', 'retry', 'maxItemsPerPass', 'maxPassDuration',
 ] as const;
 const KNOWN_RETRY_OPTIONS = ['maxAttempts', 'backoff'];
@@ -226,6 +233,7 @@ function validateDefinition(definition: unknown): asserts definition is Reconcil
   for (const fn of ['scan', 'key', 'reconcile'] as const) {
     if (typeof d[fn] !== 'function') throw new DefinitionError(`\`${fn}\` must be a function, got ${typeof d[fn]}`);
   }
+  if (d.since !== undefined && typeof d.since !== 'function') throw new DefinitionError(`\`since\` must be a function (item) => Date, got ${typeof d.since}`);
   if (d.description !== undefined && typeof d.description !== 'string') throw new DefinitionError('`description` must be a string');
   if (d.concurrency !== undefined) positiveInteger(d.concurrency, 'concurrency');
   if (d.pageSize !== undefined) positiveInteger(d.pageSize, 'pageSize');
@@ -265,6 +273,7 @@ export function resolveReconciler<Item>(name: string, file: string, definition: 
     scan: definition.scan.bind(definition),
     key: definition.key.bind(definition),
     reconcile: definition.reconcile.bind(definition),
+    since: definition.since?.bind(definition),
     concurrency: definition.concurrency ?? 5,
     timeoutMs: definition.timeout === undefined ? 30_000 : parseDuration(definition.timeout),
     pageSize: definition.pageSize ?? 500,

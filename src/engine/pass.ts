@@ -39,6 +39,8 @@ export interface PassResult {
   error: string | null;
   /** With `onlyKey`: whether the scan found that item. */
   keyFound?: boolean;
+  /** The oldest `since(item)` among the items found, when the reconciler defines `since`; null when it found none. */
+  oldestItemAt: Date | null;
 }
 
 export interface PassControl {
@@ -154,6 +156,18 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   let taken = 0;
   let error: string | null = null;
   let keyFound = false;
+  let oldestItemAt: Date | null = null;
+  let sinceBroken = false;
+  const noteSince = (item: unknown) => {
+    if (!reconciler.since || sinceBroken) return;
+    try {
+      const since = reconciler.since(item);
+      if (since instanceof Date && !Number.isNaN(since.getTime()) && (oldestItemAt === null || since < oldestItemAt)) oldestItemAt = since;
+    } catch (error) {
+      sinceBroken = true;
+      log.warn({ err: coerceError(error) }, 'since() threw; staleness is not measured for this pass');
+    }
+  };
   const elapsed = () => performance.now() - started;
   setMaxListeners(reconciler.concurrency + 10, control.abort); // one abort listener per item in flight
   const overBudget = () =>
@@ -266,6 +280,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
           break pages;
         }
         counts.found++;
+        noteSince(item);
         const memory = memories.get(key);
         if (memory?.dead) {
           counts.dead++;
@@ -333,6 +348,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     durationMs: elapsed(),
     error,
     ...(options.onlyKey !== undefined ? { keyFound } : {}),
+    oldestItemAt,
   };
   return result;
 }

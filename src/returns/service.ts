@@ -22,6 +22,8 @@ import { decideSettlement, money } from './settlement.js';
 /** An item of the settle-returns scan: a return whose money work is still missing. */
 export interface ReturnToSettle {
   id: number;
+  /** When the warehouse recorded it: since then its money work has been missing. */
+  receivedAt: Date;
 }
 
 /** Providers forget idempotency keys after about 24 hours; stop retrying an unknown intent well before. */
@@ -29,8 +31,11 @@ const KEY_LIFETIME_HOURS = 20;
 
 /** Returns still to settle, in keyset pages by id, through the partial index `returns_unsettled`. */
 export async function findReturnsToSettle(db: Db, afterId: number, limit: number): Promise<ReturnToSettle[]> {
-  const rows = await queryRows<{ id: number }>(db, sql`SELECT id FROM returns WHERE settled_at IS NULL AND id > ${afterId} ORDER BY id LIMIT ${limit}`);
-  return rows.map((row) => ({ id: Number(row.id) }));
+  const rows = await queryRows<{ id: number; received_ms: number }>(
+    db,
+    sql`SELECT id, (extract(epoch FROM received_at) * 1000)::float8 AS received_ms FROM returns WHERE settled_at IS NULL AND id > ${afterId} ORDER BY id LIMIT ${limit}`,
+  );
+  return rows.map((row) => ({ id: Number(row.id), receivedAt: new Date(Number(row.received_ms)) }));
 }
 
 interface ReturnState {

@@ -17,7 +17,8 @@ export interface CliResult {
 
 /** Environment for a child: only what it needs, so the developer's own variables never leak in. */
 export function childEnv(env: Record<string, string | undefined>): NodeJS.ProcessEnv {
-  const base: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, NODE_OPTIONS: '' };
+  // HTTP_PORT=0: daemons started side by side each get a free port for their operations endpoint.
+  const base: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: process.env.HOME, NODE_OPTIONS: '', HTTP_PORT: '0' };
   for (const [key, value] of Object.entries(env)) if (value !== undefined) base[key] = value;
   return base;
 }

@@ -20,24 +20,24 @@ export interface Provider {
   stop(): Promise<void>;
 }
 
-async function call<T>(url: string, path: string, init: RequestInit = {}): Promise<T> {
-  const response = await fetch(`${url}${path}`, { ...init, headers: { authorization: `Bearer ${PROVIDER_KEY}`, 'content-type': 'application/json' } });
+async function call<T>(url: string, apiKey: string, path: string, init: RequestInit = {}): Promise<T> {
+  const response = await fetch(`${url}${path}`, { ...init, headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' } });
   if (!response.ok) throw new Error(`${path}: ${response.status} ${await response.text()}`);
   return (await response.json()) as T;
 }
 
 /** Starts `npm run provider`'s entry point as its own process, storing in its own new database. */
-export async function startProvider(args: string[] = []): Promise<Provider> {
+export async function startProvider(args: string[] = [], apiKey = PROVIDER_KEY): Promise<Provider> {
   const storage = await createEmptyDatabase();
-  const child = startProcess(['--import', 'tsx', 'src/returns/simulator/main.ts', '--port', '0', '--api-key', PROVIDER_KEY, '--seed', '42', ...args], { PROVIDER_DATABASE_URL: databaseUrl(storage) }, { command: process.execPath });
+  const child = startProcess(['--import', 'tsx', 'src/returns/simulator/main.ts', '--port', '0', '--api-key', apiKey, '--seed', '42', ...args], { PROVIDER_DATABASE_URL: databaseUrl(storage) }, { command: process.execPath });
   const line = await child.waitFor((l) => typeof l.url === 'string', 'the simulator to listen', 30_000);
   const url = String(line.url);
   return {
     url,
     process: child,
-    ledger: async () => (await call<{ effects: LedgerEntry[] }>(url, '/v1/ledger')).effects,
-    stats: () => call<SimulatorStats>(url, '/v1/_simulator/stats'),
-    setFaults: async (faults) => void (await call(url, '/v1/_simulator/faults', { method: 'POST', body: JSON.stringify(faults) })),
+    ledger: async () => (await call<{ effects: LedgerEntry[] }>(url, apiKey, '/v1/ledger')).effects,
+    stats: () => call<SimulatorStats>(url, apiKey, '/v1/_simulator/stats'),
+    setFaults: async (faults) => void (await call(url, apiKey, '/v1/_simulator/faults', { method: 'POST', body: JSON.stringify(faults) })),
     async stop() {
       await child.kill('SIGTERM');
       await dropDatabase(storage);

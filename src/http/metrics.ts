@@ -1,0 +1,148 @@
+/**
+ * Prometheus metrics, fed by the engine's events and, for what is cluster-wide (backoff,
+ * dead items, last success), read from PostgreSQL at scrape time (cached for a few seconds).
+ * No label ever carries an item key, a message or a secret: labels are reconciler names,
+ * statuses, outcomes and reasons only.
+ */
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { Logger } from 'pino';
+import type { Db } from '../reconciler.js';
+import type { EngineEvents } from '../engine/events.js';
+import { coerceError } from '../errors.js';
+import { countFailures } from '../store/failures.js';
+import { readStates } from '../store/state.js';
+
+const CACHE_MS = 5_000;
+
+export class Metrics {
+  readonly registry = new Registry();
+  readonly #oldest = new Map<string, Date | null>();
+  #cache: { at: number; failures: Map<string, { backoff: number; dead: number }>; lastSuccess: Map<string, Date | null> } | undefined;
+
+  constructor(
+    private readonly db: Db,
+    private readonly reconcilers: readonly string[],
+    private readonly log: Logger,
+  ) {
+    // A few process metrics of our own: prom-client's defaults include gauges named *_total, which promtool rejects.
+    new Gauge({
+      name: 'process_resident_memory_bytes',
+      help: 'Resident memory size in bytes.',
+      registers: [this.registry],
+      collect() {
+        this.set(process.memoryUsage.rss());
+      },
+    });
+    new Gauge({
+      name: 'process_cpu_seconds',
+      help: 'User and system CPU time spent, in seconds (a gauge that only grows; use rate()).',
+      registers: [this.registry],
+      collect() {
+        const { user, system } = process.cpuUsage();
+        this.set((user + system) / 1e6);
+      },
+    });
+    new Gauge({
+      name: 'process_start_time_seconds',
+      help: 'Start time of the process since the Unix epoch, in seconds.',
+      registers: [this.registry],
+    }).set(Math.round(Date.now() / 1000 - process.uptime()));
+  }
+
+  /** Subscribes to the engine's events and registers every metric. */
+  attach(events: EngineEvents): void {
+    const passes = new Counter({
+      name: 'reconciler_passes_total',
+      help: 'Passes that ran, by reconciler, status (succeeded, failed, error, aborted) and trigger.',
+      labelNames: ['reconciler', 'status', 'trigger'],
+      registers: [this.registry],
+    });
+    const items = new Counter({
+      name: 'reconciler_items_total',
+      help: 'Items handled by passes, by reconciler and outcome (changed, unchanged, skipped, failed, deferred, dead).',
+      labelNames: ['reconciler', 'outcome'],
+      registers: [this.registry],
+    });
+    const duration = new Histogram({
+      name: 'reconciler_pass_duration_seconds',
+      help: 'Duration of passes, by reconciler.',
+      labelNames: ['reconciler'],
+      buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800],
+      registers: [this.registry],
+    });
+    const skipped = new Counter({
+      name: 'reconciler_ticks_skipped_total',
+      help: 'Scheduled ticks skipped because a pass was still running here (running) or elsewhere (held). Counted by the replica that saw it first.',
+      labelNames: ['reconciler', 'reason'],
+      registers: [this.registry],
+    });
+    // Every series exists from the start (at 0), so that rate() and alerts see the first increase.
+    for (const name of this.reconcilers) {
+      for (const status of ['succeeded', 'failed', 'error', 'aborted']) passes.labels(name, status, 'schedule').inc(0);
+      for (const outcome of ['changed', 'unchanged', 'skipped', 'failed', 'deferred', 'dead']) items.labels(name, outcome).inc(0);
+      for (const reason of ['running', 'held']) skipped.labels(name, reason).inc(0);
+    }
+    events.on('pass:finish', (result) => {
+      if (result.dryRun) return;
+      passes.labels(result.reconciler, result.status, result.trigger).inc();
+      duration.labels(result.reconciler).observe(result.durationMs / 1000);
+      const { found: _found, ...outcomes } = result.counts;
+      for (const [outcome, n] of Object.entries(outcomes)) if (n > 0) items.labels(result.reconciler, outcome).inc(n);
+      if (result.complete || result.oldestItemAt !== null) this.#oldest.set(result.reconciler, result.oldestItemAt);
+    });
+    events.on('tick:skipped', (tick) => skipped.labels(tick.reconciler, tick.reason).inc());
+
+    const metrics = this;
+    new Gauge({
+      name: 'reconciler_items_in_backoff',
+      help: 'Items whose reconcile failed and that wait for their next attempt, by reconciler (cluster-wide).',
+      labelNames: ['reconciler'],
+      registers: [this.registry],
+      async collect() {
+        const { failures } = await metrics.#clusterState();
+        for (const name of metrics.reconcilers) this.labels(name).set(failures.get(name)?.backoff ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'reconciler_items_dead',
+      help: 'Items that ran out of attempts or threw a TerminalError, waiting for a person (reconciler retry / clear), by reconciler (cluster-wide).',
+      labelNames: ['reconciler'],
+      registers: [this.registry],
+      async collect() {
+        const { failures } = await metrics.#clusterState();
+        for (const name of metrics.reconcilers) this.labels(name).set(failures.get(name)?.dead ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'reconciler_last_success_timestamp_seconds',
+      help: 'When the last pass of each reconciler that succeeded ended, anywhere in the cluster (Unix time; 0 = never).',
+      labelNames: ['reconciler'],
+      registers: [this.registry],
+      async collect() {
+        const { lastSuccess } = await metrics.#clusterState();
+        for (const name of metrics.reconcilers) this.labels(name).set((lastSuccess.get(name)?.getTime() ?? 0) / 1000);
+      },
+    });
+    new Gauge({
+      name: 'reconciler_staleness_seconds',
+      help: 'Age of the oldest item the last scan (in this process) found still needing work, for reconcilers that define since(item); 0 when it found none.',
+      labelNames: ['reconciler'],
+      registers: [this.registry],
+      collect() {
+        for (const [name, oldest] of metrics.#oldest) this.labels(name).set(oldest === null ? 0 : Math.max(0, (Date.now() - oldest.getTime()) / 1000));
+      },
+    });
+  }
+
+  async #clusterState() {
+    if (this.#cache && Date.now() - this.#cache.at < CACHE_MS) return this.#cache;
+    try {
+      const [failures, states] = await Promise.all([countFailures(this.db), readStates(this.db)]);
+      this.#cache = { at: Date.now(), failures, lastSuccess: new Map(states.filter((s) => s.partition === 0).map((s) => [s.reconciler, s.lastSucceededAt])) };
+    } catch (error) {
+      this.log.warn({ err: coerceError(error) }, 'metrics: could not read failure counts from the database; serving the last known values');
+      this.#cache ??= { at: 0, failures: new Map(), lastSuccess: new Map() };
+    }
+    return this.#cache;
+  }
+}

@@ -1,0 +1,221 @@
+/**
+ * The daemon as operations see it: health, readiness and metrics over HTTP, readiness
+ * during an outage and a shutdown, three replicas on one database, and secrets that must
+ * never leak. Real daemons, real PostgreSQL, real simulator.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { sql } from 'drizzle-orm';
+import pg from 'pg';
+import { useTestDatabase, databaseUrl } from './helpers/db.js';
+import { jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
+import { runCli, startProcess, type RunningProcess } from './helpers/processes.js';
+import { startProvider } from './helpers/returns.js';
+import { seedReturns } from '../src/returns/seed.js';
+
+const t = useTestDatabase();
+const children: RunningProcess[] = [];
+const dirs: JobsDir[] = [];
+afterEach(async () => {
+  await Promise.all(children.splice(0).map((c) => c.kill('SIGKILL')));
+  for (const d of dirs.splice(0)) d.cleanup();
+});
+
+function daemon(env: Record<string, string>): RunningProcess {
+  const child = startProcess(['daemon'], { LOG_LEVEL: 'info', LOCK_TTL: '2s', ...env });
+  children.push(child);
+  return child;
+}
+
+async function endpoint(child: RunningProcess): Promise<string> {
+  const line = await child.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint', 30_000);
+  return String(line.url);
+}
+
+async function until<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+const get = async (url: string) => {
+  const response = await fetch(url);
+  return { status: response.status, text: await response.text() };
+};
+
+async function tableJobs(name: string, rows: number, job: Parameters<typeof tableJob>[0] = {}): Promise<JobsDir> {
+  await t.rows(sql.raw(`DROP TABLE IF EXISTS ${name}_items; ${tableSql(rows, `${name}_items`)}`));
+  const dir = jobsDir({ [`${name}.ts`]: tableJob({ ...job, table: `${name}_items` }) });
+  dirs.push(dir);
+  return dir;
+}
+
+const promtool = async (text: string): Promise<string | undefined> => {
+  try {
+    await promisify(execFile)('promtool', ['--version']);
+  } catch {
+    return undefined; // not installed: .ci/run installs it
+  }
+  const child = execFile('promtool', ['check', 'metrics']);
+  child.stdin!.end(text);
+  let output = '';
+  child.stdout!.on('data', (d) => (output += d));
+  child.stderr!.on('data', (d) => (output += d));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  return `${code}:${output}`;
+};
+
+describe('the operations endpoint', () => {
+  it('answers /healthz, /readyz and /metrics, with metrics that promtool accepts', async () => {
+    const jobs = await tableJobs('observed', 3, { schedule: '*/1 * * * * *', failKeys: ['item-2'] });
+    const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs.dir });
+    const url = await endpoint(d);
+    await d.waitFor((l) => l.reconciler === 'observed' && typeof l.status === 'string', 'a pass', 20_000);
+    expect(await get(`${url}/healthz`)).toMatchObject({ status: 200 });
+    const ready = await get(`${url}/readyz`);
+    expect(ready.status).toBe(200);
+    expect(JSON.parse(ready.text)).toMatchObject({ status: 'ready', checks: { database: { ok: true }, migrations: { ok: true }, jobs: { ok: true }, shutdown: { ok: true } } });
+    const metrics = (await get(`${url}/metrics`)).text;
+    for (const family of ['reconciler_passes_total', 'reconciler_items_total', 'reconciler_pass_duration_seconds_bucket', 'reconciler_items_in_backoff', 'reconciler_items_dead', 'reconciler_last_success_timestamp_seconds', 'reconciler_ticks_skipped_total']) {
+      expect(metrics, family).toContain(family);
+    }
+    expect(metrics).toMatch(/reconciler_items_total\{reconciler="observed",outcome="changed"\} [1-9]/);
+    expect(metrics).toMatch(/reconciler_items_in_backoff\{reconciler="observed"\} 1/);
+    const verdict = await promtool(metrics);
+    if (verdict !== undefined) expect(verdict).toBe('0:');
+  }, 60_000);
+
+  it('reports staleness: the age of the oldest item the last scan found, for a reconciler with since()', async () => {
+    const provider = await startProvider();
+    try {
+      await seedReturns(t.db, 3, 11);
+      await t.rows(sql`UPDATE returns SET received_at = now() - interval '2 hours'`);
+      await provider.setFaults({ errorRate: 1 }); // nothing settles: the returns stay stale
+      const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: 'jobs', PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: 'sk_test_reconciler_suite' });
+      const url = await endpoint(d);
+      await d.waitFor((l) => l.reconciler === 'settle-returns' && typeof l.status === 'string', 'the catch-up pass', 30_000);
+      const metrics = (await get(`${url}/metrics`)).text;
+      const staleness = Number(/reconciler_staleness_seconds\{reconciler="settle-returns"\} ([\d.]+)/.exec(metrics)?.[1]);
+      expect(staleness).toBeGreaterThan(7_000);
+      expect(staleness).toBeLessThan(7_400);
+    } finally {
+      await provider.stop();
+    }
+  }, 60_000);
+
+  it('fails readiness while the database refuses connections, and recovers', async () => {
+    const jobs = await tableJobs('outage', 1);
+    const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs.dir });
+    const url = await endpoint(d);
+    await until(async () => (await get(`${url}/readyz`)).status === 200, 'ready');
+    const admin = new pg.Client({ connectionString: databaseUrl('postgres') });
+    await admin.connect();
+    try {
+      await admin.query(`ALTER DATABASE ${t.name} WITH ALLOW_CONNECTIONS false`);
+      await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'reconciler%'`, [t.name]);
+      const down = await until(async () => {
+        const r = await get(`${url}/readyz`);
+        return r.status === 503 ? r : undefined;
+      }, 'readiness to fail');
+      expect(JSON.parse(down.text).checks.database.ok).toBe(false);
+      expect((await get(`${url}/healthz`)).status).toBe(200); // alive: do not restart it for an outage
+    } finally {
+      await admin.query(`ALTER DATABASE ${t.name} WITH ALLOW_CONNECTIONS true`);
+      await admin.end();
+    }
+    await until(async () => (await get(`${url}/readyz`)).status === 200, 'ready again');
+    expect(d.child.exitCode).toBeNull();
+  }, 60_000);
+
+  it('fails readiness as soon as a shutdown begins, while in-flight items finish', async () => {
+    const jobs = await tableJobs('draining', 4, { schedule: '0 0 1 1 *', delayMs: 1_500, concurrency: 1 });
+    const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '20s' });
+    const url = await endpoint(d);
+    await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler_state WHERE reconciler = 'draining' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass');
+    d.child.kill('SIGTERM');
+    const during = await until(async () => {
+      const r = await get(`${url}/readyz`).catch(() => undefined);
+      return r && r.status === 503 ? r : undefined;
+    }, 'readiness to fail during shutdown');
+    expect(JSON.parse(during.text).checks.shutdown).toEqual({ ok: false, detail: 'shutting down' });
+    expect((await d.exited).code).toBe(0);
+  }, 60_000);
+});
+
+describe('three replicas on one database', () => {
+  it('run each tick once cluster-wide, and hand the work on within 30 s when one is killed mid-pass', async () => {
+    const jobs = await tableJobs('shared', 40, { schedule: '*/2 * * * * *', delayMs: 150, concurrency: 2 });
+    const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, STARTUP_JITTER: '500ms' };
+    const replicas = [daemon(env), daemon(env), daemon(env)];
+    await Promise.all(replicas.map((r) => r.waitFor((l) => String(l.msg).startsWith('daemon started'), 'start', 30_000)));
+    const holderPid = await until(async () => {
+      const [row] = await t.rows<{ pid: number }>(sql`SELECT holder_pid AS pid FROM reconciler_state WHERE reconciler = 'shared' AND holder_id IS NOT NULL`);
+      return row?.pid;
+    }, 'a replica holding the pass');
+    const victim = replicas.find((r) => r.pid === Number(holderPid))!;
+    await victim.kill('SIGKILL');
+    const killedAt = Date.now();
+    await until(async () => (await t.rows(sql`SELECT 1 FROM shared_items WHERE NOT done`)).length === 0, 'the survivors to finish the work', 45_000);
+    const runs = await t.rows<{ status: string; pid: number; started_ms: number; finished_ms: number | null; trigger: string }>(
+      sql`SELECT status, pid, (extract(epoch FROM started_at) * 1000)::float8 AS started_ms, (extract(epoch FROM finished_at) * 1000)::float8 AS finished_ms, trigger
+          FROM reconciler_runs WHERE reconciler = 'shared' ORDER BY started_at`,
+    );
+    expect(runs.find((r) => r.pid === victim.pid && r.status !== 'succeeded')).toBeDefined();
+    const takeover = runs.find((r) => r.pid !== victim.pid && r.started_ms >= killedAt - 100)!;
+    expect(takeover.started_ms - killedAt).toBeLessThan(30_000);
+    // Never two passes at once: each run starts after the previous one finished (or was abandoned by the killed replica).
+    for (let i = 1; i < runs.length; i++) {
+      const previous = runs[i - 1]!;
+      if (previous.status !== 'abandoned') expect(runs[i]!.started_ms).toBeGreaterThanOrEqual(previous.finished_ms!);
+    }
+    const touched = await t.rows<{ touched: number }>(sql`SELECT touched FROM shared_items`);
+    expect(touched.every((r) => r.touched >= 1)).toBe(true);
+    expect(replicas.filter((r) => r !== victim).every((r) => r.lines.some((l) => String(l.msg).includes('STARTUP_JITTER')))).toBe(true);
+  }, 90_000);
+});
+
+describe('secrets', () => {
+  it('never show the database password or the provider key in logs, metrics, CLI output or rows the engine writes', async () => {
+    const dbCanary = 'CanaryDbPw7Q2x';
+    const keyCanary = 'sk_canary_K3yZ9';
+    const provider = await startProvider([], keyCanary);
+    try {
+      await seedReturns(t.db, 6, 12);
+      await provider.setFaults({ errorRate: 0.5, timeoutRate: 0.2 });
+      const url = new URL(t.url);
+      url.password = dbCanary; // trust authentication accepts it, so the daemon really runs with it
+      const env = { DATABASE_URL: url.toString(), JOBS_DIR: 'jobs', PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: keyCanary, LOG_LEVEL: 'debug' };
+      const d = daemon(env);
+      const ops = await endpoint(d);
+      await d.waitFor((l) => l.reconciler === 'settle-returns' && typeof l.status === 'string', 'a pass', 30_000);
+      const outputs: string[] = [(await get(`${ops}/metrics`)).text, (await get(`${ops}/readyz`)).text];
+      d.child.kill('SIGTERM');
+      await d.exited;
+      outputs.push(d.stdoutText.join('\n'), d.stderr);
+      for (const args of [['config'], ['config', '--json'], ['list'], ['history'], ['failures'], ['run', 'settle-returns'], ['run', 'settle-returns', '--dry-run']]) {
+        const result = await runCli(args, { ...env, LOG_LEVEL: 'debug' });
+        outputs.push(result.stdout, result.stderr);
+      }
+      const badKey = await runCli(['run', 'settle-returns'], { ...env, PAYMENT_PROVIDER_KEY: `${keyCanary}-wrong` });
+      outputs.push(badKey.stdout, badKey.stderr);
+      const unreachable = new URL(url);
+      unreachable.port = '1';
+      const noDb = await runCli(['list'], { ...env, DATABASE_URL: unreachable.toString() });
+      outputs.push(noDb.stdout, noDb.stderr);
+      const rows = await t.rows<{ text: string }>(sql`SELECT coalesce(error, '') AS text FROM reconciler_runs UNION ALL SELECT last_error FROM reconciler_failures UNION ALL SELECT coalesce(last_error, '') FROM payments`);
+      outputs.push(...rows.map((r) => r.text));
+      const all = outputs.join('\n');
+      expect(all.length).toBeGreaterThan(1_000);
+      expect(all).not.toContain(dbCanary);
+      expect(all).not.toContain(keyCanary);
+    } finally {
+      await provider.stop();
+    }
+  }, 120_000);
+});
+
