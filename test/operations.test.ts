@@ -151,6 +151,7 @@ describe('three replicas on one database', () => {
   it('run each tick once cluster-wide, and hand the work on within 30 s when one is killed mid-pass', async () => {
     const jobs = await tableJobs('shared', 40, { schedule: '*/2 * * * * *', delayMs: 150, concurrency: 2 });
     const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, STARTUP_JITTER: '500ms' };
+    const startedAt = Date.now();
     const replicas = [daemon(env), daemon(env), daemon(env)];
     await Promise.all(replicas.map((r) => r.waitFor((l) => String(l.msg).startsWith('daemon started'), 'start', 30_000)));
     const holderPid = await until(async () => {
@@ -173,6 +174,9 @@ describe('three replicas on one database', () => {
       const previous = runs[i - 1]!;
       if (previous.status !== 'abandoned') expect(runs[i]!.started_ms).toBeGreaterThanOrEqual(previous.finished_ms!);
     }
+    // One pass per tick cluster-wide, not three: at most one scheduled run per 2-second tick.
+    const ticks = Math.ceil((Date.now() - startedAt) / 2_000) + 1;
+    expect(runs.filter((r) => r.trigger === 'schedule').length).toBeLessThanOrEqual(ticks);
     const touched = await t.rows<{ touched: number }>(sql`SELECT touched FROM shared_items`);
     expect(touched.every((r) => r.touched >= 1)).toBe(true);
     expect(replicas.filter((r) => r !== victim).every((r) => r.lines.some((l) => String(l.msg).includes('STARTUP_JITTER')))).toBe(true);
