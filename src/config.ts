@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { durationText, parseDuration } from './duration.js';
 import { UserError } from './errors.js';
-import { describeDatabaseUrl, registerSecret } from './secrets.js';
+import { describeUrl, registerSecret } from './secrets.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -112,8 +112,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     });
     throw new UserError(lines.join('\n'));
   }
-  if (result.data.DATABASE_URL) describeDatabaseUrl(result.data.DATABASE_URL); // registers its password as a secret
+  if (result.data.DATABASE_URL) describeUrl(result.data.DATABASE_URL); // registers its password as a secret
   registerSecret(result.data.PAYMENT_PROVIDER_KEY);
+  if (result.data.PAYMENT_PROVIDER_URL) describeUrl(result.data.PAYMENT_PROVIDER_URL); // registers credentials in it
   if (result.data.PAYMENT_PROVIDER_URL && !result.data.PAYMENT_PROVIDER_KEY) {
     throw new UserError('invalid PAYMENT_PROVIDER_KEY: it is required when PAYMENT_PROVIDER_URL is set (the API key of the payment provider)');
   }
@@ -123,7 +124,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 /** The effective configuration with secrets masked, for `reconciler config` and start-up logs. */
 export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   return {
-    DATABASE_URL: config.DATABASE_URL ? describeDatabaseUrl(config.DATABASE_URL) : `(unset: the embedded database in ${config.DATA_DIR})`,
+    DATABASE_URL: config.DATABASE_URL ? describeUrl(config.DATABASE_URL) : `(unset: the embedded database in ${config.DATA_DIR})`,
     DATA_DIR: config.DATA_DIR,
     JOBS_DIR: config.JOBS_DIR,
     LOG_LEVEL: env.LOG_LEVEL === undefined ? 'info for the daemon, warn for other commands (unset)' : config.LOG_LEVEL,
@@ -134,7 +135,7 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     HTTP_PORT: String(config.HTTP_PORT),
     HEALTH_MAX_EVENT_LOOP_LAG: durationText(config.HEALTH_MAX_EVENT_LOOP_LAG),
     STARTUP_JITTER: durationText(config.STARTUP_JITTER),
-    PAYMENT_PROVIDER_URL: config.PAYMENT_PROVIDER_URL ?? (isZeroConfig(config) ? '(unset: a simulator runs in-process)' : '(unset)'),
+    PAYMENT_PROVIDER_URL: (config.PAYMENT_PROVIDER_URL && describeUrl(config.PAYMENT_PROVIDER_URL)) || (isZeroConfig(config) ? '(unset: a simulator runs in-process)' : '(unset)'),
     PAYMENT_PROVIDER_KEY: config.PAYMENT_PROVIDER_KEY ? '***' : '(unset)',
     PAYMENT_PROVIDER_TIMEOUT: durationText(config.PAYMENT_PROVIDER_TIMEOUT),
     DATABASE_POOL_SIZE: String(config.DATABASE_POOL_SIZE),

@@ -14,7 +14,7 @@ import { runCli, startProcess, type RunningProcess } from './helpers/processes.j
 import { startProvider } from './helpers/returns.js';
 import { seedReturns } from '../src/returns/seed.js';
 
-const t = useTestDatabase();
+const t = useTestDatabase({ resetEngineTables: true });
 const children: RunningProcess[] = [];
 const dirs: JobsDir[] = [];
 afterEach(async () => {
@@ -93,6 +93,7 @@ describe('the operations endpoint', () => {
   it('reports staleness: the age of the oldest item the last scan found, for a reconciler with since()', async () => {
     const provider = await startProvider();
     try {
+      await t.rows(sql`TRUNCATE payments, return_items, returns, fix_items, fixes, customers CASCADE`);
       await seedReturns(t.db, 3, 11);
       await t.rows(sql`UPDATE returns SET received_at = now() - interval '2 hours'`);
       await provider.setFaults({ errorRate: 1 }); // nothing settles: the returns stay stale
@@ -189,6 +190,7 @@ describe('secrets', () => {
     const keyCanary = 'sk_canary_K3yZ9';
     const provider = await startProvider([], keyCanary);
     try {
+      await t.rows(sql`TRUNCATE payments, return_items, returns, fix_items, fixes, customers CASCADE`);
       await seedReturns(t.db, 6, 12);
       await provider.setFaults({ errorRate: 0.5, timeoutRate: 0.2 });
       const url = new URL(t.url);

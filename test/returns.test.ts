@@ -9,7 +9,7 @@ import { sql } from 'drizzle-orm';
 import { REPO_ROOT } from './helpers/jobs.js';
 import { decideSettlement } from '../src/returns/settlement.js';
 import { seedReturns } from '../src/returns/seed.js';
-import { useTestDatabase } from './helpers/db.js';
+import { createTestDatabase, useTestDatabase } from './helpers/db.js';
 import { runCli, startProcess } from './helpers/processes.js';
 import { expectExactlyOnce, ledgerOf, makeDue, settleEnv, settlePass, settleUntilQuiet, startProvider, type Provider } from './helpers/returns.js';
 
@@ -139,7 +139,7 @@ describe('settle-returns', () => {
     expect(result.code).toBe(1);
     await expectExactlyOnce(t, provider, { declined: needingEffect });
     const failures = await runCli(['failures', 'settle-returns', '--dead'], settleEnv(t, provider));
-    expect(failures.stdout).toMatch(/return:\d+\s+1\s+dead\s+.*was declined/);
+    expect(failures.stdout).toMatch(/return:\d+\s+1\s+dead\s+.*declined: the (charge|refund) of/);
 
     const before = await posts();
     await runCli(['retry', 'settle-returns', '--all'], settleEnv(t, provider));
@@ -159,8 +159,52 @@ describe('settle-returns', () => {
     expect(result.code).toBe(1);
     const [failure] = await t.rows<{ dead: boolean; last_error: string }>(sql`SELECT dead_at IS NOT NULL AS dead, last_error FROM reconciler_failures`);
     expect(failure).toMatchObject({ dead: true });
-    expect(failure!.last_error).toMatch(/was rejected: POST \/v1\/charges: 422 idempotency_key_reused/);
+    expect(failure!.last_error).toMatch(/^rejected: the charge of .*POST \/v1\/charges: 422 idempotency_key_reused/);
     expect(await ledgerSize()).toBe(1);
+  });
+
+  it('parks an intent still unknown 20 hours after its key was first sent, without calling the provider again', async () => {
+    await seedReturns(t.db, 1, 14);
+    await t.rows(sql`UPDATE fixes SET prepaid_cents = 0`);
+    await provider.setFaults({ timeoutRate: 1 });
+    await settlePass(t, provider); // applied, answer lost: the intent is unknown
+    await provider.setFaults({ timeoutRate: 0 });
+    await t.rows(sql`UPDATE payments SET first_sent_at = now() - interval '21 hours'`);
+    await makeDue(t);
+    const before = await posts();
+    expect((await settlePass(t, provider)).code).toBe(1);
+    expect(await posts()).toBe(before);
+    const [failure] = await t.rows<{ dead: boolean; last_error: string }>(sql`SELECT dead_at IS NOT NULL AS dead, last_error FROM reconciler_failures`);
+    expect(failure).toMatchObject({ dead: true });
+    expect(failure!.last_error).toContain('21 hours after its key was first sent');
+  });
+
+  it('sends an old intent whose key was never sent, whatever its age', async () => {
+    await seedReturns(t.db, 1, 15);
+    await t.rows(sql`UPDATE fixes SET prepaid_cents = 0`);
+    await settlePass(t, provider, { RECONCILER_CRASH_AT: 'before-call' }); // the intent is written, the key never sent
+    await t.rows(sql`UPDATE payments SET created_at = now() - interval '3 days'`);
+    await settleUntilQuiet(t, provider);
+    await expectExactlyOnce(t, provider);
+  });
+
+  it('never mixes up returns of two databases that share a provider account (keys derive from a global id)', async () => {
+    const other = await createTestDatabase();
+    try {
+      await seedReturns(t.db, 5, 16);
+      await seedReturns(other.db, 5, 16); // the same return numbers and amounts
+      expect((await settlePass(t, provider)).code).toBe(0);
+      expect((await settlePass(other, provider)).code).toBe(0);
+      const mine = await expectExactlyOnce(t, provider);
+      const theirs = await t.rows<{ key: string }>(sql`SELECT idempotency_key AS key FROM payments`);
+      const otherKeys = await other.rows<{ key: string }>(sql`SELECT idempotency_key AS key FROM payments`);
+      expect(theirs.filter((k) => otherKeys.some((o) => o.key === k.key))).toEqual([]);
+      expect(mine.length).toBeGreaterThan(0);
+      const ledgerKeys = new Set((await provider.ledger()).map((e) => e.idempotencyKey));
+      for (const { key } of [...theirs, ...otherKeys]) expect(ledgerKeys.has(key), key).toBe(true);
+    } finally {
+      await other.drop();
+    }
   });
 
   it('makes one effect per return when two processes settle the same returns at once, bypassing the lease', async () => {

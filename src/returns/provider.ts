@@ -5,8 +5,8 @@
  *
  * Every failure is classified, because the caller's next step depends on it:
  * - `declined`: a definite "no" (402). Final.
- * - `retryable`: the effect may or may not have happened (timeout, reset, 5xx), or the
- *   provider asks us to come back (409 request in progress, 429). Retry with the same key.
+ * - `retryable`: the effect may or may not have happened (timeout, reset, 408, 5xx), or the
+ *   provider asks us to come back (409 request in progress, 425, 429). Retry with the same key.
  * - `permanent`: the request itself is wrong (400, 401, 403, 404, 422 such as a key reused
  *   with other parameters). Retrying the same request cannot help.
  */
@@ -56,7 +56,8 @@ interface ErrorBody {
 
 function classify(status: number): ProviderFailure {
   if (status === 402) return 'declined';
-  if (status === 409 || status === 429 || status >= 500) return 'retryable';
+  // 408 request timeout, 409 in progress, 425 too early, 429 rate limited, 5xx: the outcome is unknown or the provider asks us back.
+  if (status === 408 || status === 409 || status === 425 || status === 429 || status >= 500) return 'retryable';
   return 'permanent';
 }
 

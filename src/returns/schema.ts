@@ -4,7 +4,7 @@
  * left to the settle-returns reconciler. The payments ledger holds one intent per return.
  */
 import { sql } from 'drizzle-orm';
-import { check, index, integer, pgTable, primaryKey, serial, text, timestamp, uniqueIndex } from 'drizzle-orm/pg-core';
+import { check, index, integer, pgTable, primaryKey, serial, text, timestamp, uniqueIndex, uuid } from 'drizzle-orm/pg-core';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
@@ -52,6 +52,8 @@ export const returns = pgTable(
   'returns',
   {
     id: serial('id').primaryKey(),
+    /** Globally unique, durable identity: idempotency keys derive from it, so they never collide across databases (a re-created database, staging and production sharing a provider account). */
+    publicId: uuid('public_id').notNull().default(sql`gen_random_uuid()`),
     fixId: integer('fix_id').notNull().references(() => fixes.id),
     receivedAt: ts('received_at').notNull().default(sql`now()`),
     recordedBy: text('recorded_by').notNull().default('warehouse'),
@@ -61,6 +63,7 @@ export const returns = pgTable(
   },
   (t) => [
     uniqueIndex('returns_one_per_fix').on(t.fixId),
+    uniqueIndex('returns_public_id').on(t.publicId),
     index('returns_unsettled').on(t.id).where(sql`${t.settledAt} IS NULL`),
   ],
 );
@@ -89,11 +92,16 @@ export const payments = pgTable(
     kind: text('kind').notNull(),
     amountCents: integer('amount_cents').notNull(),
     currency: text('currency').notNull(),
+    /** Frozen with the amount: every attempt sends the same parameters with the same key. */
+    customerRef: text('customer_ref').notNull(),
+    paymentMethod: text('payment_method').notNull(),
     idempotencyKey: text('idempotency_key').notNull(),
     /** pending → succeeded | declined | unknown (unknown → succeeded | declined on a later attempt) */
     state: text('state').notNull().default('pending'),
     providerRef: text('provider_ref'),
     attempts: integer('attempts').notNull().default(0),
+    /** When the key was first sent: the provider's memory of it (about 24 h) counts from here. */
+    firstSentAt: ts('first_sent_at'),
     lastError: text('last_error'),
     createdAt: ts('created_at').notNull().default(sql`now()`),
     updatedAt: ts('updated_at').notNull().default(sql`now()`),
@@ -105,5 +113,6 @@ export const payments = pgTable(
     check('payments_kind', sql`${t.kind} IN ('charge', 'refund')`),
     check('payments_state', sql`${t.state} IN ('pending', 'succeeded', 'declined', 'unknown')`),
     check('payments_amount_positive', sql`${t.amountCents} > 0`),
+    check('payments_succeeded_has_reference', sql`${t.state} <> 'succeeded' OR ${t.providerRef} IS NOT NULL`),
   ],
 );

@@ -13,7 +13,7 @@
  * instead of applying the effect again.
  */
 import { sql } from 'drizzle-orm';
-import { TerminalError } from '../errors.js';
+import { TerminalError, coerceError, errorSummary } from '../errors.js';
 import type { Db, ReconcileContext, ReconcileResult } from '../reconciler.js';
 import { queryRows } from '../store/database.js';
 import { ProviderError, type PaymentProvider } from './provider.js';
@@ -40,6 +40,7 @@ export async function findReturnsToSettle(db: Db, afterId: number, limit: number
 
 interface ReturnState {
   id: number;
+  public_id: string;
   settled: boolean;
   currency: string;
   styling_fee_cents: number;
@@ -53,10 +54,12 @@ interface ReturnState {
   amount_cents: number | null;
   payment_currency: string | null;
   idempotency_key: string | null;
+  intent_customer_ref: string | null;
+  intent_payment_method: string | null;
   state: 'pending' | 'succeeded' | 'declined' | 'unknown' | null;
   provider_ref: string | null;
   last_error: string | null;
-  intent_age_hours: number | null;
+  hours_since_first_send: number | null;
 }
 
 interface Intent {
@@ -65,22 +68,26 @@ interface Intent {
   amountCents: number;
   currency: string;
   idempotencyKey: string;
+  customerRef: string;
+  paymentMethod: string;
   state: 'pending' | 'succeeded' | 'declined' | 'unknown';
   providerRef: string | null;
   lastError: string | null;
-  ageHours: number;
+  /** Hours since the key was first sent; null if it never was. */
+  hoursSinceFirstSend: number | null;
 }
 
 async function loadReturn(db: Db, returnId: number): Promise<ReturnState | undefined> {
   const [row] = await queryRows<ReturnState>(
     db,
-    sql`SELECT r.id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_cents, f.prepaid_cents,
+    sql`SELECT r.id, r.public_id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_cents, f.prepaid_cents,
                c.name AS customer_name, 'cus_' || c.id AS customer_ref, c.payment_method,
                (SELECT json_agg(json_build_object('priceCents', fi.price_cents, 'returned', ri.return_id IS NOT NULL) ORDER BY fi.id)
                   FROM fix_items fi LEFT JOIN return_items ri ON ri.fix_item_id = fi.id AND ri.return_id = r.id
                  WHERE fi.fix_id = f.id) AS items,
                p.id AS payment_id, p.kind, p.amount_cents, p.currency AS payment_currency, p.idempotency_key, p.state,
-               p.provider_ref, p.last_error, extract(epoch FROM now() - p.created_at)::float8 / 3600 AS intent_age_hours
+               p.customer_ref AS intent_customer_ref, p.payment_method AS intent_payment_method,
+               p.provider_ref, p.last_error, extract(epoch FROM now() - p.first_sent_at)::float8 / 3600 AS hours_since_first_send
         FROM returns r JOIN fixes f ON f.id = r.fix_id JOIN customers c ON c.id = f.customer_id
         LEFT JOIN payments p ON p.return_id = r.id
         WHERE r.id = ${returnId}`,
@@ -96,24 +103,33 @@ function intentOf(row: ReturnState): Intent | undefined {
     amountCents: Number(row.amount_cents),
     currency: row.payment_currency!,
     idempotencyKey: row.idempotency_key!,
+    customerRef: row.intent_customer_ref!,
+    paymentMethod: row.intent_payment_method!,
     state: row.state!,
     providerRef: row.provider_ref,
     lastError: row.last_error,
-    ageHours: Number(row.intent_age_hours),
+    hoursSinceFirstSend: row.hours_since_first_send === null ? null : Number(row.hours_since_first_send),
   };
 }
 
-/** (a) The intent, inserted once; if one exists already, that one (its frozen parameters win). */
-async function ensureIntent(db: Db, returnId: number, kind: 'charge' | 'refund', amountCents: number, currency: string): Promise<Intent> {
-  const key = `return:${returnId}:${kind}:v1`;
+/**
+ * (a) The intent, inserted once, with every parameter of the request frozen; if one exists
+ * already, that one wins. The key derives from the return's durable, globally unique
+ * identity, so it never collides with another database's return of the same number.
+ */
+async function ensureIntent(db: Db, row: ReturnState, kind: 'charge' | 'refund', amountCents: number, currency: string): Promise<Intent> {
+  const key = `return:${row.public_id}:${kind}:v1`;
   await queryRows(
     db,
-    sql`INSERT INTO payments (return_id, kind, amount_cents, currency, idempotency_key)
-        VALUES (${returnId}, ${kind}, ${amountCents}, ${currency}, ${key})
-        ON CONFLICT (return_id) DO NOTHING`,
+    sql`INSERT INTO payments (return_id, kind, amount_cents, currency, customer_ref, payment_method, idempotency_key)
+        SELECT ${row.id}, ${kind}, ${amountCents}, ${currency}, ${row.customer_ref}, ${row.payment_method}, ${key}
+        WHERE EXISTS (SELECT 1 FROM returns WHERE id = ${row.id} AND settled_at IS NULL)
+        ON CONFLICT DO NOTHING`,
   );
-  const row = await loadReturn(db, returnId);
-  return intentOf(row!)!;
+  const reloaded = await loadReturn(db, row.id);
+  const intent = reloaded && intentOf(reloaded);
+  if (!intent) throw new Error(`return ${row.id} was settled by someone else while its intent was being written; the next pass will see it`);
+  return intent;
 }
 
 /** Fault injection for the crash tests: RECONCILER_CRASH_AT=<point> kills this process with SIGKILL there. */
@@ -130,6 +146,7 @@ const to = { charge: 'to', refund: 'to' } as const;
  */
 export async function settleReturn(returnId: number, ctx: ReconcileContext, provider: () => PaymentProvider): Promise<ReconcileResult> {
   const { db } = ctx;
+  const client = ctx.dryRun ? undefined : provider(); // a missing provider fails here, before any intent is written
   const row = await loadReturn(db, returnId);
   if (!row || row.settled) return 'unchanged';
   let intent = intentOf(row);
@@ -138,51 +155,58 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
     const decision = decideSettlement({ currency: row.currency, stylingFeeCents: row.styling_fee_cents, prepaidCents: row.prepaid_cents, items: row.items ?? [] });
     if (decision.kind === 'none') {
       if (ctx.dryRun) return { outcome: 'changed', note: `nothing to charge or refund for return ${returnId}: would mark it settled` };
-      const marked = await queryRows(db, sql`UPDATE returns SET settled_at = now(), settlement = 'none' WHERE id = ${returnId} AND settled_at IS NULL RETURNING id`);
+      const marked = await queryRows(
+        db,
+        sql`UPDATE returns SET settled_at = now(), settlement = 'none'
+            WHERE id = ${returnId} AND settled_at IS NULL AND NOT EXISTS (SELECT 1 FROM payments WHERE return_id = ${returnId})
+            RETURNING id`,
+      );
       return marked.length > 0 ? { outcome: 'changed', note: `return ${returnId}: nothing to charge or refund` } : 'unchanged';
     }
     if (ctx.dryRun) {
       return { outcome: 'changed', note: `would ${decision.kind} ${money(decision.amountCents, decision.currency)} ${to[decision.kind]} ${row.customer_name} (return ${returnId})` };
     }
-    intent = await ensureIntent(db, returnId, decision.kind, decision.amountCents, decision.currency);
+    intent = await ensureIntent(db, row, decision.kind, decision.amountCents, decision.currency);
   }
 
-  const what = `${money(intent.amountCents, intent.currency)} ${to[intent.kind]} ${row.customer_name} (return ${returnId}, key ${intent.idempotencyKey})`;
+  const what = `${money(intent.amountCents, intent.currency)} ${to[intent.kind]} ${row.customer_name} (return ${returnId})`;
   if (intent.state === 'succeeded') {
     if (ctx.dryRun) return { outcome: 'changed', note: `already ${past[intent.kind]} ${what}: would mark the return settled` };
     return (await recordOutcome(db, intent, returnId, intent.providerRef)) ? { outcome: 'changed', note: `return ${returnId} settled` } : 'unchanged';
   }
   if (intent.state === 'declined') {
-    throw new TerminalError(`${intent.kind} of ${what} was declined: ${intent.lastError ?? 'no reason given'}; settle it by hand, then mark the return settled`);
+    throw new TerminalError(`declined: the ${intent.kind} of ${what}: ${intent.lastError ?? 'no reason given'}; settle it by hand, then mark the return settled`);
   }
-  if (intent.ageHours > KEY_LIFETIME_HOURS) {
+  if (intent.hoursSinceFirstSend !== null && intent.hoursSinceFirstSend > KEY_LIFETIME_HOURS) {
     throw new TerminalError(
-      `${intent.kind} of ${what} is still ${intent.state} after ${Math.floor(intent.ageHours)} hours; the provider may have forgotten the key, ` +
-        'so retrying could apply it twice: look it up at the provider, record the outcome on the payment, then `reconciler retry`',
+      `parked: the ${intent.kind} of ${what} is still ${intent.state} ${Math.floor(intent.hoursSinceFirstSend)} hours after its key was first sent; the provider may have ` +
+        'forgotten the key, so retrying could apply it twice: look it up at the provider, record the outcome on the payment, then `reconciler retry`',
     );
   }
   if (ctx.dryRun) return { outcome: 'changed', note: `would ${intent.state === 'unknown' ? 'retry' : 'send'} the ${intent.kind} of ${what}` };
 
   // (b) The call, outside any transaction, with the intent's key and frozen parameters.
   crashPoint('before-call');
-  await queryRows(db, sql`UPDATE payments SET attempts = attempts + 1, updated_at = now() WHERE id = ${intent.id}`);
-  const request = { idempotencyKey: intent.idempotencyKey, amountCents: intent.amountCents, currency: intent.currency, customer: row.customer_ref, paymentMethod: row.payment_method, returnId };
+  await queryRows(db, sql`UPDATE payments SET attempts = attempts + 1, first_sent_at = coalesce(first_sent_at, now()), updated_at = now() WHERE id = ${intent.id}`);
+  const request = { idempotencyKey: intent.idempotencyKey, amountCents: intent.amountCents, currency: intent.currency, customer: intent.customerRef, paymentMethod: intent.paymentMethod, returnId };
   let providerRef: string;
   try {
-    providerRef = (await (intent.kind === 'charge' ? provider().charge(request, ctx.signal) : provider().refund(request, ctx.signal))).id;
+    providerRef = (await (intent.kind === 'charge' ? client!.charge(request, ctx.signal) : client!.refund(request, ctx.signal))).id;
   } catch (error) {
-    if (!(error instanceof ProviderError)) throw error;
-    return await recordFailure(db, intent, returnId, error, what);
+    if (error instanceof ProviderError) return await recordFailure(db, intent, returnId, error, what);
+    // Aborted (item timeout, shutdown, lost lease) while the request was out: its outcome is unknown.
+    await queryRows(db, sql`UPDATE payments SET state = 'unknown', last_error = ${errorSummary(coerceError(error), 500)}, updated_at = now() WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`).catch(() => undefined);
+    throw error;
   }
   crashPoint('after-call');
 
   // (c) The outcome, by compare-and-set on the intent, with the return, in one transaction.
   const recorded = await recordOutcome(db, intent, returnId, providerRef);
-  ctx.log.info({ returnId, kind: intent.kind, amountCents: intent.amountCents, providerRef }, `${past[intent.kind]} ${what}: ${providerRef}`);
+  ctx.log.info({ returnId, kind: intent.kind, amountCents: intent.amountCents, providerRef, idempotencyKey: intent.idempotencyKey }, `${past[intent.kind]} ${what}: ${providerRef}`);
   return recorded ? { outcome: 'changed', note: `${past[intent.kind]} ${what}: ${providerRef}` } : 'unchanged';
 }
 
-/** Marks the intent succeeded and the return settled; false if another attempt got there first. */
+/** Marks the intent succeeded and the return settled; false if another attempt got there first. The return is settled only by a succeeded payment. */
 async function recordOutcome(db: Db, intent: Intent, returnId: number, providerRef: string | null): Promise<boolean> {
   return db.transaction(async (tx) => {
     await queryRows(
@@ -191,7 +215,12 @@ async function recordOutcome(db: Db, intent: Intent, returnId: number, providerR
           WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`,
     );
     crashPoint('during-record');
-    const settled = await queryRows(tx as unknown as Db, sql`UPDATE returns SET settled_at = now(), settlement = ${intent.kind} WHERE id = ${returnId} AND settled_at IS NULL RETURNING id`);
+    const settled = await queryRows(
+      tx as unknown as Db,
+      sql`UPDATE returns SET settled_at = now(), settlement = ${intent.kind}
+          WHERE id = ${returnId} AND settled_at IS NULL AND EXISTS (SELECT 1 FROM payments WHERE id = ${intent.id} AND state = 'succeeded')
+          RETURNING id`,
+    );
     return settled.length > 0;
   });
 }
@@ -201,14 +230,15 @@ async function recordFailure(db: Db, intent: Intent, returnId: number, error: Pr
   if (error.failure === 'declined') {
     await queryRows(
       db,
-      sql`UPDATE payments SET state = 'declined', last_error = ${error.message}, settled_at = now(), updated_at = now()
+      sql`UPDATE payments SET state = 'declined', last_error = ${errorSummary(error, 500)}, updated_at = now()
           WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`,
     );
-    throw new TerminalError(`${intent.kind} of ${what} was declined (${error.message}); settle it by hand, then mark the return settled`);
+    throw new TerminalError(`declined: the ${intent.kind} of ${what} (${error.message}); settle it by hand, then mark the return settled`);
   }
   const state = error.failure === 'retryable' ? 'unknown' : intent.state;
-  await queryRows(db, sql`UPDATE payments SET state = ${state}, last_error = ${error.message}, updated_at = now() WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`);
-  if (error.failure === 'retryable') throw new Error(`${intent.kind} of ${what}: ${error.message}; will retry with the same key`);
+  await queryRows(db, sql`UPDATE payments SET state = ${state}, last_error = ${errorSummary(error, 500)}, updated_at = now() WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`);
+  if (error.failure === 'retryable') throw new Error(`outcome unknown: the ${intent.kind} of ${what}: ${error.message}; will retry with the same key`);
   if (error.status === 401 || error.status === 403) throw new Error(`the provider refused our credentials (${error.message}): check PAYMENT_PROVIDER_KEY`);
-  throw new TerminalError(`${intent.kind} of ${what} was rejected: ${error.message}; not retried, as the same request would be rejected again`);
+  if (error.status === 404) throw new Error(`the provider has no such endpoint (${error.message}): check PAYMENT_PROVIDER_URL`);
+  throw new TerminalError(`rejected: the ${intent.kind} of ${what}: ${error.message}; not retried, as the same request would be rejected again`);
 }

@@ -12,7 +12,7 @@ import type { SQL } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Db } from '../reconciler.js';
 import { UserError, coerceError } from '../errors.js';
-import { describeDatabaseUrl } from '../secrets.js';
+import { describeUrl } from '../secrets.js';
 
 export interface Database {
   db: Db;
@@ -48,7 +48,7 @@ export async function openDatabase(options: OpenOptions): Promise<Database> {
 }
 
 async function openPostgres(url: string, options: OpenOptions): Promise<Database> {
-  const target = describeDatabaseUrl(url);
+  const target = describeUrl(url);
   const pool = new pg.Pool({
     connectionString: url,
     max: options.poolSize ?? 10,

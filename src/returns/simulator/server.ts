@@ -142,7 +142,9 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
       stats.faults.errors++;
       return send(res, 500, apiError('api_error', 'internal error before anything was applied (simulated)'));
     }
-    const hash = createHash('sha256').update(JSON.stringify([endpoint, body.amount, body.currency.toLowerCase(), body.customer ?? null, body.metadata?.return_id ?? null])).digest('hex');
+    const hash = createHash('sha256')
+      .update(JSON.stringify([endpoint, body.amount, body.currency.toLowerCase(), body.customer ?? null, (body as { payment_method?: unknown }).payment_method ?? null, body.metadata?.return_id ?? null]))
+      .digest('hex');
     const claimed = await queryRows(
       db,
       sql`INSERT INTO payment_provider.requests (idempotency_key, endpoint, params_hash, state) VALUES (${key}, ${endpoint}, ${hash}, 'in_flight')
@@ -151,7 +153,7 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
     if (claimed.length === 0) {
       const [seen] = await queryRows<{ endpoint: string; params_hash: string; state: string; status_code: number | null; response: unknown; stale: boolean }>(
         db,
-        sql`SELECT endpoint, params_hash, state, status_code, response, updated_at < now() - interval '30 seconds' AS stale
+        sql`SELECT endpoint, params_hash, state, status_code, response, updated_at < now() - interval '5 minutes' AS stale
             FROM payment_provider.requests WHERE idempotency_key = ${key}`,
       );
       if (!seen) return send(res, 409, apiError('idempotency_error', 'the request with this key is being processed; retry', 'request_in_progress'));
@@ -163,13 +165,21 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
         stats.replayed++;
         return send(res, seen.status_code ?? 200, seen.response, { 'idempotent-replayed': 'true' });
       }
-      // In flight: answer 409, unless the request that claimed it died long ago (a crashed simulator); then take it over.
+      // In flight: answer 409, unless the request that claimed it died long ago (a crashed simulator); then take it over,
+      // answering from the effect if that request had applied one.
       const reclaimed = seen.stale
-        ? await queryRows(db, sql`UPDATE payment_provider.requests SET updated_at = now() WHERE idempotency_key = ${key} AND state = 'in_flight' AND updated_at < now() - interval '30 seconds' RETURNING 1`)
+        ? await queryRows(db, sql`UPDATE payment_provider.requests SET updated_at = now() WHERE idempotency_key = ${key} AND state = 'in_flight' AND updated_at < now() - interval '5 minutes' RETURNING 1`)
         : [];
       if (reclaimed.length === 0) {
         stats.conflicts++;
         return send(res, 409, apiError('idempotency_error', 'a request with this key is in progress; retry later', 'request_in_progress'));
+      }
+      const [applied] = await queryRows<{ id: string; amount: number; currency: string }>(db, sql`SELECT id, amount, currency FROM payment_provider.effects WHERE idempotency_key = ${key}`);
+      if (applied) {
+        const response = { id: applied.id, object: kind, amount: Number(applied.amount), currency: applied.currency, status: 'succeeded' };
+        await queryRows(db, sql`UPDATE payment_provider.requests SET state = 'done', status_code = 200, response = ${JSON.stringify(response)}::jsonb, updated_at = now() WHERE idempotency_key = ${key} AND state = 'in_flight'`);
+        stats.replayed++;
+        return send(res, 200, response, { 'idempotent-replayed': 'true' });
       }
     }
     const [low, high] = faults.latencyMs;
@@ -177,7 +187,7 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
     if (roll() < faults.declineRate) {
       stats.declined++;
       const declined = apiError('card_error', 'your card was declined (simulated)', 'card_declined');
-      await queryRows(db, sql`UPDATE payment_provider.requests SET state = 'done', status_code = 402, response = ${JSON.stringify(declined)}::jsonb, updated_at = now() WHERE idempotency_key = ${key}`);
+      await queryRows(db, sql`UPDATE payment_provider.requests SET state = 'done', status_code = 402, response = ${JSON.stringify(declined)}::jsonb, updated_at = now() WHERE idempotency_key = ${key} AND state = 'in_flight'`);
       return send(res, 402, declined);
     }
     const id = `${kind === 'charge' ? 'ch' : 're'}_${randomBytes(12).toString('hex')}`;
@@ -187,9 +197,10 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
       await queryRows(
         t,
         sql`INSERT INTO payment_provider.effects (id, kind, amount, currency, idempotency_key, return_id, customer)
-            VALUES (${id}, ${kind}, ${body.amount as number}, ${(body.currency as string).toLowerCase()}, ${key}, ${String(body.metadata?.return_id ?? '')}, ${String(body.customer ?? '')})`,
+            VALUES (${id}, ${kind}, ${body.amount as number}, ${(body.currency as string).toLowerCase()}, ${key}, ${String(body.metadata?.return_id ?? '')}, ${String(body.customer ?? '')})
+            ON CONFLICT (idempotency_key) DO NOTHING`,
       );
-      await queryRows(t, sql`UPDATE payment_provider.requests SET state = 'done', status_code = 200, response = ${JSON.stringify(response)}::jsonb, updated_at = now() WHERE idempotency_key = ${key}`);
+      await queryRows(t, sql`UPDATE payment_provider.requests SET state = 'done', status_code = 200, response = ${JSON.stringify(response)}::jsonb, updated_at = now() WHERE idempotency_key = ${key} AND state = 'in_flight'`);
     });
     stats.applied++;
     if (roll() < faults.timeoutRate) {

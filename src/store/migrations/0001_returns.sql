@@ -31,17 +31,21 @@ CREATE TABLE "payments" (
 	"kind" text NOT NULL,
 	"amount_cents" integer NOT NULL,
 	"currency" text NOT NULL,
+	"customer_ref" text NOT NULL,
+	"payment_method" text NOT NULL,
 	"idempotency_key" text NOT NULL,
 	"state" text DEFAULT 'pending' NOT NULL,
 	"provider_ref" text,
 	"attempts" integer DEFAULT 0 NOT NULL,
+	"first_sent_at" timestamp with time zone,
 	"last_error" text,
 	"created_at" timestamp with time zone DEFAULT now() NOT NULL,
 	"updated_at" timestamp with time zone DEFAULT now() NOT NULL,
 	"settled_at" timestamp with time zone,
 	CONSTRAINT "payments_kind" CHECK ("payments"."kind" IN ('charge', 'refund')),
 	CONSTRAINT "payments_state" CHECK ("payments"."state" IN ('pending', 'succeeded', 'declined', 'unknown')),
-	CONSTRAINT "payments_amount_positive" CHECK ("payments"."amount_cents" > 0)
+	CONSTRAINT "payments_amount_positive" CHECK ("payments"."amount_cents" > 0),
+	CONSTRAINT "payments_succeeded_has_reference" CHECK ("payments"."state" <> 'succeeded' OR "payments"."provider_ref" IS NOT NULL)
 );
 --> statement-breakpoint
 CREATE TABLE "return_items" (
@@ -52,6 +56,7 @@ CREATE TABLE "return_items" (
 --> statement-breakpoint
 CREATE TABLE "returns" (
 	"id" serial PRIMARY KEY NOT NULL,
+	"public_id" uuid DEFAULT gen_random_uuid() NOT NULL,
 	"fix_id" integer NOT NULL,
 	"received_at" timestamp with time zone DEFAULT now() NOT NULL,
 	"recorded_by" text DEFAULT 'warehouse' NOT NULL,
@@ -69,4 +74,5 @@ CREATE INDEX "fix_items_by_fix" ON "fix_items" USING btree ("fix_id");--> statem
 CREATE UNIQUE INDEX "payments_one_per_return" ON "payments" USING btree ("return_id");--> statement-breakpoint
 CREATE UNIQUE INDEX "payments_idempotency_key" ON "payments" USING btree ("idempotency_key");--> statement-breakpoint
 CREATE UNIQUE INDEX "returns_one_per_fix" ON "returns" USING btree ("fix_id");--> statement-breakpoint
+CREATE UNIQUE INDEX "returns_public_id" ON "returns" USING btree ("public_id");--> statement-breakpoint
 CREATE INDEX "returns_unsettled" ON "returns" USING btree ("id") WHERE "returns"."settled_at" IS NULL;
