@@ -193,8 +193,11 @@ describe('secrets', () => {
       await t.rows(sql`TRUNCATE payments, return_items, returns, fix_items, fixes, customers CASCADE`);
       await seedReturns(t.db, 6, 12);
       await provider.setFaults({ errorRate: 0.5, timeoutRate: 0.2 });
+      // A role whose password is the canary, so that the daemon really connects with it (trust or password authentication).
+      await t.rows(sql.raw(`DROP ROLE IF EXISTS reconciler_canary; CREATE ROLE reconciler_canary LOGIN SUPERUSER PASSWORD '${dbCanary}'`));
       const url = new URL(t.url);
-      url.password = dbCanary; // trust authentication accepts it, so the daemon really runs with it
+      url.username = 'reconciler_canary';
+      url.password = dbCanary;
       const env = { DATABASE_URL: url.toString(), JOBS_DIR: 'jobs', PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: keyCanary, LOG_LEVEL: 'debug' };
       const d = daemon(env);
       const ops = await endpoint(d);
@@ -221,6 +224,8 @@ describe('secrets', () => {
       expect(all).not.toContain(keyCanary);
     } finally {
       await provider.stop();
+      await t.rows(sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'reconciler_canary'`);
+      await t.rows(sql`DROP ROLE IF EXISTS reconciler_canary`);
     }
   }, 120_000);
 });
