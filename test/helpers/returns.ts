@@ -8,6 +8,7 @@ import { createEmptyDatabase, databaseUrl, dropDatabase, type TestDatabase } fro
 import { REPO_ROOT } from './jobs.js';
 import { runCli, startProcess, type CliResult, type RunningProcess } from './processes.js';
 import type { SimulatorFaults, SimulatorStats, LedgerEntry } from '../../src/returns/simulator/server.js';
+import { auditSettlement } from '../../src/returns/audit.js';
 
 export const PROVIDER_KEY = 'sk_test_reconciler_suite';
 
@@ -97,5 +98,10 @@ export async function expectExactlyOnce(t: TestDatabase, provider: Provider, opt
   );
   const [missing] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL AND id NOT IN (SELECT return_id FROM payments WHERE state = 'declined')`);
   expect(missing!.n, 'returns left unsettled').toBe(0);
+  // The same promise through the audit the fault runner uses, so that the two cannot drift apart.
+  const audit = await auditSettlement(t.db, ledger);
+  expect(audit).toMatchObject({ duplicates: 0, missing: 0, disagreements: 0, unsettled: 0, declined: options.declined ?? 0 });
+  expect(audit.maxKeysPerReturn).toBeLessThanOrEqual(1);
+  expect(audit.effects).toBe(audit.needingEffect - audit.declined);
   return ledger;
 }

@@ -1,0 +1,80 @@
+/**
+ * The exactly-once audit: compares what should have happened (the settlement rule applied to
+ * every return) with the payments ledger in the database and the effects at the provider.
+ * Used by the fault runner and the tests; an operator can run the same check.
+ */
+import { sql } from 'drizzle-orm';
+import type { Db } from '../reconciler.js';
+import { queryRows } from '../store/database.js';
+import { decideSettlement } from './settlement.js';
+
+/** One effect applied by the provider (its `GET /v1/ledger`). */
+export interface ProviderEffect {
+  id: string;
+  kind: string;
+  amount: number;
+  idempotencyKey: string;
+  returnId: string;
+}
+
+export interface SettlementAudit {
+  returns: number;
+  /** Returns the rule says need a charge or a refund. */
+  needingEffect: number;
+  /** Provider effects for these returns. */
+  effects: number;
+  /** Returns with more than one effect at the provider. */
+  duplicates: number;
+  /** Returns needing an effect that have none and are not declined. */
+  missing: number;
+  /** Effects whose amount, kind or key differ from the payment intent, or intents marked succeeded without their effect. */
+  disagreements: number;
+  declined: number;
+  /** Returns still unsettled (other than declined ones). */
+  unsettled: number;
+  /** The most idempotency keys seen for one return at the provider (1 is right). */
+  maxKeysPerReturn: number;
+}
+
+export async function auditSettlement(db: Db, ledger: readonly ProviderEffect[]): Promise<SettlementAudit> {
+  const returns = await queryRows<{ id: number; settled: boolean; currency: string; fee: number; prepaid: number; items: { priceCents: number; returned: boolean }[] | null }>(
+    db,
+    sql`SELECT r.id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_cents AS fee, f.prepaid_cents AS prepaid,
+               (SELECT json_agg(json_build_object('priceCents', fi.price_cents, 'returned', ri.return_id IS NOT NULL))
+                  FROM fix_items fi LEFT JOIN return_items ri ON ri.fix_item_id = fi.id AND ri.return_id = r.id WHERE fi.fix_id = f.id) AS items
+        FROM returns r JOIN fixes f ON f.id = r.fix_id`,
+  );
+  const payments = await queryRows<{ return_id: number; kind: string; amount_cents: number; idempotency_key: string; state: string; provider_ref: string | null }>(
+    db,
+    sql`SELECT return_id, kind, amount_cents, idempotency_key, state, provider_ref FROM payments`,
+  );
+  const paymentOf = new Map(payments.map((p) => [String(p.return_id), p]));
+  const ids = new Set(returns.map((r) => String(r.id)));
+  const effectsOf = new Map<string, ProviderEffect[]>();
+  for (const effect of ledger) if (ids.has(effect.returnId)) effectsOf.set(effect.returnId, [...(effectsOf.get(effect.returnId) ?? []), effect]);
+
+  const audit: SettlementAudit = { returns: returns.length, needingEffect: 0, effects: 0, duplicates: 0, missing: 0, disagreements: 0, declined: 0, unsettled: 0, maxKeysPerReturn: 0 };
+  for (const ret of returns) {
+    const key = String(ret.id);
+    const effects = effectsOf.get(key) ?? [];
+    const payment = paymentOf.get(key);
+    const decision = decideSettlement({ currency: ret.currency, stylingFeeCents: Number(ret.fee), prepaidCents: Number(ret.prepaid), items: ret.items ?? [] });
+    audit.effects += effects.length;
+    audit.maxKeysPerReturn = Math.max(audit.maxKeysPerReturn, new Set(effects.map((e) => e.idempotencyKey)).size);
+    if (effects.length > 1) audit.duplicates++;
+    if (payment?.state === 'declined') audit.declined++;
+    else if (!ret.settled) audit.unsettled++;
+    if (decision.kind === 'none') {
+      if (effects.length > 0 || payment) audit.disagreements++;
+      continue;
+    }
+    audit.needingEffect++;
+    if (effects.length === 0 && payment?.state !== 'declined') audit.missing++;
+    const effect = effects[0];
+    if (effect && (!payment || payment.state !== 'succeeded' || effect.kind !== payment.kind || Number(effect.amount) !== Number(payment.amount_cents) || effect.idempotencyKey !== payment.idempotency_key || effect.id !== payment.provider_ref)) {
+      audit.disagreements++;
+    }
+    if (payment?.state === 'succeeded' && !effect) audit.disagreements++;
+  }
+  return audit;
+}
