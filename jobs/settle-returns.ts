@@ -13,8 +13,7 @@ import { paymentProviderFromEnv } from '../src/returns/provider.js';
 import { findReturnsToSettle, settleReturn, type ReturnToSettle } from '../src/returns/service.js';
 
 export default defineReconciler<ReturnToSettle>({
-  // Every minute; SETTLE_RETURNS_SCHEDULE overrides it (the fault runner ticks every second).
-  schedule: process.env.SETTLE_RETURNS_SCHEDULE ?? '* * * * *',
+  schedule: '* * * * *',
   description: 'charges or refunds customers for returned Fixes (index: returns_unsettled)',
   concurrency: 10,
   timeout: '30s',
