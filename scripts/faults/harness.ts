@@ -1,0 +1,222 @@
+/**
+ * What the fault scenarios run on: a database per scenario, the payment provider simulator
+ * as its own process (behind a proxy that can cut it off), daemons and CLI runs as real
+ * processes, and the exactly-once audit. No mocks.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import pg from 'pg';
+import pino from 'pino';
+import { REPO_ROOT } from '../../test/helpers/jobs.js';
+import { runCli, startProcess, type CliResult, type RunningProcess } from '../../test/helpers/processes.js';
+import { openDatabase, type Database } from '../../src/store/database.js';
+import { migrateDatabase } from '../../src/store/migrate.js';
+import { auditSettlement, type ProviderEffect, type SettlementAudit } from '../../src/returns/audit.js';
+import { seedReturns } from '../../src/returns/seed.js';
+import type { SimulatorFaults, SimulatorStats } from '../../src/returns/simulator/server.js';
+
+export const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+export const PROVIDER_KEY = 'sk_test_faults';
+const silent = pino({ level: 'silent' });
+
+export function urlOf(database: string): string {
+  const url = new URL(ADMIN_URL);
+  url.pathname = `/${database}`;
+  return url.toString();
+}
+
+async function admin(query: string): Promise<void> {
+  const client = new pg.Client({ connectionString: ADMIN_URL });
+  await client.connect();
+  try {
+    await client.query(query);
+  } finally {
+    await client.end();
+  }
+}
+
+/** Everything a scenario started, torn down in reverse order whatever happens. */
+export class Stage {
+  readonly #cleanups: (() => Promise<void> | void)[] = [];
+
+  defer(cleanup: () => Promise<void> | void): void {
+    this.#cleanups.push(cleanup);
+  }
+
+  async teardown(): Promise<void> {
+    for (const cleanup of this.#cleanups.reverse()) await Promise.resolve(cleanup()).catch(() => undefined);
+  }
+
+  /** A fresh migrated database with `returns` returns seeded (deterministically from `seed`). */
+  async shop(returns: number, seed: number): Promise<{ url: string; database: Database }> {
+    const name = `reconciler_faults_${randomBytes(4).toString('hex')}`;
+    await admin(`CREATE DATABASE ${name}`);
+    this.defer(() => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+    const url = urlOf(name);
+    const database = await openDatabase({ databaseUrl: url, dataDir: '.data', log: silent });
+    this.defer(() => database.close());
+    await migrateDatabase(database);
+    await seedReturns(database.db, returns, seed);
+    return { url, database };
+  }
+
+  /** The simulator as its own process with its own database, reached through a proxy that can cut it off. */
+  async provider(seed: number, faults: Partial<SimulatorFaults>): Promise<ProviderHandle> {
+    const name = `reconciler_faults_provider_${randomBytes(4).toString('hex')}`;
+    await admin(`CREATE DATABASE ${name}`);
+    this.defer(() => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
+    const child = startProcess(['--import', 'tsx', 'src/returns/simulator/main.ts', '--port', '0', '--api-key', PROVIDER_KEY, '--seed', String(seed)], { PROVIDER_DATABASE_URL: urlOf(name) }, { command: process.execPath });
+    this.defer(() => child.kill('SIGKILL'));
+    const direct = String((await child.waitFor((l) => typeof l.url === 'string', 'the simulator', 30_000)).url);
+    const proxy = await Proxy.start(new URL(direct).port);
+    this.defer(() => proxy.close());
+    const handle = new ProviderHandle(direct, `http://127.0.0.1:${proxy.port}`, proxy);
+    await handle.setFaults(faults);
+    return handle;
+  }
+
+  /** A job folder with settle-returns on a fast schedule and short backoff: the real service, tuned for fault runs. */
+  jobs(schedule: string): string {
+    const dir = join(REPO_ROOT, 'test', '.tmp', `faults-jobs-${randomBytes(4).toString('hex')}`);
+    mkdirSync(dir, { recursive: true });
+    this.defer(() => rmSync(dir, { recursive: true, force: true }));
+    writeFileSync(
+      join(dir, 'settle-returns.ts'),
+      `import { defineReconciler } from ${JSON.stringify(join(REPO_ROOT, 'src/index.js'))};
+import { paymentProviderFromEnv } from ${JSON.stringify(join(REPO_ROOT, 'src/returns/provider.js'))};
+import { findReturnsToSettle, settleReturn, type ReturnToSettle } from ${JSON.stringify(join(REPO_ROOT, 'src/returns/service.js'))};
+export default defineReconciler<ReturnToSettle>({
+  schedule: ${JSON.stringify(schedule)},
+  concurrency: 10,
+  timeout: '10s',
+  retry: { maxAttempts: 1000, backoff: { initial: '500ms', max: '4s' } },
+  scan: ({ db, after, limit }) => findReturnsToSettle(db, after?.id ?? 0, limit),
+  key: (ret) => \`return:\${ret.id}\`,
+  since: (ret) => ret.receivedAt,
+  reconcile: (ret, ctx) => settleReturn(ret.id, ctx, paymentProviderFromEnv),
+});
+`,
+    );
+    return dir;
+  }
+
+  env(shopUrl: string, provider: ProviderHandle, jobsDir: string, extra: Record<string, string> = {}): Record<string, string> {
+    return { DATABASE_URL: shopUrl, JOBS_DIR: jobsDir, PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: PROVIDER_KEY, PAYMENT_PROVIDER_TIMEOUT: '2s', LOCK_TTL: '3s', LOG_LEVEL: 'info', ...extra };
+  }
+
+  daemon(env: Record<string, string>): RunningProcess {
+    const child = startProcess(['daemon'], env);
+    this.defer(() => child.kill('SIGKILL'));
+    return child;
+  }
+
+  run(args: string[], env: Record<string, string>): Promise<CliResult> {
+    return runCli(args, env, { timeoutMs: 120_000 });
+  }
+}
+
+export class ProviderHandle {
+  constructor(
+    readonly direct: string,
+    readonly url: string,
+    readonly proxy: Proxy,
+  ) {}
+
+  async #call<T>(path: string, init: RequestInit = {}): Promise<T> {
+    const response = await fetch(`${this.direct}${path}`, { ...init, headers: { authorization: `Bearer ${PROVIDER_KEY}`, 'content-type': 'application/json' } });
+    if (!response.ok) throw new Error(`${path}: ${response.status}`);
+    return (await response.json()) as T;
+  }
+
+  ledger(): Promise<ProviderEffect[]> {
+    return this.#call<{ effects: ProviderEffect[] }>('/v1/ledger').then((r) => r.effects);
+  }
+
+  stats(): Promise<SimulatorStats> {
+    return this.#call('/v1/_simulator/stats');
+  }
+
+  async setFaults(faults: Partial<SimulatorFaults>): Promise<void> {
+    await this.#call('/v1/_simulator/faults', { method: 'POST', body: JSON.stringify(faults) });
+  }
+}
+
+/** A TCP proxy in front of the simulator: `cut()` refuses every connection (the provider is down) and counts the attempts. */
+export class Proxy {
+  attemptsWhileCut = 0;
+  #cut = false;
+  readonly #sockets = new Set<Socket>();
+
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+
+  static async start(targetPort: string): Promise<Proxy> {
+    let proxy!: Proxy;
+    const server = createServer((socket) => {
+      if (proxy.#cut) {
+        proxy.attemptsWhileCut++;
+        socket.destroy();
+        return;
+      }
+      const upstream = connect(Number(targetPort), '127.0.0.1');
+      proxy.#sockets.add(socket).add(upstream);
+      socket.pipe(upstream).pipe(socket);
+      const end = () => {
+        socket.destroy();
+        upstream.destroy();
+        proxy.#sockets.delete(socket);
+        proxy.#sockets.delete(upstream);
+      };
+      socket.on('error', end).on('close', end);
+      upstream.on('error', end).on('close', end);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    proxy = new Proxy(server, (server.address() as { port: number }).port);
+    return proxy;
+  }
+
+  cut(): void {
+    this.#cut = true;
+    this.attemptsWhileCut = 0;
+    for (const socket of this.#sockets) socket.destroy();
+  }
+
+  restore(): void {
+    this.#cut = false;
+  }
+
+  close(): Promise<void> {
+    for (const socket of this.#sockets) socket.destroy();
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/** Polls `probe` until it returns a value, or fails after `timeoutMs`. */
+export async function until<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+/** The audit, once the ledger and the database agree that nothing is left to do. */
+export async function audit(database: Database, provider: ProviderHandle): Promise<SettlementAudit> {
+  return auditSettlement(database.db, await provider.ledger());
+}
+
+/** Waits until every return is settled or declined; returns the audit and how long it took. */
+export async function converge(database: Database, provider: ProviderHandle, timeoutMs: number): Promise<{ audit: SettlementAudit; ms: number }> {
+  const started = Date.now();
+  const result = await until(async () => {
+    const a = await audit(database, provider);
+    return a.unsettled === 0 ? a : undefined;
+  }, 'convergence', timeoutMs);
+  return { audit: result, ms: Date.now() - started };
+}

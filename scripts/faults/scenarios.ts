@@ -1,0 +1,187 @@
+/**
+ * The fault scenarios of `npm run test:faults`. Each returns its figures and whether it met
+ * its pass criterion; every one ends with the exactly-once audit against the provider's ledger.
+ */
+import { sql } from 'drizzle-orm';
+import { dice } from '../../src/dice.js';
+import { queryRows } from '../../src/store/database.js';
+import { seedReturns } from '../../src/returns/seed.js';
+import type { SettlementAudit } from '../../src/returns/audit.js';
+import { Stage, audit, converge, until } from './harness.js';
+
+export interface ScenarioResult {
+  scenario: string;
+  seed: number;
+  pass: boolean;
+  /** The criteria it missed, in words. */
+  failures: string[];
+  figures: Record<string, number | string>;
+}
+
+export interface ScenarioOptions {
+  seed: number;
+  quick: boolean;
+}
+
+type Scenario = (stage: Stage, options: ScenarioOptions) => Promise<{ failures: string[]; figures: Record<string, number | string> }>;
+
+/** The checks every scenario ends with: no duplicate, nothing missing, ledger and database agree, one key per item. */
+function exactlyOnce(a: SettlementAudit): string[] {
+  const failures: string[] = [];
+  if (a.duplicates > 0) failures.push(`${a.duplicates} return(s) with more than one effect`);
+  if (a.missing > 0) failures.push(`${a.missing} return(s) missing their effect`);
+  if (a.disagreements > 0) failures.push(`${a.disagreements} disagreement(s) between the ledger and the database`);
+  if (a.maxKeysPerReturn > 1) failures.push(`a return with ${a.maxKeysPerReturn} idempotency keys`);
+  if (a.unsettled > 0) failures.push(`${a.unsettled} return(s) never settled`);
+  return failures;
+}
+
+function auditFigures(a: SettlementAudit): Record<string, number> {
+  return { returns: a.returns, needing: a.needingEffect, effects: a.effects, duplicates: a.duplicates, missing: a.missing, declined: a.declined };
+}
+
+/** After convergence, one more pass must make no provider call. */
+async function quietAfter(stage: Stage, env: Record<string, string>, providerStats: () => Promise<{ posts: number }>): Promise<string[]> {
+  const before = (await providerStats()).posts;
+  await stage.run(['run', 'settle-returns', '--wait'], env);
+  const calls = (await providerStats()).posts - before;
+  return calls === 0 ? [] : [`a pass after convergence made ${calls} provider call(s)`];
+}
+
+/** 1. Crash storm: replicas SIGKILLed and restarted every 2 s while the provider fails 20% and loses 5% of answers. */
+const crashStorm: Scenario = async (stage, { seed, quick }) => {
+  const returns = quick ? 300 : 10_000;
+  const stormMs = quick ? 10_000 : 60_000;
+  const periodMs = 2_000;
+  const roll = dice(seed);
+  const shop = await stage.shop(returns, seed);
+  const provider = await stage.provider(seed, { errorRate: 0.2, timeoutRate: 0.05, latencyMs: [20, 50] });
+  const env = stage.env(shop.url, provider, stage.jobs('*/2 * * * * *'));
+  const replicas = [stage.daemon(env), stage.daemon(env), stage.daemon(env)];
+  let kills = 0;
+  const stormEnds = Date.now() + stormMs;
+  let peakBacklog = 0;
+  while (Date.now() < stormEnds) {
+    await new Promise((resolve) => setTimeout(resolve, periodMs));
+    const [row] = await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`);
+    peakBacklog = Math.max(peakBacklog, Number(row?.n ?? 0));
+    const victim = Math.floor(roll() * replicas.length);
+    await replicas[victim]!.kill('SIGKILL');
+    kills++;
+    replicas[victim] = stage.daemon(env);
+  }
+  const { audit: result, ms } = await converge(shop.database, provider, quick ? 60_000 : 300_000);
+  const stats = await provider.stats();
+  const settlements = result.needingEffect;
+  const postsPerSettlement = settlements === 0 ? 0 : stats.posts / settlements;
+  const [passes] = await queryRows<{ n: number; skipped: number }>(
+    shop.database.db,
+    sql`SELECT (SELECT count(*)::int FROM reconciler_runs) AS n, (SELECT coalesce(sum(skipped_ticks), 0)::int FROM reconciler_state) AS skipped`,
+  );
+  const failures = [...exactlyOnce(result), ...(await quietAfter(stage, env, () => provider.stats()))];
+  if (ms > 2 * periodMs) failures.push(`converged ${(ms / 1000).toFixed(1)} s after the storm (criterion: within 2 periods, ${(2 * periodMs) / 1000} s)`);
+  if (postsPerSettlement > 1.6) failures.push(`${postsPerSettlement.toFixed(2)} provider POSTs per settlement (criterion: at most 1.6)`);
+  return {
+    failures,
+    figures: { ...auditFigures(result), kills, convergenceMs: ms, postsPerSettlement: Number(postsPerSettlement.toFixed(2)), passes: Number(passes?.n ?? 0), skippedTicks: Number(passes?.skipped ?? 0), peakBacklog },
+  };
+};
+
+/** 2. Exact crash windows: SIGKILL before the call, after the provider applied it, and during the recording transaction. */
+const crashWindows: Scenario = async (stage, { seed, quick }) => {
+  const killsPerWindow = quick ? 3 : 200;
+  const perWindow = quick ? 10 : 60;
+  const shop = await stage.shop(perWindow, seed);
+  const provider = await stage.provider(seed, { latencyMs: [0, 5] });
+  const env = stage.env(shop.url, provider, stage.jobs('0 0 1 1 *'));
+  const figures: Record<string, number | string> = {};
+  const failures: string[] = [];
+  for (const [index, window] of ['before-call', 'after-call', 'during-record'].entries()) {
+    if (index > 0) await seedReturns(shop.database.db, perWindow, seed + index); // fresh returns, never settled, for this window
+    let kills = 0;
+    for (let i = 0; i < killsPerWindow; i++) {
+      const result = await stage.run(['run', 'settle-returns', '--wait'], { ...env, RECONCILER_CRASH_AT: window });
+      if (result.signal === 'SIGKILL') kills++;
+      else if (result.code === 0) break; // nothing left to crash on
+      // The killed process's lease would lapse after LOCK_TTL; let that time pass on the database clock.
+      await queryRows(shop.database.db, sql`UPDATE reconciler_state SET lease_expires_at = now() - interval '1 millisecond' WHERE holder_id IS NOT NULL`);
+    }
+    figures[`kills ${window}`] = kills;
+    // Let some returns settle between the windows, so that each window meets fresh intents.
+    await stage.run(['run', 'settle-returns', '--wait'], env);
+  }
+  await until(async () => (await stage.run(['run', 'settle-returns', '--wait'], env)).code === 0 && (await audit(shop.database, provider)).unsettled === 0, 'convergence', 120_000);
+  const result = await audit(shop.database, provider);
+  failures.push(...exactlyOnce(result), ...(await quietAfter(stage, env, () => provider.stats())));
+  return { failures, figures: { ...auditFigures(result), ...figures, replayed: (await provider.stats()).replayed } };
+};
+
+/** 4. Provider outage: the provider refuses every connection for a while; items back off, no hot loop, all converge after. */
+const providerOutage: Scenario = async (stage, { seed, quick }) => {
+  const returns = quick ? 150 : 1_000;
+  const outageMs = quick ? 5_000 : 30_000;
+  const shop = await stage.shop(returns, seed);
+  const provider = await stage.provider(seed, { latencyMs: [50, 100] });
+  const env = stage.env(shop.url, provider, stage.jobs('*/2 * * * * *'));
+  const daemon = stage.daemon(env);
+  await daemon.waitFor((l) => l.reconciler === 'settle-returns' && typeof l.passId === 'number', 'a pass to start', 30_000).catch(() => undefined);
+  provider.proxy.cut();
+  const [pending] = await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`);
+  await new Promise((resolve) => setTimeout(resolve, outageMs));
+  const attempts = provider.proxy.attemptsWhileCut;
+  provider.proxy.restore();
+  const { audit: result, ms } = await converge(shop.database, provider, 120_000);
+  // Bounded: backoff (0.5 s doubling to 4 s) allows about one attempt per pending item per backoff step.
+  const bound = Math.max(1, Number(pending?.n ?? 0)) * (2 + Math.ceil(outageMs / 4_000) + 3);
+  const failures = [...exactlyOnce(result), ...(await quietAfter(stage, env, () => provider.stats()))];
+  if (attempts > bound) failures.push(`${attempts} connection attempts during a ${outageMs / 1000} s outage (bound ${bound}): a hot loop`);
+  return { failures, figures: { ...auditFigures(result), pendingAtOutage: Number(pending?.n ?? 0), outageMs, attemptsDuringOutage: attempts, attemptBound: bound, convergenceMs: ms } };
+};
+
+/** 5. Manual passes (`reconciler run`) in a loop while two daemons run on a schedule: one pass at a time, no duplicate. */
+const racingPasses: Scenario = async (stage, { seed, quick }) => {
+  const shop = await stage.shop(quick ? 200 : 2_000, seed);
+  const provider = await stage.provider(seed, { latencyMs: [5, 20], errorRate: 0.1 });
+  const env = stage.env(shop.url, provider, stage.jobs('*/2 * * * * *'));
+  stage.daemon(env);
+  stage.daemon(env);
+  const manual = quick ? 4 : 20;
+  let locked = 0;
+  for (let i = 0; i < manual; i++) {
+    const result = await stage.run(['run', 'settle-returns'], env);
+    if (result.code === 3) locked++;
+  }
+  const { audit: result } = await converge(shop.database, provider, 180_000);
+  const runs = await queryRows<{ started: number; finished: number | null; status: string }>(
+    shop.database.db,
+    sql`SELECT (extract(epoch FROM started_at) * 1000)::float8 AS started, (extract(epoch FROM finished_at) * 1000)::float8 AS finished, status FROM reconciler_runs ORDER BY started_at`,
+  );
+  let overlaps = 0;
+  for (let i = 1; i < runs.length; i++) {
+    const previous = runs[i - 1]!;
+    if (previous.status !== 'abandoned' && previous.finished !== null && Number(runs[i]!.started) < Number(previous.finished)) overlaps++;
+  }
+  const failures = [...exactlyOnce(result)];
+  if (overlaps > 0) failures.push(`${overlaps} overlapping pass(es) in the history`);
+  return { failures, figures: { ...auditFigures(result), manualRuns: manual, manualLocked: locked, passes: runs.length, overlaps } };
+};
+
+export const SCENARIOS: Record<string, Scenario> = {
+  'crash-storm': crashStorm,
+  'crash-windows': crashWindows,
+  'provider-outage': providerOutage,
+  'racing-passes': racingPasses,
+};
+
+export async function runScenario(name: string, options: ScenarioOptions): Promise<ScenarioResult> {
+  const stage = new Stage();
+  const started = Date.now();
+  try {
+    const { failures, figures } = await SCENARIOS[name]!(stage, options);
+    return { scenario: name, seed: options.seed, pass: failures.length === 0, failures, figures: { ...figures, durationMs: Date.now() - started } };
+  } catch (error) {
+    return { scenario: name, seed: options.seed, pass: false, failures: [`broke off: ${(error as Error).message}`], figures: { durationMs: Date.now() - started } };
+  } finally {
+    await stage.teardown();
+  }
+}
