@@ -9,8 +9,10 @@
  * later attempt; the provider applies one effect per key. See src/returns/service.ts.
  */
 import { defineReconciler } from '../src/index.js';
-import { paymentProviderFromEnv } from '../src/returns/provider.js';
+import { paymentProviderFromEnv, requirePaymentProviderConfig } from '../src/returns/provider.js';
 import { findReturnsToSettle, settleReturn, type ReturnToSettle } from '../src/returns/service.js';
+
+requirePaymentProviderConfig();
 
 export default defineReconciler<ReturnToSettle>({
   schedule: '* * * * *',

@@ -27,6 +27,14 @@ const duration = (fallback: string, min: number, max: number) =>
       }
     });
 
+/** Digits only: `z.coerce.number` would take '' as 0 and '0x50' as 80. */
+const wholeNumber = (min: number, max: number, what: string, fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .refine((value) => /^\d+$/.test(value.trim()) && Number(value) >= min && Number(value) <= max, { message: `must be ${what}` })
+    .transform(Number);
+
 const databaseUrl = z
   .string()
   .optional()
@@ -76,7 +84,6 @@ export const configSchema = z.object({
   LOCK_TTL: duration('15s', 1_000, 30_000),
   /** How long in-flight items may finish after SIGTERM before they are aborted. */
   SHUTDOWN_TIMEOUT: duration('25s', 0, 3_600_000),
-  /** Database connections per process (PostgreSQL only). */
   /** The payment provider's base URL. Unset with DATABASE_URL also unset: a simulator runs in-process (the demo). */
   PAYMENT_PROVIDER_URL: httpUrl,
   /** The provider's API key (a secret). */
@@ -86,12 +93,13 @@ export const configSchema = z.object({
   /** Address of the operations endpoint (/healthz, /readyz, /metrics). */
   HTTP_HOST: z.string().min(1).default('0.0.0.0'),
   /** Port of the operations endpoint; 0 picks a free one (logged). */
-  HTTP_PORT: z.coerce.number({ message: 'must be a port number from 0 to 65535' }).int({ message: 'must be a port number from 0 to 65535' }).min(0, { message: 'must be a port number from 0 to 65535' }).max(65_535, { message: 'must be a port number from 0 to 65535' }).default(8080),
+  HTTP_PORT: wholeNumber(0, 65_535, 'a port number from 0 to 65535', '8080'),
   /** /healthz fails when the event loop was blocked longer than this. */
   HEALTH_MAX_EVENT_LOOP_LAG: duration('5s', 100, 600_000),
   /** The daemon waits a random time up to this before scheduling, to spread replicas that start together. */
   STARTUP_JITTER: duration('0', 0, 600_000),
-  DATABASE_POOL_SIZE: z.coerce.number({ message: 'must be a whole number from 2 to 200' }).int({ message: 'must be a whole number from 2 to 200' }).min(2, { message: 'must be at least 2' }).max(200, { message: 'must be at most 200' }).default(10),
+  /** Database connections per process (PostgreSQL only). */
+  DATABASE_POOL_SIZE: wholeNumber(2, 200, 'a whole number from 2 to 200', '10'),
 });
 
 export type Config = z.output<typeof configSchema>;
@@ -115,6 +123,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (result.data.DATABASE_URL) describeUrl(result.data.DATABASE_URL); // registers its password as a secret
   registerSecret(result.data.PAYMENT_PROVIDER_KEY);
   if (result.data.PAYMENT_PROVIDER_URL) describeUrl(result.data.PAYMENT_PROVIDER_URL); // registers credentials in it
+  if (env.NODE_ENV === 'production' && !result.data.DATABASE_URL) {
+    throw new UserError('invalid DATABASE_URL: it is required when NODE_ENV=production (the embedded database and the demo are for trying reconciler out, one process at a time)');
+  }
   if (result.data.PAYMENT_PROVIDER_URL && !result.data.PAYMENT_PROVIDER_KEY) {
     throw new UserError('invalid PAYMENT_PROVIDER_KEY: it is required when PAYMENT_PROVIDER_URL is set (the API key of the payment provider)');
   }

@@ -33,7 +33,7 @@ export async function runDaemon(): Promise<number> {
 
   const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
   const scheduler = new Scheduler({ engine, log });
-  const metrics = new Metrics(database.control, reconcilers.map((r) => r.name), log);
+  const metrics = new Metrics(database.db, reconcilers.map((r) => r.name), log); // not the lease pool: scrapes must never delay a renewal
   metrics.attach(engine.events);
   let scheduling = false;
   let shuttingDown = false;

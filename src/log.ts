@@ -11,20 +11,12 @@ export type { Logger };
 
 export interface LoggerOptions {
   level: string;
+  /** Where lines go instead of fd 1/2 (tests). */
+  destination?: NodeJS.WritableStream;
   /** 1 = stdout (the daemon), 2 = stderr (CLI commands, whose stdout is their output). */
   fd: 1 | 2;
   /** Pretty output; defaults to "is that stream a terminal". */
   pretty?: boolean;
-}
-
-function scrubValue(value: unknown, depth = 0): unknown {
-  if (typeof value === 'string') return scrub(value);
-  if (depth > 4 || value === null || typeof value !== 'object') return value;
-  if (value instanceof Date) return value;
-  if (Array.isArray(value)) return value.map((v) => scrubValue(v, depth + 1));
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(value)) out[k] = scrubValue(v, depth + 1);
-  return out;
 }
 
 /** An error as a log field: the explaining message (see errorSummary), its code, and stack frames without the raw message. */
@@ -39,9 +31,9 @@ function serializeError(value: unknown): Record<string, unknown> {
 export function createLogger(options: LoggerOptions): Logger {
   const stream = options.fd === 1 ? process.stdout : process.stderr;
   const usePretty = options.pretty ?? Boolean(stream.isTTY);
-  const destination = usePretty
+  const destination = options.destination ?? (usePretty
     ? pretty({ destination: options.fd, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true })
-    : pino.destination({ fd: options.fd, sync: true });
+    : pino.destination({ fd: options.fd, sync: true }));
   return pino(
     {
       level: options.level,
@@ -50,12 +42,8 @@ export function createLogger(options: LoggerOptions): Logger {
       serializers: {
         err: serializeError,
       },
-      formatters: { log: (object) => scrubValue(object) as Record<string, unknown> },
-      hooks: {
-        logMethod(args, method) {
-          method.apply(this, args.map((arg) => (typeof arg === 'string' ? scrub(arg) : arg)) as Parameters<typeof method>);
-        },
-      },
+      // One mechanism for every field, message, child binding and format argument: scrub the finished line.
+      hooks: { streamWrite: (line) => scrub(line) },
     },
     destination,
   );

@@ -14,6 +14,8 @@ const knownSecrets = new Set<string>();
 export function registerSecret(value: string | undefined): void {
   if (value && value.length >= 4) {
     knownSecrets.add(value);
+    const inJson = JSON.stringify(value).slice(1, -1); // as it appears inside a JSON log line
+    if (inJson !== value) knownSecrets.add(inJson);
     try {
       const encoded = encodeURIComponent(value);
       if (encoded !== value) knownSecrets.add(encoded);

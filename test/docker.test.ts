@@ -76,9 +76,11 @@ describe('the container image (Dockerfile), replayed without Docker', () => {
     // The image's CMD and ENV, against PostgreSQL and a provider (HTTP_PORT 0: tests run side by side).
     provider = await startProvider();
     await seedReturns(t.db, 4, 13);
+    // The image's paths live under /app; here the app folder stands in for it.
+    const imageEnv = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v.replaceAll('$PATH', process.env.PATH ?? '').replaceAll('/app/', `${app}/`)]));
     const child = spawn(cmd[0]!, cmd.slice(1), {
       cwd: app,
-      env: { PATH: process.env.PATH, ...env, DATA_DIR: join(app, '.data'), HTTP_PORT: '0', DATABASE_URL: t.url, PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: PROVIDER_KEY },
+      env: { ...imageEnv, DATA_DIR: join(app, '.data'), HTTP_PORT: '0', DATABASE_URL: t.url, PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: PROVIDER_KEY },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     daemon = new RunningProcess(child);
@@ -89,5 +91,5 @@ describe('the container image (Dockerfile), replayed without Docker', () => {
     expect(scheduled.status).toBe('succeeded');
     child.kill('SIGTERM');
     expect((await daemon.exited).code).toBe(0);
-  }, 240_000);
+  }, 420_000);
 });

@@ -97,7 +97,7 @@ describe('pass leases', () => {
     a.events.on('tick:skipped', (s) => skipped.push(`a:${s.reason}`));
     b.events.on('tick:skipped', (s) => skipped.push(`b:${s.reason}`));
     // The same tick, seen late by another replica, is being served: that is not a skipped tick.
-    expect(await b.runPass('busy', { trigger: 'schedule', tick })).toEqual({ ran: false, reason: 'already-served' });
+    expect(await b.runPass('busy', { trigger: 'schedule', tick })).toMatchObject({ ran: false, reason: 'already-served', holder: { host: 'a' } });
     const next = new Date('2026-11-27T10:01:00Z');
     expect(await a.runPass('busy', { trigger: 'schedule', tick: next })).toEqual({ ran: false, reason: 'running-here' });
     expect(await b.runPass('busy', { trigger: 'schedule', tick: next })).toMatchObject({ ran: false, reason: 'held' });

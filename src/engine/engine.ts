@@ -44,7 +44,7 @@ export interface RunRequest {
 export type NotRun =
   | { ran: false; reason: 'held'; holder: LeaseHolder }
   | { ran: false; reason: 'running-here' }
-  | { ran: false; reason: 'already-served' }
+  | { ran: false; reason: 'already-served'; holder?: LeaseHolder }
   | { ran: false; reason: 'stopping' };
 
 export type RunOutcome = { ran: true; result: PassResult } | NotRun;
@@ -60,7 +60,7 @@ const WHOLE: Partition = { index: 0, count: 1 };
 const RECORD_GRACE_MS = 5_000;
 
 /** "web-1 pid 4242 since 12:00:01Z (run 17)" */
-export function describeHolder(holder: LeaseHolder): string {
+export function describeHolder(holder: Pick<LeaseHolder, 'host' | 'pid' | 'since' | 'runId'>): string {
   return `${holder.host} pid ${holder.pid} since ${holder.since.toISOString()}${holder.runId === null ? '' : ` (run ${holder.runId})`}`;
 }
 
@@ -163,7 +163,7 @@ export class Engine {
     if (!lease.acquired) {
       if (lease.reason === 'held' && request.tick) await this.#tickSkipped(reconciler, request.tick, 'held', lease.holder);
       if (lease.reason === 'already-served') log.debug({ reconciler: reconciler.name, tick: request.tick }, 'already served by another process');
-      return lease.reason === 'held' ? { ran: false, reason: 'held', holder: lease.holder } : { ran: false, reason: 'already-served' };
+      return lease.reason === 'held' ? { ran: false, reason: 'held', holder: lease.holder } : { ran: false, reason: 'already-served', ...(lease.holder ? { holder: lease.holder } : {}) };
     }
     const keeper = this.#keepLease(reconciler.name, holder.id, active.abort);
     let result: PassResult;

@@ -14,10 +14,19 @@ import { readStates } from '../store/state.js';
 
 const CACHE_MS = 5_000;
 
+interface ClusterState {
+  failures: Map<string, { backoff: number; dead: number }>;
+  lastSuccess: Map<string, Date | null>;
+  lastFinished: Map<string, Date | null>;
+}
+
 export class Metrics {
   readonly registry = new Registry();
-  readonly #oldest = new Map<string, Date | null>();
-  #cache: { at: number; failures: Map<string, { backoff: number; dead: number }>; lastSuccess: Map<string, Date | null> } | undefined;
+  /** Per reconciler, what this process's last pass found: the oldest item and when the pass ended. */
+  readonly #oldest = new Map<string, { oldest: Date | null; finishedAt: number }>();
+  #cache: Promise<ClusterState> | undefined;
+  #cachedAt = 0;
+  #last: ClusterState = { failures: new Map(), lastSuccess: new Map(), lastFinished: new Map() };
 
   constructor(
     private readonly db: Db,
@@ -88,7 +97,7 @@ export class Metrics {
       duration.labels(result.reconciler).observe(result.durationMs / 1000);
       const { found: _found, ...outcomes } = result.counts;
       for (const [outcome, n] of Object.entries(outcomes)) if (n > 0) items.labels(result.reconciler, outcome).inc(n);
-      if (result.complete || result.oldestItemAt !== null) this.#oldest.set(result.reconciler, result.oldestItemAt);
+      if (result.complete || result.oldestItemAt !== null) this.#oldest.set(result.reconciler, { oldest: result.oldestItemAt, finishedAt: Date.now() });
     });
     events.on('tick:skipped', (tick) => skipped.labels(tick.reconciler, tick.reason).inc());
 
@@ -125,24 +134,41 @@ export class Metrics {
     });
     new Gauge({
       name: 'reconciler_staleness_seconds',
-      help: 'Age of the oldest item the last scan (in this process) found still needing work, for reconcilers that define since(item); 0 when it found none.',
+      help: 'Age of the oldest item the latest scan found still needing work, for reconcilers that define since(item); 0 when it found none. Reported by the replica that ran the latest pass only.',
       labelNames: ['reconciler'],
       registers: [this.registry],
-      collect() {
-        for (const [name, oldest] of metrics.#oldest) this.labels(name).set(oldest === null ? 0 : Math.max(0, (Date.now() - oldest.getTime()) / 1000));
+      async collect() {
+        const { lastFinished } = await metrics.#clusterState();
+        this.reset();
+        for (const [name, mine] of metrics.#oldest) {
+          const latest = lastFinished.get(name)?.getTime() ?? 0;
+          if (latest > mine.finishedAt + 2_000) continue; // another replica ran a later pass: its number, not ours
+          this.labels(name).set(mine.oldest === null ? 0 : Math.max(0, (Date.now() - mine.oldest.getTime()) / 1000));
+        }
       },
     });
   }
 
-  async #clusterState() {
-    if (this.#cache && Date.now() - this.#cache.at < CACHE_MS) return this.#cache;
-    try {
-      const [failures, states] = await Promise.all([countFailures(this.db), readStates(this.db)]);
-      this.#cache = { at: Date.now(), failures, lastSuccess: new Map(states.filter((s) => s.partition === 0).map((s) => [s.reconciler, s.lastSucceededAt])) };
-    } catch (error) {
-      this.log.warn({ err: coerceError(error) }, 'metrics: could not read failure counts from the database; serving the last known values');
-      this.#cache ??= { at: 0, failures: new Map(), lastSuccess: new Map() };
-    }
+  /** Two queries per scrape at most, shared by every collector, cached for a few seconds. */
+  #clusterState(): Promise<ClusterState> {
+    if (this.#cache && Date.now() - this.#cachedAt < CACHE_MS) return this.#cache;
+    this.#cachedAt = Date.now();
+    this.#cache = Promise.all([countFailures(this.db), readStates(this.db)]).then(
+      ([failures, states]) => {
+        const whole = states.filter((s) => s.partition === 0);
+        this.#last = {
+          failures,
+          lastSuccess: new Map(whole.map((s) => [s.reconciler, s.lastSucceededAt])),
+          lastFinished: new Map(whole.map((s) => [s.reconciler, s.lastFinishedAt])),
+        };
+        return this.#last;
+      },
+      (error: unknown) => {
+        this.log.warn({ err: coerceError(error) }, 'metrics: could not read failure counts from the database; serving the last known values');
+        this.#cachedAt = 0;
+        return this.#last;
+      },
+    );
     return this.#cache;
   }
 }

@@ -132,7 +132,18 @@ function describeNetworkError(error: unknown): string {
   return cause?.code ?? cause?.message ?? (error as Error).message ?? 'network error';
 }
 
-let fromEnv: { url: string; provider: PaymentProvider } | undefined;
+/**
+ * Fails when a real database is configured without a payment provider: settle-returns would
+ * only fail every item. Called when the job file is loaded, so the daemon refuses to start.
+ */
+export function requirePaymentProviderConfig(): void {
+  const config = loadConfig();
+  if (config.DATABASE_URL && !config.PAYMENT_PROVIDER_URL) {
+    throw new Error('PAYMENT_PROVIDER_URL is not set, but DATABASE_URL is: set PAYMENT_PROVIDER_URL and PAYMENT_PROVIDER_KEY (only with neither set does a demo simulator run)');
+  }
+}
+
+let fromEnv: { url: string; key: string; provider: PaymentProvider } | undefined;
 
 /**
  * The provider configured by PAYMENT_PROVIDER_URL / _KEY / _TIMEOUT (validated with the
@@ -143,8 +154,8 @@ export function paymentProviderFromEnv(): PaymentProvider {
   if (!config.PAYMENT_PROVIDER_URL || !config.PAYMENT_PROVIDER_KEY) {
     throw new Error('PAYMENT_PROVIDER_URL is not set: point it at the payment provider (or leave DATABASE_URL unset too, for the demo simulator)');
   }
-  if (fromEnv?.url === config.PAYMENT_PROVIDER_URL) return fromEnv.provider;
+  if (fromEnv?.url === config.PAYMENT_PROVIDER_URL && fromEnv.key === config.PAYMENT_PROVIDER_KEY) return fromEnv.provider;
   const provider = new HttpPaymentProvider({ baseUrl: config.PAYMENT_PROVIDER_URL, apiKey: config.PAYMENT_PROVIDER_KEY, timeoutMs: config.PAYMENT_PROVIDER_TIMEOUT });
-  fromEnv = { url: config.PAYMENT_PROVIDER_URL, provider };
+  fromEnv = { url: config.PAYMENT_PROVIDER_URL, key: config.PAYMENT_PROVIDER_KEY, provider };
   return provider;
 }

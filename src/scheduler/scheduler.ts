@@ -59,6 +59,8 @@ export class Scheduler {
   /** Reconcilers with a pass launched by this scheduler that has not returned yet. */
   readonly #launched = new Set<string>();
   readonly #retries = new Set<NodeJS.Timeout>();
+  /** Reconcilers with a takeover check scheduled (one at a time). */
+  readonly #pendingTakeover = new Set<string>();
   #state: 'new' | 'started' | 'stopped' = 'new';
 
   constructor(options: SchedulerOptions) {
@@ -97,14 +99,19 @@ export class Scheduler {
     const pass = engine
       .runPass(name, request)
       .then((outcome) => {
-        // A catch-up that found the lease held by a dead process: try again once that lease has lapsed.
-        if (!outcome.ran && outcome.reason === 'held' && request.trigger === 'startup') {
-          const wait = Math.max(100, outcome.holder.expiresAt.getTime() - Date.now() + 250);
+        // Another process is running this reconciler (this tick, or an older one). If it dies, nobody would pick
+        // the work up before the next tick, which may be hours away: look again once its lease could have lapsed,
+        // and run only if it never finished (its last run is still the last).
+        const holder = !outcome.ran && (outcome.reason === 'held' || outcome.reason === 'already-served') ? outcome.holder : undefined;
+        if (holder && !this.#pendingTakeover.has(name)) {
+          const wait = Math.max(100, holder.expiresAt.getTime() - Date.now() + 250);
           const timer = setTimeout(() => {
             this.#retries.delete(timer);
-            this.#launch(name, request);
+            this.#pendingTakeover.delete(name);
+            this.#launch(name, { trigger: request.trigger, expectLastRunId: holder.lastRunId });
           }, wait);
           this.#retries.add(timer);
+          this.#pendingTakeover.add(name);
         }
       })
       .catch((error: unknown) => {

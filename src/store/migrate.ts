@@ -31,8 +31,13 @@ export async function pendingMigrations(database: Database): Promise<number> {
   return Math.max(0, migrationCount() - (await appliedCount(database.db)));
 }
 
-/** Applies pending migrations under the migration lock; returns how many it applied. */
+/**
+ * Applies pending migrations under the migration lock; returns how many it applied. When
+ * nothing is pending it takes no lock at all (the common start of a replica, and the only
+ * safe one through a transaction-mode pooler).
+ */
 export async function migrateDatabase(database: Database): Promise<number> {
+  if ((await pendingMigrations(database)) === 0) return 0;
   return database.withExclusiveLock(MIGRATION_LOCK_KEY, async (db) => {
     const before = await appliedCount(db);
     if (before >= migrationCount()) return 0;

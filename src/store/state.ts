@@ -45,7 +45,7 @@ export interface AcquireRequest {
 export type AcquireResult =
   | { acquired: true; runId: number; startedAt: Date }
   | { acquired: false; reason: 'held'; holder: LeaseHolder }
-  | { acquired: false; reason: 'already-served' };
+  | { acquired: false; reason: 'already-served'; /** Who is running it now, if anyone. */ holder?: LeaseHolder };
 
 /** Who holds a lease, as shown to people. */
 export interface LeaseHolder {
@@ -54,6 +54,8 @@ export interface LeaseHolder {
   since: Date;
   expiresAt: Date;
   runId: number | null;
+  /** The reconciler's last finished run when we looked: a takeover runs only if it is still the last (the holder never finished). */
+  lastRunId: number;
 }
 
 export type StateRow = typeof reconcilerState.$inferSelect & {
@@ -105,22 +107,26 @@ export async function acquireLease(db: Db, request: AcquireRequest): Promise<Acq
   if (row) return { acquired: true, runId: Number(row.run_id), startedAt: new Date(Number(row.started_ms)) };
 
   // Not taken: either this tick (or the expected run) was already served, or the lease is held.
-  const [why] = await queryRows<{ served: boolean; held: boolean; host: string | null; pid: number | null; since: number | null; expires_at: number | null; run_id: string | null }>(
+  const [why] = await queryRows<{ served: boolean; held: boolean; host: string | null; pid: number | null; since: number | null; expires_at: number | null; run_id: string | null; last_run_id: string | null }>(
     db,
     sql`SELECT CASE WHEN ${expect}::bigint IS NOT NULL THEN coalesce(last_run_id, 0) <> ${expect}::bigint
                     WHEN ${tick}::timestamptz IS NOT NULL THEN coalesce(last_tick_at, '-infinity') >= ${tick}::timestamptz
                     ELSE false END AS served,
                holder_id IS NOT NULL AND lease_expires_at >= now() AS held,
                holder_host AS host, holder_pid AS pid, (extract(epoch FROM holder_since) * 1000)::float8 AS since,
-               (extract(epoch FROM lease_expires_at) * 1000)::float8 AS expires_at, current_run_id AS run_id
+               (extract(epoch FROM lease_expires_at) * 1000)::float8 AS expires_at, current_run_id AS run_id, last_run_id
         FROM reconciler_state WHERE reconciler = ${reconciler} AND partition = ${partition}`,
   );
-  if (why && !why.served && why.held) {
-    return {
-      acquired: false,
-      reason: 'held',
-      holder: { host: why.host ?? '?', pid: Number(why.pid), since: new Date(Number(why.since)), expiresAt: new Date(Number(why.expires_at)), runId: why.run_id === null ? null : Number(why.run_id) },
+  if (why?.held) {
+    const holder: LeaseHolder = {
+        host: why.host ?? '?',
+        pid: Number(why.pid),
+        since: new Date(Number(why.since)),
+        expiresAt: new Date(Number(why.expires_at)),
+        runId: why.run_id === null ? null : Number(why.run_id),
+      lastRunId: Number(why.last_run_id ?? 0),
     };
+    return why.served ? { acquired: false, reason: 'already-served', holder } : { acquired: false, reason: 'held', holder };
   }
   return { acquired: false, reason: 'already-served' };
 }
