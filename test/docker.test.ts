@@ -44,7 +44,8 @@ function readDockerfile() {
   }
   const cmd = JSON.parse(/^CMD (\[.*\])$/m.exec(final)![1]!) as string[];
   const buildRuns = build.split('\n').filter((l) => l.startsWith('RUN ')).map((l) => l.slice(4).trim());
-  const finalRuns = final.split('\n').filter((l) => l.startsWith('RUN npm')).map((l) => l.slice(4).trim());
+  // The image's own cache clean-up would empty this machine's npm cache: leave that step to the image.
+  const finalRuns = final.split('\n').filter((l) => l.startsWith('RUN npm')).map((l) => l.slice(4).trim().replace(' && npm cache clean --force', ''));
   return { env, cmd, buildRuns, finalRuns };
 }
 
