@@ -168,11 +168,37 @@ const racingPasses: Scenario = async (stage, { seed, quick }) => {
   return { failures, figures: { ...auditFigures(result), manualRuns: manual, manualLocked: locked, passes: runs.length, overlaps } };
 };
 
+/** 6 (part). Random CLI argument lines: exit codes only 0, 1, 2 or 3, and never a stack trace on stderr. */
+const randomCliLines: Scenario = async (stage, { seed, quick }) => {
+  const lines = quick ? 20 : 1_000;
+  const roll = dice(seed);
+  const words = ['run', 'list', 'history', 'failures', 'retry', 'clear', 'migrate', 'config', '--all', '--dry-run', '--key', '--json', '--wait', '--limit', '-1', '0',
+    '99999999999', 'settle-returns', 'nope', '--help', '-h', '--version', '--dead', '', ' ', '--', '-', "'; DROP TABLE returns;--", 'ü', '--limit=abc', '--key=', '%s%n',
+    '{}', '[', 'x'.repeat(5_000), '--unknown', 'help', 'return:1'];
+  const shop = await stage.shop(5, seed);
+  const provider = await stage.provider(seed, {});
+  const env = stage.env(shop.url, provider, stage.jobs('0 0 1 1 *'));
+  const codes: Record<string, number> = {};
+  const failures: string[] = [];
+  for (let i = 0; i < lines; i++) {
+    const args = Array.from({ length: Math.floor(roll() * 4) }, () => words[Math.floor(roll() * words.length)]!);
+    const result = await stage.run(args, env);
+    const code = String(result.code ?? result.signal);
+    codes[code] = (codes[code] ?? 0) + 1;
+    if (![0, 1, 2, 3].includes(result.code ?? -1)) failures.push(`\`reconciler ${args.join(' ').slice(0, 80)}\` exited ${code}`);
+    if (/\n\s+at /.test(result.stderr)) failures.push(`\`reconciler ${args.join(' ').slice(0, 80)}\` printed a stack trace`);
+  }
+  const [before] = await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM returns`);
+  if (Number(before?.n) !== 5) failures.push('a random command line lost data');
+  return { failures: failures.slice(0, 5), figures: { lines, ...Object.fromEntries(Object.entries(codes).map(([k, v]) => [`exit ${k}`, v])) } };
+};
+
 export const SCENARIOS: Record<string, Scenario> = {
   'crash-storm': crashStorm,
   'crash-windows': crashWindows,
   'provider-outage': providerOutage,
   'racing-passes': racingPasses,
+  'random-cli-lines': randomCliLines,
 };
 
 export async function runScenario(name: string, options: ScenarioOptions): Promise<ScenarioResult> {
