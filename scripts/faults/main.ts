@@ -25,11 +25,16 @@ for (const name of names) {
 
 const started = Date.now();
 const results: ScenarioResult[] = [];
+const save = () => {
+  mkdirSync(options.out.split('/').slice(0, -1).join('/') || '.', { recursive: true });
+  writeFileSync(options.out, `${JSON.stringify({ startedAt: new Date(started).toISOString(), durationMs: Date.now() - started, quick: Boolean(options.quick), node: process.version, results }, null, 2)}\n`);
+};
 for (const seed of seeds) {
   for (const name of names) {
     process.stderr.write(`[faults] ${name} (seed ${seed}${options.quick ? ', quick' : ''})…\n`);
     const result = await runScenario(name, { seed, quick: Boolean(options.quick) });
     results.push(result);
+    save(); // after each scenario, so that an interrupted run keeps what it measured
     process.stderr.write(`[faults] ${name} (seed ${seed}): ${result.pass ? 'pass' : `FAIL: ${result.failures.join('; ')}`}\n`);
   }
 }
@@ -38,8 +43,6 @@ const rows = results.map((r) => [r.scenario, String(r.seed), r.pass ? 'pass' : '
 const header = ['scenario', 'seed', 'result', 'figures', 'missed'];
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
 for (const line of [header, ...rows]) process.stdout.write(`${line.map((cell, i) => (i === line.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ')}\n`);
-const summary = { startedAt: new Date(started).toISOString(), durationMs: Date.now() - started, quick: Boolean(options.quick), node: process.version, results };
-mkdirSync(options.out.split('/').slice(0, -1).join('/') || '.', { recursive: true });
-writeFileSync(options.out, `${JSON.stringify(summary, null, 2)}\n`);
+save();
 process.stdout.write(`${results.filter((r) => r.pass).length} of ${results.length} scenario runs passed in ${((Date.now() - started) / 1000).toFixed(0)} s; figures in ${options.out}\n`);
 process.exit(results.every((r) => r.pass) ? 0 : 1);
