@@ -102,36 +102,29 @@ export class Metrics {
     events.on('tick:skipped', (tick) => skipped.labels(tick.reconciler, tick.reason).inc());
 
     const metrics = this;
-    new Gauge({
-      name: 'reconciler_items_in_backoff',
-      help: 'Items whose reconcile failed and that wait for their next attempt, by reconciler (cluster-wide).',
-      labelNames: ['reconciler'],
-      registers: [this.registry],
-      async collect() {
-        const { failures } = await metrics.#clusterState();
-        for (const name of metrics.reconcilers) this.labels(name).set(failures.get(name)?.backoff ?? 0);
-      },
-    });
-    new Gauge({
-      name: 'reconciler_items_dead',
-      help: 'Items that ran out of attempts or threw a TerminalError, waiting for a person (reconciler retry / clear), by reconciler (cluster-wide).',
-      labelNames: ['reconciler'],
-      registers: [this.registry],
-      async collect() {
-        const { failures } = await metrics.#clusterState();
-        for (const name of metrics.reconcilers) this.labels(name).set(failures.get(name)?.dead ?? 0);
-      },
-    });
-    new Gauge({
-      name: 'reconciler_last_success_timestamp_seconds',
-      help: 'When the last pass of each reconciler that succeeded ended, anywhere in the cluster (Unix time; 0 = never).',
-      labelNames: ['reconciler'],
-      registers: [this.registry],
-      async collect() {
-        const { lastSuccess } = await metrics.#clusterState();
-        for (const name of metrics.reconcilers) this.labels(name).set((lastSuccess.get(name)?.getTime() ?? 0) / 1000);
-      },
-    });
+    /** A per-reconciler gauge whose value is read from the cluster state at scrape time. */
+    const clusterGauge = (name: string, help: string, value: (state: ClusterState, reconciler: string) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['reconciler'],
+        registers: [this.registry],
+        async collect() {
+          const state = await metrics.#clusterState();
+          for (const reconciler of metrics.reconcilers) this.labels(reconciler).set(value(state, reconciler));
+        },
+      });
+    clusterGauge('reconciler_items_in_backoff', 'Items whose reconcile failed and that wait for their next attempt, by reconciler (cluster-wide).', (s, r) => s.failures.get(r)?.backoff ?? 0);
+    clusterGauge(
+      'reconciler_items_dead',
+      'Items that ran out of attempts or threw a TerminalError, waiting for a person (reconciler retry / clear), by reconciler (cluster-wide).',
+      (s, r) => s.failures.get(r)?.dead ?? 0,
+    );
+    clusterGauge(
+      'reconciler_last_success_timestamp_seconds',
+      'When the last pass of each reconciler that succeeded ended, anywhere in the cluster (Unix time; 0 = never).',
+      (s, r) => (s.lastSuccess.get(r)?.getTime() ?? 0) / 1000,
+    );
     new Gauge({
       name: 'reconciler_staleness_seconds',
       help: 'Age of the oldest item the latest scan found still needing work, for reconcilers that define since(item); 0 when it found none. Reported by the replica that ran the latest pass only.',
