@@ -78,3 +78,24 @@ export function errorSummary(error: Error, max = 2_000): string {
   const text = scrub(explanation(error)).replace(/\u0000/g, '').replace(/\s*\n\s*/g, ' ').trim() || 'error';
   return text.length > max ? `${text.slice(0, max)}… (${text.length - max} more characters)` : text;
 }
+
+/** SQLSTATEs that say the server is going away or not there yet: class 08, admin/crash shutdown, starting up. */
+const UNAVAILABLE_SQLSTATE = /^(08...|57P0[1-3])$/;
+const UNAVAILABLE_SOCKET = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
+/** What `pg` throws when its socket went away or never came. */
+const UNAVAILABLE_MESSAGE = /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection refused)/;
+
+/**
+ * True when an error of one of our own queries means the database cannot be reached (it
+ * restarts, fails over, or the network is down), not that the query or the data was wrong.
+ * Only meaningful for the engine's own queries: an item's error may come from anywhere.
+ */
+export function isDatabaseUnavailable(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && (UNAVAILABLE_SQLSTATE.test(code) || UNAVAILABLE_SOCKET.has(code))) return true;
+    if (UNAVAILABLE_MESSAGE.test(e.message)) return true;
+    if (e instanceof AggregateError && e.errors.some(isDatabaseUnavailable)) return true;
+  }
+  return false;
+}

@@ -15,7 +15,7 @@ describe('npm run test:faults -- --quick', () => {
     const out = join(REPO_ROOT, 'test', '.tmp', `faults-${process.pid}.json`);
     const result = await runCli([], { TEST_DATABASE_URL: databaseUrl('postgres') }, { shell: `node --import tsx scripts/faults/main.ts --quick --out '${out}'`, timeoutMs: 230_000 });
     const report = JSON.parse(readFileSync(out, 'utf8')) as { results: { scenario: string; pass: boolean; failures: string[]; figures: Record<string, number> }[] };
-    expect(report.results.map((r) => r.scenario)).toEqual(['crash-storm', 'crash-windows', 'provider-outage', 'racing-passes', 'random-cli-lines']);
+    expect(report.results.map((r) => r.scenario)).toEqual(['crash-storm', 'crash-windows', 'database-restart', 'provider-outage', 'racing-passes', 'random-cli-lines']);
     for (const r of report.results) {
       expect(r.failures, r.scenario).toEqual([]);
       if (r.scenario === 'random-cli-lines') continue;

@@ -16,19 +16,21 @@ import { migrateDatabase } from '../../src/store/migrate.js';
 import { auditSettlement, type ProviderEffect, type SettlementAudit } from '../../src/returns/audit.js';
 import { seedReturns } from '../../src/returns/seed.js';
 import type { SimulatorFaults, SimulatorStats } from '../../src/returns/simulator/server.js';
+import type { App } from './app.js';
+import { OwnedPostgres } from './postgres.js';
 
 export const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 export const PROVIDER_KEY = 'sk_test_faults';
 const silent = pino({ level: 'silent' });
 
-export function urlOf(database: string): string {
-  const url = new URL(ADMIN_URL);
+export function urlOf(database: string, adminUrl = ADMIN_URL): string {
+  const url = new URL(adminUrl);
   url.pathname = `/${database}`;
   return url.toString();
 }
 
-async function admin(query: string): Promise<void> {
-  const client = new pg.Client({ connectionString: ADMIN_URL });
+async function admin(query: string, adminUrl = ADMIN_URL): Promise<void> {
+  const client = new pg.Client({ connectionString: adminUrl });
   await client.connect();
   try {
     await client.query(query);
@@ -41,6 +43,9 @@ async function admin(query: string): Promise<void> {
 export class Stage {
   readonly #cleanups: (() => Promise<void> | void)[] = [];
 
+  /** `app`: the build that every daemon, CLI run and the simulator run from. */
+  constructor(readonly app: App) {}
+
   defer(cleanup: () => Promise<void> | void): void {
     this.#cleanups.push(cleanup);
   }
@@ -49,12 +54,12 @@ export class Stage {
     for (const cleanup of this.#cleanups.reverse()) await Promise.resolve(cleanup()).catch(() => undefined);
   }
 
-  /** A fresh migrated database with `returns` returns seeded (deterministically from `seed`). */
-  async shop(returns: number, seed: number): Promise<{ url: string; database: Database }> {
+  /** A fresh migrated database with `returns` returns seeded (deterministically from `seed`), on `adminUrl`'s server. */
+  async shop(returns: number, seed: number, adminUrl = ADMIN_URL): Promise<{ url: string; database: Database }> {
     const name = `reconciler_faults_${randomBytes(4).toString('hex')}`;
-    await admin(`CREATE DATABASE ${name}`);
-    this.defer(() => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
-    const url = urlOf(name);
+    await admin(`CREATE DATABASE ${name}`, adminUrl);
+    this.defer(() => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`, adminUrl));
+    const url = urlOf(name, adminUrl);
     const database = await openDatabase({ databaseUrl: url, dataDir: '.data', log: silent });
     this.defer(() => database.close());
     await migrateDatabase(database);
@@ -67,7 +72,7 @@ export class Stage {
     const name = `reconciler_faults_provider_${randomBytes(4).toString('hex')}`;
     await admin(`CREATE DATABASE ${name}`);
     this.defer(() => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
-    const child = startProcess(['--import', 'tsx', 'src/returns/simulator/main.ts', '--port', '0', '--api-key', PROVIDER_KEY, '--seed', String(seed)], { PROVIDER_DATABASE_URL: urlOf(name) }, { command: process.execPath });
+    const child = startProcess([this.app.module('src/returns/simulator/main.js'), '--port', '0', '--api-key', PROVIDER_KEY, '--seed', String(seed)], { PROVIDER_DATABASE_URL: urlOf(name) }, { command: process.execPath });
     this.defer(() => child.kill('SIGKILL'));
     const direct = String((await child.waitFor((l) => typeof l.url === 'string', 'the simulator', 30_000)).url);
     const proxy = await Proxy.start(new URL(direct).port);
@@ -77,19 +82,32 @@ export class Stage {
     return handle;
   }
 
-  /** A job folder with settle-returns on a fast schedule and short backoff: the real service, tuned for fault runs. */
-  jobs(schedule: string): string {
+  /** A PostgreSQL server of the scenario's own, which it may stop and start. */
+  async ownedPostgres(): Promise<OwnedPostgres> {
+    const server = await OwnedPostgres.create();
+    this.defer(() => server.destroy());
+    return server;
+  }
+
+  /** An empty job folder, removed at teardown. */
+  jobFolder(): string {
     const dir = join(REPO_ROOT, 'test', '.tmp', `faults-jobs-${randomBytes(4).toString('hex')}`);
     mkdirSync(dir, { recursive: true });
     this.defer(() => rmSync(dir, { recursive: true, force: true }));
+    return dir;
+  }
+
+  /** A job folder with settle-returns on a fast schedule and short backoff: the real service, tuned for fault runs. */
+  jobs(schedule: string, { concurrency = 10 }: { concurrency?: number } = {}): string {
+    const dir = this.jobFolder();
     writeFileSync(
-      join(dir, 'settle-returns.ts'),
-      `import { defineReconciler } from ${JSON.stringify(join(REPO_ROOT, 'src/index.js'))};
-import { paymentProviderFromEnv } from ${JSON.stringify(join(REPO_ROOT, 'src/returns/provider.js'))};
-import { findReturnsToSettle, settleReturn, type ReturnToSettle } from ${JSON.stringify(join(REPO_ROOT, 'src/returns/service.js'))};
-export default defineReconciler<ReturnToSettle>({
+      join(dir, 'settle-returns.js'),
+      `import { defineReconciler } from ${JSON.stringify(this.app.module('src/index.js'))};
+import { paymentProviderFromEnv } from ${JSON.stringify(this.app.module('src/returns/provider.js'))};
+import { findReturnsToSettle, settleReturn } from ${JSON.stringify(this.app.module('src/returns/service.js'))};
+export default defineReconciler({
   schedule: ${JSON.stringify(schedule)},
-  concurrency: 10,
+  concurrency: ${concurrency},
   timeout: '10s',
   retry: { maxAttempts: 1000, backoff: { initial: '500ms', max: '4s' } },
   scan: ({ db, after, limit }) => findReturnsToSettle(db, after?.id ?? 0, limit),
@@ -107,13 +125,13 @@ export default defineReconciler<ReturnToSettle>({
   }
 
   daemon(env: Record<string, string>): RunningProcess {
-    const child = startProcess(['daemon'], env);
+    const child = startProcess(['daemon'], env, { bin: this.app.bin });
     this.defer(() => child.kill('SIGKILL'));
     return child;
   }
 
   run(args: string[], env: Record<string, string>): Promise<CliResult> {
-    return runCli(args, env, { timeoutMs: 120_000 });
+    return runCli(args, env, { timeoutMs: 120_000, bin: this.app.bin });
   }
 }
 

@@ -6,6 +6,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
 import { SCENARIOS, runScenario, type ScenarioResult } from './scenarios.js';
+import { buildApp } from './app.js';
 
 const program = new Command('test:faults')
   .option('--quick', 'the short version (seconds per scenario, as in npm test)')
@@ -24,6 +25,12 @@ for (const name of names) {
 }
 
 const started = Date.now();
+process.stderr.write('[faults] building the app (npm run build, into test/.tmp)…\n');
+const app = await buildApp().catch((error: Error) => {
+  process.stderr.write(`test:faults: ${error.message}\n`);
+  process.exit(2);
+});
+process.on('exit', () => app.remove());
 const results: ScenarioResult[] = [];
 const save = () => {
   mkdirSync(options.out.split('/').slice(0, -1).join('/') || '.', { recursive: true });
@@ -32,7 +39,7 @@ const save = () => {
 for (const seed of seeds) {
   for (const name of names) {
     process.stderr.write(`[faults] ${name} (seed ${seed}${options.quick ? ', quick' : ''})…\n`);
-    const result = await runScenario(name, { seed, quick: Boolean(options.quick) });
+    const result = await runScenario(name, { seed, quick: Boolean(options.quick), app });
     results.push(result);
     save(); // after each scenario, so that an interrupted run keeps what it measured
     process.stderr.write(`[faults] ${name} (seed ${seed}): ${result.pass ? 'pass' : `FAIL: ${result.failures.join('; ')}`}\n`);

@@ -8,6 +8,7 @@ import { queryRows } from '../../src/store/database.js';
 import { seedReturns } from '../../src/returns/seed.js';
 import type { SettlementAudit } from '../../src/returns/audit.js';
 import { Stage, audit, converge, until } from './harness.js';
+import type { App } from './app.js';
 
 export interface ScenarioResult {
   scenario: string;
@@ -21,6 +22,7 @@ export interface ScenarioResult {
 export interface ScenarioOptions {
   seed: number;
   quick: boolean;
+  app: App;
 }
 
 type Scenario = (stage: Stage, options: ScenarioOptions) => Promise<{ failures: string[]; figures: Record<string, number | string> }>;
@@ -118,6 +120,72 @@ const crashWindows: Scenario = async (stage, { seed, quick }) => {
   return { failures, figures: { ...auditFigures(result), ...figures, replayed: (await provider.stats()).replayed } };
 };
 
+/** Polls a daemon's /readyz until its status is `status`; resolves with how long that took. */
+async function readyzBecomes(url: string, status: 200 | 503, timeoutMs: number): Promise<number> {
+  const started = Date.now();
+  let last = 'no answer yet';
+  await until(async () => {
+    const asked = Date.now();
+    const response = await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(timeoutMs) }).catch((error: Error) => error);
+    last = response instanceof Error ? `${response.message} after ${Date.now() - asked} ms` : `${response.status} after ${Date.now() - asked} ms: ${await response.text()}`;
+    return !(response instanceof Error) && response.status === status;
+  }, `/readyz ${status} at ${url}`, timeoutMs).catch((error: Error) => {
+    throw new Error(`${error.message} (last answer: ${last})`);
+  });
+  return Date.now() - started;
+}
+
+/**
+ * 3. Database restart: PostgreSQL stops for 5 s in the middle of a pass, twice. The daemons
+ * stay up, say so once per pass (not once per item), turn /readyz red and back, and converge.
+ */
+const databaseRestart: Scenario = async (stage, { seed, quick }) => {
+  const server = await stage.ownedPostgres();
+  const shop = await stage.shop(quick ? 400 : 3_000, seed, server.url);
+  const provider = await stage.provider(seed, { latencyMs: [20, 50] });
+  const env = stage.env(shop.url, provider, stage.jobs('*/2 * * * * *'));
+  const daemons = [stage.daemon(env), stage.daemon(env)];
+  const opsUrls = await Promise.all(daemons.map(async (d) => String((await d.waitFor((l) => typeof l.url === 'string' && l.msg.startsWith('operations endpoint'), 'the operations endpoint', 30_000)).url)));
+  const restarts = quick ? 1 : 2;
+  const downMs = 5_000;
+  let redMs = 0;
+  let greenMs = 0;
+  const unsettled = async () => Number((await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`))[0]?.n ?? 0);
+  for (let i = 0; i < restarts; i++) {
+    // In the middle of a pass: some returns settled since the last restart, some still to do.
+    const before = await unsettled();
+    await until(async () => (await unsettled()) < before - 40, 'a pass to be under way', 60_000);
+    await server.stop();
+    const stoppedAt = Date.now();
+    redMs = Math.max(redMs, ...(await Promise.all(opsUrls.map((url) => readyzBecomes(url, 503, downMs))).catch((error: Error) => {
+      const dead = daemons.find((d) => d.child.exitCode !== null || d.child.signalCode !== null);
+      throw dead ? new Error(`a daemon exited (${dead.child.exitCode ?? dead.child.signalCode}) when the database stopped: ${dead.stderr.trim().split('\n').filter((l) => !/^\s+at /.test(l)).slice(-12).join(' / ')} ${dead.stdoutText.slice(-2).join(' / ')}`) : error;
+    })));
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, stoppedAt + downMs - Date.now())));
+    await server.start();
+    greenMs = Math.max(greenMs, ...(await Promise.all(opsUrls.map((url) => readyzBecomes(url, 200, 30_000)))));
+  }
+  const { audit: result, ms } = await converge(shop.database, provider, 180_000);
+  const failures = [...exactlyOnce(result), ...(await quietAfter(stage, env, () => provider.stats()))];
+  const exited = daemons.filter((d) => d.child.exitCode !== null || d.child.signalCode !== null).length;
+  if (exited > 0) failures.push(`${exited} daemon(s) exited during the outage`);
+  // Once per pass: no provider fault here, so every warning of a pass is about the outage.
+  let worstPass = 0;
+  let outageLines = 0;
+  const messages = new Set<string>();
+  for (const daemon of daemons) {
+    const perPass = new Map<unknown, number>();
+    for (const line of daemon.lines.filter((l) => l.level >= 40)) {
+      outageLines++;
+      messages.add(line.msg.slice(0, 120));
+      if (line.passId !== undefined) perPass.set(line.passId, (perPass.get(line.passId) ?? 0) + 1);
+    }
+    worstPass = Math.max(worstPass, ...perPass.values());
+  }
+  if (worstPass > 1) failures.push(`a pass logged ${worstPass} warnings or errors about the outage (criterion: one per pass): ${[...messages].slice(0, 6).join(' | ')}`);
+  return { failures, figures: { ...auditFigures(result), restarts, downMs, readyzRedAfterMs: redMs, readyzGreenAfterMs: greenMs, outageLines, worstPassLines: worstPass, convergenceMs: ms } };
+};
+
 /** 4. Provider outage: the provider refuses every connection for a while; items back off, no hot loop, all converge after. */
 const providerOutage: Scenario = async (stage, { seed, quick }) => {
   const returns = quick ? 150 : 1_000;
@@ -196,13 +264,14 @@ const randomCliLines: Scenario = async (stage, { seed, quick }) => {
 export const SCENARIOS: Record<string, Scenario> = {
   'crash-storm': crashStorm,
   'crash-windows': crashWindows,
+  'database-restart': databaseRestart,
   'provider-outage': providerOutage,
   'racing-passes': racingPasses,
   'random-cli-lines': randomCliLines,
 };
 
 export async function runScenario(name: string, options: ScenarioOptions): Promise<ScenarioResult> {
-  const stage = new Stage();
+  const stage = new Stage(options.app);
   const started = Date.now();
   try {
     const { failures, figures } = await SCENARIOS[name]!(stage, options);

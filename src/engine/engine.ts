@@ -179,15 +179,16 @@ export class Engine {
     } finally {
       keeper.stop();
     }
+    let unrecorded: string | undefined;
     try {
       await finishAndRelease(this.#control, {
         reconciler: reconciler.name, partition: WHOLE.index, holderId: holder.id, runId: lease.runId, partial,
         status: result.status, counts: result.counts, complete: result.complete, durationMs: result.durationMs, error: result.error,
       });
     } catch (error) {
-      log.error({ err: coerceError(error), reconciler: reconciler.name, passId: lease.runId }, 'could not record the end of the pass; its lease will expire by itself');
+      unrecorded = `could not record the end of the pass (${errorSummary(coerceError(error), 200)}); its lease expires by itself within ${formatDuration(leaseMs)}`;
     }
-    this.#logResult(result);
+    this.#logResult(result, unrecorded);
     this.events.emit('pass:finish', result);
     return { ran: true, result };
   }
@@ -245,8 +246,8 @@ export class Engine {
           return;
         }
       } catch (error) {
-        lastError = coerceError(error);
-        log.warn({ reconciler: name, err: lastError }, 'could not renew the pass lease; will try again');
+        lastError = coerceError(error); // reported by the watchdog, in the pass summary, if it comes to that
+        log.debug({ reconciler: name, err: lastError }, 'could not renew the pass lease; will try again');
       }
       if (!stopped) renewTimer = setTimeout(() => void renew(), Math.max(100, Math.floor(leaseMs / 3)));
     };
@@ -277,12 +278,13 @@ export class Engine {
     this.events.emit('tick:skipped', { reconciler: reconciler.name, tick, reason, holder });
   }
 
-  #logResult(result: PassResult): void {
+  /** One summary line per pass, at info; a pass that broke off, or whose end went unrecorded, is an error. */
+  #logResult(result: PassResult, unrecorded?: string): void {
     const { log } = this.#options;
-    const fields = { reconciler: result.reconciler, passId: result.runId, trigger: result.trigger, status: result.status, ...result.counts, complete: result.complete, durationMs: Math.round(result.durationMs) };
-    // One summary line per pass, at info; a pass that broke off is an error.
-    if (result.status === 'error') log.error(fields, summarize(result));
-    else log.info(fields, summarize(result));
+    const fields = { reconciler: result.reconciler, passId: result.runId, trigger: result.trigger, status: result.status, ...result.counts, complete: result.complete, durationMs: Math.round(result.durationMs), ...(unrecorded ? { recorded: false } : {}) };
+    const message = `${summarize(result)}${unrecorded ? `; ${unrecorded}` : ''}`;
+    if (result.status === 'error' || unrecorded) log.error(fields, message);
+    else log.info(fields, message);
   }
 
   /**

@@ -7,7 +7,7 @@
 import { setMaxListeners } from 'node:events';
 import type { Logger } from 'pino';
 import type { Db, Outcome, Partition, Reconciler, ReconcileResult } from '../reconciler.js';
-import { coerceError, errorSummary, isTerminalError } from '../errors.js';
+import { coerceError, errorSummary, isDatabaseUnavailable, isTerminalError } from '../errors.js';
 import { formatDuration } from '../duration.js';
 import { forgetFailure, forgetUnseen, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
 import type { PassCounts, PassStatus, Trigger } from '../store/runs.js';
@@ -158,6 +158,12 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   let keyFound = false;
   let oldestItemAt: Date | null = null;
   let sinceBroken = false;
+  /**
+   * Set when one of the engine's own queries finds the database gone (a restart, a failover):
+   * the pass takes no more items, does not spend their attempts, and says so once, in its
+   * summary line, instead of once per item.
+   */
+  let unavailable: Error | undefined;
   const noteSince = (item: unknown) => {
     if (!reconciler.since || sinceBroken) return;
     try {
@@ -197,7 +203,8 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         try {
           await forgetFailure(db, reconciler.name, key);
         } catch (forgetError) {
-          itemLog.warn({ err: coerceError(forgetError) }, 'done, but could not clear its failure record; the next pass will clear it');
+          if (isDatabaseUnavailable(forgetError)) unavailable ??= coerceError(forgetError);
+          else itemLog.warn({ err: coerceError(forgetError) }, 'done, but could not clear its failure record; the next pass will clear it');
         }
       }
       const durationMs = performance.now() - itemStarted;
@@ -206,11 +213,10 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     } catch (thrown) {
       const failure = coerceError(thrown);
       if (control.abort.aborted && !(failure instanceof ItemTimeoutError)) {
-        counts.skipped++; // aborted by shutdown or a lost lease: not the item's fault, no attempt spent
-        itemLog.warn({ attempt }, `aborted in flight: ${errorSummary(coerceError(control.abort.reason), 200)}`);
+        counts.skipped++; // aborted by shutdown or a lost lease: not the item's fault, no attempt spent; the pass summary says why
+        itemLog.debug({ attempt }, `aborted in flight: ${errorSummary(coerceError(control.abort.reason), 200)}`);
         return;
       }
-      counts.failed++;
       const terminal = isTerminalError(failure);
       let dead = terminal || attempt >= reconciler.retry.maxAttempts;
       let attempts = attempt;
@@ -220,9 +226,16 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         try {
           ({ attempts, dead } = await recordFailure(db, { reconciler: reconciler.name, partition: options.partition.index, key, error: message, delayMs, terminal, maxAttempts: reconciler.retry.maxAttempts }));
         } catch (recordError) {
+          if (isDatabaseUnavailable(recordError)) {
+            unavailable ??= coerceError(recordError);
+            counts.skipped++; // not recorded, no attempt spent: the next pass finds it again
+            itemLog.debug({ err: failure }, 'failed while the database is unavailable; not recorded');
+            return;
+          }
           itemLog.error({ err: coerceError(recordError) }, 'could not record the failure; the item will be found again by the next pass');
         }
       }
+      counts.failed++;
       const level = dead ? 'error' : 'warn';
       const next = dead
         ? terminal
@@ -275,7 +288,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
       previousFirstKey = firstKey ?? previousFirstKey;
       const memories = await lookupFailures(db, reconciler.name, [...pageKeys], options.dryRun);
       for (const { item, key } of keyed) {
-        if (control.stop.aborted || control.abort.aborted || overBudget()) {
+        if (control.stop.aborted || control.abort.aborted || unavailable || overBudget()) {
           complete = false;
           break pages;
         }
@@ -293,7 +306,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
           continue;
         }
         while (inFlight.size >= reconciler.concurrency) await Promise.race(inFlight);
-        if (control.stop.aborted || control.abort.aborted) {
+        if (control.stop.aborted || control.abort.aborted || unavailable) {
           counts.found--;
           complete = false;
           break pages;
@@ -316,9 +329,14 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     complete = false;
     const failure = coerceError(thrown);
     error = control.abort.aborted ? errorSummary(coerceError(control.abort.reason)) : errorSummary(failure);
-    if (!control.abort.aborted) log.error({ err: failure }, `pass broke off: ${error}`);
+    if (isDatabaseUnavailable(failure)) unavailable ??= failure;
+    else if (!control.abort.aborted) log.error({ err: failure }, `pass broke off: ${error}`);
   }
   await Promise.all(inFlight);
+  if (unavailable && !control.abort.aborted) {
+    complete = false;
+    error = `the database is unavailable (${errorSummary(unavailable, 300)}): the pass stopped taking items; the next pass resumes`;
+  }
 
   if (complete && error === null && !options.dryRun && options.onlyKey === undefined && deps.runId !== null) {
     try {

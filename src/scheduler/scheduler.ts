@@ -9,7 +9,7 @@ import nodeCron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
 import type { Engine, RunRequest } from '../engine/engine.js';
 import type { Reconciler } from '../reconciler.js';
-import { coerceError } from '../errors.js';
+import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
 import { readStates, type StateRow } from '../store/state.js';
 import { previousTick } from './cron.js';
 
@@ -115,7 +115,8 @@ export class Scheduler {
         }
       })
       .catch((error: unknown) => {
-        log.error({ reconciler: name, err: coerceError(error) }, `${name}: could not start a ${request.trigger} pass: ${coerceError(error).message}`);
+        const why = isDatabaseUnavailable(error) ? `the database is unavailable (${errorSummary(coerceError(error), 200)})` : errorSummary(coerceError(error), 300);
+        log.error({ reconciler: name, err: coerceError(error) }, `${name}: could not start a ${request.trigger} pass: ${why}; the next tick tries again`);
       })
       .finally(() => {
         this.#inFlight.delete(pass);

