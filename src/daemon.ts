@@ -1,6 +1,7 @@
 /**
  * The long-running process: migrate, load, catch up, schedule, prune history, and shut
- * down gracefully on SIGTERM/SIGINT (a second signal exits at once).
+ * down gracefully on SIGTERM/SIGINT (a second signal exits at once). A job file that does
+ * not load is logged, counted in /metrics and fails /readyz; the other reconcilers run.
  */
 import { sql } from 'drizzle-orm';
 import { ExitCode, UserError, coerceError, errorSummary } from './errors.js';
@@ -13,6 +14,8 @@ import { Metrics } from './http/metrics.js';
 import { CHECK_TIMEOUT_MS, startOpsServer, within, type Check } from './http/server.js';
 import { pruneRuns } from './store/runs.js';
 import { openContext } from './cli/context.js';
+import { oneLine } from './cli/table.js';
+import { formatLoadError } from './engine/load.js';
 import { isZeroConfig } from './config.js';
 import { seedDemoIfEmpty, startDemoProvider } from './returns/demo.js';
 
@@ -22,7 +25,11 @@ const CLOSE_GRACE_MS = 5_000;
 
 export async function runDaemon(): Promise<number> {
   const context = await openContext({ jobs: true, logToStdout: true, migrating: true });
-  const { config, log, database, reconcilers } = context;
+  const { config, log, database, reconcilers, loadErrors } = context;
+  for (const error of loadErrors) log.error({ file: error.file }, formatLoadError(error));
+  /** For /readyz: the first broken file, and how many more. */
+  const broken = loadErrors.length === 0 ? undefined
+    : `${oneLine(formatLoadError(loadErrors[0]!), 300)}${loadErrors.length > 1 ? ` (and ${loadErrors.length - 1} more job file(s) that did not load: see the log)` : ''}`;
   const applied = await migrateDatabase(database).catch(async (error: unknown) => {
     await context.close();
     throw error;
@@ -33,7 +40,7 @@ export async function runDaemon(): Promise<number> {
 
   const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
   const scheduler = new Scheduler({ engine, log });
-  const metrics = new Metrics(database.db, reconcilers.map((r) => r.name), log); // not the lease pool: scrapes must never delay a renewal
+  const metrics = new Metrics(database.db, reconcilers.map((r) => r.name), log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
   metrics.attach(engine.events);
   let scheduling = false;
   let shuttingDown = false;
@@ -57,7 +64,10 @@ export async function runDaemon(): Promise<number> {
         if (pending > 0) throw new Error(`${pending} migration(s) pending`);
         return 'applied';
       }),
-      jobs: { ok: scheduling, detail: scheduling ? `${reconcilers.length} reconciler(s) loaded and scheduled` : 'starting' },
+      jobs: {
+        ok: scheduling && !broken,
+        detail: `${broken ? `${broken}; ` : ''}${scheduling ? `${reconcilers.length} reconciler(s) loaded and scheduled` : 'starting'}`,
+      },
       shutdown: { ok: !shuttingDown, detail: shuttingDown ? 'shutting down' : 'running' },
     }),
   }).catch(async (error: unknown) => {
@@ -110,14 +120,21 @@ export async function runDaemon(): Promise<number> {
     log.info({ waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
     await Promise.race([new Promise((resolve) => setTimeout(resolve, wait).unref()), stopSignal]);
   }
-  if (reconcilers.length === 0) log.warn(`no reconcilers in ${config.JOBS_DIR}: the daemon will idle (add a file there, see README "Writing a reconciler")`);
+  if (reconcilers.length === 0) {
+    log.warn(
+      broken
+        ? `no job file in ${config.JOBS_DIR} could be loaded (see the errors above): the daemon will idle until they are fixed and it is restarted`
+        : `no reconcilers in ${config.JOBS_DIR}: the daemon will idle (add a file there, see README "Writing a reconciler")`,
+    );
+  }
   if (signals === 0) {
     await scheduler.start();
     scheduling = true;
   }
   log.info(
-    { reconcilers: reconcilers.map((r) => r.name), database: database.target },
-    `daemon started on ${database.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}`,
+    { reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: database.target },
+    `daemon started on ${database.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}` +
+      (broken ? `; ${loadErrors.length} job file(s) did not load and are not scheduled (errors above; /readyz fails until they are fixed)` : ''),
   );
 
   await stopSignal;

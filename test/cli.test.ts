@@ -191,12 +191,56 @@ describe('reconciler run', () => {
     expectOneLineError(result, /--all/);
   });
 
-  it('exits 2 naming the file when a job file in the folder is broken', async () => {
+});
+
+describe('reconciler run beside broken job files', () => {
+  /** `items.ts` over 2 rows, and two files that do not load: one throws at import, one has no default export. */
+  async function withBrokenSiblings() {
     const { env, folder } = await itemsJob(2);
-    folder.write('broken.ts', `throw new Error('boom');\n`);
+    folder.write('boom.ts', `throw new Error('boom');\n`);
+    folder.write('nodefault.ts', `export const x = 1;\n`);
+    const rel = (file: string) => join(folder.dir, file).slice(REPO_ROOT.length + 1);
+    const warnings = [
+      `reconciler: warning: ${rel('boom.ts')}: failed to import: boom (not loaded; the other reconcilers are unaffected)`,
+      `reconciler: warning: ${rel('nodefault.ts')}: does not default-export a reconciler: add \`export default defineReconciler({ schedule, scan, key, reconcile })\` (not loaded; the other reconcilers are unaffected)`,
+    ];
+    return { env, rel, warnings };
+  }
+
+  it('runs a named reconciler that loaded, warns once per broken file on stderr, and exits 0', async () => {
+    const { env, warnings } = await withBrokenSiblings();
     const result = await runCli(['run', 'items'], env);
-    expectOneLineError(result, /broken\.ts: failed to import: boom/);
+    expect(result.code, result.stderr).toBe(0);
+    expect(lines(result.stderr)).toEqual(warnings);
+    expect(result.stdout).toMatch(/^items: pass \d+ succeeded in .+: 2 found, 2 changed/);
+    expect(await doneItems()).toEqual(['item-1', 'item-2']);
+  });
+
+  it('exits 2 with the problem line, running nothing, when a named reconciler is a broken file', async () => {
+    const { env, rel } = await withBrokenSiblings();
+    for (const args of [['run', 'boom'], ['run', 'items', 'boom']]) {
+      expectOneLineError(await runCli(args, env), `reconciler: cannot run boom: ${rel('boom.ts')}: failed to import: boom`);
+    }
     expect(await doneItems()).toEqual([]);
+    expectOneLineError(await runCli(['run', 'itmes'], env), 'unknown reconciler `itmes`, did you mean `items`?');
+  });
+
+  it('runs every reconciler that loaded under --all, warns about the broken files, and exits 2 after the passes', async () => {
+    const { env, warnings } = await withBrokenSiblings();
+    const result = await runCli(['run', '--all'], env);
+    expect(result.code, result.stderr).toBe(2);
+    expect(lines(result.stderr)).toEqual(warnings);
+    expect(result.stdout).toMatch(/^items: pass \d+ succeeded in .+: 2 found, 2 changed/);
+    expect(await doneItems()).toEqual(['item-1', 'item-2']);
+  });
+
+  it('leaves history and failures working', async () => {
+    const { env } = await withBrokenSiblings();
+    for (const args of [['history', 'items'], ['history', 'boom'], ['failures', 'items']]) {
+      const result = await runCli(args, env);
+      expect(result.code, `${args.join(' ')}: ${result.stderr}`).toBe(0);
+      expect(result.stderr).toBe('');
+    }
   });
 });
 

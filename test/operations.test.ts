@@ -9,7 +9,8 @@ import { promisify } from 'node:util';
 import { sql } from 'drizzle-orm';
 import pg from 'pg';
 import { useTestDatabase, databaseUrl } from './helpers/db.js';
-import { jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
+import { join } from 'node:path';
+import { API, REPO_ROOT, jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
 import { runCli, startProcess, type RunningProcess } from './helpers/processes.js';
 import { startProvider } from './helpers/returns.js';
 import { seedReturns } from '../src/returns/seed.js';
@@ -81,6 +82,7 @@ describe('the operations endpoint', () => {
     expect(ready.status).toBe(200);
     expect(JSON.parse(ready.text)).toMatchObject({ status: 'ready', checks: { database: { ok: true }, migrations: { ok: true }, jobs: { ok: true }, shutdown: { ok: true } } });
     const metrics = (await get(`${url}/metrics`)).text;
+    expect(metrics).toMatch(/^reconciler_job_files_invalid 0$/m);
     for (const family of ['reconciler_passes_total', 'reconciler_items_total', 'reconciler_pass_duration_seconds_bucket', 'reconciler_items_in_backoff', 'reconciler_items_dead', 'reconciler_last_success_timestamp_seconds', 'reconciler_ticks_skipped_total']) {
       expect(metrics, family).toContain(family);
     }
@@ -145,6 +147,58 @@ describe('the operations endpoint', () => {
     }, 'readiness to fail during shutdown');
     expect(JSON.parse(during.text).checks.shutdown).toEqual({ ok: false, detail: 'shutting down' });
     expect((await d.exited).code).toBe(0);
+  }, 60_000);
+});
+
+describe('broken job files', () => {
+  const rel = (dir: JobsDir, file: string) => join(dir.dir, file).slice(REPO_ROOT.length + 1);
+  const isError = (l: { level: number }) => l.level === 50;
+
+  it('keep the daemon running the good reconciler; each is logged once, fails readiness and is counted in /metrics', async () => {
+    const jobs = await tableJobs('survivor', 2, { schedule: '*/1 * * * * *' });
+    // The good file under a second extension: survivor.mts loads first, so survivor.ts is the duplicate.
+    jobs.write('survivor.mts', tableJob({ schedule: '*/1 * * * * *', table: 'survivor_items' }));
+    jobs.write('boom.ts', `throw new Error('boom at import');\n`);
+    jobs.write('nodefault.ts', `export const x = 1;\n`);
+    jobs.write('badcron.ts', `import { defineReconciler } from ${JSON.stringify(API)};\nexport default defineReconciler({ schedule: '61 * * * *', scan: async () => [], key: () => 'k', reconcile: () => 'unchanged' });\n`);
+    const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs.dir });
+    const url = await endpoint(d);
+    await d.waitFor((l) => l.reconciler === 'survivor' && l.trigger === 'schedule' && l.status === 'succeeded', 'a scheduled pass of the good reconciler', 20_000);
+    expect((await t.rows<{ done: boolean }>(sql`SELECT done FROM survivor_items`)).every((r) => r.done)).toBe(true);
+
+    const problems = { 'badcron.ts': 'invalid cron "61 * * * *"', 'boom.ts': 'failed to import: boom at import', 'nodefault.ts': 'does not default-export a reconciler', 'survivor.ts': `duplicates the reconciler name \`survivor\` already defined by ${rel(jobs, 'survivor.mts')}` };
+    expect(d.lines.filter(isError).map((l) => l.file)).toEqual(Object.keys(problems).map((file) => rel(jobs, file)));
+    for (const [file, problem] of Object.entries(problems)) {
+      const [line] = d.lines.filter((l) => isError(l) && l.file === rel(jobs, file));
+      expect(line!.msg).toMatch(new RegExp(`^${rel(jobs, file).replace(/\./g, '\\.')}: `));
+      expect(line!.msg).toContain(problem);
+    }
+    expect(d.lines.find((l) => String(l.msg).startsWith('daemon started'))?.msg).toMatch(/with 1 reconciler\(s\): survivor \(\*\/1 \* \* \* \* \*\); 4 job file\(s\) did not load/);
+
+    const ready = await get(`${url}/readyz`);
+    expect(ready.status).toBe(503);
+    const { checks } = JSON.parse(ready.text);
+    expect(checks.database.ok).toBe(true);
+    expect(checks.jobs.ok).toBe(false);
+    expect(checks.jobs.detail).toContain(`${rel(jobs, 'badcron.ts')}: invalid cron "61 * * * *"`);
+    expect(checks.jobs.detail).toMatch(/ \(and 3 more job file\(s\) that did not load: see the log\); 1 reconciler\(s\) loaded and scheduled$/);
+    const metrics = (await get(`${url}/metrics`)).text;
+    expect(metrics).toMatch(/^reconciler_job_files_invalid 4$/m);
+    const verdict = await promtool(metrics);
+    if (verdict !== undefined) expect(verdict).toBe('0:');
+    expect(d.child.exitCode).toBeNull();
+  }, 60_000);
+
+  it('leave a daemon with no good reconciler idling, not exiting', async () => {
+    const jobs = jobsDir({ 'boom.ts': `throw new Error('boom at import');\n` });
+    dirs.push(jobs);
+    const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs.dir });
+    const url = await endpoint(d);
+    await d.waitFor((l) => String(l.msg).startsWith('daemon started'), 'daemon started');
+    expect(d.lines.filter(isError).map((l) => l.msg)).toEqual([`${rel(jobs, 'boom.ts')}: failed to import: boom at import`]);
+    expect(d.lines.some((l) => String(l.msg).startsWith(`no job file in ${jobs.dir} could be loaded`))).toBe(true);
+    expect(JSON.parse((await get(`${url}/readyz`)).text).checks.jobs).toEqual({ ok: false, detail: `${rel(jobs, 'boom.ts')}: failed to import: boom at import; 0 reconciler(s) loaded and scheduled` });
+    expect(d.child.exitCode).toBeNull();
   }, 60_000);
 });
 

@@ -1,6 +1,8 @@
 /**
  * What every CLI command starts from: validated configuration, a logger on stderr (stdout
- * is the command's output), the database, and the loaded reconcilers.
+ * is the command's output), the database, and the loaded reconcilers. A job file that
+ * cannot be loaded never stops a command here: it comes back in `loadErrors`, and each
+ * command says what it means for it (README "When a job file is wrong").
  */
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config.js';
@@ -8,7 +10,7 @@ import { UserError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { openDatabase, type Database } from '../store/database.js';
 import { migrateDatabase, pendingMigrations } from '../store/migrate.js';
-import { formatLoadError, loadReconcilers, type LoadError } from '../engine/load.js';
+import { loadReconcilers, type LoadError } from '../engine/load.js';
 import type { Reconciler } from '../reconciler.js';
 
 export interface CommandContext {
@@ -23,8 +25,6 @@ export interface CommandContext {
 export interface ContextOptions {
   /** Load the job files. */
   jobs: boolean;
-  /** `list` shows load errors instead of failing on them. */
-  tolerateLoadErrors?: boolean;
   /** CLI commands log at warn unless LOG_LEVEL says otherwise; the daemon at info. */
   defaultLogLevel?: string;
   /** Log to stdout (the daemon) instead of stderr. */
@@ -38,10 +38,7 @@ export async function openContext(options: ContextOptions): Promise<CommandConte
   const log = createLogger({ level: config.LOG_LEVEL, fd: options.logToStdout ? 1 : 2 });
   let reconcilers: Reconciler[] = [];
   let loadErrors: LoadError[] = [];
-  if (options.jobs) {
-    ({ reconcilers, errors: loadErrors } = await loadReconcilers(config.JOBS_DIR));
-    if (loadErrors.length > 0 && !options.tolerateLoadErrors) throw new UserError(loadErrors.map(formatLoadError).join('\n'));
-  }
+  if (options.jobs) ({ reconcilers, errors: loadErrors } = await loadReconcilers(config.JOBS_DIR));
   const database = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, log, poolSize: config.DATABASE_POOL_SIZE });
   try {
     if (!options.migrating) {

@@ -1,18 +1,22 @@
 /**
  * Discovery: the jobs directory is the registry. Every file directly under it with a
  * script extension is a reconciler, named after the file's stem. A file that cannot be
- * used is reported as one line naming the file and the problem.
+ * used is reported as one line naming the file and the problem; the others load as usual.
  */
 import { readdirSync, statSync } from 'node:fs';
 import { basename, extname, join, relative } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { UserError, coerceError } from '../errors.js';
+import { scrub } from '../secrets.js';
 import { NAME_PATTERN, isDefinition, resolveReconciler, type Reconciler } from '../reconciler.js';
 
 const EXTENSIONS = new Set(['.ts', '.mts', '.js', '.mjs']);
 
 export interface LoadError {
+  /** The file, relative to the current directory: `jobs/broken.ts`. */
   file: string;
+  /** The reconciler name the file would have defined (its stem). */
+  name: string;
   message: string;
 }
 
@@ -32,14 +36,15 @@ function isJobFile(file: string): boolean {
   return EXTENSIONS.has(extname(file));
 }
 
+/** Why importing failed, as one line with no secrets (it is printed, logged and served by /readyz). */
 function importProblem(error: Error, file: string): string {
-  if (error.name === 'DefinitionError') return error.message;
+  if (error.name === 'DefinitionError') return scrub(error.message);
   const code = (error as NodeJS.ErrnoException).code;
   if (code === 'ERR_UNKNOWN_FILE_EXTENSION' && /\.m?ts$/.test(file)) {
     return 'cannot import TypeScript here (tsx is not installed): build with `npm run build` and set JOBS_DIR=dist/jobs';
   }
   const firstLine = (error.message || String(error)).split('\n')[0]!.trim();
-  return `failed to import: ${error.name && error.name !== 'Error' ? `${error.name}: ` : ''}${firstLine}`;
+  return scrub(`failed to import: ${error.name && error.name !== 'Error' ? `${error.name}: ` : ''}${firstLine}`);
 }
 
 /** Loads every job file under `jobsDir`. Never throws for a bad file; throws a UserError if the directory is missing. */
@@ -59,12 +64,12 @@ export async function loadReconcilers(jobsDir: string): Promise<LoadResult> {
     const file = relative(process.cwd(), path) || path;
     const name = basename(entry, extname(entry));
     if (!NAME_PATTERN.test(name)) {
-      errors.push({ file, message: `the file name \`${name}\` is not a valid reconciler name: use kebab-case (lowercase letters, digits and dashes), e.g. settle-returns.ts` });
+      errors.push({ file, name, message: `the file name \`${name}\` is not a valid reconciler name: use kebab-case (lowercase letters, digits and dashes), e.g. settle-returns.ts` });
       continue;
     }
     const twin = byName.get(name);
     if (twin !== undefined) {
-      errors.push({ file, message: `duplicates the reconciler name \`${name}\` already defined by ${twin}: remove or rename one of them` });
+      errors.push({ file, name, message: `duplicates the reconciler name \`${name}\` already defined by ${twin}: remove or rename one of them` });
       continue;
     }
     byName.set(name, file);
@@ -72,14 +77,14 @@ export async function loadReconcilers(jobsDir: string): Promise<LoadResult> {
     try {
       module = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
     } catch (thrown) {
-      errors.push({ file, message: importProblem(coerceError(thrown), entry) });
+      errors.push({ file, name, message: importProblem(coerceError(thrown), entry) });
       continue;
     }
     const exported = module.default;
     if (exported === undefined) {
-      errors.push({ file, message: 'does not default-export a reconciler: add `export default defineReconciler({ schedule, scan, key, reconcile })`' });
+      errors.push({ file, name, message: 'does not default-export a reconciler: add `export default defineReconciler({ schedule, scan, key, reconcile })`' });
     } else if (!isDefinition(exported)) {
-      errors.push({ file, message: 'its default export is not a reconciler: wrap it in defineReconciler({ ... }) so it is validated' });
+      errors.push({ file, name, message: 'its default export is not a reconciler: wrap it in defineReconciler({ ... }) so it is validated' });
     } else {
       reconcilers.push(resolveReconciler(name, file, exported));
     }

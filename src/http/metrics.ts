@@ -1,6 +1,7 @@
 /**
  * Prometheus metrics, fed by the engine's events and, for what is cluster-wide (backoff,
- * dead items, last success), read from PostgreSQL at scrape time (cached for a few seconds).
+ * dead items, last success), read from PostgreSQL at scrape time (cached for a few seconds);
+ * plus the job files this daemon could not load.
  * No label ever carries an item key, a message or a secret: labels are reconciler names,
  * statuses, outcomes and reasons only.
  */
@@ -32,7 +33,14 @@ export class Metrics {
     private readonly db: Db,
     private readonly reconcilers: readonly string[],
     private readonly log: Logger,
+    /** Job files that could not be loaded at start. */
+    invalidJobFiles: number,
   ) {
+    new Gauge({
+      name: 'reconciler_job_files_invalid',
+      help: 'Job files that could not be loaded when this daemon started (each is logged at error level and named by /readyz); the other reconcilers run. Alert when above 0.',
+      registers: [this.registry],
+    }).set(invalidJobFiles);
     // A few process metrics of our own: prom-client's defaults include gauges named *_total, which promtool rejects.
     new Gauge({
       name: 'process_resident_memory_bytes',

@@ -4,7 +4,6 @@
  */
 import { ExitCode, UserError } from '../../errors.js';
 import { clearFailures, listFailures, retryFailures } from '../../store/failures.js';
-import { basename } from 'node:path';
 import { didYouMean } from '../../suggest.js';
 import { formatLoadError } from '../../engine/load.js';
 import { withContext, type CommandContext } from '../context.js';
@@ -15,14 +14,14 @@ async function checkName(context: CommandContext, name: string): Promise<void> {
   if (context.reconcilers.some((r) => r.name === name)) return;
   const recorded = await listFailures(context.database.db, { reconciler: name, limit: 1 });
   if (recorded.length > 0) return;
-  const broken = context.loadErrors.find((e) => basename(e.file).replace(/\.[^.]+$/, '') === name);
+  const broken = context.loadErrors.find((e) => e.name === name);
   if (broken) throw new UserError(`${name} did not load, and has no failures on record: ${formatLoadError(broken)}`);
   const known = context.reconcilers.map((r) => r.name);
   throw new UserError(`unknown reconciler \`${name}\`${didYouMean(name, known) || (known.length ? ` (known: ${known.join(', ')})` : '')}`);
 }
 
 export async function failuresCommand(name: string | undefined, flags: { dead?: boolean; limit: number; json?: boolean }): Promise<number> {
-  return withContext({ jobs: true, tolerateLoadErrors: true, defaultLogLevel: 'warn' }, async (context) => {
+  return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
     if (name !== undefined) await checkName(context, name);
     const rows = await listFailures(context.database.db, { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit });
     if (flags.json) {
@@ -47,7 +46,7 @@ export async function failuresCommand(name: string | undefined, flags: { dead?: 
 async function changeFailures(verb: 'retry' | 'clear', name: string, key: string | undefined, flags: { all?: boolean }): Promise<number> {
   if (key !== undefined && flags.all) throw new UserError(`give a key or --all, not both`);
   if (key === undefined && !flags.all) throw new UserError(`name the item: \`reconciler ${verb} ${name} <key>\`, or pass --all for every failed item of ${name}`);
-  return withContext({ jobs: true, tolerateLoadErrors: true, defaultLogLevel: 'warn' }, async (context) => {
+  return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
     await checkName(context, name);
     const keys = await (verb === 'retry' ? retryFailures : clearFailures)(context.database.db, name, key);
     if (key !== undefined && keys.length === 0) {

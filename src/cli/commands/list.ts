@@ -9,7 +9,7 @@ import { withContext } from '../context.js';
 import { printJson, table, when } from '../table.js';
 
 export async function listCommand(flags: { json?: boolean }): Promise<number> {
-  return withContext({ jobs: true, tolerateLoadErrors: true, defaultLogLevel: 'warn' }, async ({ database, reconcilers, loadErrors, config }) => {
+  return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ database, reconcilers, loadErrors, config }) => {
     const now = new Date();
     const states = new Map((await readStates(database.db)).filter((s) => s.partition === 0).map((s) => [s.reconciler, s]));
     const failures = await countFailures(database.db);

@@ -1,6 +1,8 @@
 /**
  * `reconciler run <name…> | --all`: a manual pass through the same engine the daemon
  * uses. Exit 0 ok, 1 items failed (or the pass broke), 2 usage error, 3 lock held.
+ * A job file that did not load only matters if it was asked for: named, nothing runs
+ * (exit 2); with --all, the good ones run first (then exit 2). Others get a warning line.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, UserError, errorSummary } from '../../errors.js';
@@ -8,6 +10,7 @@ import { formatDuration } from '../../duration.js';
 import { Engine, describeHolder, summarize, type RunOutcome } from '../../engine/engine.js';
 import type { PassResult } from '../../engine/pass.js';
 import { withContext } from '../context.js';
+import { formatLoadError, type LoadError } from '../../engine/load.js';
 import { isZeroConfig, type Config } from '../../config.js';
 import { startDemoProvider } from '../../returns/demo.js';
 import type { Logger } from 'pino';
@@ -27,22 +30,25 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
   if (!flags.all && names.length === 0) throw new UserError('name the reconciler(s) to run, or pass --all (see `reconciler list`)');
   if (flags.key !== undefined && (flags.all || names.length !== 1)) throw new UserError('--key needs exactly one reconciler name');
   if (flags.key !== undefined && flags.key === '') throw new UserError('--key needs a non-empty key (see `reconciler failures` or --dry-run for keys)');
-  return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ config, log, database, reconcilers }) => {
+  return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ config, log, database, reconcilers, loadErrors }) => {
     const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
     // The zero-configuration demo: a pass that may call the payment provider gets the in-process simulator.
     const demo = isZeroConfig(config) && !flags.dryRun ? await startDemoProvider(database, log) : undefined;
     try {
-      return await runPasses(engine, names, flags, config, log);
+      return await runPasses(engine, names, loadErrors, flags, config, log);
     } finally {
       await demo?.close();
     }
   });
 }
 
-async function runPasses(engine: Engine, names: string[], flags: RunFlags, config: Config, log: Logger): Promise<number> {
+async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[], flags: RunFlags, config: Config, log: Logger): Promise<number> {
   const selected = flags.all ? [...engine.reconcilers.keys()] : [...new Set(names)];
+  const asked = flags.all ? loadErrors : loadErrors.filter((e) => selected.includes(e.name));
+  if (!flags.all && asked.length > 0) throw new UserError(asked.map((e) => `cannot run ${e.name}: ${formatLoadError(e)}`).join('\n'));
   for (const name of selected) engine.get(name); // unknown names fail before any pass runs
-  if (selected.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
+  if (selected.length === 0 && loadErrors.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
+  for (const e of loadErrors) process.stderr.write(`reconciler: warning: ${formatLoadError(e)} (not loaded; the other reconcilers are unaffected)\n`);
 
   const progress = flags.json ? undefined : Progress.forStderr(engine.events);
   if (flags.dryRun) {
@@ -102,7 +108,7 @@ async function runPasses(engine: Engine, names: string[], flags: RunFlags, confi
     if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
   }
   progress?.stop();
-  return exitCode;
+  return asked.length > 0 ? Math.max(exitCode, ExitCode.usage) : exitCode;
 }
 
 /** One line of `--dry-run` output: what, which item, and the reconciler's note. */
