@@ -146,6 +146,9 @@ describe('a pass', () => {
     expect((await pass(e, 'zombie')).counts.failed).toBe(1);
     await makeDue();
     expect((await pass(e, 'zombie', { onlyKey: 'z' })).counts).toMatchObject({ found: 1, skipped: 1 });
+    // A complete pass that skips it still saw it: its failure stays visible (`reconciler failures`), not forgotten.
+    expect((await pass(e, 'zombie')).counts).toMatchObject({ found: 1, skipped: 1 });
+    expect(await failures()).toMatchObject([{ key: 'z', attempts: 1, last_error: 'timed out after 100ms' }]);
     expect(starts).toBe(1);
     release.resolve();
     await new Promise((resolve) => setImmediate(resolve));

@@ -39,10 +39,11 @@ const save = () => {
 for (const seed of seeds) {
   for (const name of names) {
     process.stderr.write(`[faults] ${name} (seed ${seed}${options.quick ? ', quick' : ''})…\n`);
-    const result = await runScenario(name, { seed, quick: Boolean(options.quick), app });
-    results.push(result);
+    for (const result of await runScenario(name, { seed, quick: Boolean(options.quick), app })) {
+      results.push(result);
+      process.stderr.write(`[faults] ${result.scenario} (seed ${seed}): ${result.pass ? 'pass' : `FAIL: ${result.failures.join('; ')}`}\n`);
+    }
     save(); // after each scenario, so that an interrupted run keeps what it measured
-    process.stderr.write(`[faults] ${name} (seed ${seed}): ${result.pass ? 'pass' : `FAIL: ${result.failures.join('; ')}`}\n`);
   }
 }
 

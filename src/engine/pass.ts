@@ -41,6 +41,8 @@ export interface PassResult {
   keyFound?: boolean;
   /** The oldest `since(item)` among the items found, when the reconciler defines `since`; null when it found none. */
   oldestItemAt: Date | null;
+  /** When the first item this pass left in backoff falls due again (approximate, local clock); null when none. */
+  nextRetryAt: Date | null;
 }
 
 export interface PassControl {
@@ -164,6 +166,10 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
    * summary line, instead of once per item.
    */
   let unavailable: Error | undefined;
+  let nextRetryAt: Date | null = null;
+  const noteRetry = (at: Date) => {
+    if (nextRetryAt === null || at < nextRetryAt) nextRetryAt = at;
+  };
   const noteSince = (item: unknown) => {
     if (!reconciler.since || sinceBroken) return;
     try {
@@ -236,6 +242,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         }
       }
       counts.failed++;
+      if (!dead && !options.dryRun) noteRetry(new Date(Date.now() + delayMs));
       const level = dead ? 'error' : 'warn';
       const next = dead
         ? terminal
@@ -269,6 +276,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         if (deps.busyKeys.has(result.key) && !keysInFlight.has(result.key)) {
           counts.found++;
           counts.skipped++;
+          pageKeys.add(result.key); // seen: its failure record must not be forgotten as if the scan no longer found it
           log.warn({ key: result.key }, 'skipped: an earlier attempt that timed out is still running in this process (its reconcile ignores ctx.signal)');
           continue;
         }
@@ -302,6 +310,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         }
         if (memory?.inBackoff && options.onlyKey === undefined) {
           counts.deferred++;
+          noteRetry(memory.nextAttemptAt);
           events.emit('item:deferred', { reconciler: reconciler.name, key, reason: 'backoff', nextAttemptAt: memory.nextAttemptAt });
           continue;
         }
@@ -367,6 +376,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     error,
     ...(options.onlyKey !== undefined ? { keyFound } : {}),
     oldestItemAt,
+    nextRetryAt,
   };
   return result;
 }

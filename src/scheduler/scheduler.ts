@@ -11,7 +11,11 @@ import type { Engine, RunRequest } from '../engine/engine.js';
 import type { Reconciler } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
 import { readStates, type StateRow } from '../store/state.js';
-import { previousTick } from './cron.js';
+import { nextTick, previousTick } from './cron.js';
+import type { PassResult } from '../engine/pass.js';
+
+/** The soonest a retry pass follows the pass before it, so that a short backoff cannot make passes back to back. */
+const MIN_RETRY_GAP_MS = 1_000;
 
 export interface SchedulerOptions {
   engine: Engine;
@@ -61,6 +65,8 @@ export class Scheduler {
   readonly #retries = new Set<NodeJS.Timeout>();
   /** Reconcilers with a takeover check scheduled (one at a time). */
   readonly #pendingTakeover = new Set<string>();
+  /** Reconcilers with a retry pass scheduled, and when. */
+  readonly #pendingRetry = new Map<string, { at: number; timer: NodeJS.Timeout }>();
   #state: 'new' | 'started' | 'stopped' = 'new';
 
   constructor(options: SchedulerOptions) {
@@ -113,6 +119,7 @@ export class Scheduler {
           this.#retries.add(timer);
           this.#pendingTakeover.add(name);
         }
+        if (outcome.ran) this.#retryWhenDue(outcome.result);
       })
       .catch((error: unknown) => {
         const why = isDatabaseUnavailable(error) ? `the database is unavailable (${errorSummary(coerceError(error), 200)})` : errorSummary(coerceError(error), 300);
@@ -125,11 +132,38 @@ export class Scheduler {
     this.#inFlight.add(pass);
   }
 
+  /**
+   * Failed items fall due after their backoff, which is often much shorter than the schedule
+   * (10 s against a minute). Rather than leave them to the next tick, start a `retry` pass
+   * when the first of them is due, if that is before the next tick. It takes the lease like
+   * any pass, so it never overlaps another; the tick stays the safety net if this process dies.
+   */
+  #retryWhenDue(result: PassResult): void {
+    if (result.nextRetryAt === null || result.status === 'aborted' || result.status === 'error' || this.#state !== 'started') return;
+    const reconciler = this.#options.engine.get(result.reconciler);
+    const at = Math.max(result.nextRetryAt.getTime(), Date.now() + MIN_RETRY_GAP_MS);
+    if (at >= nextTick(reconciler.schedule, reconciler.timezone, new Date()).getTime()) return;
+    const pending = this.#pendingRetry.get(reconciler.name);
+    if (pending && pending.at <= at) return;
+    if (pending) {
+      clearTimeout(pending.timer);
+      this.#retries.delete(pending.timer);
+    }
+    const timer = setTimeout(() => {
+      this.#retries.delete(timer);
+      this.#pendingRetry.delete(reconciler.name);
+      if (!this.#launched.has(reconciler.name)) this.#launch(reconciler.name, { trigger: 'retry' });
+    }, at - Date.now());
+    this.#retries.add(timer);
+    this.#pendingRetry.set(reconciler.name, { at, timer });
+  }
+
   /** Stops the clocks and pending catch-up retries. Passes already started are the engine's to stop. Idempotent. */
   async stop(): Promise<void> {
     this.#state = 'stopped';
     for (const timer of this.#retries) clearTimeout(timer);
     this.#retries.clear();
+    this.#pendingRetry.clear();
     for (const task of this.#tasks.splice(0)) await task.destroy();
   }
 

@@ -5,7 +5,8 @@ import { queryRows } from './database.js';
 import { reconcilerRuns } from './schema.js';
 
 /** What started a pass. */
-export type Trigger = 'schedule' | 'manual' | 'startup';
+/** `retry`: an early pass the daemon starts when failed items fall due before the next tick. */
+export type Trigger = 'schedule' | 'manual' | 'startup' | 'retry';
 
 /**
  * How a pass ended:

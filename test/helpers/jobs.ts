@@ -43,11 +43,12 @@ export function jobsDir(files: Record<string, string> = {}): JobsDir {
  * A job file over a test table `items(id serial, name text, done boolean)`: it finds the
  * rows not done yet and marks them done. Options tune its behaviour for a test.
  */
-export function tableJob(options: { schedule?: string; table?: string; delayMs?: number; failKeys?: string[]; concurrency?: number; extra?: string } = {}): string {
+export function tableJob(options: { schedule?: string; table?: string; delayMs?: number; failKeys?: string[]; /** Fail at the first attempt only. */ failOnceKeys?: string[]; concurrency?: number; extra?: string } = {}): string {
   const table = options.table ?? 'items';
   return `
 import { defineReconciler, sql, TerminalError } from ${JSON.stringify(API)};
 const failKeys = new Set(${JSON.stringify(options.failKeys ?? [])});
+const failOnceKeys = new Set(${JSON.stringify(options.failOnceKeys ?? [])});
 export default defineReconciler({
   schedule: ${JSON.stringify(options.schedule ?? '0 0 1 1 *')},
   description: 'marks ${table} done',
@@ -59,7 +60,7 @@ export default defineReconciler({
   },
   key: (item) => item.name,
   reconcile: async (item, ctx) => {
-    if (failKeys.has(item.name)) throw new Error('cannot reconcile ' + item.name);
+    if (failKeys.has(item.name) || (failOnceKeys.has(item.name) && ctx.attempt === 1)) throw new Error('cannot reconcile ' + item.name);
     ${options.delayMs ? `await new Promise((resolve, reject) => { const t = setTimeout(resolve, ${options.delayMs}); ctx.signal.addEventListener('abort', () => { clearTimeout(t); reject(ctx.signal.reason); }); });` : ''}
     if (ctx.dryRun) return { outcome: 'changed', note: 'would mark ' + item.name };
     await ctx.db.execute(sql\`UPDATE ${table} SET done = true, touched = touched + 1 WHERE id = \${item.id}\`);
