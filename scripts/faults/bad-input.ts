@@ -68,7 +68,14 @@ export async function badInput(stage: Stage, seed: number, quick: boolean): Prom
   );
   const failure = async (key: string) =>
     (await queryRows<{ reconciler: string; key: string; error: string; attempts: number }>(shop.database.db, sql`SELECT reconciler, key, last_error AS error, attempts FROM reconciler_failures WHERE key = ${key}`))[0];
-  await until(async () => (await failure('forever')) && (await failure('megabyte')) && (await failure(HOSTILE_KEY)), 'the failures of the misbehaving items to be recorded', 60_000).catch(() => undefined);
+  const finishedPasses = async (name: string) =>
+    Number((await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE reconciler = ${name} AND finished_at IS NOT NULL`))[0]?.n ?? 0);
+  // Two passes of each misbehaving reconciler: the second meets the first one's failures (and the hung attempt).
+  await until(
+    async () => (await failure('forever')) && (await failure('megabyte')) && (await failure(HOSTILE_KEY)) && (await finishedPasses('hangs')) >= 2 && (await finishedPasses('bad-items')) >= 2,
+    'two passes of each misbehaving reconciler, with their failures recorded',
+    60_000,
+  ).catch(() => undefined); // each case below says what is missing
 
   // Misconfigured replicas beside the running one: each refuses to start with one line and exit 2.
   const malformedDatabaseUrl = await stage.run(['daemon'], { ...env, DATABASE_URL: 'postgres://app:canary-db-pw@db.internal:port/app' });
@@ -107,9 +114,9 @@ export async function badInput(stage: Stage, seed: number, quick: boolean): Prom
     const failures = [...common];
     const recorded = await failure('forever');
     if (!recorded || !/timed out after 1\.0s/.test(recorded.error)) failures.push(`the hanging item's failure says: ${recorded?.error ?? 'nothing'}`);
-    const passes = await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE reconciler = 'hangs' AND finished_at IS NOT NULL`);
-    if (Number(passes[0]?.n) < 2) failures.push('the passes of `hangs` did not end');
-    cases['reconcile never resolves (timeout)'] = { failures, figures: { error: recorded?.error ?? '', finishedPasses: Number(passes[0]?.n ?? 0) } };
+    const passes = await finishedPasses('hangs');
+    if (passes < 2) failures.push('the passes of `hangs` did not end');
+    cases['reconcile never resolves (timeout)'] = { failures, figures: { error: recorded?.error ?? '', finishedPasses: passes } };
   }
   {
     const failures = [...common];

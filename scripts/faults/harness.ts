@@ -68,16 +68,16 @@ export class Stage {
   }
 
   /** The simulator as its own process with its own database, reached through a proxy that can cut it off. */
-  async provider(seed: number, faults: Partial<SimulatorFaults>): Promise<ProviderHandle> {
+  async provider(seed: number, faults: Partial<SimulatorFaults>, apiKey = PROVIDER_KEY): Promise<ProviderHandle> {
     const name = `reconciler_faults_provider_${randomBytes(4).toString('hex')}`;
     await admin(`CREATE DATABASE ${name}`);
     this.defer(() => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
-    const child = startProcess([this.app.module('src/returns/simulator/main.js'), '--port', '0', '--api-key', PROVIDER_KEY, '--seed', String(seed)], { PROVIDER_DATABASE_URL: urlOf(name) }, { command: process.execPath });
+    const child = startProcess([this.app.module('src/returns/simulator/main.js'), '--port', '0', '--api-key', apiKey, '--seed', String(seed)], { PROVIDER_DATABASE_URL: urlOf(name) }, { command: process.execPath });
     this.defer(() => child.kill('SIGKILL'));
     const direct = String((await child.waitFor((l) => typeof l.url === 'string', 'the simulator', 30_000)).url);
     const proxy = await Proxy.start(new URL(direct).port);
     this.defer(() => proxy.close());
-    const handle = new ProviderHandle(direct, `http://127.0.0.1:${proxy.port}`, proxy);
+    const handle = new ProviderHandle(direct, `http://127.0.0.1:${proxy.port}`, proxy, apiKey);
     await handle.setFaults(faults);
     return handle;
   }
@@ -121,7 +121,7 @@ export default defineReconciler({
   }
 
   env(shopUrl: string, provider: ProviderHandle, jobsDir: string, extra: Record<string, string> = {}): Record<string, string> {
-    return { DATABASE_URL: shopUrl, JOBS_DIR: jobsDir, PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: PROVIDER_KEY, PAYMENT_PROVIDER_TIMEOUT: '2s', LOCK_TTL: '3s', LOG_LEVEL: 'info', ...extra };
+    return { DATABASE_URL: shopUrl, JOBS_DIR: jobsDir, PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: provider.apiKey, PAYMENT_PROVIDER_TIMEOUT: '2s', LOCK_TTL: '3s', LOG_LEVEL: 'info', ...extra };
   }
 
   daemon(env: Record<string, string>): RunningProcess {
@@ -140,10 +140,11 @@ export class ProviderHandle {
     readonly direct: string,
     readonly url: string,
     readonly proxy: Proxy,
+    readonly apiKey: string,
   ) {}
 
   async #call<T>(path: string, init: RequestInit = {}): Promise<T> {
-    const response = await fetch(`${this.direct}${path}`, { ...init, headers: { authorization: `Bearer ${PROVIDER_KEY}`, 'content-type': 'application/json' } });
+    const response = await fetch(`${this.direct}${path}`, { ...init, headers: { authorization: `Bearer ${this.apiKey}`, 'content-type': 'application/json' } });
     if (!response.ok) throw new Error(`${path}: ${response.status}`);
     return (await response.json()) as T;
   }

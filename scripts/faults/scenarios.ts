@@ -10,6 +10,7 @@ import type { SettlementAudit } from '../../src/returns/audit.js';
 import { Stage, audit, converge, until } from './harness.js';
 import type { App } from './app.js';
 import { badInput } from './bad-input.js';
+import { secrets } from './secrets.js';
 
 export interface ScenarioResult {
   scenario: string;
@@ -102,33 +103,42 @@ const crashStorm: Scenario = async (stage, { seed, quick }) => {
   };
 };
 
-/** 2. Exact crash windows: SIGKILL before the call, after the provider applied it, and during the recording transaction. */
+/**
+ * 2. Exact crash windows: SIGKILL before the call, after the provider applied it, and during
+ * the recording transaction. The three windows run side by side, each on its own shop and
+ * provider, since each kill is a process start.
+ */
 const crashWindows: Scenario = async (stage, { seed, quick }) => {
   const killsPerWindow = quick ? 3 : 200;
   const perWindow = quick ? 10 : 60;
-  const shop = await stage.shop(perWindow, seed);
-  const provider = await stage.provider(seed, { latencyMs: [0, 5] });
-  const env = stage.env(shop.url, provider, stage.jobs('0 0 1 1 *'));
+  const windows = ['before-call', 'after-call', 'during-record'] as const;
+  const outcomes = await Promise.all(
+    windows.map(async (window, index) => {
+      const shop = await stage.shop(perWindow, seed + index);
+      const provider = await stage.provider(seed + index, { latencyMs: [0, 5] });
+      const env = stage.env(shop.url, provider, stage.jobs('0 0 1 1 *'));
+      let kills = 0;
+      for (let i = 0; i < killsPerWindow; i++) {
+        const result = await stage.run(['run', 'settle-returns', '--wait'], { ...env, RECONCILER_CRASH_AT: window });
+        if (result.signal === 'SIGKILL') kills++;
+        else if (result.code === 0) break; // nothing left to crash on
+        // The killed process's lease would lapse after LOCK_TTL; let that time pass on the database clock.
+        await queryRows(shop.database.db, sql`UPDATE reconciler_state SET lease_expires_at = now() - interval '1 millisecond' WHERE holder_id IS NOT NULL`);
+        // Fresh returns now and then, so that the window keeps meeting new intents, not only replays.
+        if (i % 20 === 19) await seedReturns(shop.database.db, 5, seed * 1_000 + i);
+      }
+      await until(async () => (await stage.run(['run', 'settle-returns', '--wait'], env)).code === 0 && (await audit(shop.database, provider)).unsettled === 0, 'convergence', 120_000);
+      const result = await audit(shop.database, provider);
+      return { window, kills, result, failures: [...exactlyOnce(result), ...(await quietAfter(stage, env, () => provider.stats()))], replayed: (await provider.stats()).replayed };
+    }),
+  );
   const figures: Record<string, number | string> = {};
-  const failures: string[] = [];
-  for (const [index, window] of ['before-call', 'after-call', 'during-record'].entries()) {
-    if (index > 0) await seedReturns(shop.database.db, perWindow, seed + index); // fresh returns, never settled, for this window
-    let kills = 0;
-    for (let i = 0; i < killsPerWindow; i++) {
-      const result = await stage.run(['run', 'settle-returns', '--wait'], { ...env, RECONCILER_CRASH_AT: window });
-      if (result.signal === 'SIGKILL') kills++;
-      else if (result.code === 0) break; // nothing left to crash on
-      // The killed process's lease would lapse after LOCK_TTL; let that time pass on the database clock.
-      await queryRows(shop.database.db, sql`UPDATE reconciler_state SET lease_expires_at = now() - interval '1 millisecond' WHERE holder_id IS NOT NULL`);
-    }
-    figures[`kills ${window}`] = kills;
-    // Let some returns settle between the windows, so that each window meets fresh intents.
-    await stage.run(['run', 'settle-returns', '--wait'], env);
+  for (const key of ['returns', 'needing', 'effects', 'duplicates', 'missing', 'declined'] as const) {
+    figures[key] = outcomes.reduce((sum, o) => sum + Number(auditFigures(o.result)[key]), 0);
   }
-  await until(async () => (await stage.run(['run', 'settle-returns', '--wait'], env)).code === 0 && (await audit(shop.database, provider)).unsettled === 0, 'convergence', 120_000);
-  const result = await audit(shop.database, provider);
-  failures.push(...exactlyOnce(result), ...(await quietAfter(stage, env, () => provider.stats())));
-  return { failures, figures: { ...auditFigures(result), ...figures, replayed: (await provider.stats()).replayed } };
+  for (const o of outcomes) figures[`kills ${o.window}`] = o.kills;
+  figures.replayed = outcomes.reduce((sum, o) => sum + o.replayed, 0);
+  return { failures: outcomes.flatMap((o) => o.failures.map((f) => `${o.window}: ${f}`)), figures };
 };
 
 /** Polls a daemon's /readyz until its status is `status`; resolves with how long that took. */
@@ -259,14 +269,18 @@ const randomCliLines: Scenario = async (stage, { seed, quick }) => {
   const env = stage.env(shop.url, provider, stage.jobs('0 0 1 1 *'));
   const codes: Record<string, number> = {};
   const failures: string[] = [];
-  for (let i = 0; i < lines; i++) {
-    const args = Array.from({ length: Math.floor(roll() * 4) }, () => words[Math.floor(roll() * words.length)]!);
-    const result = await stage.run(args, env);
-    const code = String(result.code ?? result.signal);
-    codes[code] = (codes[code] ?? 0) + 1;
-    if (![0, 1, 2, 3].includes(result.code ?? -1)) failures.push(`\`reconciler ${args.join(' ').slice(0, 80)}\` exited ${code}`);
-    if (/\n\s+at /.test(result.stderr)) failures.push(`\`reconciler ${args.join(' ').slice(0, 80)}\` printed a stack trace`);
-  }
+  // Drawn up front, so the lines depend on the seed only; then run by 3 workers (each line is a process start).
+  const argLines = Array.from({ length: lines }, () => Array.from({ length: Math.floor(roll() * 4) }, () => words[Math.floor(roll() * words.length)]!));
+  const worker = async () => {
+    for (let args = argLines.shift(); args; args = argLines.shift()) {
+      const result = await stage.run(args, env);
+      const code = String(result.code ?? result.signal);
+      codes[code] = (codes[code] ?? 0) + 1;
+      if (![0, 1, 2, 3].includes(result.code ?? -1)) failures.push(`\`reconciler ${args.join(' ').slice(0, 80)}\` exited ${code}`);
+      if (/\n\s+at /.test(result.stderr)) failures.push(`\`reconciler ${args.join(' ').slice(0, 80)}\` printed a stack trace`);
+    }
+  };
+  await Promise.all([worker(), worker(), worker()]);
   const [before] = await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM returns`);
   if (Number(before?.n) !== 5) failures.push('a random command line lost data');
   return { failures: failures.slice(0, 5), figures: { lines, ...Object.fromEntries(Object.entries(codes).map(([k, v]) => [`exit ${k}`, v])) } };
@@ -280,6 +294,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   'provider-outage': providerOutage,
   'racing-passes': racingPasses,
   'random-cli-lines': randomCliLines,
+  secrets: (stage, { seed, quick }) => secrets(stage, seed, quick),
 };
 
 export async function runScenario(name: string, options: ScenarioOptions): Promise<ScenarioResult[]> {

@@ -1,0 +1,65 @@
+/**
+ * 7. Secrets: canary values in DATABASE_URL's password and in PAYMENT_PROVIDER_KEY, through a
+ * daemon at debug level, provider faults, every CLI command, failing connections and the
+ * operations endpoint. Neither may appear in any log line, metric, CLI output or row.
+ */
+import { sql } from 'drizzle-orm';
+import { queryRows } from '../../src/store/database.js';
+import { seedReturns } from '../../src/returns/seed.js';
+import { Stage, converge } from './harness.js';
+import type { CaseOutcome } from './bad-input.js';
+
+export async function secrets(stage: Stage, seed: number, quick: boolean): Promise<CaseOutcome> {
+  const dbCanary = `pw-Canary-${seed}-q8Zt`;
+  const keyCanary = `sk_live_Canary_${seed}_Xk2w`;
+  const shop = await stage.shop(quick ? 100 : 500, seed);
+  const provider = await stage.provider(seed, { errorRate: 0.3, timeoutRate: 0.05, declineRate: 0.02, latencyMs: [5, 20] }, keyCanary);
+  const withPassword = (url: string) => {
+    const u = new URL(url);
+    u.username = 'postgres';
+    u.password = dbCanary;
+    return u.toString();
+  };
+  const env = stage.env(withPassword(shop.url), provider, stage.jobs('*/2 * * * * *'), { LOG_LEVEL: 'debug' });
+  const outputs: { where: string; text: string }[] = [];
+  const cli = async (args: string[], extra: Record<string, string> = {}) => {
+    const result = await stage.run(args, { ...env, ...extra });
+    outputs.push({ where: `reconciler ${args.join(' ')}`, text: result.stdout + result.stderr });
+  };
+
+  const daemon = stage.daemon(env);
+  const ops = String((await daemon.waitFor((l) => typeof l.url === 'string' && l.msg.startsWith('operations endpoint'), 'the operations endpoint', 30_000)).url);
+  await converge(shop.database, provider, 120_000);
+  for (const path of ['/metrics', '/readyz', '/healthz']) outputs.push({ where: `GET ${path}`, text: await (await fetch(`${ops}${path}`)).text() });
+
+  for (const args of [['list'], ['list', '--json'], ['history'], ['history', 'settle-returns', '--json'], ['failures'], ['failures', '--json'], ['config'], ['config', '--json'],
+    ['run', 'settle-returns', '--dry-run'], ['run', 'settle-returns', '--json', '--wait'], ['run', 'nope'], ['retry', 'settle-returns', '--all'], ['migrate']]) {
+    await cli(args, { LOG_LEVEL: 'debug' });
+  }
+  // Failing connections, whose errors are where secrets leak: a refused port, a database that does not exist, a provider that is down.
+  const refused = new URL(withPassword(shop.url));
+  refused.port = '1';
+  await cli(['list'], { DATABASE_URL: refused.toString() });
+  const missing = new URL(withPassword(shop.url));
+  missing.pathname = '/no_such_database';
+  await cli(['run', 'settle-returns'], { DATABASE_URL: missing.toString() });
+  await seedReturns(shop.database.db, 10, seed + 1);
+  await cli(['run', 'settle-returns', '--json'], { PAYMENT_PROVIDER_URL: 'http://127.0.0.1:1/v1', LOG_LEVEL: 'debug' });
+  await cli(['failures', '--json']);
+  await daemon.kill('SIGTERM');
+  outputs.push({ where: 'the daemon', text: daemon.stdoutText.join('\n') + daemon.stderr });
+
+  const tables = await queryRows<{ name: string }>(shop.database.db, sql`SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public'`);
+  for (const { name } of tables) {
+    const [row] = await queryRows<{ text: string | null }>(shop.database.db, sql.raw(`SELECT string_agg(t::text, E'\\n') AS text FROM "${name}" t`));
+    outputs.push({ where: `table ${name}`, text: row?.text ?? '' });
+  }
+
+  const failures: string[] = [];
+  const forms = [dbCanary, keyCanary, encodeURIComponent(dbCanary), encodeURIComponent(keyCanary)];
+  for (const { where, text } of outputs) {
+    if (forms.some((form) => text.includes(form))) failures.push(`a canary appears in: ${where}`);
+  }
+  const bytes = outputs.reduce((sum, o) => sum + o.text.length, 0);
+  return { failures, figures: { places: outputs.length, bytesSearched: bytes, logLines: daemon.lines.length } };
+}
