@@ -252,7 +252,7 @@ const racingPasses: Scenario = async (stage, { seed, quick }) => {
     const previous = runs[i - 1]!;
     if (previous.status !== 'abandoned' && previous.finished !== null && Number(runs[i]!.started) < Number(previous.finished)) overlaps++;
   }
-  const failures = [...exactlyOnce(result)];
+  const failures = [...exactlyOnce(result), ...(await quietAfter(stage, env, () => provider.stats()))];
   if (overlaps > 0) failures.push(`${overlaps} overlapping pass(es) in the history`);
   return { failures, figures: { ...auditFigures(result), manualRuns: manual, manualLocked: locked, passes: runs.length, overlaps } };
 };
