@@ -79,11 +79,14 @@ export function errorSummary(error: Error, max = 2_000): string {
   return text.length > max ? `${text.slice(0, max)}… (${text.length - max} more characters)` : text;
 }
 
-/** SQLSTATEs that say the server is going away or not there yet: class 08, admin/crash shutdown, starting up. */
-const UNAVAILABLE_SQLSTATE = /^(08...|57P0[1-3])$/;
+/** SQLSTATEs that say the server is going away or not there yet: class 08, admin/crash shutdown, starting up, full after a restart. */
+const UNAVAILABLE_SQLSTATE = /^(08...|57P0[1-3]|53300)$/;
 const UNAVAILABLE_SOCKET = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN']);
-/** What `pg` throws when its socket went away or never came. */
-const UNAVAILABLE_MESSAGE = /^(Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|Connection refused)/;
+/**
+ * What `pg` throws when its socket went away or never came. Not pg-pool's "timeout exceeded
+ * when trying to connect": that is a wait for a free connection of a busy pool, not an outage.
+ */
+const UNAVAILABLE_MESSAGE = /^(Connection terminated|Client has encountered a connection error|Connection refused)/;
 
 /**
  * True when an error of one of our own queries means the database cannot be reached (it

@@ -383,18 +383,20 @@ describe('reconciler list', () => {
     expect(result.stderr).not.toMatch(/^\s{4}at /m);
   });
 
-  it('lists the good reconciler and reports a duplicate name naming both files, exiting 2', async () => {
+  it('reports both files of a duplicate name and runs neither, exiting 2', async () => {
     const { env, folder } = await itemsJob(1);
     folder.write('dup.ts', FIXED_JOB);
     folder.write('dup.mjs', FIXED_JOB);
     const result = await runCli(['list'], env);
     expect(result.code, result.stderr).toBe(2);
     const names = lines(result.stdout).slice(1).map((line) => line.split(/\s+/)[0]);
-    expect(names).toEqual(['dup', 'items']);
-    const errorLines = lines(result.stderr);
-    expect(errorLines, result.stderr).toHaveLength(1);
+    expect(names).toEqual(['items']);
     const rel = (file: string) => join(folder.dir, file).slice(REPO_ROOT.length + 1);
-    expect(errorLines[0]).toContain(`${rel('dup.ts')}: duplicates the reconciler name \`dup\` already defined by ${rel('dup.mjs')}`);
+    expect(lines(result.stderr).sort()).toEqual([
+      `reconciler: ${rel('dup.mjs')}: shares the reconciler name \`dup\` with ${rel('dup.ts')}: neither runs until one is removed or renamed`,
+      `reconciler: ${rel('dup.ts')}: shares the reconciler name \`dup\` with ${rel('dup.mjs')}: neither runs until one is removed or renamed`,
+    ]);
+    expect((await runCli(['run', 'dup'], env)).code).toBe(2);
   });
 });
 

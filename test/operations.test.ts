@@ -156,8 +156,9 @@ describe('broken job files', () => {
 
   it('keep the daemon running the good reconciler; each is logged once, fails readiness and is counted in /metrics', async () => {
     const jobs = await tableJobs('survivor', 2, { schedule: '*/1 * * * * *' });
-    // The good file under a second extension: survivor.mts loads first, so survivor.ts is the duplicate.
-    jobs.write('survivor.mts', tableJob({ schedule: '*/1 * * * * *', table: 'survivor_items' }));
+    // Two good files under one name: neither runs (which one is meant is anyone's guess).
+    jobs.write('twin.mts', tableJob({ schedule: '*/1 * * * * *', table: 'survivor_items' }));
+    jobs.write('twin.ts', tableJob({ schedule: '*/1 * * * * *', table: 'survivor_items' }));
     jobs.write('boom.ts', `throw new Error('boom at import');\n`);
     jobs.write('nodefault.ts', `export const x = 1;\n`);
     jobs.write('badcron.ts', `import { defineReconciler } from ${JSON.stringify(API)};\nexport default defineReconciler({ schedule: '61 * * * *', scan: async () => [], key: () => 'k', reconcile: () => 'unchanged' });\n`);
@@ -166,14 +167,15 @@ describe('broken job files', () => {
     await d.waitFor((l) => l.reconciler === 'survivor' && l.trigger === 'schedule' && l.status === 'succeeded', 'a scheduled pass of the good reconciler', 20_000);
     expect((await t.rows<{ done: boolean }>(sql`SELECT done FROM survivor_items`)).every((r) => r.done)).toBe(true);
 
-    const problems = { 'badcron.ts': 'invalid cron "61 * * * *"', 'boom.ts': 'failed to import: boom at import', 'nodefault.ts': 'does not default-export a reconciler', 'survivor.ts': `duplicates the reconciler name \`survivor\` already defined by ${rel(jobs, 'survivor.mts')}` };
-    expect(d.lines.filter(isError).map((l) => l.file)).toEqual(Object.keys(problems).map((file) => rel(jobs, file)));
+    const problems = { 'badcron.ts': 'invalid cron "61 * * * *"', 'boom.ts': 'failed to import: boom at import', 'nodefault.ts': 'does not default-export a reconciler',
+      'twin.mts': `shares the reconciler name \`twin\` with ${rel(jobs, 'twin.ts')}: neither runs`, 'twin.ts': `shares the reconciler name \`twin\` with ${rel(jobs, 'twin.mts')}: neither runs` };
+    expect(d.lines.filter(isError).map((l) => l.file).sort()).toEqual(Object.keys(problems).map((file) => rel(jobs, file)).sort());
     for (const [file, problem] of Object.entries(problems)) {
       const [line] = d.lines.filter((l) => isError(l) && l.file === rel(jobs, file));
       expect(line!.msg).toMatch(new RegExp(`^${rel(jobs, file).replace(/\./g, '\\.')}: `));
       expect(line!.msg).toContain(problem);
     }
-    expect(d.lines.find((l) => String(l.msg).startsWith('daemon started'))?.msg).toMatch(/with 1 reconciler\(s\): survivor \(\*\/1 \* \* \* \* \*\); 4 job file\(s\) did not load/);
+    expect(d.lines.find((l) => String(l.msg).startsWith('daemon started'))?.msg).toMatch(/with 1 reconciler\(s\): survivor \(\*\/1 \* \* \* \* \*\); 5 job file\(s\) did not load/);
 
     const ready = await get(`${url}/readyz`);
     expect(ready.status).toBe(503);
@@ -181,9 +183,9 @@ describe('broken job files', () => {
     expect(checks.database.ok).toBe(true);
     expect(checks.jobs.ok).toBe(false);
     expect(checks.jobs.detail).toContain(`${rel(jobs, 'badcron.ts')}: invalid cron "61 * * * *"`);
-    expect(checks.jobs.detail).toMatch(/ \(and 3 more job file\(s\) that did not load: see the log\); 1 reconciler\(s\) loaded and scheduled$/);
+    expect(checks.jobs.detail).toMatch(/ \(and 4 more job file\(s\) that did not load: see the log\); 1 reconciler\(s\) loaded and scheduled$/);
     const metrics = (await get(`${url}/metrics`)).text;
-    expect(metrics).toMatch(/^reconciler_job_files_invalid 4$/m);
+    expect(metrics).toMatch(/^reconciler_job_files_invalid 5$/m);
     const verdict = await promtool(metrics);
     if (verdict !== undefined) expect(verdict).toBe('0:');
     expect(d.child.exitCode).toBeNull();

@@ -215,13 +215,14 @@ describe('the daemon, as a process', () => {
   }, 60_000);
 
   it('retries a failed item when its backoff ends, in a `retry` pass, without waiting for the next tick', async () => {
-    const jobs = await setUp('retried', 3, { schedule: '0 0 1 1 *', failOnceKeys: ['item-2'], extra: "retry: { backoff: { initial: '1s', max: '1s' } }," });
+    // A backoff of 3 s (1.5 to 3 s with jitter), longer than the 1 s minimum gap between passes.
+    const jobs = await setUp('retried', 3, { schedule: '0 0 1 1 *', failOnceKeys: ['item-2'], extra: "retry: { backoff: { initial: '3s', max: '3s' } }," });
     const daemon = start(['daemon'], env(jobs));
     const retry = await daemon.waitFor(isSummary('retried', 'retry'), 'a retry pass', 20_000);
     expect(retry.status).toBe('succeeded');
     const history = await runs('retried');
     expect(history.map((run) => [run.trigger, run.status, run.changed, run.failed])).toEqual([['startup', 'failed', 2, 1], ['retry', 'succeeded', 1, 0]]);
-    expect(history[1]!.started_ms - history[0]!.finished_ms!).toBeGreaterThanOrEqual(900); // not back to back: at least MIN_RETRY_GAP_MS
+    expect(history[1]!.started_ms - history[0]!.finished_ms!).toBeGreaterThanOrEqual(1_400); // when the backoff ends, not before
     expect((await items('retried')).map((row) => row.touched)).toEqual([1, 1, 1]);
   }, 60_000);
 

@@ -81,7 +81,7 @@ export async function badInput(stage: Stage, seed: number, quick: boolean): Prom
   const malformedDatabaseUrl = await stage.run(['daemon'], { ...env, DATABASE_URL: 'postgres://app:canary-db-pw@db.internal:port/app' });
   const malformedProviderUrl = await stage.run(['daemon'], { ...env, PAYMENT_PROVIDER_URL: 'api.payments.example/v1' });
   const alive = daemon.child.exitCode === null && daemon.child.signalCode === null;
-  const errorLines = (file: string) => hasLine(daemon.lines, (l) => l.level >= 50 && String(l.msg).includes(file));
+  const errorLines = (file: string) => hasLine(daemon.lines, (l) => l.level >= 50 && String(l.file ?? '').endsWith(`/${file}`));
   const common = [...(settled ? [settled] : []), ...(alive ? [] : ['the daemon exited'])];
 
   const loadCase = (file: string, expected: RegExp): CaseOutcome => {
@@ -94,9 +94,18 @@ export async function badInput(stage: Stage, seed: number, quick: boolean): Prom
   const cases: Record<string, CaseOutcome> = {
     'job file throws at import': loadCase('throws-at-import.js', /failed to import: .*secrets vault/),
     'job file exports nothing': loadCase('exports-nothing.js', /does not default-export a reconciler/),
-    'invalid cron': loadCase('invalid-cron.js', /cron/i),
-    'duplicate name': loadCase('twin.mjs', /duplicates the reconciler name `twin`/),
+    'invalid cron': loadCase('invalid-cron.js', /invalid-cron\.js: invalid cron "61 \* \* \* \*"/),
   };
+  {
+    // Two files, one name: both are reported, and neither runs, in the daemon or by hand.
+    const twin = [loadCase('twin.js', /twin\.js: shares the reconciler name `twin` with .*twin\.mjs: neither runs/), loadCase('twin.mjs', /twin\.mjs: shares the reconciler name `twin` with .*twin\.js: neither runs/)];
+    const byHand = await stage.run(['run', 'twin'], env);
+    const ran = hasLine(daemon.lines, (l) => l.reconciler === 'twin');
+    const failures = [...new Set(twin.flatMap((c) => c.failures))];
+    if (byHand.code !== 2) failures.push(`\`reconciler run twin\` exited ${byHand.code} (expected 2)`);
+    if (ran.length > 0) failures.push('the daemon ran one of the twins');
+    cases['duplicate name'] = { failures, figures: { errorLines: twin.reduce((n, c) => n + Number(c.figures.errorLines), 0), runByHandExit: byHand.code ?? String(byHand.signal) } };
+  }
 
   {
     const failures = [...common];

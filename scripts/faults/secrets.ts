@@ -22,9 +22,12 @@ export async function secrets(stage: Stage, seed: number, quick: boolean): Promi
   };
   const env = stage.env(withPassword(shop.url), provider, stage.jobs('*/2 * * * * *'), { LOG_LEVEL: 'debug' });
   const outputs: { where: string; text: string }[] = [];
-  const cli = async (args: string[], extra: Record<string, string> = {}) => {
+  const exits: string[] = [];
+  /** Runs a command and keeps its output; `expected` is its exit code, so a command that fails early cannot pass unseen. */
+  const cli = async (args: string[], expected: number, extra: Record<string, string> = {}) => {
     const result = await stage.run(args, { ...env, ...extra });
     outputs.push({ where: `reconciler ${args.join(' ')}`, text: result.stdout + result.stderr });
+    if (result.code !== expected) exits.push(`\`reconciler ${args.join(' ')}\` exited ${result.code ?? result.signal}, expected ${expected}: ${result.stderr.slice(0, 200)}`);
   };
 
   const daemon = stage.daemon(env);
@@ -32,20 +35,25 @@ export async function secrets(stage: Stage, seed: number, quick: boolean): Promi
   await converge(shop.database, provider, 120_000);
   for (const path of ['/metrics', '/readyz', '/healthz']) outputs.push({ where: `GET ${path}`, text: await (await fetch(`${ops}${path}`)).text() });
 
-  for (const args of [['list'], ['list', '--json'], ['history'], ['history', 'settle-returns', '--json'], ['failures'], ['failures', '--json'], ['config'], ['config', '--json'],
-    ['run', 'settle-returns', '--dry-run'], ['run', 'settle-returns', '--json', '--wait'], ['run', 'nope'], ['retry', 'settle-returns', '--all'], ['migrate']]) {
-    await cli(args, { LOG_LEVEL: 'debug' });
+  const commands: [string[], number][] = [[['list'], 0], [['list', '--json'], 0], [['history'], 0], [['history', 'settle-returns', '--json'], 0], [['failures'], 0], [['failures', '--json'], 0],
+    [['config'], 0], [['config', '--json'], 0], [['run', 'nope'], 2], [['retry', 'settle-returns', '--all'], 0], [['migrate'], 0]];
+  for (const [args, expected] of commands) await cli(args, expected, { LOG_LEVEL: 'debug' });
+  // Passes may find declined (dead) returns: exit 0 or 1 both print everything there is to print.
+  for (const args of [['run', 'settle-returns', '--dry-run'], ['run', 'settle-returns', '--json', '--wait']]) {
+    const result = await stage.run(args, { ...env, LOG_LEVEL: 'debug' });
+    outputs.push({ where: `reconciler ${args.join(' ')}`, text: result.stdout + result.stderr });
+    if (result.code !== 0 && result.code !== 1) exits.push(`\`reconciler ${args.join(' ')}\` exited ${result.code ?? result.signal}: ${result.stderr.slice(0, 200)}`);
   }
   // Failing connections, whose errors are where secrets leak: a refused port, a database that does not exist, a provider that is down.
   const refused = new URL(withPassword(shop.url));
   refused.port = '1';
-  await cli(['list'], { DATABASE_URL: refused.toString() });
+  await cli(['list'], 2, { DATABASE_URL: refused.toString() });
   const missing = new URL(withPassword(shop.url));
   missing.pathname = '/no_such_database';
-  await cli(['run', 'settle-returns'], { DATABASE_URL: missing.toString() });
+  await cli(['run', 'settle-returns'], 2, { DATABASE_URL: missing.toString() });
   await seedReturns(shop.database.db, 10, seed + 1);
-  await cli(['run', 'settle-returns', '--json'], { PAYMENT_PROVIDER_URL: 'http://127.0.0.1:1/v1', LOG_LEVEL: 'debug' });
-  await cli(['failures', '--json']);
+  await cli(['run', 'settle-returns', '--json'], 1, { PAYMENT_PROVIDER_URL: 'http://127.0.0.1:1/v1', LOG_LEVEL: 'debug' });
+  await cli(['failures', '--json'], 0);
   await daemon.kill('SIGTERM');
   outputs.push({ where: 'the daemon', text: daemon.stdoutText.join('\n') + daemon.stderr });
 
@@ -55,8 +63,9 @@ export async function secrets(stage: Stage, seed: number, quick: boolean): Promi
     outputs.push({ where: `table ${name}`, text: row?.text ?? '' });
   }
 
-  const failures: string[] = [];
-  const forms = [dbCanary, keyCanary, encodeURIComponent(dbCanary), encodeURIComponent(keyCanary)];
+  const failures: string[] = [...exits];
+  // As given, URL-encoded, in HTTP Basic auth (base64 of user:password), and a telling prefix of each.
+  const forms = [dbCanary, keyCanary, encodeURIComponent(dbCanary), Buffer.from(`postgres:${dbCanary}`).toString('base64'), Buffer.from(`${keyCanary}:`).toString('base64'), dbCanary.slice(0, 12), keyCanary.slice(0, 14)];
   for (const { where, text } of outputs) {
     if (forms.some((form) => text.includes(form))) failures.push(`a canary appears in: ${where}`);
   }

@@ -165,7 +165,7 @@ export class Engine {
       if (lease.reason === 'already-served') log.debug({ reconciler: reconciler.name, tick: request.tick }, 'already served by another process');
       return lease.reason === 'held' ? { ran: false, reason: 'held', holder: lease.holder } : { ran: false, reason: 'already-served', ...(lease.holder ? { holder: lease.holder } : {}) };
     }
-    const keeper = this.#keepLease(reconciler.name, holder.id, active.abort);
+    const keeper = this.#keepLease(reconciler.name, lease.runId, holder.id, active.abort);
     let result: PassResult;
     try {
       this.events.emit('pass:start', { reconciler: reconciler.name, runId: lease.runId, trigger: request.trigger, dryRun: false });
@@ -220,13 +220,14 @@ export class Engine {
    * the *sending* of the last renewal that succeeded (minus a margin), whether or not a
    * renewal is still hanging. Another process may take over from then on.
    */
-  #keepLease(name: string, holderId: string, abort: AbortController): { stop(): void } {
+  #keepLease(name: string, runId: number, holderId: string, abort: AbortController): { stop(): void } {
     const { log, leaseMs } = this.#options;
     const margin = Math.min(1_000, leaseMs / 5);
     let stopped = false;
     let renewTimer: NodeJS.Timeout | undefined;
     let watchdog: NodeJS.Timeout | undefined;
     let lastError: Error | undefined;
+    let failedRenewals = 0;
     const armWatchdog = (sentAt: number) => {
       clearTimeout(watchdog);
       watchdog = setTimeout(() => {
@@ -239,6 +240,11 @@ export class Engine {
       const sentAt = performance.now();
       try {
         if (await renewLease(this.#control, name, WHOLE.index, holderId, leaseMs)) {
+          // A near miss is worth a line; a lease that lapses is told once, by the pass summary (the watchdog's abort).
+          if (failedRenewals > 0) {
+            log.warn({ reconciler: name, passId: runId, failedRenewals, err: lastError }, `the lease renewal failed ${failedRenewals} time(s) (${errorSummary(lastError!, 200)}) before it went through; the pass went on`);
+          }
+          failedRenewals = 0;
           lastError = undefined;
           armWatchdog(sentAt);
         } else {
@@ -246,8 +252,9 @@ export class Engine {
           return;
         }
       } catch (error) {
-        lastError = coerceError(error); // reported by the watchdog, in the pass summary, if it comes to that
-        log.debug({ reconciler: name, err: lastError }, 'could not renew the pass lease; will try again');
+        lastError = coerceError(error);
+        failedRenewals++;
+        log.debug({ reconciler: name, passId: runId, err: lastError }, 'could not renew the pass lease; will try again');
       }
       if (!stopped) renewTimer = setTimeout(() => void renew(), Math.max(100, Math.floor(leaseMs / 3)));
     };

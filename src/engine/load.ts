@@ -59,6 +59,7 @@ export async function loadReconcilers(jobsDir: string): Promise<LoadResult> {
   const reconcilers: Reconciler[] = [];
   const errors: LoadError[] = [];
   const byName = new Map<string, string>();
+  const twins = new Set<string>();
   for (const entry of entries) {
     const path = join(jobsDir, entry);
     const file = relative(process.cwd(), path) || path;
@@ -69,7 +70,8 @@ export async function loadReconcilers(jobsDir: string): Promise<LoadResult> {
     }
     const twin = byName.get(name);
     if (twin !== undefined) {
-      errors.push({ file, name, message: `duplicates the reconciler name \`${name}\` already defined by ${twin}: remove or rename one of them` });
+      errors.push({ file, name, message: `shares the reconciler name \`${name}\` with ${twin}: neither runs until one is removed or renamed` });
+      twins.add(name);
       continue;
     }
     byName.set(name, file);
@@ -89,5 +91,11 @@ export async function loadReconcilers(jobsDir: string): Promise<LoadResult> {
       reconcilers.push(resolveReconciler(name, file, exported));
     }
   }
-  return { reconcilers, errors };
+  // Two files, one name: which one is meant (a stale build beside its source?) is anyone's
+  // guess, and running the wrong one may move money. Neither runs.
+  for (const reconciler of reconcilers.filter((r) => twins.has(r.name))) {
+    const other = errors.find((e) => e.name === reconciler.name && e.file !== reconciler.file)!;
+    errors.push({ file: reconciler.file, name: reconciler.name, message: `shares the reconciler name \`${reconciler.name}\` with ${other.file}: neither runs until one is removed or renamed` });
+  }
+  return { reconcilers: reconcilers.filter((r) => !twins.has(r.name)), errors };
 }

@@ -10,6 +10,7 @@ import type { Db, Outcome, Partition, Reconciler, ReconcileResult } from '../rec
 import { coerceError, errorSummary, isDatabaseUnavailable, isTerminalError } from '../errors.js';
 import { formatDuration } from '../duration.js';
 import { forgetFailure, forgetUnseen, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
+import { databaseAnswers } from '../store/database.js';
 import type { PassCounts, PassStatus, Trigger } from '../store/runs.js';
 import { backoffDelay } from './backoff.js';
 import type { EngineEvents } from './events.js';
@@ -167,6 +168,8 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
    */
   let unavailable: Error | undefined;
   let nextRetryAt: Date | null = null;
+  /** Items aborted mid-reconcile (shutdown timeout, lost lease): named once, after the pass, not a line each. */
+  const abortedKeys: string[] = [];
   const noteRetry = (at: Date) => {
     if (nextRetryAt === null || at < nextRetryAt) nextRetryAt = at;
   };
@@ -220,6 +223,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
       const failure = coerceError(thrown);
       if (control.abort.aborted && !(failure instanceof ItemTimeoutError)) {
         counts.skipped++; // aborted by shutdown or a lost lease: not the item's fault, no attempt spent; the pass summary says why
+        abortedKeys.push(key);
         itemLog.debug({ attempt }, `aborted in flight: ${errorSummary(coerceError(control.abort.reason), 200)}`);
         return;
       }
@@ -338,10 +342,16 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     complete = false;
     const failure = coerceError(thrown);
     error = control.abort.aborted ? errorSummary(coerceError(control.abort.reason)) : errorSummary(failure);
-    if (isDatabaseUnavailable(failure)) unavailable ??= failure;
+    // The scan is the job's code and may call other services: its connection error means our
+    // database is gone only if the database does not answer either.
+    if (!control.abort.aborted && isDatabaseUnavailable(failure) && !(await databaseAnswers(db))) unavailable ??= failure;
     else if (!control.abort.aborted) log.error({ err: failure }, `pass broke off: ${error}`);
   }
   await Promise.all(inFlight);
+  if (abortedKeys.length > 0) {
+    const shown = abortedKeys.slice(0, 10).join(', ');
+    log.info({ keys: abortedKeys.slice(0, 100), count: abortedKeys.length }, `${abortedKeys.length} item(s) aborted in flight, no attempt spent; the next pass finds them again: ${shown}${abortedKeys.length > 10 ? ', …' : ''}`);
+  }
   if (unavailable && !control.abort.aborted) {
     complete = false;
     error = `the database is unavailable (${errorSummary(unavailable, 300)}): the pass stopped taking items; the next pass resumes`;

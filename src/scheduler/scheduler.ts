@@ -13,9 +13,12 @@ import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
 import { readStates, type StateRow } from '../store/state.js';
 import { nextTick, previousTick } from './cron.js';
 import type { PassResult } from '../engine/pass.js';
+import type { Trigger } from '../store/runs.js';
 
 /** The soonest a retry pass follows the pass before it, so that a short backoff cannot make passes back to back. */
 const MIN_RETRY_GAP_MS = 1_000;
+/** setTimeout's limit; a later retry is the tick's to serve. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export interface SchedulerOptions {
   engine: Engine;
@@ -60,8 +63,10 @@ export class Scheduler {
   readonly #options: SchedulerOptions;
   readonly #tasks: ScheduledTask[] = [];
   readonly #inFlight = new Set<Promise<void>>();
-  /** Reconcilers with a pass launched by this scheduler that has not returned yet. */
-  readonly #launched = new Set<string>();
+  /** Reconcilers with a pass launched by this scheduler that has not returned yet, and its trigger. */
+  readonly #launched = new Map<string, Trigger>();
+  /** A tick that came while this process ran a retry pass: served as soon as that pass ends. */
+  readonly #tickAfterRetry = new Map<string, Date>();
   readonly #retries = new Set<NodeJS.Timeout>();
   /** Reconcilers with a takeover check scheduled (one at a time). */
   readonly #pendingTakeover = new Set<string>();
@@ -85,23 +90,30 @@ export class Scheduler {
       this.#launch(catchUp.name, { trigger: 'startup', tick: catchUp.tick, expectLastRunId: catchUp.expectLastRunId });
     }
     for (const reconciler of engine.reconcilers.values()) {
-      const task = nodeCron.createTask(reconciler.schedule, (context) => this.#launch(reconciler.name, { trigger: 'schedule', tick: toTick(context.date) }), {
+      const task = nodeCron.createTask(reconciler.schedule, (context) => this.#tick(reconciler.name, toTick(context.date)), {
         timezone: reconciler.timezone,
         name: reconciler.name,
       });
       // node-cron noticed it could not fire on time (an event-loop stall): fold all of them into one pass.
       task.on('execution:missed', (context) => {
-        if (!this.#launched.has(reconciler.name)) this.#launch(reconciler.name, { trigger: 'schedule', tick: toTick(context.date) });
+        if (!this.#launched.has(reconciler.name)) this.#tick(reconciler.name, toTick(context.date));
       });
       this.#tasks.push(task);
       await task.start();
     }
   }
 
+  /** A retry pass is this scheduler's own extra: a tick that meets one runs right after it, not skipped. */
+  #tick(name: string, tick: Date): void {
+    if (this.#launched.get(name) === 'retry') this.#tickAfterRetry.set(name, tick);
+    else this.#launch(name, { trigger: 'schedule', tick });
+  }
+
   #launch(name: string, request: RunRequest): void {
     const { engine, log } = this.#options;
     if (this.#state !== 'started') return;
-    this.#launched.add(name);
+    const mine = !this.#launched.has(name); // else the engine answers "running here", and the running launch owns the entry
+    if (mine) this.#launched.set(name, request.trigger);
     const pass = engine
       .runPass(name, request)
       .then((outcome) => {
@@ -127,7 +139,11 @@ export class Scheduler {
       })
       .finally(() => {
         this.#inFlight.delete(pass);
+        if (!mine) return;
         this.#launched.delete(name);
+        const tick = this.#tickAfterRetry.get(name);
+        this.#tickAfterRetry.delete(name);
+        if (tick) this.#launch(name, { trigger: 'schedule', tick });
       });
     this.#inFlight.add(pass);
   }
@@ -141,8 +157,12 @@ export class Scheduler {
   #retryWhenDue(result: PassResult): void {
     if (result.nextRetryAt === null || result.status === 'aborted' || result.status === 'error' || this.#state !== 'started') return;
     const reconciler = this.#options.engine.get(result.reconciler);
-    const at = Math.max(result.nextRetryAt.getTime(), Date.now() + MIN_RETRY_GAP_MS);
-    if (at >= nextTick(reconciler.schedule, reconciler.timezone, new Date()).getTime()) return;
+    // A budget (maxItemsPerPass, maxPassDuration) caps the work per period: the rest is the tick's.
+    if (reconciler.maxItemsPerPass !== undefined || reconciler.maxPassDurationMs !== undefined) return;
+    // At most half the time in retry passes, however many items fall due one after another.
+    const gap = Math.max(MIN_RETRY_GAP_MS, result.durationMs);
+    const at = Math.max(result.nextRetryAt.getTime(), Date.now() + gap);
+    if (at - Date.now() > MAX_TIMER_MS || at + gap >= nextTick(reconciler.schedule, reconciler.timezone, new Date()).getTime()) return;
     const pending = this.#pendingRetry.get(reconciler.name);
     if (pending && pending.at <= at) return;
     if (pending) {
@@ -164,6 +184,7 @@ export class Scheduler {
     for (const timer of this.#retries) clearTimeout(timer);
     this.#retries.clear();
     this.#pendingRetry.clear();
+    this.#tickAfterRetry.clear();
     for (const task of this.#tasks.splice(0)) await task.destroy();
   }
 

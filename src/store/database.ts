@@ -8,7 +8,7 @@ import { hostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import pg from 'pg';
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
-import type { SQL } from 'drizzle-orm';
+import { sql, type SQL } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Db } from '../reconciler.js';
 import { UserError, coerceError } from '../errors.js';
@@ -41,6 +41,14 @@ export interface OpenOptions {
 export async function queryRows<Row>(db: Db, query: SQL): Promise<Row[]> {
   const result = (await db.execute(query)) as unknown as { rows: Row[] };
   return result.rows;
+}
+
+/** True if the database answers a trivial query: to tell an outage from a query's own connection error. */
+export async function databaseAnswers(db: Db): Promise<boolean> {
+  return queryRows(db, sql`SELECT 1`).then(
+    () => true,
+    () => false,
+  );
 }
 
 export async function openDatabase(options: OpenOptions): Promise<Database> {

@@ -44,7 +44,7 @@ export const reconcilerRuns = pgTable(
     id: bigserial('id', { mode: 'number' }).primaryKey(),
     reconciler: text('reconciler').notNull(),
     partition: integer('partition').notNull().default(0),
-    /** schedule | manual | startup */
+    /** schedule | manual | startup | retry */
     trigger: text('trigger').notNull(),
     /** running | succeeded | failed | error | aborted | abandoned */
     status: text('status').notNull(),
