@@ -51,11 +51,12 @@ export async function secrets(stage: Stage, seed: number, quick: boolean): Promi
   const missing = new URL(withPassword(shop.url));
   missing.pathname = '/no_such_database';
   await cli(['run', 'settle-returns'], 2, { DATABASE_URL: missing.toString() });
+  // The daemon stops first: it would settle the new returns before the run with the provider down could fail on them.
+  await daemon.kill('SIGTERM');
+  outputs.push({ where: 'the daemon', text: daemon.stdoutText.join('\n') + daemon.stderr });
   await seedReturns(shop.database.db, 10, seed + 1);
   await cli(['run', 'settle-returns', '--json'], 1, { PAYMENT_PROVIDER_URL: 'http://127.0.0.1:1/v1', LOG_LEVEL: 'debug' });
   await cli(['failures', '--json'], 0);
-  await daemon.kill('SIGTERM');
-  outputs.push({ where: 'the daemon', text: daemon.stdoutText.join('\n') + daemon.stderr });
 
   const tables = await queryRows<{ name: string }>(shop.database.db, sql`SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public'`);
   for (const { name } of tables) {
