@@ -29,7 +29,7 @@ export function urlOf(database: string, adminUrl = ADMIN_URL): string {
   return url.toString();
 }
 
-async function admin(query: string, adminUrl = ADMIN_URL): Promise<void> {
+export async function admin(query: string, adminUrl = ADMIN_URL): Promise<void> {
   const client = new pg.Client({ connectionString: adminUrl });
   await client.connect();
   try {
