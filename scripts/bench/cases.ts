@@ -1,5 +1,7 @@
 /** The benchmark cases: each returns figures as median, min and max over `runs` measured runs. */
 import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import pino from 'pino';
 import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
@@ -8,7 +10,8 @@ import { defineReconciler, resolveReconciler, type Reconciler } from '../../src/
 import { Engine } from '../../src/engine/engine.js';
 import { Scheduler } from '../../src/scheduler/scheduler.js';
 import { findReturnsToSettle } from '../../src/returns/service.js';
-import { ADMIN_URL, admin, urlOf } from '../faults/harness.js';
+import { ADMIN_URL, Stage, admin, until, urlOf } from '../faults/harness.js';
+import { buildApp } from '../faults/app.js';
 
 export interface CaseResult {
   case: string;
@@ -142,5 +145,76 @@ export async function passLatency({ runs }: CaseOptions): Promise<CaseResult[]> 
     await engine.stop(5_000);
     await scheduler.drain();
     await drop();
+  }
+}
+
+/** CPU seconds (user + system) a process has used so far, from /proc. */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS; // utime, stime
+}
+
+/** Resident memory of a process in MB, from /proc. */
+function rssMb(pid: number): number {
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+  return Math.round(kb / 102.4) / 10;
+}
+
+const CLOCK_TICKS = 100; // USER_HZ on Linux
+
+/**
+ * 4. Idle footprint: the built daemon (as the image runs it) with 20 reconcilers due every
+ * 10 s and nothing to do. Sampled per 10 s window: CPU share of one core, RSS, and
+ * statements per idle pass (committed transactions on its database per pass).
+ */
+export async function idleFootprint({ quick }: CaseOptions): Promise<CaseResult[]> {
+  const app = await buildApp();
+  const stage = new Stage(app);
+  try {
+    const shop = await stage.shop(0, 1);
+    const jobs = stage.jobFolder();
+    const index = JSON.stringify(app.module('src/index.js'));
+    const service = JSON.stringify(app.module('src/returns/service.js'));
+    for (let i = 1; i <= 20; i++) {
+      writeFileSync(
+        join(jobs, `idle-${String(i).padStart(2, '0')}.js`),
+        `import { defineReconciler } from ${index};\nimport { findReturnsToSettle } from ${service};\n` +
+          `export default defineReconciler({ schedule: '*/10 * * * * *', scan: ({ db, after, limit }) => findReturnsToSettle(db, after?.id ?? 0, limit), key: (r) => String(r.id), reconcile: async () => 'unchanged' });\n`,
+      );
+    }
+    const daemon = stage.daemon({ DATABASE_URL: shop.url, JOBS_DIR: jobs, LOG_LEVEL: 'warn', PAYMENT_PROVIDER_URL: 'http://127.0.0.1:1', PAYMENT_PROVIDER_KEY: 'unused' });
+    const db = shop.database.db;
+    const commits = async () => Number((await queryRows<{ n: number }>(db, sql`SELECT xact_commit::bigint AS n FROM pg_stat_database WHERE datname = current_database()`))[0]?.n ?? 0);
+    const passes = async () => Number((await queryRows<{ n: number }>(db, sql`SELECT count(*)::int AS n FROM reconciler_runs`))[0]?.n ?? 0);
+    // Warm up: every reconciler has run once (catch-up) and one tick has passed.
+    await until(async () => (await passes()) >= 40, 'two rounds of idle passes', 60_000);
+    const windows = quick ? 3 : 12;
+    const cpu: number[] = [];
+    const rss: number[] = [rssMb(daemon.pid)];
+    const first = { passes: await passes(), commits: await commits() };
+    for (let w = 0; w < windows; w++) {
+      const [c0, t0, p0, q0] = [cpuSeconds(daemon.pid), performance.now(), await passes(), await commits()];
+      await new Promise((resolve) => setTimeout(resolve, 10_000));
+      const [c1, t1, p1, q1] = [cpuSeconds(daemon.pid), performance.now(), await passes(), await commits()];
+      cpu.push(((c1 - c0) / ((t1 - t0) / 1000)) * 100);
+      rss.push(rssMb(daemon.pid));
+      void [p0, q0, p1, q1];
+    }
+    // Over the whole measurement, not per window: PostgreSQL flushes a backend's counters up to
+    // 10 s late, which would blur a 10 s window but is within a few statements over all of it.
+    // Our own probes commit too: 4 per window, and 1 after the first reading.
+    const last = { passes: await passes(), commits: await commits() };
+    const perPass = Math.round(((last.commits - first.commits - 4 * windows - 2) / (last.passes - first.passes)) * 100) / 100;
+    const growth = Math.round((rss[rss.length - 1]! - rss[1]!) * 10) / 10;
+    const label = `20 reconcilers every 10 s, nothing to do, ${windows * 10} s`;
+    return [
+      { case: 'idle footprint', figure: `CPU, % of one core (${label})`, unit: '%', ...stats(cpu), goal: '< 2%', met: stats(cpu).median < 2 },
+      { case: 'idle footprint', figure: 'RSS', unit: 'MB', ...stats(rss), goal: '< 150 MB', met: stats(rss).max < 150 },
+      { case: 'idle footprint', figure: 'RSS growth over the window (after warm-up)', unit: 'MB', median: growth, min: growth, max: growth, goal: 'no growth (< 5 MB)', met: growth < 5 },
+      { case: 'idle footprint', figure: `statements per idle pass (committed transactions ÷ ${last.passes - first.passes} passes)`, unit: '', median: perPass, min: perPass, max: perPass, goal: 'lease + scan + record = 3 (±0.1: counters flush late)', met: perPass <= 3.1 },
+    ];
+  } finally {
+    await stage.teardown();
+    app.remove();
   }
 }

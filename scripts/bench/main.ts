@@ -4,13 +4,13 @@
  * min and max, and comparisons are ratios measured side by side in the same run. Writes
  * JSON and a markdown table (bench-results/bench-latest.{json,md} by default).
  *
- * Cases so far (issue 6): the cost of a pass that finds nothing against table size, and the
- * latency from a scheduled tick to the first item's reconcile.
+ * Cases so far (issue 6): the cost of a pass that finds nothing against table size, the
+ * latency from a scheduled tick to the first item's reconcile, and the idle footprint.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Command } from 'commander';
-import { passLatency, scanCost, type CaseResult } from './cases.js';
+import { idleFootprint, passLatency, scanCost, type CaseResult } from './cases.js';
 
 const program = new Command('bench')
   .option('--quick', 'small tables and few runs (under 2 minutes), as the test suite runs it')
@@ -39,7 +39,7 @@ function markdown(rows: CaseResult[]): string {
   return `${lines.join('\n')}\n`;
 }
 
-for (const [name, run] of [['scan cost', scanCost], ['pass latency', passLatency]] as const) {
+for (const [name, run] of [['scan cost', scanCost], ['pass latency', passLatency], ['idle footprint', idleFootprint]] as const) {
   process.stderr.write(`[bench] ${name}${quick ? ' (quick)' : ''}…\n`);
   results.push(...(await run({ quick, runs })));
   save(); // after each case, so that an interrupted run keeps what it measured

@@ -181,10 +181,12 @@ export class Engine {
     }
     let unrecorded: string | undefined;
     try {
-      await finishAndRelease(this.#control, {
+      const forgotten = await finishAndRelease(this.#control, {
         reconciler: reconciler.name, partition: WHOLE.index, holderId: holder.id, runId: lease.runId, partial,
         status: result.status, counts: result.counts, complete: result.complete, durationMs: result.durationMs, error: result.error,
+        forgetUnseen: result.complete && result.error === null && !partial,
       });
+      if (forgotten > 0) log.info({ reconciler: reconciler.name, passId: lease.runId, forgotten }, `forgot ${forgotten} failed item(s) that the scan no longer finds (their work was done elsewhere)`);
     } catch (error) {
       unrecorded = `could not record the end of the pass (${errorSummary(coerceError(error), 200)}); its lease expires by itself within ${formatDuration(leaseMs)}`;
     }

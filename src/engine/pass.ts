@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import type { Db, Outcome, Partition, Reconciler, ReconcileResult } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable, isTerminalError } from '../errors.js';
 import { formatDuration } from '../duration.js';
-import { forgetFailure, forgetUnseen, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
+import { forgetFailure, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
 import { databaseAnswers } from '../store/database.js';
 import type { PassCounts, PassStatus, Trigger } from '../store/runs.js';
 import { backoffDelay } from './backoff.js';
@@ -355,15 +355,6 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   if (unavailable && !control.abort.aborted) {
     complete = false;
     error = `the database is unavailable (${errorSummary(unavailable, 300)}): the pass stopped taking items; the next pass resumes`;
-  }
-
-  if (complete && error === null && !options.dryRun && options.onlyKey === undefined && deps.runId !== null) {
-    try {
-      const forgotten = await forgetUnseen(db, reconciler.name, options.partition.index, deps.runId);
-      if (forgotten > 0) log.info({ forgotten }, `forgot ${forgotten} failed item(s) that the scan no longer finds (their work was done elsewhere)`);
-    } catch (forgetError) {
-      log.warn({ err: coerceError(forgetError) }, 'could not prune failure memory; will try after the next complete pass');
-    }
   }
 
   let status: PassStatus;

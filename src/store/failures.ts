@@ -78,21 +78,6 @@ export async function forgetFailure(db: Db, reconciler: string, key: string): Pr
   await db.delete(reconcilerFailures).where(and(eq(reconcilerFailures.reconciler, reconciler), eq(reconcilerFailures.key, key)));
 }
 
-/**
- * After a complete pass: forgets the items its scan no longer finds (their work was done
- * elsewhere). Every item the scan found was stamped after the run started.
- */
-export async function forgetUnseen(db: Db, reconciler: string, partition: number, runId: number): Promise<number> {
-  const rows = await queryRows<{ key: string }>(
-    db,
-    sql`DELETE FROM reconciler_failures
-        WHERE reconciler = ${reconciler} AND partition = ${partition}
-          AND last_seen_at < (SELECT started_at FROM reconciler_runs WHERE id = ${runId})
-        RETURNING key`,
-  );
-  return rows.length;
-}
-
 export async function listFailures(db: Db, options: { reconciler?: string; deadOnly?: boolean; limit: number }): Promise<FailureRow[]> {
   return db
     .select()

@@ -154,12 +154,21 @@ export interface FinishRequest {
   error: string | null;
   /** A `run --key` pass: recorded in history, but not as the reconciler's last pass. */
   partial: boolean;
+  /**
+   * A complete pass: forget the failed items its scan no longer finds (their work was done
+   * elsewhere); every item it found was stamped after it started.
+   */
+  forgetUnseen: boolean;
 }
 
-/** Records the run's outcome and gives the lease back (if this holder still has it). */
-export async function finishAndRelease(db: Db, f: FinishRequest): Promise<void> {
+/**
+ * Records the run's outcome, forgets what a complete pass no longer finds, and gives the
+ * lease back (if this holder still has it): one statement, so that an idle pass costs three
+ * (lease, scan, this). Returns how many failure records were forgotten.
+ */
+export async function finishAndRelease(db: Db, f: FinishRequest): Promise<number> {
   const c = f.counts;
-  await queryRows(
+  const [row] = await queryRows<{ forgotten: number }>(
     db,
     sql`
     WITH run AS (
@@ -167,16 +176,25 @@ export async function finishAndRelease(db: Db, f: FinishRequest): Promise<void> 
         found = ${c.found}, changed = ${c.changed}, unchanged = ${c.unchanged}, skipped = ${c.skipped},
         failed = ${c.failed}, deferred = ${c.deferred}, dead = ${c.dead}, complete = ${f.complete}, error = ${f.error}
       WHERE id = ${f.runId}
-      RETURNING id
-    )
+      RETURNING started_at
+    ), forgotten AS (
+      DELETE FROM reconciler_failures
+      WHERE ${f.forgetUnseen} AND reconciler = ${f.reconciler} AND partition = ${f.partition}
+        AND last_seen_at < (SELECT started_at FROM run)
+      RETURNING 1
+    ), released AS (
     UPDATE reconciler_state SET holder_id = NULL, holder_host = NULL, holder_pid = NULL, holder_since = NULL,
       lease_expires_at = NULL, current_run_id = NULL,
       last_finished_at = CASE WHEN ${f.partial} THEN last_finished_at ELSE now() END,
       last_status = CASE WHEN ${f.partial} THEN last_status ELSE ${f.status} END,
       last_run_id = CASE WHEN ${f.partial} THEN last_run_id ELSE ${f.runId} END,
       last_succeeded_at = CASE WHEN ${f.status} = 'succeeded' AND NOT ${f.partial} THEN now() ELSE last_succeeded_at END
-    WHERE reconciler = ${f.reconciler} AND partition = ${f.partition} AND holder_id = ${f.holderId}`,
+    WHERE reconciler = ${f.reconciler} AND partition = ${f.partition} AND holder_id = ${f.holderId}
+    RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM forgotten)::int AS forgotten`,
   );
+  return Number(row?.forgotten ?? 0);
 }
 
 /**
