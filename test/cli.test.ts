@@ -207,10 +207,13 @@ describe('reconciler run beside broken job files', () => {
     return { env, rel, warnings };
   }
 
-  it('runs a named reconciler that loaded, warns once per broken file on stderr, and exits 0', async () => {
+  it.each([
+    { what: 'runs a named reconciler that loaded, warns once per broken file on stderr, and exits 0', args: ['run', 'items'], code: 0 },
+    { what: 'runs every reconciler that loaded under --all, warns about the broken files, and exits 2 after the passes', args: ['run', '--all'], code: 2 },
+  ])('$what', async ({ args, code }) => {
     const { env, warnings } = await withBrokenSiblings();
-    const result = await runCli(['run', 'items'], env);
-    expect(result.code, result.stderr).toBe(0);
+    const result = await runCli(args, env);
+    expect(result.code, result.stderr).toBe(code);
     expect(lines(result.stderr)).toEqual(warnings);
     expect(result.stdout).toMatch(/^items: pass \d+ succeeded in .+: 2 found, 2 changed/);
     expect(await doneItems()).toEqual(['item-1', 'item-2']);
@@ -223,15 +226,6 @@ describe('reconciler run beside broken job files', () => {
     }
     expect(await doneItems()).toEqual([]);
     expectOneLineError(await runCli(['run', 'itmes'], env), 'unknown reconciler `itmes`, did you mean `items`?');
-  });
-
-  it('runs every reconciler that loaded under --all, warns about the broken files, and exits 2 after the passes', async () => {
-    const { env, warnings } = await withBrokenSiblings();
-    const result = await runCli(['run', '--all'], env);
-    expect(result.code, result.stderr).toBe(2);
-    expect(lines(result.stderr)).toEqual(warnings);
-    expect(result.stdout).toMatch(/^items: pass \d+ succeeded in .+: 2 found, 2 changed/);
-    expect(await doneItems()).toEqual(['item-1', 'item-2']);
   });
 
   it('leaves history and failures working', async () => {

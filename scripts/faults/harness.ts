@@ -11,7 +11,8 @@ import pg from 'pg';
 import pino from 'pino';
 import { REPO_ROOT } from '../../test/helpers/jobs.js';
 import { runCli, startProcess, type CliResult, type RunningProcess } from '../../test/helpers/processes.js';
-import { openDatabase, type Database } from '../../src/store/database.js';
+import { sql } from 'drizzle-orm';
+import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
 import { migrateDatabase } from '../../src/store/migrate.js';
 import { auditSettlement, type ProviderEffect, type SettlementAudit } from '../../src/returns/audit.js';
 import { seedReturns } from '../../src/returns/seed.js';
@@ -223,6 +224,11 @@ export async function until<T>(probe: () => Promise<T | undefined | false>, what
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
+}
+
+/** Returns not settled yet: the backlog. */
+export async function unsettledReturns(database: Database): Promise<number> {
+  return Number((await queryRows<{ n: number }>(database.db, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`))[0]?.n ?? 0);
 }
 
 /** The audit, once the ledger and the database agree that nothing is left to do. */

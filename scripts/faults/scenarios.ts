@@ -7,7 +7,7 @@ import { dice } from '../../src/dice.js';
 import { queryRows } from '../../src/store/database.js';
 import { seedReturns } from '../../src/returns/seed.js';
 import type { SettlementAudit } from '../../src/returns/audit.js';
-import { Stage, audit, converge, until } from './harness.js';
+import { Stage, audit, converge, unsettledReturns, until } from './harness.js';
 import type { App } from './app.js';
 import { badInput } from './bad-input.js';
 import { secrets } from './secrets.js';
@@ -78,8 +78,7 @@ const crashStorm: Scenario = async (stage, { seed, quick }) => {
   let peakBacklog = 0;
   while (Date.now() < stormEnds) {
     await new Promise((resolve) => setTimeout(resolve, killEveryMs));
-    const [row] = await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`);
-    peakBacklog = Math.max(peakBacklog, Number(row?.n ?? 0));
+    peakBacklog = Math.max(peakBacklog, await unsettledReturns(shop.database));
     const victim = Math.floor(roll() * replicas.length);
     await replicas[victim]!.kill('SIGKILL');
     kills++;
@@ -172,7 +171,7 @@ const databaseRestart: Scenario = async (stage, { seed, quick }) => {
   const downMs = 5_000;
   let redMs = 0;
   let greenMs = 0;
-  const unsettled = async () => Number((await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`))[0]?.n ?? 0);
+  const unsettled = () => unsettledReturns(shop.database);
   for (let i = 0; i < restarts; i++) {
     // In the middle of a pass: some returns settled since the last restart, some still to do.
     const before = await unsettled();
@@ -218,16 +217,16 @@ const providerOutage: Scenario = async (stage, { seed, quick }) => {
   const daemon = stage.daemon(env);
   await daemon.waitFor((l) => l.reconciler === 'settle-returns' && typeof l.passId === 'number', 'a pass to start', 30_000).catch(() => undefined);
   provider.proxy.cut();
-  const [pending] = await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`);
+  const pending = await unsettledReturns(shop.database);
   await new Promise((resolve) => setTimeout(resolve, outageMs));
   const attempts = provider.proxy.attemptsWhileCut;
   provider.proxy.restore();
   const { audit: result, ms } = await converge(shop.database, provider, 120_000);
   // Bounded: backoff (0.5 s doubling to 4 s) allows about one attempt per pending item per backoff step.
-  const bound = Math.max(1, Number(pending?.n ?? 0)) * (2 + Math.ceil(outageMs / 4_000) + 3);
+  const bound = Math.max(1, pending) * (2 + Math.ceil(outageMs / 4_000) + 3);
   const failures = [...exactlyOnce(result), ...(await quietAfter(stage, env, () => provider.stats()))];
   if (attempts > bound) failures.push(`${attempts} connection attempts during a ${outageMs / 1000} s outage (bound ${bound}): a hot loop`);
-  return { failures, figures: { ...auditFigures(result), pendingAtOutage: Number(pending?.n ?? 0), outageMs, attemptsDuringOutage: attempts, attemptBound: bound, convergenceMs: ms } };
+  return { failures, figures: { ...auditFigures(result), pendingAtOutage: pending, outageMs, attemptsDuringOutage: attempts, attemptBound: bound, convergenceMs: ms } };
 };
 
 /** 5. Manual passes (`reconciler run`) in a loop while two daemons run on a schedule: one pass at a time, no duplicate. */
