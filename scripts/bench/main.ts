@@ -4,22 +4,27 @@
  * min and max, and comparisons are ratios measured side by side in the same run. Writes
  * JSON and a markdown table (bench-results/bench-latest.{json,md} by default).
  *
- * Cases so far (issue 6): the cost of a pass that finds nothing against table size, the
- * latency from a scheduled tick to the first item's reconcile, and the idle footprint.
+ * Cases (issue 6): backlog drain against a raw pg loop, the cost of a pass that finds nothing
+ * against table size, memory under backlog, the idle footprint, and the latency from a
+ * scheduled tick to the first item's reconcile.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Command } from 'commander';
-import { idleFootprint, passLatency, scanCost, type CaseResult } from './cases.js';
+import { buildApp, type App } from '../faults/app.js';
+import { idleFootprint, passLatency, scanCost } from './cases.js';
+import type { CaseResult } from './common.js';
+import { backlogDrain, memoryUnderBacklog } from './drain.js';
 
 const program = new Command('bench')
   .option('--quick', 'small tables and few runs (under 2 minutes), as the test suite runs it')
   .option('--runs <n>', 'measured runs per figure (median, min and max are reported)', (v) => Number(v))
+  .option('--only <cases>', 'comma-separated cases to run, e.g. "scan cost,pass latency" (default: all)', (v) => v.split(',').map((c) => c.trim()))
   .option('--out <file>', 'where the JSON goes; the markdown goes next to it (.md)', 'bench-results/bench-latest.json')
   .parse();
-const options = program.opts<{ quick?: boolean; runs?: number; out: string }>();
+const options = program.opts<{ quick?: boolean; runs?: number; only?: string[]; out: string }>();
 const quick = Boolean(options.quick);
-const runs = options.runs ?? (quick ? 3 : 5);
+const runs = options.runs ?? 3;
 if (!Number.isInteger(runs) || runs < 3) {
   process.stderr.write('bench: --runs must be a whole number of at least 3 (medians of fewer runs say little)\n');
   process.exit(2);
@@ -39,10 +44,30 @@ function markdown(rows: CaseResult[]): string {
   return `${lines.join('\n')}\n`;
 }
 
-for (const [name, run] of [['scan cost', scanCost], ['pass latency', passLatency], ['idle footprint', idleFootprint]] as const) {
-  process.stderr.write(`[bench] ${name}${quick ? ' (quick)' : ''}…\n`);
-  results.push(...(await run({ quick, runs })));
-  save(); // after each case, so that an interrupted run keeps what it measured
+let building: Promise<App> | undefined;
+const app = () => (building ??= buildApp());
+const cases = [
+  ['backlog drain', backlogDrain],
+  ['scan cost', scanCost],
+  ['memory under backlog', memoryUnderBacklog],
+  ['idle footprint', idleFootprint],
+  ['pass latency', passLatency],
+] as const;
+const unknown = options.only?.filter((name) => !cases.some(([known]) => known === name)) ?? [];
+if (unknown.length > 0) {
+  process.stderr.write(`bench: unknown case ${unknown.map((n) => `"${n}"`).join(', ')}; the cases are ${cases.map(([n]) => `"${n}"`).join(', ')}\n`);
+  process.exit(2);
+}
+try {
+  for (const [name, run] of cases.filter(([name]) => !options.only || options.only.includes(name))) {
+    process.stderr.write(`[bench] ${name}${quick ? ' (quick)' : ''}…\n`);
+    const caseStarted = Date.now();
+    results.push(...(await run({ quick, runs, app })));
+    process.stderr.write(`[bench] ${name}: ${((Date.now() - caseStarted) / 1000).toFixed(0)} s\n`);
+    save(); // after each case, so that an interrupted run keeps what it measured
+  }
+} finally {
+  if (building) (await building).remove();
 }
 process.stdout.write(markdown(results));
 process.stdout.write(`${results.filter((r) => r.met).length} of ${results.length} goals met in ${((Date.now() - started) / 1000).toFixed(0)} s; figures in ${options.out}\n`);

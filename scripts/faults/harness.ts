@@ -126,7 +126,12 @@ export default defineReconciler({
   }
 
   daemon(env: Record<string, string>): RunningProcess {
-    const child = startProcess(['daemon'], env, { bin: this.app.bin });
+    return this.start(['daemon'], env);
+  }
+
+  /** `reconciler …args` of the build in the background, killed at teardown if still running. */
+  start(args: string[], env: Record<string, string>): RunningProcess {
+    const child = startProcess(args, env, { bin: this.app.bin });
     this.defer(() => child.kill('SIGKILL'));
     return child;
   }
