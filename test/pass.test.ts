@@ -32,6 +32,29 @@ describe('a pass', () => {
     expect(result.complete).toBe(true);
   });
 
+  it('scans the next page while the items of the current one are still in flight', async () => {
+    // Concurrency 1: without the lookahead, page 2 would be scanned only after item 1 finished and item 2 started.
+    const secondPageScanned = deferred();
+    const scan = numbers(4);
+    const e = engine(t.db, [reconciler<N>('lookahead', {
+      schedule: '* * * * *',
+      pageSize: 2,
+      concurrency: 1,
+      timeout: '5s',
+      scan: async (r) => {
+        if (r.after?.n === 2) secondPageScanned.resolve();
+        return scan(r);
+      },
+      key: (i) => `n${i.n}`,
+      reconcile: async (item) => {
+        if (item.n === 1) await secondPageScanned.promise; // times out (fails) if the next page waits for this item
+        return 'changed';
+      },
+    })]);
+    const result = await pass(e, 'lookahead');
+    expect(result.counts).toMatchObject({ found: 4, changed: 4, failed: 0 });
+  });
+
   it('accepts an async iterable as the scan and pages it itself', async () => {
     const e = engine(t.db, [reconciler('iterated', {
       schedule: '* * * * *',

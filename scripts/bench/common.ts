@@ -25,6 +25,8 @@ export interface CaseOptions {
   runs: number;
   /** The build, as the image runs it (built once per bench run, on first use). */
   app: () => Promise<App>;
+  /** Only the sub-cases whose label contains this (`--only "backlog drain/provider"`). */
+  subset?: string | undefined;
 }
 
 export const silent = pino({ level: 'silent' });

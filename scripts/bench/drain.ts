@@ -18,7 +18,7 @@ import { HttpPaymentProvider, type EffectRequest, type PaymentProvider } from '.
 import { seedReturns } from '../../src/returns/seed.js';
 import { findReturnsToSettle, settleReturn } from '../../src/returns/service.js';
 import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
-import { Stage } from '../faults/harness.js';
+import { Stage, admin } from '../faults/harness.js';
 import { addReturns, inline, rssMb, scratchDatabase, settleDown, silent, stats, type CaseOptions, type CaseResult } from './common.js';
 
 const BATCH = 1_000;
@@ -127,8 +127,15 @@ async function rawSide(url: string, concurrency: number, provider: (db: Db) => P
   };
 }
 
-/** Puts the backlog back: the pending returns unsettled again, under new public ids, so that every drain sends fresh idempotency keys. */
-async function resetBacklog(database: Database): Promise<void> {
+/**
+ * Puts the backlog back: the pending returns unsettled again, under new public ids, so that
+ * every drain sends fresh idempotency keys, and the simulator's ledger empty. Every drain
+ * starts from the same state: a ledger that grew run after run would slow whichever side
+ * went second, and bias the ratio.
+ */
+async function resetBacklog(database: Database, simulatorStorage: string): Promise<void> {
+  await admin('TRUNCATE payment_provider.requests, payment_provider.effects', simulatorStorage);
+  await admin('VACUUM ANALYZE payment_provider.requests, payment_provider.effects', simulatorStorage);
   await queryRows(database.db, sql`DELETE FROM payments WHERE return_id IN (SELECT id FROM returns WHERE recorded_by = 'warehouse-seed')`);
   await queryRows(database.db, sql`UPDATE returns SET settled_at = NULL, settlement = NULL, public_id = gen_random_uuid() WHERE recorded_by = 'warehouse-seed'`);
   await queryRows(database.db, sql`TRUNCATE bench_ledger`);
@@ -141,7 +148,7 @@ async function unsettled(database: Database): Promise<number> {
   return Number(row?.n ?? 0);
 }
 
-export async function backlogDrain({ quick, runs, app }: CaseOptions): Promise<CaseResult[]> {
+export async function backlogDrain({ quick, runs, app, subset }: CaseOptions): Promise<CaseResult[]> {
   const pending = quick ? 500 : 50_000;
   const settledCount = quick ? 5_000 : 500_000;
   const { database, url, drop } = await scratchDatabase();
@@ -161,7 +168,7 @@ export async function backlogDrain({ quick, runs, app }: CaseOptions): Promise<C
       { label: 'DB-only work (ledger write), concurrency 1', concurrency: 1, provider: (db: Db) => new LedgerProvider(db) },
     ];
     const what = `${pending.toLocaleString('en')} pending among ${settledCount.toLocaleString('en')} settled`;
-    for (const c of cases) {
+    for (const c of cases.filter((c) => !subset || c.label.includes(subset))) {
       const sides = { reconciler: await engineSide(url, c.concurrency, c.provider), raw: await rawSide(url, c.concurrency, c.provider) };
       try {
         const rate = { reconciler: [] as number[], raw: [] as number[] };
@@ -172,7 +179,7 @@ export async function backlogDrain({ quick, runs, app }: CaseOptions): Promise<C
           const order = run % 2 === 0 ? (['raw', 'reconciler'] as const) : (['reconciler', 'raw'] as const);
           const queries = { reconciler: 0, raw: 0 };
           for (const side of order) {
-            await resetBacklog(database);
+            await resetBacklog(database, simulator.storageUrl);
             const sent = queriesSent;
             const started = performance.now();
             const settledNow = await sides[side].drain();

@@ -19,7 +19,7 @@ import { backlogDrain, memoryUnderBacklog } from './drain.js';
 const program = new Command('bench')
   .option('--quick', 'small tables and few runs (under 2 minutes), as the test suite runs it')
   .option('--runs <n>', 'measured runs per figure (median, min and max are reported)', (v) => Number(v))
-  .option('--only <cases>', 'comma-separated cases to run, e.g. "scan cost,pass latency" (default: all)', (v) => v.split(',').map((c) => c.trim()))
+  .option('--only <cases>', 'comma-separated cases to run, e.g. "scan cost,pass latency" (default: all); "backlog drain/provider" runs the drain cases whose label contains "provider"', (v) => v.split(',').map((c) => c.trim()))
   .option('--out <file>', 'where the JSON goes; the markdown goes next to it (.md)', 'bench-results/bench-latest.json')
   .parse();
 const options = program.opts<{ quick?: boolean; runs?: number; only?: string[]; out: string }>();
@@ -53,16 +53,18 @@ const cases = [
   ['idle footprint', idleFootprint],
   ['pass latency', passLatency],
 ] as const;
-const unknown = options.only?.filter((name) => !cases.some(([known]) => known === name)) ?? [];
+/** Case name → the sub-filter after its slash ('' for the whole case). */
+const wanted = new Map(options.only?.map((entry) => [entry.split('/')[0]!.trim(), entry.split('/').slice(1).join('/').trim()]));
+const unknown = [...wanted.keys()].filter((name) => !cases.some(([known]) => known === name));
 if (unknown.length > 0) {
   process.stderr.write(`bench: unknown case ${unknown.map((n) => `"${n}"`).join(', ')}; the cases are ${cases.map(([n]) => `"${n}"`).join(', ')}\n`);
   process.exit(2);
 }
 try {
-  for (const [name, run] of cases.filter(([name]) => !options.only || options.only.includes(name))) {
+  for (const [name, run] of cases.filter(([name]) => !options.only || wanted.has(name))) {
     process.stderr.write(`[bench] ${name}${quick ? ' (quick)' : ''}…\n`);
     const caseStarted = Date.now();
-    results.push(...(await run({ quick, runs, app })));
+    results.push(...(await run({ quick, runs, app, subset: wanted.get(name) || undefined })));
     process.stderr.write(`[bench] ${name}: ${((Date.now() - caseStarted) / 1000).toFixed(0)} s\n`);
     save(); // after each case, so that an interrupted run keeps what it measured
   }

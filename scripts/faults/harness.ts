@@ -78,7 +78,7 @@ export class Stage {
     const direct = String((await child.waitFor((l) => typeof l.url === 'string', 'the simulator', 30_000)).url);
     const proxy = await Proxy.start(new URL(direct).port);
     this.defer(() => proxy.close());
-    const handle = new ProviderHandle(direct, `http://127.0.0.1:${proxy.port}`, proxy, apiKey);
+    const handle = new ProviderHandle(direct, `http://127.0.0.1:${proxy.port}`, proxy, apiKey, urlOf(name));
     await handle.setFaults(faults);
     return handle;
   }
@@ -147,6 +147,8 @@ export class ProviderHandle {
     readonly url: string,
     readonly proxy: Proxy,
     readonly apiKey: string,
+    /** The simulator's own database (its ledger and idempotency records). */
+    readonly storageUrl: string,
   ) {}
 
   async #call<T>(path: string, init: RequestInit = {}): Promise<T> {
