@@ -4,6 +4,8 @@
  * State it repairs: returns whose money work is missing (`settled_at IS NULL`), found in
  * keyset pages through the partial index `returns_unsettled`, so a pass costs O(unsettled
  * returns), not O(all returns).
+ * When it runs: within about a second of a return being recorded (a trigger notifies the
+ * `returns` channel, see `notifyTrigger`), and every minute whatever happens.
  * Why doing it twice is harmless: the service writes a payment intent with a key derived
  * from the return before it calls the provider, and completes that same intent on every
  * later attempt; the provider applies one effect per key. See src/returns/service.ts.
@@ -15,8 +17,9 @@ import { findReturnsToSettle, settleReturn, type ReturnToSettle } from '../src/r
 requirePaymentProviderConfig();
 
 export default defineReconciler<ReturnToSettle>({
-  schedule: '* * * * *',
-  description: 'charges or refunds customers for returned Fixes (index: returns_unsettled)',
+  schedule: '* * * * *', // the safety net: a new return wakes a pass at once (wakeOn)
+  wakeOn: ['returns'], // notified by the trigger of migration 0002_returns_notify
+  description: 'charges or refunds customers for returned Fixes (index: returns_unsettled; wakes on: returns)',
   concurrency: 10,
   timeout: '30s',
   retry: { maxAttempts: 12, backoff: { initial: '10s', max: '30m' } },

@@ -100,6 +100,8 @@ export const configSchema = z.object({
   STARTUP_JITTER: duration('0', 0, 600_000),
   /** Database connections per process (PostgreSQL only). */
   DATABASE_POOL_SIZE: wholeNumber(2, 200, 'a whole number from 2 to 200', '10'),
+  /** Wake-on-change: notifications within this window after the first start one pass, not one each. */
+  WAKE_DEBOUNCE: duration('100ms', 0, 60_000),
 });
 
 export type Config = z.output<typeof configSchema>;
@@ -150,5 +152,6 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     PAYMENT_PROVIDER_KEY: config.PAYMENT_PROVIDER_KEY ? '***' : '(unset)',
     PAYMENT_PROVIDER_TIMEOUT: durationText(config.PAYMENT_PROVIDER_TIMEOUT),
     DATABASE_POOL_SIZE: String(config.DATABASE_POOL_SIZE),
+    WAKE_DEBOUNCE: durationText(config.WAKE_DEBOUNCE),
   };
 }

@@ -8,6 +8,7 @@ import { ExitCode, UserError, coerceError, errorSummary } from './errors.js';
 import { formatDuration } from './duration.js';
 import { Engine } from './engine/engine.js';
 import { Scheduler } from './scheduler/scheduler.js';
+import { WakeListener } from './scheduler/wake.js';
 import { migrateDatabase, pendingMigrations } from './store/migrate.js';
 import { queryRows } from './store/database.js';
 import { Metrics } from './http/metrics.js';
@@ -17,7 +18,7 @@ import { openContext } from './cli/context.js';
 import { oneLine } from './cli/table.js';
 import { formatLoadError } from './engine/load.js';
 import { isZeroConfig } from './config.js';
-import { seedDemoIfEmpty, startDemoProvider } from './returns/demo.js';
+import { seedDemoIfEmpty, startDemoProvider, startDemoWarehouse } from './returns/demo.js';
 
 const PRUNE_EVERY_MS = 3_600_000;
 /** After the passes have stopped, how long closing the database may take. */
@@ -42,6 +43,11 @@ export async function runDaemon(): Promise<number> {
   const scheduler = new Scheduler({ engine, log });
   const metrics = new Metrics(database.db, reconcilers.map((r) => r.name), log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
   metrics.attach(engine.events);
+  const wakeChannels = [...new Set(reconcilers.flatMap((r) => r.wakeOn))];
+  const waker = new WakeListener({
+    database, reconcilers, target: scheduler, log, debounceMs: config.WAKE_DEBOUNCE,
+    ...(wakeChannels.length > 0 ? { counters: metrics.wakeCounters(wakeChannels) } : {}),
+  });
   let scheduling = false;
   let shuttingDown = false;
   const probe = async (what: string, check: () => Promise<string>): Promise<Check> => {
@@ -127,9 +133,12 @@ export async function runDaemon(): Promise<number> {
         : `no reconcilers in ${config.JOBS_DIR}: the daemon will idle (add a file there, see README "Writing a reconciler")`,
     );
   }
+  let stopWarehouse: (() => void) | undefined;
   if (signals === 0) {
     await scheduler.start();
+    await waker.start();
     scheduling = true;
+    if (demo) stopWarehouse = startDemoWarehouse(database, log);
   }
   log.info(
     { reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: database.target },
@@ -141,6 +150,8 @@ export async function runDaemon(): Promise<number> {
   shuttingDown = true; // readiness fails from now on
   clearInterval(pruneTimer);
   clearInterval(orphanCheck);
+  stopWarehouse?.();
+  await waker.stop();
   await scheduler.stop();
   await engine.stop(config.SHUTDOWN_TIMEOUT);
   // An item that ignores its AbortSignal may hold a connection forever: do not wait on it.

@@ -121,6 +121,13 @@ export interface ReconcilerDefinition<Item> {
   maxItemsPerPass?: number;
   /** Stop taking new items after this long; in-flight items still finish. */
   maxPassDuration?: Duration;
+  /**
+   * PostgreSQL notification channels that start an early pass (the daemon LISTENs on them;
+   * bursts are coalesced into a few passes). The payload is ignored: the pass still scans.
+   * The schedule stays the safety net: a notification that is lost costs latency, never
+   * work. `notifyTrigger()` writes the trigger that sends one for a table.
+   */
+  wakeOn?: readonly string[];
 }
 
 /** A definition after validation, with every default filled in. Built by the loader. */
@@ -141,6 +148,8 @@ export interface Reconciler<Item = unknown> {
   retry: { maxAttempts: number; initialDelayMs: number; maxDelayMs: number };
   maxItemsPerPass: number | undefined;
   maxPassDurationMs: number | undefined;
+  /** Notification channels that start an early pass; empty when it runs on its schedule only. */
+  wakeOn: readonly string[];
 }
 
 const DEFINED = Symbol.for('reconciler.definition');
@@ -148,8 +157,10 @@ const DEFINED = Symbol.for('reconciler.definition');
 const MAX_TIMER_MS = 24 * 86_400_000;
 const KNOWN_OPTIONS = [
   'schedule', 'timezone', 'description', 'scan', 'key', 'reconcile', 'since', 'concurrency',
-  'timeout', 'pageSize', 'retry', 'maxItemsPerPass', 'maxPassDuration',
+  'timeout', 'pageSize', 'retry', 'maxItemsPerPass', 'maxPassDuration', 'wakeOn',
 ] as const;
+/** PostgreSQL truncates identifiers, channel names included, to 63 bytes. */
+const MAX_CHANNEL_BYTES = 63;
 const KNOWN_RETRY_OPTIONS = ['maxAttempts', 'backoff'];
 const KNOWN_BACKOFF_OPTIONS = ['initial', 'max'];
 
@@ -243,6 +254,7 @@ function validateDefinition(definition: unknown): asserts definition is Reconcil
     const ms = duration(d[option], option);
     if (ms <= 0 || ms > MAX_TIMER_MS) throw new DefinitionError(`\`${option}\` must be above zero and at most 24 days, got ${JSON.stringify(d[option])}`);
   }
+  if (d.wakeOn !== undefined) validateChannels(d.wakeOn);
   if (d.retry !== undefined) {
     if (typeof d.retry !== 'object' || d.retry === null) throw new DefinitionError('`retry` must be an object: { maxAttempts, backoff: { initial, max } }');
     const retry = d.retry as Record<string, unknown>;
@@ -254,6 +266,15 @@ function validateDefinition(definition: unknown): asserts definition is Reconcil
       checkKeys(backoff, KNOWN_BACKOFF_OPTIONS, 'retry.backoff.');
       if (backoff.initial !== undefined) duration(backoff.initial, 'retry.backoff.initial');
       if (backoff.max !== undefined) duration(backoff.max, 'retry.backoff.max');
+    }
+  }
+}
+
+function validateChannels(wakeOn: unknown): void {
+  if (!Array.isArray(wakeOn)) throw new DefinitionError(`\`wakeOn\` must be a list of notification channels, e.g. ['returns'], got ${JSON.stringify(wakeOn)}`);
+  for (const channel of wakeOn) {
+    if (typeof channel !== 'string' || channel === '' || channel.includes('\u0000') || Buffer.byteLength(channel) > MAX_CHANNEL_BYTES) {
+      throw new DefinitionError(`\`wakeOn\`: ${JSON.stringify(channel)} is not a notification channel: use a non-empty name of at most ${MAX_CHANNEL_BYTES} bytes, as given to pg_notify()`);
     }
   }
 }
@@ -284,5 +305,6 @@ export function resolveReconciler<Item>(name: string, file: string, definition: 
     },
     maxItemsPerPass: definition.maxItemsPerPass,
     maxPassDurationMs: definition.maxPassDuration === undefined ? undefined : parseDuration(definition.maxPassDuration),
+    wakeOn: [...new Set(definition.wakeOn ?? [])],
   };
 }

@@ -11,7 +11,7 @@ import pg from 'pg';
 import { useTestDatabase, databaseUrl } from './helpers/db.js';
 import { join } from 'node:path';
 import { API, REPO_ROOT, jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
-import { runCli, startProcess, type RunningProcess } from './helpers/processes.js';
+import { runCli, startProcess, until, type RunningProcess } from './helpers/processes.js';
 import { startProvider } from './helpers/returns.js';
 import { seedReturns } from '../src/returns/seed.js';
 
@@ -34,15 +34,6 @@ async function endpoint(child: RunningProcess): Promise<string> {
   return String(line.url);
 }
 
-async function until<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
 
 const get = async (url: string) => {
   const response = await fetch(url);

@@ -12,6 +12,7 @@ import type { EngineEvents } from '../engine/events.js';
 import { coerceError } from '../errors.js';
 import { countFailures } from '../store/failures.js';
 import { readStates } from '../store/state.js';
+import type { WakeCounters } from '../scheduler/wake.js';
 
 const CACHE_MS = 5_000;
 
@@ -148,6 +149,33 @@ export class Metrics {
         }
       },
     });
+  }
+
+  /** Counters of the wake-on-change session, for the channels the reconcilers listen on (series exist from the start). */
+  wakeCounters(channels: readonly string[]): WakeCounters {
+    const notifications = new Counter({
+      name: 'reconciler_wake_notifications_total',
+      help: 'Notifications received on the channels reconcilers wake on (wakeOn), by channel; bursts are coalesced into few passes (passes with trigger="wake").',
+      labelNames: ['channel'],
+      registers: [this.registry],
+    });
+    const reconnects = new Counter({
+      name: 'reconciler_wake_reconnects_total',
+      help: 'Times the LISTEN session was opened again after it broke; each is followed by one pass of every listening reconciler (notifications may have been lost).',
+      registers: [this.registry],
+    });
+    const listening = new Gauge({
+      name: 'reconciler_wake_listening',
+      help: '1 while the LISTEN session for wakeOn is up, 0 while it is down (the schedule still runs; wakes are missed).',
+      registers: [this.registry],
+    });
+    for (const channel of channels) notifications.labels(channel).inc(0);
+    reconnects.inc(0);
+    return {
+      notification: (channel) => notifications.labels(channel).inc(),
+      reconnected: () => reconnects.inc(),
+      listening: (up) => listening.set(up ? 1 : 0),
+    };
   }
 
   /** Two queries per scrape at most, shared by every collector, cached for a few seconds. */

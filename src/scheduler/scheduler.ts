@@ -65,8 +65,10 @@ export class Scheduler {
   readonly #inFlight = new Set<Promise<void>>();
   /** Reconcilers with a pass launched by this scheduler that has not returned yet, and its trigger. */
   readonly #launched = new Map<string, Trigger>();
-  /** A tick that came while this process ran a retry pass: served as soon as that pass ends. */
+  /** A tick that came while this process ran a retry or wake pass: served as soon as that pass ends. */
   readonly #tickAfterRetry = new Map<string, Date>();
+  /** Reconcilers woken while a pass of theirs ran here: one more pass follows it (it may have scanned past the change). */
+  readonly #wakeAfter = new Set<string>();
   readonly #retries = new Set<NodeJS.Timeout>();
   /** Reconcilers with a takeover check scheduled (one at a time). */
   readonly #pendingTakeover = new Set<string>();
@@ -103,10 +105,24 @@ export class Scheduler {
     }
   }
 
-  /** A retry pass is this scheduler's own extra: a tick that meets one runs right after it, not skipped. */
+  /** Retry and wake passes are this scheduler's own extras: a tick that meets one runs right after it, not skipped. */
   #tick(name: string, tick: Date): void {
-    if (this.#launched.get(name) === 'retry') this.#tickAfterRetry.set(name, tick);
+    const running = this.#launched.get(name);
+    if (running === 'retry' || running === 'wake') this.#tickAfterRetry.set(name, tick);
     else this.#launch(name, { trigger: 'schedule', tick });
+  }
+
+  /**
+   * Wake-on-change: an early pass of each named reconciler now, or, if this process is
+   * running one, a single pass right after it, however many wakes came meanwhile. Like a
+   * retry pass it takes the lease, so it never overlaps another replica's pass.
+   */
+  wake(names: readonly string[]): void {
+    if (this.#state !== 'started') return;
+    for (const name of names) {
+      if (this.#launched.has(name)) this.#wakeAfter.add(name);
+      else this.#launch(name, { trigger: 'wake' });
+    }
   }
 
   #launch(name: string, request: RunRequest): void {
@@ -143,7 +159,12 @@ export class Scheduler {
         this.#launched.delete(name);
         const tick = this.#tickAfterRetry.get(name);
         this.#tickAfterRetry.delete(name);
-        if (tick) this.#launch(name, { trigger: 'schedule', tick });
+        const woken = this.#wakeAfter.delete(name);
+        if (tick) {
+          // A full pass serves the wake too, but if another replica served that tick already it does not run: wake after it.
+          if (woken) this.#wakeAfter.add(name);
+          this.#launch(name, { trigger: 'schedule', tick });
+        } else if (woken) this.#launch(name, { trigger: 'wake' });
       });
     this.#inFlight.add(pass);
   }
@@ -185,6 +206,7 @@ export class Scheduler {
     this.#retries.clear();
     this.#pendingRetry.clear();
     this.#tickAfterRetry.clear();
+    this.#wakeAfter.clear();
     for (const task of this.#tasks.splice(0)) await task.destroy();
   }
 

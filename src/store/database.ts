@@ -26,8 +26,18 @@ export interface Database {
   target: string;
   /** Runs `fn` while holding a cluster-wide lock, on one dedicated connection. */
   withExclusiveLock<T>(lockKey: number, fn: (db: Db) => Promise<T>): Promise<T>;
+  /**
+   * LISTENs on `channels` on a session of its own (never a pooled one: a pooled connection
+   * is handed to others between queries). Calls `onNotify` with the channel of each
+   * notification, and `onLost` once if the session breaks; then it is closed, and the caller
+   * listens again. Rejects when the session cannot be opened.
+   */
+  listen(channels: readonly string[], onNotify: (channel: string) => void, onLost: (error: Error) => void): Promise<{ close(): Promise<void> }>;
   close(): Promise<void>;
 }
+
+/** A channel name as a quoted identifier, so that LISTEN matches pg_notify('<name>') exactly, case included. */
+const quoteChannel = (channel: string) => `"${channel.replace(/"/g, '""')}"`;
 
 export interface OpenOptions {
   databaseUrl: string | undefined;
@@ -104,6 +114,50 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
       } finally {
         client.release(broken); // a client that failed mid-lock is discarded, never reused
       }
+    },
+    async listen(channels, onNotify, onLost) {
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, keepAlive: true, keepAliveInitialDelayMillis: 10_000, application_name: 'reconciler-listen' });
+      /** Set once LISTEN went through: only then is a break reported (before, `listen` rejects instead). */
+      let armed = false;
+      let over = false;
+      let heartbeat: NodeJS.Timeout | undefined;
+      const end = async () => {
+        over = true;
+        clearInterval(heartbeat);
+        // A half-open socket can keep end() waiting for minutes: give it 2 s, then cut it.
+        const ended = await Promise.race([client.end().then(() => true, () => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 2_000).unref())]);
+        if (!ended) (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+      };
+      const lost = (error: Error) => {
+        if (over || !armed) return;
+        void end();
+        onLost(error);
+      };
+      client.on('error', lost);
+      client.on('end', () => lost(new Error('the connection closed')));
+      client.on('notification', (message) => onNotify(message.channel));
+      try {
+        await client.connect();
+        for (const channel of channels) await client.query(`LISTEN ${quoteChannel(channel)}`);
+      } catch (error) {
+        await end();
+        throw error;
+      }
+      armed = true;
+      // A session that dies silently (a NAT or load balancer dropping it, a failover) sends no error:
+      // ask it something every 30 s, and call it lost when it does not answer within 10 s.
+      heartbeat = setInterval(() => {
+        const timeout = setTimeout(() => lost(new Error('the connection did not answer a heartbeat within 10s')), 10_000);
+        client.query('SELECT 1').then(
+          () => clearTimeout(timeout),
+          (error: unknown) => {
+            clearTimeout(timeout);
+            lost(coerceError(error));
+          },
+        );
+      }, 30_000);
+      heartbeat.unref();
+      return { close: end };
     },
     close: async () => {
       await Promise.all([pool.end(), controlPool.end()]);
@@ -202,6 +256,12 @@ async function openEmbedded(options: OpenOptions): Promise<Database> {
         const run = queue.then(() => fn(db));
         queue = run.catch(() => undefined);
         return run;
+      },
+      // In-process: notifications sent by this process (the only one) arrive; the session never breaks.
+      async listen(channels, onNotify) {
+        const stops = await Promise.all(channels.map((channel) => client.listen(quoteChannel(channel), () => onNotify(channel))));
+        // PGlite's UNLISTEN does not quote the name; closing the database ends the listening anyway.
+        return { close: async () => void (await Promise.all(stops.map((stop) => stop().catch(() => undefined)))) };
       },
       async close() {
         try {

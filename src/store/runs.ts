@@ -5,8 +5,8 @@ import { queryRows } from './database.js';
 import { reconcilerRuns } from './schema.js';
 
 /** What started a pass. */
-/** `retry`: an early pass the daemon starts when failed items fall due before the next tick. */
-export type Trigger = 'schedule' | 'manual' | 'startup' | 'retry';
+/** `retry`: an early pass the daemon starts when failed items fall due before the next tick; `wake`: one it starts on a notification (`wakeOn`). */
+export type Trigger = 'schedule' | 'manual' | 'startup' | 'retry' | 'wake';
 
 /**
  * How a pass ended:

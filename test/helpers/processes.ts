@@ -129,3 +129,14 @@ export function startProcess(args: string[], env: Record<string, string | undefi
   const child = spawn(command, argv, { cwd: REPO_ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   return new RunningProcess(child);
 }
+
+/** Polls `probe` every `everyMs` until it returns a truthy value, or fails after `timeoutMs` naming `what`. */
+export async function until<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs = 30_000, everyMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}

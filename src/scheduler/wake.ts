@@ -1,0 +1,140 @@
+/**
+ * Wake-on-change: one dedicated LISTEN session for every channel the reconcilers name in
+ * `wakeOn`. A notification starts an early pass of each reconciler listening on its channel;
+ * the payload is ignored (the pass scans state, as always). Notifications that arrive within
+ * the debounce window after the first are coalesced, and the scheduler folds wakes that meet
+ * a running pass into one pass after it: a burst of 10,000 costs a handful of passes.
+ *
+ * NOTIFY is not durable: a notification sent while the session is down is gone. So when the
+ * session breaks, it is opened again with backoff and every listening reconciler gets one
+ * pass, and the cron schedule stays the safety net. A lost signal costs latency, never work.
+ */
+import type { Logger } from 'pino';
+import type { Reconciler } from '../reconciler.js';
+import type { Database } from '../store/database.js';
+import { coerceError, errorSummary } from '../errors.js';
+import { formatDuration } from '../duration.js';
+
+const RECONNECT_INITIAL_MS = 1_000;
+const RECONNECT_MAX_MS = 30_000;
+
+export interface WakeTarget {
+  /** Starts an early pass of each named reconciler (or one right after the pass it is running). */
+  wake(names: readonly string[]): void;
+}
+
+export interface WakeCounters {
+  notification(channel: string): void;
+  /** The session was opened again after it broke, or after it could not be opened at start. */
+  reconnected(): void;
+  listening(up: boolean): void;
+}
+
+export interface WakeListenerOptions {
+  database: Pick<Database, 'listen'>;
+  reconcilers: readonly Reconciler[];
+  target: WakeTarget;
+  log: Logger;
+  /** Notifications this long after the first of a burst are folded into one wake. */
+  debounceMs: number;
+  counters?: WakeCounters;
+}
+
+export class WakeListener {
+  readonly #options: WakeListenerOptions;
+  /** Channel → reconcilers that listen on it. */
+  readonly #byChannel = new Map<string, string[]>();
+  readonly #pending = new Set<string>();
+  #flushTimer: NodeJS.Timeout | undefined;
+  #reconnectTimer: NodeJS.Timeout | undefined;
+  #session: { close(): Promise<void> } | undefined;
+  #failures = 0;
+  #stopped = false;
+
+  constructor(options: WakeListenerOptions) {
+    this.#options = options;
+    for (const reconciler of options.reconcilers) {
+      for (const channel of reconciler.wakeOn) this.#byChannel.set(channel, [...(this.#byChannel.get(channel) ?? []), reconciler.name]);
+    }
+  }
+
+  get channels(): string[] {
+    return [...this.#byChannel.keys()];
+  }
+
+  /** Opens the session (if any reconciler listens). Never throws: a session that cannot be opened is retried with backoff. */
+  async start(): Promise<void> {
+    if (this.#byChannel.size === 0) return;
+    await this.#connect();
+  }
+
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#flushTimer);
+    clearTimeout(this.#reconnectTimer);
+    this.#pending.clear();
+    const session = this.#session;
+    this.#session = undefined;
+    await session?.close().catch(() => undefined);
+  }
+
+  async #connect(): Promise<void> {
+    const { database, log, counters } = this.#options;
+    const channels = this.channels;
+    try {
+      let session: { close(): Promise<void> } | undefined;
+      session = await database.listen(channels, (channel) => this.#notified(channel), (error) => {
+        if (this.#session === session) this.#lost(error); // only the current session's break counts
+      });
+      if (this.#stopped) return void (await session.close().catch(() => undefined));
+      this.#session = session;
+      counters?.listening(true);
+      if (this.#failures === 0) {
+        log.info({ channels }, `listening for notifications on ${channels.join(', ')}: an early pass follows each (the schedule stays the safety net)`);
+        return;
+      }
+      // Notifications sent while the session was down are gone: look once, as if notified on every channel.
+      const names = [...new Set(channels.flatMap((channel) => this.#byChannel.get(channel)!))];
+      log.info({ channels, failedAttempts: this.#failures }, `listening again on ${channels.join(', ')}; one pass of ${names.join(', ')} for the notifications that may have been missed`);
+      this.#failures = 0;
+      counters?.reconnected();
+      this.#options.target.wake(names);
+    } catch (error) {
+      this.#retryLater(coerceError(error), 'could not LISTEN');
+    }
+  }
+
+  #lost(error: Error): void {
+    this.#session = undefined;
+    if (this.#stopped) return;
+    this.#retryLater(error, 'lost the LISTEN connection');
+  }
+
+  #retryLater(error: Error, what: string): void {
+    this.#options.counters?.listening(false);
+    if (this.#stopped) return;
+    this.#failures++;
+    const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_INITIAL_MS * 2 ** Math.min(this.#failures - 1, 10));
+    const message = `${what} (${errorSummary(error, 200)}): notifications are missed until it is back, the schedule still runs; trying again in ${formatDuration(delay)}`;
+    // Once at warn, then at debug while it stays down: an outage is not a line per attempt.
+    if (this.#failures === 1) this.#options.log.warn({ err: error, channels: this.channels }, message);
+    else this.#options.log.debug({ err: error, attempt: this.#failures }, message);
+    clearTimeout(this.#reconnectTimer); // one reconnect loop, whatever reported the failure
+    this.#reconnectTimer = setTimeout(() => void this.#connect(), delay);
+  }
+
+  #notified(channel: string): void {
+    if (this.#stopped || !this.#byChannel.has(channel)) return;
+    this.#options.counters?.notification(channel);
+    this.#pending.add(channel);
+    this.#flushTimer ??= setTimeout(() => this.#flush(), this.#options.debounceMs);
+  }
+
+  #flush(): void {
+    this.#flushTimer = undefined;
+    const names = new Set<string>();
+    for (const channel of this.#pending) for (const name of this.#byChannel.get(channel) ?? []) names.add(name);
+    this.#pending.clear();
+    if (names.size > 0 && !this.#stopped) this.#options.target.wake([...names]);
+  }
+}
