@@ -126,7 +126,7 @@ export async function idleFootprint({ quick, app: built }: CaseOptions): Promise
     // Warm up: every reconciler has run once (catch-up) and one tick has passed.
     await until(async () => (await passes()) >= 40, 'two rounds of idle passes', 60_000);
     await midway();
-    const windows = quick ? 2 : 12;
+    const windows = quick ? 1 : 12;
     const cpu: number[] = [];
     const rss: number[] = [rssMb(daemon.pid)];
     const first = { passes: await passes(), queries: queries() };

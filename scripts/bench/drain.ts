@@ -217,7 +217,7 @@ export async function backlogDrain({ quick, runs, app, subset }: CaseOptions): P
  * memory is the question, not the work's); its peak RSS (VmHWM) must not grow with the backlog.
  */
 export async function memoryUnderBacklog({ quick, runs, app }: CaseOptions): Promise<CaseResult[]> {
-  const sizes = quick ? [10_000, 30_000] : [100_000, 1_000_000];
+  const sizes = quick ? [5_000, 15_000] : [100_000, 1_000_000];
   const built = await app();
   const stage = new Stage(built);
   const { database, url, drop } = await scratchDatabase();
