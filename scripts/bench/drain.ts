@@ -255,7 +255,7 @@ export default defineReconciler({
         let peak = 0;
         const poll = setInterval(() => {
           try {
-            peak = Math.max(peak, peakRssMb(child.pid));
+            peak = Math.max(peak, rssMb(child.pid, 'VmHWM')); // the peak so far
           } catch {
             // exited between readings
           }
@@ -286,7 +286,3 @@ export default defineReconciler({
   }
 }
 
-/** Peak resident memory of a process so far (VmHWM), in MB. */
-function peakRssMb(pid: number): number {
-  return rssMb(pid, 'VmHWM');
-}

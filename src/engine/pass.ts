@@ -319,7 +319,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         if (deps.busyKeys.has(result.key) && !keysInFlight.has(result.key)) {
           counts.found++;
           counts.skipped++;
-          pageKeys.add(result.key);
+          pageKeys.add(result.key); // seen (its failure memory was stamped with the page): a later duplicate is skipped too
           log.warn({ key: result.key }, 'skipped: an earlier attempt that timed out is still running in this process (its reconcile ignores ctx.signal)');
           return;
         }
