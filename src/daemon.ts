@@ -10,7 +10,7 @@ import { Engine } from './engine/engine.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { WakeListener } from './scheduler/wake.js';
 import { migrateDatabase, pendingMigrations } from './store/migrate.js';
-import { queryRows } from './store/database.js';
+import { queryRows, type Membership } from './store/database.js';
 import { Metrics } from './http/metrics.js';
 import { CHECK_TIMEOUT_MS, startOpsServer, within, type Check } from './http/server.js';
 import { pruneRuns } from './store/runs.js';
@@ -40,8 +40,9 @@ export async function runDaemon(): Promise<number> {
   if (demo) await seedDemoIfEmpty(database, log);
 
   const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
-  const scheduler = new Scheduler({ engine, log });
-  const metrics = new Metrics(database.db, reconcilers.map((r) => r.name), log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
+  // Membership comes from the listen session (opened before the scheduler starts), so replicas split partitions from the first pass.
+  const scheduler: Scheduler = new Scheduler({ engine, log, membership: (): Promise<Membership> => waker.membership() });
+  const metrics = new Metrics(database.db, reconcilers, log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
   metrics.attach(engine.events);
   const wakeChannels = [...new Set(reconcilers.flatMap((r) => r.wakeOn))];
   const waker = new WakeListener({
@@ -135,8 +136,8 @@ export async function runDaemon(): Promise<number> {
   }
   let stopWarehouse: (() => void) | undefined;
   if (signals === 0) {
-    await scheduler.start();
     await waker.start();
+    await scheduler.start();
     scheduling = true;
     if (demo) stopWarehouse = startDemoWarehouse(database, log);
   }

@@ -3,7 +3,7 @@
  *
  *     import { defineReconciler, TerminalError } from '../src/index.js';
  */
-export { defineReconciler } from './reconciler.js';
+export { defineReconciler, partitionOf } from './reconciler.js';
 export type { Db, Outcome, Partition, ReconcileContext, ReconcileResult, ReconcilerDefinition, RetryPolicy, ScanRequest } from './reconciler.js';
 export type { Duration } from './duration.js';
 export { TerminalError } from './errors.js';

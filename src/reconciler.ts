@@ -3,6 +3,7 @@
  * its defaults. Everything here is checked once, when the file is loaded, so that a bad
  * file fails start-up with a message naming the file, never a pass at 3 a.m.
  */
+import { createHash } from 'node:crypto';
 import nodeCron from 'node-cron';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type { Logger } from 'pino';
@@ -25,10 +26,28 @@ export type Db = PgDatabase<PgQueryResultHKT>;
 export type Outcome = 'changed' | 'unchanged' | 'skipped';
 export type ReconcileResult = Outcome | { outcome: Outcome; note?: string };
 
-/** Which slice of the items a pass covers. Until partitioned reconcilers exist it is always `{ index: 0, count: 1 }`. */
+/**
+ * Which slice of the items a pass covers: the items whose key `k` has
+ * `partitionOf(k, count) === index`. In SQL that is `reconciler_partition(k, count) = index`
+ * (migration 0003 creates the function; index that expression). An unpartitioned
+ * reconciler always gets `{ index: 0, count: 1 }`: every item.
+ */
 export interface Partition {
   index: number;
   count: number;
+}
+
+/** The most partitions a reconciler may declare. */
+export const MAX_PARTITIONS = 1_024;
+
+/**
+ * The partition of a key: the first 32 bits of its MD5, modulo `count`. Stable across
+ * processes, versions and machines; the SQL function `reconciler_partition(key, count)`
+ * computes the same number, so a scan can filter on it through an index.
+ */
+export function partitionOf(key: string, count: number): number {
+  if (count <= 1) return 0;
+  return Number.parseInt(createHash('md5').update(key, 'utf8').digest('hex').slice(0, 8), 16) % count;
 }
 
 /** The arguments of one `scan` call: one keyset page. */
@@ -128,6 +147,15 @@ export interface ReconcilerDefinition<Item> {
    * work. `notifyTrigger()` writes the trigger that sends one for a table.
    */
   wakeOn?: readonly string[];
+  /**
+   * Split the items into this many partitions by a stable hash of their key, each with its
+   * own pass lease, so that up to this many replicas drain the reconciler in parallel. The
+   * scan gets `partition` and must filter on it:
+   * `WHERE reconciler_partition('return:' || id, ${partition.count}) = ${partition.index}`,
+   * with an index on that expression. Default 1 (no partitions). See the README before
+   * changing it on a running system.
+   */
+  partitions?: number;
 }
 
 /** A definition after validation, with every default filled in. Built by the loader. */
@@ -150,6 +178,8 @@ export interface Reconciler<Item = unknown> {
   maxPassDurationMs: number | undefined;
   /** Notification channels that start an early pass; empty when it runs on its schedule only. */
   wakeOn: readonly string[];
+  /** 1 when unpartitioned. */
+  partitions: number;
 }
 
 const DEFINED = Symbol.for('reconciler.definition');
@@ -157,7 +187,7 @@ const DEFINED = Symbol.for('reconciler.definition');
 const MAX_TIMER_MS = 24 * 86_400_000;
 const KNOWN_OPTIONS = [
   'schedule', 'timezone', 'description', 'scan', 'key', 'reconcile', 'since', 'concurrency',
-  'timeout', 'pageSize', 'retry', 'maxItemsPerPass', 'maxPassDuration', 'wakeOn',
+  'timeout', 'pageSize', 'retry', 'maxItemsPerPass', 'maxPassDuration', 'wakeOn', 'partitions',
 ] as const;
 /** PostgreSQL truncates identifiers, channel names included, to 63 bytes. */
 const MAX_CHANNEL_BYTES = 63;
@@ -255,6 +285,9 @@ function validateDefinition(definition: unknown): asserts definition is Reconcil
     if (ms <= 0 || ms > MAX_TIMER_MS) throw new DefinitionError(`\`${option}\` must be above zero and at most 24 days, got ${JSON.stringify(d[option])}`);
   }
   if (d.wakeOn !== undefined) validateChannels(d.wakeOn);
+  if (d.partitions !== undefined && positiveInteger(d.partitions, 'partitions') > MAX_PARTITIONS) {
+    throw new DefinitionError(`\`partitions\` must be at most ${MAX_PARTITIONS}, got ${d.partitions}: more partitions than replicas only adds passes`);
+  }
   if (d.retry !== undefined) {
     if (typeof d.retry !== 'object' || d.retry === null) throw new DefinitionError('`retry` must be an object: { maxAttempts, backoff: { initial, max } }');
     const retry = d.retry as Record<string, unknown>;
@@ -306,5 +339,6 @@ export function resolveReconciler<Item>(name: string, file: string, definition: 
     maxItemsPerPass: definition.maxItemsPerPass,
     maxPassDurationMs: definition.maxPassDuration === undefined ? undefined : parseDuration(definition.maxPassDuration),
     wakeOn: [...new Set(definition.wakeOn ?? [])],
+    partitions: definition.partitions ?? 1,
   };
 }

@@ -12,7 +12,7 @@ import { useTestDatabase, databaseUrl } from './helpers/db.js';
 import { join } from 'node:path';
 import { API, REPO_ROOT, jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
 import { runCli, startProcess, until, type RunningProcess } from './helpers/processes.js';
-import { startProvider } from './helpers/returns.js';
+import { everySettlePartitionPassed, startProvider } from './helpers/returns.js';
 import { seedReturns } from '../src/returns/seed.js';
 
 const t = useTestDatabase({ resetEngineTables: true });
@@ -92,7 +92,7 @@ describe('the operations endpoint', () => {
       await provider.setFaults({ errorRate: 1 }); // nothing settles: the returns stay stale
       const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: 'jobs', PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: 'sk_test_reconciler_suite' });
       const url = await endpoint(d);
-      await d.waitFor((l) => l.reconciler === 'settle-returns' && typeof l.status === 'string', 'the catch-up pass', 30_000);
+      await everySettlePartitionPassed(d, 30_000); // the catch-up passes; staleness is that of the stalest partition
       const metrics = (await get(`${url}/metrics`)).text;
       const staleness = Number(/reconciler_staleness_seconds\{reconciler="settle-returns"\} ([\d.]+)/.exec(metrics)?.[1]);
       expect(staleness).toBeGreaterThan(7_000);

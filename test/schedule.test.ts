@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { nextTick, previousTick } from '../src/scheduler/cron.js';
-import { dueForCatchUp, type StateSummary } from '../src/scheduler/scheduler.js';
+import { dueForCatchUp, ownPartitions, type StateSummary } from '../src/scheduler/scheduler.js';
+import { laneOf } from '../src/engine/engine.js';
 import { backoffDelay } from '../src/engine/backoff.js';
 import { resolveReconciler, defineReconciler } from '../src/reconciler.js';
 
@@ -28,7 +29,7 @@ describe('cron arithmetic', () => {
 describe('catch-up after downtime (controlled clock)', () => {
   const now = at('2026-11-27T10:20:00Z');
   const ranAt = (started: string, extra: Partial<StateSummary> = {}): Map<string, StateSummary> =>
-    new Map([['hourly', { lastTickAt: null, lastStartedAt: at(started), lastStatus: 'succeeded', lastRunId: 41, holderId: null, ...extra }]]);
+    new Map([[laneOf('hourly', 0), { lastTickAt: null, lastStartedAt: at(started), lastStatus: 'succeeded', lastRunId: 41, holderId: null, ...extra }]]);
 
   it('runs a reconciler whose last pass is older than its latest tick, once, for that tick', () => {
     expect(dueForCatchUp([hourly], ranAt('2026-11-27T06:00:03Z'), now)).toMatchObject([{ name: 'hourly', tick: at('2026-11-27T10:00:00Z'), expectLastRunId: 41 }]);
@@ -55,9 +56,34 @@ describe('catch-up after downtime (controlled clock)', () => {
 
   it('judges lateness by the schedule in its own time zone', () => {
     // 09:00 Berlin is 08:00 UTC in November: a pass at 07:30 UTC is before that tick.
-    const berlin = (started: string) => new Map([['berlin', { lastTickAt: null, lastStartedAt: at(started), lastStatus: 'succeeded', lastRunId: 1, holderId: null }]]);
+    const berlin = (started: string) => new Map([[laneOf('berlin', 0), { lastTickAt: null, lastStartedAt: at(started), lastStatus: 'succeeded', lastRunId: 1, holderId: null }]]);
     expect(dueForCatchUp([nineInBerlin], berlin('2026-11-27T07:30:00Z'), now)).toMatchObject([{ name: 'berlin', tick: at('2026-11-27T08:00:00Z') }]);
     expect(dueForCatchUp([nineInBerlin], berlin('2026-11-27T08:00:05Z'), now)).toEqual([]);
+  });
+});
+
+describe('partitions', () => {
+  const quartered = resolveReconciler('quartered', 'x', defineReconciler({ schedule: '0 * * * *', partitions: 4, scan: async () => [], key: () => 'k', reconcile: async () => 'changed' as const }));
+
+  it('catches up each partition by its own state', () => {
+    const now = at('2026-11-27T10:20:00Z');
+    const states = new Map<string, StateSummary>([
+      [laneOf('quartered', 0), { lastTickAt: at('2026-11-27T10:00:00Z'), lastStartedAt: at('2026-11-27T10:00:01Z'), lastStatus: 'succeeded', lastRunId: 7, holderId: null }],
+      [laneOf('quartered', 1), { lastTickAt: at('2026-11-27T10:00:00Z'), lastStartedAt: at('2026-11-27T10:00:01Z'), lastStatus: 'aborted', lastRunId: 8, holderId: null }],
+      [laneOf('quartered', 2), { lastTickAt: at('2026-11-27T10:00:00Z'), lastStartedAt: at('2026-11-27T10:00:01Z'), lastStatus: 'succeeded', lastRunId: 9, holderId: null }],
+    ]);
+    expect(dueForCatchUp([quartered], states, now)).toMatchObject([
+      { partition: 1, expectLastRunId: 8, reason: 'its last pass was aborted' },
+      { partition: 3, expectLastRunId: 0, reason: 'it never ran' },
+    ]);
+  });
+
+  it('splits the partitions evenly over the replicas, each one claiming its own share without racing', () => {
+    expect(ownPartitions(4, { rank: 0, count: 1 })).toEqual([0, 1, 2, 3]);
+    expect(ownPartitions(4, { rank: 0, count: 2 })).toEqual([0, 2]);
+    expect(ownPartitions(4, { rank: 1, count: 2 })).toEqual([1, 3]);
+    expect([0, 1, 2].map((rank) => ownPartitions(4, { rank, count: 3 }))).toEqual([[0, 3], [1], [2]]);
+    expect(ownPartitions(4, { rank: 5, count: 6 })).toEqual([]); // more replicas than partitions: the spare ones only sweep
   });
 });
 

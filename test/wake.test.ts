@@ -93,24 +93,30 @@ describe('wakeOn', () => {
     expect(daemon.lines.filter((l) => String(l.msg).startsWith('lost the LISTEN connection'))).toHaveLength(1); // one line per outage
   });
 
-  it('debounces: a burst of notifications is one wake, and every notification is counted', async () => {
+  it('debounces: the first notification wakes at once, the rest of a burst is one more wake when the window closes', async () => {
     await t.rows(sql`SELECT 1`); // the database is up
     const reconciler = resolveReconciler('burst', 'test', defineReconciler({ schedule: '0 0 1 1 *', wakeOn: ['wake_burst'], scan: async () => [], key: () => 'k', reconcile: async () => 'unchanged' }));
-    const wakes: string[][] = [];
+    const wakes: { names: string[]; at: number }[] = [];
     let counted = 0;
     let woken: () => void = () => undefined;
     const listener = new WakeListener({
       database: t.database, reconcilers: [reconciler], log: silentLog, debounceMs: 1_000,
-      target: { wake: (names) => void (wakes.push([...names]), woken()) },
+      target: { wake: (names) => void (wakes.push({ names: [...names], at: performance.now() }), woken()) },
       counters: { notification: () => counted++, reconnected: () => undefined, listening: () => undefined },
     });
     await listener.start();
     try {
-      const first = new Promise<void>((resolve) => (woken = resolve));
+      const next = () => new Promise<void>((resolve) => (woken = resolve));
+      const first = next();
+      const sent = performance.now();
       await t.rows(sql`SELECT count(pg_notify('wake_burst', n::text)) FROM generate_series(1, 2000) AS n`);
       await first;
-      expect(wakes).toEqual([['burst']]);
-      expect(counted).toBe(2_000); // every one arrived before the window closed, and none woke on its own
+      expect(wakes[0]!.at - sent).toBeLessThan(500); // at once, not after the window
+      const second = next();
+      await second;
+      expect(wakes.map((w) => w.names)).toEqual([['burst'], ['burst']]);
+      expect(wakes[1]!.at - wakes[0]!.at).toBeGreaterThanOrEqual(990); // the rest waited for the window to close
+      expect(counted).toBe(2_000);
     } finally {
       await listener.stop();
     }

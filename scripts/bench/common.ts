@@ -106,3 +106,15 @@ export function rssMb(pid: number, field: 'VmRSS' | 'VmHWM' = 'VmRSS'): number {
 
 export const CLOCK_TICKS = 100; // USER_HZ on Linux
 
+
+/** The machine's CPU time so far, busy and total, in clock ticks over all cores (from /proc/stat). */
+export function machineCpu(): { busy: number; total: number } {
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number) as number[];
+  const busy = user! + nice! + system! + irq! + softirq! + steal!;
+  return { busy, total: busy + idle! + iowait! };
+}
+
+/** The share of the machine's CPU that was busy between two readings of `machineCpu()`, in %. */
+export function busyPercent(from: { busy: number; total: number }, to: { busy: number; total: number }): number {
+  return Math.round(((to.busy - from.busy) / Math.max(1, to.total - from.total)) * 1000) / 10;
+}

@@ -6,7 +6,9 @@
  *
  * Cases (issue 6): backlog drain against a raw pg loop, the cost of a pass that finds nothing
  * against table size, memory under backlog, the idle footprint, and the latency from a
- * scheduled tick to the first item's reconcile.
+ * scheduled tick to the first item's reconcile. Issue 7 adds the convergence latency of a new
+ * return with wakeOn against a one-minute cron, and the scale-out of a partitioned drain
+ * over 1, 2 and 4 replicas.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -15,9 +17,10 @@ import { buildApp, type App } from '../faults/app.js';
 import { idleFootprint, passLatency, scanCost } from './cases.js';
 import type { CaseResult } from './common.js';
 import { backlogDrain, memoryUnderBacklog } from './drain.js';
+import { convergenceLatency, scaleOut } from './scale.js';
 
 const program = new Command('bench')
-  .option('--quick', 'small tables and few runs (under 2 minutes), as the test suite runs it')
+  .option('--quick', 'small tables and few runs (about 3 minutes), as the test suite runs it')
   .option('--runs <n>', 'measured runs per figure (median, min and max are reported)', (v) => Number(v))
   .option('--only <cases>', 'comma-separated cases to run, e.g. "scan cost,pass latency" (default: all); "backlog drain/provider" runs the drain cases whose label contains "provider"', (v) => v.split(',').map((c) => c.trim()))
   .option('--out <file>', 'where the JSON goes; the markdown goes next to it (.md)', 'bench-results/bench-latest.json')
@@ -52,6 +55,8 @@ const cases = [
   ['memory under backlog', memoryUnderBacklog],
   ['idle footprint', idleFootprint],
   ['pass latency', passLatency],
+  ['convergence latency', convergenceLatency],
+  ['scale-out', scaleOut],
 ] as const;
 /** Case name → the sub-filter after its slash ('' for the whole case). */
 const wanted = new Map(options.only?.map((entry) => [entry.split('/')[0]!.trim(), entry.split('/').slice(1).join('/').trim()]));

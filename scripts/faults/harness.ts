@@ -98,8 +98,11 @@ export class Stage {
     return dir;
   }
 
-  /** A job folder with settle-returns on a fast schedule and short backoff: the real service, tuned for fault runs. */
-  jobs(schedule: string, { concurrency = 10 }: { concurrency?: number } = {}): string {
+  /**
+   * A job folder with settle-returns on a fast schedule and short backoff: the real service, tuned for fault runs
+   * (and, with `partitions` and `wakeOn`, shaped as jobs/settle-returns.ts ships).
+   */
+  jobs(schedule: string, { concurrency = 10, partitions = 1, wakeOn = false }: { concurrency?: number; partitions?: number; wakeOn?: boolean } = {}): string {
     const dir = this.jobFolder();
     writeFileSync(
       join(dir, 'settle-returns.js'),
@@ -108,10 +111,10 @@ import { paymentProviderFromEnv } from ${JSON.stringify(this.app.module('src/ret
 import { findReturnsToSettle, settleReturn } from ${JSON.stringify(this.app.module('src/returns/service.js'))};
 export default defineReconciler({
   schedule: ${JSON.stringify(schedule)},
-  concurrency: ${concurrency},
+  concurrency: ${concurrency},${partitions > 1 ? `\n  partitions: ${partitions},` : ''}${wakeOn ? "\n  wakeOn: ['returns']," : ''}
   timeout: '10s',
   retry: { maxAttempts: 1000, backoff: { initial: '500ms', max: '4s' } },
-  scan: ({ db, after, limit }) => findReturnsToSettle(db, after?.id ?? 0, limit),
+  scan: ({ db, after, limit, partition }) => findReturnsToSettle(db, after?.id ?? 0, limit, partition),
   key: (ret) => \`return:\${ret.id}\`,
   since: (ret) => ret.receivedAt,
   reconcile: (ret, ctx) => settleReturn(ret.id, ctx, paymentProviderFromEnv),

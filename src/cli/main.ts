@@ -28,6 +28,12 @@ function version(): string {
   return 'unknown';
 }
 
+function wholeNumber(value: string): number {
+  const n = /^\d+$/.test(value.trim()) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError('expected a whole number (0, 1, 2, …)');
+  return n;
+}
+
 function positiveInteger(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a whole number of at least 1');
@@ -55,6 +61,7 @@ function buildProgram(setExitCode: (code: number) => void): Command {
     .option('--all', 'run every reconciler')
     .option('--dry-run', 'scan and show what would be done, changing nothing')
     .option('--key <key>', 'reconcile only the item with this key (ignores its backoff)')
+    .option('--partition <n>', 'run one partition of a partitioned reconciler (default: all of them, side by side)', wholeNumber)
     .option('--json', 'print JSON lines instead of text (no colour, no progress)')
     .option('--wait', 'if a pass is already running elsewhere, wait for it instead of exiting 3')
     .addHelpText('after', EXIT_CODES)

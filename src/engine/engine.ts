@@ -14,6 +14,7 @@ import { acquireLease, countSkippedTick, finishAndRelease, renewLease, type Leas
 import type { Trigger } from '../store/runs.js';
 import { EngineEvents } from './events.js';
 import { runPass, type PassResult } from './pass.js';
+import { Slots } from './slots.js';
 
 export interface EngineOptions {
   db: Db;
@@ -38,6 +39,8 @@ export interface RunRequest {
   tick?: Date;
   /** Catch-up: run only if the last finished run is still this one (see acquireLease). */
   expectLastRunId?: number;
+  /** Which partition of a partitioned reconciler (0 when it has none). */
+  partition?: number;
 }
 
 /** A pass that did not run, and why. */
@@ -55,9 +58,21 @@ interface ActivePass {
   done: Promise<unknown>;
 }
 
-const WHOLE: Partition = { index: 0, count: 1 };
 /** After aborting in-flight items at shutdown, how long to wait for passes to record their end. */
 const RECORD_GRACE_MS = 5_000;
+
+/** The key of one reconciler partition's passes in this process: one leased pass per lane at a time. */
+export const laneOf = (name: string, partition: number) => `${name}#${partition}`;
+
+/** Log fields naming the partition of a partitioned reconciler's pass (none for an unpartitioned one). */
+export function partitionFields(partition: Partition): { partition?: number } {
+  return partition.count > 1 ? { partition: partition.index } : {};
+}
+
+/** "settle-returns", or "settle-returns partition 2" for one partition of a partitioned reconciler. */
+export function passLabel(name: string, partition: Partition): string {
+  return partition.count > 1 ? `${name} partition ${partition.index}` : name;
+}
 
 /** "web-1 pid 4242 since 12:00:01Z (run 17)" */
 export function describeHolder(holder: Pick<LeaseHolder, 'host' | 'pid' | 'since' | 'runId'>): string {
@@ -68,7 +83,7 @@ export function summarize(result: PassResult): string {
   const c = result.counts;
   const what = result.dryRun ? 'dry run' : `pass ${result.runId}`;
   return (
-    `${result.reconciler}: ${what} ${result.status} in ${formatDuration(result.durationMs)}: ` +
+    `${passLabel(result.reconciler, result.partition)}: ${what} ${result.status} in ${formatDuration(result.durationMs)}: ` +
     `${c.found} found, ${c.changed} changed, ${c.unchanged} unchanged, ${c.skipped} skipped, ${c.failed} failed, ${c.deferred} deferred, ${c.dead} dead` +
     `${result.keyFound !== undefined ? ' (one item, by --key)' : result.complete || result.status === 'error' ? '' : ' (stopped early; the rest waits for the next pass)'}` +
     `${result.error ? `: ${result.error}` : ''}`
@@ -83,8 +98,10 @@ export class Engine {
   readonly db: Db;
   readonly #options: EngineOptions;
   readonly #control: Db;
-  /** Leased passes running in this process, by reconciler name. */
+  /** Leased passes running in this process, by lane (see laneOf). */
   readonly #active = new Map<string, ActivePass>();
+  /** Per reconciler, the items it may have in flight in this process, shared by its partitions' passes. */
+  readonly #slots = new Map<string, Slots>();
   /** Dry runs take no lease, but shutdown and Ctrl-C still stop them. */
   readonly #dryRuns = new Set<ActivePass>();
   /** Per reconciler, keys whose reconcile has not settled yet (see PassDeps.busyKeys). */
@@ -119,20 +136,50 @@ export class Engine {
    */
   async runPass(name: string, request: RunRequest): Promise<RunOutcome> {
     const reconciler = this.get(name);
+    const partition = this.partition(reconciler, request.partition);
     if (this.#stopping) return { ran: false, reason: 'stopping' };
-    if (request.dryRun) return { ran: true, result: await this.#dryRun(reconciler, request) };
-    if (this.#active.has(name)) {
-      if (request.tick) await this.#tickSkipped(reconciler, request.tick, 'running', undefined);
+    if (request.dryRun) return { ran: true, result: await this.#dryRun(reconciler, request, partition) };
+    const lane = laneOf(name, partition.index);
+    if (this.#active.has(lane)) {
+      if (request.tick) await this.#tickSkipped(reconciler, partition, request.tick, 'running', undefined);
       return { ran: false, reason: 'running-here' };
     }
     const pass = this.#newActivePass();
-    this.#active.set(name, pass.active);
+    this.#active.set(lane, pass.active);
     try {
-      return await this.#leasedPass(reconciler, request, pass.active);
+      return await this.#leasedPass(reconciler, request, partition, pass.active);
     } finally {
-      this.#active.delete(name);
+      this.#active.delete(lane);
       pass.finished();
     }
+  }
+
+  /** The partition a request names, checked against the reconciler's count; a UserError for one it does not have. */
+  partition(reconciler: Reconciler, index: number | undefined): Partition {
+    const count = reconciler.partitions;
+    if (index === undefined) {
+      if (count === 1) return { index: 0, count };
+      throw new UserError(`${reconciler.name} has ${count} partitions: name one (0 to ${count - 1}), or run them all`);
+    }
+    if (!Number.isInteger(index) || index < 0 || index >= count) {
+      throw new UserError(
+        count === 1 ? `${reconciler.name} is not partitioned: there is no partition ${index}` : `${reconciler.name} has partitions 0 to ${count - 1}; there is no partition ${index}`,
+      );
+    }
+    return { index, count };
+  }
+
+  /** How many leased passes of `name` run in this process now (one per partition at most). */
+  runningHere(name: string): number {
+    let n = 0;
+    for (const lane of this.#active.keys()) if (lane.startsWith(`${name}#`)) n++;
+    return n;
+  }
+
+  #slotsOf(reconciler: Reconciler): Slots {
+    let slots = this.#slots.get(reconciler.name);
+    if (!slots) this.#slots.set(reconciler.name, (slots = new Slots(reconciler.concurrency)));
+    return slots;
   }
 
   #newActivePass(): { active: ActivePass; finished: () => void } {
@@ -147,13 +194,13 @@ export class Engine {
     return keys;
   }
 
-  async #leasedPass(reconciler: Reconciler, request: RunRequest, active: ActivePass): Promise<RunOutcome> {
+  async #leasedPass(reconciler: Reconciler, request: RunRequest, partition: Partition, active: ActivePass): Promise<RunOutcome> {
     const { db, log, leaseMs } = this.#options;
     const holder = { id: randomUUID(), host: this.host, pid: this.pid };
     const partial = request.onlyKey !== undefined;
     const ask = () =>
       acquireLease(this.#control, {
-        reconciler: reconciler.name, partition: WHOLE, holder, trigger: request.trigger, leaseMs, partial,
+        reconciler: reconciler.name, partition, holder, trigger: request.trigger, leaseMs, partial,
         ...(request.tick ? { tick: request.tick } : {}),
         ...(request.expectLastRunId !== undefined ? { expectLastRunId: request.expectLastRunId } : {}),
       });
@@ -161,19 +208,22 @@ export class Engine {
     // A manual pass has nothing to be "already served" by: the holder released between our two reads. Ask again.
     if (!lease.acquired && lease.reason === 'already-served' && !request.tick && request.expectLastRunId === undefined) lease = await ask();
     if (!lease.acquired) {
-      if (lease.reason === 'held' && request.tick) await this.#tickSkipped(reconciler, request.tick, 'held', lease.holder);
+      if (lease.reason === 'held' && request.tick) await this.#tickSkipped(reconciler, partition, request.tick, 'held', lease.holder);
       if (lease.reason === 'already-served') log.debug({ reconciler: reconciler.name, tick: request.tick }, 'already served by another process');
       return lease.reason === 'held' ? { ran: false, reason: 'held', holder: lease.holder } : { ran: false, reason: 'already-served', ...(lease.holder ? { holder: lease.holder } : {}) };
     }
-    const keeper = this.#keepLease(reconciler.name, lease.runId, holder.id, active.abort);
+    const keeper = this.#keepLease(reconciler.name, partition.index, lease.runId, holder.id, active.abort);
     let result: PassResult;
     try {
       this.events.emit('pass:start', { reconciler: reconciler.name, runId: lease.runId, trigger: request.trigger, dryRun: false });
-      log.debug({ reconciler: reconciler.name, passId: lease.runId, trigger: request.trigger }, 'pass started');
+      log.debug({ reconciler: reconciler.name, passId: lease.runId, trigger: request.trigger, ...partitionFields(partition) }, 'pass started');
       result = await runPass(
         reconciler,
-        { trigger: request.trigger, dryRun: false, partition: WHOLE, ...(partial ? { onlyKey: request.onlyKey } : {}) },
-        { db, log, events: this.events, runId: lease.runId, busyKeys: this.#busyKeysOf(reconciler.name), ...(this.#options.random ? { random: this.#options.random } : {}) },
+        { trigger: request.trigger, dryRun: false, partition, ...(partial ? { onlyKey: request.onlyKey } : {}) },
+        {
+          db, log, events: this.events, runId: lease.runId, busyKeys: this.#busyKeysOf(reconciler.name), slots: this.#slotsOf(reconciler),
+          ...(this.#options.random ? { random: this.#options.random } : {}),
+        },
         { stop: active.stop.signal, abort: active.abort.signal },
       );
     } finally {
@@ -182,7 +232,7 @@ export class Engine {
     let unrecorded: string | undefined;
     try {
       const forgotten = await finishAndRelease(this.#control, {
-        reconciler: reconciler.name, partition: WHOLE.index, holderId: holder.id, runId: lease.runId, partial,
+        reconciler: reconciler.name, partition, holderId: holder.id, runId: lease.runId, partial,
         status: result.status, counts: result.counts, complete: result.complete, durationMs: result.durationMs, error: result.error,
         forgetUnseen: result.complete && result.error === null && !partial,
       });
@@ -195,7 +245,7 @@ export class Engine {
     return { ran: true, result };
   }
 
-  async #dryRun(reconciler: Reconciler, request: RunRequest): Promise<PassResult> {
+  async #dryRun(reconciler: Reconciler, request: RunRequest, partition: Partition): Promise<PassResult> {
     const { db, log } = this.#options;
     const pass = this.#newActivePass();
     this.#dryRuns.add(pass.active);
@@ -203,8 +253,8 @@ export class Engine {
       this.events.emit('pass:start', { reconciler: reconciler.name, runId: null, trigger: request.trigger, dryRun: true });
       const result = await runPass(
         reconciler,
-        { trigger: request.trigger, dryRun: true, partition: WHOLE, ...(request.onlyKey !== undefined ? { onlyKey: request.onlyKey } : {}) },
-        { db, log, events: this.events, runId: null, busyKeys: this.#busyKeysOf(reconciler.name) },
+        { trigger: request.trigger, dryRun: true, partition, ...(request.onlyKey !== undefined ? { onlyKey: request.onlyKey } : {}) },
+        { db, log, events: this.events, runId: null, busyKeys: this.#busyKeysOf(reconciler.name), slots: this.#slotsOf(reconciler) },
         { stop: pass.active.stop.signal, abort: pass.active.abort.signal },
       );
       this.#logResult(result);
@@ -222,7 +272,7 @@ export class Engine {
    * the *sending* of the last renewal that succeeded (minus a margin), whether or not a
    * renewal is still hanging. Another process may take over from then on.
    */
-  #keepLease(name: string, runId: number, holderId: string, abort: AbortController): { stop(): void } {
+  #keepLease(name: string, partition: number, runId: number, holderId: string, abort: AbortController): { stop(): void } {
     const { log, leaseMs } = this.#options;
     const margin = Math.min(1_000, leaseMs / 5);
     let stopped = false;
@@ -241,7 +291,7 @@ export class Engine {
       if (stopped || abort.signal.aborted) return;
       const sentAt = performance.now();
       try {
-        if (await renewLease(this.#control, name, WHOLE.index, holderId, leaseMs)) {
+        if (await renewLease(this.#control, name, partition, holderId, leaseMs)) {
           // A near miss is worth a line; a lease that lapses is told once, by the pass summary (the watchdog's abort).
           if (failedRenewals > 0) {
             log.warn({ reconciler: name, passId: runId, failedRenewals, err: lastError }, `the lease renewal failed ${failedRenewals} time(s) (${errorSummary(lastError!, 200)}) before it went through; the pass went on`);
@@ -271,18 +321,18 @@ export class Engine {
     };
   }
 
-  async #tickSkipped(reconciler: Reconciler, tick: Date, reason: 'running' | 'held', holder: LeaseHolder | undefined): Promise<void> {
+  async #tickSkipped(reconciler: Reconciler, partition: Partition, tick: Date, reason: 'running' | 'held', holder: LeaseHolder | undefined): Promise<void> {
     const { log } = this.#options;
     let counted = false;
     try {
-      counted = await countSkippedTick(this.#control, reconciler.name, WHOLE.index, tick);
+      counted = await countSkippedTick(this.#control, reconciler.name, partition.index, tick);
     } catch (error) {
       log.warn({ err: coerceError(error), reconciler: reconciler.name }, 'could not count a skipped tick');
     }
     if (!counted) return; // another replica saw the same tick and counted it
     log.info(
-      { reconciler: reconciler.name, tick: tick.toISOString(), reason },
-      `tick ${tick.toISOString()} skipped: the previous pass is still running${holder ? ` on ${describeHolder(holder)}` : ' in this process'}`,
+      { reconciler: reconciler.name, ...partitionFields(partition), tick: tick.toISOString(), reason },
+      `${passLabel(reconciler.name, partition)}: tick ${tick.toISOString()} skipped: the previous pass is still running${holder ? ` on ${describeHolder(holder)}` : ' in this process'}`,
     );
     this.events.emit('tick:skipped', { reconciler: reconciler.name, tick, reason, holder });
   }
@@ -290,7 +340,7 @@ export class Engine {
   /** One summary line per pass, at info; a pass that broke off, or whose end went unrecorded, is an error. */
   #logResult(result: PassResult, unrecorded?: string): void {
     const { log } = this.#options;
-    const fields = { reconciler: result.reconciler, passId: result.runId, trigger: result.trigger, status: result.status, ...result.counts, complete: result.complete, durationMs: Math.round(result.durationMs), ...(unrecorded ? { recorded: false } : {}) };
+    const fields = { reconciler: result.reconciler, ...partitionFields(result.partition), passId: result.runId, trigger: result.trigger, status: result.status, ...result.counts, complete: result.complete, durationMs: Math.round(result.durationMs), ...(unrecorded ? { recorded: false } : {}) };
     const message = `${summarize(result)}${unrecorded ? `; ${unrecorded}` : ''}`;
     if (result.status === 'error' || unrecorded) log.error(fields, message);
     else log.info(fields, message);

@@ -6,7 +6,7 @@
  */
 import { setMaxListeners } from 'node:events';
 import type { Logger } from 'pino';
-import type { Db, Outcome, Partition, Reconciler, ReconcileResult } from '../reconciler.js';
+import { partitionOf, type Db, type Outcome, type Partition, type Reconciler, type ReconcileResult } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable, isTerminalError } from '../errors.js';
 import { formatDuration } from '../duration.js';
 import { forgetFailure, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
@@ -14,6 +14,7 @@ import { databaseAnswers } from '../store/database.js';
 import type { PassCounts, PassStatus, Trigger } from '../store/runs.js';
 import { backoffDelay } from './backoff.js';
 import type { EngineEvents } from './events.js';
+import type { Slots } from './slots.js';
 
 /** Longest key accepted; longer keys could not be indexed by failure memory. */
 export const MAX_KEY_LENGTH = 1_024;
@@ -29,6 +30,7 @@ export interface PassOptions {
 
 export interface PassResult {
   reconciler: string;
+  partition: Partition;
   runId: number | null;
   trigger: Trigger;
   dryRun: boolean;
@@ -64,6 +66,8 @@ export interface PassDeps {
    * settles, so that no later pass starts the same item beside it.
    */
   busyKeys: Set<string>;
+  /** This reconciler's items in flight in this process, shared by the passes of its partitions. */
+  slots?: Slots;
   random?: () => number;
 }
 
@@ -120,15 +124,26 @@ interface PreparedPage {
  * page, cost a tenth of the throughput). An early stop waits for the page being prepared,
  * so that no query outlives the pass.
  */
-async function* preparedPages(reconciler: Reconciler, db: Db, signal: AbortSignal, options: PassOptions): AsyncGenerator<PreparedPage> {
+async function* preparedPages(reconciler: Reconciler, db: Db, signal: AbortSignal, options: PassOptions, foreign: string[]): AsyncGenerator<PreparedPage> {
   const source = pagesOf(reconciler, db, signal, options.partition);
+  const { index, count } = options.partition;
   const prepare = async (): Promise<PreparedPage | undefined> => {
     const next = await source.next();
     if (next.done) return undefined;
-    const keys = next.value.map((item) => keyOf(reconciler, item));
+    let page = next.value;
+    let keys = page.map((item) => keyOf(reconciler, item));
+    if (count > 1) {
+      // An item of another partition is that partition's holder's to work: two holders must never work one item.
+      const mine = keys.map((k) => !('key' in k) || partitionOf(k.key, count) === index);
+      if (mine.includes(false)) {
+        keys.forEach((k, i) => !mine[i] && 'key' in k && foreign.push(k.key));
+        page = page.filter((_, i) => mine[i]);
+        keys = keys.filter((_, i) => mine[i]);
+      }
+    }
     const lookup = new Set<string>();
     for (const k of keys) if ('key' in k && (options.onlyKey === undefined || k.key === options.onlyKey)) lookup.add(k.key);
-    return { page: next.value, keys, memories: await lookupFailures(db, reconciler.name, [...lookup], options.dryRun) };
+    return { page, keys, memories: await lookupFailures(db, reconciler.name, [...lookup], options.dryRun) };
   };
   let upcoming = prepare();
   try {
@@ -209,6 +224,8 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   let nextRetryAt: Date | null = null;
   /** Items aborted mid-reconcile (shutdown timeout, lost lease): named once, after the pass, not a line each. */
   const abortedKeys: string[] = [];
+  /** Keys the scan returned that belong to other partitions: skipped, and named once after the pass. */
+  const foreign: string[] = [];
   const noteRetry = (at: Date) => {
     if (nextRetryAt === null || at < nextRetryAt) nextRetryAt = at;
   };
@@ -303,7 +320,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   try {
     let previousFirstKey: string | undefined;
     complete = true;
-    pages: for await (const { page, keys, memories } of preparedPages(reconciler, db, control.abort, options)) {
+    pages: for await (const { page, keys, memories } of preparedPages(reconciler, db, control.abort, options, foreign)) {
       events.emit('page:scanned', { reconciler: reconciler.name, items: page.length });
       const keyed: { item: unknown; key: string }[] = [];
       const pageKeys = new Set<string>();
@@ -362,9 +379,19 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
           complete = false;
           break pages;
         }
+        if (deps.slots) {
+          await deps.slots.take();
+          if (control.stop.aborted || control.abort.aborted || unavailable) {
+            deps.slots.give();
+            counts.found--;
+            complete = false;
+            break pages;
+          }
+        }
         taken++;
         keysInFlight.add(key);
         const running = reconcileItem(item, key, memory).finally(() => {
+          deps.slots?.give();
           inFlight.delete(running);
           keysInFlight.delete(key);
         });
@@ -390,6 +417,14 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     const shown = abortedKeys.slice(0, 10).join(', ');
     log.info({ keys: abortedKeys.slice(0, 100), count: abortedKeys.length }, `${abortedKeys.length} item(s) aborted in flight, no attempt spent; the next pass finds them again: ${shown}${abortedKeys.length > 10 ? ', …' : ''}`);
   }
+  if (foreign.length > 0) {
+    const { index, count } = options.partition;
+    log.error(
+      { keys: foreign.slice(0, 100), count: foreign.length, partition: index, partitions: count },
+      `the scan of partition ${index} of ${count} returned ${foreign.length} item(s) of other partitions (e.g. ${foreign[0]}); they were left to their own partition's pass. ` +
+        `Filter the scan on its partition: WHERE reconciler_partition(<key>, ${count}) = ${index}`,
+    );
+  }
   if (unavailable && !control.abort.aborted) {
     complete = false;
     error = `the database is unavailable (${errorSummary(unavailable, 300)}): the pass stopped taking items; the next pass resumes`;
@@ -405,6 +440,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
 
   const result: PassResult = {
     reconciler: reconciler.name,
+    partition: options.partition,
     runId: deps.runId,
     trigger: options.trigger,
     dryRun: options.dryRun,

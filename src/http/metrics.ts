@@ -7,7 +7,8 @@
  */
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { Logger } from 'pino';
-import type { Db } from '../reconciler.js';
+import type { Db, Reconciler } from '../reconciler.js';
+import { laneOf } from '../engine/engine.js';
 import type { EngineEvents } from '../engine/events.js';
 import { coerceError } from '../errors.js';
 import { countFailures } from '../store/failures.js';
@@ -18,21 +19,23 @@ const CACHE_MS = 5_000;
 
 interface ClusterState {
   failures: Map<string, { backoff: number; dead: number }>;
+  /** Per reconciler: its stalest partition's last success. */
   lastSuccess: Map<string, Date | null>;
+  /** Per lane (`laneOf(name, partition)`). */
   lastFinished: Map<string, Date | null>;
 }
 
 export class Metrics {
   readonly registry = new Registry();
-  /** Per reconciler, what this process's last pass found: the oldest item and when the pass ended. */
-  readonly #oldest = new Map<string, { oldest: Date | null; finishedAt: number }>();
+  /** Per lane (reconciler partition), what this process's last pass of it found: the oldest item and when the pass ended. */
+  readonly #oldest = new Map<string, { reconciler: string; oldest: Date | null; finishedAt: number }>();
   #cache: Promise<ClusterState> | undefined;
   #cachedAt = 0;
   #last: ClusterState = { failures: new Map(), lastSuccess: new Map(), lastFinished: new Map() };
 
   constructor(
     private readonly db: Db,
-    private readonly reconcilers: readonly string[],
+    private readonly reconcilers: readonly Pick<Reconciler, 'name' | 'partitions'>[],
     private readonly log: Logger,
     /** Job files that could not be loaded at start. */
     invalidJobFiles: number,
@@ -95,7 +98,7 @@ export class Metrics {
       registers: [this.registry],
     });
     // Every series exists from the start (at 0), so that rate() and alerts see the first increase.
-    for (const name of this.reconcilers) {
+    for (const { name } of this.reconcilers) {
       for (const status of ['succeeded', 'failed', 'error', 'aborted']) passes.labels(name, status, 'schedule').inc(0);
       for (const outcome of ['changed', 'unchanged', 'skipped', 'failed', 'deferred', 'dead']) items.labels(name, outcome).inc(0);
       for (const reason of ['running', 'held']) skipped.labels(name, reason).inc(0);
@@ -106,7 +109,7 @@ export class Metrics {
       duration.labels(result.reconciler).observe(result.durationMs / 1000);
       const { found: _found, ...outcomes } = result.counts;
       for (const [outcome, n] of Object.entries(outcomes)) if (n > 0) items.labels(result.reconciler, outcome).inc(n);
-      if (result.complete || result.oldestItemAt !== null) this.#oldest.set(result.reconciler, { oldest: result.oldestItemAt, finishedAt: Date.now() });
+      if (result.complete || result.oldestItemAt !== null) this.#oldest.set(laneOf(result.reconciler, result.partition.index), { reconciler: result.reconciler, oldest: result.oldestItemAt, finishedAt: Date.now() });
     });
     events.on('tick:skipped', (tick) => skipped.labels(tick.reconciler, tick.reason).inc());
 
@@ -120,7 +123,7 @@ export class Metrics {
         registers: [this.registry],
         async collect() {
           const state = await metrics.#clusterState();
-          for (const reconciler of metrics.reconcilers) this.labels(reconciler).set(value(state, reconciler));
+          for (const { name } of metrics.reconcilers) this.labels(name).set(value(state, name));
         },
       });
     clusterGauge('reconciler_items_in_backoff', 'Items whose reconcile failed and that wait for their next attempt, by reconciler (cluster-wide).', (s, r) => s.failures.get(r)?.backoff ?? 0);
@@ -142,11 +145,14 @@ export class Metrics {
       async collect() {
         const { lastFinished } = await metrics.#clusterState();
         this.reset();
-        for (const [name, mine] of metrics.#oldest) {
-          const latest = lastFinished.get(name)?.getTime() ?? 0;
+        const staleness = new Map<string, number>();
+        for (const [lane, mine] of metrics.#oldest) {
+          const latest = lastFinished.get(lane)?.getTime() ?? 0;
           if (latest > mine.finishedAt + 2_000) continue; // another replica ran a later pass: its number, not ours
-          this.labels(name).set(mine.oldest === null ? 0 : Math.max(0, (Date.now() - mine.oldest.getTime()) / 1000));
+          const seconds = mine.oldest === null ? 0 : Math.max(0, (Date.now() - mine.oldest.getTime()) / 1000);
+          staleness.set(mine.reconciler, Math.max(seconds, staleness.get(mine.reconciler) ?? 0));
         }
+        for (const [name, seconds] of staleness) this.labels(name).set(seconds);
       },
     });
   }
@@ -184,12 +190,14 @@ export class Metrics {
     this.#cachedAt = Date.now();
     this.#cache = Promise.all([countFailures(this.db), readStates(this.db)]).then(
       ([failures, states]) => {
-        const whole = states.filter((s) => s.partition === 0);
-        this.#last = {
-          failures,
-          lastSuccess: new Map(whole.map((s) => [s.reconciler, s.lastSucceededAt])),
-          lastFinished: new Map(whole.map((s) => [s.reconciler, s.lastFinishedAt])),
-        };
+        // A partitioned reconciler is as fresh as its stalest partition (rows of partitions it no longer has are left out).
+        const lastSuccess = new Map(
+          this.reconcilers.map((r) => {
+            const times = states.filter((s) => s.reconciler === r.name && s.partition < r.partitions).map((s) => s.lastSucceededAt);
+            return [r.name, times.length < r.partitions || times.includes(null) ? null : new Date(Math.min(...times.map((t) => t!.getTime())))];
+          }),
+        );
+        this.#last = { failures, lastSuccess, lastFinished: new Map(states.map((s) => [laneOf(s.reconciler, s.partition), s.lastFinishedAt])) };
         return this.#last;
       },
       (error: unknown) => {

@@ -14,7 +14,7 @@
  */
 import { sql } from 'drizzle-orm';
 import { TerminalError, coerceError, errorSummary } from '../errors.js';
-import type { Db, ReconcileContext, ReconcileResult } from '../reconciler.js';
+import type { Db, Partition, ReconcileContext, ReconcileResult } from '../reconciler.js';
 import { queryRows } from '../store/database.js';
 import { ProviderError, type PaymentProvider } from './provider.js';
 import { decideSettlement, money } from './settlement.js';
@@ -30,10 +30,14 @@ export interface ReturnToSettle {
 const KEY_LIFETIME_HOURS = 20;
 
 /** Returns still to settle, in keyset pages by id, through the partial index `returns_unsettled`. */
-export async function findReturnsToSettle(db: Db, afterId: number, limit: number): Promise<ReturnToSettle[]> {
+export async function findReturnsToSettle(db: Db, afterId: number, limit: number, partition: Partition = { index: 0, count: 1 }): Promise<ReturnToSettle[]> {
+  // One partition of the items keyed `return:<id>`: through index returns_unsettled_by_partition when the count is 4
+  // (the count is a bound value, so the planner sees it and picks the index), through returns_unsettled when unpartitioned.
+  const inPartition = partition.count === 1 ? sql`true` : sql`reconciler_partition('return:' || id::text, ${partition.count}::int) = ${partition.index}::int`;
   const rows = await queryRows<{ id: number; received_ms: number }>(
     db,
-    sql`SELECT id, (extract(epoch FROM received_at) * 1000)::float8 AS received_ms FROM returns WHERE settled_at IS NULL AND id > ${afterId} ORDER BY id LIMIT ${limit}`,
+    sql`SELECT id, (extract(epoch FROM received_at) * 1000)::float8 AS received_ms FROM returns
+        WHERE settled_at IS NULL AND id > ${afterId} AND ${inPartition} ORDER BY id LIMIT ${limit}`,
   );
   return rows.map((row) => ({ id: Number(row.id), receivedAt: new Date(Number(row.received_ms)) }));
 }

@@ -4,13 +4,20 @@
  * a reconciler gets one catch-up pass when a tick passed since its last pass, when its
  * last pass did not end well (aborted by a deploy, broke off), or when a pass was left
  * behind by a process that died. Missed ticks are folded into that pass, not replayed.
+ *
+ * A partitioned reconciler is scheduled partition by partition (a "lane" each, with its own
+ * lease). Each replica claims its own share first (every count-th partition from its rank,
+ * see `ownPartitions`), and a second later sweeps the rest: it runs a partition nobody is
+ * running (a replica that does not have the reconciler, or is gone) and watches one held by
+ * another replica, to take it over if that replica dies.
  */
 import nodeCron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
-import type { Engine, RunRequest } from '../engine/engine.js';
+import { laneOf, type Engine, type RunRequest } from '../engine/engine.js';
 import type { Reconciler } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
-import { readStates, type StateRow } from '../store/state.js';
+import { readStates, type LeaseHolder, type StateRow } from '../store/state.js';
+import { ALONE, type Membership } from '../store/database.js';
 import { nextTick, previousTick } from './cron.js';
 import type { PassResult } from '../engine/pass.js';
 import type { Trigger } from '../store/runs.js';
@@ -25,6 +32,10 @@ export interface SchedulerOptions {
   log: Logger;
   /** The clock for catch-up decisions; tests pass a fixed one. */
   now?: () => Date;
+  /** Where this daemon stands among the replicas (see WakeListener.membership); alone by default. */
+  membership?: () => Promise<Membership>;
+  /** How long after claiming its own partitions a replica sweeps the others. Default 1 s. */
+  sweepDelayMs?: number;
 }
 
 /** A tick rounded down to the second, as every replica computes it. */
@@ -32,6 +43,7 @@ const toTick = (date: Date) => new Date(Math.floor(date.getTime() / 1_000) * 1_0
 
 export interface CatchUp {
   name: string;
+  partition: number;
   tick: Date;
   /** The last finished run when we looked; the catch-up runs only if it is still the last. */
   expectLastRunId: number;
@@ -40,40 +52,60 @@ export interface CatchUp {
 
 export type StateSummary = Pick<StateRow, 'lastTickAt' | 'lastStartedAt' | 'lastStatus' | 'lastRunId' | 'holderId'>;
 
-/** Which reconcilers need a catch-up pass at start, the tick each serves, and why. */
+/**
+ * Which reconciler partitions need a catch-up pass at start, the tick each serves, and why.
+ * `states` is keyed by lane (`laneOf(name, partition)`).
+ */
 export function dueForCatchUp(reconcilers: Iterable<Reconciler>, states: ReadonlyMap<string, StateSummary>, now: Date): CatchUp[] {
   const due: CatchUp[] = [];
   for (const reconciler of reconcilers) {
     const latestTick = previousTick(reconciler.schedule, reconciler.timezone, now);
-    const state = states.get(reconciler.name);
     const tick = latestTick ?? toTick(now);
-    const expectLastRunId = state?.lastRunId ?? 0;
-    const add = (reason: string) => due.push({ name: reconciler.name, tick, expectLastRunId, reason });
-    if (!state || (!state.lastStartedAt && !state.lastTickAt)) add('it never ran');
-    else if (state.holderId) add('a pass was left unfinished by a process that stopped');
-    else if (state.lastStatus === 'aborted' || state.lastStatus === 'error') add(`its last pass ${state.lastStatus === 'aborted' ? 'was aborted' : 'broke off'}`);
-    else if (latestTick && Math.max(state.lastTickAt?.getTime() ?? 0, state.lastStartedAt?.getTime() ?? 0) < latestTick.getTime()) {
-      add(`its last pass is older than its latest scheduled tick, ${latestTick.toISOString()}`);
+    for (let partition = 0; partition < reconciler.partitions; partition++) {
+      const state = states.get(laneOf(reconciler.name, partition));
+      const expectLastRunId = state?.lastRunId ?? 0;
+      const add = (reason: string) => due.push({ name: reconciler.name, partition, tick, expectLastRunId, reason });
+      if (!state || (!state.lastStartedAt && !state.lastTickAt)) add('it never ran');
+      else if (state.holderId) add('a pass was left unfinished by a process that stopped');
+      else if (state.lastStatus === 'aborted' || state.lastStatus === 'error') add(`its last pass ${state.lastStatus === 'aborted' ? 'was aborted' : 'broke off'}`);
+      else if (latestTick && Math.max(state.lastTickAt?.getTime() ?? 0, state.lastStartedAt?.getTime() ?? 0) < latestTick.getTime()) {
+        add(`its last pass is older than its latest scheduled tick, ${latestTick.toISOString()}`);
+      }
     }
   }
   return due;
 }
 
+/**
+ * The partitions a replica claims at once: every `count`-th from its `rank`, so that replicas
+ * that wake together split the partitions evenly without racing (rank 0 of 2 takes 0 and 2 of
+ * 4, rank 1 takes 1 and 3). A lone replica takes them all.
+ */
+export function ownPartitions(partitions: number, membership: Membership): number[] {
+  const all = Array.from({ length: partitions }, (_, p) => p);
+  return all.filter((p) => p % membership.count === membership.rank % membership.count);
+}
+
+/** What a sweep does with the partitions it finds free: a wake only watches; a tick or catch-up also runs them. */
+type SweepRequest = (partition: number) => RunRequest | undefined;
+
 export class Scheduler {
   readonly #options: SchedulerOptions;
   readonly #tasks: ScheduledTask[] = [];
   readonly #inFlight = new Set<Promise<void>>();
-  /** Reconcilers with a pass launched by this scheduler that has not returned yet, and its trigger. */
+  /** Lanes with a pass launched by this scheduler that has not returned yet, and its trigger. */
   readonly #launched = new Map<string, Trigger>();
-  /** A tick that came while this process ran a retry or wake pass: served as soon as that pass ends. */
+  /** A tick that came while this process ran a retry or wake pass of the lane: served as soon as that pass ends. */
   readonly #tickAfterRetry = new Map<string, Date>();
-  /** Reconcilers woken while a pass of theirs ran here: one more pass follows it (it may have scanned past the change). */
+  /** Lanes woken while a pass of theirs ran here: one more pass follows it (it may have scanned past the change). */
   readonly #wakeAfter = new Set<string>();
   readonly #retries = new Set<NodeJS.Timeout>();
-  /** Reconcilers with a takeover check scheduled (one at a time). */
+  /** Lanes with a takeover check scheduled (one at a time). */
   readonly #pendingTakeover = new Set<string>();
-  /** Reconcilers with a retry pass scheduled, and when. */
+  /** Lanes with a retry pass scheduled, and when. */
   readonly #pendingRetry = new Map<string, { at: number; timer: NodeJS.Timeout }>();
+  /** Partitioned reconcilers with a sweep scheduled, and what it runs (a tick's sweep overrides a wake's). */
+  readonly #pendingSweep = new Map<string, { request: SweepRequest; runs: boolean }>();
   #state: 'new' | 'started' | 'stopped' = 'new';
 
   constructor(options: SchedulerOptions) {
@@ -86,10 +118,19 @@ export class Scheduler {
     this.#state = 'started';
     const { engine, log } = this.#options;
     const now = this.#options.now?.() ?? new Date();
-    const states = new Map((await readStates(engine.db)).filter((s) => s.partition === 0).map((s) => [s.reconciler, s]));
-    for (const catchUp of dueForCatchUp(engine.reconcilers.values(), states, now)) {
-      log.info({ reconciler: catchUp.name, tick: catchUp.tick.toISOString() }, `${catchUp.name}: catch-up pass, because ${catchUp.reason}`);
-      this.#launch(catchUp.name, { trigger: 'startup', tick: catchUp.tick, expectLastRunId: catchUp.expectLastRunId });
+    const states = new Map((await readStates(engine.db)).map((s) => [laneOf(s.reconciler, s.partition), s]));
+    const due = dueForCatchUp(engine.reconcilers.values(), states, now);
+    for (const reconciler of engine.reconcilers.values()) {
+      const mine = due.filter((c) => c.name === reconciler.name);
+      if (mine.length === 0) continue;
+      const catchUp = (c: CatchUp): RunRequest => ({ trigger: 'startup', tick: c.tick, expectLastRunId: c.expectLastRunId, partition: c.partition });
+      const own = new Set(await this.#ownPartitions(reconciler));
+      for (const c of mine.filter((c) => own.has(c.partition))) {
+        log.info({ reconciler: c.name, ...(reconciler.partitions > 1 ? { partition: c.partition } : {}), tick: c.tick.toISOString() }, `${label(reconciler, c.partition)}: catch-up pass, because ${c.reason}`);
+        this.#launch(c.name, catchUp(c));
+      }
+      const others = new Map(mine.filter((c) => !own.has(c.partition)).map((c) => [c.partition, catchUp(c)]));
+      if (others.size > 0) this.#sweepLater(reconciler.name, (p) => others.get(p), true);
     }
     for (const reconciler of engine.reconcilers.values()) {
       const task = nodeCron.createTask(reconciler.schedule, (context) => this.#tick(reconciler.name, toTick(context.date)), {
@@ -98,18 +139,21 @@ export class Scheduler {
       });
       // node-cron noticed it could not fire on time (an event-loop stall): fold all of them into one pass.
       task.on('execution:missed', (context) => {
-        if (!this.#launched.has(reconciler.name)) this.#tick(reconciler.name, toTick(context.date));
+        if (!this.#launchedAny(reconciler.name)) this.#tick(reconciler.name, toTick(context.date));
       });
       this.#tasks.push(task);
       await task.start();
     }
   }
 
-  /** Retry and wake passes are this scheduler's own extras: a tick that meets one runs right after it, not skipped. */
+  /** A tick: this replica's own partitions now (all of them when unpartitioned), a sweep of the others a moment later. */
   #tick(name: string, tick: Date): void {
-    const running = this.#launched.get(name);
-    if (running === 'retry' || running === 'wake') this.#tickAfterRetry.set(name, tick);
-    else this.#launch(name, { trigger: 'schedule', tick });
+    this.#claim(name, (partition) => ({ trigger: 'schedule', tick, partition }), true, (lane, partition) => {
+      // Retry and wake passes are this scheduler's own extras: a tick that meets one runs right after it, not skipped.
+      const running = this.#launched.get(lane);
+      if (running === 'retry' || running === 'wake') this.#tickAfterRetry.set(lane, tick);
+      else this.#launch(name, { trigger: 'schedule', tick, partition });
+    });
   }
 
   /**
@@ -120,33 +164,105 @@ export class Scheduler {
   wake(names: readonly string[]): void {
     if (this.#state !== 'started') return;
     for (const name of names) {
-      if (this.#launched.has(name)) this.#wakeAfter.add(name);
-      else this.#launch(name, { trigger: 'wake' });
+      this.#claim(name, () => undefined, false, (lane, partition) => {
+        if (this.#launched.has(lane)) this.#wakeAfter.add(lane);
+        else this.#launch(name, { trigger: 'wake', partition });
+      });
     }
+  }
+
+  #claim(name: string, request: SweepRequest, runsFree: boolean, start: (lane: string, partition: number) => void): void {
+    if (this.#state !== 'started') return;
+    const reconciler = this.#options.engine.get(name);
+    void this.#ownPartitions(reconciler).then((own) => {
+      if (this.#state !== 'started') return;
+      for (const partition of own) start(laneOf(name, partition), partition);
+      if (own.length < reconciler.partitions) this.#sweepLater(name, request, runsFree);
+    });
+  }
+
+  async #ownPartitions(reconciler: Reconciler): Promise<number[]> {
+    if (reconciler.partitions === 1) return [0];
+    // Asked afresh at each claim (one cheap query on the listen session): a replica that just started or died counts at once.
+    const membership = this.#options.membership ? await this.#options.membership().catch(() => ALONE) : ALONE;
+    return ownPartitions(reconciler.partitions, membership);
+  }
+
+  #launchedAny(name: string): boolean {
+    for (const lane of this.#launched.keys()) if (lane.startsWith(`${name}#`)) return true;
+    return false;
+  }
+
+  /** One sweep per reconciler at a time; a tick's (which runs free partitions) wins over a wake's (which only watches). */
+  #sweepLater(name: string, request: SweepRequest, runsFree: boolean): void {
+    const pending = this.#pendingSweep.get(name);
+    if (pending) {
+      if (runsFree && !pending.runs) this.#pendingSweep.set(name, { request, runs: true });
+      return;
+    }
+    this.#pendingSweep.set(name, { request, runs: runsFree });
+    const timer = setTimeout(() => {
+      this.#retries.delete(timer);
+      const sweep = this.#pendingSweep.get(name);
+      this.#pendingSweep.delete(name);
+      if (sweep && this.#state === 'started') void this.#sweep(name, sweep);
+    }, this.#options.sweepDelayMs ?? 1_000);
+    this.#retries.add(timer);
+  }
+
+  /** Looks at the partitions not running here: watches those another replica holds; runs free ones when asked to. */
+  async #sweep(name: string, sweep: { request: SweepRequest; runs: boolean }): Promise<void> {
+    const { engine, log } = this.#options;
+    const reconciler = engine.get(name);
+    let rows: StateRow[];
+    try {
+      rows = (await readStates(engine.db, name)).filter((row) => row.partition < reconciler.partitions);
+    } catch (error) {
+      log.warn({ reconciler: name, err: coerceError(error) }, `${name}: could not look at its partitions (${errorSummary(coerceError(error), 200)}); the next tick looks again`);
+      return;
+    }
+    const byPartition = new Map(rows.map((row) => [row.partition, row]));
+    for (let partition = 0; partition < reconciler.partitions; partition++) {
+      const lane = laneOf(name, partition);
+      if (this.#launched.has(lane) || this.#state !== 'started') continue;
+      const row = byPartition.get(partition);
+      if (row?.leaseLive) this.#watchHolder(lane, name, partition, holderOf(row), sweep.runs ? 'schedule' : 'wake');
+      else if (sweep.runs) {
+        const request = sweep.request(partition);
+        if (request) this.#launch(name, request);
+      }
+    }
+  }
+
+  /**
+   * Another process is running this lane (this tick, or an older one). If it dies, nobody would
+   * pick the work up before the next tick, which may be hours away: look again once its lease
+   * could have lapsed, and run only if it never finished (its last run is still the last).
+   */
+  #watchHolder(lane: string, name: string, partition: number, holder: LeaseHolder, trigger: Trigger): void {
+    if (this.#pendingTakeover.has(lane)) return;
+    const wait = Math.max(100, holder.expiresAt.getTime() - Date.now() + 250);
+    const timer = setTimeout(() => {
+      this.#retries.delete(timer);
+      this.#pendingTakeover.delete(lane);
+      this.#launch(name, { trigger, expectLastRunId: holder.lastRunId, partition });
+    }, wait);
+    this.#retries.add(timer);
+    this.#pendingTakeover.add(lane);
   }
 
   #launch(name: string, request: RunRequest): void {
     const { engine, log } = this.#options;
     if (this.#state !== 'started') return;
-    const mine = !this.#launched.has(name); // else the engine answers "running here", and the running launch owns the entry
-    if (mine) this.#launched.set(name, request.trigger);
+    const partition = request.partition ?? 0;
+    const lane = laneOf(name, partition);
+    const mine = !this.#launched.has(lane); // else the engine answers "running here", and the running launch owns the entry
+    if (mine) this.#launched.set(lane, request.trigger);
     const pass = engine
       .runPass(name, request)
       .then((outcome) => {
-        // Another process is running this reconciler (this tick, or an older one). If it dies, nobody would pick
-        // the work up before the next tick, which may be hours away: look again once its lease could have lapsed,
-        // and run only if it never finished (its last run is still the last).
         const holder = !outcome.ran && (outcome.reason === 'held' || outcome.reason === 'already-served') ? outcome.holder : undefined;
-        if (holder && !this.#pendingTakeover.has(name)) {
-          const wait = Math.max(100, holder.expiresAt.getTime() - Date.now() + 250);
-          const timer = setTimeout(() => {
-            this.#retries.delete(timer);
-            this.#pendingTakeover.delete(name);
-            this.#launch(name, { trigger: request.trigger, expectLastRunId: holder.lastRunId });
-          }, wait);
-          this.#retries.add(timer);
-          this.#pendingTakeover.add(name);
-        }
+        if (holder) this.#watchHolder(lane, name, partition, holder, request.trigger);
         if (outcome.ran) this.#retryWhenDue(outcome.result);
       })
       .catch((error: unknown) => {
@@ -156,19 +272,18 @@ export class Scheduler {
       .finally(() => {
         this.#inFlight.delete(pass);
         if (!mine) return;
-        this.#launched.delete(name);
-        const tick = this.#tickAfterRetry.get(name);
-        this.#tickAfterRetry.delete(name);
-        const woken = this.#wakeAfter.delete(name);
+        this.#launched.delete(lane);
+        const tick = this.#tickAfterRetry.get(lane);
+        this.#tickAfterRetry.delete(lane);
+        const woken = this.#wakeAfter.delete(lane);
         if (tick) {
           // A full pass serves the wake too, but if another replica served that tick already it does not run: wake after it.
-          if (woken) this.#wakeAfter.add(name);
-          this.#launch(name, { trigger: 'schedule', tick });
-        } else if (woken) this.#launch(name, { trigger: 'wake' });
+          if (woken) this.#wakeAfter.add(lane);
+          this.#launch(name, { trigger: 'schedule', tick, partition });
+        } else if (woken) this.#launch(name, { trigger: 'wake', partition });
       });
     this.#inFlight.add(pass);
   }
-
   /**
    * Failed items fall due after their backoff, which is often much shorter than the schedule
    * (10 s against a minute). Rather than leave them to the next tick, start a `retry` pass
@@ -184,7 +299,9 @@ export class Scheduler {
     const gap = Math.max(MIN_RETRY_GAP_MS, result.durationMs);
     const at = Math.max(result.nextRetryAt.getTime(), Date.now() + gap);
     if (at - Date.now() > MAX_TIMER_MS || at + gap >= nextTick(reconciler.schedule, reconciler.timezone, new Date()).getTime()) return;
-    const pending = this.#pendingRetry.get(reconciler.name);
+    const partition = result.partition.index;
+    const lane = laneOf(reconciler.name, partition);
+    const pending = this.#pendingRetry.get(lane);
     if (pending && pending.at <= at) return;
     if (pending) {
       clearTimeout(pending.timer);
@@ -192,11 +309,11 @@ export class Scheduler {
     }
     const timer = setTimeout(() => {
       this.#retries.delete(timer);
-      this.#pendingRetry.delete(reconciler.name);
-      if (!this.#launched.has(reconciler.name)) this.#launch(reconciler.name, { trigger: 'retry' });
+      this.#pendingRetry.delete(lane);
+      if (!this.#launched.has(lane)) this.#launch(reconciler.name, { trigger: 'retry', partition });
     }, at - Date.now());
     this.#retries.add(timer);
-    this.#pendingRetry.set(reconciler.name, { at, timer });
+    this.#pendingRetry.set(lane, { at, timer });
   }
 
   /** Stops the clocks and pending catch-up retries. Passes already started are the engine's to stop. Idempotent. */
@@ -207,6 +324,7 @@ export class Scheduler {
     this.#pendingRetry.clear();
     this.#tickAfterRetry.clear();
     this.#wakeAfter.clear();
+    this.#pendingSweep.clear();
     for (const task of this.#tasks.splice(0)) await task.destroy();
   }
 
@@ -214,4 +332,19 @@ export class Scheduler {
   async drain(): Promise<void> {
     while (this.#inFlight.size > 0) await Promise.all([...this.#inFlight]);
   }
+}
+
+function holderOf(row: StateRow): LeaseHolder {
+  return {
+    host: row.holderHost ?? '?',
+    pid: row.holderPid ?? 0,
+    since: row.holderSince ?? new Date(0),
+    expiresAt: row.leaseExpiresAt ?? new Date(0),
+    runId: row.currentRunId,
+    lastRunId: row.lastRunId ?? 0,
+  };
+}
+
+function label(reconciler: Reconciler, partition: number): string {
+  return reconciler.partitions > 1 ? `${reconciler.name} partition ${partition}` : reconciler.name;
 }

@@ -1,17 +1,22 @@
 /**
  * Wake-on-change: one dedicated LISTEN session for every channel the reconcilers name in
  * `wakeOn`. A notification starts an early pass of each reconciler listening on its channel;
- * the payload is ignored (the pass scans state, as always). Notifications that arrive within
- * the debounce window after the first are coalesced, and the scheduler folds wakes that meet
- * a running pass into one pass after it: a burst of 10,000 costs a handful of passes.
+ * the payload is ignored (the pass scans state, as always). The first notification wakes at
+ * once; those within the debounce window after it are coalesced into one wake at its end, and
+ * the scheduler folds wakes that meet a running pass into one pass after it: a burst of
+ * 10,000 costs a handful of passes.
  *
  * NOTIFY is not durable: a notification sent while the session is down is gone. So when the
  * session breaks, it is opened again with backoff and every listening reconciler gets one
  * pass, and the cron schedule stays the safety net. A lost signal costs latency, never work.
+ *
+ * The same session is how daemons count each other (see `ListenSession.membership`), which
+ * spreads the partitions of a partitioned reconciler over the replicas: it is opened when a
+ * reconciler is partitioned, too, even if none listens on a channel.
  */
 import type { Logger } from 'pino';
 import type { Reconciler } from '../reconciler.js';
-import type { Database } from '../store/database.js';
+import { ALONE, type Database, type ListenSession, type Membership } from '../store/database.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { formatDuration } from '../duration.js';
 
@@ -47,7 +52,7 @@ export class WakeListener {
   readonly #pending = new Set<string>();
   #flushTimer: NodeJS.Timeout | undefined;
   #reconnectTimer: NodeJS.Timeout | undefined;
-  #session: { close(): Promise<void> } | undefined;
+  #session: ListenSession | undefined;
   #failures = 0;
   #stopped = false;
 
@@ -62,10 +67,19 @@ export class WakeListener {
     return [...this.#byChannel.keys()];
   }
 
-  /** Opens the session (if any reconciler listens). Never throws: a session that cannot be opened is retried with backoff. */
+  /** Opens the session (if any reconciler listens, or is partitioned). Never throws: a session that cannot be opened is retried with backoff. */
   async start(): Promise<void> {
-    if (this.#byChannel.size === 0) return;
+    if (this.#byChannel.size === 0 && this.#options.reconcilers.every((r) => r.partitions === 1)) return;
     await this.#connect();
+  }
+
+  /** This daemon's place among those sharing the database; alone while the session is down. */
+  async membership(): Promise<Membership> {
+    try {
+      return (await this.#session?.membership()) ?? ALONE;
+    } catch {
+      return ALONE;
+    }
   }
 
   async stop(): Promise<void> {
@@ -82,7 +96,7 @@ export class WakeListener {
     const { database, log, counters } = this.#options;
     const channels = this.channels;
     try {
-      let session: { close(): Promise<void> } | undefined;
+      let session: ListenSession | undefined;
       session = await database.listen(channels, (channel) => this.#notified(channel), (error) => {
         if (this.#session === session) this.#lost(error); // only the current session's break counts
       });
@@ -90,15 +104,15 @@ export class WakeListener {
       this.#session = session;
       counters?.listening(true);
       if (this.#failures === 0) {
-        log.info({ channels }, `listening for notifications on ${channels.join(', ')}: an early pass follows each (the schedule stays the safety net)`);
+        if (channels.length > 0) log.info({ channels }, `listening for notifications on ${channels.join(', ')}: an early pass follows each (the schedule stays the safety net)`);
         return;
       }
       // Notifications sent while the session was down are gone: look once, as if notified on every channel.
       const names = [...new Set(channels.flatMap((channel) => this.#byChannel.get(channel)!))];
-      log.info({ channels, failedAttempts: this.#failures }, `listening again on ${channels.join(', ')}; one pass of ${names.join(', ')} for the notifications that may have been missed`);
+      log.info({ channels, failedAttempts: this.#failures }, channels.length > 0 ? `listening again on ${channels.join(', ')}; one pass of ${names.join(', ')} for the notifications that may have been missed` : 'the listen session is back');
       this.#failures = 0;
       counters?.reconnected();
-      this.#options.target.wake(names);
+      if (names.length > 0) this.#options.target.wake(names);
     } catch (error) {
       this.#retryLater(coerceError(error), 'could not LISTEN');
     }
@@ -123,18 +137,27 @@ export class WakeListener {
     this.#reconnectTimer = setTimeout(() => void this.#connect(), delay);
   }
 
+  /**
+   * The first notification after a quiet spell wakes at once (no latency added), and opens a
+   * window of `debounceMs`: what arrives within it is folded into one wake when it closes,
+   * which opens the next window. A storm costs at most one wake per window.
+   */
   #notified(channel: string): void {
     if (this.#stopped || !this.#byChannel.has(channel)) return;
     this.#options.counters?.notification(channel);
     this.#pending.add(channel);
-    this.#flushTimer ??= setTimeout(() => this.#flush(), this.#options.debounceMs);
+    if (this.#flushTimer === undefined) this.#flush();
   }
 
   #flush(): void {
-    this.#flushTimer = undefined;
     const names = new Set<string>();
     for (const channel of this.#pending) for (const name of this.#byChannel.get(channel) ?? []) names.add(name);
     this.#pending.clear();
-    if (names.size > 0 && !this.#stopped) this.#options.target.wake([...names]);
+    if (names.size === 0 || this.#stopped) {
+      this.#flushTimer = undefined; // a quiet window: the next notification wakes at once again
+      return;
+    }
+    this.#options.target.wake([...names]);
+    this.#flushTimer = setTimeout(() => this.#flush(), this.#options.debounceMs);
   }
 }

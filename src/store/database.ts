@@ -32,9 +32,30 @@ export interface Database {
    * notification, and `onLost` once if the session breaks; then it is closed, and the caller
    * listens again. Rejects when the session cannot be opened.
    */
-  listen(channels: readonly string[], onNotify: (channel: string) => void, onLost: (error: Error) => void): Promise<{ close(): Promise<void> }>;
+  listen(channels: readonly string[], onNotify: (channel: string) => void, onLost: (error: Error) => void): Promise<ListenSession>;
   close(): Promise<void>;
 }
+
+/** Where this process stands among the daemons sharing the database: `rank` of `count`, 0-based. */
+export interface Membership {
+  rank: number;
+  count: number;
+}
+
+export const ALONE: Membership = { rank: 0, count: 1 };
+
+export interface ListenSession {
+  close(): Promise<void>;
+  /**
+   * The daemons connected to this database, counted by their listen sessions (one each,
+   * named `reconciler-listen`), and this one's place among them. A process killed with -9
+   * drops out at once: the server sees its socket close.
+   */
+  membership(): Promise<Membership>;
+}
+
+/** The application_name of every daemon's listen session: how daemons count each other. */
+export const LISTEN_APPLICATION_NAME = 'reconciler-listen';
 
 /** A channel name as a quoted identifier, so that LISTEN matches pg_notify('<name>') exactly, case included. */
 const quoteChannel = (channel: string) => `"${channel.replace(/"/g, '""')}"`;
@@ -116,7 +137,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
       }
     },
     async listen(channels, onNotify, onLost) {
-      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, keepAlive: true, keepAliveInitialDelayMillis: 10_000, application_name: 'reconciler-listen' });
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, keepAlive: true, keepAliveInitialDelayMillis: 10_000, application_name: LISTEN_APPLICATION_NAME });
       /** Set once LISTEN went through: only then is a break reported (before, `listen` rejects instead). */
       let armed = false;
       let over = false;
@@ -157,7 +178,17 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
         );
       }, 30_000);
       heartbeat.unref();
-      return { close: end };
+      return {
+        close: end,
+        async membership() {
+          const { rows } = await client.query<{ pid: number }>(
+            'SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() ORDER BY pid',
+            [LISTEN_APPLICATION_NAME],
+          );
+          const rank = rows.findIndex((row) => row.pid === (client as unknown as { processID: number }).processID);
+          return rank < 0 ? ALONE : { rank, count: rows.length };
+        },
+      };
     },
     close: async () => {
       await Promise.all([pool.end(), controlPool.end()]);
@@ -261,7 +292,7 @@ async function openEmbedded(options: OpenOptions): Promise<Database> {
       async listen(channels, onNotify) {
         const stops = await Promise.all(channels.map((channel) => client.listen(quoteChannel(channel), () => onNotify(channel))));
         // PGlite's UNLISTEN does not quote the name; closing the database ends the listening anyway.
-        return { close: async () => void (await Promise.all(stops.map((stop) => stop().catch(() => undefined)))) };
+        return { close: async () => void (await Promise.all(stops.map((stop) => stop().catch(() => undefined)))), membership: async () => ALONE };
       },
       async close() {
         try {

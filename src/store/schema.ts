@@ -18,6 +18,8 @@ export const reconcilerState = pgTable(
   {
     reconciler: text('reconciler').notNull(),
     partition: integer('partition').notNull().default(0),
+    /** How many partitions the reconciler had when this row's lease was last taken. */
+    partitions: integer('partitions').notNull().default(1),
     holderId: uuid('holder_id'),
     holderHost: text('holder_host'),
     holderPid: integer('holder_pid'),

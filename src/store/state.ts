@@ -7,7 +7,7 @@
  * gives the lease back. Replicas racing for the same scheduled tick are decided by the
  * same statement: it also requires that no pass has served that tick yet.
  */
-import { asc, getTableColumns, sql } from 'drizzle-orm';
+import { asc, eq, getTableColumns, sql } from 'drizzle-orm';
 import type { Db, Partition } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { reconcilerState } from './schema.js';
@@ -67,6 +67,7 @@ export type StateRow = typeof reconcilerState.$inferSelect & {
 export async function acquireLease(db: Db, request: AcquireRequest): Promise<AcquireResult> {
   const { reconciler, holder, trigger } = request;
   const partition = request.partition.index;
+  const count = request.partition.count;
   const tick = request.tick ? request.tick.toISOString() : null;
   const expect = request.expectLastRunId ?? null;
   const partial = Boolean(request.partial);
@@ -77,12 +78,17 @@ export async function acquireLease(db: Db, request: AcquireRequest): Promise<Acq
       SELECT current_run_id FROM reconciler_state WHERE reconciler = ${reconciler} AND partition = ${partition}
     ), acquired AS (
       INSERT INTO reconciler_state AS s
-        (reconciler, partition, holder_id, holder_host, holder_pid, holder_since, lease_expires_at, current_run_id, last_started_at, last_tick_at)
-      VALUES (${reconciler}, ${partition}, ${holder.id}, ${holder.host}, ${holder.pid}, now(),
+        (reconciler, partition, partitions, holder_id, holder_host, holder_pid, holder_since, lease_expires_at, current_run_id, last_started_at, last_tick_at)
+      SELECT ${reconciler}, ${partition}, ${count}::int, ${holder.id}::uuid, ${holder.host}, ${holder.pid}::int, now(),
               now() + ${request.leaseMs} * interval '1 millisecond',
               nextval(pg_get_serial_sequence('reconciler_runs', 'id')),
-              CASE WHEN ${partial} THEN NULL ELSE now() END, ${tick}::timestamptz)
+              CASE WHEN ${partial} THEN NULL ELSE now() END, ${tick}::timestamptz
+      -- After a change of partition count, a pass of the new count waits until every pass of the old one has
+      -- ended (or its lease lapsed): their slices overlap, and two holders must never work one item at once.
+      WHERE NOT EXISTS (SELECT 1 FROM reconciler_state o WHERE o.reconciler = ${reconciler} AND o.partitions <> ${count}::int
+                          AND o.holder_id IS NOT NULL AND o.lease_expires_at >= now())
       ON CONFLICT (reconciler, partition) DO UPDATE SET
+        partitions = excluded.partitions,
         holder_id = excluded.holder_id, holder_host = excluded.holder_host, holder_pid = excluded.holder_pid,
         holder_since = excluded.holder_since, lease_expires_at = excluded.lease_expires_at,
         current_run_id = excluded.current_run_id,
@@ -109,13 +115,19 @@ export async function acquireLease(db: Db, request: AcquireRequest): Promise<Acq
   // Not taken: either this tick (or the expected run) was already served, or the lease is held.
   const [why] = await queryRows<{ served: boolean; held: boolean; host: string | null; pid: number | null; since: number | null; expires_at: number | null; run_id: string | null; last_run_id: string | null }>(
     db,
-    sql`SELECT CASE WHEN ${expect}::bigint IS NOT NULL THEN coalesce(last_run_id, 0) <> ${expect}::bigint
+    sql`SELECT CASE WHEN partition <> ${partition} THEN false
+                    WHEN ${expect}::bigint IS NOT NULL THEN coalesce(last_run_id, 0) <> ${expect}::bigint
                     WHEN ${tick}::timestamptz IS NOT NULL THEN coalesce(last_tick_at, '-infinity') >= ${tick}::timestamptz
                     ELSE false END AS served,
                holder_id IS NOT NULL AND lease_expires_at >= now() AS held,
                holder_host AS host, holder_pid AS pid, (extract(epoch FROM holder_since) * 1000)::float8 AS since,
-               (extract(epoch FROM lease_expires_at) * 1000)::float8 AS expires_at, current_run_id AS run_id, last_run_id
-        FROM reconciler_state WHERE reconciler = ${reconciler} AND partition = ${partition}`,
+               (extract(epoch FROM lease_expires_at) * 1000)::float8 AS expires_at, current_run_id AS run_id,
+               (SELECT last_run_id FROM reconciler_state WHERE reconciler = ${reconciler} AND partition = ${partition}) AS last_run_id
+        FROM reconciler_state WHERE reconciler = ${reconciler}
+          AND (partition = ${partition} OR (partitions <> ${count}::int AND holder_id IS NOT NULL AND lease_expires_at >= now()))
+        -- a live holder first: this partition's, or that of a pass of another partition count, which holds this one back
+        ORDER BY holder_id IS NOT NULL AND lease_expires_at >= now() DESC, partition = ${partition} DESC
+        LIMIT 1`,
   );
   if (why?.held) {
     const holder: LeaseHolder = {
@@ -144,7 +156,7 @@ export async function renewLease(db: Db, reconciler: string, partition: number, 
 
 export interface FinishRequest {
   reconciler: string;
-  partition: number;
+  partition: Partition;
   holderId: string;
   runId: number;
   status: PassStatus;
@@ -179,7 +191,8 @@ export async function finishAndRelease(db: Db, f: FinishRequest): Promise<number
       RETURNING started_at
     ), forgotten AS (
       DELETE FROM reconciler_failures
-      WHERE ${f.forgetUnseen} AND reconciler = ${f.reconciler} AND partition = ${f.partition}
+      WHERE ${f.forgetUnseen} AND reconciler = ${f.reconciler}
+        AND (${f.partition.count}::int = 1 OR reconciler_partition(key, ${f.partition.count}::int) = ${f.partition.index}::int)
         AND last_seen_at < (SELECT started_at FROM run)
       RETURNING 1
     ), released AS (
@@ -189,7 +202,7 @@ export async function finishAndRelease(db: Db, f: FinishRequest): Promise<number
       last_status = CASE WHEN ${f.partial} THEN last_status ELSE ${f.status} END,
       last_run_id = CASE WHEN ${f.partial} THEN last_run_id ELSE ${f.runId} END,
       last_succeeded_at = CASE WHEN ${f.status} = 'succeeded' AND NOT ${f.partial} THEN now() ELSE last_succeeded_at END
-    WHERE reconciler = ${f.reconciler} AND partition = ${f.partition} AND holder_id = ${f.holderId}
+    WHERE reconciler = ${f.reconciler} AND partition = ${f.partition.index} AND holder_id = ${f.holderId}
     RETURNING 1
     )
     SELECT (SELECT count(*) FROM forgotten)::int AS forgotten`,
@@ -212,10 +225,11 @@ export async function countSkippedTick(db: Db, reconciler: string, partition: nu
   return rows.length > 0;
 }
 
-/** Every reconciler's state row, for `reconciler list` and catch-up. */
-export async function readStates(db: Db): Promise<StateRow[]> {
+/** Every reconciler's state rows (one per partition), or those of one reconciler: for `reconciler list`, catch-up and sweeps. */
+export async function readStates(db: Db, reconciler?: string): Promise<StateRow[]> {
   return db
     .select({ ...getTableColumns(reconcilerState), leaseLive: sql<boolean>`(${reconcilerState.holderId} IS NOT NULL AND ${reconcilerState.leaseExpiresAt} >= now())` })
     .from(reconcilerState)
+    .where(reconciler === undefined ? undefined : eq(reconcilerState.reconciler, reconciler))
     .orderBy(asc(reconcilerState.reconciler), asc(reconcilerState.partition));
 }

@@ -105,3 +105,9 @@ export async function expectExactlyOnce(t: TestDatabase, provider: Provider, opt
   expect(audit.effects).toBe(audit.needingEffect - audit.declined);
   return ledger;
 }
+
+/** Resolves once a daemon has logged the end of a pass of each of settle-returns' partitions (it ships with 4). */
+export async function everySettlePartitionPassed(daemon: RunningProcess, timeoutMs = 60_000): Promise<void> {
+  const ended = () => new Set(daemon.lines.filter((line) => line.reconciler === 'settle-returns' && typeof line.status === 'string').map((line) => line.partition));
+  await daemon.waitFor(() => ended().size === 4, 'a pass of every settle-returns partition', timeoutMs);
+}

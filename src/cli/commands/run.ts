@@ -7,7 +7,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, UserError, errorSummary } from '../../errors.js';
 import { formatDuration } from '../../duration.js';
-import { Engine, describeHolder, summarize, type RunOutcome } from '../../engine/engine.js';
+import { Engine, describeHolder, passLabel, summarize, type RunOutcome } from '../../engine/engine.js';
+import { partitionOf, type Reconciler } from '../../reconciler.js';
 import type { PassResult } from '../../engine/pass.js';
 import { withContext } from '../context.js';
 import { formatLoadError, type LoadError } from '../../engine/load.js';
@@ -21,6 +22,7 @@ export interface RunFlags {
   all?: boolean;
   dryRun?: boolean;
   key?: string;
+  partition?: number;
   json?: boolean;
   wait?: boolean;
 }
@@ -29,6 +31,7 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
   if (flags.all && names.length > 0) throw new UserError('give reconciler names or --all, not both');
   if (!flags.all && names.length === 0) throw new UserError('name the reconciler(s) to run, or pass --all (see `reconciler list`)');
   if (flags.key !== undefined && (flags.all || names.length !== 1)) throw new UserError('--key needs exactly one reconciler name');
+  if (flags.partition !== undefined && (flags.all || names.length !== 1)) throw new UserError('--partition needs exactly one reconciler name');
   if (flags.key !== undefined && flags.key === '') throw new UserError('--key needs a non-empty key (see `reconciler failures` or --dry-run for keys)');
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ config, log, database, reconcilers, loadErrors }) => {
     const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
@@ -47,6 +50,7 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
   const asked = flags.all ? loadErrors : loadErrors.filter((e) => selected.includes(e.name));
   if (!flags.all && asked.length > 0) throw new UserError(asked.map((e) => `cannot run ${e.name}: ${formatLoadError(e)}`).join('\n'));
   for (const name of selected) engine.get(name); // unknown names fail before any pass runs
+  if (flags.partition !== undefined) engine.partition(engine.get(selected[0]!), flags.partition); // and so does a partition it does not have
   if (selected.length === 0 && loadErrors.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
   for (const e of loadErrors) process.stderr.write(`reconciler: warning: ${formatLoadError(e)} (not loaded; the other reconcilers are unaffected)\n`);
 
@@ -82,8 +86,8 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
   process.on('SIGINT', onInterrupt);
   process.on('SIGTERM', onInterrupt);
   let exitCode: number = ExitCode.ok;
-  for (const name of selected) {
-    const outcome = await runWithWait(engine, name, flags, (message) => log.warn(message));
+  for (const { name, partition } of selected.flatMap((name) => partitionsToRun(engine.get(name), flags).map((partition) => ({ name, partition })))) {
+    const outcome = await runWithWait(engine, name, partition, flags, (message) => log.warn(message));
     progress?.clear();
     if (!outcome.ran) {
       if (outcome.reason === 'stopping') {
@@ -91,8 +95,8 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
         break;
       }
       if (outcome.reason !== 'held') throw new Error(`pass did not run: ${outcome.reason}`);
-      const message = `${name}: a pass is already running on ${describeHolder(outcome.holder)}; wait for it with --wait`;
-      if (flags.json) printJson({ type: 'pass', reconciler: name, status: 'locked', holder: outcome.holder });
+      const message = `${passLabel(name, engine.partition(engine.get(name), partition))}: a pass is already running on ${describeHolder(outcome.holder)}; wait for it with --wait`;
+      if (flags.json) printJson({ type: 'pass', reconciler: name, partition, status: 'locked', holder: outcome.holder });
       else process.stderr.write(`reconciler: ${message}\n`);
       exitCode = Math.max(exitCode, ExitCode.lockHeld);
       continue;
@@ -121,15 +125,25 @@ function report(result: PassResult, flags: RunFlags): void {
   else process.stdout.write(`${summarize(result)}\n`);
 }
 
+/**
+ * The partitions a manual run covers, one pass each, one after another: the one asked for;
+ * the one `--key` falls in; else all of them (0 for an unpartitioned reconciler).
+ */
+function partitionsToRun(reconciler: Reconciler, flags: RunFlags): number[] {
+  if (flags.partition !== undefined) return [flags.partition];
+  if (flags.key !== undefined) return [partitionOf(flags.key, reconciler.partitions)];
+  return Array.from({ length: reconciler.partitions }, (_, p) => p);
+}
+
 /** One pass; with `--wait`, polls until the holder is done instead of giving up. */
-async function runWithWait(engine: Engine, name: string, flags: RunFlags, say: (message: string) => void): Promise<RunOutcome> {
-  const request = { trigger: 'manual' as const, dryRun: Boolean(flags.dryRun), ...(flags.key !== undefined ? { onlyKey: flags.key } : {}) };
+async function runWithWait(engine: Engine, name: string, partition: number, flags: RunFlags, say: (message: string) => void): Promise<RunOutcome> {
+  const request = { trigger: 'manual' as const, dryRun: Boolean(flags.dryRun), partition, ...(flags.key !== undefined ? { onlyKey: flags.key } : {}) };
   let announced = false;
   for (;;) {
     const outcome = await engine.runPass(name, request);
     if (outcome.ran || !flags.wait || outcome.reason !== 'held') return outcome;
     if (outcome.reason === 'held' && !announced) {
-      say(`${name}: waiting for the pass running on ${describeHolder(outcome.holder)}`);
+      say(`${passLabel(name, engine.partition(engine.get(name), partition))}: waiting for the pass running on ${describeHolder(outcome.holder)}`);
       announced = true;
     }
     await sleep(250);

@@ -1,0 +1,246 @@
+/**
+ * Partitioned reconcilers (`partitions: N`): items split by a stable hash of their key, one
+ * lease per partition, so that up to N replicas drain one reconciler side by side. In-process
+ * engines for the lease and pass rules; real daemons and the CLI for what is about processes.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { sql } from 'drizzle-orm';
+import { notifyTrigger, partitionOf } from '../src/index.js';
+import type { Reconciler } from '../src/reconciler.js';
+import { countFailures } from '../src/store/failures.js';
+import { useTestDatabase } from './helpers/db.js';
+import { deferred, engine, reconciler } from './helpers/engine.js';
+import { jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
+import { runCli, startProcess, until, type RunningProcess } from './helpers/processes.js';
+
+const t = useTestDatabase({ resetEngineTables: true });
+const children: RunningProcess[] = [];
+const dirs: JobsDir[] = [];
+afterEach(async () => {
+  await Promise.all(children.splice(0).map((c) => c.kill('SIGKILL')));
+  for (const d of dirs.splice(0)) d.cleanup();
+});
+
+const keys = (n: number) => Array.from({ length: n }, (_, i) => `item-${i + 1}`);
+
+/** A reconciler over in-memory keys whose scan filters on its partition, as a SQL scan would with reconciler_partition(). */
+function quartered(name: string, options: { all: string[]; partitions?: number; concurrency?: number; filter?: boolean; reconcile: (key: string) => Promise<void> }): Reconciler {
+  return reconciler<{ key: string }>(name, {
+    schedule: '0 0 1 1 *',
+    partitions: options.partitions ?? 4,
+    concurrency: options.concurrency ?? 4,
+    scan: async ({ after, limit, partition }) =>
+      options.all
+        .filter((k) => options.filter === false || partitionOf(k, partition.count) === partition.index)
+        .filter((k) => after === undefined || k > after.key)
+        .sort()
+        .slice(0, limit)
+        .map((key) => ({ key })),
+    key: (item) => item.key,
+    reconcile: async (item) => {
+      await options.reconcile(item.key);
+      return 'changed';
+    },
+  });
+}
+
+describe('partitionOf', () => {
+  it('computes in JavaScript what reconciler_partition() computes in SQL, for every count', async () => {
+    const sample = keys(500).concat(['return:1', 'return:2', 'ünïcödé', 'a'.repeat(300)]);
+    for (const count of [2, 3, 4, 8, 16]) {
+      const rows = await t.rows<{ key: string; p: number }>(sql`SELECT k AS key, reconciler_partition(k, ${count}::int) AS p FROM json_array_elements_text(${JSON.stringify(sample)}::json) AS k`);
+      expect(rows.map((r) => [r.key, Number(r.p)])).toEqual(sample.map((k) => [k, partitionOf(k, count)]));
+    }
+    // Spread: no partition of 4 gets under a sixth of 500 keys.
+    const sizes = [0, 1, 2, 3].map((p) => keys(500).filter((k) => partitionOf(k, 4) === p).length);
+    for (const size of sizes) expect(size).toBeGreaterThan(500 / 6);
+  });
+});
+
+describe('partitioned passes', () => {
+  it('works every item once across the partitions, each under its own lease', async () => {
+    const all = keys(200);
+    const done: string[] = [];
+    const r = quartered('split', { all, reconcile: async (key) => void done.push(key) });
+    const e = engine(t.db, [r]);
+    const outcomes = await Promise.all([0, 1, 2, 3].map((partition) => e.runPass('split', { trigger: 'manual', partition })));
+    expect(outcomes.map((o) => o.ran && o.result.partition)).toEqual([0, 1, 2, 3].map((index) => ({ index, count: 4 })));
+    expect(done.sort()).toEqual([...all].sort());
+    const runs = await t.rows<{ partition: number }>(sql`SELECT partition FROM reconciler_runs WHERE reconciler = 'split' ORDER BY partition`);
+    expect(runs.map((row) => row.partition)).toEqual([0, 1, 2, 3]);
+  });
+
+  it('lets another process run a free partition while one is held, and tells who holds the other', async () => {
+    const gate = deferred();
+    const started = deferred();
+    const all = keys(40);
+    const inZero = all.filter((k) => partitionOf(k, 4) === 0);
+    const r = quartered('held', {
+      all,
+      reconcile: async (key) => {
+        if (key === inZero[0]) {
+          started.resolve();
+          await gate.promise;
+        }
+      },
+    });
+    const a = engine(t.db, [r], { host: 'replica-a', pid: 1 });
+    const b = engine(t.db, [r], { host: 'replica-b', pid: 2 });
+    const holding = a.runPass('held', { trigger: 'manual', partition: 0 });
+    await started.promise;
+    const other = await b.runPass('held', { trigger: 'manual', partition: 1 });
+    expect(other.ran && other.result.status).toBe('succeeded');
+    const blocked = await b.runPass('held', { trigger: 'manual', partition: 0 });
+    expect(blocked).toMatchObject({ ran: false, reason: 'held', holder: { host: 'replica-a', pid: 1 } });
+    gate.resolve();
+    expect(((await holding) as { ran: true }).ran).toBe(true);
+  });
+
+  it('holds a pass of a new partition count back until the passes of the old count end (4 → 8)', async () => {
+    const gate = deferred();
+    const started = deferred();
+    const all = keys(80);
+    const first = all.find((k) => partitionOf(k, 4) === 1)!;
+    const old = quartered('recount', {
+      all,
+      partitions: 4,
+      reconcile: async (key) => {
+        if (key === first) {
+          started.resolve();
+          await gate.promise;
+        }
+      },
+    });
+    const renewed = quartered('recount', { all, partitions: 8, reconcile: async () => undefined });
+    const before = engine(t.db, [old], { host: 'old-deploy', pid: 1 });
+    const after = engine(t.db, [renewed], { host: 'new-deploy', pid: 2 });
+    const running = before.runPass('recount', { trigger: 'manual', partition: 1 });
+    await started.promise;
+    // Partition 5 of 8 is a half of partition 1 of 4, which is being worked: it must wait, and say for whom.
+    expect(await after.runPass('recount', { trigger: 'manual', partition: 5 })).toMatchObject({ ran: false, reason: 'held', holder: { host: 'old-deploy' } });
+    // So must every other partition of the new count, overlapping or not: the rule is by count, not by slice.
+    expect(await after.runPass('recount', { trigger: 'manual', partition: 2 })).toMatchObject({ ran: false, reason: 'held' });
+    gate.resolve();
+    await running;
+    const outcome = await after.runPass('recount', { trigger: 'manual', partition: 5 });
+    expect(outcome.ran && outcome.result.status).toBe('succeeded');
+  });
+
+  it('shares the reconciler\'s concurrency among the partitions running in one process', async () => {
+    let inFlight = 0;
+    let most = 0;
+    const r = quartered('shared', {
+      all: keys(120),
+      concurrency: 3,
+      reconcile: async () => {
+        most = Math.max(most, ++inFlight);
+        await new Promise((resolve) => setImmediate(resolve));
+        inFlight--;
+      },
+    });
+    const e = engine(t.db, [r]);
+    await Promise.all([0, 1, 2, 3].map((partition) => e.runPass('shared', { trigger: 'manual', partition })));
+    expect(most).toBe(3); // not 12: concurrency is per process, however many partitions it holds
+  });
+
+  it('leaves an item of another partition to that partition, and says the scan does not filter', async () => {
+    const done: string[] = [];
+    const r = quartered('unfiltered', { all: keys(40), filter: false, reconcile: async (key) => void done.push(key) });
+    const lines: string[] = [];
+    const log = (await import('pino')).pino({ level: 'error' }, { write: (line: string) => void lines.push(line) });
+    const { Engine } = await import('../src/engine/engine.js');
+    const e = new Engine({ db: t.db, reconcilers: [r], log, leaseMs: 10_000 });
+    const outcome = await e.runPass('unfiltered', { trigger: 'manual', partition: 2 });
+    const mine = keys(40).filter((k) => partitionOf(k, 4) === 2);
+    expect(done.sort()).toEqual(mine.sort());
+    expect(outcome.ran && outcome.result.counts.found).toBe(mine.length);
+    expect(lines.join('')).toContain(`returned ${40 - mine.length} item(s) of other partitions`);
+    expect(lines.join('')).toContain('reconciler_partition(<key>, 4) = 2');
+  });
+
+  it('forgets, after a complete pass of a partition, only the failures of that partition', async () => {
+    const all = keys(40);
+    const failing = new Set([all.find((k) => partitionOf(k, 4) === 0)!, all.find((k) => partitionOf(k, 4) === 3)!]);
+    let fail = true;
+    const r = quartered('forget', { all, reconcile: async (key) => { if (fail && failing.has(key)) throw new Error('not yet'); } });
+    const e = engine(t.db, [r]);
+    for (const partition of [0, 3]) await e.runPass('forget', { trigger: 'manual', partition });
+    expect((await countFailures(t.db)).get('forget')?.backoff).toBe(2);
+    // The item of partition 0 is done elsewhere: a complete pass of partition 0 no longer finds it and forgets it;
+    // the failure of partition 3 stays, although that pass never saw it.
+    fail = false;
+    const zero = [...failing].find((k) => partitionOf(k, 4) === 0)!;
+    const without = quartered('forget', { all: all.filter((k) => k !== zero), reconcile: async () => undefined });
+    await engine(t.db, [without]).runPass('forget', { trigger: 'manual', partition: 0 });
+    expect((await countFailures(t.db)).get('forget')?.backoff).toBe(1);
+  });
+
+  it('refuses a partition the reconciler does not have', async () => {
+    const e = engine(t.db, [quartered('bounds', { all: [], reconcile: async () => undefined })]);
+    await expect(e.runPass('bounds', { trigger: 'manual', partition: 4 })).rejects.toThrow('bounds has partitions 0 to 3; there is no partition 4');
+    await expect(e.runPass('bounds', { trigger: 'manual' })).rejects.toThrow('bounds has 4 partitions: name one (0 to 3), or run them all');
+  });
+});
+
+describe('partitions in the CLI and the daemon', () => {
+  const partitionedJobs = async (table: string, rows: number, extra = '') => {
+    await t.rows(sql.raw(tableSql(rows, table)));
+    const jobs = jobsDir({ [`${table.replace(/_/g, '-')}.ts`]: tableJob({ table, partitions: 4, concurrency: 2, extra }) });
+    dirs.push(jobs);
+    return jobs;
+  };
+  const notDone = async (table: string) => Number((await t.rows<{ n: number }>(sql.raw(`SELECT count(*)::int AS n FROM ${table} WHERE NOT done`)))[0]?.n);
+
+  it('`run --partition 2` runs that partition only; a partition it does not have is a usage error', { timeout: 60_000 }, async () => {
+    const jobs = await partitionedJobs('cli_parts', 100);
+    const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir };
+    const one = await runCli(['run', 'cli-parts', '--partition', '2'], env);
+    expect(one.code, one.stderr).toBe(0);
+    expect(one.stdout).toMatch(/^cli-parts partition 2: pass \d+ succeeded/);
+    const left = await t.rows<{ name: string }>(sql.raw('SELECT name FROM cli_parts WHERE NOT done'));
+    expect(left.map((r) => r.name).sort()).toEqual(keys(100).filter((k) => partitionOf(k, 4) !== 2).sort());
+
+    const bad = await runCli(['run', 'cli-parts', '--partition', '4'], env);
+    expect([bad.code, bad.stderr.trim()]).toEqual([2, 'reconciler: cli-parts has partitions 0 to 3; there is no partition 4']);
+    const notNumber = await runCli(['run', 'cli-parts', '--partition', 'two'], env);
+    expect(notNumber.code).toBe(2);
+    expect(notNumber.stderr).toContain('expected a whole number');
+
+    // Without --partition: every partition, one pass each.
+    const all = await runCli(['run', 'cli-parts'], env);
+    expect(all.code, all.stderr).toBe(0);
+    expect(all.stdout.trim().split('\n').map((line) => line.replace(/: pass.*/, ''))).toEqual([0, 1, 2, 3].map((p) => `cli-parts partition ${p}`));
+    expect(await notDone('cli_parts')).toBe(0);
+
+    const list = await runCli(['list'], env);
+    expect(list.code, list.stderr).toBe(0);
+    for (const p of [0, 1, 2, 3]) expect(list.stdout).toMatch(new RegExp(`^  partition ${p} +succeeded`, 'm'));
+    expect(list.stdout).toContain('0 of 4 partitions');
+    const json = JSON.parse((await runCli(['list', '--json'], env)).stdout) as { reconcilers: { partitions: { partition: number; lastStatus: string }[] }[] };
+    expect(json.reconcilers[0]!.partitions.map((p) => [p.partition, p.lastStatus])).toEqual([0, 1, 2, 3].map((p) => [p, 'succeeded']));
+  });
+
+  it('two daemons split the partitions, two each, and drain the table together', { timeout: 90_000 }, async () => {
+    const jobs = await partitionedJobs('replica_parts', 0, "wakeOn: ['replica_parts'],");
+    for (const statement of notifyTrigger('replica_parts', 'replica_parts', ['INSERT']).split('--> statement-breakpoint')) await t.rows(sql.raw(statement));
+    const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LOCK_TTL: '2s' };
+    const daemons = [startProcess(['daemon'], env), startProcess(['daemon'], env)];
+    children.push(...daemons);
+    for (const d of daemons) await d.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint');
+    // Both are up and counted each other: the catch-up passes are over; what follows is a wake both receive.
+    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'reconciler-listen' AND datname = current_database()`))[0]?.n) === 2, 'both listen sessions');
+    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE status = 'running'`))[0]?.n) === 0, 'the catch-up passes to end');
+    const since = Number((await t.rows<{ id: number }>(sql`SELECT coalesce(max(id), 0)::int AS id FROM reconciler_runs`))[0]?.id);
+    await t.rows(sql.raw(`INSERT INTO replica_parts (name) SELECT 'item-' || n FROM generate_series(1, 400) AS n`));
+    await until(async () => (await notDone('replica_parts')) === 0, 'every row to be done');
+    const runs = await t.rows<{ partition: number; pid: number; changed: number }>(
+      sql`SELECT partition, pid, changed FROM reconciler_runs WHERE id > ${since} AND changed > 0 ORDER BY partition`,
+    );
+    const pids = new Map<number, Set<number>>();
+    for (const run of runs) pids.set(run.pid, (pids.get(run.pid) ?? new Set()).add(run.partition));
+    // Each daemon worked two partitions, and no partition was worked by both.
+    expect([...pids.values()].map((set) => set.size).sort()).toEqual([2, 2]);
+    expect(new Set(runs.map((r) => r.partition)).size).toBe(4);
+    expect(Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM replica_parts WHERE touched <> 1`))[0]?.n)).toBe(0);
+  });
+});
