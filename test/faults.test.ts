@@ -1,7 +1,8 @@
 /**
  * The short version of `npm run test:faults`, so that CI guards the promise on every change:
  * every scenario (crash storm, crash windows, database restart, bad input, provider outage,
- * racing passes, random CLI lines, secrets) at a small scale, with the exactly-once audit
+ * racing passes, random CLI lines, secrets, and issue 7's NOTIFY storm, LISTEN session killed,
+ * partition holder killed and partition count changed) at a small scale, with the exactly-once audit
  * against the provider's ledger wherever money moves.
  */
 import { describe, expect, it } from 'vitest';
@@ -17,14 +18,14 @@ describe('npm run test:faults -- --quick', () => {
     const result = await runCli([], { TEST_DATABASE_URL: databaseUrl('postgres') }, { shell: `node --import tsx scripts/faults/main.ts --quick --out '${out}'`, timeoutMs: 350_000 });
     const report = JSON.parse(readFileSync(out, 'utf8')) as { results: { scenario: string; pass: boolean; failures: string[]; figures: Record<string, number> }[] };
     const scenarios = report.results.map((r) => r.scenario.replace(/: .*/, ''));
-    expect([...new Set(scenarios)]).toEqual(['crash-storm', 'crash-windows', 'database-restart', 'bad-input', 'provider-outage', 'racing-passes', 'random-cli-lines', 'secrets']);
+    expect([...new Set(scenarios)]).toEqual(['crash-storm', 'crash-windows', 'database-restart', 'bad-input', 'provider-outage', 'racing-passes', 'random-cli-lines', 'secrets', 'notify-storm', 'listen-killed', 'partition-holder-killed', 'repartition']);
     expect(scenarios.filter((name) => name === 'bad-input')).toHaveLength(9); // one line per case
     for (const r of report.results) {
       expect(r.failures, r.scenario).toEqual([]);
       expect(r.pass, r.scenario).toBe(true);
       if ('duplicates' in r.figures) expect([r.figures.duplicates, r.figures.missing], r.scenario).toEqual([0, 0]);
     }
-    expect(report.results.filter((r) => 'duplicates' in r.figures).length).toBeGreaterThanOrEqual(5);
+    expect(report.results.filter((r) => 'duplicates' in r.figures).length).toBeGreaterThanOrEqual(9);
     expect(result.code, result.stdout + result.stderr).toBe(0);
   });
 });

@@ -11,6 +11,7 @@ import { Stage, audit, converge, unsettledReturns, until } from './harness.js';
 import type { App } from './app.js';
 import { badInput } from './bad-input.js';
 import { secrets } from './secrets.js';
+import { listenKilled, notifyStorm, partitionHolderKilled, repartition } from './partitions.js';
 
 export interface ScenarioResult {
   scenario: string;
@@ -295,6 +296,10 @@ export const SCENARIOS: Record<string, Scenario> = {
   'racing-passes': racingPasses,
   'random-cli-lines': randomCliLines,
   secrets: (stage, { seed, quick }) => secrets(stage, seed, quick),
+  'notify-storm': notifyStorm,
+  'listen-killed': listenKilled,
+  'partition-holder-killed': partitionHolderKilled,
+  repartition,
 };
 
 export async function runScenario(name: string, options: ScenarioOptions): Promise<ScenarioResult[]> {
