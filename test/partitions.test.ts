@@ -8,6 +8,9 @@ import { sql } from 'drizzle-orm';
 import { notifyTrigger, partitionOf } from '../src/index.js';
 import type { Reconciler } from '../src/reconciler.js';
 import { countFailures } from '../src/store/failures.js';
+import { acquireLease } from '../src/store/state.js';
+import { Slots } from '../src/engine/slots.js';
+import { randomUUID } from 'node:crypto';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, reconciler } from './helpers/engine.js';
 import { jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
@@ -126,6 +129,32 @@ describe('partitioned passes', () => {
     expect(outcome.ran && outcome.result.status).toBe('succeeded');
   });
 
+  it('never lets passes of two partition counts take their leases at the same instant', async () => {
+    const holder = (pid: number) => ({ id: randomUUID(), host: 'racer', pid });
+    const base = { reconciler: 'racing-counts', trigger: 'manual' as const, leaseMs: 10_000 };
+    for (let round = 0; round < 30; round++) {
+      await t.rows(sql`DELETE FROM reconciler_state WHERE reconciler = 'racing-counts'`);
+      // Partition 5 of 8 is half of partition 1 of 4: on separate connections, at once.
+      const [four, eight] = await Promise.all([
+        acquireLease(t.db, { ...base, partition: { index: 1, count: 4 }, holder: holder(4) }),
+        acquireLease(t.db, { ...base, partition: { index: 5, count: 8 }, holder: holder(8) }),
+      ]);
+      expect([four.acquired, eight.acquired], `round ${round}`).not.toEqual([true, true]);
+      expect([four.acquired, eight.acquired], `round ${round}`).toContain(true);
+    }
+  });
+
+  it('lets a pass waiting for a shared slot give up when it is told to stop', async () => {
+    const slots = new Slots(1);
+    const stop = new AbortController();
+    expect(await slots.take(stop.signal)).toBe(true);
+    const waiting = slots.take(stop.signal);
+    stop.abort();
+    expect(await waiting).toBe(false);
+    slots.give(); // the one slot is free again, and nobody is left queued for it
+    expect(await slots.take(new AbortController().signal)).toBe(true);
+  });
+
   it('shares the reconciler\'s concurrency among the partitions running in one process', async () => {
     let inFlight = 0;
     let most = 0;
@@ -202,6 +231,9 @@ describe('partitions in the CLI and the daemon', () => {
 
     const bad = await runCli(['run', 'cli-parts', '--partition', '4'], env);
     expect([bad.code, bad.stderr.trim()]).toEqual([2, 'reconciler: cli-parts has partitions 0 to 3; there is no partition 4']);
+    const elsewhere = keys(100).find((k) => partitionOf(k, 4) === 1)!;
+    const wrongKey = await runCli(['run', 'cli-parts', '--partition', '2', '--key', elsewhere], env);
+    expect([wrongKey.code, wrongKey.stderr.trim()]).toEqual([2, `reconciler: key "${elsewhere}" is in partition 1 of cli-parts, not 2; leave out --partition (--key finds its partition)`]);
     const notNumber = await runCli(['run', 'cli-parts', '--partition', 'two'], env);
     expect(notNumber.code).toBe(2);
     expect(notNumber.stderr).toContain('expected a whole number');

@@ -61,7 +61,7 @@ function buildProgram(setExitCode: (code: number) => void): Command {
     .option('--all', 'run every reconciler')
     .option('--dry-run', 'scan and show what would be done, changing nothing')
     .option('--key <key>', 'reconcile only the item with this key (ignores its backoff)')
-    .option('--partition <n>', 'run one partition of a partitioned reconciler (default: all of them, side by side)', wholeNumber)
+    .option('--partition <n>', 'run one partition of a partitioned reconciler (default: each of them, one after another)', wholeNumber)
     .option('--json', 'print JSON lines instead of text (no colour, no progress)')
     .option('--wait', 'if a pass is already running elsewhere, wait for it instead of exiting 3')
     .addHelpText('after', EXIT_CODES)

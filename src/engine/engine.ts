@@ -74,9 +74,10 @@ export function passLabel(name: string, partition: Partition): string {
   return partition.count > 1 ? `${name} partition ${partition.index}` : name;
 }
 
-/** "web-1 pid 4242 since 12:00:01Z (run 17)" */
-export function describeHolder(holder: Pick<LeaseHolder, 'host' | 'pid' | 'since' | 'runId'>): string {
-  return `${holder.host} pid ${holder.pid} since ${holder.since.toISOString()}${holder.runId === null ? '' : ` (run ${holder.runId})`}`;
+/** "web-1 pid 4242 since 12:00:01Z (run 17)", or "(run 17, partition 1 of 4)" for a partition's pass. */
+export function describeHolder(holder: Pick<LeaseHolder, 'host' | 'pid' | 'since' | 'runId' | 'partition'>): string {
+  const what = [...(holder.runId === null ? [] : [`run ${holder.runId}`]), ...(holder.partition ? [`partition ${holder.partition.index} of ${holder.partition.count}`] : [])];
+  return `${holder.host} pid ${holder.pid} since ${holder.since.toISOString()}${what.length > 0 ? ` (${what.join(', ')})` : ''}`;
 }
 
 export function summarize(result: PassResult): string {
@@ -205,12 +206,15 @@ export class Engine {
         ...(request.expectLastRunId !== undefined ? { expectLastRunId: request.expectLastRunId } : {}),
       });
     let lease = await ask();
-    // A manual pass has nothing to be "already served" by: the holder released between our two reads. Ask again.
-    if (!lease.acquired && lease.reason === 'already-served' && !request.tick && request.expectLastRunId === undefined) lease = await ask();
+    // The holder released between the statement that was refused and the one that asked why (or, for a manual
+    // pass, which nothing can have "already served", it looked served then): ask again, once.
+    const manual = !request.tick && request.expectLastRunId === undefined;
+    if (!lease.acquired && (lease.reason === 'released' || (lease.reason === 'already-served' && manual))) lease = await ask();
     if (!lease.acquired) {
       if (lease.reason === 'held' && request.tick) await this.#tickSkipped(reconciler, partition, request.tick, 'held', lease.holder);
-      if (lease.reason === 'already-served') log.debug({ reconciler: reconciler.name, tick: request.tick }, 'already served by another process');
-      return lease.reason === 'held' ? { ran: false, reason: 'held', holder: lease.holder } : { ran: false, reason: 'already-served', ...(lease.holder ? { holder: lease.holder } : {}) };
+      if (lease.reason === 'held') return { ran: false, reason: 'held', holder: lease.holder };
+      log.debug({ reconciler: reconciler.name, tick: request.tick }, 'already served by another process');
+      return { ran: false, reason: 'already-served', ...(lease.reason === 'already-served' && lease.holder ? { holder: lease.holder } : {}) };
     }
     const keeper = this.#keepLease(reconciler.name, partition.index, lease.runId, holder.id, active.abort);
     let result: PassResult;

@@ -240,6 +240,8 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     }
   };
   const elapsed = () => performance.now() - started;
+  /** Aborted when the pass must take no more items: a stop (shutdown) or an abort (lost lease, shutdown timeout). */
+  const stopped = AbortSignal.any([control.stop, control.abort]);
   setMaxListeners(reconciler.concurrency + 10, control.abort); // one abort listener per item in flight
   const overBudget = () =>
     (reconciler.maxItemsPerPass !== undefined && taken >= reconciler.maxItemsPerPass) ||
@@ -379,10 +381,12 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
           complete = false;
           break pages;
         }
+        // Shared with the other partitions' passes in this process: wait for a slot, but not past a stop,
+        // and look at the budget again after the wait.
         if (deps.slots) {
-          await deps.slots.take();
-          if (control.stop.aborted || control.abort.aborted || unavailable) {
-            deps.slots.give();
+          const took = await deps.slots.take(stopped);
+          if (!took || control.stop.aborted || control.abort.aborted || unavailable || overBudget()) {
+            if (took) deps.slots.give();
             counts.found--;
             complete = false;
             break pages;

@@ -11,13 +11,28 @@ export class Slots {
     this.#free = size;
   }
 
-  /** Resolves once a slot is free, and takes it. */
-  async take(): Promise<void> {
+  /**
+   * Resolves true once a slot is free, having taken it; false, taking none, as soon as
+   * `signal` aborts first (a pass told to stop must not wait for another partition's items).
+   */
+  async take(signal: AbortSignal): Promise<boolean> {
+    if (signal.aborted) return false;
     if (this.#free > 0) {
       this.#free--;
-      return;
+      return true;
     }
-    await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    return new Promise<boolean>((resolve) => {
+      const granted = () => {
+        signal.removeEventListener('abort', gaveUp);
+        resolve(true);
+      };
+      const gaveUp = () => {
+        this.#waiting.splice(this.#waiting.indexOf(granted), 1);
+        resolve(false);
+      };
+      this.#waiting.push(granted);
+      signal.addEventListener('abort', gaveUp, { once: true });
+    });
   }
 
   /** Gives a slot back: to the longest waiter, if any. */

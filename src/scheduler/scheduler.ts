@@ -193,11 +193,11 @@ export class Scheduler {
     return false;
   }
 
-  /** One sweep per reconciler at a time; a tick's (which runs free partitions) wins over a wake's (which only watches). */
+  /** One sweep per reconciler at a time; a later tick's (which runs free partitions) replaces what is pending, a wake's (which only watches) joins it. */
   #sweepLater(name: string, request: SweepRequest, runsFree: boolean): void {
     const pending = this.#pendingSweep.get(name);
     if (pending) {
-      if (runsFree && !pending.runs) this.#pendingSweep.set(name, { request, runs: true });
+      if (runsFree) this.#pendingSweep.set(name, { request, runs: true });
       return;
     }
     this.#pendingSweep.set(name, { request, runs: runsFree });

@@ -45,7 +45,9 @@ export interface AcquireRequest {
 export type AcquireResult =
   | { acquired: true; runId: number; startedAt: Date }
   | { acquired: false; reason: 'held'; holder: LeaseHolder }
-  | { acquired: false; reason: 'already-served'; /** Who is running it now, if anyone. */ holder?: LeaseHolder };
+  | { acquired: false; reason: 'already-served'; /** Who is running it now, if anyone. */ holder?: LeaseHolder }
+  /** Refused, but by the time we asked why, the lease was free and the tick unserved: ask again. */
+  | { acquired: false; reason: 'released' };
 
 /** Who holds a lease, as shown to people. */
 export interface LeaseHolder {
@@ -56,6 +58,8 @@ export interface LeaseHolder {
   runId: number | null;
   /** The reconciler's last finished run when we looked: a takeover runs only if it is still the last (the holder never finished). */
   lastRunId: number;
+  /** Which partition the holder's pass covers, of how many (absent for an unpartitioned reconciler). */
+  partition?: { index: number; count: number };
 }
 
 export type StateRow = typeof reconcilerState.$inferSelect & {
@@ -64,7 +68,26 @@ export type StateRow = typeof reconcilerState.$inferSelect & {
 };
 
 
+/**
+ * Takes the lease, or says why not. A partitioned reconciler's lease is taken in a short
+ * transaction that first takes a transaction-level advisory lock on the reconciler: the rule
+ * that passes of two partition counts never overlap reads other rows than the one it writes,
+ * and without the lock two such statements at the same instant would both pass it (each
+ * reads before the other commits). An unpartitioned reconciler has one row, which the upsert
+ * itself serialises: one statement, no transaction.
+ */
 export async function acquireLease(db: Db, request: AcquireRequest): Promise<AcquireResult> {
+  if (request.partition.count === 1) return acquireIn(db, request);
+  return db.transaction(async (tx) => {
+    await queryRows(tx as unknown as Db, sql`SELECT pg_advisory_xact_lock(${LEASE_LOCK_NAMESPACE}::int, hashtext(${request.reconciler}))`);
+    return acquireIn(tx as unknown as Db, request);
+  });
+}
+
+/** pg_advisory_xact_lock's first key for reconciler leases: "leas" in ASCII (migrations use "reco"). */
+const LEASE_LOCK_NAMESPACE = 0x6c656173;
+
+async function acquireIn(db: Db, request: AcquireRequest): Promise<AcquireResult> {
   const { reconciler, holder, trigger } = request;
   const partition = request.partition.index;
   const count = request.partition.count;
@@ -113,7 +136,7 @@ export async function acquireLease(db: Db, request: AcquireRequest): Promise<Acq
   if (row) return { acquired: true, runId: Number(row.run_id), startedAt: new Date(Number(row.started_ms)) };
 
   // Not taken: either this tick (or the expected run) was already served, or the lease is held.
-  const [why] = await queryRows<{ served: boolean; held: boolean; host: string | null; pid: number | null; since: number | null; expires_at: number | null; run_id: string | null; last_run_id: string | null }>(
+  const [why] = await queryRows<{ served: boolean; held: boolean; host: string | null; pid: number | null; since: number | null; expires_at: number | null; run_id: string | null; partition: number; partitions: number; last_run_id: string | null }>(
     db,
     sql`SELECT CASE WHEN partition <> ${partition} THEN false
                     WHEN ${expect}::bigint IS NOT NULL THEN coalesce(last_run_id, 0) <> ${expect}::bigint
@@ -121,7 +144,7 @@ export async function acquireLease(db: Db, request: AcquireRequest): Promise<Acq
                     ELSE false END AS served,
                holder_id IS NOT NULL AND lease_expires_at >= now() AS held,
                holder_host AS host, holder_pid AS pid, (extract(epoch FROM holder_since) * 1000)::float8 AS since,
-               (extract(epoch FROM lease_expires_at) * 1000)::float8 AS expires_at, current_run_id AS run_id,
+               (extract(epoch FROM lease_expires_at) * 1000)::float8 AS expires_at, current_run_id AS run_id, partition, partitions,
                (SELECT last_run_id FROM reconciler_state WHERE reconciler = ${reconciler} AND partition = ${partition}) AS last_run_id
         FROM reconciler_state WHERE reconciler = ${reconciler}
           AND (partition = ${partition} OR (partitions <> ${count}::int AND holder_id IS NOT NULL AND lease_expires_at >= now()))
@@ -137,10 +160,12 @@ export async function acquireLease(db: Db, request: AcquireRequest): Promise<Acq
         expiresAt: new Date(Number(why.expires_at)),
         runId: why.run_id === null ? null : Number(why.run_id),
       lastRunId: Number(why.last_run_id ?? 0),
+      ...(Number(why.partitions) > 1 ? { partition: { index: Number(why.partition), count: Number(why.partitions) } } : {}),
     };
     return why.served ? { acquired: false, reason: 'already-served', holder } : { acquired: false, reason: 'held', holder };
   }
-  return { acquired: false, reason: 'already-served' };
+  // Neither held nor served now: the holder released between the two statements. Worth asking again.
+  return why && !why.served ? { acquired: false, reason: 'released' } : { acquired: false, reason: 'already-served' };
 }
 
 /** Extends the lease. False means it was lost (expired and taken over): the pass must stop. */

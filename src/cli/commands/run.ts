@@ -50,7 +50,13 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
   const asked = flags.all ? loadErrors : loadErrors.filter((e) => selected.includes(e.name));
   if (!flags.all && asked.length > 0) throw new UserError(asked.map((e) => `cannot run ${e.name}: ${formatLoadError(e)}`).join('\n'));
   for (const name of selected) engine.get(name); // unknown names fail before any pass runs
-  if (flags.partition !== undefined) engine.partition(engine.get(selected[0]!), flags.partition); // and so does a partition it does not have
+  if (flags.partition !== undefined) {
+    const reconciler = engine.get(selected[0]!);
+    engine.partition(reconciler, flags.partition); // and so does a partition it does not have
+    if (flags.key !== undefined && partitionOf(flags.key, reconciler.partitions) !== flags.partition) {
+      throw new UserError(`key ${JSON.stringify(flags.key)} is in partition ${partitionOf(flags.key, reconciler.partitions)} of ${reconciler.name}, not ${flags.partition}; leave out --partition (--key finds its partition)`);
+    }
+  }
   if (selected.length === 0 && loadErrors.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
   for (const e of loadErrors) process.stderr.write(`reconciler: warning: ${formatLoadError(e)} (not loaded; the other reconcilers are unaffected)\n`);
 
