@@ -170,13 +170,6 @@ export class Engine {
     return { index, count };
   }
 
-  /** How many leased passes of `name` run in this process now (one per partition at most). */
-  runningHere(name: string): number {
-    let n = 0;
-    for (const lane of this.#active.keys()) if (lane.startsWith(`${name}#`)) n++;
-    return n;
-  }
-
   #slotsOf(reconciler: Reconciler): Slots {
     let slots = this.#slots.get(reconciler.name);
     if (!slots) this.#slots.set(reconciler.name, (slots = new Slots(reconciler.concurrency)));

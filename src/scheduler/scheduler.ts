@@ -13,10 +13,10 @@
  */
 import nodeCron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
-import { laneOf, type Engine, type RunRequest } from '../engine/engine.js';
+import { laneOf, partitionFields, passLabel, type Engine, type RunRequest } from '../engine/engine.js';
 import type { Reconciler } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
-import { readStates, type LeaseHolder, type StateRow } from '../store/state.js';
+import { holderOfRow, readStates, type LeaseHolder, type StateRow } from '../store/state.js';
 import { ALONE, type Membership } from '../store/database.js';
 import { nextTick, previousTick } from './cron.js';
 import type { PassResult } from '../engine/pass.js';
@@ -83,7 +83,7 @@ export function dueForCatchUp(reconcilers: Iterable<Reconciler>, states: Readonl
  */
 export function ownPartitions(partitions: number, membership: Membership): number[] {
   const all = Array.from({ length: partitions }, (_, p) => p);
-  return all.filter((p) => p % membership.count === membership.rank % membership.count);
+  return all.filter((p) => p % membership.count === membership.rank);
 }
 
 /** What a sweep does with the partitions it finds free: a wake only watches; a tick or catch-up also runs them. */
@@ -126,7 +126,8 @@ export class Scheduler {
       const catchUp = (c: CatchUp): RunRequest => ({ trigger: 'startup', tick: c.tick, expectLastRunId: c.expectLastRunId, partition: c.partition });
       const own = new Set(await this.#ownPartitions(reconciler));
       for (const c of mine.filter((c) => own.has(c.partition))) {
-        log.info({ reconciler: c.name, ...(reconciler.partitions > 1 ? { partition: c.partition } : {}), tick: c.tick.toISOString() }, `${label(reconciler, c.partition)}: catch-up pass, because ${c.reason}`);
+        const partition = { index: c.partition, count: reconciler.partitions };
+        log.info({ reconciler: c.name, ...partitionFields(partition), tick: c.tick.toISOString() }, `${passLabel(c.name, partition)}: catch-up pass, because ${c.reason}`);
         this.#launch(c.name, catchUp(c));
       }
       const others = new Map(mine.filter((c) => !own.has(c.partition)).map((c) => [c.partition, catchUp(c)]));
@@ -226,7 +227,7 @@ export class Scheduler {
       const lane = laneOf(name, partition);
       if (this.#launched.has(lane) || this.#state !== 'started') continue;
       const row = byPartition.get(partition);
-      if (row?.leaseLive) this.#watchHolder(lane, name, partition, holderOf(row), sweep.runs ? 'schedule' : 'wake');
+      if (row?.leaseLive) this.#watchHolder(lane, name, partition, holderOfRow(row), sweep.runs ? 'schedule' : 'wake');
       else if (sweep.runs) {
         const request = sweep.request(partition);
         if (request) this.#launch(name, request);
@@ -332,19 +333,4 @@ export class Scheduler {
   async drain(): Promise<void> {
     while (this.#inFlight.size > 0) await Promise.all([...this.#inFlight]);
   }
-}
-
-function holderOf(row: StateRow): LeaseHolder {
-  return {
-    host: row.holderHost ?? '?',
-    pid: row.holderPid ?? 0,
-    since: row.holderSince ?? new Date(0),
-    expiresAt: row.leaseExpiresAt ?? new Date(0),
-    runId: row.currentRunId,
-    lastRunId: row.lastRunId ?? 0,
-  };
-}
-
-function label(reconciler: Reconciler, partition: number): string {
-  return reconciler.partitions > 1 ? `${reconciler.name} partition ${partition}` : reconciler.name;
 }

@@ -87,6 +87,11 @@ export async function acquireLease(db: Db, request: AcquireRequest): Promise<Acq
 /** pg_advisory_xact_lock's first key for reconciler leases: "leas" in ASCII (migrations use "reco"). */
 const LEASE_LOCK_NAMESPACE = 0x6c656173;
 
+/**
+ * Times here are `statement_timestamp()`, not `now()`: inside the partitioned path's
+ * transaction, `now()` is when it began, before the wait for the lock, and a lease must not
+ * look as if it started before the pass it waited for had ended.
+ */
 async function acquireIn(db: Db, request: AcquireRequest): Promise<AcquireResult> {
   const { reconciler, holder, trigger } = request;
   const partition = request.partition.index;
@@ -102,14 +107,14 @@ async function acquireIn(db: Db, request: AcquireRequest): Promise<AcquireResult
     ), acquired AS (
       INSERT INTO reconciler_state AS s
         (reconciler, partition, partitions, holder_id, holder_host, holder_pid, holder_since, lease_expires_at, current_run_id, last_started_at, last_tick_at)
-      SELECT ${reconciler}, ${partition}, ${count}::int, ${holder.id}::uuid, ${holder.host}, ${holder.pid}::int, now(),
-              now() + ${request.leaseMs} * interval '1 millisecond',
+      SELECT ${reconciler}, ${partition}, ${count}::int, ${holder.id}::uuid, ${holder.host}, ${holder.pid}::int, statement_timestamp(),
+              statement_timestamp() + ${request.leaseMs} * interval '1 millisecond',
               nextval(pg_get_serial_sequence('reconciler_runs', 'id')),
-              CASE WHEN ${partial} THEN NULL ELSE now() END, ${tick}::timestamptz
+              CASE WHEN ${partial} THEN NULL ELSE statement_timestamp() END, ${tick}::timestamptz
       -- After a change of partition count, a pass of the new count waits until every pass of the old one has
       -- ended (or its lease lapsed): their slices overlap, and two holders must never work one item at once.
       WHERE NOT EXISTS (SELECT 1 FROM reconciler_state o WHERE o.reconciler = ${reconciler} AND o.partitions <> ${count}::int
-                          AND o.holder_id IS NOT NULL AND o.lease_expires_at >= now())
+                          AND o.holder_id IS NOT NULL AND o.lease_expires_at >= statement_timestamp())
       ON CONFLICT (reconciler, partition) DO UPDATE SET
         partitions = excluded.partitions,
         holder_id = excluded.holder_id, holder_host = excluded.holder_host, holder_pid = excluded.holder_pid,
@@ -117,13 +122,13 @@ async function acquireIn(db: Db, request: AcquireRequest): Promise<AcquireResult
         current_run_id = excluded.current_run_id,
         last_started_at = CASE WHEN ${partial} THEN s.last_started_at ELSE excluded.last_started_at END,
         last_tick_at = coalesce(excluded.last_tick_at, s.last_tick_at)
-      WHERE (s.holder_id IS NULL OR s.lease_expires_at < now())
+      WHERE (s.holder_id IS NULL OR s.lease_expires_at < statement_timestamp())
         AND CASE WHEN ${expect}::bigint IS NOT NULL THEN coalesce(s.last_run_id, 0) = ${expect}::bigint
                  WHEN ${tick}::timestamptz IS NOT NULL THEN coalesce(s.last_tick_at, '-infinity') < ${tick}::timestamptz
                  ELSE true END
       RETURNING s.current_run_id AS run_id, s.holder_since AS started_at, (extract(epoch FROM s.holder_since) * 1000)::float8 AS started_ms
     ), abandoned AS (
-      UPDATE reconciler_runs SET status = 'abandoned', finished_at = now(),
+      UPDATE reconciler_runs SET status = 'abandoned', finished_at = statement_timestamp(),
         error = 'its process stopped renewing the lease (killed, stalled, or cut off from the database) and another took over'
       WHERE id = (SELECT current_run_id FROM previous) AND status = 'running' AND EXISTS (SELECT 1 FROM acquired)
     ), run AS (
@@ -142,14 +147,14 @@ async function acquireIn(db: Db, request: AcquireRequest): Promise<AcquireResult
                     WHEN ${expect}::bigint IS NOT NULL THEN coalesce(last_run_id, 0) <> ${expect}::bigint
                     WHEN ${tick}::timestamptz IS NOT NULL THEN coalesce(last_tick_at, '-infinity') >= ${tick}::timestamptz
                     ELSE false END AS served,
-               holder_id IS NOT NULL AND lease_expires_at >= now() AS held,
+               holder_id IS NOT NULL AND lease_expires_at >= statement_timestamp() AS held,
                holder_host AS host, holder_pid AS pid, (extract(epoch FROM holder_since) * 1000)::float8 AS since,
                (extract(epoch FROM lease_expires_at) * 1000)::float8 AS expires_at, current_run_id AS run_id, partition, partitions,
                (SELECT last_run_id FROM reconciler_state WHERE reconciler = ${reconciler} AND partition = ${partition}) AS last_run_id
         FROM reconciler_state WHERE reconciler = ${reconciler}
-          AND (partition = ${partition} OR (partitions <> ${count}::int AND holder_id IS NOT NULL AND lease_expires_at >= now()))
+          AND (partition = ${partition} OR (partitions <> ${count}::int AND holder_id IS NOT NULL AND lease_expires_at >= statement_timestamp()))
         -- a live holder first: this partition's, or that of a pass of another partition count, which holds this one back
-        ORDER BY holder_id IS NOT NULL AND lease_expires_at >= now() DESC, partition = ${partition} DESC
+        ORDER BY holder_id IS NOT NULL AND lease_expires_at >= statement_timestamp() DESC, partition = ${partition} DESC
         LIMIT 1`,
   );
   if (why?.held) {
@@ -248,6 +253,19 @@ export async function countSkippedTick(db: Db, reconciler: string, partition: nu
         RETURNING 1 AS ok`,
   );
   return rows.length > 0;
+}
+
+/** The holder of a state row's lease, as `acquireLease` describes one (call it only for a row whose lease is live). */
+export function holderOfRow(row: StateRow): LeaseHolder {
+  return {
+    host: row.holderHost ?? '?',
+    pid: row.holderPid ?? 0,
+    since: row.holderSince ?? new Date(0),
+    expiresAt: row.leaseExpiresAt ?? new Date(0),
+    runId: row.currentRunId,
+    lastRunId: row.lastRunId ?? 0,
+    ...(row.partitions > 1 ? { partition: { index: row.partition, count: row.partitions } } : {}),
+  };
 }
 
 /** Every reconciler's state rows (one per partition), or those of one reconciler: for `reconciler list`, catch-up and sweeps. */

@@ -4,7 +4,7 @@ import { formatLoadError } from '../../engine/load.js';
 import { describeHolder, laneOf } from '../../engine/engine.js';
 import { nextTick } from '../../scheduler/cron.js';
 import { countFailures } from '../../store/failures.js';
-import { readStates, type StateRow } from '../../store/state.js';
+import { holderOfRow, readStates, type StateRow } from '../../store/state.js';
 import { withContext } from '../context.js';
 import { printJson, table, when } from '../table.js';
 
@@ -19,7 +19,7 @@ export async function listCommand(flags: { json?: boolean }): Promise<number> {
         lastStartedAt: state?.lastStartedAt ?? null,
         lastStatus: state?.lastStatus ?? null,
         lastSucceededAt: state?.lastSucceededAt ?? null,
-        runningOn: held ? { host: held.holderHost ?? '?', pid: held.holderPid ?? 0, since: held.holderSince ?? now, expiresAt: held.leaseExpiresAt ?? now, runId: held.currentRunId } : null,
+        runningOn: held ? holderOfRow(held) : null,
         skippedTicks: state?.skippedTicks ?? 0,
       };
     };
