@@ -3,7 +3,7 @@
  * during an outage and a shutdown, three replicas on one database, and secrets that must
  * never leak. Real daemons, real PostgreSQL, real simulator.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { sql } from 'drizzle-orm';
@@ -11,17 +11,12 @@ import pg from 'pg';
 import { useTestDatabase, databaseUrl } from './helpers/db.js';
 import { join } from 'node:path';
 import { API, REPO_ROOT, jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
-import { runCli, startProcess, until, type RunningProcess } from './helpers/processes.js';
+import { runCli, startProcess, until, type RunningProcess, useCleanup } from './helpers/processes.js';
 import { everySettlePartitionPassed, startProvider } from './helpers/returns.js';
 import { seedReturns } from '../src/returns/seed.js';
 
 const t = useTestDatabase({ resetEngineTables: true });
-const children: RunningProcess[] = [];
-const dirs: JobsDir[] = [];
-afterEach(async () => {
-  await Promise.all(children.splice(0).map((c) => c.kill('SIGKILL')));
-  for (const d of dirs.splice(0)) d.cleanup();
-});
+const { children, dirs } = useCleanup();
 
 function daemon(env: Record<string, string>): RunningProcess {
   const child = startProcess(['daemon'], { LOG_LEVEL: 'info', LOCK_TTL: '2s', ...env });

@@ -3,7 +3,7 @@
  * lease per partition, so that up to N replicas drain one reconciler side by side. In-process
  * engines for the lease and pass rules; real daemons and the CLI for what is about processes.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { notifyTrigger, partitionOf } from '../src/index.js';
 import type { Reconciler } from '../src/reconciler.js';
@@ -13,16 +13,11 @@ import { Slots } from '../src/engine/slots.js';
 import { randomUUID } from 'node:crypto';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, reconciler } from './helpers/engine.js';
-import { jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
-import { runCli, startProcess, until, type RunningProcess } from './helpers/processes.js';
+import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
+import { runCli, startProcess, until, useCleanup } from './helpers/processes.js';
 
 const t = useTestDatabase({ resetEngineTables: true });
-const children: RunningProcess[] = [];
-const dirs: JobsDir[] = [];
-afterEach(async () => {
-  await Promise.all(children.splice(0).map((c) => c.kill('SIGKILL')));
-  for (const d of dirs.splice(0)) d.cleanup();
-});
+const { children, dirs } = useCleanup();
 
 const keys = (n: number) => Array.from({ length: n }, (_, i) => `item-${i + 1}`);
 

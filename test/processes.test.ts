@@ -6,24 +6,19 @@
 import { readdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import pg from 'pg';
 import { MIGRATIONS_FOLDER } from '../src/store/migrate.js';
 import { createEmptyDatabase, createTestDatabase, databaseUrl, dropDatabase, type TestDatabase } from './helpers/db.js';
 import { jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
-import { runCli, startProcess, type LogLine, type RunningProcess } from './helpers/processes.js';
+import { runCli, startProcess, type LogLine, type RunningProcess, useCleanup } from './helpers/processes.js';
 
 let t: TestDatabase;
-const children: RunningProcess[] = [];
-const dirs: JobsDir[] = [];
+const { children, dirs } = useCleanup();
 
 beforeAll(async () => {
   t = await createTestDatabase();
-});
-afterEach(async () => {
-  await Promise.all(children.splice(0).map((child) => child.kill('SIGKILL')));
-  for (const dir of dirs.splice(0)) dir.cleanup();
 });
 afterAll(async () => {
   await t.drop();

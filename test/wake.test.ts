@@ -6,23 +6,18 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { notifyTrigger } from '../src/index.js';
 import { defineReconciler, resolveReconciler } from '../src/reconciler.js';
 import { WakeListener } from '../src/scheduler/wake.js';
 import { MIGRATIONS_FOLDER } from '../src/store/migrate.js';
 import { silentLog, useTestDatabase } from './helpers/db.js';
-import { jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
-import { startProcess, until, type RunningProcess } from './helpers/processes.js';
+import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
+import { startProcess, until, type RunningProcess, useCleanup } from './helpers/processes.js';
 
 const t = useTestDatabase();
-const children: RunningProcess[] = [];
-const dirs: JobsDir[] = [];
-afterEach(async () => {
-  await Promise.all(children.splice(0).map((c) => c.kill('SIGKILL')));
-  for (const d of dirs.splice(0)) d.cleanup();
-});
+const { children, dirs } = useCleanup();
 
 
 /** A daemon whose only reconciler works on `table`, scheduled once a year, woken by inserts into it. */

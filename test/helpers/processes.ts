@@ -4,7 +4,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { REPO_ROOT } from './jobs.js';
+import { afterEach } from 'vitest';
+import { REPO_ROOT, type JobsDir } from './jobs.js';
 
 export const BIN = join(REPO_ROOT, 'bin', 'reconciler.js');
 
@@ -139,4 +140,18 @@ export async function until<T>(probe: () => Promise<T | undefined | false>, what
     if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
     await new Promise((resolve) => setTimeout(resolve, everyMs));
   }
+}
+
+/**
+ * The child processes and job folders a test file starts: push them on the returned lists,
+ * and each is killed (SIGKILL) or removed after every test, whatever the test did.
+ */
+export function useCleanup(): { children: RunningProcess[]; dirs: JobsDir[] } {
+  const children: RunningProcess[] = [];
+  const dirs: JobsDir[] = [];
+  afterEach(async () => {
+    await Promise.all(children.splice(0).map((child) => child.kill('SIGKILL')));
+    for (const dir of dirs.splice(0)) dir.cleanup();
+  });
+  return { children, dirs };
 }
