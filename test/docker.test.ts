@@ -86,6 +86,8 @@ describe('the container image (Dockerfile), replayed without Docker', () => {
     });
     daemon = new RunningProcess(child);
     const url = String((await daemon.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint', 60_000)).url);
+    // Readiness holds "starting" until the reconcilers are scheduled, which the daemon logs.
+    await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'the daemon to schedule its reconcilers', 60_000);
     const ready = await fetch(`${url}/readyz`);
     expect(ready.status, await ready.clone().text()).toBe(200);
     const scheduled = await daemon.waitFor((l) => l.reconciler === 'settle-returns' && l.trigger === 'schedule' && typeof l.status === 'string', 'a scheduled pass (settle-returns runs every minute)', 75_000);
