@@ -10,6 +10,9 @@ import type { Reconciler } from '../src/reconciler.js';
 import { countFailures } from '../src/store/failures.js';
 import { acquireLease } from '../src/store/state.js';
 import { Slots } from '../src/engine/slots.js';
+import { Scheduler } from '../src/scheduler/scheduler.js';
+import { ALONE, type Membership } from '../src/store/database.js';
+import { silentLog } from './helpers/db.js';
 import { randomUUID } from 'node:crypto';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, reconciler } from './helpers/engine.js';
@@ -199,6 +202,56 @@ describe('partitioned passes', () => {
     expect((await countFailures(t.db)).get('forget')?.backoff).toBe(1);
   });
 
+  it('gives up a partition when another replica comes to own it, and runs it again itself when nobody takes it', async () => {
+    const all = keys(60);
+    const inOne = all.filter((k) => partitionOf(k, 2) === 1);
+    const gate = deferred();
+    const started = deferred();
+    const done: string[] = [];
+    // As a scan of state would: an item that is done is not found again.
+    const r = reconciler<{ key: string }>('joined', {
+      schedule: '0 0 1 1 *',
+      partitions: 2,
+      concurrency: 1,
+      scan: async ({ after, limit, partition }) =>
+        all
+          .filter((k) => partitionOf(k, partition.count) === partition.index && !done.includes(k) && (after === undefined || k > after.key))
+          .sort()
+          .slice(0, limit)
+          .map((key) => ({ key })),
+      key: (item) => item.key,
+      reconcile: async ({ key }) => {
+        if (key === inOne[0]) {
+          started.resolve();
+          await gate.promise;
+        }
+        done.push(key);
+        return 'changed';
+      },
+    });
+    let membership: Membership = ALONE;
+    const scheduler = new Scheduler({ engine: engine(t.db, [r]), log: silentLog, membership: async () => membership, handOverLookMs: 0, handOverGraceMs: 100 });
+    try {
+      await scheduler.start(); // never ran: a catch-up pass of each partition, both its own while it is alone
+      await started.promise;
+      membership = { rank: 0, count: 2 }; // a replica joined, ranked 1: partition 1 is its now
+      gate.resolve();
+      // Nobody listens for the hand-over here: after the grace, this scheduler runs partition 1 again, to its end.
+      await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler_runs WHERE reconciler = 'joined' AND partition = 1 AND trigger = 'handover' AND status = 'succeeded'`)).length > 0, 'the hand-over pass');
+    } finally {
+      await scheduler.stop();
+      await scheduler.drain();
+    }
+    const runs = await t.rows<{ partition: number; trigger: string; complete: boolean; found: number }>(
+      sql`SELECT partition, trigger, complete, found FROM reconciler_runs WHERE reconciler = 'joined' ORDER BY id`,
+    );
+    const one = runs.filter((run) => run.partition === 1);
+    expect(one.map((run) => [run.trigger, run.complete])).toEqual([['startup', false], ['handover', true]]);
+    expect(Number(one[0]!.found)).toBeLessThan(inOne.length); // it stopped taking items when it learnt of the newcomer
+    expect(runs.filter((run) => run.partition === 0).map((run) => [run.trigger, run.complete])).toEqual([['startup', true]]); // still its own
+    expect(done.sort()).toEqual([...all].sort()); // each key once
+  });
+
   it('refuses a partition the reconciler does not have', async () => {
     const e = engine(t.db, [quartered('bounds', { all: [], reconcile: async () => undefined })]);
     await expect(e.runPass('bounds', { trigger: 'manual', partition: 4 })).rejects.toThrow('bounds has partitions 0 to 3; there is no partition 4');
@@ -207,9 +260,9 @@ describe('partitioned passes', () => {
 });
 
 describe('partitions in the CLI and the daemon', () => {
-  const partitionedJobs = async (table: string, rows: number, extra = '') => {
+  const partitionedJobs = async (table: string, rows: number, extra = '', delayMs?: number) => {
     await t.rows(sql.raw(tableSql(rows, table)));
-    const jobs = jobsDir({ [`${table.replace(/_/g, '-')}.ts`]: tableJob({ table, partitions: 4, concurrency: 2, extra }) });
+    const jobs = jobsDir({ [`${table.replace(/_/g, '-')}.ts`]: tableJob({ table, partitions: 4, concurrency: 2, extra, ...(delayMs ? { delayMs } : {}) }) });
     dirs.push(jobs);
     return jobs;
   };
@@ -269,5 +322,30 @@ describe('partitions in the CLI and the daemon', () => {
     expect([...pids.values()].map((set) => set.size).sort()).toEqual([2, 2]);
     expect(new Set(runs.map((r) => r.partition)).size).toBe(4);
     expect(Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM replica_parts WHERE touched <> 1`))[0]?.n)).toBe(0);
+  });
+
+  it('a replica that starts alone gives half its partitions to one that joins mid-backlog', { timeout: 90_000 }, async () => {
+    const jobs = await partitionedJobs('joined_parts', 800, '', 40);
+    const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LOCK_TTL: '10s' };
+    const first = startProcess(['daemon'], env);
+    children.push(first);
+    const url = String((await first.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint')).url);
+    // Alone, it claims every partition for its catch-up passes: about 16 s of work at 2 items at a time.
+    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_state WHERE reconciler = 'joined-parts' AND holder_pid = ${first.pid!}`))[0]?.n) === 4, 'the first daemon to hold all 4 partitions');
+    const second = startProcess(['daemon'], env);
+    children.push(second);
+    const handedOver = await first.waitFor((l) => typeof l.handedOver === 'string', 'the first daemon to hand a partition over', 30_000);
+    expect(String(handedOver.msg)).toMatch(/^joined-parts partition \d: pass \d+ succeeded in .*\(handed over: 2 replicas share the partitions now, and partition \d is the one ranked \d's \(this one is ranked \d\)\)$/);
+    await until(async () => (await notDone('joined_parts')) === 0, 'every row to be done', 60_000);
+    const worked = await t.rows<{ pid: number; partitions: number }>(
+      sql`SELECT pid, count(DISTINCT partition)::int AS partitions FROM reconciler_runs WHERE reconciler = 'joined-parts' AND changed > 0 GROUP BY pid ORDER BY pid`,
+    );
+    // The newcomer worked the two partitions it was given, long before a lease could lapse (LOCK_TTL is 10 s).
+    expect(Object.fromEntries(worked.map((w) => [w.pid, Number(w.partitions)]))).toMatchObject({ [second.pid!]: 2 });
+    expect(Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE reconciler = 'joined-parts' AND status = 'abandoned'`))[0]?.n)).toBe(0);
+    expect(Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM joined_parts WHERE touched <> 1`))[0]?.n)).toBe(0);
+    const gaveUp = first.lines.filter((l) => typeof l.handedOver === 'string').length;
+    expect(gaveUp).toBe(2);
+    expect(await (await fetch(`${url}/metrics`)).text()).toMatch(/^reconciler_partitions_handed_over_total\{reconciler="joined-parts"\} 2$/m);
   });
 });

@@ -96,7 +96,7 @@ describe('wakeOn', () => {
     let woken: () => void = () => undefined;
     const listener = new WakeListener({
       database: t.database, reconcilers: [reconciler], log: silentLog, debounceMs: 1_000,
-      target: { wake: (names) => void (wakes.push({ names: [...names], at: performance.now() }), woken()) },
+      target: { wake: (names) => void (wakes.push({ names: [...names], at: performance.now() }), woken()), handOver: () => undefined },
       counters: { notification: () => counted++, reconnected: () => undefined, listening: () => undefined },
     });
     await listener.start();

@@ -41,6 +41,8 @@ export interface RunRequest {
   expectLastRunId?: number;
   /** Which partition of a partitioned reconciler (0 when it has none). */
   partition?: number;
+  /** Asked before each item: a reason to give the partition up to another replica (see PassControl.handOver). */
+  handOver?: () => string | undefined;
 }
 
 /** A pass that did not run, and why. */
@@ -86,7 +88,7 @@ export function summarize(result: PassResult): string {
   return (
     `${passLabel(result.reconciler, result.partition)}: ${what} ${result.status} in ${formatDuration(result.durationMs)}: ` +
     `${c.found} found, ${c.changed} changed, ${c.unchanged} unchanged, ${c.skipped} skipped, ${c.failed} failed, ${c.deferred} deferred, ${c.dead} dead` +
-    `${result.keyFound !== undefined ? ' (one item, by --key)' : result.complete || result.status === 'error' ? '' : ' (stopped early; the rest waits for the next pass)'}` +
+    `${result.keyFound !== undefined ? ' (one item, by --key)' : result.handedOver !== undefined ? ` (handed over: ${result.handedOver})` : result.complete || result.status === 'error' ? '' : ' (stopped early; the rest waits for the next pass)'}` +
     `${result.error ? `: ${result.error}` : ''}`
   );
 }
@@ -221,7 +223,7 @@ export class Engine {
           db, log, events: this.events, runId: lease.runId, busyKeys: this.#busyKeysOf(reconciler.name), slots: this.#slotsOf(reconciler),
           ...(this.#options.random ? { random: this.#options.random } : {}),
         },
-        { stop: active.stop.signal, abort: active.abort.signal },
+        { stop: active.stop.signal, abort: active.abort.signal, ...(request.handOver ? { handOver: request.handOver } : {}) },
       );
     } finally {
       keeper.stop();
@@ -337,7 +339,7 @@ export class Engine {
   /** One summary line per pass, at info; a pass that broke off, or whose end went unrecorded, is an error. */
   #logResult(result: PassResult, unrecorded?: string): void {
     const { log } = this.#options;
-    const fields = { reconciler: result.reconciler, ...partitionFields(result.partition), passId: result.runId, trigger: result.trigger, status: result.status, ...result.counts, complete: result.complete, durationMs: Math.round(result.durationMs), ...(unrecorded ? { recorded: false } : {}) };
+    const fields = { reconciler: result.reconciler, ...partitionFields(result.partition), passId: result.runId, trigger: result.trigger, status: result.status, ...result.counts, complete: result.complete, durationMs: Math.round(result.durationMs), ...(result.handedOver !== undefined ? { handedOver: result.handedOver } : {}), ...(unrecorded ? { recorded: false } : {}) };
     const message = `${summarize(result)}${unrecorded ? `; ${unrecorded}` : ''}`;
     if (result.status === 'error' || unrecorded) log.error(fields, message);
     else log.info(fields, message);

@@ -46,6 +46,8 @@ export interface PassResult {
   oldestItemAt: Date | null;
   /** When the first item this pass left in backoff falls due again (approximate, local clock); null when none. */
   nextRetryAt: Date | null;
+  /** Why the pass stopped taking items and gave its partition up to another replica (see PassControl.handOver); absent when it did not. */
+  handedOver?: string;
 }
 
 export interface PassControl {
@@ -53,6 +55,12 @@ export interface PassControl {
   stop: AbortSignal;
   /** Aborted to abort in-flight items too (shutdown timeout, lease lost). */
   abort: AbortSignal;
+  /**
+   * Asked before each item is taken: a reason when the partition now belongs to another
+   * replica (one joined), so the pass stops taking items, lets those in flight finish, and
+   * ends incomplete. Must answer at once (from what it last learnt), not query per item.
+   */
+  handOver?: () => string | undefined;
 }
 
 export interface PassDeps {
@@ -222,6 +230,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
    */
   let unavailable: Error | undefined;
   let nextRetryAt: Date | null = null;
+  let handedOver: string | undefined;
   /** Items aborted mid-reconcile (shutdown timeout, lost lease): named once, after the pass, not a line each. */
   const abortedKeys: string[] = [];
   /** Keys the scan returned that belong to other partitions: skipped, and named once after the pass. */
@@ -357,7 +366,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
       }
       previousFirstKey = firstKey ?? previousFirstKey;
       for (const { item, key } of keyed) {
-        if (control.stop.aborted || control.abort.aborted || unavailable || overBudget()) {
+        if (control.stop.aborted || control.abort.aborted || unavailable || overBudget() || (handedOver = control.handOver?.()) !== undefined) {
           complete = false;
           break pages;
         }
@@ -456,6 +465,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     ...(options.onlyKey !== undefined ? { keyFound } : {}),
     oldestItemAt,
     nextRetryAt,
+    ...(handedOver !== undefined ? { handedOver } : {}),
   };
   return result;
 }

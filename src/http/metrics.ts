@@ -97,8 +97,15 @@ export class Metrics {
       labelNames: ['reconciler', 'reason'],
       registers: [this.registry],
     });
+    const handedOver = new Counter({
+      name: 'reconciler_partitions_handed_over_total',
+      help: 'Partitions this replica gave up mid-pass to the replica that owns them since one joined (their passes then have trigger="handover").',
+      labelNames: ['reconciler'],
+      registers: [this.registry],
+    });
     // Every series exists from the start (at 0), so that rate() and alerts see the first increase.
-    for (const { name } of this.reconcilers) {
+    for (const { name, partitions } of this.reconcilers) {
+      if (partitions > 1) handedOver.labels(name).inc(0);
       for (const status of ['succeeded', 'failed', 'error', 'aborted']) passes.labels(name, status, 'schedule').inc(0);
       for (const outcome of ['changed', 'unchanged', 'skipped', 'failed', 'deferred', 'dead']) items.labels(name, outcome).inc(0);
       for (const reason of ['running', 'held']) skipped.labels(name, reason).inc(0);
@@ -106,6 +113,7 @@ export class Metrics {
     events.on('pass:finish', (result) => {
       if (result.dryRun) return;
       passes.labels(result.reconciler, result.status, result.trigger).inc();
+      if (result.handedOver !== undefined) handedOver.labels(result.reconciler).inc();
       duration.labels(result.reconciler).observe(result.durationMs / 1000);
       const { found: _found, ...outcomes } = result.counts;
       for (const [outcome, n] of Object.entries(outcomes)) if (n > 0) items.labels(result.reconciler, outcome).inc(n);

@@ -9,7 +9,8 @@
  * lease). Each replica claims its own share first (every count-th partition from its rank,
  * see `ownPartitions`), and a second later sweeps the rest: it runs a partition nobody is
  * running (a replica that does not have the reconciler, or is gone) and watches one held by
- * another replica, to take it over if that replica dies.
+ * another replica, to take it over if that replica dies. A pass of a partition claimed as its
+ * own gives it up to the replica that owns it when one joins (see handover.ts).
  */
 import nodeCron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
@@ -21,6 +22,7 @@ import { ALONE, type Membership } from '../store/database.js';
 import { nextTick, previousTick } from './cron.js';
 import type { PassResult } from '../engine/pass.js';
 import type { Trigger } from '../store/runs.js';
+import { announceHandOver, type HandOver } from './handover.js';
 
 /** The soonest a retry pass follows the pass before it, so that a short backoff cannot make passes back to back. */
 const MIN_RETRY_GAP_MS = 1_000;
@@ -36,6 +38,10 @@ export interface SchedulerOptions {
   membership?: () => Promise<Membership>;
   /** How long after claiming its own partitions a replica sweeps the others. Default 1 s. */
   sweepDelayMs?: number;
+  /** How long after giving a partition up a replica runs it again itself if nobody took it. Default 3 s. */
+  handOverGraceMs?: number;
+  /** How often a pass that may have to give its partition up looks at the membership again. Default 2 s. */
+  handOverLookMs?: number;
 }
 
 /** A tick rounded down to the second, as every replica computes it. */
@@ -95,6 +101,8 @@ export class Scheduler {
   readonly #inFlight = new Set<Promise<void>>();
   /** Lanes with a pass launched by this scheduler that has not returned yet, and its trigger. */
   readonly #launched = new Map<string, Trigger>();
+  /** The membership last seen, and when (performance.now()): what passes ask whether to hand their partition over. */
+  #membership: { value: Membership; at: number; asking: boolean } = { value: ALONE, at: -Infinity, asking: false };
   /** A tick that came while this process ran a retry or wake pass of the lane: served as soon as that pass ends. */
   readonly #tickAfterRetry = new Map<string, Date>();
   /** Lanes woken while a pass of theirs ran here: one more pass follows it (it may have scanned past the change). */
@@ -128,7 +136,7 @@ export class Scheduler {
       for (const c of mine.filter((c) => own.has(c.partition))) {
         const partition = { index: c.partition, count: reconciler.partitions };
         log.info({ reconciler: c.name, ...partitionFields(partition), tick: c.tick.toISOString() }, `${passLabel(c.name, partition)}: catch-up pass, because ${c.reason}`);
-        this.#launch(c.name, catchUp(c));
+        this.#launch(c.name, catchUp(c), true);
       }
       const others = new Map(mine.filter((c) => !own.has(c.partition)).map((c) => [c.partition, catchUp(c)]));
       if (others.size > 0) this.#sweepLater(reconciler.name, (p) => others.get(p), true);
@@ -153,7 +161,7 @@ export class Scheduler {
       // Retry and wake passes are this scheduler's own extras: a tick that meets one runs right after it, not skipped.
       const running = this.#launched.get(lane);
       if (running === 'retry' || running === 'wake') this.#tickAfterRetry.set(lane, tick);
-      else this.#launch(name, { trigger: 'schedule', tick, partition });
+      else this.#launch(name, { trigger: 'schedule', tick, partition }, true);
     });
   }
 
@@ -167,9 +175,19 @@ export class Scheduler {
     for (const name of names) {
       this.#claim(name, () => undefined, false, (lane, partition) => {
         if (this.#launched.has(lane)) this.#wakeAfter.add(lane);
-        else this.#launch(name, { trigger: 'wake', partition });
+        else this.#launch(name, { trigger: 'wake', partition }, true);
       });
     }
+  }
+
+  /** Another replica gave up a partition (see handover.ts): run it now if it is this replica's by the membership. */
+  handOver({ reconciler: name, partition, partitions }: HandOver): void {
+    if (this.#state !== 'started') return;
+    const reconciler = this.#options.engine.reconcilers.get(name);
+    if (!reconciler || reconciler.partitions !== partitions || partition >= partitions) return;
+    void this.#ownPartitions(reconciler).then((own) => {
+      if (own.includes(partition) && !this.#launched.has(laneOf(name, partition))) this.#launch(name, { trigger: 'handover', partition }, true);
+    });
   }
 
   #claim(name: string, request: SweepRequest, runsFree: boolean, start: (lane: string, partition: number) => void): void {
@@ -186,7 +204,29 @@ export class Scheduler {
     if (reconciler.partitions === 1) return [0];
     // Asked afresh at each claim (one cheap query on the listen session): a replica that just started or died counts at once.
     const membership = this.#options.membership ? await this.#options.membership().catch(() => ALONE) : ALONE;
+    this.#membership = { ...this.#membership, value: membership, at: performance.now() };
     return ownPartitions(reconciler.partitions, membership);
+  }
+
+  /**
+   * For a pass of a partition this replica claimed as its own: a reason to give it up when the
+   * membership (looked at every `handOverLookMs`, in the background) says another replica owns it.
+   */
+  #handOverCheck(reconciler: Reconciler, partition: number): (() => string | undefined) | undefined {
+    const membership = this.#options.membership;
+    if (reconciler.partitions === 1 || !membership) return undefined;
+    return () => {
+      const seen = this.#membership;
+      if (!seen.asking && performance.now() - seen.at >= (this.#options.handOverLookMs ?? 2_000)) {
+        seen.asking = true;
+        void membership()
+          .catch(() => ALONE)
+          .then((value) => (this.#membership = { value, at: performance.now(), asking: false }));
+      }
+      const { rank, count } = seen.value;
+      if (count <= 1 || ownPartitions(reconciler.partitions, seen.value).includes(partition)) return undefined;
+      return `${count} replicas share the partitions now, and partition ${partition} is the one ranked ${partition % count}'s (this one is ranked ${rank})`;
+    };
   }
 
   #launchedAny(name: string): boolean {
@@ -252,19 +292,27 @@ export class Scheduler {
     this.#pendingTakeover.add(lane);
   }
 
-  #launch(name: string, request: RunRequest): void {
+  /**
+   * Starts a pass. `own`: the partition was claimed as this replica's (not swept up or taken over),
+   * so the pass gives it up if another replica comes to own it.
+   */
+  #launch(name: string, request: RunRequest, own = false): void {
     const { engine, log } = this.#options;
     if (this.#state !== 'started') return;
     const partition = request.partition ?? 0;
     const lane = laneOf(name, partition);
     const mine = !this.#launched.has(lane); // else the engine answers "running here", and the running launch owns the entry
     if (mine) this.#launched.set(lane, request.trigger);
+    const handOver = own ? this.#handOverCheck(engine.get(name), partition) : undefined;
+    let gaveUp = false;
     const pass = engine
-      .runPass(name, request)
+      .runPass(name, handOver ? { ...request, handOver } : request)
       .then((outcome) => {
         const holder = !outcome.ran && (outcome.reason === 'held' || outcome.reason === 'already-served') ? outcome.holder : undefined;
         if (holder) this.#watchHolder(lane, name, partition, holder, request.trigger);
-        if (outcome.ran) this.#retryWhenDue(outcome.result);
+        gaveUp = outcome.ran && outcome.result.handedOver !== undefined;
+        if (outcome.ran && gaveUp) this.#handedOver(outcome.result);
+        else if (outcome.ran) this.#retryWhenDue(outcome.result);
       })
       .catch((error: unknown) => {
         const why = isDatabaseUnavailable(error) ? `the database is unavailable (${errorSummary(coerceError(error), 200)})` : errorSummary(coerceError(error), 300);
@@ -277,13 +325,33 @@ export class Scheduler {
         const tick = this.#tickAfterRetry.get(lane);
         this.#tickAfterRetry.delete(lane);
         const woken = this.#wakeAfter.delete(lane);
+        if (gaveUp) return; // what came meanwhile is the new owner's to serve (or this one's, after the grace)
         if (tick) {
           // A full pass serves the wake too, but if another replica served that tick already it does not run: wake after it.
           if (woken) this.#wakeAfter.add(lane);
-          this.#launch(name, { trigger: 'schedule', tick, partition });
-        } else if (woken) this.#launch(name, { trigger: 'wake', partition });
+          this.#launch(name, { trigger: 'schedule', tick, partition }, own);
+        } else if (woken) this.#launch(name, { trigger: 'wake', partition }, own);
       });
     this.#inFlight.add(pass);
+  }
+
+  /**
+   * This replica gave a partition up: tell the owner, and if nobody has taken it when the grace
+   * is over (the owner does not have this reconciler, or went away), run it here after all,
+   * without giving it up again.
+   */
+  #handedOver(result: PassResult): void {
+    const { engine, log } = this.#options;
+    const name = result.reconciler;
+    const { index: partition, count: partitions } = result.partition;
+    announceHandOver(engine.db, { reconciler: name, partition, partitions }).catch((error: unknown) => {
+      log.warn({ reconciler: name, partition, err: coerceError(error) }, `${passLabel(name, result.partition)}: could not announce the hand-over (${errorSummary(coerceError(error), 200)}); running it here again shortly`);
+    });
+    const timer = setTimeout(() => {
+      this.#retries.delete(timer);
+      if (result.runId !== null && !this.#launched.has(laneOf(name, partition))) this.#launch(name, { trigger: 'handover', partition, expectLastRunId: result.runId });
+    }, this.#options.handOverGraceMs ?? 3_000);
+    this.#retries.add(timer);
   }
   /**
    * Failed items fall due after their backoff, which is often much shorter than the schedule

@@ -19,6 +19,7 @@ import type { Reconciler } from '../reconciler.js';
 import { ALONE, type Database, type ListenSession, type Membership } from '../store/database.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { formatDuration } from '../duration.js';
+import { HANDOVER_CHANNEL, parseHandOver, type HandOver } from './handover.js';
 
 const RECONNECT_INITIAL_MS = 1_000;
 const RECONNECT_MAX_MS = 30_000;
@@ -26,6 +27,8 @@ const RECONNECT_MAX_MS = 30_000;
 export interface WakeTarget {
   /** Starts an early pass of each named reconciler (or one right after the pass it is running). */
   wake(names: readonly string[]): void;
+  /** Another replica gave a partition up (see handover.ts): run it if it is this one's. */
+  handOver(handOver: HandOver): void;
 }
 
 export interface WakeCounters {
@@ -69,8 +72,12 @@ export class WakeListener {
 
   /** Opens the session (if any reconciler listens, or is partitioned). Never throws: a session that cannot be opened is retried with backoff. */
   async start(): Promise<void> {
-    if (this.#byChannel.size === 0 && this.#options.reconcilers.every((r) => r.partitions === 1)) return;
+    if (this.#byChannel.size === 0 && !this.#partitioned) return;
     await this.#connect();
+  }
+
+  get #partitioned(): boolean {
+    return this.#options.reconcilers.some((r) => r.partitions > 1);
   }
 
   /** This daemon's place among those sharing the database; alone while the session is down. */
@@ -97,7 +104,8 @@ export class WakeListener {
     const channels = this.channels;
     try {
       let session: ListenSession | undefined;
-      session = await database.listen(channels, (channel) => this.#notified(channel), (error) => {
+      const internal = this.#partitioned ? [HANDOVER_CHANNEL] : [];
+      session = await database.listen([...channels, ...internal], (channel, payload) => this.#notified(channel, payload), (error) => {
         if (this.#session === session) this.#lost(error); // only the current session's break counts
       });
       if (this.#stopped) return void (await session.close().catch(() => undefined));
@@ -142,8 +150,14 @@ export class WakeListener {
    * window of `debounceMs`: what arrives within it is folded into one wake when it closes,
    * which opens the next window. A storm costs at most one wake per window.
    */
-  #notified(channel: string): void {
-    if (this.#stopped || !this.#byChannel.has(channel)) return;
+  #notified(channel: string, payload: string): void {
+    if (this.#stopped) return;
+    if (channel === HANDOVER_CHANNEL) {
+      const handOver = parseHandOver(payload);
+      if (handOver) this.#options.target.handOver(handOver); // not debounced: one per partition given up, and each is awaited
+      return;
+    }
+    if (!this.#byChannel.has(channel)) return;
     this.#options.counters?.notification(channel);
     this.#pending.add(channel);
     if (this.#flushTimer === undefined) this.#flush();

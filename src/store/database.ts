@@ -28,11 +28,11 @@ export interface Database {
   withExclusiveLock<T>(lockKey: number, fn: (db: Db) => Promise<T>): Promise<T>;
   /**
    * LISTENs on `channels` on a session of its own (never a pooled one: a pooled connection
-   * is handed to others between queries). Calls `onNotify` with the channel of each
+   * is handed to others between queries). Calls `onNotify` with the channel and payload of each
    * notification, and `onLost` once if the session breaks; then it is closed, and the caller
    * listens again. Rejects when the session cannot be opened.
    */
-  listen(channels: readonly string[], onNotify: (channel: string) => void, onLost: (error: Error) => void): Promise<ListenSession>;
+  listen(channels: readonly string[], onNotify: (channel: string, payload: string) => void, onLost: (error: Error) => void): Promise<ListenSession>;
   close(): Promise<void>;
 }
 
@@ -156,7 +156,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
       };
       client.on('error', lost);
       client.on('end', () => lost(new Error('the connection closed')));
-      client.on('notification', (message) => onNotify(message.channel));
+      client.on('notification', (message) => onNotify(message.channel, message.payload ?? ''));
       try {
         await client.connect();
         for (const channel of channels) await client.query(`LISTEN ${quoteChannel(channel)}`);
@@ -290,7 +290,7 @@ async function openEmbedded(options: OpenOptions): Promise<Database> {
       },
       // In-process: notifications sent by this process (the only one) arrive; the session never breaks.
       async listen(channels, onNotify) {
-        const stops = await Promise.all(channels.map((channel) => client.listen(quoteChannel(channel), () => onNotify(channel))));
+        const stops = await Promise.all(channels.map((channel) => client.listen(quoteChannel(channel), (payload) => onNotify(channel, payload))));
         // PGlite's UNLISTEN does not quote the name; closing the database ends the listening anyway.
         return { close: async () => void (await Promise.all(stops.map((stop) => stop().catch(() => undefined)))), membership: async () => ALONE };
       },

@@ -4,9 +4,12 @@ import type { Db } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { reconcilerRuns } from './schema.js';
 
-/** What started a pass. */
-/** `retry`: an early pass the daemon starts when failed items fall due before the next tick; `wake`: one it starts on a notification (`wakeOn`). */
-export type Trigger = 'schedule' | 'manual' | 'startup' | 'retry' | 'wake';
+/**
+ * What started a pass. `retry`: an early pass the daemon starts when failed items fall due
+ * before the next tick; `wake`: one it starts on a notification (`wakeOn`); `handover`: a pass
+ * of a partition another replica gave up to this one when it joined (see Scheduler).
+ */
+export type Trigger = 'schedule' | 'manual' | 'startup' | 'retry' | 'wake' | 'handover';
 
 /**
  * How a pass ended:
