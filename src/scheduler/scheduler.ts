@@ -14,7 +14,8 @@
  */
 import nodeCron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
-import { laneOf, partitionFields, passLabel, type Engine, type RunRequest } from '../engine/engine.js';
+import { describeHolder, laneOf, partitionFields, passLabel, type Engine, type RunRequest } from '../engine/engine.js';
+import { formatDuration } from '../duration.js';
 import type { Reconciler } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
 import { holderOfRow, readStates, type LeaseHolder, type StateRow } from '../store/state.js';
@@ -283,6 +284,11 @@ export class Scheduler {
   #watchHolder(lane: string, name: string, partition: number, holder: LeaseHolder, trigger: Trigger): void {
     if (this.#pendingTakeover.has(lane)) return;
     const wait = Math.max(100, holder.expiresAt.getTime() - Date.now() + 250);
+    const at = { index: partition, count: this.#options.engine.get(name).partitions };
+    this.#options.log.debug(
+      { reconciler: name, ...partitionFields(at), holderPid: holder.pid, lookInMs: Math.round(wait) },
+      `${passLabel(name, at)}: held by ${describeHolder(holder)}; looking again in ${formatDuration(wait)}, when its lease could have lapsed`,
+    );
     const timer = setTimeout(() => {
       this.#retries.delete(timer);
       this.#pendingTakeover.delete(lane);
