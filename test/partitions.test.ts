@@ -13,6 +13,9 @@ import { Slots } from '../src/engine/slots.js';
 import { Scheduler } from '../src/scheduler/scheduler.js';
 import { ALONE, type Membership } from '../src/store/database.js';
 import { silentLog } from './helpers/db.js';
+import pg from 'pg';
+import { pino, type Logger } from 'pino';
+import { HANDOVER_CHANNEL, parseHandOver } from '../src/scheduler/handover.js';
 import { randomUUID } from 'node:crypto';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, reconciler } from './helpers/engine.js';
@@ -202,17 +205,25 @@ describe('partitioned passes', () => {
     expect((await countFailures(t.db)).get('forget')?.backoff).toBe(1);
   });
 
-  it('gives up a partition when another replica comes to own it, and runs it again itself when nobody takes it', async () => {
-    const all = keys(60);
+  it('refuses a partition the reconciler does not have', async () => {
+    const e = engine(t.db, [quartered('bounds', { all: [], reconcile: async () => undefined })]);
+    await expect(e.runPass('bounds', { trigger: 'manual', partition: 4 })).rejects.toThrow('bounds has partitions 0 to 3; there is no partition 4');
+    await expect(e.runPass('bounds', { trigger: 'manual' })).rejects.toThrow('bounds has 4 partitions: name one (0 to 3), or run them all');
+  });
+});
+
+describe('hand-over', () => {
+  /**
+   * A reconciler of 2 partitions over in-memory keys whose scan skips the keys in `done`, as a
+   * scan of state would; with `hold`, the first key of partition 1 waits for its gate.
+   */
+  function twoPartitions(name: string, all: string[], done: string[], options: { hold?: { started: ReturnType<typeof deferred<void>>; gate: ReturnType<typeof deferred<void>> }; maxItemsPerPass?: number } = {}): Reconciler {
     const inOne = all.filter((k) => partitionOf(k, 2) === 1);
-    const gate = deferred();
-    const started = deferred();
-    const done: string[] = [];
-    // As a scan of state would: an item that is done is not found again.
-    const r = reconciler<{ key: string }>('joined', {
+    return reconciler<{ key: string }>(name, {
       schedule: '0 0 1 1 *',
       partitions: 2,
       concurrency: 1,
+      ...(options.maxItemsPerPass ? { maxItemsPerPass: options.maxItemsPerPass } : {}),
       scan: async ({ after, limit, partition }) =>
         all
           .filter((k) => partitionOf(k, partition.count) === partition.index && !done.includes(k) && (after === undefined || k > after.key))
@@ -221,23 +232,72 @@ describe('partitioned passes', () => {
           .map((key) => ({ key })),
       key: (item) => item.key,
       reconcile: async ({ key }) => {
-        if (key === inOne[0]) {
-          started.resolve();
-          await gate.promise;
+        if (options.hold && key === inOne[0]) {
+          options.hold.started.resolve();
+          await options.hold.gate.promise;
         }
         done.push(key);
         return 'changed';
       },
     });
+  }
+
+  /** A pino logger that keeps its lines, and awaits one. */
+  function captureLog(): { log: Logger; waitFor: (what: (line: Record<string, unknown>) => boolean) => Promise<void> } {
+    const lines: Record<string, unknown>[] = [];
+    const waiters = new Set<() => void>();
+    const log = pino({ level: 'debug' }, { write: (text: string) => { lines.push(JSON.parse(text) as Record<string, unknown>); for (const wake of [...waiters]) wake(); } });
+    const waitFor = (what: (line: Record<string, unknown>) => boolean) =>
+      new Promise<void>((resolve) => {
+        const check = () => lines.some(what) && (waiters.delete(check), resolve());
+        waiters.add(check);
+        check();
+      });
+    return { log, waitFor };
+  }
+
+  /** A session listening on the hand-over channel, as a daemon's listen session does. */
+  async function listenForHandOvers(url: string): Promise<{ next: () => Promise<string>; end: () => Promise<void> }> {
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    const queue: string[] = [];
+    let arrived: (() => void) | undefined;
+    client.on('notification', (notice) => {
+      queue.push(notice.payload ?? '');
+      arrived?.();
+    });
+    await client.query(`LISTEN ${HANDOVER_CHANNEL}`);
+    return {
+      next: async () => {
+        while (queue.length === 0) await new Promise<void>((resolve) => (arrived = resolve));
+        return queue.shift()!;
+      },
+      end: () => client.end(),
+    };
+  }
+
+  const partitionRuns = async (name: string, partition: number) =>
+    (await t.rows<{ trigger: string; complete: boolean }>(sql`SELECT trigger, complete FROM reconciler_runs WHERE reconciler = ${name} AND partition = ${partition} ORDER BY id`)).map((run) => [run.trigger, run.complete]);
+
+  /** State rows as after a pass of each partition just now: no catch-up is due at start. */
+  const ranJustNow = (name: string) =>
+    t.rows(sql`INSERT INTO reconciler_state (reconciler, partition, partitions, last_started_at, last_tick_at, last_run_id) VALUES (${name}, 0, 2, now(), now(), 0), (${name}, 1, 2, now(), now(), 0)`);
+
+  it('gives up a partition when another replica comes to own it, and runs it again itself when nobody takes it', async () => {
+    const all = keys(60);
+    const inOne = all.filter((k) => partitionOf(k, 2) === 1);
+    const done: string[] = [];
+    const hold = { started: deferred(), gate: deferred() };
+    const r = twoPartitions('joined', all, done, { hold });
     let membership: Membership = ALONE;
     const scheduler = new Scheduler({ engine: engine(t.db, [r]), log: silentLog, membership: async () => membership, handOverLookMs: 0, handOverGraceMs: 100 });
     try {
       await scheduler.start(); // never ran: a catch-up pass of each partition, both its own while it is alone
-      await started.promise;
+      await hold.started.promise;
       membership = { rank: 0, count: 2 }; // a replica joined, ranked 1: partition 1 is its now
-      gate.resolve();
+      hold.gate.resolve();
       // Nobody listens for the hand-over here: after the grace, this scheduler runs partition 1 again, to its end.
-      await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler_runs WHERE reconciler = 'joined' AND partition = 1 AND trigger = 'handover' AND status = 'succeeded'`)).length > 0, 'the hand-over pass');
+      await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler_runs WHERE reconciler = 'joined' AND partition = 1 AND trigger = 'handback' AND status = 'succeeded'`)).length > 0, 'the hand-back pass');
     } finally {
       await scheduler.stop();
       await scheduler.drain();
@@ -246,16 +306,151 @@ describe('partitioned passes', () => {
       sql`SELECT partition, trigger, complete, found FROM reconciler_runs WHERE reconciler = 'joined' ORDER BY id`,
     );
     const one = runs.filter((run) => run.partition === 1);
-    expect(one.map((run) => [run.trigger, run.complete])).toEqual([['startup', false], ['handover', true]]);
+    expect(one.map((run) => [run.trigger, run.complete])).toEqual([['startup', false], ['handback', true]]);
     expect(Number(one[0]!.found)).toBeLessThan(inOne.length); // it stopped taking items when it learnt of the newcomer
     expect(runs.filter((run) => run.partition === 0).map((run) => [run.trigger, run.complete])).toEqual([['startup', true]]); // still its own
     expect(done.sort()).toEqual([...all].sort()); // each key once
   });
 
-  it('refuses a partition the reconciler does not have', async () => {
-    const e = engine(t.db, [quartered('bounds', { all: [], reconcile: async () => undefined })]);
-    await expect(e.runPass('bounds', { trigger: 'manual', partition: 4 })).rejects.toThrow('bounds has partitions 0 to 3; there is no partition 4');
-    await expect(e.runPass('bounds', { trigger: 'manual' })).rejects.toThrow('bounds has 4 partitions: name one (0 to 3), or run them all');
+  it('lets the new owner run a given-up partition at once; the giver\'s fallback and a repeated notice then start nothing', async () => {
+    const all = keys(60);
+    const done: string[] = [];
+    const hold = { started: deferred(), gate: deferred() };
+    let membership: Membership = ALONE;
+    const giverLog = captureLog();
+    const giver = new Scheduler({ engine: engine(t.db, [twoPartitions('owned', all, done, { hold })], { log: giverLog.log }), log: giverLog.log, membership: async () => membership, handOverLookMs: 0 });
+    const owner = new Scheduler({ engine: engine(t.db, [twoPartitions('owned', all, done)]), log: silentLog, membership: async () => ({ rank: 1, count: 2 }) });
+    const listener = await listenForHandOvers(t.url);
+    try {
+      await giver.start(); // never ran: a catch-up pass of each partition, both its own while it is alone
+      await hold.started.promise;
+      await owner.start(); // the giver's passes just started: no catch-up is due
+      membership = { rank: 0, count: 2 }; // the owner joined, ranked 1: partition 1 is its now
+      hold.gate.resolve();
+      const notice = parseHandOver(await listener.next());
+      expect(notice).toMatchObject({ reconciler: 'owned', partition: 1, partitions: 2 });
+      await owner.handOver(notice!);
+      await owner.drain();
+      expect(await partitionRuns('owned', 1)).toEqual([['startup', false], ['handover', true]]);
+      // The giver's own look, 3 s on, finds the partition served (or its pass still running, and watches it).
+      await giverLog.waitFor((line) => line.msg === 'already served by another process' || line.holderPid !== undefined);
+      await giver.drain();
+      await owner.handOver(notice!); // late, or sent twice: the run it names is no longer the last
+      await owner.drain();
+    } finally {
+      await Promise.all([giver.stop(), owner.stop(), listener.end()]);
+      await Promise.all([giver.drain(), owner.drain()]);
+    }
+    expect(await partitionRuns('owned', 1)).toEqual([['startup', false], ['handover', true]]);
+    expect(done.sort()).toEqual([...all].sort()); // each key once
+  });
+
+  it('runs a notice only for a partition this replica owns, of its own count; one that comes mid-pass runs after that pass', async () => {
+    const all = keys(40);
+    const done: string[] = [];
+    const hold = { started: deferred(), gate: deferred() };
+    await ranJustNow('noticed');
+    const e = engine(t.db, [twoPartitions('noticed', all, done, { hold })]);
+    const owner = new Scheduler({ engine: e, log: silentLog, membership: async () => ({ rank: 1, count: 2 }) });
+    try {
+      await owner.start();
+      await owner.handOver({ reconciler: 'noticed', partition: 0, partitions: 2, runId: 0 }); // rank 0's partition
+      await owner.handOver({ reconciler: 'noticed', partition: 1, partitions: 4, runId: 0 }); // another deploy's count
+      await owner.handOver({ reconciler: 'unknown', partition: 1, partitions: 2, runId: 0 });
+      await owner.drain();
+      expect(await t.rows(sql`SELECT 1 FROM reconciler_runs WHERE reconciler = 'noticed'`)).toEqual([]);
+      // A wake pass of partition 1 is running here when a notice for it comes: a hand-over pass follows it.
+      const running = new Promise<number>((resolve) => e.events.on('pass:start', ({ runId }) => resolve(Number(runId))));
+      owner.wake(['noticed']);
+      const runId = await running;
+      await hold.started.promise;
+      await owner.handOver({ reconciler: 'noticed', partition: 1, partitions: 2, runId });
+      hold.gate.resolve();
+      await owner.drain();
+    } finally {
+      await owner.stop();
+      await owner.drain();
+    }
+    expect(await partitionRuns('noticed', 1)).toEqual([['wake', true], ['handover', true]]);
+    expect(await partitionRuns('noticed', 0)).toEqual([]);
+  });
+
+  it('runs a tick that comes during a hand-over pass right after it, rather than skipping it', async () => {
+    const all = keys(40);
+    const done: string[] = [];
+    const hold = { started: deferred(), gate: deferred() };
+    await ranJustNow('ticking');
+    const ticking = { ...twoPartitions('ticking', all, done, { hold }), schedule: '* * * * * *' };
+    const e = engine(t.db, [ticking]);
+    const skipped: unknown[] = [];
+    e.events.on('tick:skipped', (event) => void skipped.push(event));
+    const owner = new Scheduler({ engine: e, log: silentLog, membership: async () => ({ rank: 1, count: 2 }), sweepDelayMs: 0 });
+    try {
+      await owner.start();
+      await owner.handOver({ reconciler: 'ticking', partition: 1, partitions: 2, runId: 0 });
+      await hold.started.promise;
+      // A tick came while the hand-over pass runs: its sweep has run partition 0, which is not this replica's.
+      await until(async () => (await partitionRuns('ticking', 0)).length > 0, 'a tick');
+      expect(skipped).toEqual([]); // (later ticks may meet the short passes that follow: not this test's)
+      hold.gate.resolve();
+      await until(async () => (await partitionRuns('ticking', 1)).length > 1, 'the pass after the hand-over pass');
+    } finally {
+      await owner.stop();
+      await owner.drain();
+    }
+    expect((await partitionRuns('ticking', 1)).slice(0, 2)).toEqual([['handover', true], ['schedule', true]]);
+  });
+
+  it('neither announces nor runs again a partition given up while the scheduler stops', async () => {
+    const all = keys(40);
+    const done: string[] = [];
+    const hold = { started: deferred(), gate: deferred() };
+    let membership: Membership = ALONE;
+    const scheduler = new Scheduler({ engine: engine(t.db, [twoPartitions('stopping', all, done, { hold })]), log: silentLog, membership: async () => membership, handOverLookMs: 0, handOverGraceMs: 0 });
+    const listener = await listenForHandOvers(t.url);
+    try {
+      await scheduler.start();
+      await hold.started.promise;
+      membership = { rank: 0, count: 2 };
+      await scheduler.stop();
+      hold.gate.resolve();
+      await scheduler.drain(); // which waits for an announcement, had there been one
+      await t.rows(sql`SELECT pg_notify(${HANDOVER_CHANNEL}, 'after the drain')`);
+      expect(await listener.next()).toBe('after the drain');
+    } finally {
+      await listener.end();
+    }
+    expect(await partitionRuns('stopping', 1)).toEqual([['startup', false]]); // it gave its partition up, and nothing ran it again
+  });
+
+  it('never hands over a budgeted reconciler\'s partition: another pass in the period would pass the budget', async () => {
+    const all = keys(40);
+    const done: string[] = [];
+    const hold = { started: deferred(), gate: deferred() };
+    let membership: Membership = ALONE;
+    const scheduler = new Scheduler({ engine: engine(t.db, [twoPartitions('budgeted', all, done, { hold, maxItemsPerPass: 1_000 })]), log: silentLog, membership: async () => membership, handOverLookMs: 0 });
+    try {
+      await scheduler.start();
+      await hold.started.promise;
+      membership = { rank: 0, count: 2 };
+      hold.gate.resolve();
+    } finally {
+      await scheduler.stop();
+      await scheduler.drain();
+    }
+    expect(await partitionRuns('budgeted', 1)).toEqual([['startup', true]]);
+    expect(done.sort()).toEqual([...all].sort());
+  });
+});
+
+describe('parseHandOver', () => {
+  it('reads what announceHandOver sends, and nothing else', () => {
+    expect(parseHandOver('{"reconciler":"settle-returns","partition":1,"partitions":4,"runId":17}')).toEqual({ reconciler: 'settle-returns', partition: 1, partitions: 4, runId: 17 });
+    expect(parseHandOver('{"reconciler":"settle-returns","partition":1,"partitions":4}')).toBeUndefined(); // no run to expect
+    expect(parseHandOver('{"reconciler":"settle-returns","partition":-1,"partitions":4,"runId":17}')).toBeUndefined();
+    expect(parseHandOver('{"reconciler":"settle-returns","partition":"1","partitions":4,"runId":17}')).toBeUndefined();
+    expect(parseHandOver('sent by hand')).toBeUndefined();
+    expect(parseHandOver('null')).toBeUndefined();
   });
 });
 
@@ -267,6 +462,8 @@ describe('partitions in the CLI and the daemon', () => {
     return jobs;
   };
   const notDone = async (table: string) => Number((await t.rows<{ n: number }>(sql.raw(`SELECT count(*)::int AS n FROM ${table} WHERE NOT done`)))[0]?.n);
+  /** No pass is running: every run row holds its counts (a pass records what it changed when it ends). */
+  const passesEnded = () => until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE status = 'running'`))[0]?.n) === 0, 'the passes to end', 60_000);
 
   it('`run --partition 2` runs that partition only; a partition it does not have is a usage error', { timeout: 60_000 }, async () => {
     const jobs = await partitionedJobs('cli_parts', 100);
@@ -309,10 +506,11 @@ describe('partitions in the CLI and the daemon', () => {
     for (const d of daemons) await d.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint');
     // Both are up and counted each other: the catch-up passes are over; what follows is a wake both receive.
     await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'reconciler-listen' AND datname = current_database()`))[0]?.n) === 2, 'both listen sessions');
-    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE status = 'running'`))[0]?.n) === 0, 'the catch-up passes to end');
+    await passesEnded();
     const since = Number((await t.rows<{ id: number }>(sql`SELECT coalesce(max(id), 0)::int AS id FROM reconciler_runs`))[0]?.id);
     await t.rows(sql.raw(`INSERT INTO replica_parts (name) SELECT 'item-' || n FROM generate_series(1, 400) AS n`));
     await until(async () => (await notDone('replica_parts')) === 0, 'every row to be done');
+    await passesEnded();
     const runs = await t.rows<{ partition: number; pid: number; changed: number }>(
       sql`SELECT partition, pid, changed FROM reconciler_runs WHERE id > ${since} AND changed > 0 ORDER BY partition`,
     );
@@ -337,6 +535,7 @@ describe('partitions in the CLI and the daemon', () => {
     const handedOver = await first.waitFor((l) => typeof l.handedOver === 'string', 'the first daemon to hand a partition over', 30_000);
     expect(String(handedOver.msg)).toMatch(/^joined-parts partition \d: pass \d+ succeeded in .*\(handed over: 2 replicas share the partitions now, and partition \d is the one ranked \d's \(this one is ranked \d\)\)$/);
     await until(async () => (await notDone('joined_parts')) === 0, 'every row to be done', 60_000);
+    await passesEnded();
     const worked = await t.rows<{ pid: number; partitions: number }>(
       sql`SELECT pid, count(DISTINCT partition)::int AS partitions FROM reconciler_runs WHERE reconciler = 'joined-parts' AND changed > 0 GROUP BY pid ORDER BY pid`,
     );

@@ -255,6 +255,9 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   const overBudget = () =>
     (reconciler.maxItemsPerPass !== undefined && taken >= reconciler.maxItemsPerPass) ||
     (reconciler.maxPassDurationMs !== undefined && elapsed() >= reconciler.maxPassDurationMs);
+  /** The pass must take no more items: stopped, aborted, the database gone, over budget, or its partition handed over. */
+  const takeNoMore = () =>
+    control.stop.aborted || control.abort.aborted || unavailable || overBudget() || (handedOver = control.handOver?.()) !== undefined;
 
   const reconcileItem = async (item: unknown, key: string, memory: FailureMemory | undefined): Promise<void> => {
     const attempt = (memory?.attempts ?? 0) + 1;
@@ -366,7 +369,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
       }
       previousFirstKey = firstKey ?? previousFirstKey;
       for (const { item, key } of keyed) {
-        if (control.stop.aborted || control.abort.aborted || unavailable || overBudget() || (handedOver = control.handOver?.()) !== undefined) {
+        if (takeNoMore()) {
           complete = false;
           break pages;
         }
@@ -385,16 +388,16 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
           continue;
         }
         while (inFlight.size >= reconciler.concurrency) await Promise.race(inFlight);
-        if (control.stop.aborted || control.abort.aborted || unavailable) {
+        if (takeNoMore()) {
           counts.found--;
           complete = false;
           break pages;
         }
         // Shared with the other partitions' passes in this process: wait for a slot, but not past a stop,
-        // and look at the budget again after the wait.
+        // and look again after the wait (the budget, a hand-over).
         if (deps.slots) {
           const took = await deps.slots.take(stopped);
-          if (!took || control.stop.aborted || control.abort.aborted || unavailable || overBudget()) {
+          if (!took || takeNoMore()) {
             if (took) deps.slots.give();
             counts.found--;
             complete = false;

@@ -99,7 +99,7 @@ export class Metrics {
     });
     const handedOver = new Counter({
       name: 'reconciler_partitions_handed_over_total',
-      help: 'Partitions this replica gave up mid-pass to the replica that owns them since one joined (their passes then have trigger="handover").',
+      help: 'Partitions this replica gave up mid-pass because the replicas changed (one joined or left) and another owns them now. The owner runs them with trigger="handover"; if nobody does within 3 s, this replica runs them again with trigger="handback".',
       labelNames: ['reconciler'],
       registers: [this.registry],
     });

@@ -25,6 +25,9 @@ import type { PassResult } from '../engine/pass.js';
 import type { Trigger } from '../store/runs.js';
 import { announceHandOver, type HandOver } from './handover.js';
 
+/** Passes this scheduler adds between ticks: a tick that meets one here runs after it rather than being skipped. */
+const EXTRA_TRIGGERS: ReadonlySet<Trigger> = new Set<Trigger>(['retry', 'wake', 'handover', 'handback']);
+
 /** The soonest a retry pass follows the pass before it, so that a short backoff cannot make passes back to back. */
 const MIN_RETRY_GAP_MS = 1_000;
 /** setTimeout's limit; a later retry is the tick's to serve. */
@@ -108,6 +111,8 @@ export class Scheduler {
   readonly #tickAfterRetry = new Map<string, Date>();
   /** Lanes woken while a pass of theirs ran here: one more pass follows it (it may have scanned past the change). */
   readonly #wakeAfter = new Set<string>();
+  /** Lanes handed over to this replica while a pass of theirs ran here, and the given-up run: a hand-over pass follows. */
+  readonly #handOverAfter = new Map<string, number>();
   readonly #retries = new Set<NodeJS.Timeout>();
   /** Lanes with a takeover check scheduled (one at a time). */
   readonly #pendingTakeover = new Set<string>();
@@ -159,9 +164,9 @@ export class Scheduler {
   /** A tick: this replica's own partitions now (all of them when unpartitioned), a sweep of the others a moment later. */
   #tick(name: string, tick: Date): void {
     this.#claim(name, (partition) => ({ trigger: 'schedule', tick, partition }), true, (lane, partition) => {
-      // Retry and wake passes are this scheduler's own extras: a tick that meets one runs right after it, not skipped.
+      // Retry, wake and hand-over passes are this scheduler's own extras: a tick that meets one runs right after it, not skipped.
       const running = this.#launched.get(lane);
-      if (running === 'retry' || running === 'wake') this.#tickAfterRetry.set(lane, tick);
+      if (running !== undefined && EXTRA_TRIGGERS.has(running)) this.#tickAfterRetry.set(lane, tick);
       else this.#launch(name, { trigger: 'schedule', tick, partition }, true);
     });
   }
@@ -181,14 +186,21 @@ export class Scheduler {
     }
   }
 
-  /** Another replica gave up a partition (see handover.ts): run it now if it is this replica's by the membership. */
-  handOver({ reconciler: name, partition, partitions }: HandOver): void {
+  /**
+   * Another replica gave up a partition (see handover.ts): run it now if it is this replica's by
+   * the membership, or right after the pass of it this process is running. The pass expects the
+   * given-up run to be the partition's last, so a late or repeated notice, or one the giver's own
+   * fallback beat, starts nothing.
+   */
+  async handOver({ reconciler: name, partition, partitions, runId }: HandOver): Promise<void> {
     if (this.#state !== 'started') return;
     const reconciler = this.#options.engine.reconcilers.get(name);
     if (!reconciler || reconciler.partitions !== partitions || partition >= partitions) return;
-    void this.#ownPartitions(reconciler).then((own) => {
-      if (own.includes(partition) && !this.#launched.has(laneOf(name, partition))) this.#launch(name, { trigger: 'handover', partition }, true);
-    });
+    const own = await this.#ownPartitions(reconciler);
+    if (this.#state !== 'started' || !own.includes(partition)) return;
+    const lane = laneOf(name, partition);
+    if (this.#launched.has(lane)) this.#handOverAfter.set(lane, runId);
+    else this.#launch(name, { trigger: 'handover', partition, expectLastRunId: runId }, true);
   }
 
   #claim(name: string, request: SweepRequest, runsFree: boolean, start: (lane: string, partition: number) => void): void {
@@ -216,6 +228,8 @@ export class Scheduler {
   #handOverCheck(reconciler: Reconciler, partition: number): (() => string | undefined) | undefined {
     const membership = this.#options.membership;
     if (reconciler.partitions === 1 || !membership) return undefined;
+    // A budget caps the work per period; a hand-over starts another pass in it, which would go past the cap.
+    if (reconciler.maxItemsPerPass !== undefined || reconciler.maxPassDurationMs !== undefined) return undefined;
     return () => {
       const seen = this.#membership;
       if (!seen.asking && performance.now() - seen.at >= (this.#options.handOverLookMs ?? 2_000)) {
@@ -317,6 +331,12 @@ export class Scheduler {
         const holder = !outcome.ran && (outcome.reason === 'held' || outcome.reason === 'already-served') ? outcome.holder : undefined;
         if (holder) this.#watchHolder(lane, name, partition, holder, request.trigger);
         gaveUp = outcome.ran && outcome.result.handedOver !== undefined;
+        if (outcome.ran && request.trigger === 'handback') {
+          log.info(
+            { reconciler: name, partition, passId: outcome.result.runId },
+            `${passLabel(name, outcome.result.partition)}: nobody took it over within ${formatDuration(this.#options.handOverGraceMs ?? 3_000)} of the hand-over, so this replica ran it again (pass ${outcome.result.runId})`,
+          );
+        }
         if (outcome.ran && gaveUp) this.#handedOver(outcome.result);
         else if (outcome.ran) this.#retryWhenDue(outcome.result);
       })
@@ -331,12 +351,18 @@ export class Scheduler {
         const tick = this.#tickAfterRetry.get(lane);
         this.#tickAfterRetry.delete(lane);
         const woken = this.#wakeAfter.delete(lane);
+        const handedOverRun = this.#handOverAfter.get(lane);
+        this.#handOverAfter.delete(lane);
         if (gaveUp) return; // what came meanwhile is the new owner's to serve (or this one's, after the grace)
         if (tick) {
           // A full pass serves the wake too, but if another replica served that tick already it does not run: wake after it.
           if (woken) this.#wakeAfter.add(lane);
+          if (handedOverRun !== undefined) this.#handOverAfter.set(lane, handedOverRun);
           this.#launch(name, { trigger: 'schedule', tick, partition }, own);
-        } else if (woken) this.#launch(name, { trigger: 'wake', partition }, own);
+        } else if (woken) {
+          if (handedOverRun !== undefined) this.#handOverAfter.set(lane, handedOverRun);
+          this.#launch(name, { trigger: 'wake', partition }, own);
+        } else if (handedOverRun !== undefined) this.#launch(name, { trigger: 'handover', partition, expectLastRunId: handedOverRun }, true);
       });
     this.#inFlight.add(pass);
   }
@@ -350,12 +376,19 @@ export class Scheduler {
     const { engine, log } = this.#options;
     const name = result.reconciler;
     const { index: partition, count: partitions } = result.partition;
-    announceHandOver(engine.db, { reconciler: name, partition, partitions }).catch((error: unknown) => {
-      log.warn({ reconciler: name, partition, err: coerceError(error) }, `${passLabel(name, result.partition)}: could not announce the hand-over (${errorSummary(coerceError(error), 200)}); running it here again shortly`);
-    });
+    if (this.#state !== 'started' || result.runId === null) return;
+    const runId = result.runId;
+    const announced = announceHandOver(engine.db, { reconciler: name, partition, partitions, runId })
+      .catch((error: unknown) => {
+        log.warn({ reconciler: name, partition, err: coerceError(error) }, `${passLabel(name, result.partition)}: could not announce the hand-over (${errorSummary(coerceError(error), 200)}); running it here again shortly`);
+      })
+      .finally(() => this.#inFlight.delete(announced));
+    this.#inFlight.add(announced); // drain() waits for it: the pool must not close under it
+    // Expecting the given-up run to be the last: if the owner took the partition, this starts nothing
+    // (or watches the owner's pass, to take over if it dies).
     const timer = setTimeout(() => {
       this.#retries.delete(timer);
-      if (result.runId !== null && !this.#launched.has(laneOf(name, partition))) this.#launch(name, { trigger: 'handover', partition, expectLastRunId: result.runId });
+      this.#launch(name, { trigger: 'handback', partition, expectLastRunId: runId });
     }, this.#options.handOverGraceMs ?? 3_000);
     this.#retries.add(timer);
   }
@@ -399,6 +432,8 @@ export class Scheduler {
     this.#pendingRetry.clear();
     this.#tickAfterRetry.clear();
     this.#wakeAfter.clear();
+    this.#handOverAfter.clear();
+    this.#pendingTakeover.clear();
     this.#pendingSweep.clear();
     for (const task of this.#tasks.splice(0)) await task.destroy();
   }

@@ -28,7 +28,7 @@ export interface WakeTarget {
   /** Starts an early pass of each named reconciler (or one right after the pass it is running). */
   wake(names: readonly string[]): void;
   /** Another replica gave a partition up (see handover.ts): run it if it is this one's. */
-  handOver(handOver: HandOver): void;
+  handOver(handOver: HandOver): void | Promise<void>;
 }
 
 export interface WakeCounters {
@@ -154,7 +154,7 @@ export class WakeListener {
     if (this.#stopped) return;
     if (channel === HANDOVER_CHANNEL) {
       const handOver = parseHandOver(payload);
-      if (handOver) this.#options.target.handOver(handOver); // not debounced: one per partition given up, and each is awaited
+      if (handOver) void this.#options.target.handOver(handOver); // not debounced: one per partition given up, and each is awaited
       return;
     }
     if (!this.#byChannel.has(channel)) return;

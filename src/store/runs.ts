@@ -9,7 +9,7 @@ import { reconcilerRuns } from './schema.js';
  * before the next tick; `wake`: one it starts on a notification (`wakeOn`); `handover`: a pass
  * of a partition another replica gave up to this one when it joined (see Scheduler).
  */
-export type Trigger = 'schedule' | 'manual' | 'startup' | 'retry' | 'wake' | 'handover';
+export type Trigger = 'schedule' | 'manual' | 'startup' | 'retry' | 'wake' | 'handover' | 'handback';
 
 /**
  * How a pass ended:

@@ -2,6 +2,7 @@
 import { defineReconciler, resolveReconciler, type Reconciler, type ReconcilerDefinition } from '../../src/reconciler.js';
 import { Engine } from '../../src/engine/engine.js';
 import type { Db } from '../../src/reconciler.js';
+import type { Logger } from 'pino';
 import { silentLog } from './db.js';
 
 /** A resolved reconciler from an inline definition, as the loader would build it. */
@@ -9,8 +10,8 @@ export function reconciler<Item>(name: string, definition: ReconcilerDefinition<
   return resolveReconciler(name, `inline:${name}`, defineReconciler(definition)) as Reconciler;
 }
 
-export function engine(db: Db, reconcilers: Reconciler[], options: { leaseMs?: number; host?: string; pid?: number; random?: () => number } = {}): Engine {
-  return new Engine({ db, reconcilers, log: silentLog, leaseMs: options.leaseMs ?? 10_000, random: options.random ?? (() => 0.5), ...(options.host ? { host: options.host } : {}), ...(options.pid ? { pid: options.pid } : {}) });
+export function engine(db: Db, reconcilers: Reconciler[], options: { leaseMs?: number; host?: string; pid?: number; random?: () => number; log?: Logger } = {}): Engine {
+  return new Engine({ db, reconcilers, log: options.log ?? silentLog, leaseMs: options.leaseMs ?? 10_000, random: options.random ?? (() => 0.5), ...(options.host ? { host: options.host } : {}), ...(options.pid ? { pid: options.pid } : {}) });
 }
 
 /** Items 1..n as a keyset-paged scan over an in-memory list. */
