@@ -244,7 +244,7 @@ describe('takeover between scheduled ticks', () => {
     const [left] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM longtick_items WHERE NOT done`);
     expect(left!.n).toBeGreaterThan(0); // killed mid-pass: there is work to take over
     const takeover = await until(async () => {
-      const [row] = await t.rows<{ started: number; trigger: string }>(sql`SELECT (extract(epoch FROM started_at) * 1000)::float8 AS started, trigger FROM reconciler_runs WHERE reconciler = 'longtick' AND pid = ${survivor.pid} ORDER BY id LIMIT 1`);
+      const [row] = await t.rows<{ started: number }>(sql`SELECT (extract(epoch FROM started_at) * 1000)::float8 AS started FROM reconciler_runs WHERE reconciler = 'longtick' AND pid = ${survivor.pid} ORDER BY id LIMIT 1`);
       return row;
     }, 'the survivor to take over', 30_000);
     const [victimRun] = await t.rows<{ status: string }>(sql`SELECT status FROM reconciler_runs WHERE reconciler = 'longtick' AND pid = ${victim.pid} ORDER BY id DESC LIMIT 1`);

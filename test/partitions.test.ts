@@ -8,7 +8,7 @@ import { sql } from 'drizzle-orm';
 import { notifyTrigger, partitionOf } from '../src/index.js';
 import type { Reconciler } from '../src/reconciler.js';
 import { countFailures } from '../src/store/failures.js';
-import { acquireLease } from '../src/store/state.js';
+import { acquireLease, LEASE_LOCK_NAMESPACE } from '../src/store/state.js';
 import { Slots } from '../src/engine/slots.js';
 import { Scheduler } from '../src/scheduler/scheduler.js';
 import { ALONE, type Membership } from '../src/store/database.js';
@@ -324,7 +324,7 @@ describe('hand-over', () => {
     try {
       await giver.start(); // never ran: a catch-up pass of each partition, both its own while it is alone
       await hold.started.promise;
-      await owner.start(); // the giver's passes just started: no catch-up is due
+      await owner.start(); // its catch-up of partition 1 finds the giver's pass and watches it (lease 10 s)
       membership = { rank: 0, count: 2 }; // the owner joined, ranked 1: partition 1 is its now
       hold.gate.resolve();
       const notice = parseHandOver(await listener.next());
@@ -345,13 +345,13 @@ describe('hand-over', () => {
     expect(done.sort()).toEqual([...all].sort()); // each key once
   });
 
-  it('runs a notice only for a partition this replica owns, of its own count; one that comes mid-pass runs after that pass', async () => {
+  it('runs a notice only for a partition this replica owns, of its own count; one that comes while a launch of it is in flight runs after it', async () => {
     const all = keys(40);
     const done: string[] = [];
-    const hold = { started: deferred(), gate: deferred() };
     await ranJustNow('noticed');
-    const e = engine(t.db, [twoPartitions('noticed', all, done, { hold })]);
-    const owner = new Scheduler({ engine: e, log: silentLog, membership: async () => ({ rank: 1, count: 2 }) });
+    const owner = new Scheduler({ engine: engine(t.db, [twoPartitions('noticed', all, done)]), log: silentLog, membership: async () => ({ rank: 1, count: 2 }) });
+    const locker = new pg.Client({ connectionString: t.url });
+    await locker.connect();
     try {
       await owner.start();
       await owner.handOver({ reconciler: 'noticed', partition: 0, partitions: 2, runId: 0 }); // rank 0's partition
@@ -359,20 +359,24 @@ describe('hand-over', () => {
       await owner.handOver({ reconciler: 'unknown', partition: 1, partitions: 2, runId: 0 });
       await owner.drain();
       expect(await t.rows(sql`SELECT 1 FROM reconciler_runs WHERE reconciler = 'noticed'`)).toEqual([]);
-      // A wake pass of partition 1 is running here when a notice for it comes: a hand-over pass follows it.
-      const running = new Promise<number>((resolve) => e.events.on('pass:start', ({ runId }) => resolve(Number(runId))));
-      owner.wake(['noticed']);
-      const runId = await running;
-      await hold.started.promise;
-      await owner.handOver({ reconciler: 'noticed', partition: 1, partitions: 2, runId });
-      hold.gate.resolve();
+      // Another replica ran partition 1 to its end (run 7). A stale notice's pass waits for the lease lock while
+      // the fresh notice comes: the stale one starts nothing when it gets the lock, and the fresh one runs after it.
+      await t.rows(sql`UPDATE reconciler_state SET last_run_id = 7 WHERE reconciler = 'noticed' AND partition = 1`);
+      await locker.query('BEGIN');
+      await locker.query('SELECT pg_advisory_xact_lock($1::int, hashtext($2))', [LEASE_LOCK_NAMESPACE, 'noticed']);
+      await owner.handOver({ reconciler: 'noticed', partition: 1, partitions: 2, runId: 3 });
+      await until(async () => (await t.rows(sql`SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)).length > 0, 'the stale notice\'s pass to wait for the lock');
+      await owner.handOver({ reconciler: 'noticed', partition: 1, partitions: 2, runId: 7 });
+      await locker.query('COMMIT');
       await owner.drain();
     } finally {
+      await locker.end();
       await owner.stop();
       await owner.drain();
     }
-    expect(await partitionRuns('noticed', 1)).toEqual([['wake', true], ['handover', true]]);
+    expect(await partitionRuns('noticed', 1)).toEqual([['handover', true]]);
     expect(await partitionRuns('noticed', 0)).toEqual([]);
+    expect(done.sort()).toEqual(all.filter((k) => partitionOf(k, 2) === 1).sort());
   });
 
   it('runs a tick that comes during a hand-over pass right after it, rather than skipping it', async () => {
@@ -390,6 +394,7 @@ describe('hand-over', () => {
       await owner.handOver({ reconciler: 'ticking', partition: 1, partitions: 2, runId: 0 });
       await hold.started.promise;
       // A tick came while the hand-over pass runs: its sweep has run partition 0, which is not this replica's.
+      // (Its pass waits for the one slot the hand-over pass holds: concurrency is shared by the partitions.)
       await until(async () => (await partitionRuns('ticking', 0)).length > 0, 'a tick');
       expect(skipped).toEqual([]); // (later ticks may meet the short passes that follow: not this test's)
       hold.gate.resolve();
@@ -401,7 +406,7 @@ describe('hand-over', () => {
     expect((await partitionRuns('ticking', 1)).slice(0, 2)).toEqual([['handover', true], ['schedule', true]]);
   });
 
-  it('neither announces nor runs again a partition given up while the scheduler stops', async () => {
+  it('tells the owner of a partition given up while the scheduler stops, and does not run it again', async () => {
     const all = keys(40);
     const done: string[] = [];
     const hold = { started: deferred(), gate: deferred() };
@@ -414,13 +419,12 @@ describe('hand-over', () => {
       membership = { rank: 0, count: 2 };
       await scheduler.stop();
       hold.gate.resolve();
-      await scheduler.drain(); // which waits for an announcement, had there been one
-      await t.rows(sql`SELECT pg_notify(${HANDOVER_CHANNEL}, 'after the drain')`);
-      expect(await listener.next()).toBe('after the drain');
+      await scheduler.drain(); // which waits for the announcement
+      expect(parseHandOver(await listener.next())).toMatchObject({ reconciler: 'stopping', partition: 1, partitions: 2 });
     } finally {
       await listener.end();
     }
-    expect(await partitionRuns('stopping', 1)).toEqual([['startup', false]]); // it gave its partition up, and nothing ran it again
+    expect(await partitionRuns('stopping', 1)).toEqual([['startup', false]]); // given up, and not run again here
   });
 
   it('never hands over a budgeted reconciler\'s partition: another pass in the period would pass the budget', async () => {

@@ -10,7 +10,7 @@
  * see `ownPartitions`), and a second later sweeps the rest: it runs a partition nobody is
  * running (a replica that does not have the reconciler, or is gone) and watches one held by
  * another replica, to take it over if that replica dies. A pass of a partition claimed as its
- * own gives it up to the replica that owns it when one joins (see handover.ts).
+ * own gives it up when the replicas change and another one owns it now (see handover.ts).
  */
 import nodeCron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
@@ -316,7 +316,7 @@ export class Scheduler {
    * Starts a pass. `own`: the partition was claimed as this replica's (not swept up or taken over),
    * so the pass gives it up if another replica comes to own it.
    */
-  #launch(name: string, request: RunRequest, own = false): void {
+  #launch(name: string, request: RunRequest, own = false, onRan?: (result: PassResult) => void): void {
     const { engine, log } = this.#options;
     if (this.#state !== 'started') return;
     const partition = request.partition ?? 0;
@@ -325,18 +325,15 @@ export class Scheduler {
     if (mine) this.#launched.set(lane, request.trigger);
     const handOver = own ? this.#handOverCheck(engine.get(name), partition) : undefined;
     let gaveUp = false;
+    let ran = false;
     const pass = engine
       .runPass(name, handOver ? { ...request, handOver } : request)
       .then((outcome) => {
         const holder = !outcome.ran && (outcome.reason === 'held' || outcome.reason === 'already-served') ? outcome.holder : undefined;
         if (holder) this.#watchHolder(lane, name, partition, holder, request.trigger);
+        ran = outcome.ran;
         gaveUp = outcome.ran && outcome.result.handedOver !== undefined;
-        if (outcome.ran && request.trigger === 'handback') {
-          log.info(
-            { reconciler: name, partition, passId: outcome.result.runId },
-            `${passLabel(name, outcome.result.partition)}: nobody took it over within ${formatDuration(this.#options.handOverGraceMs ?? 3_000)} of the hand-over, so this replica ran it again (pass ${outcome.result.runId})`,
-          );
-        }
+        if (outcome.ran) onRan?.(outcome.result);
         if (outcome.ran && gaveUp) this.#handedOver(outcome.result);
         else if (outcome.ran) this.#retryWhenDue(outcome.result);
       })
@@ -354,15 +351,18 @@ export class Scheduler {
         const handedOverRun = this.#handOverAfter.get(lane);
         this.#handOverAfter.delete(lane);
         if (gaveUp) return; // what came meanwhile is the new owner's to serve (or this one's, after the grace)
+        // Ticks and wakes are recorded only for partitions claimed as this replica's own: their passes are own too.
+        // A hand-over is moot once this launch ran the partition: the run it names is no longer the last.
+        const handOverRun = ran ? undefined : handedOverRun;
         if (tick) {
           // A full pass serves the wake too, but if another replica served that tick already it does not run: wake after it.
           if (woken) this.#wakeAfter.add(lane);
-          if (handedOverRun !== undefined) this.#handOverAfter.set(lane, handedOverRun);
-          this.#launch(name, { trigger: 'schedule', tick, partition }, own);
+          if (handOverRun !== undefined) this.#handOverAfter.set(lane, handOverRun);
+          this.#launch(name, { trigger: 'schedule', tick, partition }, true);
         } else if (woken) {
-          if (handedOverRun !== undefined) this.#handOverAfter.set(lane, handedOverRun);
-          this.#launch(name, { trigger: 'wake', partition }, own);
-        } else if (handedOverRun !== undefined) this.#launch(name, { trigger: 'handover', partition, expectLastRunId: handedOverRun }, true);
+          if (handOverRun !== undefined) this.#handOverAfter.set(lane, handOverRun);
+          this.#launch(name, { trigger: 'wake', partition }, true);
+        } else if (handOverRun !== undefined) this.#launch(name, { trigger: 'handover', partition, expectLastRunId: handOverRun }, true);
       });
     this.#inFlight.add(pass);
   }
@@ -376,20 +376,35 @@ export class Scheduler {
     const { engine, log } = this.#options;
     const name = result.reconciler;
     const { index: partition, count: partitions } = result.partition;
-    if (this.#state !== 'started' || result.runId === null) return;
+    if (result.runId === null) return;
     const runId = result.runId;
+    const lane = laneOf(name, partition);
+    // A retry of the partition due later is the owner's now: run here, it would take the partition back for a whole pass.
+    const retry = this.#pendingRetry.get(lane);
+    if (retry) {
+      clearTimeout(retry.timer);
+      this.#retries.delete(retry.timer);
+      this.#pendingRetry.delete(lane);
+    }
     const announced = announceHandOver(engine.db, { reconciler: name, partition, partitions, runId })
       .catch((error: unknown) => {
         log.warn({ reconciler: name, partition, err: coerceError(error) }, `${passLabel(name, result.partition)}: could not announce the hand-over (${errorSummary(coerceError(error), 200)}); running it here again shortly`);
       })
       .finally(() => this.#inFlight.delete(announced));
     this.#inFlight.add(announced); // drain() waits for it: the pool must not close under it
+    if (this.#state !== 'started') return; // stopping: the owner is told, and this replica runs nothing more
     // Expecting the given-up run to be the last: if the owner took the partition, this starts nothing
     // (or watches the owner's pass, to take over if it dies).
+    const graceMs = this.#options.handOverGraceMs ?? 3_000;
     const timer = setTimeout(() => {
       this.#retries.delete(timer);
-      this.#launch(name, { trigger: 'handback', partition, expectLastRunId: runId });
-    }, this.#options.handOverGraceMs ?? 3_000);
+      this.#launch(name, { trigger: 'handback', partition, expectLastRunId: runId }, false, (ran) => {
+        log.info(
+          { reconciler: name, partition, passId: ran.runId },
+          `${passLabel(name, ran.partition)}: nobody took it over within ${formatDuration(graceMs)} of the hand-over, so this replica ran it again (pass ${ran.runId})`,
+        );
+      });
+    }, graceMs);
     this.#retries.add(timer);
   }
   /**

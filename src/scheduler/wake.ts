@@ -154,7 +154,12 @@ export class WakeListener {
     if (this.#stopped) return;
     if (channel === HANDOVER_CHANNEL) {
       const handOver = parseHandOver(payload);
-      if (handOver) void this.#options.target.handOver(handOver); // not debounced: one per partition given up, and each is awaited
+      // Not debounced: one notice per partition given up, each naming its own run.
+      if (handOver) {
+        void Promise.resolve(this.#options.target.handOver(handOver)).catch((error: unknown) => {
+          this.#options.log.warn({ err: coerceError(error), ...handOver }, `could not act on the hand-over of ${handOver.reconciler} partition ${handOver.partition} (${errorSummary(coerceError(error), 200)}); the giver runs it again after its grace`);
+        });
+      }
       return;
     }
     if (!this.#byChannel.has(channel)) return;

@@ -7,7 +7,8 @@ import { reconcilerRuns } from './schema.js';
 /**
  * What started a pass. `retry`: an early pass the daemon starts when failed items fall due
  * before the next tick; `wake`: one it starts on a notification (`wakeOn`); `handover`: a pass
- * of a partition another replica gave up to this one when it joined (see Scheduler).
+ * of a partition another replica gave up to this one, which owns it now; `handback`: the pass
+ * of the replica that gave it up, when nobody took it within the grace (see handover.ts).
  */
 export type Trigger = 'schedule' | 'manual' | 'startup' | 'retry' | 'wake' | 'handover' | 'handback';
 

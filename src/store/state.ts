@@ -85,7 +85,7 @@ export async function acquireLease(db: Db, request: AcquireRequest): Promise<Acq
 }
 
 /** pg_advisory_xact_lock's first key for reconciler leases: "leas" in ASCII (migrations use "reco"). */
-const LEASE_LOCK_NAMESPACE = 0x6c656173;
+export const LEASE_LOCK_NAMESPACE = 0x6c656173;
 
 /**
  * Times here are `statement_timestamp()`, not `now()`: inside the partitioned path's
