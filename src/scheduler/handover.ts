@@ -5,8 +5,8 @@
  * `ownPartitions`). The ranks move whenever the replicas change: one joins, one leaves, a
  * listen session reconnects under a new backend pid. One that started alone, or before the
  * others, claims them all; with a backlog, its passes would keep every partition for as long
- * as the backlog lasts while the newcomers idle. So a pass of a partition claimed as its own asks, before each item, whether
- * the partition is still its own. When it is not, the pass stops taking items, lets those in
+ * as the backlog lasts while the newcomers idle. So a pass of a partition claimed as its own
+ * asks, before each item, whether the partition is still its own. When it is not, the pass stops taking items, lets those in
  * flight finish, releases its lease and says so on this channel; the owner starts a pass of
  * that partition at once. If nobody has taken it a few seconds later, the replica that gave
  * it up runs it again itself (trigger `handback`), without giving it up: a hand-over can

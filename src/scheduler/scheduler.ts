@@ -378,17 +378,12 @@ export class Scheduler {
     const { index: partition, count: partitions } = result.partition;
     if (result.runId === null) return;
     const runId = result.runId;
-    const lane = laneOf(name, partition);
     // A retry of the partition due later is the owner's now: run here, it would take the partition back for a whole pass.
-    const retry = this.#pendingRetry.get(lane);
-    if (retry) {
-      clearTimeout(retry.timer);
-      this.#retries.delete(retry.timer);
-      this.#pendingRetry.delete(lane);
-    }
+    this.#cancelRetry(laneOf(name, partition));
     const announced = announceHandOver(engine.db, { reconciler: name, partition, partitions, runId })
       .catch((error: unknown) => {
-        log.warn({ reconciler: name, partition, err: coerceError(error) }, `${passLabel(name, result.partition)}: could not announce the hand-over (${errorSummary(coerceError(error), 200)}); running it here again shortly`);
+        const then = this.#state === 'started' ? 'running it here again shortly' : 'its owner finds it at its next tick';
+        log.warn({ reconciler: name, partition, err: coerceError(error) }, `${passLabel(name, result.partition)}: could not announce the hand-over (${errorSummary(coerceError(error), 200)}); ${then}`);
       })
       .finally(() => this.#inFlight.delete(announced));
     this.#inFlight.add(announced); // drain() waits for it: the pool must not close under it
@@ -426,10 +421,7 @@ export class Scheduler {
     const lane = laneOf(reconciler.name, partition);
     const pending = this.#pendingRetry.get(lane);
     if (pending && pending.at <= at) return;
-    if (pending) {
-      clearTimeout(pending.timer);
-      this.#retries.delete(pending.timer);
-    }
+    this.#cancelRetry(lane);
     const timer = setTimeout(() => {
       this.#retries.delete(timer);
       this.#pendingRetry.delete(lane);
@@ -437,6 +429,14 @@ export class Scheduler {
     }, at - Date.now());
     this.#retries.add(timer);
     this.#pendingRetry.set(lane, { at, timer });
+  }
+
+  #cancelRetry(lane: string): void {
+    const pending = this.#pendingRetry.get(lane);
+    if (!pending) return;
+    clearTimeout(pending.timer);
+    this.#retries.delete(pending.timer);
+    this.#pendingRetry.delete(lane);
   }
 
   /** Stops the clocks and pending catch-up retries. Passes already started are the engine's to stop. Idempotent. */
