@@ -1,34 +1,4 @@
-/**
- * settle-returns: charges or refunds customers for their returned Fixes.
- *
- * State it repairs: returns whose money work is missing (`settled_at IS NULL`), found in
- * keyset pages through the partial index `returns_unsettled_by_partition`, so a pass costs
- * O(unsettled returns), not O(all returns).
- * Partitions: 4, so up to 4 replicas settle returns side by side, each on its own quarter
- * (a return's partition is a hash of its key). The index is on that same expression with
- * the same count: to change the count, read "Changing the partition count" in the README.
- * When it runs: within about a second of a return being recorded (a trigger notifies the
- * `returns` channel, see `notifyTrigger`), and every minute whatever happens.
- * Why doing it twice is harmless: the service writes a payment intent with a key derived
- * from the return before it calls the provider, and completes that same intent on every
- * later attempt; the provider applies one effect per key. See src/returns/service.ts.
- */
-import { defineReconciler } from '../src/index.js';
-import { paymentProviderFromEnv, requirePaymentProviderConfig } from '../src/returns/provider.js';
-import { findReturnsToSettle, settleReturn, type ReturnToSettle } from '../src/returns/service.js';
-
-requirePaymentProviderConfig();
-
-export default defineReconciler<ReturnToSettle>({
-  schedule: '* * * * *', // the safety net: a new return wakes a pass at once (wakeOn)
-  wakeOn: ['returns'], // notified by the trigger of migration 0002_returns_notify
-  description: 'charges or refunds customers for returned Fixes (index: returns_unsettled_by_partition; wakes on: returns)',
-  partitions: 4,
-  concurrency: 10,
-  timeout: '30s',
-  retry: { maxAttempts: 12, backoff: { initial: '10s', max: '30m' } },
-  scan: ({ db, after, limit, partition }) => findReturnsToSettle(db, after?.id ?? 0, limit, partition),
-  key: (ret) => `return:${ret.id}`,
-  since: (ret) => ret.receivedAt,
-  reconcile: (ret, ctx) => settleReturn(ret.id, ctx, paymentProviderFromEnv),
-});
+// The demo's reconciler is the returns example's (examples/returns/README.md): this file points at
+// it, so that `npx reconciler list` and `npx reconciler run settle-returns` in this repository
+// show the demo. Delete it (and add your own files here), or set JOBS_DIR to your own folder.
+export { default } from '../examples/returns/jobs/settle-returns.js';

@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { durationText, parseDuration } from './duration.js';
 import { UserError } from './errors.js';
-import { describeUrl, registerSecret } from './secrets.js';
+import { describeUrl } from './secrets.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -54,19 +54,13 @@ const databaseUrl = z
     return value;
   });
 
-const httpUrl = z
+/** A plain PostgreSQL identifier: the engine's schema is named in SQL without quoting surprises. */
+const schemaName = z
   .string()
-  .optional()
-  .transform((value, ctx) => {
-    if (value === undefined || value.trim() === '') return undefined;
-    try {
-      const parsed = new URL(value);
-      if (parsed.protocol === 'http:' || parsed.protocol === 'https:') return value;
-    } catch {
-      // reported below
-    }
-    ctx.addIssue({ code: 'custom', message: 'is not an http(s) URL, e.g. https://payments.example.com' });
-    return z.NEVER;
+  .default('reconciler')
+  .refine((value) => /^[a-z_][a-z0-9_]{0,62}$/.test(value), { message: 'must be a lowercase PostgreSQL identifier (letters, digits and underscores, not starting with a digit), e.g. reconciler' })
+  .refine((value) => value !== 'public' && !value.startsWith('pg_') && value !== 'information_schema', {
+    message: 'must be a schema of the engine\'s own, not public or a system schema: the engine owns every object in it',
   });
 
 /** The variables, their defaults and meaning. README "Configuration" mirrors this table. */
@@ -75,6 +69,8 @@ export const configSchema = z.object({
   DATABASE_URL: databaseUrl,
   /** Where the embedded database lives when DATABASE_URL is unset. */
   DATA_DIR: z.string().min(1).default('.data'),
+  /** The PostgreSQL schema that holds the engine's tables and functions, and nothing else. */
+  RECONCILER_SCHEMA: schemaName,
   /** The folder whose files are the reconcilers. */
   JOBS_DIR: z.string().min(1).default('jobs'),
   LOG_LEVEL: z.enum(LOG_LEVELS, { message: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
@@ -84,18 +80,14 @@ export const configSchema = z.object({
   LOCK_TTL: duration('15s', 1_000, 30_000),
   /** How long in-flight items may finish after SIGTERM before they are aborted. */
   SHUTDOWN_TIMEOUT: duration('25s', 0, 3_600_000),
-  /** The payment provider's base URL. Unset with DATABASE_URL also unset: a simulator runs in-process (the demo). */
-  PAYMENT_PROVIDER_URL: httpUrl,
-  /** The provider's API key (a secret). */
-  PAYMENT_PROVIDER_KEY: z.string().min(1).optional(),
-  /** Time limit of one provider request. */
-  PAYMENT_PROVIDER_TIMEOUT: duration('10s', 100, 300_000),
   /** Address of the operations endpoint (/healthz, /readyz, /metrics). */
   HTTP_HOST: z.string().min(1).default('0.0.0.0'),
   /** Port of the operations endpoint; 0 picks a free one (logged). */
   HTTP_PORT: wholeNumber(0, 65_535, 'a port number from 0 to 65535', '8080'),
   /** /healthz fails when the event loop was blocked longer than this. */
   HEALTH_MAX_EVENT_LOOP_LAG: duration('5s', 100, 600_000),
+  /** How long the daemon waits for an unreachable database at start (readiness fails meanwhile) before it exits 2. */
+  STARTUP_TIMEOUT: duration('60s', 0, 3_600_000),
   /** The daemon waits a random time up to this before scheduling, to spread replicas that start together. */
   STARTUP_JITTER: duration('0', 0, 600_000),
   /** Database connections per process (PostgreSQL only). */
@@ -105,11 +97,6 @@ export const configSchema = z.object({
 });
 
 export type Config = z.output<typeof configSchema>;
-
-/** True when nothing is configured: embedded database, and a payment provider simulator in-process. */
-export function isZeroConfig(config: Config): boolean {
-  return config.DATABASE_URL === undefined && config.PAYMENT_PROVIDER_URL === undefined;
-}
 
 /** Parses the environment; throws one UserError listing each bad variable on its own line. */
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -123,13 +110,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new UserError(lines.join('\n'));
   }
   if (result.data.DATABASE_URL) describeUrl(result.data.DATABASE_URL); // registers its password as a secret
-  registerSecret(result.data.PAYMENT_PROVIDER_KEY);
-  if (result.data.PAYMENT_PROVIDER_URL) describeUrl(result.data.PAYMENT_PROVIDER_URL); // registers credentials in it
   if (env.NODE_ENV === 'production' && !result.data.DATABASE_URL) {
-    throw new UserError('invalid DATABASE_URL: it is required when NODE_ENV=production (the embedded database and the demo are for trying reconciler out, one process at a time)');
-  }
-  if (result.data.PAYMENT_PROVIDER_URL && !result.data.PAYMENT_PROVIDER_KEY) {
-    throw new UserError('invalid PAYMENT_PROVIDER_KEY: it is required when PAYMENT_PROVIDER_URL is set (the API key of the payment provider)');
+    throw new UserError('invalid DATABASE_URL: it is required when NODE_ENV=production (the embedded database is for trying reconciler out, one process at a time)');
   }
   return result.data;
 }
@@ -139,6 +121,7 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
   return {
     DATABASE_URL: config.DATABASE_URL ? describeUrl(config.DATABASE_URL) : `(unset: the embedded database in ${config.DATA_DIR})`,
     DATA_DIR: config.DATA_DIR,
+    RECONCILER_SCHEMA: config.RECONCILER_SCHEMA,
     JOBS_DIR: config.JOBS_DIR,
     LOG_LEVEL: env.LOG_LEVEL === undefined ? 'info for the daemon, warn for other commands (unset)' : config.LOG_LEVEL,
     HISTORY_RETENTION: durationText(config.HISTORY_RETENTION),
@@ -147,10 +130,8 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     HTTP_HOST: config.HTTP_HOST,
     HTTP_PORT: String(config.HTTP_PORT),
     HEALTH_MAX_EVENT_LOOP_LAG: durationText(config.HEALTH_MAX_EVENT_LOOP_LAG),
+    STARTUP_TIMEOUT: durationText(config.STARTUP_TIMEOUT),
     STARTUP_JITTER: durationText(config.STARTUP_JITTER),
-    PAYMENT_PROVIDER_URL: (config.PAYMENT_PROVIDER_URL && describeUrl(config.PAYMENT_PROVIDER_URL)) || (isZeroConfig(config) ? '(unset: a simulator runs in-process)' : '(unset)'),
-    PAYMENT_PROVIDER_KEY: config.PAYMENT_PROVIDER_KEY ? '***' : '(unset)',
-    PAYMENT_PROVIDER_TIMEOUT: durationText(config.PAYMENT_PROVIDER_TIMEOUT),
     DATABASE_POOL_SIZE: String(config.DATABASE_POOL_SIZE),
     WAKE_DEBOUNCE: durationText(config.WAKE_DEBOUNCE),
   };

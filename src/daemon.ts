@@ -4,96 +4,99 @@
  * not load is logged, counted in /metrics and fails /readyz; the other reconcilers run.
  */
 import { sql } from 'drizzle-orm';
-import { ExitCode, UserError, coerceError, errorSummary } from './errors.js';
+import type { Logger } from 'pino';
+import { ExitCode, UserError, coerceError, errorSummary, isDatabaseUnavailable } from './errors.js';
 import { formatDuration } from './duration.js';
 import { Engine } from './engine/engine.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { WakeListener } from './scheduler/wake.js';
 import { migrateDatabase, pendingMigrations } from './store/migrate.js';
-import { queryRows, type Membership } from './store/database.js';
+import { queryRows, type Database, type Membership } from './store/database.js';
 import { Metrics } from './http/metrics.js';
 import { CHECK_TIMEOUT_MS, startOpsServer, within, type Check } from './http/server.js';
 import { pruneRuns } from './store/runs.js';
-import { openContext } from './cli/context.js';
+import { connect, prepare, type Setup } from './cli/context.js';
 import { oneLine } from './cli/table.js';
-import { formatLoadError } from './engine/load.js';
-import { isZeroConfig } from './config.js';
-import { seedDemoIfEmpty, startDemoProvider, startDemoWarehouse } from './returns/demo.js';
+import { describeLoadError, formatLoadError } from './engine/load.js';
 
 const PRUNE_EVERY_MS = 3_600_000;
 /** After the passes have stopped, how long closing the database may take. */
 const CLOSE_GRACE_MS = 5_000;
+/** Waiting for the database at start: the first retry after this, doubling up to the cap. */
+const STARTUP_RETRY_MS = { first: 500, max: 5_000 };
 
-export async function runDaemon(): Promise<number> {
-  const context = await openContext({ jobs: true, logToStdout: true, migrating: true });
-  const { config, log, database, reconcilers, loadErrors } = context;
-  for (const error of loadErrors) log.error({ file: error.file }, formatLoadError(error));
+/** What `setup` gets: the open, migrated database and the daemon's logger. */
+export interface DaemonContext {
+  database: Database;
+  log: Logger;
+}
+
+/** How an application that embeds the daemon runs it (`runDaemon` in the public API). */
+export interface DaemonOptions {
+  /** Load the job files from here instead of JOBS_DIR. */
+  jobsDir?: string;
+  /**
+   * Shut down, as on SIGTERM, when the parent process goes away. Default: only when an npm
+   * script started this process (npm does not pass SIGTERM on to its child), so that a daemon
+   * started directly (`nohup reconciler daemon &`, a container, systemd) outlives its shell.
+   */
+  exitWithParent?: boolean;
+  /**
+   * Runs once the database is open and the engine's migrations are applied, before the first
+   * pass (the demo applies its own migrations and seeds data here). A function it returns runs
+   * at shutdown, before the database closes.
+   */
+  setup?(context: DaemonContext): Promise<(() => Promise<void> | void) | void>;
+}
+
+/** Started by `npm start` or another npm script: npm sets npm_lifecycle_event for its child. */
+const startedByNpm = () => process.env.npm_lifecycle_event !== undefined;
+
+/**
+ * Opens the database, waiting while it cannot be reached (it often starts after the daemon in a
+ * cluster): retried with backoff for up to STARTUP_TIMEOUT, said once in the log. Any other
+ * problem (a wrong password, a missing database) fails at once: waiting would not fix it.
+ * Resolves undefined if a signal came first.
+ */
+async function waitForDatabase(setup: Setup, stopping: Promise<unknown>): Promise<Database | undefined> {
+  const { config, log } = setup;
+  const deadline = Date.now() + config.STARTUP_TIMEOUT;
+  let delay = STARTUP_RETRY_MS.first;
+  let warned = false;
+  let stopped = false;
+  void stopping.then(() => (stopped = true));
+  for (;;) {
+    try {
+      const database = await connect(setup);
+      if (warned) log.info(`the database answers now: ${database.target}`);
+      return database;
+    } catch (error) {
+      if (!isDatabaseUnavailable(error) || stopped) throw error;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new UserError(`gave up waiting for the database after ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT): ${errorSummary(coerceError(error), 300)}`);
+      }
+      if (!warned) {
+        log.warn({ err: coerceError(error) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT), /readyz fails meanwhile`);
+        warned = true;
+      }
+      const wait = Math.min(delay, left);
+      delay = Math.min(delay * 2, STARTUP_RETRY_MS.max);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([new Promise((resolve) => (timer = setTimeout(resolve, wait))), stopping]);
+      clearTimeout(timer);
+      if (stopped) return undefined;
+    }
+  }
+}
+
+export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
+  const setup = await prepare({ jobs: true, logToStdout: true, ...(options.jobsDir ? { jobsDir: options.jobsDir } : {}) });
+  const { config, log, reconcilers, loadErrors } = setup;
+  for (const error of loadErrors) log.error({ file: error.file, ...(error.excerpt ? { excerpt: error.excerpt } : {}) }, describeLoadError(error));
   /** For /readyz: the first broken file, and how many more. */
   const broken = loadErrors.length === 0 ? undefined
     : `${oneLine(formatLoadError(loadErrors[0]!), 300)}${loadErrors.length > 1 ? ` (and ${loadErrors.length - 1} more job file(s) that did not load: see the log)` : ''}`;
-  const applied = await migrateDatabase(database).catch(async (error: unknown) => {
-    await context.close();
-    throw error;
-  });
-  if (applied > 0) log.info({ applied }, `applied ${applied} migration(s) to ${database.target}`);
-  const demo = isZeroConfig(config) ? await startDemoProvider(database, log) : undefined;
-  if (demo) await seedDemoIfEmpty(database, log);
-
-  const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
-  // Membership comes from the listen session (opened before the scheduler starts), so replicas split partitions from the first pass.
-  const scheduler: Scheduler = new Scheduler({ engine, log, membership: (): Promise<Membership> => waker.membership() });
-  const metrics = new Metrics(database.db, reconcilers, log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
-  metrics.attach(engine.events);
-  const wakeChannels = [...new Set(reconcilers.flatMap((r) => r.wakeOn))];
-  const waker = new WakeListener({
-    database, reconcilers, target: scheduler, log, debounceMs: config.WAKE_DEBOUNCE,
-    ...(wakeChannels.length > 0 ? { counters: metrics.wakeCounters(wakeChannels) } : {}),
-  });
-  let scheduling = false;
-  let shuttingDown = false;
-  const probe = async (what: string, check: () => Promise<string>): Promise<Check> => {
-    try {
-      return { ok: true, detail: await within(check(), CHECK_TIMEOUT_MS, what) };
-    } catch (error) {
-      return { ok: false, detail: errorSummary(coerceError(error), 200) };
-    }
-  };
-  const ops = await startOpsServer({
-    host: config.HTTP_HOST,
-    port: config.HTTP_PORT,
-    log,
-    maxEventLoopLagMs: config.HEALTH_MAX_EVENT_LOOP_LAG,
-    metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
-    readiness: async () => ({
-      database: await probe('database', async () => (await queryRows(database.control, sql`SELECT 1`), `reachable: ${database.target}`)),
-      migrations: await probe('migrations', async () => {
-        const pending = await pendingMigrations(database);
-        if (pending > 0) throw new Error(`${pending} migration(s) pending`);
-        return 'applied';
-      }),
-      jobs: {
-        ok: scheduling && !broken,
-        detail: `${broken ? `${broken}; ` : ''}${scheduling ? `${reconcilers.length} reconciler(s) loaded and scheduled` : 'starting'}`,
-      },
-      shutdown: { ok: !shuttingDown, detail: shuttingDown ? 'shutting down' : 'running' },
-    }),
-  }).catch(async (error: unknown) => {
-    await context.close();
-    const reason = (error as NodeJS.ErrnoException).code ?? coerceError(error).message;
-    throw new UserError(`cannot serve the operations endpoint on ${config.HTTP_HOST}:${config.HTTP_PORT} (${reason}): set HTTP_PORT to a free port, or 0 for any`);
-  });
-  log.info({ url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
-
-  const prune = async () => {
-    try {
-      let removed = 0;
-      for (let batch = await pruneRuns(database.db, config.HISTORY_RETENTION); batch > 0; batch = await pruneRuns(database.db, config.HISTORY_RETENTION)) removed += batch;
-      if (removed > 0) log.info({ removed }, `pruned ${removed} pass(es) older than ${formatDuration(config.HISTORY_RETENTION)} from history`);
-    } catch (error) {
-      log.warn({ err: coerceError(error) }, 'could not prune pass history; will try again in an hour');
-    }
-  };
-  const pruneTimer = setInterval(() => void prune(), PRUNE_EVERY_MS);
 
   let signalled: (signal: NodeJS.Signals) => void;
   const stopSignal = new Promise<NodeJS.Signals>((resolve) => (signalled = resolve));
@@ -112,38 +115,133 @@ export async function runDaemon(): Promise<number> {
   process.on('SIGINT', onSignal);
   // Started through `npm start`, the daemon is npm's child, and npm does not pass SIGTERM on:
   // when our parent goes away, shut down as if signalled instead of running on as an orphan.
-  const parent = process.ppid;
-  const orphanCheck = setInterval(() => {
-    if (process.ppid !== parent && signals === 0) {
-      log.warn({ parent }, `the parent process (pid ${parent}) exited; shutting down`);
-      onSignal('SIGTERM');
+  // Started any other way, it stays up when the shell that started it exits.
+  let orphanCheck: NodeJS.Timeout | undefined;
+  if (options.exitWithParent ?? startedByNpm()) {
+    const parent = process.ppid;
+    orphanCheck = setInterval(() => {
+      if (process.ppid !== parent && signals === 0) {
+        log.warn({ parent }, `the parent process (pid ${parent}) exited; shutting down`);
+        onSignal('SIGTERM');
+      }
+    }, 1_000);
+    orphanCheck.unref();
+  }
+
+  let database: Database | undefined;
+  let metrics: Metrics | undefined;
+  let scheduling = false;
+  let shuttingDown = false;
+  const probe = async (what: string, check: () => Promise<string>): Promise<Check> => {
+    try {
+      return { ok: true, detail: await within(check(), CHECK_TIMEOUT_MS, what) };
+    } catch (error) {
+      return { ok: false, detail: errorSummary(coerceError(error), 200) };
     }
-  }, 1_000);
-  orphanCheck.unref();
+  };
+  // The operations endpoint comes first: while the database is awaited, /healthz answers and /readyz says why it is not ready.
+  const ops = await startOpsServer({
+    host: config.HTTP_HOST,
+    port: config.HTTP_PORT,
+    log,
+    maxEventLoopLagMs: config.HEALTH_MAX_EVENT_LOOP_LAG,
+    metrics: async () =>
+      metrics ? { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() } : { contentType: 'text/plain; version=0.0.4', body: '# the daemon is waiting for its database\n' },
+    readiness: async () => {
+      const db = database;
+      return {
+        database: db ? await probe('database', async () => (await queryRows(db.control, sql`SELECT 1`), `reachable: ${db.target}`)) : { ok: false, detail: 'waiting for the database (STARTUP_TIMEOUT)' },
+        migrations: db
+          ? await probe('migrations', async () => {
+              const pending = await pendingMigrations(db);
+              if (pending > 0) throw new Error(`${pending} migration(s) pending`);
+              return 'applied';
+            })
+          : { ok: false, detail: 'waiting for the database' },
+        jobs: {
+          ok: scheduling && !broken,
+          detail: `${broken ? `${broken}; ` : ''}${scheduling ? `${reconcilers.length} reconciler(s) loaded and scheduled` : 'starting'}`,
+        },
+        shutdown: { ok: !shuttingDown, detail: shuttingDown ? 'shutting down' : 'running' },
+      };
+    },
+  }).catch((error: unknown) => {
+    const reason = (error as NodeJS.ErrnoException).code ?? coerceError(error).message;
+    throw new UserError(`cannot serve the operations endpoint on ${config.HTTP_HOST}:${config.HTTP_PORT} (${reason}): set HTTP_PORT to a free port, or 0 for any`);
+  });
+  log.info({ url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
+  const closeEarly = async () => {
+    clearInterval(orphanCheck);
+    await ops.close();
+  };
+
+  try {
+    database = await waitForDatabase(setup, stopSignal);
+  } catch (error) {
+    await closeEarly();
+    throw error;
+  }
+  if (!database) {
+    await closeEarly();
+    log.info('daemon stopped before its database answered');
+    return ExitCode.ok;
+  }
+  const open = database;
+  let teardown: (() => Promise<void> | void) | void = undefined;
+  try {
+    const applied = await migrateDatabase(open);
+    if (applied > 0) log.info({ applied }, `applied ${applied} migration(s) of the engine schema "${config.RECONCILER_SCHEMA}" to ${open.target}`);
+    teardown = await options.setup?.({ database: open, log });
+  } catch (error) {
+    await open.close();
+    await closeEarly();
+    throw error;
+  }
+
+  const engine = new Engine({ db: open.db, control: open.control, reconcilers, log, leaseMs: config.LOCK_TTL });
+  // Membership comes from the listen session (opened before the scheduler starts), so replicas split partitions from the first pass.
+  const scheduler: Scheduler = new Scheduler({ engine, log, membership: (): Promise<Membership> => waker.membership() });
+  metrics = new Metrics(open.db, reconcilers, log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
+  metrics.attach(engine.events);
+  const wakeChannels = [...new Set(reconcilers.flatMap((r) => r.wakeOn))];
+  const waker = new WakeListener({
+    database: open, reconcilers, target: scheduler, log, debounceMs: config.WAKE_DEBOUNCE,
+    ...(wakeChannels.length > 0 ? { counters: metrics.wakeCounters(wakeChannels) } : {}),
+  });
+
+  const prune = async () => {
+    try {
+      let removed = 0;
+      for (let batch = await pruneRuns(open.db, config.HISTORY_RETENTION); batch > 0; batch = await pruneRuns(open.db, config.HISTORY_RETENTION)) removed += batch;
+      if (removed > 0) log.info({ removed }, `pruned ${removed} pass(es) older than ${formatDuration(config.HISTORY_RETENTION)} from history`);
+    } catch (error) {
+      log.warn({ err: coerceError(error) }, 'could not prune pass history; will try again in an hour');
+    }
+  };
+  const pruneTimer = setInterval(() => void prune(), PRUNE_EVERY_MS);
 
   await prune();
-  if (config.STARTUP_JITTER > 0) {
+  if (config.STARTUP_JITTER > 0 && signals === 0) {
     const wait = Math.round(Math.random() * config.STARTUP_JITTER);
     log.info({ waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
     await Promise.race([new Promise((resolve) => setTimeout(resolve, wait).unref()), stopSignal]);
   }
+  const jobsDir = options.jobsDir ?? config.JOBS_DIR;
   if (reconcilers.length === 0) {
     log.warn(
       broken
-        ? `no job file in ${config.JOBS_DIR} could be loaded (see the errors above): the daemon will idle until they are fixed and it is restarted`
-        : `no reconcilers in ${config.JOBS_DIR}: the daemon will idle (add a file there, see README "Writing a reconciler")`,
+        ? `no job file in ${jobsDir} could be loaded (see the errors above): the daemon will idle until they are fixed and it is restarted`
+        : `no reconcilers in ${jobsDir}: the daemon will idle (add a file there, see docs/writing-reconcilers.md)`,
     );
   }
-  let stopWarehouse: (() => void) | undefined;
   if (signals === 0) {
     await waker.start();
     await scheduler.start();
     scheduling = true;
-    if (demo) stopWarehouse = startDemoWarehouse(database, log);
   }
   log.info(
-    { reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: database.target },
-    `daemon started on ${database.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}` +
+    { reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: open.target },
+    `daemon started on ${open.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}` +
       (broken ? `; ${loadErrors.length} job file(s) did not load and are not scheduled (errors above; /readyz fails until they are fixed)` : ''),
   );
 
@@ -151,13 +249,16 @@ export async function runDaemon(): Promise<number> {
   shuttingDown = true; // readiness fails from now on
   clearInterval(pruneTimer);
   clearInterval(orphanCheck);
-  stopWarehouse?.();
   await waker.stop();
   await scheduler.stop();
   await engine.stop(config.SHUTDOWN_TIMEOUT);
   // An item that ignores its AbortSignal may hold a connection forever: do not wait on it.
   const closed = await Promise.race([
-    scheduler.drain().then(() => demo?.close()).then(() => context.close()).then(() => true),
+    scheduler
+      .drain()
+      .then(() => teardown?.())
+      .then(() => open.close())
+      .then(() => true),
     new Promise<false>((resolve) => setTimeout(() => resolve(false), CLOSE_GRACE_MS).unref()),
   ]);
   if (!closed) log.warn(`some items ignored their AbortSignal and still hold database connections; exiting without waiting for them`);

@@ -1,13 +1,30 @@
 /**
- * The public API of `reconciler`: what a job file imports.
+ * The public API of `reconciler`: what a job file imports, and what an application that embeds
+ * the daemon uses.
  *
- *     import { defineReconciler, TerminalError } from '../src/index.js';
+ *     import { defineReconciler, TerminalError, sql } from 'reconciler';
  */
 export { defineReconciler, partitionOf } from './reconciler.js';
 export type { Db, Outcome, Partition, ReconcileContext, ReconcileResult, ReconcilerDefinition, RetryPolicy, ScanRequest } from './reconciler.js';
 export type { Duration } from './duration.js';
-export { TerminalError } from './errors.js';
+export { TerminalError, coerceError, errorSummary } from './errors.js';
 /** drizzle's `sql` template, re-exported so a job file needs one import. */
 export { sql } from 'drizzle-orm';
 /** SQL for a migration: the trigger that notifies a channel when a table changes, for `wakeOn`. */
 export { notifyTrigger } from './store/notify.js';
+export { inPartition } from './store/partition.js';
+/** Marks a value (an API key a job reads) as secret: it is masked in every log line, error and CLI output. */
+export { registerSecret } from './secrets.js';
+export { openDatabase, queryRows } from './store/database.js';
+export type { Database, OpenOptions } from './store/database.js';
+export { migrateDatabase } from './store/migrate.js';
+export type { DaemonOptions } from './daemon.js';
+
+import type { DaemonOptions } from './daemon.js';
+/**
+ * Runs the daemon in this process, as `reconciler daemon` does, until SIGTERM or SIGINT;
+ * resolves with the exit code. For an application that embeds the engine (the returns demo does).
+ */
+export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
+  return (await import('./daemon.js')).runDaemon(options);
+}

@@ -28,8 +28,8 @@ export type ReconcileResult = Outcome | { outcome: Outcome; note?: string };
 
 /**
  * Which slice of the items a pass covers: the items whose key `k` has
- * `partitionOf(k, count) === index`. In SQL that is `reconciler_partition(k, count) = index`
- * (migration 0003 creates the function; index that expression). An unpartitioned
+ * `partitionOf(k, count) === index`. In SQL that is `inPartition(sql\`<key>\`, partition)`, which
+ * calls the engine's function `reconciler.partition_of(k, count)` (index that expression). An unpartitioned
  * reconciler always gets `{ index: 0, count: 1 }`: every item.
  */
 export interface Partition {
@@ -42,7 +42,7 @@ export const MAX_PARTITIONS = 1_024;
 
 /**
  * The partition of a key: the first 32 bits of its MD5, modulo `count`. Stable across
- * processes, versions and machines; the SQL function `reconciler_partition(key, count)`
+ * processes, versions and machines; the engine's SQL function `reconciler.partition_of(key, count)`
  * computes the same number, so a scan can filter on it through an index.
  */
 export function partitionOf(key: string, count: number): number {
@@ -151,8 +151,8 @@ export interface ReconcilerDefinition<Item> {
    * Split the items into this many partitions by a stable hash of their key, each with its
    * own pass lease, so that up to this many replicas drain the reconciler in parallel. The
    * scan gets `partition` and must filter on it:
-   * `WHERE reconciler_partition('return:' || id, ${partition.count}) = ${partition.index}`,
-   * with an index on that expression. Default 1 (no partitions). See the README before
+   * `WHERE ${inPartition(sql\`'return:' || id::text\`, partition)}`, with an index on
+   * `reconciler.partition_of('return:' || id::text, <count>)`. Default 1 (no partitions). See the README before
    * changing it on a running system.
    */
   partitions?: number;

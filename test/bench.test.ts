@@ -13,7 +13,7 @@ import { databaseUrl } from './helpers/db.js';
 describe('npm run bench -- --quick', () => {
   it('measures every case and writes the JSON and the markdown table', { timeout: 420_000 }, async () => {
     const out = join(REPO_ROOT, 'test', '.tmp', `bench-${process.pid}.json`);
-    const result = await runCli([], { TEST_DATABASE_URL: databaseUrl('postgres') }, { shell: `node --import tsx scripts/bench/main.ts --quick --out '${out}'`, timeoutMs: 400_000 });
+    const result = await runCli([], { TEST_DATABASE_URL: databaseUrl('postgres') }, { shell: `node --import ./bin/register.js scripts/bench/main.ts --quick --out '${out}'`, timeoutMs: 400_000 });
     expect(result.code, result.stderr).toBe(0);
     const report = JSON.parse(readFileSync(out, 'utf8')) as { runs: number; results: { case: string; figure: string; unit: string; median: number; min: number; max: number; goal: string }[] };
     expect([...new Set(report.results.map((r) => r.case))]).toEqual(['backlog drain', 'scan cost (0 items to do)', 'memory under backlog', 'idle footprint', 'pass latency', 'convergence latency', 'scale-out']);

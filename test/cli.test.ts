@@ -37,7 +37,7 @@ function jobs(files: Record<string, string>): JobsDir {
 async function resetItems(count: number): Promise<void> {
   await t.rows(sql`DROP TABLE IF EXISTS items`);
   await t.rows(sql.raw(tableSql(count)));
-  await t.rows(sql`TRUNCATE reconciler_runs, reconciler_failures, reconciler_state`);
+  await t.rows(sql`TRUNCATE reconciler.runs, reconciler.failures, reconciler.state`);
 }
 
 /** `items.ts` over a fresh table of `count` rows, and the env to run the CLI against it. */
@@ -118,9 +118,9 @@ describe('reconciler run', () => {
       'would be changed    item-3  would mark item-3',
       expect.stringMatching(/^items: dry run succeeded in .+: 3 found, 3 changed, 0 unchanged, 0 skipped, 0 failed, 0 deferred, 0 dead$/),
     ]);
-    expect(await t.rows(sql`SELECT * FROM reconciler_runs`)).toEqual([]);
-    expect(await t.rows(sql`SELECT * FROM reconciler_failures`)).toEqual([]);
-    expect(await t.rows(sql`SELECT * FROM reconciler_state`)).toEqual([]);
+    expect(await t.rows(sql`SELECT * FROM reconciler.runs`)).toEqual([]);
+    expect(await t.rows(sql`SELECT * FROM reconciler.failures`)).toEqual([]);
+    expect(await t.rows(sql`SELECT * FROM reconciler.state`)).toEqual([]);
     expect(await doneItems()).toEqual([]);
   });
 
@@ -152,12 +152,12 @@ describe('reconciler run', () => {
     const result = await runCli(['run', 'items', '--dry-run'], env);
     expect(result.code).toBe(1);
     expect(lines(result.stdout)).toContain('would fail          item-2  cannot reconcile item-2');
-    expect(await t.rows(sql`SELECT * FROM reconciler_failures`)).toEqual([]);
+    expect(await t.rows(sql`SELECT * FROM reconciler.failures`)).toEqual([]);
   });
 
   it('exits 1 and says how to make it due when --key names a dead item', async () => {
     const { env } = await itemsJob(3);
-    await t.rows(sql`INSERT INTO reconciler_failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at) VALUES ('items', 'item-2', 10, 'boom', now(), now())`);
+    await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at) VALUES ('items', 'item-2', 10, 'boom', now(), now())`);
     const result = await runCli(['run', 'items', '--key', 'item-2'], env);
     expect(result.code).toBe(1);
     expect(result.stderr).toContain('item "item-2" is dead and was not attempted; make it due with `reconciler retry items "item-2"` first');
@@ -242,13 +242,13 @@ describe('reconciler retry and clear', () => {
   it('makes a failed item due now with a fresh attempt budget, and says so', async () => {
     const { env } = await itemsJob(2, { failKeys: ['item-2'] });
     expect((await runCli(['run', 'items'], env)).code).toBe(1);
-    await t.rows(sql`UPDATE reconciler_failures SET next_attempt_at = now() + interval '1 hour', dead_at = now(), attempts = 7`);
+    await t.rows(sql`UPDATE reconciler.failures SET next_attempt_at = now() + interval '1 hour', dead_at = now(), attempts = 7`);
 
     const result = await runCli(['retry', 'items', 'item-2'], env);
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toMatch(/^items: 1 item\(s\) due now with a fresh attempt budget/);
     const rows = await t.rows<{ key: string; attempts: number; due: boolean; dead: boolean }>(
-      sql`SELECT key, attempts, next_attempt_at <= now() AS due, dead_at IS NOT NULL AS dead FROM reconciler_failures`,
+      sql`SELECT key, attempts, next_attempt_at <= now() AS due, dead_at IS NOT NULL AS dead FROM reconciler.failures`,
     );
     expect(rows).toEqual([{ key: 'item-2', attempts: 0, due: true, dead: false }]);
   });
@@ -276,18 +276,18 @@ describe('reconciler retry and clear', () => {
   it('forgets every failed item of a reconciler with clear --all', async () => {
     const { env } = await itemsJob(3, { failKeys: ['item-1', 'item-3'] });
     expect((await runCli(['run', 'items'], env)).code).toBe(1);
-    expect(await t.rows(sql`SELECT key FROM reconciler_failures`)).toHaveLength(2);
+    expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toHaveLength(2);
     const result = await runCli(['clear', 'items', '--all'], env);
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toMatch(/^items: 2 item\(s\) forgotten/);
-    expect(await t.rows(sql`SELECT key FROM reconciler_failures`)).toEqual([]);
+    expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toEqual([]);
   });
 });
 
 describe('output through pipes', () => {
   it('keeps JSON output whole when it is larger than a pipe buffer', async () => {
     const { env } = await itemsJob(1);
-    await t.rows(sql`INSERT INTO reconciler_runs (reconciler, trigger, status, host, pid, error)
+    await t.rows(sql`INSERT INTO reconciler.runs (reconciler, trigger, status, host, pid, error)
                      SELECT 'items', 'manual', 'failed', 'host', 1, repeat('x', 200) FROM generate_series(1, 3000)`);
     const result = await runCli(['history', '--json', '--limit', '3000'], env);
     expect(result.stdout.length).toBeGreaterThan(256 * 1024);
@@ -296,7 +296,7 @@ describe('output through pipes', () => {
 
   it('exits quietly when the reader of its output goes away', async () => {
     const { env } = await itemsJob(1);
-    await t.rows(sql`INSERT INTO reconciler_runs (reconciler, trigger, status, host, pid) SELECT 'items', 'manual', 'succeeded', 'host', 1 FROM generate_series(1, 3000)`);
+    await t.rows(sql`INSERT INTO reconciler.runs (reconciler, trigger, status, host, pid) SELECT 'items', 'manual', 'succeeded', 'host', 1 FROM generate_series(1, 3000)`);
     const result = await runCli([], {}, { shell: `set -o pipefail; DATABASE_URL='${env.DATABASE_URL}' JOBS_DIR='${env.JOBS_DIR}' node bin/reconciler.js history --limit 3000 | head -c 10 >/dev/null` });
     expect(result.code, result.stderr).toBe(0);
     expect(result.stderr).toBe('');

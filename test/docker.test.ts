@@ -16,10 +16,10 @@ import { useTestDatabase } from './helpers/db.js';
 import { REPO_ROOT } from './helpers/jobs.js';
 import { RunningProcess } from './helpers/processes.js';
 import { PROVIDER_KEY, startProvider, type Provider } from './helpers/returns.js';
-import { seedReturns } from '../src/returns/seed.js';
+import { seedReturns } from '../examples/returns/src/seed.js';
 
 const run = promisify(execFile);
-const t = useTestDatabase();
+const t = useTestDatabase({ returns: true });
 const work = mkdtempSync(join(tmpdir(), 'reconciler-image-'));
 let provider: Provider | undefined;
 let daemon: RunningProcess | undefined;

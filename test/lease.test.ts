@@ -46,9 +46,9 @@ describe('pass leases', () => {
     const e = engine(t.db, [reconciler('orphan', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: async () => 'changed' })]);
     expect(await e.runPass('orphan', { trigger: 'manual' })).toMatchObject({ ran: false, reason: 'held' });
     // The holder died: time passes on the database clock until its lease has lapsed.
-    await t.rows(sql`UPDATE reconciler_state SET lease_expires_at = now() - interval '1 millisecond' WHERE reconciler = 'orphan'`);
+    await t.rows(sql`UPDATE reconciler.state SET lease_expires_at = now() - interval '1 millisecond' WHERE reconciler = 'orphan'`);
     expect(await e.runPass('orphan', { trigger: 'manual' })).toMatchObject({ ran: true });
-    const runs = await t.rows<{ status: string; host: string }>(sql`SELECT status, host FROM reconciler_runs ORDER BY id`);
+    const runs = await t.rows<{ status: string; host: string }>(sql`SELECT status, host FROM reconciler.runs ORDER BY id`);
     expect(runs).toEqual([{ status: 'abandoned', host: 'gone' }, { status: 'succeeded', host: expect.any(String) }]);
   });
 
@@ -80,7 +80,7 @@ describe('pass leases', () => {
     const e = engine(t.db, [definition]);
     const tick = new Date(Math.floor(Date.now() / 60_000) * 60_000);
     const first = await e.runPass('redo', { trigger: 'schedule', tick });
-    await t.rows(sql`UPDATE reconciler_state SET last_status = 'aborted' WHERE reconciler = 'redo'`);
+    await t.rows(sql`UPDATE reconciler.state SET last_status = 'aborted' WHERE reconciler = 'redo'`);
     expect(await e.runPass('redo', { trigger: 'schedule', tick })).toEqual({ ran: false, reason: 'already-served' });
     const lastRunId = first.ran ? first.result.runId! : 0;
     expect(await e.runPass('redo', { trigger: 'startup', tick, expectLastRunId: lastRunId })).toMatchObject({ ran: true });
@@ -104,7 +104,7 @@ describe('pass leases', () => {
     gate.resolve();
     await running;
     expect(skipped).toEqual(['a:running']);
-    const [state] = await t.rows<{ skipped_ticks: string }>(sql`SELECT skipped_ticks FROM reconciler_state WHERE reconciler = 'busy'`);
+    const [state] = await t.rows<{ skipped_ticks: string }>(sql`SELECT skipped_ticks FROM reconciler.state WHERE reconciler = 'busy'`);
     expect(Number(state!.skipped_ticks)).toBe(1);
   });
 
@@ -123,7 +123,7 @@ describe('pass leases', () => {
     })], { leaseMs: 600 });
     const running = e.runPass('stolen', { trigger: 'manual' });
     await entered.promise;
-    await t.rows(sql`UPDATE reconciler_state SET holder_id = '00000000-0000-4000-8000-000000000002' WHERE reconciler = 'stolen'`);
+    await t.rows(sql`UPDATE reconciler.state SET holder_id = '00000000-0000-4000-8000-000000000002' WHERE reconciler = 'stolen'`);
     const outcome = await running;
     expect(outcome).toMatchObject({ ran: true, result: { status: 'aborted' } });
     expect(String(aborted)).toContain('lease lost');
@@ -152,7 +152,7 @@ describe('pass leases', () => {
     await blocker.connect();
     try {
       await blocker.query('BEGIN');
-      await blocker.query(`SELECT 1 FROM reconciler_state WHERE reconciler = 'stalled' FOR UPDATE`);
+      await blocker.query(`SELECT 1 FROM reconciler.state WHERE reconciler = 'stalled' FOR UPDATE`);
       const started = performance.now();
       expect(String(await aborted.promise)).toContain('lease expired');
       expect(performance.now() - started).toBeLessThan(1_500);
@@ -191,11 +191,11 @@ describe('pass leases', () => {
 
 describe('history retention', () => {
   it('prunes finished passes older than the retention, and keeps the rest', async () => {
-    await t.rows(sql`INSERT INTO reconciler_runs (reconciler, trigger, status, started_at, host, pid) VALUES
+    await t.rows(sql`INSERT INTO reconciler.runs (reconciler, trigger, status, started_at, host, pid) VALUES
       ('old', 'schedule', 'succeeded', now() - interval '20 days', 'h', 1),
       ('old', 'schedule', 'running', now() - interval '20 days', 'h', 1),
       ('new', 'schedule', 'succeeded', now() - interval '1 day', 'h', 1)`);
     expect(await pruneRuns(t.db, 14 * 86_400_000)).toBe(1);
-    expect((await t.rows<{ reconciler: string }>(sql`SELECT reconciler FROM reconciler_runs ORDER BY id`)).map((r) => r.reconciler)).toEqual(['old', 'new']);
+    expect((await t.rows<{ reconciler: string }>(sql`SELECT reconciler FROM reconciler.runs ORDER BY id`)).map((r) => r.reconciler)).toEqual(['old', 'new']);
   });
 });

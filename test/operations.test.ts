@@ -13,9 +13,9 @@ import { join } from 'node:path';
 import { API, REPO_ROOT, jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
 import { runCli, startProcess, until, type RunningProcess, useCleanup } from './helpers/processes.js';
 import { everySettlePartitionPassed, startProvider } from './helpers/returns.js';
-import { seedReturns } from '../src/returns/seed.js';
+import { seedReturns } from '../examples/returns/src/seed.js';
 
-const t = useTestDatabase({ resetEngineTables: true });
+const t = useTestDatabase({ resetEngineTables: true, returns: true });
 const { children, dirs } = useCleanup();
 
 function daemon(env: Record<string, string>): RunningProcess {
@@ -125,7 +125,7 @@ describe('the operations endpoint', () => {
     const jobs = await tableJobs('draining', 4, { schedule: '0 0 1 1 *', delayMs: 1_500, concurrency: 1 });
     const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '20s' });
     const url = await endpoint(d);
-    await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler_state WHERE reconciler = 'draining' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass');
+    await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.state WHERE reconciler = 'draining' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass');
     d.child.kill('SIGTERM');
     const during = await until(async () => {
       const r = await get(`${url}/readyz`).catch(() => undefined);
@@ -198,7 +198,7 @@ describe('three replicas on one database', () => {
     const replicas = [daemon(env), daemon(env), daemon(env)];
     await Promise.all(replicas.map((r) => r.waitFor((l) => String(l.msg).startsWith('daemon started'), 'start', 30_000)));
     const holderPid = await until(async () => {
-      const [row] = await t.rows<{ pid: number }>(sql`SELECT holder_pid AS pid FROM reconciler_state WHERE reconciler = 'shared' AND holder_id IS NOT NULL`);
+      const [row] = await t.rows<{ pid: number }>(sql`SELECT holder_pid AS pid FROM reconciler.state WHERE reconciler = 'shared' AND holder_id IS NOT NULL`);
       return row?.pid;
     }, 'a replica holding the pass');
     const victim = replicas.find((r) => r.pid === Number(holderPid))!;
@@ -207,7 +207,7 @@ describe('three replicas on one database', () => {
     await until(async () => (await t.rows(sql`SELECT 1 FROM shared_items WHERE NOT done`)).length === 0, 'the survivors to finish the work', 45_000);
     const runs = await t.rows<{ status: string; pid: number; started_ms: number; finished_ms: number | null; trigger: string }>(
       sql`SELECT status, pid, (extract(epoch FROM started_at) * 1000)::float8 AS started_ms, (extract(epoch FROM finished_at) * 1000)::float8 AS finished_ms, trigger
-          FROM reconciler_runs WHERE reconciler = 'shared' ORDER BY started_at`,
+          FROM reconciler.runs WHERE reconciler = 'shared' ORDER BY started_at`,
     );
     expect(runs.find((r) => r.pid === victim.pid && r.status !== 'succeeded')).toBeDefined();
     const takeover = runs.find((r) => r.pid !== victim.pid && r.started_ms >= killedAt - 100)!;
@@ -230,7 +230,7 @@ describe('takeover between scheduled ticks', () => {
   it('hands a killed holder\'s pass to a running replica once its lease lapses, not at the next tick', async () => {
     // 60 items at 400 ms: a pass of about 24 s, so the holder is killed well inside it.
     const jobs = await tableJobs('longtick', 60, { schedule: '*/20 * * * * *', delayMs: 400, concurrency: 1 });
-    await t.rows(sql`INSERT INTO reconciler_state (reconciler, partition, last_started_at, last_tick_at, last_run_id) VALUES ('longtick', 0, now(), now(), 0)`); // no catch-up: wait for the schedule
+    await t.rows(sql`INSERT INTO reconciler.state (reconciler, partition, last_started_at, last_tick_at, last_run_id) VALUES ('longtick', 0, now(), now(), 0)`); // no catch-up: wait for the schedule
     const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'debug' };
     const replicas = [daemon(env), daemon(env)];
     await Promise.all(replicas.map((r) => r.waitFor((l) => String(l.msg).startsWith('daemon started'), 'start', 30_000)));
@@ -244,10 +244,10 @@ describe('takeover between scheduled ticks', () => {
     const [left] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM longtick_items WHERE NOT done`);
     expect(left!.n).toBeGreaterThan(0); // killed mid-pass: there is work to take over
     const takeover = await until(async () => {
-      const [row] = await t.rows<{ started: number }>(sql`SELECT (extract(epoch FROM started_at) * 1000)::float8 AS started FROM reconciler_runs WHERE reconciler = 'longtick' AND pid = ${survivor.pid} ORDER BY id LIMIT 1`);
+      const [row] = await t.rows<{ started: number }>(sql`SELECT (extract(epoch FROM started_at) * 1000)::float8 AS started FROM reconciler.runs WHERE reconciler = 'longtick' AND pid = ${survivor.pid} ORDER BY id LIMIT 1`);
       return row;
     }, 'the survivor to take over', 30_000);
-    const [victimRun] = await t.rows<{ status: string }>(sql`SELECT status FROM reconciler_runs WHERE reconciler = 'longtick' AND pid = ${victim.pid} ORDER BY id DESC LIMIT 1`);
+    const [victimRun] = await t.rows<{ status: string }>(sql`SELECT status FROM reconciler.runs WHERE reconciler = 'longtick' AND pid = ${victim.pid} ORDER BY id DESC LIMIT 1`);
     expect(victimRun!.status).toBe('abandoned');
     // The survivor looks again when the lease it saw expires; one the holder renewed after that
     // look lapses at most a lease length (LOCK_TTL 2 s) after the kill, and a look follows 250 ms
@@ -288,7 +288,7 @@ describe('secrets', () => {
       unreachable.port = '1';
       const noDb = await runCli(['list'], { ...env, DATABASE_URL: unreachable.toString() });
       outputs.push(noDb.stdout, noDb.stderr);
-      const rows = await t.rows<{ text: string }>(sql`SELECT coalesce(error, '') AS text FROM reconciler_runs UNION ALL SELECT last_error FROM reconciler_failures UNION ALL SELECT coalesce(last_error, '') FROM payments`);
+      const rows = await t.rows<{ text: string }>(sql`SELECT coalesce(error, '') AS text FROM reconciler.runs UNION ALL SELECT last_error FROM reconciler.failures UNION ALL SELECT coalesce(last_error, '') FROM payments`);
       outputs.push(...rows.map((r) => r.text));
       const all = outputs.join('\n');
       expect(all.length).toBeGreaterThan(1_000);

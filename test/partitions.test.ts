@@ -27,7 +27,7 @@ const { children, dirs } = useCleanup();
 
 const keys = (n: number) => Array.from({ length: n }, (_, i) => `item-${i + 1}`);
 
-/** A reconciler over in-memory keys whose scan filters on its partition, as a SQL scan would with reconciler_partition(). */
+/** A reconciler over in-memory keys whose scan filters on its partition, as a SQL scan would with reconciler.partition_of(). */
 function quartered(name: string, options: { all: string[]; partitions?: number; concurrency?: number; filter?: boolean; reconcile: (key: string) => Promise<void> }): Reconciler {
   return reconciler<{ key: string }>(name, {
     schedule: '0 0 1 1 *',
@@ -49,10 +49,10 @@ function quartered(name: string, options: { all: string[]; partitions?: number; 
 }
 
 describe('partitionOf', () => {
-  it('computes in JavaScript what reconciler_partition() computes in SQL, for every count', async () => {
+  it('computes in JavaScript what reconciler.partition_of() computes in SQL, for every count', async () => {
     const sample = keys(500).concat(['return:1', 'return:2', 'ünïcödé', 'a'.repeat(300)]);
     for (const count of [2, 3, 4, 8, 16]) {
-      const rows = await t.rows<{ key: string; p: number }>(sql`SELECT k AS key, reconciler_partition(k, ${count}::int) AS p FROM json_array_elements_text(${JSON.stringify(sample)}::json) AS k`);
+      const rows = await t.rows<{ key: string; p: number }>(sql`SELECT k AS key, reconciler.partition_of(k, ${count}::int) AS p FROM json_array_elements_text(${JSON.stringify(sample)}::json) AS k`);
       expect(rows.map((r) => [r.key, Number(r.p)])).toEqual(sample.map((k) => [k, partitionOf(k, count)]));
     }
     // Spread: no partition of 4 gets under a sixth of 500 keys.
@@ -70,7 +70,7 @@ describe('partitioned passes', () => {
     const outcomes = await Promise.all([0, 1, 2, 3].map((partition) => e.runPass('split', { trigger: 'manual', partition })));
     expect(outcomes.map((o) => o.ran && o.result.partition)).toEqual([0, 1, 2, 3].map((index) => ({ index, count: 4 })));
     expect(done.sort()).toEqual([...all].sort());
-    const runs = await t.rows<{ partition: number }>(sql`SELECT partition FROM reconciler_runs WHERE reconciler = 'split' ORDER BY partition`);
+    const runs = await t.rows<{ partition: number }>(sql`SELECT partition FROM reconciler.runs WHERE reconciler = 'split' ORDER BY partition`);
     expect(runs.map((row) => row.partition)).toEqual([0, 1, 2, 3]);
   });
 
@@ -134,7 +134,7 @@ describe('partitioned passes', () => {
     const holder = (pid: number) => ({ id: randomUUID(), host: 'racer', pid });
     const base = { reconciler: 'racing-counts', trigger: 'manual' as const, leaseMs: 10_000 };
     for (let round = 0; round < 30; round++) {
-      await t.rows(sql`DELETE FROM reconciler_state WHERE reconciler = 'racing-counts'`);
+      await t.rows(sql`DELETE FROM reconciler.state WHERE reconciler = 'racing-counts'`);
       // Partition 5 of 8 is half of partition 1 of 4: on separate connections, at once.
       const [four, eight] = await Promise.all([
         acquireLease(t.db, { ...base, partition: { index: 1, count: 4 }, holder: holder(4) }),
@@ -185,7 +185,7 @@ describe('partitioned passes', () => {
     expect(done.sort()).toEqual(mine.sort());
     expect(outcome.ran && outcome.result.counts.found).toBe(mine.length);
     expect(lines.join('')).toContain(`returned ${40 - mine.length} item(s) of other partitions`);
-    expect(lines.join('')).toContain('reconciler_partition(<key>, 4) = 2');
+    expect(lines.join('')).toContain('reconciler.partition_of(<key>, 4) = 2');
   });
 
   it('forgets, after a complete pass of a partition, only the failures of that partition', async () => {
@@ -277,11 +277,11 @@ describe('hand-over', () => {
   }
 
   const partitionRuns = async (name: string, partition: number) =>
-    (await t.rows<{ trigger: string; complete: boolean }>(sql`SELECT trigger, complete FROM reconciler_runs WHERE reconciler = ${name} AND partition = ${partition} ORDER BY id`)).map((run) => [run.trigger, run.complete]);
+    (await t.rows<{ trigger: string; complete: boolean }>(sql`SELECT trigger, complete FROM reconciler.runs WHERE reconciler = ${name} AND partition = ${partition} ORDER BY id`)).map((run) => [run.trigger, run.complete]);
 
   /** State rows as after a pass of each partition just now: no catch-up is due at start. */
   const ranJustNow = (name: string) =>
-    t.rows(sql`INSERT INTO reconciler_state (reconciler, partition, partitions, last_started_at, last_tick_at, last_run_id) VALUES (${name}, 0, 2, now(), now(), 0), (${name}, 1, 2, now(), now(), 0)`);
+    t.rows(sql`INSERT INTO reconciler.state (reconciler, partition, partitions, last_started_at, last_tick_at, last_run_id) VALUES (${name}, 0, 2, now(), now(), 0), (${name}, 1, 2, now(), now(), 0)`);
 
   it('gives up a partition when another replica comes to own it, and runs it again itself when nobody takes it', async () => {
     const all = keys(60);
@@ -297,13 +297,13 @@ describe('hand-over', () => {
       membership = { rank: 0, count: 2 }; // a replica joined, ranked 1: partition 1 is its now
       hold.gate.resolve();
       // Nobody listens for the hand-over here: after the grace, this scheduler runs partition 1 again, to its end.
-      await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler_runs WHERE reconciler = 'joined' AND partition = 1 AND trigger = 'handback' AND status = 'succeeded'`)).length > 0, 'the hand-back pass');
+      await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.runs WHERE reconciler = 'joined' AND partition = 1 AND trigger = 'handback' AND status = 'succeeded'`)).length > 0, 'the hand-back pass');
     } finally {
       await scheduler.stop();
       await scheduler.drain();
     }
     const runs = await t.rows<{ partition: number; trigger: string; complete: boolean; found: number }>(
-      sql`SELECT partition, trigger, complete, found FROM reconciler_runs WHERE reconciler = 'joined' ORDER BY id`,
+      sql`SELECT partition, trigger, complete, found FROM reconciler.runs WHERE reconciler = 'joined' ORDER BY id`,
     );
     const one = runs.filter((run) => run.partition === 1);
     expect(one.map((run) => [run.trigger, run.complete])).toEqual([['startup', false], ['handback', true]]);
@@ -358,10 +358,10 @@ describe('hand-over', () => {
       await owner.handOver({ reconciler: 'noticed', partition: 1, partitions: 4, runId: 0 }); // another deploy's count
       await owner.handOver({ reconciler: 'unknown', partition: 1, partitions: 2, runId: 0 });
       await owner.drain();
-      expect(await t.rows(sql`SELECT 1 FROM reconciler_runs WHERE reconciler = 'noticed'`)).toEqual([]);
+      expect(await t.rows(sql`SELECT 1 FROM reconciler.runs WHERE reconciler = 'noticed'`)).toEqual([]);
       // Another replica ran partition 1 to its end (run 7). A stale notice's pass waits for the lease lock while
       // the fresh notice comes: the stale one starts nothing when it gets the lock, and the fresh one runs after it.
-      await t.rows(sql`UPDATE reconciler_state SET last_run_id = 7 WHERE reconciler = 'noticed' AND partition = 1`);
+      await t.rows(sql`UPDATE reconciler.state SET last_run_id = 7 WHERE reconciler = 'noticed' AND partition = 1`);
       await locker.query('BEGIN');
       await locker.query('SELECT pg_advisory_xact_lock($1::int, hashtext($2))', [LEASE_LOCK_NAMESPACE, 'noticed']);
       await owner.handOver({ reconciler: 'noticed', partition: 1, partitions: 2, runId: 3 });
@@ -467,7 +467,7 @@ describe('partitions in the CLI and the daemon', () => {
   };
   const notDone = async (table: string) => Number((await t.rows<{ n: number }>(sql.raw(`SELECT count(*)::int AS n FROM ${table} WHERE NOT done`)))[0]?.n);
   /** No pass is running: every run row holds its counts (a pass records what it changed when it ends). */
-  const passesEnded = () => until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE status = 'running'`))[0]?.n) === 0, 'the passes to end', 60_000);
+  const passesEnded = () => until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'running'`))[0]?.n) === 0, 'the passes to end', 60_000);
 
   it('`run --partition 2` runs that partition only; a partition it does not have is a usage error', { timeout: 60_000 }, async () => {
     const jobs = await partitionedJobs('cli_parts', 100);
@@ -512,12 +512,12 @@ describe('partitions in the CLI and the daemon', () => {
     // ended: a catch-up still due now expects a run that is no longer the last, and starts nothing.
     // What follows is a wake both receive. The table was empty until now, so runs that changed rows are this wake's.
     await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'reconciler-listen' AND datname = current_database()`))[0]?.n) === 2, 'both listen sessions');
-    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_state WHERE reconciler = 'replica-parts' AND last_run_id IS NOT NULL AND holder_id IS NULL`))[0]?.n) === 4, 'every partition\'s catch-up pass to end');
+    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.state WHERE reconciler = 'replica-parts' AND last_run_id IS NOT NULL AND holder_id IS NULL`))[0]?.n) === 4, 'every partition\'s catch-up pass to end');
     await t.rows(sql.raw(`INSERT INTO replica_parts (name) SELECT 'item-' || n FROM generate_series(1, 400) AS n`));
     await until(async () => (await notDone('replica_parts')) === 0, 'every row to be done');
     await passesEnded();
     const runs = await t.rows<{ partition: number; pid: number; changed: number }>(
-      sql`SELECT partition, pid, changed FROM reconciler_runs WHERE changed > 0 ORDER BY partition`,
+      sql`SELECT partition, pid, changed FROM reconciler.runs WHERE changed > 0 ORDER BY partition`,
     );
     const pids = new Map<number, Set<number>>();
     for (const run of runs) pids.set(run.pid, (pids.get(run.pid) ?? new Set()).add(run.partition));
@@ -534,7 +534,7 @@ describe('partitions in the CLI and the daemon', () => {
     children.push(first);
     const url = String((await first.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint')).url);
     // Alone, it claims every partition for its catch-up passes: about 16 s of work at 2 items at a time.
-    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_state WHERE reconciler = 'joined-parts' AND holder_pid = ${first.pid!}`))[0]?.n) === 4, 'the first daemon to hold all 4 partitions');
+    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.state WHERE reconciler = 'joined-parts' AND holder_pid = ${first.pid!}`))[0]?.n) === 4, 'the first daemon to hold all 4 partitions');
     const second = startProcess(['daemon'], env);
     children.push(second);
     const handedOver = await first.waitFor((l) => typeof l.handedOver === 'string', 'the first daemon to hand a partition over', 30_000);
@@ -542,11 +542,11 @@ describe('partitions in the CLI and the daemon', () => {
     await until(async () => (await notDone('joined_parts')) === 0, 'every row to be done', 60_000);
     await passesEnded();
     const worked = await t.rows<{ pid: number; partitions: number }>(
-      sql`SELECT pid, count(DISTINCT partition)::int AS partitions FROM reconciler_runs WHERE reconciler = 'joined-parts' AND changed > 0 GROUP BY pid ORDER BY pid`,
+      sql`SELECT pid, count(DISTINCT partition)::int AS partitions FROM reconciler.runs WHERE reconciler = 'joined-parts' AND changed > 0 GROUP BY pid ORDER BY pid`,
     );
     // The newcomer worked the two partitions it was given, long before a lease could lapse (LOCK_TTL is 10 s).
     expect(Object.fromEntries(worked.map((w) => [w.pid, Number(w.partitions)]))).toMatchObject({ [second.pid!]: 2 });
-    expect(Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE reconciler = 'joined-parts' AND status = 'abandoned'`))[0]?.n)).toBe(0);
+    expect(Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = 'joined-parts' AND status = 'abandoned'`))[0]?.n)).toBe(0);
     expect(Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM joined_parts WHERE touched <> 1`))[0]?.n)).toBe(0);
     const gaveUp = first.lines.filter((l) => typeof l.handedOver === 'string').length;
     expect(gaveUp).toBe(2);

@@ -17,9 +17,9 @@ async function pass(e: Engine, name: string, request: Partial<Parameters<Engine[
 }
 
 const failures = () => t.rows<{ key: string; attempts: number; dead: boolean; last_error: string; due_in_ms: number }>(
-  sql`SELECT key, attempts, dead_at IS NOT NULL AS dead, last_error, (extract(epoch FROM next_attempt_at - now()) * 1000)::int AS due_in_ms FROM reconciler_failures ORDER BY key`,
+  sql`SELECT key, attempts, dead_at IS NOT NULL AS dead, last_error, (extract(epoch FROM next_attempt_at - now()) * 1000)::int AS due_in_ms FROM reconciler.failures ORDER BY key`,
 );
-const makeDue = () => t.rows(sql`UPDATE reconciler_failures SET next_attempt_at = now() - interval '1 second'`);
+const makeDue = () => t.rows(sql`UPDATE reconciler.failures SET next_attempt_at = now() - interval '1 second'`);
 
 describe('a pass', () => {
   it('scans in keyset pages, passing the last item of each page as `after`', async () => {
@@ -123,7 +123,7 @@ describe('a pass', () => {
     try {
       const e = engine(counting.db, [reconciler('lookups', { schedule: '* * * * *', pageSize: 10, scan: numbers(30), key: (i) => `n${i.n}`, reconcile: async () => 'unchanged' })]);
       await pass(e, 'lookups');
-      const lookups = counting.statements.filter((s) => /reconciler_failures/.test(s) && /key = ANY/.test(s));
+      const lookups = counting.statements.filter((s) => /reconciler.failures/.test(s) && /key = ANY/.test(s));
       expect(lookups).toHaveLength(3);
       // scan + lease/history: a pass over 30 clean items costs 3 lookups, 1 acquire, 1 finish, 1 prune of unseen failures.
       expect(counting.statements.length).toBeLessThanOrEqual(6);
@@ -329,7 +329,7 @@ describe('a pass', () => {
     });
     const result = await pass(e, 'listened');
     expect(result).toMatchObject({ status: 'succeeded', counts: { found: 3, changed: 3, failed: 0 } });
-    expect(await t.rows(sql`SELECT 1 FROM reconciler_state WHERE holder_id IS NOT NULL`)).toEqual([]);
+    expect(await t.rows(sql`SELECT 1 FROM reconciler.state WHERE holder_id IS NOT NULL`)).toEqual([]);
   });
 
   it('fails an item whose reconcile returns something that is not an outcome', async () => {
@@ -348,10 +348,10 @@ describe('a pass', () => {
   it('records the pass in history with its counts, duration and holder', async () => {
     const e = engine(t.db, [reconciler('recorded', { schedule: '* * * * *', scan: numbers(3), key: (i) => `n${i.n}`, reconcile: async (i) => (i.n === 1 ? 'skipped' : 'changed') })], { host: 'box-1', pid: 4242 });
     const result = await pass(e, 'recorded');
-    const [run] = await t.rows<Record<string, unknown>>(sql`SELECT * FROM reconciler_runs WHERE id = ${result.runId}`);
+    const [run] = await t.rows<Record<string, unknown>>(sql`SELECT * FROM reconciler.runs WHERE id = ${result.runId}`);
     expect(run).toMatchObject({ reconciler: 'recorded', trigger: 'manual', status: 'succeeded', found: 3, changed: 2, skipped: 1, failed: 0, complete: true, host: 'box-1', pid: 4242 });
     expect(run!.duration_ms).toBeTypeOf('number');
-    const [state] = await t.rows<Record<string, unknown>>(sql`SELECT * FROM reconciler_state WHERE reconciler = 'recorded'`);
+    const [state] = await t.rows<Record<string, unknown>>(sql`SELECT * FROM reconciler.state WHERE reconciler = 'recorded'`);
     expect(state).toMatchObject({ holder_id: null, last_status: 'succeeded', last_run_id: String(result.runId) });
     expect(state!.last_succeeded_at).not.toBeNull();
   });
@@ -365,7 +365,7 @@ describe('a pass', () => {
     expect(result).toMatchObject({ dryRun: true, runId: null, status: 'failed' });
     expect(flags).toEqual([true, true]);
     expect(notes).toEqual(['would refund 12.00 EUR']);
-    expect(await t.rows(sql`SELECT 1 FROM reconciler_runs`)).toEqual([]);
+    expect(await t.rows(sql`SELECT 1 FROM reconciler.runs`)).toEqual([]);
     expect(await failures()).toEqual([]);
   });
 

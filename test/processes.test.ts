@@ -77,10 +77,10 @@ async function until<T>(probe: () => Promise<T | undefined | null | false>, what
 const runs = (name: string) =>
   t.rows<RunRow>(sql`SELECT id::int AS id, trigger, status, (extract(epoch FROM started_at) * 1000)::float8 AS started_ms,
                             (extract(epoch FROM finished_at) * 1000)::float8 AS finished_ms, found, changed, skipped, failed, complete, pid, error
-                     FROM reconciler_runs WHERE reconciler = ${name} ORDER BY id`);
+                     FROM reconciler.runs WHERE reconciler = ${name} ORDER BY id`);
 const state = async (name: string) =>
   (await t.rows<{ holder_id: string | null; holder_pid: number | null; current_run_id: string | null; lease_expires_ms: number | null }>(
-    sql`SELECT holder_id, holder_pid, current_run_id, (extract(epoch FROM lease_expires_at) * 1000)::float8 AS lease_expires_ms FROM reconciler_state WHERE reconciler = ${name} AND partition = 0`,
+    sql`SELECT holder_id, holder_pid, current_run_id, (extract(epoch FROM lease_expires_at) * 1000)::float8 AS lease_expires_ms FROM reconciler.state WHERE reconciler = ${name} AND partition = 0`,
   ))[0];
 const items = (name: string) =>
   t.rows<{ name: string; done: boolean; touched: number }>(sql.raw(`SELECT name, done, touched FROM ${name}_items ORDER BY id`));
@@ -90,7 +90,7 @@ const heldLease = async (name: string) => {
   return row?.holder_id ? row : undefined;
 };
 const failureRecorded = async (name: string, key: string) =>
-  (await t.rows(sql`SELECT 1 FROM reconciler_failures WHERE reconciler = ${name} AND key = ${key}`)).length > 0;
+  (await t.rows(sql`SELECT 1 FROM reconciler.failures WHERE reconciler = ${name} AND key = ${key}`)).length > 0;
 
 /** A pass summary line (`name: pass 12 succeeded in …`), optionally of one trigger. */
 const isSummary = (name: string, trigger?: string) => (line: LogLine) =>
@@ -190,7 +190,7 @@ describe('the daemon, as a process', () => {
 
   it('runs one catch-up pass at start for an overdue reconciler, and none on the next start', async () => {
     const jobs = await setUp('overdue', 2, { schedule: '0 0 1 1 *' });
-    await t.rows(sql`INSERT INTO reconciler_state (reconciler, partition, last_started_at) VALUES ('overdue', 0, now() - interval '2 years')`);
+    await t.rows(sql`INSERT INTO reconciler.state (reconciler, partition, last_started_at) VALUES ('overdue', 0, now() - interval '2 years')`);
 
     const first = start(['daemon'], env(jobs));
     const summary = await first.waitFor(isSummary('overdue', 'startup'), 'the catch-up pass', 20_000);
@@ -348,10 +348,10 @@ describe('several processes on one database', () => {
       const client = new pg.Client({ connectionString: url });
       await client.connect();
       try {
-        const { rows } = await client.query<{ n: number; hashes: number }>('SELECT count(*)::int AS n, count(DISTINCT hash)::int AS hashes FROM drizzle.__drizzle_migrations');
+        const { rows } = await client.query<{ n: number; hashes: number }>('SELECT count(*)::int AS n, count(DISTINCT hash)::int AS hashes FROM reconciler.migrations');
         expect(rows[0]).toEqual({ n: files.length, hashes: files.length });
-        const { rows: tables } = await client.query<{ t: string }>("SELECT to_regclass('public.reconciler_runs')::text AS t");
-        expect(tables[0]!.t).toBe('reconciler_runs');
+        const { rows: tables } = await client.query<{ t: string }>("SELECT to_regclass('reconciler.runs')::text AS t");
+        expect(tables[0]!.t).toBe('reconciler.runs');
       } finally {
         await client.end();
       }

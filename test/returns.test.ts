@@ -7,13 +7,13 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { REPO_ROOT } from './helpers/jobs.js';
-import { decideSettlement } from '../src/returns/settlement.js';
-import { seedReturns } from '../src/returns/seed.js';
+import { decideSettlement } from '../examples/returns/src/settlement.js';
+import { seedReturns } from '../examples/returns/src/seed.js';
 import { createTestDatabase, useTestDatabase } from './helpers/db.js';
 import { runCli, startProcess } from './helpers/processes.js';
 import { everySettlePartitionPassed, expectExactlyOnce, ledgerOf, makeDue, settleEnv, settlePass, settleUntilQuiet, startProvider, type Provider } from './helpers/returns.js';
 
-const t = useTestDatabase();
+const t = useTestDatabase({ returns: true });
 let provider: Provider;
 beforeAll(async () => {
   provider = await startProvider();
@@ -22,7 +22,7 @@ afterAll(async () => {
   await provider.stop();
 });
 beforeEach(async () => {
-  await t.rows(sql`TRUNCATE reconciler_runs, reconciler_failures, reconciler_state, payments, return_items, returns, fix_items, fixes, customers CASCADE`); // ids go on, so idempotency keys never repeat at the provider
+  await t.rows(sql`TRUNCATE reconciler.runs, reconciler.failures, reconciler.state, payments, return_items, returns, fix_items, fixes, customers CASCADE`); // ids go on, so idempotency keys never repeat at the provider
   await provider.setFaults({ latencyMs: [0, 0], errorRate: 0, timeoutRate: 0, declineRate: 0, rateLimitRate: 0 });
 });
 afterEach(async () => {
@@ -160,7 +160,7 @@ describe('settle-returns', () => {
     await makeDue(t);
     const result = await settlePass(t, provider);
     expect(result.code).toBe(1);
-    const [failure] = await t.rows<{ dead: boolean; last_error: string }>(sql`SELECT dead_at IS NOT NULL AS dead, last_error FROM reconciler_failures`);
+    const [failure] = await t.rows<{ dead: boolean; last_error: string }>(sql`SELECT dead_at IS NOT NULL AS dead, last_error FROM reconciler.failures`);
     expect(failure).toMatchObject({ dead: true });
     expect(failure!.last_error).toMatch(/^rejected: the charge of .*POST \/v1\/charges: 422 idempotency_key_reused/);
     expect(await ledgerSize()).toBe(1);
@@ -177,7 +177,7 @@ describe('settle-returns', () => {
     const before = await posts();
     expect((await settlePass(t, provider)).code).toBe(1);
     expect(await posts()).toBe(before);
-    const [failure] = await t.rows<{ dead: boolean; last_error: string }>(sql`SELECT dead_at IS NOT NULL AS dead, last_error FROM reconciler_failures`);
+    const [failure] = await t.rows<{ dead: boolean; last_error: string }>(sql`SELECT dead_at IS NOT NULL AS dead, last_error FROM reconciler.failures`);
     expect(failure).toMatchObject({ dead: true });
     expect(failure!.last_error).toContain('21 hours after its key was first sent');
   });
@@ -192,7 +192,7 @@ describe('settle-returns', () => {
   });
 
   it('never mixes up returns of two databases that share a provider account (keys derive from a global id)', async () => {
-    const other = await createTestDatabase();
+    const other = await createTestDatabase({ returns: true });
     try {
       await seedReturns(t.db, 5, 16);
       await seedReturns(other.db, 5, 16); // the same return numbers and amounts
@@ -214,7 +214,7 @@ describe('settle-returns', () => {
     await seedReturns(t.db, 40, 10);
     await provider.setFaults({ latencyMs: [10, 40] });
     const env = { ...settleEnv(t, provider), NODE_OPTIONS: '' };
-    const racers = [0, 1].map(() => startProcess(['--import', 'tsx', 'test/fixtures/settle-directly.ts'], env, { command: process.execPath }));
+    const racers = [0, 1].map(() => startProcess(['--import', './bin/register.js', 'test/fixtures/settle-directly.ts'], env, { command: process.execPath }));
     const exits = await Promise.all(racers.map((r) => r.exited));
     expect(exits.map((e) => e.code)).toEqual([0, 0]);
     await settleUntilQuiet(t, provider);

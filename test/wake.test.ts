@@ -11,7 +11,7 @@ import { sql } from 'drizzle-orm';
 import { notifyTrigger } from '../src/index.js';
 import { defineReconciler, resolveReconciler } from '../src/reconciler.js';
 import { WakeListener } from '../src/scheduler/wake.js';
-import { MIGRATIONS_FOLDER } from '../src/store/migrate.js';
+import { RETURNS_MIGRATIONS } from '../examples/returns/src/migrate.js';
 import { silentLog, useTestDatabase } from './helpers/db.js';
 import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
 import { startProcess, until, type RunningProcess, useCleanup } from './helpers/processes.js';
@@ -32,12 +32,12 @@ async function wakingDaemon(table: string, extraEnv: Record<string, string> = {}
   await daemon.waitFor((l) => String(l.msg).startsWith('listening for notifications on'), 'the LISTEN session');
   // The start-up catch-up pass (the reconciler never ran) has ended: what follows is the wake's.
   const name = table.replace(/_/g, '-');
-  await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler_runs WHERE reconciler = ${name} AND trigger = 'startup' AND status <> 'running'`)).length > 0, 'the catch-up pass');
+  await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.runs WHERE reconciler = ${name} AND trigger = 'startup' AND status <> 'running'`)).length > 0, 'the catch-up pass');
   return { daemon, url };
 }
 
 const wakePasses = async (reconciler: string) =>
-  Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE reconciler = ${reconciler} AND trigger = 'wake'`))[0]?.n);
+  Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = ${reconciler} AND trigger = 'wake'`))[0]?.n);
 const notDone = async (table: string) => Number((await t.rows<{ n: number }>(sql.raw(`SELECT count(*)::int AS n FROM ${table} WHERE NOT done`)))[0]?.n);
 const metric = async (url: string, series: string) => {
   const text = await (await fetch(`${url}/metrics`)).text();
@@ -61,7 +61,7 @@ describe('wakeOn', () => {
     await t.rows(sql`WITH r AS (INSERT INTO wake_storm (name) VALUES ('one') RETURNING 1) SELECT count(pg_notify('wake_storm', n::text)) FROM generate_series(1, 10000) AS n, r`);
     await until(async () => (await metric(url, 'reconciler_wake_notifications_total{channel="wake_storm"}')) >= 10_001, 'every notification to arrive');
     await until(async () => (await notDone('wake_storm')) === 0, 'the row to be done');
-    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE status = 'running'`))[0]?.n) === 0, 'the passes to end');
+    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'running'`))[0]?.n) === 0, 'the passes to end');
     const passes = await wakePasses('wake-storm');
     expect(passes).toBeGreaterThanOrEqual(1);
     expect(passes).toBeLessThanOrEqual(5);
@@ -125,7 +125,7 @@ describe('wakeOn', () => {
   });
 
   it('ships the returns trigger exactly as notifyTrigger writes it', () => {
-    const migration = readFileSync(join(MIGRATIONS_FOLDER, '0002_returns_notify.sql'), 'utf8');
+    const migration = readFileSync(join(RETURNS_MIGRATIONS, '0001_returns_notify.sql'), 'utf8');
     expect(migration).toContain(notifyTrigger('returns', 'returns', ['INSERT']));
     expect(notifyTrigger('app.Orders')).toContain(`AFTER INSERT ON "app"."Orders" FOR EACH STATEMENT EXECUTE FUNCTION reconciler_notify('Orders')`);
     expect(notifyTrigger('orders', "it's", ['INSERT', 'UPDATE'])).toContain(`AFTER INSERT OR UPDATE ON "orders" FOR EACH STATEMENT EXECUTE FUNCTION reconciler_notify('it''s')`);

@@ -6,7 +6,7 @@ import { sql } from 'drizzle-orm';
 import { queryRows } from '../../src/store/database.js';
 import { Engine } from '../../src/engine/engine.js';
 import { Scheduler } from '../../src/scheduler/scheduler.js';
-import { findReturnsToSettle } from '../../src/returns/service.js';
+import { findReturnsToSettle } from '../../examples/returns/src/service.js';
 import { Stage, until } from '../faults/harness.js';
 import { cpuSeconds, growSettled, inline, rssMb, scratchDatabase, silent, stats, type CaseOptions, type CaseResult } from './common.js';
 
@@ -103,7 +103,7 @@ export async function idleFootprint({ quick, app: built }: CaseOptions): Promise
     const shop = await stage.shop(0, 1);
     const jobs = stage.jobFolder();
     const index = JSON.stringify(app.module('src/index.js'));
-    const service = JSON.stringify(app.module('src/returns/service.js'));
+    const service = JSON.stringify(app.module('examples/returns/src/service.js'));
     for (let i = 1; i <= 20; i++) {
       writeFileSync(
         join(jobs, `idle-${String(i).padStart(2, '0')}.js`),
@@ -117,7 +117,7 @@ export async function idleFootprint({ quick, app: built }: CaseOptions): Promise
       NODE_OPTIONS: `--import ${QUERY_COUNTER}`, BENCH_QUERY_COUNT_FILE: countFile,
     });
     const db = shop.database.db;
-    const passes = async () => Number((await queryRows<{ n: number }>(db, sql`SELECT count(*)::int AS n FROM reconciler_runs`))[0]?.n ?? 0);
+    const passes = async () => Number((await queryRows<{ n: number }>(db, sql`SELECT count(*)::int AS n FROM reconciler.runs`))[0]?.n ?? 0);
     /** Queries the daemon sent, as its preloaded counter last wrote them (every 500 ms). */
     const queries = () => Number(readFileSync(countFile, 'utf8'));
     // Readings are taken halfway between ticks (every 10 s, on the second), when every pass

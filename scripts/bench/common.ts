@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { sql, type SQL } from 'drizzle-orm';
 import pino from 'pino';
 import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
-import { migrateDatabase } from '../../src/store/migrate.js';
+import { migrateReturns } from '../../examples/returns/src/migrate.js';
 import { defineReconciler, resolveReconciler, type Reconciler } from '../../src/reconciler.js';
 import { ADMIN_URL, admin, urlOf } from '../faults/harness.js';
 import type { App } from '../faults/app.js';
@@ -39,13 +39,13 @@ export function stats(samples: number[]): { median: number; min: number; max: nu
   return { median: round(median), min: round(sorted[0]!), max: round(sorted[sorted.length - 1]!) };
 }
 
-/** A fresh migrated database, dropped by the returned cleanup. */
+/** A fresh database with the engine's and the returns example's migrations, dropped by the returned cleanup. */
 export async function scratchDatabase(poolSize?: number): Promise<{ database: Database; url: string; drop: () => Promise<void> }> {
   const name = `reconciler_bench_${randomBytes(4).toString('hex')}`;
   await admin(`CREATE DATABASE ${name}`);
   const url = urlOf(name, ADMIN_URL);
   const database = await openDatabase({ databaseUrl: url, dataDir: '.data', log: silent, ...(poolSize ? { poolSize } : {}) });
-  await migrateDatabase(database);
+  await migrateReturns(database); // the benchmarks settle returns: the example's tables too
   return {
     database,
     url,

@@ -14,9 +14,9 @@ import { drizzle } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { Engine } from '../../src/engine/engine.js';
 import type { Db, ReconcileContext } from '../../src/reconciler.js';
-import { HttpPaymentProvider, type EffectRequest, type PaymentProvider } from '../../src/returns/provider.js';
-import { seedReturns } from '../../src/returns/seed.js';
-import { findReturnsToSettle, settleReturn } from '../../src/returns/service.js';
+import { HttpPaymentProvider, type EffectRequest, type PaymentProvider } from '../../examples/returns/src/provider.js';
+import { seedReturns } from '../../examples/returns/src/seed.js';
+import { findReturnsToSettle, settleReturn } from '../../examples/returns/src/service.js';
 import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
 import { Stage, admin } from '../faults/harness.js';
 import { addReturns, inline, rssMb, scratchDatabase, settleDown, silent, stats, type CaseOptions, type CaseResult } from './common.js';
@@ -140,7 +140,7 @@ async function resetBacklog(database: Database, simulatorStorage: string): Promi
   await queryRows(database.db, sql`DELETE FROM payments WHERE return_id IN (SELECT id FROM returns WHERE recorded_by = 'warehouse-seed')`);
   await queryRows(database.db, sql`UPDATE returns SET settled_at = NULL, settlement = NULL, public_id = gen_random_uuid() WHERE recorded_by = 'warehouse-seed'`);
   await queryRows(database.db, sql`TRUNCATE bench_ledger`);
-  await queryRows(database.db, sql`DELETE FROM reconciler_failures`);
+  await queryRows(database.db, sql`DELETE FROM reconciler.failures`);
   await settleDown(database, sql`returns, payments, bench_ledger`);
 }
 
@@ -228,7 +228,7 @@ export async function memoryUnderBacklog({ quick, runs, app }: CaseOptions): Pro
       join(jobs, 'drain.js'),
       `import { sql } from 'drizzle-orm';
 import { defineReconciler } from ${JSON.stringify(built.module('src/index.js'))};
-import { findReturnsToSettle } from ${JSON.stringify(built.module('src/returns/service.js'))};
+import { findReturnsToSettle } from ${JSON.stringify(built.module('examples/returns/src/service.js'))};
 export default defineReconciler({
   schedule: '0 0 1 1 *',
   concurrency: 20,

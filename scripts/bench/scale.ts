@@ -26,7 +26,7 @@ async function startReplicas(stage: Stage, database: Database, replicas: number,
   const daemons = Array.from({ length: replicas }, () => stage.start(['daemon'], env));
   for (const daemon of daemons) await daemon.waitFor((line) => String(line.msg).startsWith('operations endpoint on'), 'a daemon to start', 60_000);
   await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'reconciler-listen' AND datname = current_database()`)) === replicas, 'every listen session', 30_000);
-  await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE status = 'running'`)) === 0, 'the start-up passes to end', 60_000);
+  await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'running'`)) === 0, 'the start-up passes to end', 60_000);
   return daemons;
 }
 
@@ -120,7 +120,7 @@ export async function convergenceLatency({ quick, app }: CaseOptions): Promise<C
 async function resetScaleBacklog(database: Database, simulator: ProviderHandle): Promise<void> {
   await queryRows(database.db, sql`DELETE FROM payments`);
   await queryRows(database.db, sql`UPDATE returns SET settled_at = now(), settlement = 'none', public_id = gen_random_uuid() WHERE recorded_by = 'bench'`);
-  await queryRows(database.db, sql`DELETE FROM reconciler_failures`);
+  await queryRows(database.db, sql`DELETE FROM reconciler.failures`);
   await admin('TRUNCATE payment_provider.requests, payment_provider.effects', simulator.storageUrl);
   await settleDown(database, sql`returns, payments`);
 }
@@ -181,7 +181,7 @@ async function scaleVariant(variant: ScaleVariant, runs: number, app: CaseOption
       for (const replicas of run % 2 === 0 ? replicaCounts : [...replicaCounts].reverse()) {
         await resetScaleBacklog(database, simulator);
         const daemons = await startReplicas(stage, database, replicas, env);
-        const since = await count(database, sql`SELECT coalesce(max(id), 0)::int AS n FROM reconciler_runs`);
+        const since = await count(database, sql`SELECT coalesce(max(id), 0)::int AS n FROM reconciler.runs`);
         const cpu = machineCpu();
         const started = performance.now();
         await releaseBacklog(url);
@@ -189,7 +189,7 @@ async function scaleVariant(variant: ScaleVariant, runs: number, app: CaseOption
         seconds.get(replicas)!.push((performance.now() - started) / 1000);
         busy.get(replicas)!.push(busyPercent(cpu, machineCpu()));
         // How many replicas did work: the partitions must have spread, not piled onto one.
-        workers.get(replicas)!.push(await count(database, sql`SELECT count(DISTINCT pid)::int AS n FROM reconciler_runs WHERE id > ${since} AND changed > 0`));
+        workers.get(replicas)!.push(await count(database, sql`SELECT count(DISTINCT pid)::int AS n FROM reconciler.runs WHERE id > ${since} AND changed > 0`));
         await stopReplicas(daemons);
         const sent = await count(database, sql`SELECT count(*)::int AS n FROM payments WHERE provider_ref IS NOT NULL`);
         if (sent !== variant.backlog) throw new Error(`scale-out: ${variant.backlog} returns released, ${sent} payments completed with ${replicas} replica(s)`);

@@ -67,9 +67,9 @@ export async function badInput(stage: Stage, seed: number, quick: boolean): Prom
     (error: Error) => `settle-returns did not converge beside the broken files: ${error.message}`,
   );
   const failure = async (key: string) =>
-    (await queryRows<{ reconciler: string; key: string; error: string; attempts: number }>(shop.database.db, sql`SELECT reconciler, key, last_error AS error, attempts FROM reconciler_failures WHERE key = ${key}`))[0];
+    (await queryRows<{ reconciler: string; key: string; error: string; attempts: number }>(shop.database.db, sql`SELECT reconciler, key, last_error AS error, attempts FROM reconciler.failures WHERE key = ${key}`))[0];
   const finishedPasses = async (name: string) =>
-    Number((await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE reconciler = ${name} AND finished_at IS NOT NULL`))[0]?.n ?? 0);
+    Number((await queryRows<{ n: number }>(shop.database.db, sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = ${name} AND finished_at IS NOT NULL`))[0]?.n ?? 0);
   // Two passes of each misbehaving reconciler: the second meets the first one's failures (and the hung attempt).
   await until(
     async () => (await failure('forever')) && (await failure('megabyte')) && (await failure(HOSTILE_KEY)) && (await finishedPasses('hangs')) >= 2 && (await finishedPasses('bad-items')) >= 2,

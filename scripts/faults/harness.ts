@@ -13,10 +13,10 @@ import { REPO_ROOT } from '../../test/helpers/jobs.js';
 import { runCli, startProcess, type CliResult, type RunningProcess } from '../../test/helpers/processes.js';
 import { sql } from 'drizzle-orm';
 import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
-import { migrateDatabase } from '../../src/store/migrate.js';
-import { auditSettlement, type ProviderEffect, type SettlementAudit } from '../../src/returns/audit.js';
-import { seedReturns } from '../../src/returns/seed.js';
-import type { SimulatorFaults, SimulatorStats } from '../../src/returns/simulator/server.js';
+import { migrateReturns } from '../../examples/returns/src/migrate.js';
+import { auditSettlement, type ProviderEffect, type SettlementAudit } from '../../examples/returns/src/audit.js';
+import { seedReturns } from '../../examples/returns/src/seed.js';
+import type { SimulatorFaults, SimulatorStats } from '../../examples/returns/src/simulator/server.js';
 import type { App } from './app.js';
 import { OwnedPostgres } from './postgres.js';
 
@@ -63,7 +63,7 @@ export class Stage {
     const url = urlOf(name, adminUrl);
     const database = await openDatabase({ databaseUrl: url, dataDir: '.data', log: silent });
     this.defer(() => database.close());
-    await migrateDatabase(database);
+    await migrateReturns(database);
     await seedReturns(database.db, returns, seed);
     return { url, database };
   }
@@ -73,7 +73,7 @@ export class Stage {
     const name = `reconciler_faults_provider_${randomBytes(4).toString('hex')}`;
     await admin(`CREATE DATABASE ${name}`);
     this.defer(() => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
-    const child = startProcess([this.app.module('src/returns/simulator/main.js'), '--port', '0', '--api-key', apiKey, '--seed', String(seed)], { PROVIDER_DATABASE_URL: urlOf(name) }, { command: process.execPath });
+    const child = startProcess(['--import', this.app.register, this.app.module('examples/returns/src/simulator/main.js'), '--port', '0', '--api-key', apiKey, '--seed', String(seed)], { PROVIDER_DATABASE_URL: urlOf(name) }, { command: process.execPath });
     this.defer(() => child.kill('SIGKILL'));
     const direct = String((await child.waitFor((l) => typeof l.url === 'string', 'the simulator', 30_000)).url);
     const proxy = await Proxy.start(new URL(direct).port);
@@ -107,8 +107,8 @@ export class Stage {
     writeFileSync(
       join(dir, 'settle-returns.js'),
       `import { defineReconciler } from ${JSON.stringify(this.app.module('src/index.js'))};
-import { paymentProviderFromEnv } from ${JSON.stringify(this.app.module('src/returns/provider.js'))};
-import { findReturnsToSettle, settleReturn } from ${JSON.stringify(this.app.module('src/returns/service.js'))};
+import { paymentProviderFromEnv } from ${JSON.stringify(this.app.module('examples/returns/src/provider.js'))};
+import { findReturnsToSettle, settleReturn } from ${JSON.stringify(this.app.module('examples/returns/src/service.js'))};
 export default defineReconciler({
   schedule: ${JSON.stringify(schedule)},
   concurrency: ${concurrency},${partitions > 1 ? `\n  partitions: ${partitions},` : ''}${wakeOn ? "\n  wakeOn: ['returns']," : ''}

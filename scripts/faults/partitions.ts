@@ -10,8 +10,8 @@
 import pg from 'pg';
 import { sql } from 'drizzle-orm';
 import { queryRows, type Database } from '../../src/store/database.js';
-import { seedReturns } from '../../src/returns/seed.js';
-import type { SettlementAudit } from '../../src/returns/audit.js';
+import { seedReturns } from '../../examples/returns/src/seed.js';
+import type { SettlementAudit } from '../../examples/returns/src/audit.js';
 import type { RunningProcess } from '../../test/helpers/processes.js';
 import { converge, until, type Stage } from './harness.js';
 
@@ -72,7 +72,7 @@ async function storm(url: string, ms: number, during: (elapsed: number) => Promi
 async function passCounts(database: Database): Promise<{ wake: number; all: number }> {
   const [row] = await queryRows<{ wake: number; all: number }>(
     database.db,
-    sql`SELECT count(*) FILTER (WHERE trigger = 'wake')::int AS wake, count(*)::int AS all FROM reconciler_runs WHERE reconciler = 'settle-returns'`,
+    sql`SELECT count(*) FILTER (WHERE trigger = 'wake')::int AS wake, count(*)::int AS all FROM reconciler.runs WHERE reconciler = 'settle-returns'`,
   );
   return { wake: Number(row?.wake ?? 0), all: Number(row?.all ?? 0) };
 }
@@ -88,7 +88,7 @@ export const notifyStorm: Scenario = async (stage, { seed, quick }) => {
   const provider = await stage.provider(seed, { latencyMs: [5, 20] });
   const env = stage.env(shop.url, provider, stage.jobs(YEARLY, { partitions: 4, wakeOn: true }), { WAKE_DEBOUNCE: '100ms' });
   const [daemon] = await listening(stage, shop.database, env, 1);
-  await until(async () => (await count(shop.database, sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE status = 'running'`)) === 0, 'the start-up passes to end', 30_000);
+  await until(async () => (await count(shop.database, sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'running'`)) === 0, 'the start-up passes to end', 30_000);
   const before = await passCounts(shop.database);
   let batches = 0;
   const sent = await storm(shop.url, stormMs, async () => {
@@ -151,7 +151,7 @@ export const partitionHolderKilled: Scenario = async (stage, { seed, quick }) =>
   const victim = daemons[0]!;
   const victimPid = victim.child.pid!;
   const held = await until(async () => {
-    const rows = await queryRows<{ partition: number }>(shop.database.db, sql`SELECT partition FROM reconciler_state WHERE holder_pid = ${victimPid} AND lease_expires_at > now()`);
+    const rows = await queryRows<{ partition: number }>(shop.database.db, sql`SELECT partition FROM reconciler.state WHERE holder_pid = ${victimPid} AND lease_expires_at > now()`);
     const settled = await count(shop.database, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NOT NULL`);
     return rows.length > 0 && settled > 20 ? rows.map((r) => r.partition) : undefined;
   }, 'the victim to hold a partition mid-drain', 60_000);
@@ -162,7 +162,7 @@ export const partitionHolderKilled: Scenario = async (stage, { seed, quick }) =>
     const [row] = await queryRows<{ taken: number; last: number | null }>(
       shop.database.db,
       sql`SELECT count(DISTINCT partition)::int AS taken, (extract(epoch FROM max(started_at)) * 1000)::float8 AS last FROM (
-            SELECT DISTINCT ON (partition) partition, started_at FROM reconciler_runs
+            SELECT DISTINCT ON (partition) partition, started_at FROM reconciler.runs
             WHERE reconciler = 'settle-returns' AND pid <> ${victimPid} AND started_at > ${killedAt.toISOString()}::timestamptz AND partition IN (${sql.join(held.map((p) => sql`${p}`), sql`, `)})
             ORDER BY partition, started_at) AS first_after`,
     );
@@ -171,7 +171,7 @@ export const partitionHolderKilled: Scenario = async (stage, { seed, quick }) =>
   const { audit: result, ms } = await converge(shop.database, provider, 120_000);
   const failures = exactlyOnce(result);
   if (takeoverMs > 30_000) failures.push(`took the killed holder's partitions over ${(takeoverMs / 1000).toFixed(1)} s after the kill (criterion: within 30 s)`);
-  const abandoned = await count(shop.database, sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE status = 'abandoned' AND pid = ${victimPid}`);
+  const abandoned = await count(shop.database, sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'abandoned' AND pid = ${victimPid}`);
   return { failures, figures: { ...auditFigures(result), victimPartitions: held.length, takeoverMs: Math.round(takeoverMs), abandonedRuns: abandoned, convergenceMs: ms } };
 };
 
@@ -192,7 +192,7 @@ export const repartition: Scenario = async (stage, { seed, quick }) => {
   await until(async () => (await count(shop.database, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NOT NULL`)) > 20, 'the drain to be under way', 60_000);
   const next = [stage.daemon(after), stage.daemon(after)];
   for (const daemon of next) await daemon.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'a daemon to start', 30_000);
-  const inFlightAtSwitch = await count(shop.database, sql`SELECT count(*)::int AS n FROM reconciler_state WHERE partitions = 4 AND holder_id IS NOT NULL AND lease_expires_at > now()`);
+  const inFlightAtSwitch = await count(shop.database, sql`SELECT count(*)::int AS n FROM reconciler.state WHERE partitions = 4 AND holder_id IS NOT NULL AND lease_expires_at > now()`);
   await Promise.all(old.map((daemon) => daemon.kill('SIGTERM')));
   const { audit: result, ms } = await converge(shop.database, provider, 120_000);
   const failures = exactlyOnce(result);
@@ -203,12 +203,12 @@ export const repartition: Scenario = async (stage, { seed, quick }) => {
   // Passes of the two counts never overlapped in time.
   const [overlap] = await queryRows<{ n: number }>(
     shop.database.db,
-    sql`SELECT count(*)::int AS n FROM reconciler_runs a JOIN reconciler_runs b
+    sql`SELECT count(*)::int AS n FROM reconciler.runs a JOIN reconciler.runs b
           ON a.started_at < coalesce(b.finished_at, now()) AND b.started_at < coalesce(a.finished_at, now())
         WHERE a.reconciler = 'settle-returns' AND b.reconciler = 'settle-returns' AND a.pid IN ${old.map((d) => d.child.pid!)} AND b.pid IN ${next.map((d) => d.child.pid!)}`,
   );
   if (Number(overlap?.n) > 0) failures.push(`${overlap!.n} pair(s) of passes of the old and the new count overlapped in time`);
-  const newPasses = await count(shop.database, sql`SELECT count(*)::int AS n FROM reconciler_runs WHERE pid IN ${next.map((d) => d.child.pid!)} AND partition >= 4`);
+  const newPasses = await count(shop.database, sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE pid IN ${next.map((d) => d.child.pid!)} AND partition >= 4`);
   if (newPasses === 0) failures.push('the new count never ran its partitions 4 to 7');
   return { failures, figures: { ...auditFigures(result), inFlightAtSwitch, replayed: stats.replayed, newCountPasses: newPasses, convergenceMs: ms } };
 };

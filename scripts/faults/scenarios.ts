@@ -3,10 +3,10 @@
  * its pass criterion; every one ends with the exactly-once audit against the provider's ledger.
  */
 import { sql } from 'drizzle-orm';
-import { dice } from '../../src/dice.js';
+import { dice } from '../../examples/returns/src/dice.js';
 import { queryRows } from '../../src/store/database.js';
-import { seedReturns } from '../../src/returns/seed.js';
-import type { SettlementAudit } from '../../src/returns/audit.js';
+import { seedReturns } from '../../examples/returns/src/seed.js';
+import type { SettlementAudit } from '../../examples/returns/src/audit.js';
 import { Stage, audit, converge, unsettledReturns, until } from './harness.js';
 import type { App } from './app.js';
 import { badInput } from './bad-input.js';
@@ -91,7 +91,7 @@ const crashStorm: Scenario = async (stage, { seed, quick }) => {
   const postsPerSettlement = settlements === 0 ? 0 : stats.posts / settlements;
   const [passes] = await queryRows<{ n: number; skipped: number }>(
     shop.database.db,
-    sql`SELECT (SELECT count(*)::int FROM reconciler_runs) AS n, (SELECT coalesce(sum(skipped_ticks), 0)::int FROM reconciler_state) AS skipped`,
+    sql`SELECT (SELECT count(*)::int FROM reconciler.runs) AS n, (SELECT coalesce(sum(skipped_ticks), 0)::int FROM reconciler.state) AS skipped`,
   );
   const failures = [...exactlyOnce(result), ...(await quietAfter(stage, env, () => provider.stats()))];
   // Both runs: the last work may wait for the safety-net tick, when the kills took the process that would have retried it.
@@ -124,7 +124,7 @@ const crashWindows: Scenario = async (stage, { seed, quick }) => {
         if (result.signal === 'SIGKILL') kills++;
         else if (result.code === 0) break; // nothing left to crash on
         // The killed process's lease would lapse after LOCK_TTL; let that time pass on the database clock.
-        await queryRows(shop.database.db, sql`UPDATE reconciler_state SET lease_expires_at = now() - interval '1 millisecond' WHERE holder_id IS NOT NULL`);
+        await queryRows(shop.database.db, sql`UPDATE reconciler.state SET lease_expires_at = now() - interval '1 millisecond' WHERE holder_id IS NOT NULL`);
         // Fresh returns now and then, so that the window keeps meeting new intents, not only replays.
         if (i % 20 === 19) await seedReturns(shop.database.db, 5, seed * 1_000 + i);
       }
@@ -246,7 +246,7 @@ const racingPasses: Scenario = async (stage, { seed, quick }) => {
   const { audit: result } = await converge(shop.database, provider, 180_000);
   const runs = await queryRows<{ started: number; finished: number | null; status: string }>(
     shop.database.db,
-    sql`SELECT (extract(epoch FROM started_at) * 1000)::float8 AS started, (extract(epoch FROM finished_at) * 1000)::float8 AS finished, status FROM reconciler_runs ORDER BY started_at`,
+    sql`SELECT (extract(epoch FROM started_at) * 1000)::float8 AS started, (extract(epoch FROM finished_at) * 1000)::float8 AS finished, status FROM reconciler.runs ORDER BY started_at`,
   );
   let overlaps = 0;
   for (let i = 1; i < runs.length; i++) {

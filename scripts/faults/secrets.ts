@@ -5,7 +5,7 @@
  */
 import { sql } from 'drizzle-orm';
 import { queryRows } from '../../src/store/database.js';
-import { seedReturns } from '../../src/returns/seed.js';
+import { seedReturns } from '../../examples/returns/src/seed.js';
 import { Stage, converge } from './harness.js';
 import type { CaseOutcome } from './bad-input.js';
 

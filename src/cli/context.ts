@@ -2,7 +2,7 @@
  * What every CLI command starts from: validated configuration, a logger on stderr (stdout
  * is the command's output), the database, and the loaded reconcilers. A job file that
  * cannot be loaded never stops a command here: it comes back in `loadErrors`, and each
- * command says what it means for it (README "When a job file is wrong").
+ * command says what it means for it (docs/cli.md, "When a job file is wrong").
  */
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config.js';
@@ -10,21 +10,28 @@ import { UserError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { openDatabase, type Database } from '../store/database.js';
 import { migrateDatabase, pendingMigrations } from '../store/migrate.js';
+import { useEngineSchema } from '../store/schema.js';
 import { loadReconcilers, type LoadError } from '../engine/load.js';
 import type { Reconciler } from '../reconciler.js';
 
-export interface CommandContext {
+/** Configuration, logger and job files: everything but the database. */
+export interface Setup {
   config: Config;
   log: Logger;
-  database: Database;
   reconcilers: Reconciler[];
   loadErrors: LoadError[];
+}
+
+export interface CommandContext extends Setup {
+  database: Database;
   close(): Promise<void>;
 }
 
 export interface ContextOptions {
   /** Load the job files. */
   jobs: boolean;
+  /** Load them from here instead of JOBS_DIR. */
+  jobsDir?: string;
   /** CLI commands log at warn unless LOG_LEVEL says otherwise; the daemon at info. */
   defaultLogLevel?: string;
   /** Log to stdout (the daemon) instead of stderr. */
@@ -33,26 +40,38 @@ export interface ContextOptions {
   migrating?: boolean;
 }
 
-export async function openContext(options: ContextOptions): Promise<CommandContext> {
+/** Reads the configuration, points the store at the engine schema, and loads the job files. */
+export async function prepare(options: ContextOptions): Promise<Setup> {
   const config = loadConfig(process.env.LOG_LEVEL === undefined && options.defaultLogLevel ? { ...process.env, LOG_LEVEL: options.defaultLogLevel } : process.env);
   const log = createLogger({ level: config.LOG_LEVEL, fd: options.logToStdout ? 1 : 2 });
+  useEngineSchema(config.RECONCILER_SCHEMA);
   let reconcilers: Reconciler[] = [];
   let loadErrors: LoadError[] = [];
-  if (options.jobs) ({ reconcilers, errors: loadErrors } = await loadReconcilers(config.JOBS_DIR));
-  const database = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, log, poolSize: config.DATABASE_POOL_SIZE });
+  if (options.jobs) ({ reconcilers, errors: loadErrors } = await loadReconcilers(options.jobsDir ?? config.JOBS_DIR));
+  return { config, log, reconcilers, loadErrors };
+}
+
+/** Opens the configured database. */
+export function connect({ config, log }: Pick<Setup, 'config' | 'log'>): Promise<Database> {
+  return openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, log, poolSize: config.DATABASE_POOL_SIZE });
+}
+
+export async function openContext(options: ContextOptions): Promise<CommandContext> {
+  const setup = await prepare(options);
+  const database = await connect(setup);
   try {
     if (!options.migrating) {
       const pending = await pendingMigrations(database);
       if (pending > 0 && database.kind === 'embedded') await migrateDatabase(database);
       else if (pending > 0) {
-        throw new UserError(`the database at ${database.target} has ${pending} pending migration(s): run \`reconciler migrate\` (the daemon also applies them at start)`);
+        throw new UserError(`the database at ${database.target} has ${pending} pending migration(s) of the engine schema "${setup.config.RECONCILER_SCHEMA}": run \`reconciler migrate\` (the daemon also applies them at start)`);
       }
     }
   } catch (error) {
     await database.close();
     throw error;
   }
-  return { config, log, database, reconcilers, loadErrors, close: () => database.close() };
+  return { ...setup, database, close: () => database.close() };
 }
 
 /** Runs `fn` with a context and always closes the database afterwards. */

@@ -122,7 +122,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     const error = coerceError(thrown);
     if (error instanceof UserError) {
-      for (const line of error.message.split('\n')) process.stderr.write(`reconciler: ${scrub(line)}\n`);
+      // Indented lines (a syntax error's excerpt) belong to the line above them.
+      for (const line of error.message.split('\n')) process.stderr.write(`${line.startsWith('  ') ? '' : 'reconciler: '}${scrub(line)}\n`);
       return error.exitCode;
     }
     process.stderr.write(`reconciler: ${errorSummary(error, 500)}\n`);

@@ -3,8 +3,9 @@
  * script extension is a reconciler, named after the file's stem. A file that cannot be
  * used is reported as one line naming the file and the problem; the others load as usual.
  */
-import { readdirSync, statSync } from 'node:fs';
-import { basename, extname, join, relative } from 'node:path';
+import { execFile } from 'node:child_process';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { basename, extname, join, relative, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { UserError, coerceError } from '../errors.js';
 import { scrub } from '../secrets.js';
@@ -18,6 +19,11 @@ export interface LoadError {
   /** The reconciler name the file would have defined (its stem). */
   name: string;
   message: string;
+  /**
+   * For a syntax error: the offending line and a caret under the column, to print under
+   * the message (`  12 | const x = ;` / `     |           ^`).
+   */
+  excerpt?: string;
 }
 
 export interface LoadResult {
@@ -25,9 +31,77 @@ export interface LoadResult {
   errors: LoadError[];
 }
 
-/** `jobs/broken.ts: unknown option \`timout\`, did you mean \`timeout\`?` */
+/** `jobs/broken.ts: unknown option \`timout\`, did you mean \`timeout\`?` (one line; the excerpt is apart). */
 export function formatLoadError(error: LoadError): string {
   return `${error.file}: ${error.message}`;
+}
+
+/** The one line, then a syntax error's excerpt under it: for the CLI's stderr and the daemon's log. */
+export function describeLoadError(error: LoadError): string {
+  return error.excerpt ? `${formatLoadError(error)}\n${error.excerpt}` : formatLoadError(error);
+}
+
+/** Where a syntax error is: 1-based line and column, and the text of that line. */
+interface SyntaxLocation {
+  path: string;
+  line: number;
+  column: number;
+  text: string;
+  reason: string;
+}
+
+/** The source line and a caret under the column. */
+function excerptOf(location: SyntaxLocation): string {
+  const number = String(location.line);
+  const gutter = ' '.repeat(number.length);
+  const text = location.text.replace(/\t/g, ' ');
+  return `  ${number} | ${text}\n  ${gutter} | ${' '.repeat(Math.max(0, location.column - 1))}^`;
+}
+
+function lineOf(path: string, line: number): string {
+  try {
+    return readFileSync(path, 'utf8').split(/\r?\n/)[line - 1] ?? '';
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Where a TypeScript file's syntax error is: tsx compiles with esbuild, whose message names
+ * `<file>:<line>:<column>: ERROR: <reason>` (the file may be one the job file imports).
+ */
+function transformErrorLocation(error: Error): SyntaxLocation | undefined {
+  const match = /^(.+?):(\d+):(\d+): ERROR: (.+)$/m.exec(error.message);
+  if (!match) return undefined;
+  const [, path, line, column, reason] = match;
+  return { path: path!, line: Number(line), column: Number(column) + 1, text: lineOf(path!, Number(line)), reason: reason! };
+}
+
+/**
+ * Where a JavaScript file's syntax error is: Node's SyntaxError for an ES module carries no
+ * position, so ask Node's own parser (`node --check`), which prints `<file>:<line>`, the
+ * line, and a caret under the column. Only run for a file that failed with a SyntaxError.
+ */
+async function checkedSyntaxLocation(path: string): Promise<SyntaxLocation | undefined> {
+  const stderr = await new Promise<string>((resolve) => {
+    execFile(process.execPath, ['--check', path], { timeout: 10_000 }, (_error, _stdout, output) => resolve(String(output)));
+  });
+  const match = /^(.+):(\d+)\r?\n(.*)\r?\n( *)\^+.*\r?\n(?:.*\r?\n)*?SyntaxError: (.+)$/m.exec(stderr);
+  if (!match) return undefined;
+  const [, , line, text, spaces, reason] = match;
+  return { path, line: Number(line), column: spaces!.length + 1, text: text!, reason: reason! };
+}
+
+/** A syntax error in the job file (or a file it imports), with its position; undefined for other errors. */
+async function syntaxProblem(error: Error, relativePath: string, file: string): Promise<Pick<LoadError, 'message' | 'excerpt'> | undefined> {
+  const path = resolve(relativePath);
+  const location =
+    error.name === 'TransformError' ? transformErrorLocation(error)
+    : error.name === 'SyntaxError' && /\.m?js$/.test(path) ? await checkedSyntaxLocation(path)
+    : undefined;
+  if (!location) return undefined;
+  const where = location.path === path ? `line ${location.line}, column ${location.column}` : `${relative(process.cwd(), location.path) || location.path}, line ${location.line}, column ${location.column} (a file ${file} imports)`;
+  return { message: scrub(`syntax error at ${where}: ${location.reason}`), excerpt: scrub(excerptOf(location)) };
 }
 
 function isJobFile(file: string): boolean {
@@ -79,7 +153,8 @@ export async function loadReconcilers(jobsDir: string): Promise<LoadResult> {
     try {
       module = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
     } catch (thrown) {
-      errors.push({ file, name, message: importProblem(coerceError(thrown), entry) });
+      const error = coerceError(thrown);
+      errors.push({ file, name, ...((await syntaxProblem(error, path, file)) ?? { message: importProblem(error, entry) }) });
       continue;
     }
     const exported = module.default;

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { partitionOf, type Db, type Outcome, type Partition, type Reconciler, type ReconcileResult } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable, isTerminalError } from '../errors.js';
 import { formatDuration } from '../duration.js';
+import { inPartitionText } from '../store/partition.js';
 import { forgetFailure, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
 import { databaseAnswers } from '../store/database.js';
 import type { PassCounts, PassStatus, Trigger } from '../store/runs.js';
@@ -438,7 +439,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     log.error(
       { keys: foreign.slice(0, 100), count: foreign.length, partition: index, partitions: count },
       `the scan of partition ${index} of ${count} returned ${foreign.length} item(s) of other partitions (e.g. ${foreign[0]}); they were left to their own partition's pass. ` +
-        `Filter the scan on its partition: WHERE reconciler_partition(<key>, ${count}) = ${index}`,
+        `Filter the scan on its partition: WHERE ${inPartitionText(count, index)}`,
     );
   }
   if (unavailable && !control.abort.aborted) {

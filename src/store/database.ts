@@ -11,7 +11,7 @@ import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
 import { sql, type SQL } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Db } from '../reconciler.js';
-import { UserError, coerceError } from '../errors.js';
+import { ExitCode, UserError, coerceError } from '../errors.js';
 import { describeUrl } from '../secrets.js';
 
 export interface Database {
@@ -102,7 +102,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
     client.release();
   } catch (error) {
     await pool.end().catch(() => undefined);
-    throw new UserError(`cannot connect to PostgreSQL at ${target}: ${coerceError(error).message || (error as { code?: string }).code}`);
+    throw new UserError(`cannot connect to PostgreSQL at ${target}: ${coerceError(error).message || (error as { code?: string }).code}`, ExitCode.usage, { cause: error });
   }
   const controlPool = new pg.Pool({
     connectionString: url,
@@ -273,7 +273,13 @@ async function openEmbedded(options: OpenOptions): Promise<Database> {
   const shown = options.dataDir;
   const unlock = lockEmbeddedDirectory(dataDir);
   try {
-    const [{ PGlite }, { drizzle }] = await Promise.all([import('@electric-sql/pglite'), import('drizzle-orm/pglite')]);
+    const [{ PGlite }, { drizzle }] = await Promise.all([
+      import('@electric-sql/pglite').catch((error: unknown) => {
+        if ((error as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw error;
+        throw new UserError('DATABASE_URL is not set, and the embedded database needs the package @electric-sql/pglite, which is not installed: set DATABASE_URL to your PostgreSQL, or `npm install @electric-sql/pglite` to try reconciler out on the embedded one');
+      }),
+      import('drizzle-orm/pglite'),
+    ]);
     const client = await PGlite.create(join(dataDir, 'pglite'));
     const db = drizzle(client) as unknown as Db;
     let queue: Promise<unknown> = Promise.resolve();

@@ -1,11 +1,11 @@
 /**
- * reconciler_failures: failure memory. Only failures are remembered; the system's state
+ * The `failures` table: failure memory. Only failures are remembered; the system's state
  * is the queue. Looking failures up costs one query per scanned page, never one per item.
  */
 import { and, asc, eq, isNotNull, sql } from 'drizzle-orm';
 import type { Db } from '../reconciler.js';
 import { queryRows } from './database.js';
-import { reconcilerFailures } from './schema.js';
+import { engineSchema, type failures } from './schema.js';
 
 /** What failure memory knows of one item. */
 export interface FailureMemory {
@@ -16,7 +16,7 @@ export interface FailureMemory {
   nextAttemptAt: Date;
 }
 
-export type FailureRow = typeof reconcilerFailures.$inferSelect;
+export type FailureRow = typeof failures.$inferSelect;
 
 
 /**
@@ -31,8 +31,8 @@ export async function lookupFailures(db: Db, reconciler: string, keys: readonly 
   const rows = await queryRows<{ key: string; attempts: number; dead: boolean; in_backoff: boolean; next_attempt_at: number }>(
     db,
     readOnly
-      ? sql`SELECT ${columns} FROM reconciler_failures WHERE reconciler = ${reconciler} AND key = ANY(${keyArray})`
-      : sql`UPDATE reconciler_failures SET last_seen_at = now() WHERE reconciler = ${reconciler} AND key = ANY(${keyArray}) RETURNING ${columns}`,
+      ? sql`SELECT ${columns} FROM ${engineSchema().failures} WHERE reconciler = ${reconciler} AND key = ANY(${keyArray})`
+      : sql`UPDATE ${engineSchema().failures} SET last_seen_at = now() WHERE reconciler = ${reconciler} AND key = ANY(${keyArray}) RETURNING ${columns}`,
   );
   for (const row of rows) {
     found.set(row.key, { attempts: Number(row.attempts), dead: row.dead, inBackoff: row.in_backoff, nextAttemptAt: new Date(Number(row.next_attempt_at)) });
@@ -60,7 +60,7 @@ export interface FailureRecord {
 export async function recordFailure(db: Db, f: FailureRecord): Promise<{ attempts: number; dead: boolean }> {
   const [row] = await queryRows<{ attempts: number; dead: boolean }>(
     db,
-    sql`INSERT INTO reconciler_failures AS f (reconciler, key, partition, attempts, last_error, next_attempt_at, dead_at)
+    sql`INSERT INTO ${engineSchema().failures} AS f (reconciler, key, partition, attempts, last_error, next_attempt_at, dead_at)
         VALUES (${f.reconciler}, ${f.key}, ${f.partition}, 1, ${f.error},
                 now() + ${Math.round(f.delayMs)} * interval '1 millisecond',
                 CASE WHEN ${f.terminal} OR ${f.maxAttempts} <= 1 THEN now() END)
@@ -75,20 +75,22 @@ export async function recordFailure(db: Db, f: FailureRecord): Promise<{ attempt
 
 /** Forgets an item that succeeded. */
 export async function forgetFailure(db: Db, reconciler: string, key: string): Promise<void> {
-  await db.delete(reconcilerFailures).where(and(eq(reconcilerFailures.reconciler, reconciler), eq(reconcilerFailures.key, key)));
+  const { failures } = engineSchema();
+  await db.delete(failures).where(and(eq(failures.reconciler, reconciler), eq(failures.key, key)));
 }
 
 export async function listFailures(db: Db, options: { reconciler?: string; deadOnly?: boolean; limit: number }): Promise<FailureRow[]> {
+  const { failures } = engineSchema();
   return db
     .select()
-    .from(reconcilerFailures)
+    .from(failures)
     .where(
       and(
-        options.reconciler === undefined ? undefined : eq(reconcilerFailures.reconciler, options.reconciler),
-        options.deadOnly ? isNotNull(reconcilerFailures.deadAt) : undefined,
+        options.reconciler === undefined ? undefined : eq(failures.reconciler, options.reconciler),
+        options.deadOnly ? isNotNull(failures.deadAt) : undefined,
       ),
     )
-    .orderBy(asc(reconcilerFailures.reconciler), asc(reconcilerFailures.lastFailedAt))
+    .orderBy(asc(failures.reconciler), asc(failures.lastFailedAt))
     .limit(options.limit);
 }
 
@@ -97,7 +99,7 @@ export async function countFailures(db: Db): Promise<Map<string, { backoff: numb
   const rows = await queryRows<{ reconciler: string; backoff: number; dead: number }>(
     db,
     sql`SELECT reconciler, count(*) FILTER (WHERE dead_at IS NULL)::int AS backoff, count(*) FILTER (WHERE dead_at IS NOT NULL)::int AS dead
-        FROM reconciler_failures GROUP BY reconciler`,
+        FROM ${engineSchema().failures} GROUP BY reconciler`,
   );
   return new Map(rows.map((r) => [r.reconciler, { backoff: Number(r.backoff), dead: Number(r.dead) }]));
 }
@@ -108,19 +110,21 @@ export async function countFailures(db: Db): Promise<Map<string, { backoff: numb
  * of the reconciler. Returns the keys it changed.
  */
 export async function retryFailures(db: Db, reconciler: string, key: string | undefined): Promise<string[]> {
+  const { failures } = engineSchema();
   const rows = await db
-    .update(reconcilerFailures)
+    .update(failures)
     .set({ attempts: 0, deadAt: null, nextAttemptAt: sql`now()` })
-    .where(and(eq(reconcilerFailures.reconciler, reconciler), key === undefined ? undefined : eq(reconcilerFailures.key, key)))
-    .returning({ key: reconcilerFailures.key });
+    .where(and(eq(failures.reconciler, reconciler), key === undefined ? undefined : eq(failures.key, key)))
+    .returning({ key: failures.key });
   return rows.map((r) => r.key);
 }
 
 /** `reconciler clear`: forgets failed items. If the scan still finds them, they start over as new. */
 export async function clearFailures(db: Db, reconciler: string, key: string | undefined): Promise<string[]> {
+  const { failures } = engineSchema();
   const rows = await db
-    .delete(reconcilerFailures)
-    .where(and(eq(reconcilerFailures.reconciler, reconciler), key === undefined ? undefined : eq(reconcilerFailures.key, key)))
-    .returning({ key: reconcilerFailures.key });
+    .delete(failures)
+    .where(and(eq(failures.reconciler, reconciler), key === undefined ? undefined : eq(failures.key, key)))
+    .returning({ key: failures.key });
   return rows.map((r) => r.key);
 }

@@ -1,8 +1,8 @@
-/** reconciler_runs: the history of passes, for `reconciler history` and for operators. */
+/** The `runs` table: the history of passes, for `reconciler history` and for operators. */
 import { desc, eq, sql } from 'drizzle-orm';
 import type { Db } from '../reconciler.js';
 import { queryRows } from './database.js';
-import { reconcilerRuns } from './schema.js';
+import { engineSchema, type runs } from './schema.js';
 
 /**
  * What started a pass. `retry`: an early pass the daemon starts when failed items fall due
@@ -35,23 +35,25 @@ export interface PassCounts {
   dead: number;
 }
 
-export type RunRow = typeof reconcilerRuns.$inferSelect;
+export type RunRow = typeof runs.$inferSelect;
 
 export async function listRuns(db: Db, options: { reconciler?: string; limit: number }): Promise<RunRow[]> {
+  const { runs } = engineSchema();
   return db
     .select()
-    .from(reconcilerRuns)
-    .where(options.reconciler === undefined ? undefined : eq(reconcilerRuns.reconciler, options.reconciler))
-    .orderBy(desc(reconcilerRuns.id))
+    .from(runs)
+    .where(options.reconciler === undefined ? undefined : eq(runs.reconciler, options.reconciler))
+    .orderBy(desc(runs.id))
     .limit(options.limit);
 }
 
 /** Deletes up to `batch` finished runs older than the retention; returns how many went. */
 export async function pruneRuns(db: Db, retentionMs: number, batch = 5_000): Promise<number> {
+  const { runs } = engineSchema();
   const rows = await queryRows<{ id: string }>(
     db,
-    sql`DELETE FROM reconciler_runs WHERE id IN (
-          SELECT id FROM reconciler_runs
+    sql`DELETE FROM ${runs} WHERE id IN (
+          SELECT id FROM ${runs}
           WHERE started_at < now() - ${retentionMs} * interval '1 millisecond' AND status <> 'running'
           LIMIT ${batch})
         RETURNING id`,
@@ -60,6 +62,7 @@ export async function pruneRuns(db: Db, retentionMs: number, batch = 5_000): Pro
 }
 
 export async function readRun(db: Db, id: number): Promise<RunRow | undefined> {
-  const rows = await db.select().from(reconcilerRuns).where(eq(reconcilerRuns.id, id));
+  const { runs } = engineSchema();
+  const rows = await db.select().from(runs).where(eq(runs.id, id));
   return rows[0];
 }

@@ -1,5 +1,5 @@
 /**
- * reconciler_state: the pass lease and the schedule memory of each reconciler.
+ * The `state` table: the pass lease and the schedule memory of each reconciler.
  *
  * A pass starts with one statement that takes the lease (only if it is free or expired,
  * judged by database time), marks a run left behind by a dead holder as abandoned, and
@@ -10,7 +10,7 @@
 import { asc, eq, getTableColumns, sql } from 'drizzle-orm';
 import type { Db, Partition } from '../reconciler.js';
 import { queryRows } from './database.js';
-import { reconcilerState } from './schema.js';
+import { engineSchema, type state } from './schema.js';
 import type { PassCounts, PassStatus, Trigger } from './runs.js';
 
 /** The process asking for a lease. `id` is fresh per pass: it is the lease's fencing token. */
@@ -62,7 +62,7 @@ export interface LeaseHolder {
   partition?: { index: number; count: number };
 }
 
-export type StateRow = typeof reconcilerState.$inferSelect & {
+export type StateRow = typeof state.$inferSelect & {
   /** The lease is held and not expired, by the database clock. */
   leaseLive: boolean;
 };
@@ -99,21 +99,22 @@ async function acquireIn(db: Db, request: AcquireRequest): Promise<AcquireResult
   const tick = request.tick ? request.tick.toISOString() : null;
   const expect = request.expectLastRunId ?? null;
   const partial = Boolean(request.partial);
+  const t = engineSchema();
   const rows = await queryRows<{ run_id: string | number; started_ms: number }>(
     db,
     sql`
     WITH previous AS (
-      SELECT current_run_id FROM reconciler_state WHERE reconciler = ${reconciler} AND partition = ${partition}
+      SELECT current_run_id FROM ${t.state} WHERE reconciler = ${reconciler} AND partition = ${partition}
     ), acquired AS (
-      INSERT INTO reconciler_state AS s
+      INSERT INTO ${t.state} AS s
         (reconciler, partition, partitions, holder_id, holder_host, holder_pid, holder_since, lease_expires_at, current_run_id, last_started_at, last_tick_at)
       SELECT ${reconciler}, ${partition}, ${count}::int, ${holder.id}::uuid, ${holder.host}, ${holder.pid}::int, statement_timestamp(),
               statement_timestamp() + ${request.leaseMs} * interval '1 millisecond',
-              nextval(pg_get_serial_sequence('reconciler_runs', 'id')),
+              nextval(pg_get_serial_sequence(${t.runsName}, 'id')),
               CASE WHEN ${partial} THEN NULL ELSE statement_timestamp() END, ${tick}::timestamptz
       -- After a change of partition count, a pass of the new count waits until every pass of the old one has
       -- ended (or its lease lapsed): their slices overlap, and two holders must never work one item at once.
-      WHERE NOT EXISTS (SELECT 1 FROM reconciler_state o WHERE o.reconciler = ${reconciler} AND o.partitions <> ${count}::int
+      WHERE NOT EXISTS (SELECT 1 FROM ${t.state} o WHERE o.reconciler = ${reconciler} AND o.partitions <> ${count}::int
                           AND o.holder_id IS NOT NULL AND o.lease_expires_at >= statement_timestamp())
       ON CONFLICT (reconciler, partition) DO UPDATE SET
         partitions = excluded.partitions,
@@ -128,11 +129,11 @@ async function acquireIn(db: Db, request: AcquireRequest): Promise<AcquireResult
                  ELSE true END
       RETURNING s.current_run_id AS run_id, s.holder_since AS started_at, (extract(epoch FROM s.holder_since) * 1000)::float8 AS started_ms
     ), abandoned AS (
-      UPDATE reconciler_runs SET status = 'abandoned', finished_at = statement_timestamp(),
+      UPDATE ${t.runs} SET status = 'abandoned', finished_at = statement_timestamp(),
         error = 'its process stopped renewing the lease (killed, stalled, or cut off from the database) and another took over'
       WHERE id = (SELECT current_run_id FROM previous) AND status = 'running' AND EXISTS (SELECT 1 FROM acquired)
     ), run AS (
-      INSERT INTO reconciler_runs (id, reconciler, partition, trigger, status, started_at, host, pid)
+      INSERT INTO ${t.runs} (id, reconciler, partition, trigger, status, started_at, host, pid)
       SELECT run_id, ${reconciler}, ${partition}, ${trigger}, 'running', started_at, ${holder.host}, ${holder.pid} FROM acquired
     )
     SELECT run_id, started_ms FROM acquired`,
@@ -150,8 +151,8 @@ async function acquireIn(db: Db, request: AcquireRequest): Promise<AcquireResult
                holder_id IS NOT NULL AND lease_expires_at >= statement_timestamp() AS held,
                holder_host AS host, holder_pid AS pid, (extract(epoch FROM holder_since) * 1000)::float8 AS since,
                (extract(epoch FROM lease_expires_at) * 1000)::float8 AS expires_at, current_run_id AS run_id, partition, partitions,
-               (SELECT last_run_id FROM reconciler_state WHERE reconciler = ${reconciler} AND partition = ${partition}) AS last_run_id
-        FROM reconciler_state WHERE reconciler = ${reconciler}
+               (SELECT last_run_id FROM ${t.state} WHERE reconciler = ${reconciler} AND partition = ${partition}) AS last_run_id
+        FROM ${t.state} WHERE reconciler = ${reconciler}
           AND (partition = ${partition} OR (partitions <> ${count}::int AND holder_id IS NOT NULL AND lease_expires_at >= statement_timestamp()))
         -- a live holder first: this partition's, or that of a pass of another partition count, which holds this one back
         ORDER BY holder_id IS NOT NULL AND lease_expires_at >= statement_timestamp() DESC, partition = ${partition} DESC
@@ -175,9 +176,10 @@ async function acquireIn(db: Db, request: AcquireRequest): Promise<AcquireResult
 
 /** Extends the lease. False means it was lost (expired and taken over): the pass must stop. */
 export async function renewLease(db: Db, reconciler: string, partition: number, holderId: string, leaseMs: number): Promise<boolean> {
+  const t = engineSchema();
   const rows = await queryRows<{ ok: number }>(
     db,
-    sql`UPDATE reconciler_state SET lease_expires_at = now() + ${leaseMs} * interval '1 millisecond'
+    sql`UPDATE ${t.state} SET lease_expires_at = now() + ${leaseMs} * interval '1 millisecond'
         WHERE reconciler = ${reconciler} AND partition = ${partition} AND holder_id = ${holderId}
         RETURNING 1 AS ok`,
   );
@@ -209,24 +211,25 @@ export interface FinishRequest {
  * (lease, scan, this). Returns how many failure records were forgotten.
  */
 export async function finishAndRelease(db: Db, f: FinishRequest): Promise<number> {
+  const t = engineSchema();
   const c = f.counts;
   const [row] = await queryRows<{ forgotten: number }>(
     db,
     sql`
     WITH run AS (
-      UPDATE reconciler_runs SET status = ${f.status}, finished_at = now(), duration_ms = ${Math.round(f.durationMs)},
+      UPDATE ${t.runs} SET status = ${f.status}, finished_at = now(), duration_ms = ${Math.round(f.durationMs)},
         found = ${c.found}, changed = ${c.changed}, unchanged = ${c.unchanged}, skipped = ${c.skipped},
         failed = ${c.failed}, deferred = ${c.deferred}, dead = ${c.dead}, complete = ${f.complete}, error = ${f.error}
       WHERE id = ${f.runId}
       RETURNING started_at
     ), forgotten AS (
-      DELETE FROM reconciler_failures
+      DELETE FROM ${t.failures}
       WHERE ${f.forgetUnseen} AND reconciler = ${f.reconciler}
-        AND (${f.partition.count}::int = 1 OR reconciler_partition(key, ${f.partition.count}::int) = ${f.partition.index}::int)
+        AND (${f.partition.count}::int = 1 OR ${t.partitionOf}(key, ${f.partition.count}::int) = ${f.partition.index}::int)
         AND last_seen_at < (SELECT started_at FROM run)
       RETURNING 1
     ), released AS (
-    UPDATE reconciler_state SET holder_id = NULL, holder_host = NULL, holder_pid = NULL, holder_since = NULL,
+    UPDATE ${t.state} SET holder_id = NULL, holder_host = NULL, holder_pid = NULL, holder_since = NULL,
       lease_expires_at = NULL, current_run_id = NULL,
       last_finished_at = CASE WHEN ${f.partial} THEN last_finished_at ELSE now() END,
       last_status = CASE WHEN ${f.partial} THEN last_status ELSE ${f.status} END,
@@ -245,9 +248,10 @@ export async function finishAndRelease(db: Db, f: FinishRequest): Promise<number
  * replicas (each replica sees the same tick). Returns false when another replica counted it.
  */
 export async function countSkippedTick(db: Db, reconciler: string, partition: number, tick: Date): Promise<boolean> {
+  const t = engineSchema();
   const rows = await queryRows<{ ok: number }>(
     db,
-    sql`UPDATE reconciler_state SET skipped_ticks = skipped_ticks + 1, last_skipped_tick_at = ${tick.toISOString()}::timestamptz
+    sql`UPDATE ${t.state} SET skipped_ticks = skipped_ticks + 1, last_skipped_tick_at = ${tick.toISOString()}::timestamptz
         WHERE reconciler = ${reconciler} AND partition = ${partition}
           AND last_skipped_tick_at IS DISTINCT FROM ${tick.toISOString()}::timestamptz
         RETURNING 1 AS ok`,
@@ -270,9 +274,10 @@ export function holderOfRow(row: StateRow): LeaseHolder {
 
 /** Every reconciler's state rows (one per partition), or those of one reconciler: for `reconciler list`, catch-up and sweeps. */
 export async function readStates(db: Db, reconciler?: string): Promise<StateRow[]> {
+  const { state } = engineSchema();
   return db
-    .select({ ...getTableColumns(reconcilerState), leaseLive: sql<boolean>`(${reconcilerState.holderId} IS NOT NULL AND ${reconcilerState.leaseExpiresAt} >= now())` })
-    .from(reconcilerState)
-    .where(reconciler === undefined ? undefined : eq(reconcilerState.reconciler, reconciler))
-    .orderBy(asc(reconcilerState.reconciler), asc(reconcilerState.partition));
+    .select({ ...getTableColumns(state), leaseLive: sql<boolean>`(${state.holderId} IS NOT NULL AND ${state.leaseExpiresAt} >= now())` })
+    .from(state)
+    .where(reconciler === undefined ? undefined : eq(state.reconciler, reconciler))
+    .orderBy(asc(state.reconciler), asc(state.partition));
 }

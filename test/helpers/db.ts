@@ -7,6 +7,7 @@ import { afterAll, beforeAll, beforeEach, inject } from 'vitest';
 import type { Db } from '../../src/reconciler.js';
 import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
 import { migrateDatabase } from '../../src/store/migrate.js';
+import { migrateReturns } from '../../examples/returns/src/migrate.js';
 import { sql, type SQL } from 'drizzle-orm';
 
 export interface TestDatabase {
@@ -50,11 +51,19 @@ export async function dropDatabase(name: string): Promise<void> {
   await admin((c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
 }
 
-export async function createTestDatabase(options: { migrate?: boolean } = {}): Promise<TestDatabase> {
+export interface TestDatabaseOptions {
+  /** Apply the engine's migrations (default true). */
+  migrate?: boolean;
+  /** Also apply the returns example's migrations (its tables, trigger and index). */
+  returns?: boolean;
+}
+
+export async function createTestDatabase(options: TestDatabaseOptions = {}): Promise<TestDatabase> {
   const name = await createEmptyDatabase();
   const url = databaseUrl(name);
   const database = await openDatabase({ databaseUrl: url, dataDir: '.data', log: silentLog });
-  if (options.migrate !== false) await migrateDatabase(database);
+  if (options.returns) await migrateReturns(database);
+  else if (options.migrate !== false) await migrateDatabase(database);
   return {
     url,
     name,
@@ -80,17 +89,17 @@ export async function createTestDatabase(options: { migrate?: boolean } = {}): P
  * optionally with the engine's tables emptied before each test. The returned object is
  * filled in by `beforeAll`; use it inside tests only.
  */
-export function useTestDatabase(options: { resetEngineTables?: boolean } = {}): TestDatabase {
+export function useTestDatabase(options: { resetEngineTables?: boolean; returns?: boolean } = {}): TestDatabase {
   const handle = {} as TestDatabase;
   beforeAll(async () => {
-    Object.assign(handle, await createTestDatabase());
+    Object.assign(handle, await createTestDatabase({ returns: Boolean(options.returns) }));
   });
   afterAll(async () => {
     await handle.drop?.();
   });
   if (options.resetEngineTables) {
     beforeEach(async () => {
-      await handle.rows(sql`TRUNCATE reconciler_runs, reconciler_failures, reconciler_state`);
+      await handle.rows(sql`TRUNCATE reconciler.runs, reconciler.failures, reconciler.state`);
     });
   }
   return handle;

@@ -43,7 +43,7 @@ export function jobsDir(files: Record<string, string> = {}): JobsDir {
  * A job file over a test table `items(id serial, name text, done boolean)`: it finds the
  * rows not done yet and marks them done. Options tune its behaviour for a test.
  */
-export function tableJob(options: { schedule?: string; table?: string; delayMs?: number; failKeys?: string[]; /** Fail at the first attempt only. */ failOnceKeys?: string[]; concurrency?: number; /** Split by `reconciler_partition(name, n)`; the scan filters on it. */ partitions?: number; extra?: string } = {}): string {
+export function tableJob(options: { schedule?: string; table?: string; delayMs?: number; failKeys?: string[]; /** Fail at the first attempt only. */ failOnceKeys?: string[]; concurrency?: number; /** Split by `reconciler.partition_of(name, n)`; the scan filters on it. */ partitions?: number; extra?: string } = {}): string {
   const table = options.table ?? 'items';
   return `
 import { defineReconciler, sql, TerminalError } from ${JSON.stringify(API)};
@@ -56,7 +56,7 @@ export default defineReconciler({
   pageSize: 50,${options.partitions ? `
   partitions: ${options.partitions},` : ''}
   scan: async ({ db, after, limit, partition }) => {
-    const result = await db.execute(sql\`SELECT id, name FROM ${table} WHERE NOT done AND id > \${after?.id ?? 0}${options.partitions ? ' AND reconciler_partition(name, \${partition.count}::int) = \${partition.index}::int' : ''} ORDER BY id LIMIT \${limit}\`);
+    const result = await db.execute(sql\`SELECT id, name FROM ${table} WHERE NOT done AND id > \${after?.id ?? 0}${options.partitions ? ' AND reconciler.partition_of(name, \${partition.count}::int) = \${partition.index}::int' : ''} ORDER BY id LIMIT \${limit}\`);
     return result.rows as { id: number; name: string }[];
   },
   key: (item) => item.name,

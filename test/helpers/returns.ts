@@ -7,8 +7,8 @@ import { sql } from 'drizzle-orm';
 import { createEmptyDatabase, databaseUrl, dropDatabase, type TestDatabase } from './db.js';
 import { REPO_ROOT } from './jobs.js';
 import { runCli, startProcess, type CliResult, type RunningProcess } from './processes.js';
-import type { SimulatorFaults, SimulatorStats, LedgerEntry } from '../../src/returns/simulator/server.js';
-import { auditSettlement } from '../../src/returns/audit.js';
+import type { SimulatorFaults, SimulatorStats, LedgerEntry } from '../../examples/returns/src/simulator/server.js';
+import { auditSettlement } from '../../examples/returns/src/audit.js';
 
 export const PROVIDER_KEY = 'sk_test_reconciler_suite';
 
@@ -30,7 +30,7 @@ async function call<T>(url: string, apiKey: string, path: string, init: RequestI
 /** Starts `npm run provider`'s entry point as its own process, storing in its own new database. */
 export async function startProvider(args: string[] = [], apiKey = PROVIDER_KEY): Promise<Provider> {
   const storage = await createEmptyDatabase();
-  const child = startProcess(['--import', 'tsx', 'src/returns/simulator/main.ts', '--port', '0', '--api-key', apiKey, '--seed', '42', ...args], { PROVIDER_DATABASE_URL: databaseUrl(storage) }, { command: process.execPath });
+  const child = startProcess(['--import', './bin/register.js', 'examples/returns/src/simulator/main.ts', '--port', '0', '--api-key', apiKey, '--seed', '42', ...args], { PROVIDER_DATABASE_URL: databaseUrl(storage) }, { command: process.execPath });
   const line = await child.waitFor((l) => typeof l.url === 'string', 'the simulator to listen', 30_000);
   const url = String(line.url);
   return {
@@ -57,7 +57,7 @@ export function settlePass(t: TestDatabase, provider: Provider, extra: Record<st
 
 /** Time passes: every item in backoff is due now. */
 export async function makeDue(t: TestDatabase): Promise<void> {
-  await t.rows(sql`UPDATE reconciler_failures SET next_attempt_at = now() - interval '1 second' WHERE dead_at IS NULL`);
+  await t.rows(sql`UPDATE reconciler.failures SET next_attempt_at = now() - interval '1 second' WHERE dead_at IS NULL`);
 }
 
 /** Runs passes, making backoff due before each, until one succeeds with nothing left in backoff (dead items stay), at most `max` times. */
@@ -65,7 +65,7 @@ export async function settleUntilQuiet(t: TestDatabase, provider: Provider, max 
   for (let i = 0; i < max; i++) {
     await makeDue(t);
     const result = await settlePass(t, provider);
-    const [waiting] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler_failures WHERE dead_at IS NULL`);
+    const [waiting] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.failures WHERE dead_at IS NULL`);
     if (result.code === 0 && waiting!.n === 0) return;
   }
   throw new Error(`not converged after ${max} passes`);

@@ -1,6 +1,6 @@
 /** `reconciler list`: every reconciler with its schedule, next run, last pass, holder, backoff and dead items, and load errors. */
 import { ExitCode } from '../../errors.js';
-import { formatLoadError } from '../../engine/load.js';
+import { describeLoadError } from '../../engine/load.js';
 import { describeHolder, laneOf } from '../../engine/engine.js';
 import { nextTick } from '../../scheduler/cron.js';
 import { countFailures } from '../../store/failures.js';
@@ -71,7 +71,7 @@ export async function listCommand(flags: { json?: boolean }): Promise<number> {
           )}\n`,
         );
       }
-      if (loadErrors.length > 0) process.stderr.write(`${loadErrors.map((e) => `reconciler: ${formatLoadError(e)}`).join('\n')}\n`);
+      if (loadErrors.length > 0) process.stderr.write(`${loadErrors.map((e) => `reconciler: ${describeLoadError(e)}`).join('\n')}\n`);
     }
     return loadErrors.length > 0 ? ExitCode.usage : ExitCode.ok;
   });

@@ -11,9 +11,8 @@ import { Engine, describeHolder, passLabel, summarize, type RunOutcome } from '.
 import { partitionOf, type Reconciler } from '../../reconciler.js';
 import type { PassResult } from '../../engine/pass.js';
 import { withContext } from '../context.js';
-import { formatLoadError, type LoadError } from '../../engine/load.js';
-import { isZeroConfig, type Config } from '../../config.js';
-import { startDemoProvider } from '../../returns/demo.js';
+import { describeLoadError, type LoadError } from '../../engine/load.js';
+import type { Config } from '../../config.js';
 import type { Logger } from 'pino';
 import { printJson } from '../table.js';
 import { Progress } from '../progress.js';
@@ -35,20 +34,14 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
   if (flags.key !== undefined && flags.key === '') throw new UserError('--key needs a non-empty key (see `reconciler failures` or --dry-run for keys)');
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ config, log, database, reconcilers, loadErrors }) => {
     const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LOCK_TTL });
-    // The zero-configuration demo: a pass that may call the payment provider gets the in-process simulator.
-    const demo = isZeroConfig(config) && !flags.dryRun ? await startDemoProvider(database, log) : undefined;
-    try {
-      return await runPasses(engine, names, loadErrors, flags, config, log);
-    } finally {
-      await demo?.close();
-    }
+    return runPasses(engine, names, loadErrors, flags, config, log);
   });
 }
 
 async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[], flags: RunFlags, config: Config, log: Logger): Promise<number> {
   const selected = flags.all ? [...engine.reconcilers.keys()] : [...new Set(names)];
   const asked = flags.all ? loadErrors : loadErrors.filter((e) => selected.includes(e.name));
-  if (!flags.all && asked.length > 0) throw new UserError(asked.map((e) => `cannot run ${e.name}: ${formatLoadError(e)}`).join('\n'));
+  if (!flags.all && asked.length > 0) throw new UserError(asked.map((e) => `cannot run ${e.name}: ${describeLoadError(e)}`).join('\n'));
   for (const name of selected) engine.get(name); // unknown names fail before any pass runs
   if (flags.partition !== undefined) {
     const reconciler = engine.get(selected[0]!);
@@ -57,8 +50,8 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
       throw new UserError(`key ${JSON.stringify(flags.key)} is in partition ${partitionOf(flags.key, reconciler.partitions)} of ${reconciler.name}, not ${flags.partition}; leave out --partition (--key finds its partition)`);
     }
   }
-  if (selected.length === 0 && loadErrors.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see README "Writing a reconciler")`);
-  for (const e of loadErrors) process.stderr.write(`reconciler: warning: ${formatLoadError(e)} (not loaded; the other reconcilers are unaffected)\n`);
+  if (selected.length === 0 && loadErrors.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see docs/writing-reconcilers.md)`);
+  for (const e of loadErrors) process.stderr.write(`reconciler: warning: ${describeLoadError(e)}\n(not loaded; the other reconcilers are unaffected)\n`);
 
   const progress = flags.json ? undefined : Progress.forStderr(engine.events);
   if (flags.dryRun) {

@@ -65,8 +65,9 @@ export const returns = pgTable(
     uniqueIndex('returns_one_per_fix').on(t.fixId),
     uniqueIndex('returns_public_id').on(t.publicId),
     index('returns_unsettled').on(t.id).where(sql`${t.settledAt} IS NULL`),
-    // settle-returns' scan of one of its 4 partitions (see jobs/settle-returns.ts): a new count needs a new index.
-    index('returns_unsettled_by_partition').on(sql`reconciler_partition('return:' || ${t.id}::text, 4)`, t.id).where(sql`${t.settledAt} IS NULL`),
+    // settle-returns' scan of one of its 4 partitions (see ../jobs/settle-returns.ts), on the engine's
+    // partition function: a new count needs a new index.
+    index('returns_unsettled_by_partition').on(sql`reconciler.partition_of('return:' || ${t.id}::text, 4)`, t.id).where(sql`${t.settledAt} IS NULL`),
   ],
 );
 

@@ -13,9 +13,7 @@
  * instead of applying the effect again.
  */
 import { sql } from 'drizzle-orm';
-import { TerminalError, coerceError, errorSummary } from '../errors.js';
-import type { Db, Partition, ReconcileContext, ReconcileResult } from '../reconciler.js';
-import { queryRows } from '../store/database.js';
+import { TerminalError, coerceError, errorSummary, inPartition, queryRows, type Db, type Partition, type ReconcileContext, type ReconcileResult } from 'reconciler';
 import { ProviderError, type PaymentProvider } from './provider.js';
 import { decideSettlement, money } from './settlement.js';
 
@@ -33,11 +31,10 @@ const KEY_LIFETIME_HOURS = 20;
 export async function findReturnsToSettle(db: Db, afterId: number, limit: number, partition: Partition = { index: 0, count: 1 }): Promise<ReturnToSettle[]> {
   // One partition of the items keyed `return:<id>`: through index returns_unsettled_by_partition when the count is 4
   // (the count is a bound value, so the planner sees it and picks the index), through returns_unsettled when unpartitioned.
-  const inPartition = partition.count === 1 ? sql`true` : sql`reconciler_partition('return:' || id::text, ${partition.count}::int) = ${partition.index}::int`;
   const rows = await queryRows<{ id: number; received_ms: number }>(
     db,
     sql`SELECT id, (extract(epoch FROM received_at) * 1000)::float8 AS received_ms FROM returns
-        WHERE settled_at IS NULL AND id > ${afterId} AND ${inPartition} ORDER BY id LIMIT ${limit}`,
+        WHERE settled_at IS NULL AND id > ${afterId} AND ${inPartition(sql`'return:' || id::text`, partition)} ORDER BY id LIMIT ${limit}`,
   );
   return rows.map((row) => ({ id: Number(row.id), receivedAt: new Date(Number(row.received_ms)) }));
 }
@@ -148,9 +145,9 @@ const to = { charge: 'to', refund: 'to' } as const;
  * Settles one return. Idempotent: a settled return is `unchanged`; an intent left by an
  * earlier attempt is completed with its own key and parameters, never duplicated.
  */
-export async function settleReturn(returnId: number, ctx: ReconcileContext, provider: () => PaymentProvider): Promise<ReconcileResult> {
+export async function settleReturn(returnId: number, ctx: ReconcileContext, provider: (ctx: ReconcileContext) => PaymentProvider | Promise<PaymentProvider>): Promise<ReconcileResult> {
   const { db } = ctx;
-  const client = ctx.dryRun ? undefined : provider(); // a missing provider fails here, before any intent is written
+  const client = ctx.dryRun ? undefined : await provider(ctx); // a missing provider fails here, before any intent is written
   const row = await loadReturn(db, returnId);
   if (!row || row.settled) return 'unchanged';
   let intent = intentOf(row);

@@ -5,8 +5,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
-import { errorSummary, coerceError, UserError } from '../../errors.js';
-import { openDatabase } from '../../store/database.js';
+import { coerceError, errorSummary, openDatabase } from 'reconciler';
 import { startSimulator, type SimulatorFaults } from './server.js';
 
 function rate(value: string): number {
@@ -76,7 +75,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (error) {
     process.stderr.write(`provider: ${errorSummary(coerceError(error), 500)}\n`);
-    return error instanceof UserError ? error.exitCode : 2;
+    return 2;
   }
 }
 

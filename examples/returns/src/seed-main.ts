@@ -1,10 +1,8 @@
-/** `npm run seed -- --returns N [--seed S]`: adds returns to DATABASE_URL or the embedded database. */
+/** `npm run seed -- --returns N [--seed S]`: adds returns to DATABASE_URL or the embedded database (DATA_DIR). */
 import { Command, InvalidArgumentError } from 'commander';
 import pino from 'pino';
-import { loadConfig } from '../config.js';
-import { UserError, coerceError, errorSummary } from '../errors.js';
-import { openDatabase } from '../store/database.js';
-import { migrateDatabase } from '../store/migrate.js';
+import { coerceError, errorSummary, openDatabase } from 'reconciler';
+import { migrateReturns } from './migrate.js';
 import { describeSeed, seedReturns } from './seed.js';
 
 async function main(argv: string[]): Promise<number> {
@@ -26,11 +24,10 @@ async function main(argv: string[]): Promise<number> {
     return (error as { exitCode?: number }).exitCode === 0 ? 0 : 2;
   }
   try {
-    const config = loadConfig();
     const log = pino({ level: 'warn' }, pino.destination({ fd: 2, sync: true }));
-    const database = await openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, log });
+    const database = await openDatabase({ databaseUrl: process.env.DATABASE_URL || undefined, dataDir: process.env.DATA_DIR || '.data', log });
     try {
-      await migrateDatabase(database);
+      await migrateReturns(database);
       const started = performance.now();
       const counts = await seedReturns(database.db, options.returns, options.seed);
       process.stdout.write(`${describeSeed(counts)} to ${database.target} in ${((performance.now() - started) / 1000).toFixed(1)}s\n`);
@@ -40,7 +37,7 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (error) {
     process.stderr.write(`seed: ${errorSummary(coerceError(error), 500)}\n`);
-    return error instanceof UserError ? error.exitCode : 2;
+    return 2;
   }
 }
 

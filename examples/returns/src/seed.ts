@@ -4,10 +4,9 @@
  * rule the service applies (decideSettlement), so they are what settling will do.
  */
 import { sql } from 'drizzle-orm';
-import type { Db } from '../reconciler.js';
-import { queryRows } from '../store/database.js';
+import { queryRows, type Db } from 'reconciler';
 import { decideSettlement, money } from './settlement.js';
-import { dice } from '../dice.js';
+import { dice } from './dice.js';
 
 export interface SeedCounts {
   returns: number;

@@ -10,7 +10,9 @@
  * - `permanent`: the request itself is wrong (400, 401, 403, 404, 422 such as a key reused
  *   with other parameters). Retrying the same request cannot help.
  */
-import { loadConfig } from '../config.js';
+import type { ReconcileContext } from 'reconciler';
+import { loadProviderConfig } from './config.js';
+import { startDemoSimulator } from './demo-provider.js';
 
 export interface EffectRequest {
   idempotencyKey: string;
@@ -132,30 +134,19 @@ function describeNetworkError(error: unknown): string {
   return cause?.code ?? cause?.message ?? (error as Error).message ?? 'network error';
 }
 
-/**
- * Fails when a real database is configured without a payment provider: settle-returns would
- * only fail every item. Called when the job file is loaded, so the daemon refuses to start.
- */
-export function requirePaymentProviderConfig(): void {
-  const config = loadConfig();
-  if (config.DATABASE_URL && !config.PAYMENT_PROVIDER_URL) {
-    throw new Error('PAYMENT_PROVIDER_URL is not set, but DATABASE_URL is: set PAYMENT_PROVIDER_URL and PAYMENT_PROVIDER_KEY (only with neither set does a demo simulator run)');
-  }
-}
-
-let fromEnv: { url: string; key: string; provider: PaymentProvider } | undefined;
+let fromEnv: { url: string; key: string; timeoutMs: number; provider: PaymentProvider } | undefined;
 
 /**
- * The provider configured by PAYMENT_PROVIDER_URL / _KEY / _TIMEOUT (validated with the
- * rest of the configuration), created on first use.
+ * The provider configured by PAYMENT_PROVIDER_URL / _KEY / _TIMEOUT (see ./config.ts), read
+ * when an item needs it, never when the job file is imported: `reconciler list` and the other
+ * read-only commands work without the example's secrets. Unset on the embedded database (no
+ * DATABASE_URL), the demo's simulator starts in-process instead, storing its ledger there.
  */
-export function paymentProviderFromEnv(): PaymentProvider {
-  const config = loadConfig();
-  if (!config.PAYMENT_PROVIDER_URL || !config.PAYMENT_PROVIDER_KEY) {
-    throw new Error('PAYMENT_PROVIDER_URL is not set: point it at the payment provider (or leave DATABASE_URL unset too, for the demo simulator)');
-  }
-  if (fromEnv?.url === config.PAYMENT_PROVIDER_URL && fromEnv.key === config.PAYMENT_PROVIDER_KEY) return fromEnv.provider;
-  const provider = new HttpPaymentProvider({ baseUrl: config.PAYMENT_PROVIDER_URL, apiKey: config.PAYMENT_PROVIDER_KEY, timeoutMs: config.PAYMENT_PROVIDER_TIMEOUT });
-  fromEnv = { url: config.PAYMENT_PROVIDER_URL, key: config.PAYMENT_PROVIDER_KEY, provider };
+export async function paymentProviderFromEnv(ctx: Pick<ReconcileContext, 'db' | 'log'>): Promise<PaymentProvider> {
+  const config = loadProviderConfig();
+  if (!config) return (await startDemoSimulator(ctx)).provider;
+  if (fromEnv?.url === config.url && fromEnv.key === config.key && fromEnv.timeoutMs === config.timeoutMs) return fromEnv.provider;
+  const provider = new HttpPaymentProvider({ baseUrl: config.url, apiKey: config.key, timeoutMs: config.timeoutMs });
+  fromEnv = { ...config, provider };
   return provider;
 }

@@ -4,8 +4,7 @@
  * Used by the fault runner and the tests; an operator can run the same check.
  */
 import { sql } from 'drizzle-orm';
-import type { Db } from '../reconciler.js';
-import { queryRows } from '../store/database.js';
+import { queryRows, type Db } from 'reconciler';
 import { decideSettlement } from './settlement.js';
 
 /** One effect applied by the provider (its `GET /v1/ledger`). */

@@ -12,9 +12,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { sql } from 'drizzle-orm';
-import type { Db } from '../../reconciler.js';
-import { queryRows } from '../../store/database.js';
-import { dice } from '../../dice.js';
+import { queryRows, type Db } from 'reconciler';
+import { dice } from '../dice.js';
 
 export interface SimulatorFaults {
   /** Latency range of each charge or refund, in ms. */

@@ -1,33 +1,16 @@
 /**
- * The zero-configuration demo: with neither DATABASE_URL nor PAYMENT_PROVIDER_URL set, the
- * daemon (and `reconciler run`) start the payment provider simulator in-process, on a free
- * port, storing its ledger in the embedded database's `payment_provider` schema; the daemon
- * also seeds a few returns when there are none yet, and records a new one now and then (the
- * warehouse), and says so.
+ * The zero-configuration demo (`npm start`): on the embedded database, it seeds a few returns
+ * when there are none yet, and its warehouse records a new one now and then, and says so. The
+ * payment provider simulator starts in-process when an item first needs it (demo-provider.ts).
  */
-import { randomBytes } from 'node:crypto';
 import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
-import type { Database } from '../store/database.js';
-import { queryRows } from '../store/database.js';
-import { registerSecret } from '../secrets.js';
-import { startSimulator, type RunningSimulator } from './simulator/server.js';
+import { queryRows, type Database } from 'reconciler';
 import { describeSeed, seedReturns } from './seed.js';
 
 export const DEMO_RETURNS = 12;
 /** How often the demo's warehouse records a new return, so that wake-on-change can be watched. */
 export const DEMO_WAREHOUSE_EVERY_MS = 20_000;
-
-/** Starts the simulator and points PAYMENT_PROVIDER_URL/KEY at it (for this process only). */
-export async function startDemoProvider(database: Database, log: Logger): Promise<RunningSimulator> {
-  const apiKey = `sk_demo_${randomBytes(12).toString('hex')}`;
-  registerSecret(apiKey);
-  const simulator = await startSimulator({ db: database.db, apiKey, faults: { latencyMs: [20, 80] } });
-  process.env.PAYMENT_PROVIDER_URL = simulator.url;
-  process.env.PAYMENT_PROVIDER_KEY = apiKey;
-  log.info({ url: simulator.url }, `demo: no DATABASE_URL and no PAYMENT_PROVIDER_URL, so a payment provider simulator runs in-process on ${simulator.url}`);
-  return simulator;
-}
 
 /** Seeds demo returns when the database has none yet. */
 export async function seedDemoIfEmpty(database: Database, log: Logger): Promise<void> {

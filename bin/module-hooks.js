@@ -1,0 +1,62 @@
+// Module hooks for job files, registered by bin/register.js (they run on Node's loader thread).
+//
+// 1. `import … from 'reconciler'` resolves to the engine this process runs, wherever the job file
+//    lives (a folder outside any project, a mounted volume, a project that installed this package):
+//    one engine per process, so that `TerminalError` and `defineReconciler` are the engine's own.
+// 2. A `.ts` or `.js` file whose nearest package.json does not say "type" (or that has none) is an
+//    ES module when it uses ES module syntax, as Node 22 decides for `.js`; without this, a job file
+//    in such a folder is compiled to CommonJS and cannot import the engine (an ES module).
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** `reconciler` (and `reconciler/…`, the same entry) → the URL of the running engine's public API. */
+let apiEntry;
+
+export function initialize(data) {
+  apiEntry = data?.apiEntry;
+}
+
+const packageTypes = new Map();
+
+/** "module", "commonjs", or undefined when the nearest package.json says nothing (or there is none). */
+function packageType(directory) {
+  if (packageTypes.has(directory)) return packageTypes.get(directory);
+  let type;
+  const manifest = join(directory, 'package.json');
+  if (existsSync(manifest)) {
+    try {
+      type = JSON.parse(readFileSync(manifest, 'utf8')).type ?? null;
+    } catch {
+      type = null;
+    }
+  } else {
+    const parent = dirname(directory);
+    type = parent === directory ? null : packageType(parent);
+  }
+  packageTypes.set(directory, type);
+  return type;
+}
+
+const ES_MODULE_SYNTAX = /^\s*(?:import\s*[\w{*'"]|export\s)/m;
+
+function shouldBeModule(url, format) {
+  if (!url.startsWith('file:') || url.includes('/node_modules/')) return false;
+  if (format !== undefined && format !== null && format !== 'commonjs' && format !== 'commonjs-typescript') return false;
+  if (!/\.(?:ts|js)$/.test(new URL(url).pathname)) return false;
+  const path = fileURLToPath(url);
+  if (packageType(dirname(path))) return false; // the folder says what it is
+  try {
+    return ES_MODULE_SYNTAX.test(readFileSync(path, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+export async function resolve(specifier, context, nextResolve) {
+  if (apiEntry && (specifier === 'reconciler' || specifier.startsWith('reconciler/'))) {
+    return nextResolve(apiEntry, context);
+  }
+  const resolved = await nextResolve(specifier, context);
+  return shouldBeModule(resolved.url, resolved.format) ? { ...resolved, format: 'module' } : resolved;
+}

@@ -1,0 +1,47 @@
+/**
+ * The example's own configuration: where its payment provider is. The engine knows none of
+ * these variables; the example reads them when it first needs the provider, with zod, and
+ * marks the key as a secret so that the engine masks it everywhere.
+ */
+import { z } from 'zod';
+import { registerSecret } from 'reconciler';
+
+const providerSchema = z.object({
+  /** The payment provider's base URL. */
+  PAYMENT_PROVIDER_URL: z.url({ protocol: /^https?$/, message: 'must be an http(s) URL, e.g. https://payments.example.com' }).optional(),
+  /** The provider's API key (a secret). */
+  PAYMENT_PROVIDER_KEY: z.string().min(1).optional(),
+  /** Time limit of one provider request: `10s`, `500ms`. */
+  PAYMENT_PROVIDER_TIMEOUT: z
+    .string()
+    .regex(/^\d+(ms|s)$/, 'must be a duration like 10s or 500ms')
+    .default('10s')
+    .transform((value) => (value.endsWith('ms') ? Number(value.slice(0, -2)) : Number(value.slice(0, -1)) * 1_000)),
+  DATABASE_URL: z.string().optional(),
+});
+
+export interface ProviderConfig {
+  url: string;
+  key: string;
+  timeoutMs: number;
+}
+
+/**
+ * The provider to call, or undefined for the demo's in-process simulator (nothing configured,
+ * on the embedded database). Throws one line per problem: settle-returns then fails its items
+ * with that line (and retries them once it is fixed), while every other reconciler runs.
+ */
+export function loadProviderConfig(env: NodeJS.ProcessEnv = process.env): ProviderConfig | undefined {
+  const parsed = providerSchema.safeParse(Object.fromEntries(Object.entries(env).filter(([, value]) => value !== '')));
+  if (!parsed.success) {
+    throw new Error(parsed.error.issues.map((issue) => `invalid ${String(issue.path[0])}: ${issue.message}`).join('; '));
+  }
+  const { PAYMENT_PROVIDER_URL: url, PAYMENT_PROVIDER_KEY: key, PAYMENT_PROVIDER_TIMEOUT: timeoutMs, DATABASE_URL } = parsed.data;
+  registerSecret(key);
+  if (!url) {
+    if (DATABASE_URL) throw new Error('PAYMENT_PROVIDER_URL is not set: point it (and PAYMENT_PROVIDER_KEY) at the payment provider; only on the embedded database does the demo simulator stand in');
+    return undefined;
+  }
+  if (!key) throw new Error('PAYMENT_PROVIDER_KEY is not set: it is required with PAYMENT_PROVIDER_URL (the API key of the payment provider)');
+  return { url, key, timeoutMs };
+}

@@ -1,0 +1,29 @@
+/**
+ * The demo's payment provider: with nothing configured, on the embedded database, the
+ * simulator starts in this process on a free port the first time an item needs it, and keeps
+ * its ledger in the embedded database's `payment_provider` schema.
+ */
+import { randomBytes } from 'node:crypto';
+import { registerSecret, type ReconcileContext } from 'reconciler';
+import { HttpPaymentProvider, type PaymentProvider } from './provider.js';
+import { startSimulator, type RunningSimulator } from './simulator/server.js';
+
+let started: Promise<{ simulator: RunningSimulator; provider: PaymentProvider }> | undefined;
+
+export function startDemoSimulator({ db, log }: Pick<ReconcileContext, 'db' | 'log'>): Promise<{ simulator: RunningSimulator; provider: PaymentProvider }> {
+  started ??= (async () => {
+    const apiKey = `sk_demo_${randomBytes(12).toString('hex')}`;
+    registerSecret(apiKey);
+    const simulator = await startSimulator({ db, apiKey, faults: { latencyMs: [20, 80] } });
+    log.info({ url: simulator.url }, `demo: PAYMENT_PROVIDER_URL is not set, so a payment provider simulator runs in this process on ${simulator.url}`);
+    return { simulator, provider: new HttpPaymentProvider({ baseUrl: simulator.url, apiKey, timeoutMs: 10_000 }) };
+  })();
+  return started;
+}
+
+/** Stops the in-process simulator, if one started. */
+export async function stopDemoSimulator(): Promise<void> {
+  const running = started;
+  started = undefined;
+  if (running) await (await running).simulator.close();
+}
