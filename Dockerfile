@@ -1,6 +1,7 @@
-# reconciler: the daemon image.
+# reconciler: the daemon image. It holds the engine only; your job files go in /app/jobs (build
+# FROM this image and COPY them there, or mount them). TypeScript job files load as they are.
 # Kept in lockstep with test/docker.test.ts, which replays these steps without Docker
-# (same build command, `npm ci --omit=dev` in a separate folder, then this CMD and ENV).
+# (same build command, `npm ci --omit=dev` in a separate folder, the same links, then this CMD and ENV).
 
 # --- build: compile TypeScript to dist/ ---
 FROM node:24-slim AS build
@@ -8,23 +9,23 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --ignore-scripts
 COPY tsconfig.json tsconfig.build.json ./
-COPY scripts ./scripts
+COPY scripts/copy-migrations.js ./scripts/
 COPY src ./src
-COPY jobs ./jobs
 RUN npm run build
 
-# --- runtime: production dependencies and the build only ---
+# --- runtime: production dependencies and the build only (no PGlite: production uses PostgreSQL) ---
 FROM node:24-slim
 # tini is PID 1: it forwards SIGTERM to Node and reaps zombies (docker run --init semantics).
 RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-ENV NODE_ENV=production JOBS_DIR=dist/jobs HTTP_HOST=0.0.0.0 HTTP_PORT=8080 DATA_DIR=/app/.data PATH=/app/bin:$PATH
+ENV NODE_ENV=production JOBS_DIR=/app/jobs HTTP_HOST=0.0.0.0 HTTP_PORT=8080
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
 COPY --from=build /app/dist ./dist
 COPY bin ./bin
+# `reconciler` on PATH, for `kubectl exec … -- reconciler run <name>` and the migrate Job.
+RUN ln -s /app/bin/reconciler.js /usr/local/bin/reconciler && mkdir -p /app/jobs
 # The image's user `node`, by number, so that Kubernetes' runAsNonRoot can verify it.
-RUN mkdir -p /app/.data && chown 1000:1000 /app/.data
 USER 1000:1000
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \

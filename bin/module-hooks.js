@@ -8,7 +8,7 @@
 //    in such a folder is compiled to CommonJS and cannot import the engine (an ES module).
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /** `reconciler` (and `reconciler/…`, the same entry) → the URL of the running engine's public API. */
 let apiEntry;
@@ -40,16 +40,23 @@ function packageType(directory) {
 
 const ES_MODULE_SYNTAX = /^\s*(?:import\s*[\w{*'"]|export\s)/m;
 
-function shouldBeModule(url, format) {
-  if (!url.startsWith('file:') || url.includes('/node_modules/')) return false;
-  if (format !== undefined && format !== null && format !== 'commonjs' && format !== 'commonjs-typescript') return false;
-  if (!/\.(?:ts|js)$/.test(new URL(url).pathname)) return false;
-  const path = fileURLToPath(url);
-  if (packageType(dirname(path))) return false; // the folder says what it is
+/**
+ * The file URL to load as an ES module instead, or undefined. tsx marks a file it takes for
+ * CommonJS with a query (`…/helper.ts?tsx-commonjs-…`, percent-encoded into the path): that
+ * decoration is dropped along with the format.
+ */
+function asModule(url, format) {
+  if (!url.startsWith('file:') || url.includes('/node_modules/')) return undefined;
+  if (format !== undefined && format !== null && format !== 'commonjs' && format !== 'commonjs-typescript') return undefined;
+  const file = new URL(url);
+  const pathname = decodeURIComponent(file.pathname).split('?')[0];
+  if (!/\.(?:ts|js)$/.test(pathname)) return undefined;
+  const path = fileURLToPath(new URL(`file://${pathname.replace(/[?#%]/g, encodeURIComponent)}`));
+  if (packageType(dirname(path))) return undefined; // the folder says what it is
   try {
-    return ES_MODULE_SYNTAX.test(readFileSync(path, 'utf8'));
+    return ES_MODULE_SYNTAX.test(readFileSync(path, 'utf8')) ? pathToFileURL(path).href : undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }
 
@@ -58,5 +65,6 @@ export async function resolve(specifier, context, nextResolve) {
     return nextResolve(apiEntry, context);
   }
   const resolved = await nextResolve(specifier, context);
-  return shouldBeModule(resolved.url, resolved.format) ? { ...resolved, format: 'module' } : resolved;
+  const url = asModule(resolved.url, resolved.format);
+  return url ? { ...resolved, url, format: 'module' } : resolved;
 }

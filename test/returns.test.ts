@@ -3,7 +3,7 @@
  * that needs money work gets exactly one effect at the provider, whatever fails.
  */
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { REPO_ROOT } from './helpers/jobs.js';
@@ -51,7 +51,10 @@ describe('the settlement rule', () => {
 describe('the zero-configuration demo (`npm start` on a fresh checkout)', () => {
   it('runs on the embedded database, starts the simulator, seeds returns and settles each once within a minute', { timeout: 120_000 }, async () => {
     const dataDir = join(REPO_ROOT, 'test', '.tmp', `demo-${process.pid}-${Date.now()}`);
-    const daemon = startProcess(['daemon'], { DATA_DIR: dataDir, LOG_LEVEL: 'info' });
+    // `npm start`'s own command line, run directly so that the test holds the daemon's process.
+    const start = (JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { scripts: { start: string } }).scripts.start.split(' ');
+    expect(start.slice(0, 3)).toEqual(['node', '--import', './bin/register.js']);
+    const daemon = startProcess(start.slice(1), { DATA_DIR: dataDir, LOG_LEVEL: 'info' }, { command: process.execPath });
     try {
       const seeded = await daemon.waitFor((line) => String(line.msg).startsWith('demo: the database had no returns'), 'the demo seed', 60_000);
       await everySettlePartitionPassed(daemon);

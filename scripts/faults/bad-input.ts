@@ -79,7 +79,7 @@ export async function badInput(stage: Stage, seed: number, quick: boolean): Prom
 
   // Misconfigured replicas beside the running one: each refuses to start with one line and exit 2.
   const malformedDatabaseUrl = await stage.run(['daemon'], { ...env, DATABASE_URL: 'postgres://app:canary-db-pw@db.internal:port/app' });
-  const malformedProviderUrl = await stage.run(['daemon'], { ...env, PAYMENT_PROVIDER_URL: 'api.payments.example/v1' });
+  const foreignSchema = await stage.run(['daemon'], { ...env, RECONCILER_SCHEMA: 'public' });
   const alive = daemon.child.exitCode === null && daemon.child.signalCode === null;
   const errorLines = (file: string) => hasLine(daemon.lines, (l) => l.level >= 50 && String(l.file ?? '').endsWith(`/${file}`));
   const common = [...(settled ? [settled] : []), ...(alive ? [] : ['the daemon exited'])];
@@ -145,6 +145,6 @@ export async function badInput(stage: Stage, seed: number, quick: boolean): Prom
     return { failures, figures: { exit: result.code ?? String(result.signal), line: lines[0]?.slice(0, 160) ?? '' } };
   };
   cases['malformed DATABASE_URL'] = configCase(malformedDatabaseUrl, 'DATABASE_URL', 'canary-db-pw');
-  cases['malformed PAYMENT_PROVIDER_URL'] = configCase(malformedProviderUrl, 'PAYMENT_PROVIDER_URL');
+  cases['RECONCILER_SCHEMA naming a schema the engine does not own'] = configCase(foreignSchema, 'RECONCILER_SCHEMA');
   return cases;
 }

@@ -64,7 +64,7 @@ export async function openContext(options: ContextOptions): Promise<CommandConte
       const pending = await pendingMigrations(database);
       if (pending > 0 && database.kind === 'embedded') await migrateDatabase(database);
       else if (pending > 0) {
-        throw new UserError(`the database at ${database.target} has ${pending} pending migration(s) of the engine schema "${setup.config.RECONCILER_SCHEMA}": run \`reconciler migrate\` (the daemon also applies them at start)`);
+        throw new UserError(`the engine schema "${setup.config.RECONCILER_SCHEMA}" of the database at ${database.target} has ${pending} pending migration(s): run \`reconciler migrate\` (the daemon also applies them at start)`);
       }
     }
   } catch (error) {

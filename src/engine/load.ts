@@ -100,8 +100,14 @@ async function syntaxProblem(error: Error, relativePath: string, file: string): 
     : error.name === 'SyntaxError' && /\.m?js$/.test(path) ? await checkedSyntaxLocation(path)
     : undefined;
   if (!location) return undefined;
-  const where = location.path === path ? `line ${location.line}, column ${location.column}` : `${relative(process.cwd(), location.path) || location.path}, line ${location.line}, column ${location.column} (a file ${file} imports)`;
+  const where = location.path === path ? `line ${location.line}, column ${location.column}` : `${shownPath(location.path)}, line ${location.line}, column ${location.column} (a file ${file} imports)`;
   return { message: scrub(`syntax error at ${where}: ${location.reason}`), excerpt: scrub(excerptOf(location)) };
+}
+
+/** A path as people read it: relative to the current directory when under it, else absolute. */
+function shownPath(path: string): string {
+  const shown = relative(process.cwd(), path);
+  return shown === '' || shown.startsWith('..') ? resolve(path) : shown;
 }
 
 function isJobFile(file: string): boolean {
@@ -136,7 +142,7 @@ export async function loadReconcilers(jobsDir: string): Promise<LoadResult> {
   const twins = new Set<string>();
   for (const entry of entries) {
     const path = join(jobsDir, entry);
-    const file = relative(process.cwd(), path) || path;
+    const file = shownPath(path);
     const name = basename(entry, extname(entry));
     if (!NAME_PATTERN.test(name)) {
       errors.push({ file, name, message: `the file name \`${name}\` is not a valid reconciler name: use kebab-case (lowercase letters, digits and dashes), e.g. settle-returns.ts` });

@@ -33,8 +33,37 @@ export interface Database {
    * listens again. Rejects when the session cannot be opened.
    */
   listen(channels: readonly string[], onNotify: (channel: string, payload: string) => void, onLost: (error: Error) => void): Promise<ListenSession>;
+  /**
+   * `EXPLAIN (FORMAT JSON)` of each statement, planned with sequential scans disabled (so a
+   * usable index shows even on a small table), in a read-only transaction that is rolled back.
+   * Nothing is executed. Resolves with each statement's plan (the root plan node).
+   */
+  explain(statements: readonly Statement[]): Promise<PlanNode[]>;
   close(): Promise<void>;
 }
+
+/** A statement as the driver sends it: text with $1… placeholders, and their values. */
+export interface Statement {
+  text: string;
+  params: unknown[];
+}
+
+/** A node of an EXPLAIN (FORMAT JSON) plan. */
+export interface PlanNode {
+  'Node Type': string;
+  'Relation Name'?: string;
+  'Index Name'?: string;
+  Plans?: PlanNode[];
+}
+
+/** Sequential scans cost so much that the planner takes any index it can; 5 s bounds a statement's planning. */
+const EXPLAIN_SETTINGS = "SET LOCAL enable_seqscan = off; SET LOCAL statement_timeout = '5s'";
+const explainText = (statement: Statement) => `EXPLAIN (FORMAT JSON) ${statement.text}`;
+const rootPlan = (rows: Record<string, unknown>[]): PlanNode => {
+  const value = rows[0]?.['QUERY PLAN'];
+  const plan = (typeof value === 'string' ? JSON.parse(value) : value) as { Plan: PlanNode }[];
+  return plan[0]!.Plan;
+};
 
 /** Where this process stands among the daemons sharing the database: `rank` of `count`, 0-based. */
 export interface Membership {
@@ -190,6 +219,23 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
         },
       };
     },
+    async explain(statements) {
+      const client = await pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query('BEGIN READ ONLY');
+        await client.query(EXPLAIN_SETTINGS);
+        const plans: PlanNode[] = [];
+        for (const statement of statements) plans.push(rootPlan((await client.query(explainText(statement), statement.params)).rows));
+        return plans;
+      } catch (error) {
+        broken = coerceError(error);
+        throw error;
+      } finally {
+        await client.query('ROLLBACK').catch(() => undefined);
+        client.release(broken);
+      }
+    },
     close: async () => {
       await Promise.all([pool.end(), controlPool.end()]);
     },
@@ -299,6 +345,16 @@ async function openEmbedded(options: OpenOptions): Promise<Database> {
         const stops = await Promise.all(channels.map((channel) => client.listen(quoteChannel(channel), (payload) => onNotify(channel, payload))));
         // PGlite's UNLISTEN does not quote the name; closing the database ends the listening anyway.
         return { close: async () => void (await Promise.all(stops.map((stop) => stop().catch(() => undefined)))), membership: async () => ALONE };
+      },
+      async explain(statements) {
+        await client.exec(`BEGIN READ ONLY; ${EXPLAIN_SETTINGS}`);
+        try {
+          const plans: PlanNode[] = [];
+          for (const statement of statements) plans.push(rootPlan((await client.query<Record<string, unknown>>(explainText(statement), statement.params)).rows));
+          return plans;
+        } finally {
+          await client.exec('ROLLBACK').catch(() => undefined);
+        }
       },
       async close() {
         try {

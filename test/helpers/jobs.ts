@@ -43,10 +43,10 @@ export function jobsDir(files: Record<string, string> = {}): JobsDir {
  * A job file over a test table `items(id serial, name text, done boolean)`: it finds the
  * rows not done yet and marks them done. Options tune its behaviour for a test.
  */
-export function tableJob(options: { schedule?: string; table?: string; delayMs?: number; failKeys?: string[]; /** Fail at the first attempt only. */ failOnceKeys?: string[]; concurrency?: number; /** Split by `reconciler.partition_of(name, n)`; the scan filters on it. */ partitions?: number; extra?: string } = {}): string {
+export function tableJob(options: { /** The import specifier of the public API (default: this checkout's sources). */ api?: string; schedule?: string; table?: string; delayMs?: number; failKeys?: string[]; /** Fail at the first attempt only. */ failOnceKeys?: string[]; concurrency?: number; /** Split by `reconciler.partition_of(name, n)`; the scan filters on it. */ partitions?: number; extra?: string } = {}): string {
   const table = options.table ?? 'items';
   return `
-import { defineReconciler, sql, TerminalError } from ${JSON.stringify(API)};
+import { defineReconciler, sql, TerminalError } from ${JSON.stringify(options.api ?? API)};
 const failKeys = new Set(${JSON.stringify(options.failKeys ?? [])});
 const failOnceKeys = new Set(${JSON.stringify(options.failOnceKeys ?? [])});
 export default defineReconciler({

@@ -11,7 +11,7 @@ import { Engine, describeHolder, passLabel, summarize, type RunOutcome } from '.
 import { partitionOf, type Reconciler } from '../../reconciler.js';
 import type { PassResult } from '../../engine/pass.js';
 import { withContext } from '../context.js';
-import { describeLoadError, type LoadError } from '../../engine/load.js';
+import { describeLoadError, formatLoadError, type LoadError } from '../../engine/load.js';
 import type { Config } from '../../config.js';
 import type { Logger } from 'pino';
 import { printJson } from '../table.js';
@@ -51,7 +51,7 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
     }
   }
   if (selected.length === 0 && loadErrors.length === 0) throw new UserError(`no reconcilers in ${config.JOBS_DIR}: add a file there (see docs/writing-reconcilers.md)`);
-  for (const e of loadErrors) process.stderr.write(`reconciler: warning: ${describeLoadError(e)}\n(not loaded; the other reconcilers are unaffected)\n`);
+  for (const e of loadErrors) process.stderr.write(`reconciler: warning: ${formatLoadError(e)} (not loaded; the other reconcilers are unaffected)\n${e.excerpt ? `${e.excerpt}\n` : ''}`);
 
   const progress = flags.json ? undefined : Progress.forStderr(engine.events);
   if (flags.dryRun) {

@@ -1,0 +1,92 @@
+/**
+ * How a reconciler's scan reaches its rows, for `reconciler list`: through an index, or by
+ * reading a table whole. A scan that reads a table whole costs O(table), not O(work): fine
+ * at a thousand rows, a slow pass and a loaded database at ten million. This shows it while
+ * the table is still small.
+ *
+ * The scan's first page runs against a stand-in connection that records each statement and
+ * answers "no rows" without sending anything; each recorded statement is then EXPLAINed on the
+ * live database with sequential scans disabled. A sequential scan still in the plan means no
+ * index can serve that statement (a dropped index, a missing one, a filter the index does not
+ * match).
+ */
+import { drizzle } from 'drizzle-orm/node-postgres';
+import type { Db, Reconciler } from '../reconciler.js';
+import type { Database, PlanNode, Statement } from '../store/database.js';
+import { coerceError, errorSummary } from '../errors.js';
+
+export interface ScanPlan {
+  /**
+   * `index`: every table its statements read is reached through an index; `table-scan`: some
+   * table is read whole; `none`: its first page sent no statement (it reads no table);
+   * `unknown`: the scan or EXPLAIN failed (see `detail`).
+   */
+  access: 'index' | 'table-scan' | 'none' | 'unknown';
+  /** Indexes the plans use. */
+  indexes: string[];
+  /** Tables the plans read whole. */
+  tableScans: string[];
+  /** How many statements the first page sent. */
+  statements: number;
+  /** One line for people: `index returns_unsettled_by_partition`, `reads returns whole (no index fits)`. */
+  detail: string;
+}
+
+/** A pg client that records what it is asked and answers with no rows. */
+function recordingClient(statements: Statement[]) {
+  return {
+    async query(query: string | { text: string; values?: unknown[] }, params?: unknown[]) {
+      const text = typeof query === 'string' ? query : query.text;
+      statements.push({ text, params: params ?? (typeof query === 'string' ? [] : query.values ?? []) });
+      return { rows: [], fields: [], rowCount: 0, command: 'SELECT' };
+    },
+  };
+}
+
+/** The statements the first page of the scan sends (partition 0 of a partitioned reconciler). */
+async function firstPageStatements(reconciler: Reconciler): Promise<Statement[]> {
+  const statements: Statement[] = [];
+  const db = drizzle({ client: recordingClient(statements) as never }) as unknown as Db;
+  const page = reconciler.scan({ db, after: undefined, limit: reconciler.pageSize, signal: new AbortController().signal, partition: { index: 0, count: reconciler.partitions } });
+  if (typeof (page as AsyncIterable<unknown>)[Symbol.asyncIterator] === 'function') {
+    const iterator = (page as AsyncIterable<unknown>)[Symbol.asyncIterator]();
+    await iterator.next();
+    await iterator.return?.();
+  } else {
+    await page;
+  }
+  return statements;
+}
+
+function walk(node: PlanNode, visit: (node: PlanNode) => void): void {
+  visit(node);
+  for (const child of node.Plans ?? []) walk(child, visit);
+}
+
+export async function planScan(database: Database, reconciler: Reconciler): Promise<ScanPlan> {
+  let statements: Statement[];
+  try {
+    statements = await firstPageStatements(reconciler);
+  } catch (error) {
+    return { access: 'unknown', indexes: [], tableScans: [], statements: 0, detail: `its scan failed without rows: ${errorSummary(coerceError(error), 160)}` };
+  }
+  if (statements.length === 0) return { access: 'none', indexes: [], tableScans: [], statements: 0, detail: 'its scan sends no SQL' };
+  let plans: PlanNode[];
+  try {
+    plans = await database.explain(statements);
+  } catch (error) {
+    return { access: 'unknown', indexes: [], tableScans: [], statements: statements.length, detail: `EXPLAIN failed: ${errorSummary(coerceError(error), 160)}` };
+  }
+  const indexes = new Set<string>();
+  const tableScans = new Set<string>();
+  for (const plan of plans) {
+    walk(plan, (node) => {
+      if (node['Index Name']) indexes.add(node['Index Name']);
+      if (node['Node Type'] === 'Seq Scan' && node['Relation Name']) tableScans.add(node['Relation Name']);
+    });
+  }
+  const result = { indexes: [...indexes].sort(), tableScans: [...tableScans].sort(), statements: statements.length };
+  if (tableScans.size > 0) return { access: 'table-scan', ...result, detail: `reads ${result.tableScans.join(', ')} whole: no index fits its scan` };
+  if (indexes.size > 0) return { access: 'index', ...result, detail: `index ${result.indexes.join(', ')}` };
+  return { access: 'none', ...result, detail: 'its scan reads no table' };
+}
