@@ -1,0 +1,89 @@
+/**
+ * Upgrading an installation from the layout before engine schemas, when the engine's tables
+ * stood beside the application's (reconciler_state, reconciler_runs, reconciler_failures, the
+ * function reconciler_partition) and the returns example's migrations were the engine's own.
+ * The database is migrated exactly as that version did (its migrations, kept as a fixture, by
+ * drizzle's migrator into drizzle's default journal), then `reconciler migrate` runs.
+ */
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sql } from 'drizzle-orm';
+import { migrate } from 'drizzle-orm/node-postgres/migrator';
+import { createTestDatabase, type TestDatabase } from './helpers/db.js';
+import { REPO_ROOT } from './helpers/jobs.js';
+import { runCli } from './helpers/processes.js';
+import { seedReturns } from '../examples/returns/src/seed.js';
+import { migrateReturns } from '../examples/returns/src/migrate.js';
+
+const LEGACY_MIGRATIONS = fileURLToPath(new URL('./fixtures/legacy-layout/migrations', import.meta.url));
+let t: TestDatabase;
+
+const rowsOf = (table: string) => t.rows<Record<string, unknown>>(sql.raw(`SELECT * FROM ${table} ORDER BY 1, 2`));
+
+beforeAll(async () => {
+  t = await createTestDatabase({ migrate: false });
+  await migrate(t.db as never, { migrationsFolder: LEGACY_MIGRATIONS });
+  await seedReturns(t.db, 6, 5);
+  // What a running installation holds: history (one pass still running), failure memory (one item dead), a live lease.
+  await t.rows(sql`
+    INSERT INTO reconciler_runs (reconciler, partition, trigger, status, started_at, finished_at, duration_ms, found, changed, complete, host, pid, error)
+    VALUES ('settle-returns', 0, 'schedule', 'succeeded', now() - interval '2 minutes', now() - interval '119 seconds', 900, 3, 3, true, 'web-1', 101, NULL),
+           ('settle-returns', 1, 'schedule', 'failed', now() - interval '2 minutes', now() - interval '119 seconds', 950, 2, 1, true, 'web-1', 101, NULL),
+           ('expire-trials', 0, 'manual', 'running', now() - interval '5 seconds', NULL, NULL, 0, 0, false, 'web-2', 202, NULL)`);
+  await t.rows(sql`
+    INSERT INTO reconciler_failures (reconciler, key, partition, attempts, last_error, next_attempt_at, dead_at)
+    VALUES ('settle-returns', 'return:2', 1, 3, 'the provider declined', now() + interval '1 hour', NULL),
+           ('expire-trials', 'trial:9', 0, 10, 'card expired', now(), now())`);
+  await t.rows(sql`
+    INSERT INTO reconciler_state (reconciler, partition, partitions, holder_id, holder_host, holder_pid, holder_since, lease_expires_at, current_run_id, last_started_at, last_status, last_run_id)
+    VALUES ('expire-trials', 0, 1, '00000000-0000-4000-8000-000000000001', 'web-2', 202, now() - interval '5 seconds', now() + interval '1 hour', 3, now() - interval '5 seconds', 'succeeded', 1),
+           ('settle-returns', 1, 4, NULL, NULL, NULL, NULL, NULL, NULL, now() - interval '2 minutes', 'failed', 2)`);
+});
+afterAll(async () => {
+  await t.drop();
+});
+
+describe('an installation from before engine schemas', () => {
+  it('moves the engine tables into the schema with their history, failure memory and leases, and keeps the application untouched', async () => {
+    const before = { runs: await rowsOf('reconciler_runs'), failures: await rowsOf('reconciler_failures'), state: await rowsOf('reconciler_state') };
+    const applicationTables = await t.rows<{ name: string }>(sql`SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public' AND table_name NOT LIKE 'reconciler_%' ORDER BY 1`);
+    const returnsBefore = await rowsOf('returns');
+
+    const result = await runCli(['migrate'], { DATABASE_URL: t.url });
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stdout).toMatch(/^applied 1 migration\(s\)/);
+
+    expect({ runs: await rowsOf('reconciler.runs'), failures: await rowsOf('reconciler.failures'), state: await rowsOf('reconciler.state') }).toEqual(before);
+    const [gone] = await t.rows<Record<string, unknown>>(sql`
+      SELECT to_regclass('public.reconciler_runs') AS runs, to_regclass('public.reconciler_state') AS state, to_regclass('public.reconciler_failures') AS failures,
+             to_regprocedure('public.reconciler_partition(text, integer)') AS fn, to_regprocedure('reconciler.partition_of(text, integer)') IS NOT NULL AS moved`);
+    expect(gone).toEqual({ runs: null, state: null, failures: null, fn: null, moved: true });
+    // The application's tables, and the example's index, which now refers to the moved function.
+    expect(await t.rows(sql`SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1`)).toEqual(applicationTables);
+    expect(await rowsOf('returns')).toEqual(returnsBefore);
+    const [index] = await t.rows<{ definition: string }>(sql`SELECT pg_get_indexdef('returns_unsettled_by_partition'::regclass) AS definition`);
+    expect(index!.definition).toContain('reconciler.partition_of(');
+
+    // History goes on from where it was: new passes take the next ids.
+    const [next] = await t.rows<{ id: string }>(sql`SELECT nextval(pg_get_serial_sequence('reconciler.runs', 'id')) AS id`);
+    expect(Number(next!.id)).toBe(4);
+
+    // The CLI reads what was there: the live lease, the history, the dead item.
+    const history = await runCli(['history', '--json'], { DATABASE_URL: t.url });
+    expect((JSON.parse(history.stdout) as { runs: unknown[] }).runs).toHaveLength(3);
+    const failures = await runCli(['failures', 'expire-trials', '--dead', '--json'], { DATABASE_URL: t.url });
+    expect((JSON.parse(failures.stdout) as { failures: { key: string }[] }).failures.map((f) => f.key)).toEqual(['trial:9']);
+
+    // The example continues from its journal (drizzle's default): nothing of it runs again.
+    await migrateReturns(t.database);
+    const [journal] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations`);
+    expect(journal!.n).toBe(4);
+    const listed = await runCli(['list', '--json'], { DATABASE_URL: t.url, JOBS_DIR: `${REPO_ROOT}/jobs` });
+    expect(listed.code, listed.stderr).toBe(0);
+    const [settle] = (JSON.parse(listed.stdout) as { reconcilers: { name: string; scan: { access: string; indexes: string[] } }[] }).reconcilers;
+    expect(settle).toMatchObject({ name: 'settle-returns', scan: { access: 'index', indexes: ['returns_unsettled_by_partition'] } });
+
+    const again = await runCli(['migrate'], { DATABASE_URL: t.url });
+    expect(again.stdout).toContain('is up to date');
+  });
+});
