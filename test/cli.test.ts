@@ -204,7 +204,7 @@ describe('reconciler run beside broken job files', () => {
       `reconciler: warning: ${rel('boom.ts')}: failed to import: boom (not loaded; the other reconcilers are unaffected)`,
       `reconciler: warning: ${rel('nodefault.ts')}: does not default-export a reconciler: add \`export default defineReconciler({ schedule, scan, key, reconcile })\` (not loaded; the other reconcilers are unaffected)`,
     ];
-    return { env, rel, warnings };
+    return { env, rel, warnings, folder };
   }
 
   it.each([
@@ -228,13 +228,19 @@ describe('reconciler run beside broken job files', () => {
     expectOneLineError(await runCli(['run', 'itmes'], env), 'unknown reconciler `itmes`, did you mean `items`?');
   });
 
-  it('leaves history and failures working', async () => {
-    const { env } = await withBrokenSiblings();
-    for (const args of [['history', 'items'], ['history', 'boom'], ['failures', 'items']]) {
+  it('leaves every read-only command working, the broken job included, whatever it needs at import', async () => {
+    const { env, folder } = await withBrokenSiblings();
+    // A job that needs a secret at import, as a payment job might, with a failure on record from before.
+    folder.write('needs-secret.ts', `if (!process.env.PAYMENT_API_KEY) throw new Error('PAYMENT_API_KEY is not set');\nexport default {};\n`);
+    await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at) VALUES ('needs-secret', 'k-1', 3, 'declined', now(), now()), ('needs-secret', 'k-2', 1, 'declined', now(), NULL)`);
+    for (const args of [['list'], ['list', '--json'], ['history', 'items'], ['history', 'boom'], ['failures'], ['failures', 'needs-secret'], ['retry', 'needs-secret', 'k-1'], ['clear', 'needs-secret', 'k-2'], ['config']]) {
       const result = await runCli(args, env);
       expect(result.code, `${args.join(' ')}: ${result.stderr}`).toBe(0);
-      expect(result.stderr).toBe('');
+      expect(result.stderr, args.join(' ')).toBe('');
     }
+    const listed = await runCli(['list'], env);
+    expect(listed.stdout).toMatch(/^needs-secret\s.*DID NOT LOAD: .*needs-secret\.ts: failed to import: PAYMENT_API_KEY is not set$/m);
+    expect(await t.rows(sql`SELECT key, attempts, dead_at IS NULL AS alive FROM reconciler.failures WHERE reconciler = 'needs-secret'`)).toEqual([{ key: 'k-1', attempts: 0, alive: true }]);
   });
 });
 
