@@ -5,7 +5,7 @@
  */
 import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
-import { ExitCode, UserError, coerceError, errorSummary, isDatabaseUnavailable } from './errors.js';
+import { ExitCode, UserError, coerceError, errorSummary } from './errors.js';
 import { formatDuration } from './duration.js';
 import { Engine } from './engine/engine.js';
 import { Scheduler } from './scheduler/scheduler.js';
@@ -15,15 +15,13 @@ import { queryRows, type Database, type Membership } from './store/database.js';
 import { Metrics } from './http/metrics.js';
 import { CHECK_TIMEOUT_MS, startOpsServer, within, type Check } from './http/server.js';
 import { pruneRuns } from './store/runs.js';
-import { connect, prepare, type Setup } from './cli/context.js';
+import { prepare, waitForDatabase } from './cli/context.js';
 import { oneLine } from './cli/table.js';
 import { describeLoadError, formatLoadError } from './engine/load.js';
 
 const PRUNE_EVERY_MS = 3_600_000;
 /** After the passes have stopped, how long closing the database may take. */
 const CLOSE_GRACE_MS = 5_000;
-/** Waiting for the database at start: the first retry after this, doubling up to the cap. */
-const STARTUP_RETRY_MS = { first: 500, max: 5_000 };
 
 /** What `setup` gets: the open, migrated database and the daemon's logger. */
 export interface DaemonContext {
@@ -51,44 +49,6 @@ export interface DaemonOptions {
 
 /** Started by `npm start` or another npm script: npm sets npm_lifecycle_event for its child. */
 const startedByNpm = () => process.env.npm_lifecycle_event !== undefined;
-
-/**
- * Opens the database, waiting while it cannot be reached (it often starts after the daemon in a
- * cluster): retried with backoff for up to STARTUP_TIMEOUT, said once in the log. Any other
- * problem (a wrong password, a missing database) fails at once: waiting would not fix it.
- * Resolves undefined if a signal came first.
- */
-async function waitForDatabase(setup: Setup, stopping: Promise<unknown>): Promise<Database | undefined> {
-  const { config, log } = setup;
-  const deadline = Date.now() + config.STARTUP_TIMEOUT;
-  let delay = STARTUP_RETRY_MS.first;
-  let warned = false;
-  let stopped = false;
-  void stopping.then(() => (stopped = true));
-  for (;;) {
-    try {
-      const database = await connect(setup);
-      if (warned) log.info(`the database answers now: ${database.target}`);
-      return database;
-    } catch (error) {
-      if (!isDatabaseUnavailable(error) || stopped) throw error;
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        throw new UserError(`gave up waiting for the database after ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT): ${errorSummary(coerceError(error), 300)}`);
-      }
-      if (!warned) {
-        log.warn({ err: coerceError(error) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT), /readyz fails meanwhile`);
-        warned = true;
-      }
-      const wait = Math.min(delay, left);
-      delay = Math.min(delay * 2, STARTUP_RETRY_MS.max);
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([new Promise((resolve) => (timer = setTimeout(resolve, wait))), stopping]);
-      clearTimeout(timer);
-      if (stopped) return undefined;
-    }
-  }
-}
 
 export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
   const setup = await prepare({ jobs: true, logToStdout: true, ...(options.jobsDir ? { jobsDir: options.jobsDir } : {}) });

@@ -58,11 +58,11 @@ beforeAll(async () => {
   await t.rows(sql.raw(APPLICATION_SCHEMA));
   // `npm pack` builds (prepack) and packs what a git or path install gets; the project installs that.
   const { stdout } = await run('npm', ['pack', '--pack-destination', work, '--json'], { cwd: REPO_ROOT, maxBuffer: 20_000_000 });
-  const [{ filename }] = JSON.parse(stdout) as { filename: string }[];
+  const [packed] = JSON.parse(stdout) as { filename: string }[];
   mkdirSync(join(app, 'jobs'), { recursive: true });
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'shop', version: '1.0.0', private: true }, null, 2));
   writeFileSync(join(app, 'jobs', 'attach-pdfs.ts'), JOB);
-  await run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', join(work, filename!)], { cwd: app, maxBuffer: 20_000_000 });
+  await run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', join(work, packed!.filename)], { cwd: app, maxBuffer: 20_000_000 });
 }, 300_000);
 afterAll(async () => {
   await t?.drop();

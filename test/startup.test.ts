@@ -76,9 +76,9 @@ describe('a database that is not up yet', () => {
     }
   });
 
-  it('gives up after STARTUP_TIMEOUT with one line naming the reason, exit 2', async () => {
+  it.each([['daemon'], ['migrate']])('gives up after STARTUP_TIMEOUT with one line naming the reason, exit 2 (`reconciler %s`)', async (command) => {
     const port = await freePort();
-    const result = await runCli(['daemon'], { DATABASE_URL: urlThrough(port), STARTUP_TIMEOUT: '2s', JOBS_DIR: 'jobs' });
+    const result = await runCli([command], { DATABASE_URL: urlThrough(port), STARTUP_TIMEOUT: '2s', JOBS_DIR: 'jobs' });
     expect(result.code, result.stderr).toBe(2);
     expect(result.stderr.trim().split('\n')).toHaveLength(1);
     expect(result.stderr).toMatch(/^reconciler: gave up waiting for the database after 2\.0s \(STARTUP_TIMEOUT\): .*(ECONNREFUSED|connect)/);

@@ -6,7 +6,8 @@
  */
 import type { Logger } from 'pino';
 import { loadConfig, type Config } from '../config.js';
-import { UserError } from '../errors.js';
+import { UserError, coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
+import { formatDuration } from '../duration.js';
 import { createLogger } from '../log.js';
 import { openDatabase, type Database } from '../store/database.js';
 import { migrateDatabase, pendingMigrations } from '../store/migrate.js';
@@ -38,6 +39,8 @@ export interface ContextOptions {
   logToStdout?: boolean;
   /** Skip the pending-migration check (`migrate` itself, and the daemon that migrates). */
   migrating?: boolean;
+  /** Wait up to STARTUP_TIMEOUT for a database that cannot be reached yet (the daemon, `migrate`). */
+  waitForDatabase?: boolean;
 }
 
 /** Reads the configuration, points the store at the engine schema, and loads the job files. */
@@ -56,9 +59,50 @@ export function connect({ config, log }: Pick<Setup, 'config' | 'log'>): Promise
   return openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, log, poolSize: config.DATABASE_POOL_SIZE });
 }
 
+/** Waiting for the database at start: the first retry after this, doubling up to the cap. */
+const STARTUP_RETRY_MS = { first: 500, max: 5_000 };
+
+/**
+ * Opens the database, waiting while it cannot be reached (it often starts after the daemon in a
+ * cluster): retried with backoff for up to STARTUP_TIMEOUT, said once in the log. Any other
+ * problem (a wrong password, a missing database) fails at once: waiting would not fix it.
+ * Resolves undefined if `stopping` settled first (a signal).
+ */
+export async function waitForDatabase(setup: Pick<Setup, 'config' | 'log'>, stopping: Promise<unknown> = new Promise(() => undefined)): Promise<Database | undefined> {
+  const { config, log } = setup;
+  const deadline = Date.now() + config.STARTUP_TIMEOUT;
+  let delay = STARTUP_RETRY_MS.first;
+  let warned = false;
+  let stopped = false;
+  void stopping.then(() => (stopped = true));
+  for (;;) {
+    try {
+      const database = await connect(setup);
+      if (warned) log.info(`the database answers now: ${database.target}`);
+      return database;
+    } catch (error) {
+      if (!isDatabaseUnavailable(error) || stopped) throw error;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new UserError(`gave up waiting for the database after ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT): ${errorSummary(coerceError(error), 300)}`);
+      }
+      if (!warned) {
+        log.warn({ err: coerceError(error) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT), /readyz fails meanwhile`);
+        warned = true;
+      }
+      const wait = Math.min(delay, left);
+      delay = Math.min(delay * 2, STARTUP_RETRY_MS.max);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([new Promise((resolve) => (timer = setTimeout(resolve, wait))), stopping]);
+      clearTimeout(timer);
+      if (stopped) return undefined;
+    }
+  }
+}
+
 export async function openContext(options: ContextOptions): Promise<CommandContext> {
   const setup = await prepare(options);
-  const database = await connect(setup);
+  const database = options.waitForDatabase ? (await waitForDatabase(setup))! : await connect(setup);
   try {
     if (!options.migrating) {
       const pending = await pendingMigrations(database);
