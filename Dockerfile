@@ -20,7 +20,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf 
 WORKDIR /app
 ENV NODE_ENV=production JOBS_DIR=/app/jobs HTTP_HOST=0.0.0.0 HTTP_PORT=8080
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --ignore-scripts && npm cache clean --force
+# PGlite (the embedded database, for trying reconciler out) comes as an optional peer of drizzle-orm,
+# which npm installs even with --omit=dev: production refuses it (NODE_ENV=production needs DATABASE_URL).
+RUN npm ci --omit=dev --ignore-scripts && rm -rf node_modules/@electric-sql && npm cache clean --force
 COPY --from=build /app/dist ./dist
 COPY bin ./bin
 # `reconciler` on PATH, for `kubectl exec … -- reconciler run <name>` and the migrate Job.

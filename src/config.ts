@@ -63,7 +63,7 @@ const schemaName = z
     message: 'must be a schema of the engine\'s own, not public or a system schema: the engine owns every object in it',
   });
 
-/** The variables, their defaults and meaning. README "Configuration" mirrors this table. */
+/** The variables, their defaults and meaning. docs/configuration.md mirrors this table. */
 export const configSchema = z.object({
   /** PostgreSQL connection string. Unset: the embedded database under DATA_DIR. */
   DATABASE_URL: databaseUrl,

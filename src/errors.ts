@@ -1,7 +1,7 @@
 /**
  * The errors that cross module boundaries, and the one function every `catch` uses.
  *
- * Exit codes are part of the CLI's contract (see README "CLI"):
+ * Exit codes are part of the CLI's contract (see docs/cli.md):
  * 0 ok, 1 the pass finished with failed items, 2 usage / configuration / load /
  * database-connection error, 3 the pass lock is held by another process.
  */

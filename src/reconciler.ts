@@ -152,8 +152,8 @@ export interface ReconcilerDefinition<Item> {
    * own pass lease, so that up to this many replicas drain the reconciler in parallel. The
    * scan gets `partition` and must filter on it:
    * `WHERE ${inPartition(sql\`'return:' || id::text\`, partition)}`, with an index on
-   * `reconciler.partition_of('return:' || id::text, <count>)`. Default 1 (no partitions). See the README before
-   * changing it on a running system.
+   * `reconciler.partition_of('return:' || id::text, <count>)`. Default 1 (no partitions). See
+   * docs/operations.md, "Changing the partition count", before changing it on a running system.
    */
   partitions?: number;
 }

@@ -324,7 +324,7 @@ describe('database and configuration errors', () => {
 
   it('never prints the password of DATABASE_URL', async () => {
     const folder = jobs({ 'items.ts': tableJob() });
-    const env = { DATABASE_URL: 'postgres://postgres:S3cretCanary@127.0.0.1:1/x', JOBS_DIR: folder.dir };
+    const env = { DATABASE_URL: 'postgres://postgres:S3cretCanary@127.0.0.1:1/x', JOBS_DIR: folder.dir, STARTUP_TIMEOUT: '0' };
     for (const args of [['list'], ['run', 'items'], ['config'], ['config', '--json'], ['migrate']]) {
       const result = await runCli(args, env);
       expect(result.stdout + result.stderr, args.join(' ')).not.toContain('S3cretCanary');

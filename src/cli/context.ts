@@ -81,13 +81,13 @@ export async function waitForDatabase(setup: Pick<Setup, 'config' | 'log'>, stop
       if (warned) log.info(`the database answers now: ${database.target}`);
       return database;
     } catch (error) {
-      if (!isDatabaseUnavailable(error) || stopped) throw error;
+      if (!isDatabaseUnavailable(error) || stopped || config.STARTUP_TIMEOUT === 0) throw error;
       const left = deadline - Date.now();
       if (left <= 0) {
         throw new UserError(`gave up waiting for the database after ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT): ${errorSummary(coerceError(error), 300)}`);
       }
       if (!warned) {
-        log.warn({ err: coerceError(error) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT), /readyz fails meanwhile`);
+        log.warn({ err: coerceError(error) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT)`);
         warned = true;
       }
       const wait = Math.min(delay, left);

@@ -63,7 +63,7 @@ export async function listCommand(flags: { json?: boolean }): Promise<number> {
     if (flags.json) {
       printJson({ reconcilers: rows, errors: loadErrors.map((e, i) => ({ ...e, ...broken[i] })) });
     } else {
-      if (rows.length === 0 && loadErrors.length === 0) process.stdout.write(`no reconcilers in ${config.JOBS_DIR} yet: add a file there (see README "Writing a reconciler")\n`);
+      if (rows.length === 0 && loadErrors.length === 0) process.stdout.write(`no reconcilers in ${config.JOBS_DIR} yet: add a file there (see docs/writing-reconcilers.md)\n`);
       if (rows.length > 0 || broken.length > 0) {
         const lastPass = (p: { lastStartedAt: Date | null; lastStatus: string | null }) => (p.lastStartedAt ? `${p.lastStatus ?? 'running'} ${when(p.lastStartedAt, now)}` : 'never');
         process.stdout.write(
