@@ -7,8 +7,10 @@
  * The scan's first page runs against a stand-in connection that records each statement and
  * answers "no rows" without sending anything; each recorded statement is then EXPLAINed on the
  * live database with sequential scans disabled. A sequential scan still in the plan means no
- * index can serve that statement (a dropped index, a missing one, a filter the index does not
- * match).
+ * index can serve that statement (a dropped index, a missing one). An index scan that filters
+ * what it reads (a keyset scan walking the primary key, checking `pdf_url IS NULL` row by row)
+ * reads the whole table as surely, only in order: it is flagged too. A partial index on the
+ * "work missing" condition serves the scan with no filter.
  */
 import { drizzle } from 'drizzle-orm/node-postgres';
 import type { Db, Reconciler } from '../reconciler.js';
@@ -17,15 +19,19 @@ import { coerceError, errorSummary } from '../errors.js';
 
 export interface ScanPlan {
   /**
-   * `index`: every table its statements read is reached through an index; `table-scan`: some
-   * table is read whole; `none`: its first page sent no statement (it reads no table);
-   * `unknown`: the scan or EXPLAIN failed (see `detail`).
+   * `index`: every table its statements read is reached through an index that holds just what
+   * the scan asks for; `filtered-index`: an index is read, but its rows are then filtered (it
+   * reads rows it does not return: as many as the table holds, in the worst case);
+   * `table-scan`: some table is read whole; `none`: its first page sent no statement (it reads
+   * no table); `unknown`: the scan or EXPLAIN failed (see `detail`).
    */
-  access: 'index' | 'table-scan' | 'none' | 'unknown';
+  access: 'index' | 'filtered-index' | 'table-scan' | 'none' | 'unknown';
   /** Indexes the plans use. */
   indexes: string[];
   /** Tables the plans read whole. */
   tableScans: string[];
+  /** Conditions checked row by row after an index scan read the rows: `reads <table> through <index> and filters <condition>`. */
+  filters: string[];
   /** How many statements the first page sent. */
   statements: number;
   /** One line for people: `index returns_unsettled_by_partition`, `reads returns whole (no index fits)`. */
@@ -68,25 +74,35 @@ export async function planScan(database: Database, reconciler: Reconciler): Prom
   try {
     statements = await firstPageStatements(reconciler);
   } catch (error) {
-    return { access: 'unknown', indexes: [], tableScans: [], statements: 0, detail: `its scan failed without rows: ${errorSummary(coerceError(error), 160)}` };
+    return { access: 'unknown', indexes: [], tableScans: [], filters: [], statements: 0, detail: `its scan failed without rows: ${errorSummary(coerceError(error), 160)}` };
   }
-  if (statements.length === 0) return { access: 'none', indexes: [], tableScans: [], statements: 0, detail: 'its scan sends no SQL' };
+  if (statements.length === 0) return { access: 'none', indexes: [], tableScans: [], filters: [], statements: 0, detail: 'its scan sends no SQL' };
   let plans: PlanNode[];
   try {
     plans = await database.explain(statements);
   } catch (error) {
-    return { access: 'unknown', indexes: [], tableScans: [], statements: statements.length, detail: `EXPLAIN failed: ${errorSummary(coerceError(error), 160)}` };
+    return { access: 'unknown', indexes: [], tableScans: [], filters: [], statements: statements.length, detail: `EXPLAIN failed: ${errorSummary(coerceError(error), 160)}` };
   }
   const indexes = new Set<string>();
   const tableScans = new Set<string>();
+  const filters = new Set<string>();
   for (const plan of plans) {
     walk(plan, (node) => {
       if (node['Index Name']) indexes.add(node['Index Name']);
       if (node['Node Type'] === 'Seq Scan' && node['Relation Name']) tableScans.add(node['Relation Name']);
+      // An index scan (or the heap scan of a bitmap) that checks a condition on each row it read.
+      if (node.Filter && /Index Scan|Index Only Scan|Bitmap Heap Scan/.test(node['Node Type'])) {
+        const through = new Set<string>();
+        walk(node, (inner) => inner['Index Name'] && through.add(inner['Index Name']));
+        filters.add(`reads ${node['Relation Name'] ?? '?'} through ${[...through].join(', ') || 'an index'} and filters ${node.Filter}`);
+      }
     });
   }
-  const result = { indexes: [...indexes].sort(), tableScans: [...tableScans].sort(), statements: statements.length };
+  const result = { indexes: [...indexes].sort(), tableScans: [...tableScans].sort(), filters: [...filters].sort(), statements: statements.length };
   if (tableScans.size > 0) return { access: 'table-scan', ...result, detail: `reads ${result.tableScans.join(', ')} whole: no index fits its scan` };
+  if (filters.size > 0) {
+    return { access: 'filtered-index', ...result, detail: `${result.filters.join('; ')}: rows it does not return (a partial index on that condition reads none)` };
+  }
   if (indexes.size > 0) return { access: 'index', ...result, detail: `index ${result.indexes.join(', ')}` };
   return { access: 'none', ...result, detail: 'its scan reads no table' };
 }

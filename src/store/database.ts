@@ -53,6 +53,8 @@ export interface PlanNode {
   'Node Type': string;
   'Relation Name'?: string;
   'Index Name'?: string;
+  /** A condition checked on each row after it was read: rows read and thrown away. */
+  Filter?: string;
   Plans?: PlanNode[];
 }
 

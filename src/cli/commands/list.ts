@@ -81,7 +81,7 @@ export async function listCommand(flags: { json?: boolean }): Promise<number> {
                   String(r.inBackoff),
                   String(r.dead),
                   String(r.skippedTicks),
-                  r.scan.access === 'table-scan' ? `TABLE SCAN: ${r.scan.detail}` : r.scan.detail,
+                  r.scan.access === 'table-scan' ? `TABLE SCAN: ${r.scan.detail}` : r.scan.access === 'filtered-index' ? `FILTERS ROWS: ${r.scan.detail}` : r.scan.detail,
                   r.description,
                 ],
                 ...(r.partitions ?? []).map((p) => [`  partition ${p.partition}`, '', '', lastPass(p), p.runningOn ? describeHolder(p.runningOn) : '-', '', '', String(p.skippedTicks), '', '']),
