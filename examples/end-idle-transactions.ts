@@ -10,7 +10,7 @@
  *
  * Copy it into jobs/ to try it: `cp examples/end-idle-transactions.ts jobs/`.
  */
-import { defineReconciler, sql } from '../src/index.js';
+import { defineReconciler, sql } from 'reconciler';
 
 const limitSeconds = Number(process.env.IDLE_TRANSACTION_LIMIT_SECONDS ?? 900);
 

@@ -15,7 +15,7 @@ import { ALONE, type Membership } from '../src/store/database.js';
 import { silentLog } from './helpers/db.js';
 import pg from 'pg';
 import { pino, type Logger } from 'pino';
-import { HANDOVER_CHANNEL, parseHandOver } from '../src/scheduler/handover.js';
+import { handoverChannel, parseHandOver } from '../src/scheduler/handover.js';
 import { randomUUID } from 'node:crypto';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, reconciler } from './helpers/engine.js';
@@ -266,7 +266,7 @@ describe('hand-over', () => {
       queue.push(notice.payload ?? '');
       arrived?.();
     });
-    await client.query(`LISTEN ${HANDOVER_CHANNEL}`);
+    await client.query(`LISTEN ${handoverChannel()}`);
     return {
       next: async () => {
         while (queue.length === 0) await new Promise<void>((resolve) => (arrived = resolve));

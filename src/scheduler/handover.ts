@@ -16,9 +16,10 @@
 import { sql } from 'drizzle-orm';
 import type { Db } from '../reconciler.js';
 import { queryRows } from '../store/database.js';
+import { engineSchema } from '../store/schema.js';
 
-/** The notification channel every daemon with a partitioned reconciler listens on. */
-export const HANDOVER_CHANNEL = 'reconciler_handover';
+/** The notification channel every daemon with a partitioned reconciler listens on: `reconciler_handover` (`<schema>_handover`). */
+export const handoverChannel = (): string => engineSchema().handoverChannel;
 
 export interface HandOver {
   reconciler: string;
@@ -30,7 +31,7 @@ export interface HandOver {
 }
 
 export async function announceHandOver(db: Db, handOver: HandOver): Promise<void> {
-  await queryRows(db, sql`SELECT pg_notify(${HANDOVER_CHANNEL}, ${JSON.stringify(handOver)})`);
+  await queryRows(db, sql`SELECT pg_notify(${handoverChannel()}, ${JSON.stringify(handOver)})`);
 }
 
 /** The hand-over a payload announces; undefined for one that is not (sent by hand, or by another version). */

@@ -19,7 +19,7 @@ import type { Reconciler } from '../reconciler.js';
 import { ALONE, type Database, type ListenSession, type Membership } from '../store/database.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { formatDuration } from '../duration.js';
-import { HANDOVER_CHANNEL, parseHandOver, type HandOver } from './handover.js';
+import { handoverChannel, parseHandOver, type HandOver } from './handover.js';
 
 const RECONNECT_INITIAL_MS = 1_000;
 const RECONNECT_MAX_MS = 30_000;
@@ -104,7 +104,7 @@ export class WakeListener {
     const channels = this.channels;
     try {
       let session: ListenSession | undefined;
-      const internal = this.#partitioned ? [HANDOVER_CHANNEL] : [];
+      const internal = this.#partitioned ? [handoverChannel()] : [];
       session = await database.listen([...channels, ...internal], (channel, payload) => this.#notified(channel, payload), (error) => {
         if (this.#session === session) this.#lost(error); // only the current session's break counts
       });
@@ -152,7 +152,7 @@ export class WakeListener {
    */
   #notified(channel: string, payload: string): void {
     if (this.#stopped) return;
-    if (channel === HANDOVER_CHANNEL) {
+    if (channel === handoverChannel()) {
       const handOver = parseHandOver(payload);
       // Not debounced: one notice per partition given up, each naming its own run.
       if (handOver) {

@@ -13,6 +13,7 @@ import type { Logger } from 'pino';
 import type { Db } from '../reconciler.js';
 import { ExitCode, UserError, coerceError } from '../errors.js';
 import { describeUrl } from '../secrets.js';
+import { engineSchema } from './schema.js';
 
 export interface Database {
   db: Db;
@@ -79,14 +80,12 @@ export interface ListenSession {
   close(): Promise<void>;
   /**
    * The daemons connected to this database, counted by their listen sessions (one each,
-   * named `reconciler-listen`), and this one's place among them. A process killed with -9
+   * named `reconciler-listen`, `<schema>-listen` for another engine schema), and this one's place among them. A process killed with -9
    * drops out at once: the server sees its socket close.
    */
   membership(): Promise<Membership>;
 }
 
-/** The application_name of every daemon's listen session: how daemons count each other. */
-export const LISTEN_APPLICATION_NAME = 'reconciler-listen';
 
 /** A channel name as a quoted identifier, so that LISTEN matches pg_notify('<name>') exactly, case included. */
 const quoteChannel = (channel: string) => `"${channel.replace(/"/g, '""')}"`;
@@ -168,7 +167,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
       }
     },
     async listen(channels, onNotify, onLost) {
-      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, keepAlive: true, keepAliveInitialDelayMillis: 10_000, application_name: LISTEN_APPLICATION_NAME });
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, keepAlive: true, keepAliveInitialDelayMillis: 10_000, application_name: engineSchema().listenApplicationName });
       /** Set once LISTEN went through: only then is a break reported (before, `listen` rejects instead). */
       let armed = false;
       let over = false;
@@ -214,7 +213,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
         async membership() {
           const { rows } = await client.query<{ pid: number }>(
             'SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() ORDER BY pid',
-            [LISTEN_APPLICATION_NAME],
+            [engineSchema().listenApplicationName],
           );
           const rank = rows.findIndex((row) => row.pid === (client as unknown as { processID: number }).processID);
           return rank < 0 ? ALONE : { rank, count: rows.length };

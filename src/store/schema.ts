@@ -113,6 +113,13 @@ export type EngineTables = ReturnType<typeof defineEngineTables> & {
   partitionOf: SQL;
   /** `"<schema>".runs` as text, for pg_get_serial_sequence(). */
   runsName: string;
+  /**
+   * Names that keep two installations on one database (two engine schemas) apart: the
+   * application_name by which daemons count each other (`reconciler-listen`), and the channel
+   * on which they hand partitions over (`reconciler_handover`).
+   */
+  listenApplicationName: string;
+  handoverChannel: string;
 };
 
 const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
@@ -123,6 +130,8 @@ function engineTables(schemaName: string): EngineTables {
     schema: schemaName,
     partitionOf: sql.raw(`${quote(schemaName)}.partition_of`),
     runsName: `${quote(schemaName)}.runs`,
+    listenApplicationName: `${schemaName}-listen`,
+    handoverChannel: `${schemaName}_handover`,
   };
 }
 
