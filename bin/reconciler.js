@@ -6,7 +6,7 @@ import { entry } from './register.js';
 
 const main = entry('cli/main');
 if (!existsSync(main)) {
-  process.stderr.write('reconciler: no build found in dist/ and tsx is not installed: run `npm install` (development) or `npm run build`\n');
+  process.stderr.write(`reconciler: no build of the engine at ${new URL('..', import.meta.url).pathname}dist/ and no TypeScript sources to run: run \`npm run build\` there, or reinstall the package\n`);
   process.exit(2);
 }
 // A reader that goes away (`reconciler history | head`) is not an error of ours.

@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { durationText, parseDuration } from './duration.js';
 import { UserError } from './errors.js';
 import { describeUrl } from './secrets.js';
+import { DEFAULT_ENGINE_SCHEMA, engineSchemaProblem } from './store/schema.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -54,13 +55,13 @@ const databaseUrl = z
     return value;
   });
 
-/** A plain PostgreSQL identifier: the engine's schema is named in SQL without quoting surprises. */
+/** The engine's schema: see engineSchemaProblem() for what it may be named. */
 const schemaName = z
   .string()
-  .default('reconciler')
-  .refine((value) => /^[a-z_][a-z0-9_]{0,62}$/.test(value), { message: 'must be a lowercase PostgreSQL identifier (letters, digits and underscores, not starting with a digit), e.g. reconciler' })
-  .refine((value) => value !== 'public' && !value.startsWith('pg_') && value !== 'information_schema', {
-    message: 'must be a schema of the engine\'s own, not public or a system schema: the engine owns every object in it',
+  .default(DEFAULT_ENGINE_SCHEMA)
+  .superRefine((value, ctx) => {
+    const problem = engineSchemaProblem(value);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem });
   });
 
 /** The variables, their defaults and meaning. docs/configuration.md mirrors this table. */

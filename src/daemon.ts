@@ -10,7 +10,7 @@ import { formatDuration } from './duration.js';
 import { Engine } from './engine/engine.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { WakeListener } from './scheduler/wake.js';
-import { migrateDatabase, pendingMigrations } from './store/migrate.js';
+import { migrateDatabase, pendingMigrations, searchPathWarning } from './store/migrate.js';
 import { queryRows, type Database, type Membership } from './store/database.js';
 import { Metrics } from './http/metrics.js';
 import { CHECK_TIMEOUT_MS, startOpsServer, within, type Check } from './http/server.js';
@@ -151,6 +151,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
   try {
     const applied = await migrateDatabase(open);
     if (applied > 0) log.info({ applied }, `applied ${applied} migration(s) of the engine schema "${config.RECONCILER_SCHEMA}" to ${open.target}`);
+    const warning = await searchPathWarning(open);
+    if (warning) log.warn(warning);
     teardown = await options.setup?.({ database: open, log });
   } catch (error) {
     await open.close();

@@ -56,13 +56,13 @@ export default defineReconciler<Invoice>({
 beforeAll(async () => {
   t = await createTestDatabase({ migrate: false });
   await t.rows(sql.raw(APPLICATION_SCHEMA));
-  // `npm pack` builds (prepack) and packs what a git or path install gets; the project installs that.
-  const { stdout } = await run('npm', ['pack', '--pack-destination', work, '--json'], { cwd: REPO_ROOT, maxBuffer: 20_000_000 });
-  const [packed] = JSON.parse(stdout) as { filename: string }[];
+  // Installed from this repository by git URL, as the README says: npm clones it, runs its `prepare`
+  // (the build) and packs what `files` names. The committed HEAD is what a user would get.
+  const { stdout: head } = await run('git', ['rev-parse', 'HEAD'], { cwd: REPO_ROOT });
   mkdirSync(join(app, 'jobs'), { recursive: true });
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'shop', version: '1.0.0', private: true }, null, 2));
   writeFileSync(join(app, 'jobs', 'attach-pdfs.ts'), JOB);
-  await run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', join(work, packed!.filename)], { cwd: app, maxBuffer: 20_000_000 });
+  await run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', `git+file://${REPO_ROOT}#${head.trim()}`], { cwd: app, maxBuffer: 20_000_000 });
 }, 300_000);
 afterAll(async () => {
   await t?.drop();

@@ -5,6 +5,9 @@
  * The database is migrated exactly as that version did (its migrations, kept as a fixture, by
  * drizzle's migrator into drizzle's default journal), then `reconciler migrate` runs.
  */
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
@@ -85,5 +88,54 @@ describe('an installation from before engine schemas', () => {
 
     const again = await runCli(['migrate'], { DATABASE_URL: t.url });
     expect(again.stdout).toContain('is up to date');
+  });
+});
+
+describe('a role named as the engine schema', () => {
+  it('gets a warning from `reconciler migrate`: its search_path would put its own tables in the engine schema', async () => {
+    const role = `rtest_${Math.random().toString(36).slice(2, 10)}`;
+    const url = new URL(t.url);
+    url.username = role;
+    await t.rows(sql.raw(`CREATE ROLE ${role} LOGIN; GRANT CREATE ON DATABASE "${t.name}" TO ${role}`));
+    try {
+      const result = await runCli(['migrate'], { DATABASE_URL: url.toString(), RECONCILER_SCHEMA: role });
+      expect(result.code, result.stderr).toBe(0);
+      expect(result.stderr).toContain(`reconciler: warning: the engine schema "${role}" is on the search_path of role "${role}" (the role has its name`);
+      const plain = await runCli(['migrate'], { DATABASE_URL: t.url, RECONCILER_SCHEMA: `${role}_x` });
+      expect(plain.stderr).toBe('');
+    } finally {
+      await t.rows(sql.raw(`DROP SCHEMA IF EXISTS ${role} CASCADE; DROP SCHEMA IF EXISTS ${role}_x CASCADE; DROP OWNED BY ${role}; DROP ROLE ${role}`));
+    }
+  });
+});
+
+describe('an installation from before partitions', () => {
+  it('gets the partition count its state table lacked, and runs partitioned reconcilers', async () => {
+    // The same layout, migrated only up to the release before partitions (the first three migrations).
+    const folder = mkdtempSync(join(tmpdir(), 'reconciler-legacy-'));
+    const old = await createTestDatabase({ migrate: false });
+    try {
+      cpSync(LEGACY_MIGRATIONS, folder, { recursive: true });
+      const journalFile = join(folder, 'meta', '_journal.json');
+      const journal = JSON.parse(readFileSync(journalFile, 'utf8')) as { entries: unknown[] };
+      writeFileSync(journalFile, JSON.stringify({ ...journal, entries: journal.entries.slice(0, 3) }));
+      await migrate(old.db as never, { migrationsFolder: folder });
+      await old.rows(sql`INSERT INTO reconciler_state (reconciler, partition, last_started_at, last_status, last_run_id) VALUES ('settle-returns', 0, now(), 'succeeded', 0)`);
+      await seedReturns(old.db, 4, 9);
+
+      const result = await runCli(['migrate'], { DATABASE_URL: old.url });
+      expect(result.code, result.stderr).toBe(0);
+      expect(await old.rows(sql`SELECT reconciler, partition, partitions FROM reconciler.state`)).toEqual([{ reconciler: 'settle-returns', partition: 0, partitions: 1 }]);
+      await migrateReturns(old.database); // the example's partition index, on the engine's function
+      const listed = await runCli(['list', '--json'], { DATABASE_URL: old.url, JOBS_DIR: `${REPO_ROOT}/jobs` });
+      expect(listed.code, listed.stderr).toBe(0);
+      expect((JSON.parse(listed.stdout) as { reconcilers: { scan: { indexes: string[] } }[] }).reconcilers[0]!.scan.indexes).toEqual(['returns_unsettled_by_partition']);
+      const dryRun = await runCli(['run', 'settle-returns', '--dry-run'], { DATABASE_URL: old.url, JOBS_DIR: `${REPO_ROOT}/jobs` });
+      expect(dryRun.code, dryRun.stderr).toBe(0);
+      expect(dryRun.stdout).toMatch(/would (charge|refund|settle)/);
+    } finally {
+      await old.drop();
+      rmSync(folder, { recursive: true, force: true });
+    }
   });
 });

@@ -53,7 +53,7 @@ function buildProgram(setExitCode: (code: number) => void): Command {
   const command = (name: string) => program.command(name).exitOverride().showSuggestionAfterError(true).configureOutput(program.configureOutput());
 
   command('daemon')
-    .description('run every reconciler on its schedule until SIGTERM (migrates the database first)')
+    .description('run every reconciler on its schedule until SIGTERM (waits for the database, then migrates the engine schema)')
     .action(async () => setExitCode(await (await import('../daemon.js')).runDaemon()));
   command('run')
     .description('run one pass of the named reconcilers now, or of all of them')
@@ -67,7 +67,7 @@ function buildProgram(setExitCode: (code: number) => void): Command {
     .addHelpText('after', EXIT_CODES)
     .action(async (names: string[], flags) => setExitCode(await (await import('./commands/run.js')).runCommand(names, flags)));
   command('list')
-    .description('show each reconciler: schedule, next run, last pass, holder, items in backoff, dead items, load errors')
+    .description('show each reconciler: schedule, next run, last pass, holder, items in backoff, dead items, whether its scan uses an index; job files that did not load, as rows')
     .option('--json', 'print JSON')
     .action(async (flags) => setExitCode(await (await import('./commands/list.js')).listCommand(flags)));
   command('history')
@@ -96,7 +96,7 @@ function buildProgram(setExitCode: (code: number) => void): Command {
     .option('--all', 'every failed item of this reconciler')
     .action(async (name: string, key: string | undefined, flags) => setExitCode(await (await import('./commands/failures.js')).clearCommand(name, key, flags)));
   command('migrate')
-    .description('apply pending database migrations (safe from several replicas at once)')
+    .description('apply pending migrations of the engine schema (safe from several replicas at once; waits for the database)')
     .action(async () => setExitCode(await (await import('./commands/migrate.js')).migrateCommand()));
   command('config')
     .description('print the effective configuration, secrets masked')

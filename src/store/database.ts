@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import type { Db } from '../reconciler.js';
 import { ExitCode, UserError, coerceError } from '../errors.js';
 import { describeUrl } from '../secrets.js';
-import { engineSchema } from './schema.js';
+import { DEFAULT_ENGINE_SCHEMA, engineSchema, engineSchemaProblem, useEngineSchema } from './schema.js';
 
 export interface Database {
   db: Db;
@@ -96,6 +96,8 @@ export interface OpenOptions {
   log: Logger;
   /** Pool size for PostgreSQL. */
   poolSize?: number;
+  /** The engine's schema (default: RECONCILER_SCHEMA, else `reconciler`); the CLI and daemon pass the configured one. */
+  schema?: string;
 }
 
 /** Rows of a raw query, the same shape from `pg` and from PGlite. */
@@ -113,6 +115,10 @@ export async function databaseAnswers(db: Db): Promise<boolean> {
 }
 
 export async function openDatabase(options: OpenOptions): Promise<Database> {
+  const schema = options.schema ?? (process.env.RECONCILER_SCHEMA || DEFAULT_ENGINE_SCHEMA);
+  const problem = engineSchemaProblem(schema);
+  if (problem) throw new UserError(`invalid RECONCILER_SCHEMA (got ${JSON.stringify(schema)}): ${problem}`);
+  useEngineSchema(schema);
   return options.databaseUrl === undefined ? openEmbedded(options) : openPostgres(options.databaseUrl, options);
 }
 

@@ -78,3 +78,20 @@ export async function migrateDatabase(database: Database): Promise<number> {
 interface MigrationDialect {
   migrate(migrations: MigrationMeta[], session: unknown, config: { migrationsSchema: string; migrationsTable: string; migrationsFolder: string }): Promise<void>;
 }
+
+/**
+ * A warning when the engine's schema is on the connection's search_path: most often because
+ * the database role has the schema's name (the default search_path starts with "$user"). Then
+ * an unqualified `CREATE TABLE customers` in the application's own migrations lands in the
+ * engine's schema, and an unqualified `runs` or `state` in a job's SQL reads the engine's table.
+ */
+export async function searchPathWarning(database: Database): Promise<string | undefined> {
+  const { schema } = engineSchema();
+  const [row] = await queryRows<{ on_path: boolean; role: string }>(database.db, sql`SELECT ${schema} = ANY(current_schemas(false)) AS on_path, current_user AS role`);
+  if (!row?.on_path) return undefined;
+  return (
+    `the engine schema "${schema}" is on the search_path of role "${row.role}"${row.role === schema ? ' (the role has its name, and search_path starts with "$user")' : ''}: ` +
+    `unqualified table names in your own SQL and migrations resolve to it first; set the role's search_path without it ` +
+    `(ALTER ROLE "${row.role}" SET search_path = public), or give the role or the engine schema (RECONCILER_SCHEMA) another name`
+  );
+}

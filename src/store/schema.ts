@@ -141,6 +141,22 @@ function engineTables(schemaName: string): EngineTables {
  */
 let active: EngineTables = engineTables(DEFAULT_ENGINE_SCHEMA);
 
+/**
+ * Why `name` cannot be the engine's schema, or undefined when it can: a plain lowercase
+ * identifier (named in SQL without quoting surprises) of at most 54 characters (the engine
+ * names a channel `<schema>_handover` and its sessions `<schema>-listen`, within PostgreSQL's
+ * 63), and a schema of the engine's own, since it owns every object in it.
+ */
+export function engineSchemaProblem(name: string): string | undefined {
+  if (!/^[a-z_][a-z0-9_]{0,53}$/.test(name)) {
+    return 'must be a lowercase PostgreSQL identifier of at most 54 characters (letters, digits and underscores, not starting with a digit), e.g. reconciler';
+  }
+  if (name === 'public' || name.startsWith('pg_') || name === 'information_schema') {
+    return "must be a schema of the engine's own, not public or a system schema: the engine owns every object in it";
+  }
+  return undefined;
+}
+
 /** The tables of the configured engine schema. */
 export function engineSchema(): EngineTables {
   return active;

@@ -34,6 +34,15 @@ BEGIN
 END
 $$;
 --> statement-breakpoint
+-- Adopted from a release before partitions: its state table has no partition count yet.
+DO $$
+BEGIN
+  IF to_regclass('"reconciler".state') IS NOT NULL THEN
+    ALTER TABLE "reconciler".state ADD COLUMN IF NOT EXISTS "partitions" integer DEFAULT 1 NOT NULL;
+  END IF;
+END
+$$;
+--> statement-breakpoint
 CREATE TABLE IF NOT EXISTS "reconciler"."failures" (
 	"reconciler" text NOT NULL,
 	"key" text NOT NULL,
