@@ -47,7 +47,7 @@ export interface DaemonOptions {
   setup?(context: DaemonContext): Promise<(() => Promise<void> | void) | void>;
 }
 
-/** Started by `npm start` or another npm script: npm sets npm_lifecycle_event for its child. */
+/** Started by npm (`npm start`, another script, `npx`): npm sets npm_lifecycle_event for its child. */
 const startedByNpm = () => process.env.npm_lifecycle_event !== undefined;
 
 export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
@@ -73,158 +73,178 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  // Started through `npm start`, the daemon is npm's child, and npm does not pass SIGTERM on:
-  // when our parent goes away, shut down as if signalled instead of running on as an orphan.
-  // Started any other way, it stays up when the shell that started it exits.
   let orphanCheck: NodeJS.Timeout | undefined;
-  if (options.exitWithParent ?? startedByNpm()) {
-    const parent = process.ppid;
-    orphanCheck = setInterval(() => {
-      if (process.ppid !== parent && signals === 0) {
-        log.warn({ parent }, `the parent process (pid ${parent}) exited; shutting down`);
-        onSignal('SIGTERM');
+  // Everything the daemon set up on the process is taken down again, however it ends: an application
+  // that embeds it (runDaemon) keeps its own signal handling afterwards.
+  try {
+    // Started through `npm start`, the daemon is npm's child, and npm does not pass SIGTERM on:
+    // when our parent goes away, shut down as if signalled instead of running on as an orphan.
+    // Started any other way, it stays up when the shell that started it exits.
+    if (options.exitWithParent ?? startedByNpm()) {
+      const parent = process.ppid;
+      orphanCheck = setInterval(() => {
+        if (process.ppid !== parent && signals === 0) {
+          log.warn({ parent }, `the parent process (pid ${parent}) exited; shutting down`);
+          onSignal('SIGTERM');
+        }
+      }, 1_000);
+      orphanCheck.unref();
+    }
+
+    let database: Database | undefined;
+    let metrics: Metrics | undefined;
+    let scheduling = false;
+    let shuttingDown = false;
+    const probe = async (what: string, check: () => Promise<string>): Promise<Check> => {
+      try {
+        return { ok: true, detail: await within(check(), CHECK_TIMEOUT_MS, what) };
+      } catch (error) {
+        return { ok: false, detail: errorSummary(coerceError(error), 200) };
       }
-    }, 1_000);
-    orphanCheck.unref();
-  }
+    };
+    // The operations endpoint comes first: while the database is awaited, /healthz answers and /readyz says why it is not ready.
+    const ops = await startOpsServer({
+      host: config.HTTP_HOST,
+      port: config.HTTP_PORT,
+      log,
+      maxEventLoopLagMs: config.HEALTH_MAX_EVENT_LOOP_LAG,
+      metrics: async () =>
+        metrics ? { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() } : { contentType: 'text/plain; version=0.0.4', body: '# the daemon is waiting for its database\n' },
+      readiness: async () => {
+        const db = database;
+        return {
+          database: db ? await probe('database', async () => (await queryRows(db.control, sql`SELECT 1`), `reachable: ${db.target}`)) : { ok: false, detail: 'waiting for the database (STARTUP_TIMEOUT)' },
+          migrations: db
+            ? await probe('migrations', async () => {
+                const pending = await pendingMigrations(db);
+                if (pending > 0) throw new Error(`${pending} migration(s) pending`);
+                return 'applied';
+              })
+            : { ok: false, detail: 'waiting for the database' },
+          jobs: {
+            ok: scheduling && !broken,
+            detail: `${broken ? `${broken}; ` : ''}${scheduling ? `${reconcilers.length} reconciler(s) loaded and scheduled` : 'starting'}`,
+          },
+          shutdown: { ok: !shuttingDown, detail: shuttingDown ? 'shutting down' : 'running' },
+        };
+      },
+    }).catch((error: unknown) => {
+      const reason = (error as NodeJS.ErrnoException).code ?? coerceError(error).message;
+      throw new UserError(`cannot serve the operations endpoint on ${config.HTTP_HOST}:${config.HTTP_PORT} (${reason}): set HTTP_PORT to a free port, or 0 for any`);
+    });
+    log.info({ url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
+    const closeEarly = async () => {
+      clearInterval(orphanCheck);
+      await ops.close();
+    };
 
-  let database: Database | undefined;
-  let metrics: Metrics | undefined;
-  let scheduling = false;
-  let shuttingDown = false;
-  const probe = async (what: string, check: () => Promise<string>): Promise<Check> => {
     try {
-      return { ok: true, detail: await within(check(), CHECK_TIMEOUT_MS, what) };
+      database = await waitForDatabase(setup, stopSignal);
     } catch (error) {
-      return { ok: false, detail: errorSummary(coerceError(error), 200) };
+      await closeEarly();
+      throw error;
     }
-  };
-  // The operations endpoint comes first: while the database is awaited, /healthz answers and /readyz says why it is not ready.
-  const ops = await startOpsServer({
-    host: config.HTTP_HOST,
-    port: config.HTTP_PORT,
-    log,
-    maxEventLoopLagMs: config.HEALTH_MAX_EVENT_LOOP_LAG,
-    metrics: async () =>
-      metrics ? { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() } : { contentType: 'text/plain; version=0.0.4', body: '# the daemon is waiting for its database\n' },
-    readiness: async () => {
-      const db = database;
-      return {
-        database: db ? await probe('database', async () => (await queryRows(db.control, sql`SELECT 1`), `reachable: ${db.target}`)) : { ok: false, detail: 'waiting for the database (STARTUP_TIMEOUT)' },
-        migrations: db
-          ? await probe('migrations', async () => {
-              const pending = await pendingMigrations(db);
-              if (pending > 0) throw new Error(`${pending} migration(s) pending`);
-              return 'applied';
-            })
-          : { ok: false, detail: 'waiting for the database' },
-        jobs: {
-          ok: scheduling && !broken,
-          detail: `${broken ? `${broken}; ` : ''}${scheduling ? `${reconcilers.length} reconciler(s) loaded and scheduled` : 'starting'}`,
-        },
-        shutdown: { ok: !shuttingDown, detail: shuttingDown ? 'shutting down' : 'running' },
-      };
-    },
-  }).catch((error: unknown) => {
-    const reason = (error as NodeJS.ErrnoException).code ?? coerceError(error).message;
-    throw new UserError(`cannot serve the operations endpoint on ${config.HTTP_HOST}:${config.HTTP_PORT} (${reason}): set HTTP_PORT to a free port, or 0 for any`);
-  });
-  log.info({ url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
-  const closeEarly = async () => {
-    clearInterval(orphanCheck);
-    await ops.close();
-  };
-
-  try {
-    database = await waitForDatabase(setup, stopSignal);
-  } catch (error) {
-    await closeEarly();
-    throw error;
-  }
-  if (!database) {
-    await closeEarly();
-    log.info('daemon stopped before its database answered');
-    return ExitCode.ok;
-  }
-  const open = database;
-  let teardown: (() => Promise<void> | void) | void = undefined;
-  try {
-    const applied = await migrateDatabase(open);
-    if (applied > 0) log.info({ applied }, `applied ${applied} migration(s) of the engine schema "${config.RECONCILER_SCHEMA}" to ${open.target}`);
-    const warning = await searchPathWarning(open);
-    if (warning) log.warn(warning);
-    teardown = await options.setup?.({ database: open, log });
-  } catch (error) {
-    await open.close();
-    await closeEarly();
-    throw error;
-  }
-
-  const engine = new Engine({ db: open.db, control: open.control, reconcilers, log, leaseMs: config.LOCK_TTL });
-  // Membership comes from the listen session (opened before the scheduler starts), so replicas split partitions from the first pass.
-  const scheduler: Scheduler = new Scheduler({ engine, log, membership: (): Promise<Membership> => waker.membership() });
-  metrics = new Metrics(open.db, reconcilers, log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
-  metrics.attach(engine.events);
-  const wakeChannels = [...new Set(reconcilers.flatMap((r) => r.wakeOn))];
-  const waker = new WakeListener({
-    database: open, reconcilers, target: scheduler, log, debounceMs: config.WAKE_DEBOUNCE,
-    ...(wakeChannels.length > 0 ? { counters: metrics.wakeCounters(wakeChannels) } : {}),
-  });
-
-  const prune = async () => {
+    if (!database) {
+      await closeEarly();
+      log.info('daemon stopped before its database answered');
+      return ExitCode.ok;
+    }
+    const open = database;
+    let teardown: (() => Promise<void> | void) | void = undefined;
     try {
-      let removed = 0;
-      for (let batch = await pruneRuns(open.db, config.HISTORY_RETENTION); batch > 0; batch = await pruneRuns(open.db, config.HISTORY_RETENTION)) removed += batch;
-      if (removed > 0) log.info({ removed }, `pruned ${removed} pass(es) older than ${formatDuration(config.HISTORY_RETENTION)} from history`);
+      const applied = await migrateDatabase(open);
+      if (applied > 0) log.info({ applied }, `applied ${applied} migration(s) of the engine schema "${config.RECONCILER_SCHEMA}" to ${open.target}`);
+      const warning = await searchPathWarning(open);
+      if (warning) log.warn(warning);
+      teardown = await options.setup?.({ database: open, log });
     } catch (error) {
-      log.warn({ err: coerceError(error) }, 'could not prune pass history; will try again in an hour');
+      await open.close();
+      await closeEarly();
+      throw error;
     }
-  };
-  const pruneTimer = setInterval(() => void prune(), PRUNE_EVERY_MS);
 
-  await prune();
-  if (config.STARTUP_JITTER > 0 && signals === 0) {
-    const wait = Math.round(Math.random() * config.STARTUP_JITTER);
-    log.info({ waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
-    await Promise.race([new Promise((resolve) => setTimeout(resolve, wait).unref()), stopSignal]);
-  }
-  const jobsDir = options.jobsDir ?? config.JOBS_DIR;
-  if (reconcilers.length === 0) {
-    log.warn(
-      broken
-        ? `no job file in ${jobsDir} could be loaded (see the errors above): the daemon will idle until they are fixed and it is restarted`
-        : `no reconcilers in ${jobsDir}: the daemon will idle (add a file there, see docs/writing-reconcilers.md)`,
+    const engine = new Engine({ db: open.db, control: open.control, reconcilers, log, leaseMs: config.LOCK_TTL });
+    // Membership comes from the listen session (opened before the scheduler starts), so replicas split partitions from the first pass.
+    const scheduler: Scheduler = new Scheduler({ engine, log, membership: (): Promise<Membership> => waker.membership() });
+    metrics = new Metrics(open.db, reconcilers, log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
+    metrics.attach(engine.events);
+    const wakeChannels = [...new Set(reconcilers.flatMap((r) => r.wakeOn))];
+    const waker = new WakeListener({
+      database: open, reconcilers, target: scheduler, log, debounceMs: config.WAKE_DEBOUNCE,
+      ...(wakeChannels.length > 0 ? { counters: metrics.wakeCounters(wakeChannels) } : {}),
+    });
+
+    const prune = async () => {
+      try {
+        let removed = 0;
+        for (let batch = await pruneRuns(open.db, config.HISTORY_RETENTION); batch > 0; batch = await pruneRuns(open.db, config.HISTORY_RETENTION)) removed += batch;
+        if (removed > 0) log.info({ removed }, `pruned ${removed} pass(es) older than ${formatDuration(config.HISTORY_RETENTION)} from history`);
+      } catch (error) {
+        log.warn({ err: coerceError(error) }, 'could not prune pass history; will try again in an hour');
+      }
+    };
+    const pruneTimer = setInterval(() => void prune(), PRUNE_EVERY_MS);
+    pruneTimer.unref();
+
+    await prune();
+    if (config.STARTUP_JITTER > 0 && signals === 0) {
+      const wait = Math.round(Math.random() * config.STARTUP_JITTER);
+      log.info({ waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
+      await Promise.race([new Promise((resolve) => setTimeout(resolve, wait).unref()), stopSignal]);
+    }
+    const jobsDir = options.jobsDir ?? config.JOBS_DIR;
+    if (reconcilers.length === 0) {
+      log.warn(
+        broken
+          ? `no job file in ${jobsDir} could be loaded (see the errors above): the daemon will idle until they are fixed and it is restarted`
+          : `no reconcilers in ${jobsDir}: the daemon will idle (add a file there, see docs/writing-reconcilers.md)`,
+      );
+    }
+    if (signals === 0) {
+      try {
+        await waker.start();
+        await scheduler.start();
+      } catch (error) {
+        clearInterval(pruneTimer);
+        await waker.stop().catch(() => undefined);
+        await scheduler.stop();
+        await Promise.resolve(teardown?.()).catch(() => undefined);
+        await open.close();
+        await ops.close();
+        throw error;
+      }
+      scheduling = true;
+    }
+    log.info(
+      { reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: open.target },
+      `daemon started on ${open.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}` +
+        (broken ? `; ${loadErrors.length} job file(s) did not load and are not scheduled (errors above; /readyz fails until they are fixed)` : ''),
     );
-  }
-  if (signals === 0) {
-    await waker.start();
-    await scheduler.start();
-    scheduling = true;
-  }
-  log.info(
-    { reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: open.target },
-    `daemon started on ${open.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}` +
-      (broken ? `; ${loadErrors.length} job file(s) did not load and are not scheduled (errors above; /readyz fails until they are fixed)` : ''),
-  );
 
-  await stopSignal;
-  shuttingDown = true; // readiness fails from now on
-  clearInterval(pruneTimer);
-  clearInterval(orphanCheck);
-  await waker.stop();
-  await scheduler.stop();
-  await engine.stop(config.SHUTDOWN_TIMEOUT);
-  // An item that ignores its AbortSignal may hold a connection forever: do not wait on it.
-  const closed = await Promise.race([
-    scheduler
-      .drain()
-      .then(() => teardown?.())
-      .then(() => open.close())
-      .then(() => true),
-    new Promise<false>((resolve) => setTimeout(() => resolve(false), CLOSE_GRACE_MS).unref()),
-  ]);
-  if (!closed) log.warn(`some items ignored their AbortSignal and still hold database connections; exiting without waiting for them`);
-  await ops.close();
-  log.info('daemon stopped');
-  return ExitCode.ok;
+    await stopSignal;
+    shuttingDown = true; // readiness fails from now on
+    clearInterval(pruneTimer);
+    clearInterval(orphanCheck);
+    await waker.stop();
+    await scheduler.stop();
+    await engine.stop(config.SHUTDOWN_TIMEOUT);
+    // An item that ignores its AbortSignal may hold a connection forever: do not wait on it.
+    const closed = await Promise.race([
+      scheduler
+        .drain()
+        .then(() => teardown?.())
+        .catch((error: unknown) => log.warn({ err: coerceError(error) }, `the setup's clean-up failed: ${errorSummary(coerceError(error), 300)}`))
+        .then(() => open.close())
+        .then(() => true),
+      new Promise<false>((resolve) => setTimeout(() => resolve(false), CLOSE_GRACE_MS).unref()),
+    ]);
+    if (!closed) log.warn(`some items ignored their AbortSignal and still hold database connections; exiting without waiting for them`);
+    await ops.close();
+    log.info('daemon stopped');
+    return ExitCode.ok;
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    clearInterval(orphanCheck);
+  }
 }

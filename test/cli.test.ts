@@ -346,6 +346,24 @@ describe('database and configuration errors', () => {
 });
 
 describe('reconciler list', () => {
+  it('tells, in SCAN, whether each scan uses an index, and gives up on a first page that waits on something else', async () => {
+    const { env, folder } = await itemsJob(2);
+    folder.write('hangs.ts', `import { defineReconciler } from ${JSON.stringify(API)};
+export default defineReconciler({ schedule: '0 0 1 1 *', scan: () => new Promise<never>(() => undefined), key: () => 'k', reconcile: async () => 'changed' });
+`);
+    const started = Date.now();
+    const result = await runCli(['list', '--json'], env);
+    expect(result.code, result.stderr).toBe(0);
+    expect(Date.now() - started).toBeLessThan(20_000);
+    const scans = Object.fromEntries((JSON.parse(result.stdout) as { reconcilers: { name: string; scan: { access: string; detail: string } }[] }).reconcilers.map((r) => [r.name, r.scan]));
+    // `items` has no index on `done`: its keyset scan walks the primary key and filters the rest.
+    expect(scans.items).toMatchObject({ access: 'filtered-index', detail: expect.stringContaining('reads items through items_pkey and filters (NOT done)') });
+    expect(scans.hangs).toMatchObject({ access: 'unknown', detail: 'not known: its scan did not finish its first page within 3s (no SQL is run here: it waits on something else)' });
+    await t.rows(sql`CREATE INDEX items_to_do ON items (id) WHERE NOT done`);
+    const indexed = await runCli(['list'], env);
+    expect(lines(indexed.stdout).find((line) => line.startsWith('items '))).toContain('index items_to_do');
+  });
+
   it('shows each reconciler with its schedule, next run and last pass', async () => {
     const { env } = await itemsJob(2, { schedule: '*/5 * * * *' });
     const before = await runCli(['list'], env);

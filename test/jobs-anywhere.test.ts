@@ -75,6 +75,7 @@ describe('a job file that is wrong', () => {
   it.each([
     { file: 'bad-types.ts', source: "import { sql } from 'reconciler';\n\nconst limit: number = ;\nexport default sql;\n", line: 3, column: 23, text: 'const limit: number = ;' },
     { file: 'bad-module.mjs', source: "import { sql } from 'reconciler';\nexport default {\n  schedule: '* * * * *',,\n};\n", line: 3, column: 25, text: "  schedule: '* * * * *',," },
+    { file: 'bad-plain.js', source: "import { sql } from 'reconciler';\nexport default {\n  schedule: '* * * * *',,\n};\n", line: 3, column: 25, text: "  schedule: '* * * * *',," },
   ])('names the file, line and column of a syntax error in $file and shows the line', async ({ file, source, line, column, text }) => {
     writeFileSync(join(broken, file), source);
     try {

@@ -77,11 +77,18 @@ export async function waitForDatabase(setup: Pick<Setup, 'config' | 'log'>, stop
   void stopping.then(() => (stopped = true));
   for (;;) {
     try {
-      const database = await connect(setup);
+      // A signal does not wait for a connection attempt (up to its own 5 s timeout): one that succeeds late is closed.
+      const connecting = connect(setup);
+      const database = await Promise.race([connecting, stopping.then(() => undefined)]);
+      if (!database || stopped) {
+        void connecting.then((late) => late.close(), () => undefined);
+        return undefined;
+      }
       if (warned) log.info(`the database answers now: ${database.target}`);
       return database;
     } catch (error) {
-      if (!isDatabaseUnavailable(error) || stopped || config.STARTUP_TIMEOUT === 0) throw error;
+      if (stopped) return undefined;
+      if (!isDatabaseUnavailable(error) || config.STARTUP_TIMEOUT === 0) throw error;
       const left = deadline - Date.now();
       if (left <= 0) {
         throw new UserError(`gave up waiting for the database after ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT): ${errorSummary(coerceError(error), 300)}`);

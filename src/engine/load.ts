@@ -79,12 +79,21 @@ function transformErrorLocation(error: Error): SyntaxLocation | undefined {
 
 /**
  * Where a JavaScript file's syntax error is: Node's SyntaxError for an ES module carries no
- * position, so ask Node's own parser (`node --check`), which prints `<file>:<line>`, the
- * line, and a caret under the column. Only run for a file that failed with a SyntaxError.
+ * position, so ask Node's own parser, which prints `<file>:<line>`, the line, and a caret under
+ * the column. The source goes in on stdin as an ES module (as job files load: `node --check` on
+ * a `.js` file in a folder without `"type"` would parse it as CommonJS). Only run for a file that
+ * failed with a SyntaxError.
  */
 async function checkedSyntaxLocation(path: string): Promise<SyntaxLocation | undefined> {
+  let source: string;
+  try {
+    source = readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
   const stderr = await new Promise<string>((resolve) => {
-    execFile(process.execPath, ['--check', path], { timeout: 10_000 }, (_error, _stdout, output) => resolve(String(output)));
+    const child = execFile(process.execPath, ['--input-type=module', '--check'], { timeout: 10_000 }, (_error, _stdout, output) => resolve(String(output)));
+    child.stdin?.end(source);
   });
   const match = /^(.+):(\d+)\r?\n(.*)\r?\n( *)\^+.*\r?\n(?:.*\r?\n)*?SyntaxError: (.+)$/m.exec(stderr);
   if (!match) return undefined;
@@ -122,6 +131,12 @@ function importProblem(error: Error, file: string): string {
   const code = (error as NodeJS.ErrnoException).code;
   if (code === 'ERR_UNKNOWN_FILE_EXTENSION' && /\.m?ts$/.test(file)) {
     return 'cannot import TypeScript here (tsx is not installed): build with `npm run build` and set JOBS_DIR=dist/jobs';
+  }
+  if (code === 'ERR_REQUIRE_ESM' || code === 'ERR_REQUIRE_CYCLE_MODULE' || /require\(\) (of )?ES Module/i.test(error.message)) {
+    return (
+      'it was loaded as CommonJS (its package.json says "type": "commonjs", or it uses require, module.exports or __dirname), ' +
+      'and the engine is an ES module: name it .mts (or .mjs), or use import syntax only'
+    );
   }
   const firstLine = (error.message || String(error)).split('\n')[0]!.trim();
   return scrub(`failed to import: ${error.name && error.name !== 'Error' ? `${error.name}: ` : ''}${firstLine}`);

@@ -49,19 +49,41 @@ function recordingClient(statements: Statement[]) {
   };
 }
 
-/** The statements the first page of the scan sends (partition 0 of a partitioned reconciler). */
+/** How long the first page of a scan may take here: it sends no SQL anywhere, but it may wait on something else. */
+const FIRST_PAGE_TIMEOUT_MS = 3_000;
+/** Statements that read no table: a scan's transaction and session settings. */
+const NOT_A_QUERY = /^\s*(BEGIN|START|COMMIT|END|ROLLBACK|SAVEPOINT|RELEASE|SET|RESET|SHOW)\b/i;
+
+/**
+ * The statements the first page of the scan sends (partition 0 of a partitioned reconciler).
+ * A scan that waits on something other than the database (an HTTP call that never answers) is
+ * given up after FIRST_PAGE_TIMEOUT_MS, with its signal aborted.
+ */
 async function firstPageStatements(reconciler: Reconciler): Promise<Statement[]> {
   const statements: Statement[] = [];
   const db = drizzle({ client: recordingClient(statements) as never }) as unknown as Db;
-  const page = reconciler.scan({ db, after: undefined, limit: reconciler.pageSize, signal: new AbortController().signal, partition: { index: 0, count: reconciler.partitions } });
-  if (typeof (page as AsyncIterable<unknown>)[Symbol.asyncIterator] === 'function') {
-    const iterator = (page as AsyncIterable<unknown>)[Symbol.asyncIterator]();
-    await iterator.next();
-    await iterator.return?.();
-  } else {
-    await page;
+  const signal = AbortSignal.timeout(FIRST_PAGE_TIMEOUT_MS);
+  const firstPage = async () => {
+    const page = reconciler.scan({ db, after: undefined, limit: reconciler.pageSize, signal, partition: { index: 0, count: reconciler.partitions } });
+    if (typeof (page as AsyncIterable<unknown>)[Symbol.asyncIterator] === 'function') {
+      const iterator = (page as AsyncIterable<unknown>)[Symbol.asyncIterator]();
+      await iterator.next();
+      await iterator.return?.();
+    } else {
+      await page;
+    }
+  };
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`its scan did not finish its first page within ${FIRST_PAGE_TIMEOUT_MS / 1000}s (no SQL is run here: it waits on something else)`)), FIRST_PAGE_TIMEOUT_MS);
+    timer.unref();
+  });
+  try {
+    await Promise.race([firstPage(), timedOut]);
+  } finally {
+    clearTimeout(timer);
   }
-  return statements;
+  return statements.filter((statement) => !NOT_A_QUERY.test(statement.text));
 }
 
 function walk(node: PlanNode, visit: (node: PlanNode) => void): void {
@@ -74,7 +96,7 @@ export async function planScan(database: Database, reconciler: Reconciler): Prom
   try {
     statements = await firstPageStatements(reconciler);
   } catch (error) {
-    return { access: 'unknown', indexes: [], tableScans: [], filters: [], statements: 0, detail: `its scan failed without rows: ${errorSummary(coerceError(error), 160)}` };
+    return { access: 'unknown', indexes: [], tableScans: [], filters: [], statements: 0, detail: `not known: ${errorSummary(coerceError(error), 160)}` };
   }
   if (statements.length === 0) return { access: 'none', indexes: [], tableScans: [], filters: [], statements: 0, detail: 'its scan sends no SQL' };
   let plans: PlanNode[];

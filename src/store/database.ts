@@ -239,7 +239,8 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
         broken = coerceError(error);
         throw error;
       } finally {
-        await client.query('ROLLBACK').catch(() => undefined);
+        // A client whose ROLLBACK failed may still be in the read-only transaction, sequential scans off: never reuse it.
+        await client.query('ROLLBACK').catch((error: unknown) => (broken ??= coerceError(error)));
         client.release(broken);
       }
     },

@@ -32,12 +32,19 @@ export interface ProviderConfig {
  * with that line (and retries them once it is fixed), while every other reconciler runs.
  */
 export function loadProviderConfig(env: NodeJS.ProcessEnv = process.env): ProviderConfig | undefined {
+  // Secrets first, before anything could print them: the key, and a password inside the URL.
+  registerSecret(env.PAYMENT_PROVIDER_KEY);
+  try {
+    const url = new URL(env.PAYMENT_PROVIDER_URL ?? '');
+    registerSecret(decodeURIComponent(url.password) || undefined);
+  } catch {
+    // not a URL: reported below
+  }
   const parsed = providerSchema.safeParse(Object.fromEntries(Object.entries(env).filter(([, value]) => value !== '')));
   if (!parsed.success) {
     throw new Error(parsed.error.issues.map((issue) => `invalid ${String(issue.path[0])}: ${issue.message}`).join('; '));
   }
   const { PAYMENT_PROVIDER_URL: url, PAYMENT_PROVIDER_KEY: key, PAYMENT_PROVIDER_TIMEOUT: timeoutMs, DATABASE_URL } = parsed.data;
-  registerSecret(key);
   if (!url) {
     if (DATABASE_URL) throw new Error('PAYMENT_PROVIDER_URL is not set: point it (and PAYMENT_PROVIDER_KEY) at the payment provider; only on the embedded database does the demo simulator stand in');
     return undefined;
