@@ -76,6 +76,23 @@ describe('a database that is not up yet', () => {
     }
   });
 
+  it('stops at once on SIGTERM while a connection attempt hangs, exit 0', async () => {
+    // A server that accepts connections and never answers: each attempt hangs until its own timeout.
+    const silent = createServer(() => undefined);
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (silent.address() as { port: number }).port;
+      const daemon = startProcess(['daemon'], { DATABASE_URL: urlThrough(port), STARTUP_TIMEOUT: '60s', JOBS_DIR: 'jobs', LOG_LEVEL: 'info' });
+      children.push(daemon);
+      await daemon.waitFor((l) => message(l).startsWith('operations endpoint on'), 'the operations endpoint');
+      daemon.child.kill('SIGTERM');
+      expect((await daemon.exited).code).toBe(0);
+      expect(daemon.lines.some((l) => message(l) === 'daemon stopped before its database answered')).toBe(true);
+    } finally {
+      silent.close();
+    }
+  });
+
   it.each([['daemon'], ['migrate']])('gives up after STARTUP_TIMEOUT with one line naming the reason, exit 2 (`reconciler %s`)', async (command) => {
     const port = await freePort();
     const result = await runCli([command], { DATABASE_URL: urlThrough(port), STARTUP_TIMEOUT: '2s', JOBS_DIR: 'jobs' });
