@@ -94,7 +94,8 @@ export async function waitForDatabase(setup: Pick<Setup, 'config' | 'log'>, stop
         throw new UserError(`gave up waiting for the database after ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT): ${errorSummary(coerceError(error), 300)}`);
       }
       if (!warned) {
-        log.warn({ err: coerceError(error) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT)`);
+        // The reason in one line (no stack: an unreachable database is not a bug of ours).
+        log.warn({ reason: errorSummary(coerceError(error), 300) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT)`);
         warned = true;
       }
       const wait = Math.min(delay, left);

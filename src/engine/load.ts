@@ -132,7 +132,7 @@ function importProblem(error: Error, file: string): string {
   if (code === 'ERR_UNKNOWN_FILE_EXTENSION' && /\.m?ts$/.test(file)) {
     return 'cannot import TypeScript here (tsx is not installed): build with `npm run build` and set JOBS_DIR=dist/jobs';
   }
-  if (code === 'ERR_REQUIRE_ESM' || code === 'ERR_REQUIRE_CYCLE_MODULE' || /require\(\) (of )?ES Module/i.test(error.message)) {
+  if (code === 'ERR_REQUIRE_ESM' || code === 'ERR_REQUIRE_CYCLE_MODULE' || /require\(\) (of )?ES Module|Cannot use import statement outside a module/i.test(error.message)) {
     return (
       'it was loaded as CommonJS (its package.json says "type": "commonjs", or it uses require, module.exports or __dirname), ' +
       'and the engine is an ES module: name it .mts (or .mjs), or use import syntax only'

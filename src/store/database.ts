@@ -5,7 +5,7 @@
  */
 import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import pg from 'pg';
 import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
 import { sql, type SQL } from 'drizzle-orm';
@@ -269,6 +269,12 @@ function guardConnections(log: Logger): (pool: pg.Pool) => void {
   };
 }
 
+/** How this process was started, for the lock file: `reconciler daemon`, or the script an application runs (`node demo.ts`). */
+function commandLine(): string {
+  const script = basename(process.argv[1] ?? 'node');
+  return /^reconciler(\.js)?$/.test(script) ? ['reconciler', ...process.argv.slice(2)].join(' ') : ['node', script, ...process.argv.slice(2)].join(' ');
+}
+
 /** The lock file that keeps a second process off the embedded database directory. */
 function lockEmbeddedDirectory(dataDir: string): () => void {
   mkdirSync(dataDir, { recursive: true });
@@ -276,7 +282,7 @@ function lockEmbeddedDirectory(dataDir: string): () => void {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       const fd = openSync(lockFile, 'wx');
-      writeSync(fd, JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString(), command: process.argv.slice(2).join(' ') }));
+      writeSync(fd, JSON.stringify({ pid: process.pid, host: hostname(), since: new Date().toISOString(), command: commandLine() }));
       closeSync(fd);
       const release = () => rmSync(lockFile, { force: true });
       process.once('exit', release);
@@ -295,7 +301,7 @@ function lockEmbeddedDirectory(dataDir: string): () => void {
       }
       if (holder && isAlive(holder.pid)) {
         throw new UserError(
-          `the embedded database in ${dataDir} is in use by process ${holder.pid} (\`reconciler ${holder.command}\`, since ${holder.since}); ` +
+          `the embedded database in ${dataDir} is in use by process ${holder.pid} (\`${holder.command}\`, since ${holder.since}); ` +
             'it allows one process at a time: stop that process, or set DATABASE_URL to a PostgreSQL server that several processes can share',
         );
       }

@@ -35,7 +35,16 @@ export async function findReturnsToSettle(db: Db, afterId: number, limit: number
     db,
     sql`SELECT id, (extract(epoch FROM received_at) * 1000)::float8 AS received_ms FROM returns
         WHERE settled_at IS NULL AND id > ${afterId} AND ${inPartition(sql`'return:' || id::text`, partition)} ORDER BY id LIMIT ${limit}`,
-  );
+  ).catch((error: unknown) => {
+    const code = (error as { cause?: { code?: string }; code?: string }).cause?.code ?? (error as { code?: string }).code;
+    if (code !== '42P01') throw error;
+    // The engine never creates the example's tables: say how they come, and how to be rid of the example.
+    throw new Error(
+      'the returns example has no tables in this database (relation "returns" does not exist): `npm start` or `npm run seed` apply its migrations; ' +
+        'if you did not mean to run the example, delete jobs/settle-returns.ts or set JOBS_DIR to your own jobs folder',
+      { cause: error },
+    );
+  });
   return rows.map((row) => ({ id: Number(row.id), receivedAt: new Date(Number(row.received_ms)) }));
 }
 
