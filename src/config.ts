@@ -91,6 +91,11 @@ export const configSchema = z.object({
   STARTUP_TIMEOUT: duration('60s', 0, 3_600_000),
   /** The daemon waits a random time up to this before scheduling, to spread replicas that start together. */
   STARTUP_JITTER: duration('0', 0, 600_000),
+  /**
+   * Longest wait for the answer to one query (PostgreSQL only): a connection whose answer is lost
+   * (a network that stalls without closing) is closed after this, and the pool opens another.
+   */
+  DATABASE_QUERY_TIMEOUT: duration('60s', 1_000, 3_600_000),
   /** Database connections per process (PostgreSQL only). */
   DATABASE_POOL_SIZE: wholeNumber(2, 200, 'a whole number from 2 to 200', '10'),
   /** Wake-on-change: notifications within this window after the first start one pass, not one each. */
@@ -134,6 +139,7 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     STARTUP_TIMEOUT: durationText(config.STARTUP_TIMEOUT),
     STARTUP_JITTER: durationText(config.STARTUP_JITTER),
     DATABASE_POOL_SIZE: String(config.DATABASE_POOL_SIZE),
+    DATABASE_QUERY_TIMEOUT: durationText(config.DATABASE_QUERY_TIMEOUT),
     WAKE_DEBOUNCE: durationText(config.WAKE_DEBOUNCE),
   };
 }

@@ -11,7 +11,7 @@ import { drizzle as drizzlePg } from 'drizzle-orm/node-postgres';
 import { sql, type SQL } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Db } from '../reconciler.js';
-import { ExitCode, UserError, coerceError } from '../errors.js';
+import { ExitCode, UserError, coerceError, isDatabaseUnavailable } from '../errors.js';
 import { describeUrl } from '../secrets.js';
 import { DEFAULT_ENGINE_SCHEMA, engineSchema, engineSchemaProblem, useEngineSchema } from './schema.js';
 
@@ -98,7 +98,14 @@ export interface OpenOptions {
   poolSize?: number;
   /** The engine's schema (default: RECONCILER_SCHEMA, else `reconciler`); the CLI and daemon pass the configured one. */
   schema?: string;
+  /** Longest wait for the answer to one query of the main pool (DATABASE_QUERY_TIMEOUT). Default 60 s. */
+  queryTimeoutMs?: number;
+  /** The same for lease traffic. Default 10 s. */
+  controlQueryTimeoutMs?: number;
 }
+
+/** TCP keepalive on every connection: a peer that vanished is noticed by the socket, not only by a timeout. */
+const KEEPALIVE = { keepAlive: true, keepAliveInitialDelayMillis: 10_000 } as const;
 
 /** Rows of a raw query, the same shape from `pg` and from PGlite. */
 export async function queryRows<Row>(db: Db, query: SQL): Promise<Row[]> {
@@ -129,6 +136,8 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
     max: options.poolSize ?? 10,
     connectionTimeoutMillis: 5_000,
     idleTimeoutMillis: 30_000,
+    query_timeout: options.queryTimeoutMs ?? 60_000,
+    ...KEEPALIVE,
     application_name: 'reconciler',
   });
   const guard = guardConnections(options.log);
@@ -145,14 +154,15 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
     max: 2,
     connectionTimeoutMillis: 5_000,
     idleTimeoutMillis: 30_000,
-    query_timeout: 10_000,
+    query_timeout: options.controlQueryTimeoutMs ?? 10_000,
+    ...KEEPALIVE,
     application_name: 'reconciler-lease',
   });
   guard(controlPool);
-  const db = drizzlePg(pool) as unknown as Db;
+  const db = withReleasingTransactions(drizzlePg(pool) as unknown as Db, pool);
   return {
     db,
-    control: drizzlePg(controlPool) as unknown as Db,
+    control: withReleasingTransactions(drizzlePg(controlPool) as unknown as Db, controlPool),
     kind: 'postgres',
     target,
     async withExclusiveLock(lockKey, fn) {
@@ -173,7 +183,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
       }
     },
     async listen(channels, onNotify, onLost) {
-      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, keepAlive: true, keepAliveInitialDelayMillis: 10_000, application_name: engineSchema().listenApplicationName });
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, ...KEEPALIVE, application_name: engineSchema().listenApplicationName });
       /** Set once LISTEN went through: only then is a break reported (before, `listen` rejects instead). */
       let armed = false;
       let over = false;
@@ -256,6 +266,12 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
  * no listener, and an unhandled 'error' event ends the process. The query in flight fails by
  * itself and the pool discards the broken connection; this keeps the process alive and says
  * so at most every 10 s, whichever pool lost it.
+ *
+ * And a query whose answer never comes (a stall that lost its bytes) fails after the pool's
+ * query_timeout, but `pg` keeps the connection waiting for that answer: every later query on it
+ * queues behind the lost one. drizzle's transactions hand such a connection back to the pool as
+ * healthy, and a small pool then never works again. So a connection whose query timed out is
+ * closed at once: the pool sees it is not queryable and throws it away when it comes back.
  */
 function guardConnections(log: Logger): (pool: pg.Pool) => void {
   let lastReported = 0;
@@ -265,8 +281,60 @@ function guardConnections(log: Logger): (pool: pg.Pool) => void {
   };
   return (pool) => {
     pool.on('error', lost);
-    pool.on('connect', (client) => client.on('error', lost));
+    pool.on('connect', (client) => {
+      client.on('error', lost);
+      const query = client.query.bind(client) as (...args: unknown[]) => unknown;
+      (client as unknown as { query: (...args: unknown[]) => unknown }).query = (...args: unknown[]) => {
+        const result = query(...args);
+        // Chained, not beside: the connection is closed before the caller hears of the timeout (and gives it back).
+        if (!(result instanceof Promise)) return result;
+        return result.catch((error: unknown) => {
+          if ((error as Error | undefined)?.message === QUERY_TIMED_OUT) closeOutOfStep(client);
+          throw error;
+        });
+      };
+    });
   };
+}
+
+/**
+ * drizzle's `transaction()` on a pool sends BEGIN before the `try` whose `finally` gives the
+ * connection back: a BEGIN that fails (its answer lost, a reset) keeps the connection checked
+ * out forever, and a few of those exhaust the pool (every later checkout: "timeout exceeded when
+ * trying to connect"). Here the connection is checked out and given back around the whole of
+ * drizzle's transaction, run on that one connection; one that broke is not queryable, and the
+ * pool throws it away when it comes back.
+ */
+function withReleasingTransactions(db: Db, pool: pg.Pool): Db {
+  const transaction = async (run: (tx: never) => Promise<unknown>, config?: unknown) => {
+    const client = await pool.connect();
+    let broken: Error | undefined;
+    try {
+      return await (drizzlePg(client) as unknown as { transaction(run: unknown, config?: unknown): Promise<unknown> }).transaction(run, config);
+    } catch (error) {
+      // A connection that timed out or broke goes back with its error: the pool closes it, never reuses it.
+      if (connectionLost(error)) broken = coerceError(error);
+      throw error;
+    } finally {
+      client.release(broken);
+    }
+  };
+  return Object.assign(db, { transaction }) as Db;
+}
+
+/** True when `error` (or its cause) says the connection itself failed: it timed out, reset, or went away. */
+function connectionLost(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if (e.message === QUERY_TIMED_OUT) return true;
+  }
+  return isDatabaseUnavailable(error);
+}
+
+/** pg's error for a query that got no answer within query_timeout. */
+const QUERY_TIMED_OUT = 'Query read timeout';
+
+function closeOutOfStep(client: pg.PoolClient): void {
+  (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
 }
 
 /** How this process was started, for the lock file: `reconciler daemon`, or the script an application runs (`node demo.ts`). */

@@ -79,6 +79,9 @@ export type StateRow = typeof state.$inferSelect & {
 export async function acquireLease(db: Db, request: AcquireRequest): Promise<AcquireResult> {
   if (request.partition.count === 1) return acquireIn(db, request);
   return db.transaction(async (tx) => {
+    // A transaction left open by a connection that went away (its COMMIT lost on the way) holds the
+    // lock until the server gives up on it: no longer than the lease it was taking.
+    await queryRows(tx as unknown as Db, sql`SELECT set_config('idle_in_transaction_session_timeout', ${String(Math.max(1_000, Math.round(request.leaseMs)))}, true)`);
     await queryRows(tx as unknown as Db, sql`SELECT pg_advisory_xact_lock(${LEASE_LOCK_NAMESPACE}::int, hashtext(${request.reconciler}))`);
     return acquireIn(tx as unknown as Db, request);
   });

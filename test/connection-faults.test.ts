@@ -1,0 +1,82 @@
+/**
+ * Connection faults below the driver, through a TCP proxy written here: a stall that loses
+ * what is sent (as a NAT or load balancer that dropped its state does) leaves a connection out
+ * of step with the server. A query on it never gets an answer; after its query timeout, the
+ * pool must throw that connection away, never hand it out again, or every later lease query
+ * queues behind the lost one and the replica never runs another pass.
+ */
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { sql } from 'drizzle-orm';
+import { createTestDatabase, silentLog, type TestDatabase } from './helpers/db.js';
+import { FaultyProxy } from './helpers/proxy.js';
+import { openDatabase, queryRows, type Database } from '../src/store/database.js';
+import { migrateDatabase } from '../src/store/migrate.js';
+import { LEASE_LOCK_NAMESPACE, acquireLease } from '../src/store/state.js';
+import { until } from './helpers/processes.js';
+import pg from 'pg';
+
+let t: TestDatabase;
+let proxy: FaultyProxy;
+let database: Database;
+beforeAll(async () => {
+  t = await createTestDatabase();
+  const target = new URL(inject('adminUrl'));
+  proxy = await FaultyProxy.start({ host: target.hostname, port: Number(target.port || 5432) });
+  const url = new URL(t.url);
+  url.host = `127.0.0.1:${proxy.port}`;
+  database = await openDatabase({ databaseUrl: url.toString(), dataDir: '.data', log: silentLog, poolSize: 3, queryTimeoutMs: 500, controlQueryTimeoutMs: 500 });
+  await migrateDatabase(database);
+});
+afterAll(async () => {
+  await proxy?.close(); // first: it ends what the stalls left half open, which closing the pools would wait for
+  await database?.close();
+  await t?.drop();
+});
+
+const holder = { id: '00000000-0000-4000-8000-00000000000a', host: 'test', pid: 1 };
+
+describe('a connection left out of step by a stall that lost its bytes', () => {
+  it('is thrown away after its query times out, so the lease pool works again once the network does', async () => {
+    // Both lease connections open and idle, as in a running daemon.
+    await Promise.all([1, 2].map(() => queryRows(database.control, sql`SELECT pg_sleep(0.05)`)));
+    // A lease statement the server holds (another session has the lock), so that its answer comes during the stall.
+    const blocker = new pg.Client({ connectionString: t.url });
+    await blocker.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query('SELECT pg_advisory_xact_lock($1::int, hashtext($2))', [LEASE_LOCK_NAMESPACE, 'stalled']);
+      const held = acquireLease(database.control, { reconciler: 'stalled', partition: { index: 0, count: 4 }, holder, trigger: 'schedule', leaseMs: 3_000 });
+      await until(async () => (await t.rows(sql`SELECT 1 FROM pg_stat_activity WHERE application_name = 'reconciler-lease' AND wait_event_type = 'Lock'`)).length > 0, 'the lease statement to wait for the lock');
+      proxy.stall();
+      await blocker.query('COMMIT'); // the server answers the lease's lock query now: the answer is lost
+      const other = acquireLease(database.control, { reconciler: 'stalled-too', partition: { index: 0, count: 4 }, holder, trigger: 'schedule', leaseMs: 3_000 });
+      const lost = await Promise.allSettled([held, other]);
+      expect(lost.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    } finally {
+      await blocker.end();
+    }
+    proxy.resume();
+    // Every later lease statement answers: none waits behind a query whose answer was lost.
+    for (let i = 0; i < 6; i++) {
+      const result = await acquireLease(database.control, { reconciler: `after-${i}`, partition: { index: 0, count: 4 }, holder, trigger: 'manual', leaseMs: 3_000 });
+      expect(result.acquired).toBe(true);
+    }
+    // The lease transaction the server still thinks open (its COMMIT never came) ends within the lease's length.
+    await until(
+      async () => (await t.rows(sql`SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`)).length === 0,
+      'no lease transaction left open',
+      10_000,
+    );
+  });
+
+  it('does the same for the pool the items use', async () => {
+    await Promise.all([1, 2, 3].map(() => queryRows(database.db, sql`SELECT 1`)));
+    proxy.stall();
+    const lost = await Promise.allSettled([1, 2, 3].map(() => database.db.transaction(async (tx) => tx.execute(sql`SELECT 1`))));
+    expect(lost.every((r) => r.status === 'rejected')).toBe(true);
+    proxy.resume();
+    for (let i = 0; i < 12; i++) await database.db.transaction(async (tx) => tx.execute(sql`SELECT 1`));
+    const rows = await Promise.all(Array.from({ length: 10 }, () => queryRows<{ one: number }>(database.db, sql`SELECT 1 AS one`)));
+    expect(rows.flat()).toHaveLength(10);
+  });
+});
