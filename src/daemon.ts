@@ -20,8 +20,10 @@ import { oneLine } from './cli/table.js';
 import { describeLoadError, formatLoadError } from './engine/load.js';
 
 const PRUNE_EVERY_MS = 3_600_000;
-/** After the passes have stopped, how long closing the database may take. */
+/** After the passes have stopped, how long closing the database may take (within the margin below). */
 const CLOSE_GRACE_MS = 5_000;
+/** Shutdown ends within SHUTDOWN_TIMEOUT and this: recording the passes, closing the pools and the endpoint. */
+const SHUTDOWN_MARGIN_MS = 1_800;
 
 /** What `setup` gets: the open, migrated database and the daemon's logger. */
 export interface DaemonContext {
@@ -221,8 +223,16 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
         (broken ? `; ${loadErrors.length} job file(s) did not load and are not scheduled (errors above; /readyz fails until they are fixed)` : ''),
     );
 
-    await stopSignal;
+    const signal = await stopSignal;
     shuttingDown = true; // readiness fails from now on
+    // The bound on shutdown, whatever hangs (a query on a stalled socket, an item that ignores its
+    // AbortSignal): SHUTDOWN_TIMEOUT for the items, then a little for the records and the close.
+    const deadline = Date.now() + config.SHUTDOWN_TIMEOUT + SHUTDOWN_MARGIN_MS;
+    const overrun = setTimeout(() => {
+      log.error(`shutdown did not finish within ${formatDuration(config.SHUTDOWN_TIMEOUT + SHUTDOWN_MARGIN_MS)} (SHUTDOWN_TIMEOUT and a margin): exiting now`);
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    }, config.SHUTDOWN_TIMEOUT + SHUTDOWN_MARGIN_MS);
+    overrun.unref();
     clearInterval(pruneTimer);
     clearInterval(orphanCheck);
     await waker.stop();
@@ -236,8 +246,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
         .catch((error: unknown) => log.warn({ err: coerceError(error) }, `the setup's clean-up failed: ${errorSummary(coerceError(error), 300)}`))
         .then(() => open.close())
         .then(() => true),
-      new Promise<false>((resolve) => setTimeout(() => resolve(false), CLOSE_GRACE_MS).unref()),
+      new Promise<false>((resolve) => setTimeout(() => resolve(false), Math.max(0, Math.min(CLOSE_GRACE_MS, deadline - Date.now() - 300))).unref()),
     ]);
+    clearTimeout(overrun);
     if (!closed) log.warn(`some items ignored their AbortSignal and still hold database connections; exiting without waiting for them`);
     await ops.close();
     log.info('daemon stopped');

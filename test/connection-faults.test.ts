@@ -12,7 +12,8 @@ import { FaultyProxy } from './helpers/proxy.js';
 import { openDatabase, queryRows, type Database } from '../src/store/database.js';
 import { migrateDatabase } from '../src/store/migrate.js';
 import { LEASE_LOCK_NAMESPACE, acquireLease } from '../src/store/state.js';
-import { until } from './helpers/processes.js';
+import { startProcess, until, useCleanup } from './helpers/processes.js';
+import { API, jobsDir, tableSql } from './helpers/jobs.js';
 import pg from 'pg';
 
 let t: TestDatabase;
@@ -78,5 +79,44 @@ describe('a connection left out of step by a stall that lost its bytes', () => {
     for (let i = 0; i < 12; i++) await database.db.transaction(async (tx) => tx.execute(sql`SELECT 1`));
     const rows = await Promise.all(Array.from({ length: 10 }, () => queryRows<{ one: number }>(database.db, sql`SELECT 1 AS one`)));
     expect(rows.flat()).toHaveLength(10);
+  });
+});
+
+describe('shutdown', () => {
+  const { children, dirs } = useCleanup();
+
+  it('ends within SHUTDOWN_TIMEOUT + 2 s with a stalled database and an item that ignores its AbortSignal', async () => {
+    await t.rows(sql.raw(tableSql(3, 'stuck_items')));
+    const jobs = jobsDir({
+      'stuck.ts': `import { defineReconciler, sql } from ${JSON.stringify(API)};
+export default defineReconciler<{ id: number }>({
+  schedule: '0 0 1 1 *',
+  timeout: '1h',
+  scan: async ({ db, after, limit }) => (await db.execute(sql\`SELECT id FROM stuck_items WHERE id > \${after?.id ?? 0} ORDER BY id LIMIT \${limit}\`)).rows as unknown as { id: number }[],
+  key: (item) => String(item.id),
+  // Ignores ctx.signal: the worst an item can do to a shutdown.
+  reconcile: () => new Promise<never>(() => undefined),
+});
+`,
+    });
+    dirs.push(jobs);
+    const url = new URL(t.url);
+    url.host = `127.0.0.1:${proxy.port}`;
+    const daemon = startProcess(['daemon'], { DATABASE_URL: url.toString(), JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '2s', LOCK_TTL: '3s', LOG_LEVEL: 'info' });
+    children.push(daemon);
+    // Its catch-up pass has the items in flight, then the network stalls: nothing it sends arrives.
+    await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.state WHERE reconciler = 'stuck' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass', 30_000);
+    proxy.stall();
+    try {
+      const signalled = Date.now();
+      daemon.child.kill('SIGTERM');
+      const exit = await daemon.exited;
+      const took = Date.now() - signalled;
+      expect(exit.code === 0 || exit.code === 143, JSON.stringify(exit)).toBe(true);
+      // The bound is SHUTDOWN_TIMEOUT + 2 s; 500 ms more allow for a timer that fires late on a loaded machine.
+      expect(took).toBeLessThan(2_000 + 2_000 + 500);
+    } finally {
+      proxy.resume();
+    }
   });
 });

@@ -185,7 +185,13 @@ async function scaleVariant(variant: ScaleVariant, runs: number, app: CaseOption
         const cpu = machineCpu();
         const started = performance.now();
         await releaseBacklog(url);
-        await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`)) === 0, 'the backlog to drain', 900_000, 100);
+        await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`)) === 0, 'the backlog to drain', variant.backlog >= 50_000 ? 900_000 : 120_000, 100).catch(async (error: Error) => {
+          // What each replica was doing, and who held what: a drain that never ends is a finding, not a timeout.
+          const states = await queryRows(database.db, sql`SELECT partition, partitions, holder_pid, lease_expires_at > now() AS live, last_status, last_run_id FROM reconciler.state ORDER BY partition`);
+          const left = await queryRows(database.db, sql`SELECT reconciler.partition_of('return:' || id::text, 4) AS partition, count(*)::int AS n FROM returns WHERE settled_at IS NULL GROUP BY 1 ORDER BY 1`);
+          const tails = daemons.map((d) => `pid ${d.pid}:\n${d.stdoutText.slice(-25).join('\n')}`).join('\n');
+          throw new Error(`${error.message} with ${replicas} replica(s): unsettled by partition ${JSON.stringify(left)}; state ${JSON.stringify(states)}\n${tails}`);
+        });
         seconds.get(replicas)!.push((performance.now() - started) / 1000);
         busy.get(replicas)!.push(busyPercent(cpu, machineCpu()));
         // How many replicas did work: the partitions must have spread, not piled onto one.
