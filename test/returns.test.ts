@@ -7,6 +7,7 @@ import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { REPO_ROOT } from './helpers/jobs.js';
+import { freePort } from './helpers/ports.js';
 import { decideSettlement } from '../examples/returns/src/settlement.js';
 import { seedReturns } from '../examples/returns/src/seed.js';
 import { createTestDatabase, useTestDatabase } from './helpers/db.js';
@@ -151,6 +152,27 @@ describe('settle-returns', () => {
     await runCli(['retry', 'settle-returns', '--all'], settleEnv(t, provider));
     await settlePass(t, provider);
     expect(await posts()).toBe(before); // the intent says declined: settled by a person, not by retrying
+  });
+
+  it('says "not sent", and leaves the intent pending, when the provider cannot be reached; "outcome unknown" names the key, and promises no retry', async () => {
+    await seedReturns(t.db, 3, 21);
+    const refused = await settlePass(t, provider, { PAYMENT_PROVIDER_URL: `http://127.0.0.1:${await freePort()}` }); // nothing listens there
+    expect(refused.code).toBe(1);
+    const failures = await t.rows<{ last_error: string }>(sql`SELECT last_error FROM reconciler.failures`);
+    expect(failures.length).toBeGreaterThan(0);
+    for (const f of failures) expect(f.last_error).toMatch(/^not sent: the (charge|refund) of .*could not connect to the provider \(ECONNREFUSED\); the request was not sent$/);
+    expect(await t.rows(sql`SELECT DISTINCT state FROM payments`)).toEqual([{ state: 'pending' }]);
+
+    await provider.setFaults({ errorRate: 1 });
+    await makeDue(t);
+    expect((await settlePass(t, provider)).code).toBe(1);
+    const unknown = await t.rows<{ last_error: string }>(sql`SELECT last_error FROM reconciler.failures`);
+    for (const f of unknown) {
+      expect(f.last_error).toMatch(/^outcome unknown: .* \(idempotency key return:[0-9a-f-]+:(charge|refund):v1\)$/);
+      expect(f.last_error).not.toContain('will retry');
+    }
+    await provider.setFaults({ errorRate: 0 });
+    await settleUntilQuiet(t, provider);
   });
 
   it('surfaces a key reused with other parameters as a permanent error, not retried blindly', async () => {

@@ -41,10 +41,15 @@ export class ProviderError extends Error {
     message: string,
     readonly failure: ProviderFailure,
     readonly status: number | undefined,
+    /** False when the request cannot have reached the provider (the connection was refused): nothing happened there. */
+    readonly sent = true,
   ) {
     super(message);
   }
 }
+
+/** Socket errors that mean no connection was made: the request was never sent. */
+const NOT_CONNECTED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 
 export interface HttpProviderOptions {
   baseUrl: string;
@@ -101,6 +106,9 @@ export class HttpPaymentProvider implements PaymentProvider {
     } catch (error) {
       if (signal.aborted) throw signal.reason;
       const reason = timeout.aborted ? `no answer within ${this.#options.timeoutMs} ms` : describeNetworkError(error);
+      if (!timeout.aborted && NOT_CONNECTED.has(reason)) {
+        throw new ProviderError(`POST ${path}: could not connect to the provider (${reason}); the request was not sent`, 'retryable', undefined, false);
+      }
       throw new ProviderError(`POST ${path}: ${reason}; the outcome is unknown`, 'retryable', undefined);
     }
     let text: string;

@@ -245,9 +245,12 @@ async function recordFailure(db: Db, intent: Intent, returnId: number, error: Pr
     );
     throw new TerminalError(`declined: the ${intent.kind} of ${what} (${error.message}); settle it by hand, then mark the return settled`);
   }
-  const state = error.failure === 'retryable' ? 'unknown' : intent.state;
+  // A request that cannot have reached the provider leaves the intent as it was: nothing happened there.
+  const state = error.failure === 'retryable' && error.sent ? 'unknown' : intent.state;
   await queryRows(db, sql`UPDATE payments SET state = ${state}, last_error = ${errorSummary(error, 500)}, updated_at = now() WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`);
-  if (error.failure === 'retryable') throw new Error(`outcome unknown: the ${intent.kind} of ${what}: ${error.message}; will retry with the same key`);
+  // Says what happened, and the key a retry sends: not that one will come (the item may be dead).
+  if (error.failure === 'retryable' && !error.sent) throw new Error(`not sent: the ${intent.kind} of ${what}: ${error.message}`);
+  if (error.failure === 'retryable') throw new Error(`outcome unknown: the ${intent.kind} of ${what}: ${error.message} (idempotency key ${intent.idempotencyKey})`);
   if (error.status === 401 || error.status === 403) throw new Error(`the provider refused our credentials (${error.message}): check PAYMENT_PROVIDER_KEY`);
   if (error.status === 404) throw new Error(`the provider has no such endpoint (${error.message}): check PAYMENT_PROVIDER_URL`);
   throw new TerminalError(`rejected: the ${intent.kind} of ${what}: ${error.message}; not retried, as the same request would be rejected again`);
