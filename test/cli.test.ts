@@ -244,6 +244,23 @@ describe('reconciler run beside broken job files', () => {
   });
 });
 
+describe('failures alike, as in an outage', () => {
+  it('log the first in full and one line for the rest of the pass, each item at debug level', async () => {
+    const failKeys = Array.from({ length: 6 }, (_, i) => `item-${i + 1}`);
+    const { env } = await itemsJob(6, { failKeys });
+    const result = await runCli(['run', 'items'], env);
+    expect(result.code).toBe(1);
+    const warnings = lines(result.stderr).map((line) => JSON.parse(line) as { level: number; msg: string; failedItems?: number });
+    expect(warnings.map((w) => w.level)).toEqual([40, 40]);
+    expect(warnings[0]!.msg).toMatch(/^failed: cannot reconcile item-\d; retry in /);
+    expect(warnings[1]).toMatchObject({ failedItems: 6 });
+    expect(warnings[1]!.msg).toMatch(/^6 items failed like this in the pass/);
+    await t.rows(sql`UPDATE reconciler.failures SET next_attempt_at = now() - interval '1 second'`);
+    const debug = await runCli(['run', 'items'], { ...env, LOG_LEVEL: 'debug' });
+    expect(lines(debug.stderr).filter((line) => line.includes('cannot reconcile')).length).toBeGreaterThanOrEqual(6);
+  });
+});
+
 describe('reconciler retry and clear', () => {
   it('makes a failed item due now with a fresh attempt budget, and says so', async () => {
     const { env } = await itemsJob(2, { failKeys: ['item-2'] });

@@ -14,6 +14,7 @@ import { forgetFailure, lookupFailures, recordFailure, type FailureMemory } from
 import { databaseAnswers } from '../store/database.js';
 import type { PassCounts, PassStatus, Trigger } from '../store/runs.js';
 import { backoffDelay } from './backoff.js';
+import { FailureDigest } from './failure-digest.js';
 import type { EngineEvents } from './events.js';
 import type { Slots } from './slots.js';
 
@@ -216,6 +217,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   const log = deps.log.child({ reconciler: reconciler.name, passId: deps.runId ?? 'dry-run' });
   const started = performance.now();
   const counts = emptyCounts();
+  const failures = new FailureDigest();
   const inFlight = new Set<Promise<void>>();
   const keysInFlight = new Set<string>();
   let complete = false;
@@ -318,7 +320,8 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
       }
       counts.failed++;
       if (!dead && !options.dryRun) noteRetry(new Date(Date.now() + delayMs));
-      const level = dead ? 'error' : 'warn';
+      // The first failure of a kind is a warning; the same again in this pass is summed up at its end.
+      const level = dead ? 'error' : failures.note(key, message) ? 'warn' : 'debug';
       const next = dead
         ? terminal
           ? 'dead (TerminalError): skipped until `reconciler retry`'
@@ -430,6 +433,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
     else if (!control.abort.aborted) log.error({ err: failure }, `pass broke off: ${error}`);
   }
   await Promise.all(inFlight);
+  failures.summarise(log);
   if (abortedKeys.length > 0) {
     const shown = abortedKeys.slice(0, 10).join(', ');
     log.info({ keys: abortedKeys.slice(0, 100), count: abortedKeys.length }, `${abortedKeys.length} item(s) aborted in flight, no attempt spent; the next pass finds them again: ${shown}${abortedKeys.length > 10 ? ', …' : ''}`);
