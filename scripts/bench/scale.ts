@@ -24,7 +24,9 @@ async function count(database: Database, query: ReturnType<typeof sql>): Promise
 /** `replicas` daemons of the build, up, counted by each other, and idle (their start-up passes over). */
 async function startReplicas(stage: Stage, database: Database, replicas: number, env: Record<string, string>): Promise<RunningProcess[]> {
   const daemons = Array.from({ length: replicas }, () => stage.start(['daemon'], env));
-  for (const daemon of daemons) await daemon.waitFor((line) => String(line.msg).startsWith('operations endpoint on'), 'a daemon to start', 60_000);
+  // 'daemon started' comes once it LISTENs and schedules: a replica whose listen session shows in
+  // pg_stat_activity may not have run its LISTEN yet, and would miss the backlog's notification.
+  for (const daemon of daemons) await daemon.waitFor((line) => String(line.msg).startsWith('daemon started'), 'a daemon to start', 60_000);
   await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'reconciler-listen' AND datname = current_database()`)) === replicas, 'every listen session', 30_000);
   await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'running'`)) === 0, 'the start-up passes to end', 60_000);
   return daemons;
