@@ -5,7 +5,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import pg from 'pg';
 import pino from 'pino';
@@ -19,6 +18,7 @@ import { seedReturns } from '../../examples/returns/src/seed.js';
 import type { SimulatorFaults, SimulatorStats } from '../../examples/returns/src/simulator/server.js';
 import type { App } from './app.js';
 import { OwnedPostgres } from './postgres.js';
+import { FaultyProxy } from '../../test/helpers/proxy.js';
 
 export const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 export const PROVIDER_KEY = 'sk_test_faults';
@@ -76,7 +76,7 @@ export class Stage {
     const child = startProcess(['--import', this.app.register, this.app.module('examples/returns/src/simulator/main.js'), '--port', '0', '--api-key', apiKey, '--seed', String(seed)], { PROVIDER_DATABASE_URL: urlOf(name) }, { command: process.execPath });
     this.defer(() => child.kill('SIGKILL'));
     const direct = String((await child.waitFor((l) => typeof l.url === 'string', 'the simulator', 30_000)).url);
-    const proxy = await Proxy.start(new URL(direct).port);
+    const proxy = await FaultyProxy.start({ host: '127.0.0.1', port: Number(new URL(direct).port) });
     this.defer(() => proxy.close());
     const handle = new ProviderHandle(direct, `http://127.0.0.1:${proxy.port}`, proxy, apiKey, urlOf(name));
     await handle.setFaults(faults);
@@ -148,7 +148,7 @@ export class ProviderHandle {
   constructor(
     readonly direct: string,
     readonly url: string,
-    readonly proxy: Proxy,
+    readonly proxy: FaultyProxy,
     readonly apiKey: string,
     /** The simulator's own database (its ledger and idempotency records). */
     readonly storageUrl: string,
@@ -174,57 +174,6 @@ export class ProviderHandle {
 }
 
 /** A TCP proxy in front of the simulator: `cut()` refuses every connection (the provider is down) and counts the attempts. */
-export class Proxy {
-  attemptsWhileCut = 0;
-  #cut = false;
-  readonly #sockets = new Set<Socket>();
-
-  private constructor(
-    private readonly server: Server,
-    readonly port: number,
-  ) {}
-
-  static async start(targetPort: string): Promise<Proxy> {
-    let proxy!: Proxy;
-    const server = createServer((socket) => {
-      if (proxy.#cut) {
-        proxy.attemptsWhileCut++;
-        socket.destroy();
-        return;
-      }
-      const upstream = connect(Number(targetPort), '127.0.0.1');
-      proxy.#sockets.add(socket).add(upstream);
-      socket.pipe(upstream).pipe(socket);
-      const end = () => {
-        socket.destroy();
-        upstream.destroy();
-        proxy.#sockets.delete(socket);
-        proxy.#sockets.delete(upstream);
-      };
-      socket.on('error', end).on('close', end);
-      upstream.on('error', end).on('close', end);
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    proxy = new Proxy(server, (server.address() as { port: number }).port);
-    return proxy;
-  }
-
-  cut(): void {
-    this.#cut = true;
-    this.attemptsWhileCut = 0;
-    for (const socket of this.#sockets) socket.destroy();
-  }
-
-  restore(): void {
-    this.#cut = false;
-  }
-
-  close(): Promise<void> {
-    for (const socket of this.#sockets) socket.destroy();
-    return new Promise((resolve) => this.server.close(() => resolve()));
-  }
-}
-
 /** Polls `probe` until it returns a value, or fails after `timeoutMs`. */
 export async function until<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs: number): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -4,6 +4,7 @@
  * nothing, and what is sent meanwhile is lost (as behind a NAT or a load balancer that lost
  * its state), while every socket stays open, and a side that closes meanwhile leaves the other
  * side open. After `resume()` it forwards again; `reset()` or `close()` ends what was left open.
+ * Or it is cut: every connection reset, new ones refused (counted), until `restore()`.
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
 
@@ -15,7 +16,10 @@ interface Pair {
 export class FaultyProxy {
   /** Connections accepted so far. */
   accepted = 0;
+  /** Connections refused since the last `cut()`. */
+  attemptsWhileCut = 0;
   #stalled = false;
+  #cut = false;
   readonly #pairs = new Set<Pair>();
 
   private constructor(
@@ -33,6 +37,11 @@ export class FaultyProxy {
   }
 
   #accept(client: Socket, target: { host: string; port: number }): void {
+    if (this.#cut) {
+      this.attemptsWhileCut++;
+      client.destroy();
+      return;
+    }
     this.accepted++;
     const upstream = connect(target.port, target.host);
     const pair: Pair = { client, upstream };
@@ -58,6 +67,17 @@ export class FaultyProxy {
       pair.client.resetAndDestroy();
       pair.upstream.resetAndDestroy();
     }
+  }
+
+  /** Every open connection ends, and new ones are refused until `restore()`: the peer is unreachable. */
+  cut(): void {
+    this.#cut = true;
+    this.attemptsWhileCut = 0;
+    this.reset();
+  }
+
+  restore(): void {
+    this.#cut = false;
   }
 
   /** From now on nothing is forwarded, on old connections or new ones, until `resume()`: what is sent meanwhile is lost. */
