@@ -68,6 +68,11 @@ const schemaName = z
 export const configSchema = z.object({
   /** PostgreSQL connection string. Unset: the embedded database under DATA_DIR. */
   DATABASE_URL: databaseUrl,
+  /**
+   * A direct connection to the same database for the LISTEN session, when DATABASE_URL goes
+   * through a pooler in transaction mode (which passes NOTIFY on, but not LISTEN).
+   */
+  LISTEN_DATABASE_URL: databaseUrl,
   /** Where the embedded database lives when DATABASE_URL is unset. */
   DATA_DIR: z.string().min(1).default('.data'),
   /** The PostgreSQL schema that holds the engine's tables and functions, and nothing else. */
@@ -87,6 +92,11 @@ export const configSchema = z.object({
   HTTP_PORT: wholeNumber(0, 65_535, 'a port number from 0 to 65535', '8080'),
   /** /healthz fails when the event loop was blocked longer than this. */
   HEALTH_MAX_EVENT_LOOP_LAG: duration('5s', 100, 600_000),
+  /**
+   * /healthz fails when the daemon cannot do its own work this long while its database answers:
+   * its pools hand out no connection, or a due tick gets no answer. A database outage does not count.
+   */
+  HEALTH_MAX_STALL: duration('2m', 1_000, 3_600_000),
   /** How long the daemon waits for an unreachable database at start (readiness fails meanwhile) before it exits 2. */
   STARTUP_TIMEOUT: duration('60s', 0, 3_600_000),
   /** The daemon waits a random time up to this before scheduling, to spread replicas that start together. */
@@ -110,12 +120,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (!result.success) {
     const lines = result.error.issues.map((issue) => {
       const name = String(issue.path[0] ?? 'environment');
-      const shown = name === 'DATABASE_URL' ? '' : env[name] === undefined ? '' : ` (got ${JSON.stringify(env[name])})`;
+      const shown = name === 'DATABASE_URL' || name === 'LISTEN_DATABASE_URL' ? '' : env[name] === undefined ? '' : ` (got ${JSON.stringify(env[name])})`;
       return `invalid ${name}${shown}: ${issue.message}`;
     });
     throw new UserError(lines.join('\n'));
   }
   if (result.data.DATABASE_URL) describeUrl(result.data.DATABASE_URL); // registers its password as a secret
+  if (result.data.LISTEN_DATABASE_URL) describeUrl(result.data.LISTEN_DATABASE_URL);
+  if (result.data.LISTEN_DATABASE_URL && !result.data.DATABASE_URL) {
+    throw new UserError('invalid LISTEN_DATABASE_URL: it is set but DATABASE_URL is not; it is the direct connection for notifications beside DATABASE_URL (the embedded database needs neither)');
+  }
   if (env.NODE_ENV === 'production' && !result.data.DATABASE_URL) {
     throw new UserError('invalid DATABASE_URL: it is required when NODE_ENV=production (the embedded database is for trying reconciler out, one process at a time)');
   }
@@ -126,6 +140,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
 export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   return {
     DATABASE_URL: config.DATABASE_URL ? describeUrl(config.DATABASE_URL) : `(unset: the embedded database in ${config.DATA_DIR})`,
+    LISTEN_DATABASE_URL: config.LISTEN_DATABASE_URL ? describeUrl(config.LISTEN_DATABASE_URL) : '(unset: notifications are listened for through DATABASE_URL)',
     DATA_DIR: config.DATA_DIR,
     RECONCILER_SCHEMA: config.RECONCILER_SCHEMA,
     JOBS_DIR: config.JOBS_DIR,
@@ -136,6 +151,7 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     HTTP_HOST: config.HTTP_HOST,
     HTTP_PORT: String(config.HTTP_PORT),
     HEALTH_MAX_EVENT_LOOP_LAG: durationText(config.HEALTH_MAX_EVENT_LOOP_LAG),
+    HEALTH_MAX_STALL: durationText(config.HEALTH_MAX_STALL),
     STARTUP_TIMEOUT: durationText(config.STARTUP_TIMEOUT),
     STARTUP_JITTER: durationText(config.STARTUP_JITTER),
     DATABASE_POOL_SIZE: String(config.DATABASE_POOL_SIZE),

@@ -6,14 +6,16 @@
 import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { ExitCode, UserError, coerceError, errorSummary } from './errors.js';
-import { formatDuration } from './duration.js';
+import { formatDuration, within } from './duration.js';
 import { Engine } from './engine/engine.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { WakeListener } from './scheduler/wake.js';
 import { migrateDatabase, pendingMigrations, searchPathWarning } from './store/migrate.js';
-import { queryRows, type Database, type Membership } from './store/database.js';
+import { queryRows, type Database } from './store/database.js';
+import { Presence } from './scheduler/presence.js';
+import { Liveness } from './liveness.js';
 import { Metrics } from './http/metrics.js';
-import { CHECK_TIMEOUT_MS, startOpsServer, within, type Check } from './http/server.js';
+import { CHECK_TIMEOUT_MS, startOpsServer, type Check } from './http/server.js';
 import { pruneRuns } from './store/runs.js';
 import { prepare, waitForDatabase } from './cli/context.js';
 import { oneLine } from './cli/table.js';
@@ -95,6 +97,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
 
     let database: Database | undefined;
     let metrics: Metrics | undefined;
+    let liveness: Liveness | undefined;
     let scheduling = false;
     let shuttingDown = false;
     const probe = async (what: string, check: () => Promise<string>): Promise<Check> => {
@@ -110,6 +113,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
       port: config.HTTP_PORT,
       log,
       maxEventLoopLagMs: config.HEALTH_MAX_EVENT_LOOP_LAG,
+      liveness: () => liveness?.status() ?? { ok: true },
       metrics: async () =>
         metrics ? { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() } : { contentType: 'text/plain; version=0.0.4', body: '# the daemon is waiting for its database\n' },
       readiness: async () => {
@@ -166,8 +170,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     }
 
     const engine = new Engine({ db: open.db, control: open.control, reconcilers, log, leaseMs: config.LOCK_TTL });
-    // Membership comes from the listen session (opened before the scheduler starts), so replicas split partitions from the first pass.
-    const scheduler: Scheduler = new Scheduler({ engine, log, membership: (): Promise<Membership> => waker.membership() });
+    // The heartbeat row is written before the scheduler starts, so replicas split partitions from the first pass.
+    const presence = new Presence({ db: open.control, reconcilers: reconcilers.map((r) => r.name), leaseMs: config.LOCK_TTL, log });
+    const scheduler = new Scheduler({ engine, log, membership: (reconciler) => presence.membership(reconciler) });
     metrics = new Metrics(open.db, reconcilers, log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
     metrics.attach(engine.events);
     const wakeChannels = [...new Set(reconcilers.flatMap((r) => r.wakeOn))];
@@ -204,10 +209,12 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     }
     if (signals === 0) {
       try {
+        await presence.start();
         await waker.start();
         await scheduler.start();
       } catch (error) {
         clearInterval(pruneTimer);
+        await presence.stop();
         await waker.stop().catch(() => undefined);
         await scheduler.stop();
         await Promise.resolve(teardown?.()).catch(() => undefined);
@@ -216,6 +223,8 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
         throw error;
       }
       scheduling = true;
+      liveness = new Liveness({ maxStallMs: config.HEALTH_MAX_STALL, log, pools: open.pools, overdue: () => scheduler.overdue(), databaseAnswers: () => open.answersFresh() });
+      liveness.start();
     }
     log.info(
       { reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: open.target },
@@ -225,6 +234,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
 
     const signal = await stopSignal;
     shuttingDown = true; // readiness fails from now on
+    liveness?.stop();
     // The bound on shutdown, whatever hangs (a query on a stalled socket, an item that ignores its
     // AbortSignal): SHUTDOWN_TIMEOUT for the items, then a little for the records and the close.
     const deadline = Date.now() + config.SHUTDOWN_TIMEOUT + SHUTDOWN_MARGIN_MS;
@@ -237,6 +247,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     clearInterval(orphanCheck);
     await waker.stop();
     await scheduler.stop();
+    await presence.stop(); // the others take this one's partitions at their next claim
     await engine.stop(config.SHUTDOWN_TIMEOUT);
     // An item that ignores its AbortSignal may hold a connection forever: do not wait on it.
     const closed = await Promise.race([

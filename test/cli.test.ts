@@ -349,6 +349,18 @@ describe('database and configuration errors', () => {
     }
     const debug = await runCli(['list'], { ...env, LOG_LEVEL: 'debug' });
     expect(debug.stdout + debug.stderr).not.toContain('S3cretCanary');
+    // Nor that of LISTEN_DATABASE_URL, which `config` shows masked.
+    const config = await runCli(['config'], { ...env, LISTEN_DATABASE_URL: 'postgres://listener:L1stenCanary@127.0.0.1:1/x' });
+    expect(config.stdout + config.stderr).not.toContain('L1stenCanary');
+    expect(config.stdout).toMatch(/LISTEN_DATABASE_URL\s+postgres:\/\/listener:\*\*\*@127\.0\.0\.1:1\/x/);
+  });
+
+  it('exits 2 with one line when LISTEN_DATABASE_URL is set without DATABASE_URL, or is not a URL', async () => {
+    const folder = jobs({ 'items.ts': tableJob() });
+    const alone = await runCli(['list'], { LISTEN_DATABASE_URL: t.url, JOBS_DIR: folder.dir });
+    expectOneLineError(alone, /^reconciler: invalid LISTEN_DATABASE_URL: it is set but DATABASE_URL is not/);
+    const bad = await runCli(['list'], { DATABASE_URL: t.url, LISTEN_DATABASE_URL: 'the direct one', JOBS_DIR: folder.dir });
+    expectOneLineError(bad, /^reconciler: invalid LISTEN_DATABASE_URL: is not a URL/);
   });
 
   it('exits 2 with one line per invalid variable', async () => {

@@ -511,7 +511,7 @@ describe('partitions in the CLI and the daemon', () => {
     // Both are up and counted each other, and every partition's catch-up pass (over an empty table) has
     // ended: a catch-up still due now expects a run that is no longer the last, and starts nothing.
     // What follows is a wake both receive. The table was empty until now, so runs that changed rows are this wake's.
-    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'reconciler-listen' AND datname = current_database()`))[0]?.n) === 2, 'both listen sessions');
+    await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.replicas WHERE expires_at > now()`))[0]?.n) === 2, 'both replicas counted');
     await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.state WHERE reconciler = 'replica-parts' AND last_run_id IS NOT NULL AND holder_id IS NULL`))[0]?.n) === 4, 'every partition\'s catch-up pass to end');
     await t.rows(sql.raw(`INSERT INTO replica_parts (name) SELECT 'item-' || n FROM generate_series(1, 400) AS n`));
     await until(async () => (await notDone('replica_parts')) === 0, 'every row to be done');

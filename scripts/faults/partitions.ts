@@ -22,7 +22,7 @@ interface Outcome {
 type Scenario = (stage: Stage, options: { seed: number; quick: boolean }) => Promise<Outcome>;
 
 const YEARLY = '0 0 1 1 *';
-const LISTEN_SESSIONS = sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'reconciler-listen' AND datname = current_database()`;
+const LIVE_REPLICAS = sql`SELECT count(*)::int AS n FROM reconciler.replicas WHERE expires_at > now()`;
 
 async function count(database: Database, query: ReturnType<typeof sql>): Promise<number> {
   return Number((await queryRows<{ n: number }>(database.db, query))[0]?.n ?? 0);
@@ -32,7 +32,7 @@ async function count(database: Database, query: ReturnType<typeof sql>): Promise
 async function listening(stage: Stage, database: Database, env: Record<string, string>, replicas: number): Promise<RunningProcess[]> {
   const daemons = Array.from({ length: replicas }, () => stage.daemon(env));
   for (const daemon of daemons) await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'a daemon to start (listening and scheduling)', 30_000);
-  await until(async () => (await count(database, LISTEN_SESSIONS)) >= replicas, 'every listen session', 30_000);
+  await until(async () => (await count(database, LIVE_REPLICAS)) >= replicas, 'every replica counted', 30_000);
   return daemons;
 }
 

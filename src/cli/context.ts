@@ -56,7 +56,7 @@ export async function prepare(options: ContextOptions): Promise<Setup> {
 
 /** Opens the configured database. */
 export function connect({ config, log }: Pick<Setup, 'config' | 'log'>): Promise<Database> {
-  return openDatabase({ databaseUrl: config.DATABASE_URL, dataDir: config.DATA_DIR, log, poolSize: config.DATABASE_POOL_SIZE, queryTimeoutMs: config.DATABASE_QUERY_TIMEOUT, schema: config.RECONCILER_SCHEMA });
+  return openDatabase({ databaseUrl: config.DATABASE_URL, listenUrl: config.LISTEN_DATABASE_URL, dataDir: config.DATA_DIR, log, poolSize: config.DATABASE_POOL_SIZE, queryTimeoutMs: config.DATABASE_QUERY_TIMEOUT, schema: config.RECONCILER_SCHEMA });
 }
 
 /** Waiting for the database at start: the first retry after this, doubling up to the cap. */

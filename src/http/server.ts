@@ -1,5 +1,5 @@
 /**
- * The daemon's operations endpoint: `/healthz` (alive, event loop not stalled), `/readyz`
+ * The daemon's operations endpoint: `/healthz` (alive: event loop not stalled, and making progress), `/readyz`
  * (database reachable, migrations applied, job files loaded, not shutting down) and
  * `/metrics` (Prometheus text format).
  */
@@ -7,6 +7,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { coerceError, errorSummary } from '../errors.js';
+import { within } from '../duration.js';
 
 export interface Check {
   ok: boolean;
@@ -20,6 +21,8 @@ export interface OpsServerOptions {
   /** Longest event-loop delay tolerated by /healthz. */
   maxEventLoopLagMs: number;
   readiness: () => Promise<Record<string, Check>>;
+  /** Whether the daemon makes progress (see liveness.ts); /healthz fails with its reason when it does not. */
+  liveness?: () => { ok: boolean; reason?: string };
   metrics: () => Promise<{ contentType: string; body: string }>;
 }
 
@@ -29,12 +32,6 @@ export interface OpsServer {
 }
 
 const CHECK_TIMEOUT_MS = 2_000;
-
-/** Rejects when `promise` takes longer than `ms`. */
-export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
-}
 
 export async function startOpsServer(options: OpsServerOptions): Promise<OpsServer> {
   // Event-loop lag: how late a 250 ms timer fires. A loop stalled for long cannot answer at all; this catches the slow-but-alive case.
@@ -56,8 +53,10 @@ export async function startOpsServer(options: OpsServerOptions): Promise<OpsServ
     const handle = async () => {
       if (req.method !== 'GET' && req.method !== 'HEAD') return reply(405, JSON.stringify({ error: 'GET only' }));
       if (path === '/healthz') {
-        const ok = lagMs <= options.maxEventLoopLagMs;
-        return reply(ok ? 200 : 503, JSON.stringify({ status: ok ? 'ok' : 'event loop stalled', eventLoopLagMs: Math.round(lagMs) }));
+        const progress = options.liveness?.() ?? { ok: true };
+        const lagOk = lagMs <= options.maxEventLoopLagMs;
+        const status = !lagOk ? 'event loop stalled' : !progress.ok ? 'not progressing' : 'ok';
+        return reply(status === 'ok' ? 200 : 503, JSON.stringify({ status, eventLoopLagMs: Math.round(lagMs), ...(progress.reason ? { reason: progress.reason } : {}) }));
       }
       if (path === '/readyz') {
         let checks: Record<string, Check>;

@@ -22,7 +22,7 @@ import { holderOfRow, readStates, type LeaseHolder, type StateRow } from '../sto
 import { ALONE, type Membership } from '../store/database.js';
 import { nextTick, previousTick } from './cron.js';
 import type { PassResult } from '../engine/pass.js';
-import type { Trigger } from '../store/runs.js';
+import { readRun, type Trigger } from '../store/runs.js';
 import { announceHandOver, type HandOver } from './handover.js';
 
 /** Passes this scheduler adds between ticks: a tick that meets one here runs after it rather than being skipped. */
@@ -38,8 +38,8 @@ export interface SchedulerOptions {
   log: Logger;
   /** The clock for catch-up decisions; tests pass a fixed one. */
   now?: () => Date;
-  /** Where this daemon stands among the replicas (see WakeListener.membership); alone by default. */
-  membership?: () => Promise<Membership>;
+  /** Where this daemon stands among the replicas that run a reconciler (see presence.ts); alone by default. */
+  membership?: (reconciler: string) => Promise<Membership>;
   /** How long after claiming its own partitions a replica sweeps the others. Default 1 s. */
   sweepDelayMs?: number;
   /** How long after giving a partition up a replica runs it again itself if nobody took it. Default 3 s. */
@@ -96,6 +96,9 @@ export function ownPartitions(partitions: number, membership: Membership): numbe
   return all.filter((p) => p % membership.count === membership.rank);
 }
 
+/** A budget (maxItemsPerPass, maxPassDuration) caps the work per scheduled period: no extra pass may start in it. */
+const budgeted = (reconciler: Reconciler) => reconciler.maxItemsPerPass !== undefined || reconciler.maxPassDurationMs !== undefined;
+
 /** What a sweep does with the partitions it finds free: a wake only watches; a tick or catch-up also runs them. */
 type SweepRequest = (partition: number) => RunRequest | undefined;
 
@@ -105,8 +108,8 @@ export class Scheduler {
   readonly #inFlight = new Set<Promise<void>>();
   /** Lanes with a pass launched by this scheduler that has not returned yet, and its trigger. */
   readonly #launched = new Map<string, Trigger>();
-  /** The membership last seen, and when (performance.now()): what passes ask whether to hand their partition over. */
-  #membership: { value: Membership; at: number; asking: boolean } = { value: ALONE, at: -Infinity, asking: false };
+  /** The membership last seen for each reconciler, and when (performance.now()): what passes ask whether to hand their partition over. */
+  readonly #membership = new Map<string, { value: Membership; at: number; asking: boolean }>();
   /** A tick that came while this process ran a retry or wake pass of the lane: served as soon as that pass ends. */
   readonly #tickAfterRetry = new Map<string, Date>();
   /** Lanes woken while a pass of theirs ran here: one more pass follows it (it may have scanned past the change). */
@@ -120,6 +123,9 @@ export class Scheduler {
   readonly #pendingRetry = new Map<string, { at: number; timer: NodeJS.Timeout }>();
   /** Partitioned reconcilers with a sweep scheduled, and what it runs (a tick's sweep overrides a wake's). */
   readonly #pendingSweep = new Map<string, { request: SweepRequest; runs: boolean }>();
+  /** Reconcilers with a tick that nothing answered yet (no pass started or refused here, no sweep looked), and since when (performance.now()). */
+  readonly #unanswered = new Map<string, number>();
+  #unsubscribe: (() => void) | undefined;
   #state: 'new' | 'started' | 'stopped' = 'new';
 
   constructor(options: SchedulerOptions) {
@@ -131,6 +137,7 @@ export class Scheduler {
     if (this.#state !== 'new') return;
     this.#state = 'started';
     const { engine, log } = this.#options;
+    this.#unsubscribe = engine.events.on('pass:start', ({ reconciler }) => void this.#unanswered.delete(reconciler));
     const now = this.#options.now?.() ?? new Date();
     const states = new Map((await readStates(engine.db)).map((s) => [laneOf(s.reconciler, s.partition), s]));
     const due = dueForCatchUp(engine.reconcilers.values(), states, now);
@@ -163,11 +170,14 @@ export class Scheduler {
 
   /** A tick: this replica's own partitions now (all of them when unpartitioned), a sweep of the others a moment later. */
   #tick(name: string, tick: Date): void {
+    if (!this.#unanswered.has(name)) this.#unanswered.set(name, performance.now());
     this.#claim(name, (partition) => ({ trigger: 'schedule', tick, partition }), true, (lane, partition) => {
       // Retry, wake and hand-over passes are this scheduler's own extras: a tick that meets one runs right after it, not skipped.
       const running = this.#launched.get(lane);
-      if (running !== undefined && EXTRA_TRIGGERS.has(running)) this.#tickAfterRetry.set(lane, tick);
-      else this.#launch(name, { trigger: 'schedule', tick, partition }, true);
+      if (running !== undefined && EXTRA_TRIGGERS.has(running)) {
+        this.#tickAfterRetry.set(lane, tick);
+        this.#unanswered.delete(name); // a pass of it is running here: that is progress
+      } else this.#launch(name, { trigger: 'schedule', tick, partition }, true);
     });
   }
 
@@ -215,9 +225,9 @@ export class Scheduler {
 
   async #ownPartitions(reconciler: Reconciler): Promise<number[]> {
     if (reconciler.partitions === 1) return [0];
-    // Asked afresh at each claim (one cheap query on the listen session): a replica that just started or died counts at once.
-    const membership = this.#options.membership ? await this.#options.membership().catch(() => ALONE) : ALONE;
-    this.#membership = { ...this.#membership, value: membership, at: performance.now() };
+    // Asked afresh at each claim (one cheap query): a replica that just started or left counts at once.
+    const membership = this.#options.membership ? await this.#options.membership(reconciler.name).catch(() => ALONE) : ALONE;
+    this.#membership.set(reconciler.name, { asking: false, ...this.#membership.get(reconciler.name), value: membership, at: performance.now() });
     return ownPartitions(reconciler.partitions, membership);
   }
 
@@ -229,14 +239,15 @@ export class Scheduler {
     const membership = this.#options.membership;
     if (reconciler.partitions === 1 || !membership) return undefined;
     // A budget caps the work per period; a hand-over starts another pass in it, which would go past the cap.
-    if (reconciler.maxItemsPerPass !== undefined || reconciler.maxPassDurationMs !== undefined) return undefined;
+    if (budgeted(reconciler)) return undefined;
+    const name = reconciler.name;
     return () => {
-      const seen = this.#membership;
+      const seen = this.#membership.get(name) ?? { value: ALONE, at: -Infinity, asking: false };
       if (!seen.asking && performance.now() - seen.at >= (this.#options.handOverLookMs ?? 2_000)) {
-        seen.asking = true;
-        void membership()
+        this.#membership.set(name, { ...seen, asking: true });
+        void membership(name)
           .catch(() => ALONE)
-          .then((value) => (this.#membership = { value, at: performance.now(), asking: false }));
+          .then((value) => this.#membership.set(name, { value, at: performance.now(), asking: false }));
       }
       const { rank, count } = seen.value;
       if (count <= 1 || ownPartitions(reconciler.partitions, seen.value).includes(partition)) return undefined;
@@ -277,6 +288,7 @@ export class Scheduler {
       log.warn({ reconciler: name, err: coerceError(error) }, `${name}: could not look at its partitions (${errorSummary(coerceError(error), 200)}); the next tick looks again`);
       return;
     }
+    this.#unanswered.delete(name);
     const byPartition = new Map(rows.map((row) => [row.partition, row]));
     for (let partition = 0; partition < reconciler.partitions; partition++) {
       const lane = laneOf(name, partition);
@@ -294,22 +306,49 @@ export class Scheduler {
    * Another process is running this lane (this tick, or an older one). If it dies, nobody would
    * pick the work up before the next tick, which may be hours away: look again once its lease
    * could have lapsed, and run only if it never finished (its last run is still the last).
+   *
+   * `own`: the partition is this replica's by the membership, and another holds it (one that is
+   * giving it up, or swept it up while this one was away). Then look every `handOverLookMs`, and
+   * when it lets go having left work undone, run the rest here at once: a hand-over arrives even
+   * where its notice cannot (a pooler that passes no notifications).
    */
-  #watchHolder(lane: string, name: string, partition: number, holder: LeaseHolder, trigger: Trigger): void {
+  #watchHolder(lane: string, name: string, partition: number, holder: LeaseHolder, trigger: Trigger, own = false): void {
     if (this.#pendingTakeover.has(lane)) return;
-    const wait = Math.max(100, holder.expiresAt.getTime() - Date.now() + 250);
+    own &&= !budgeted(this.#options.engine.get(name)); // a budget's period is the tick's: no second pass in it
+    const leaseWait = Math.max(100, holder.expiresAt.getTime() - Date.now() + 250);
+    const wait = own ? Math.min(leaseWait, this.#options.handOverLookMs ?? 2_000) : leaseWait;
     const at = { index: partition, count: this.#options.engine.get(name).partitions };
     this.#options.log.debug(
       { reconciler: name, ...partitionFields(at), holderPid: holder.pid, lookInMs: Math.round(wait) },
-      `${passLabel(name, at)}: held by ${describeHolder(holder)}; looking again in ${formatDuration(wait)}, when its lease could have lapsed`,
+      `${passLabel(name, at)}: held by ${describeHolder(holder)}; looking again in ${formatDuration(wait)}${own ? '' : ', when its lease could have lapsed'}`,
     );
     const timer = setTimeout(() => {
       this.#retries.delete(timer);
       this.#pendingTakeover.delete(lane);
-      this.#launch(name, { trigger, expectLastRunId: holder.lastRunId, partition });
+      if (own) void this.#lookAgain(lane, name, partition, holder, trigger);
+      else this.#launch(name, { trigger, expectLastRunId: holder.lastRunId, partition });
     }, wait);
     this.#retries.add(timer);
     this.#pendingTakeover.add(lane);
+  }
+
+  /** An own partition another replica held: still held, watch on; let go unfinished or with work left, run it here. */
+  async #lookAgain(lane: string, name: string, partition: number, holder: LeaseHolder, trigger: Trigger): Promise<void> {
+    const { engine, log } = this.#options;
+    try {
+      const row = (await readStates(engine.db, name)).find((r) => r.partition === partition);
+      if (this.#state !== 'started' || this.#launched.has(lane)) return;
+      if (row?.leaseLive) return this.#watchHolder(lane, name, partition, holderOfRow(row), trigger, true);
+      const last = row?.lastRunId ?? 0;
+      // Its pass never finished (the holder died): take over, as any watcher would.
+      if (last === holder.lastRunId) return this.#launch(name, { trigger, expectLastRunId: last, partition }, true);
+      // It finished, but stopped early (it gave the partition up, or stopped): the rest is this replica's.
+      if ((await readRun(engine.db, last))?.complete === false && this.#state === 'started' && !this.#launched.has(lane)) {
+        this.#launch(name, { trigger: 'handover', expectLastRunId: last, partition }, true);
+      }
+    } catch (error) {
+      log.debug({ reconciler: name, partition, err: coerceError(error) }, `${name}: could not look at partition ${partition} again (${errorSummary(coerceError(error), 200)}); the next tick does`);
+    }
   }
 
   /**
@@ -329,8 +368,9 @@ export class Scheduler {
     const pass = engine
       .runPass(name, handOver ? { ...request, handOver } : request)
       .then((outcome) => {
+        this.#unanswered.delete(name); // the database answered: the pass ran, or the lease said why not
         const holder = !outcome.ran && (outcome.reason === 'held' || outcome.reason === 'already-served') ? outcome.holder : undefined;
-        if (holder) this.#watchHolder(lane, name, partition, holder, request.trigger);
+        if (holder) this.#watchHolder(lane, name, partition, holder, request.trigger, own);
         ran = outcome.ran;
         gaveUp = outcome.ran && outcome.result.handedOver !== undefined;
         if (outcome.ran) onRan?.(outcome.result);
@@ -412,7 +452,7 @@ export class Scheduler {
     if (result.nextRetryAt === null || result.status === 'aborted' || result.status === 'error' || this.#state !== 'started') return;
     const reconciler = this.#options.engine.get(result.reconciler);
     // A budget (maxItemsPerPass, maxPassDuration) caps the work per period: the rest is the tick's.
-    if (reconciler.maxItemsPerPass !== undefined || reconciler.maxPassDurationMs !== undefined) return;
+    if (budgeted(reconciler)) return;
     // At most half the time in retry passes, however many items fall due one after another.
     const gap = Math.max(MIN_RETRY_GAP_MS, result.durationMs);
     const at = Math.max(result.nextRetryAt.getTime(), Date.now() + gap);
@@ -439,9 +479,22 @@ export class Scheduler {
     this.#pendingRetry.delete(lane);
   }
 
+  /**
+   * The reconciler whose tick has waited longest for any answer (a pass started, the lease
+   * refused, a sweep that looked), and since when (performance.now()): for liveness. Errors
+   * are no answer: a replica whose every attempt fails is not progressing.
+   */
+  overdue(): { reconciler: string; since: number } | undefined {
+    let oldest: { reconciler: string; since: number } | undefined;
+    for (const [reconciler, since] of this.#unanswered) if (!oldest || since < oldest.since) oldest = { reconciler, since };
+    return oldest;
+  }
+
   /** Stops the clocks and pending catch-up retries. Passes already started are the engine's to stop. Idempotent. */
   async stop(): Promise<void> {
     this.#state = 'stopped';
+    this.#unsubscribe?.();
+    this.#unanswered.clear();
     for (const timer of this.#retries) clearTimeout(timer);
     this.#retries.clear();
     this.#pendingRetry.clear();

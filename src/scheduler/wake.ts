@@ -10,19 +10,33 @@
  * session breaks, it is opened again with backoff and every listening reconciler gets one
  * pass, and the cron schedule stays the safety net. A lost signal costs latency, never work.
  *
- * The same session is how daemons count each other (see `ListenSession.membership`), which
- * spreads the partitions of a partitioned reconciler over the replicas: it is opened when a
- * reconciler is partitioned, too, even if none listens on a channel.
+ * The same session hears other replicas hand a partition over (see handover.ts): it is opened
+ * when a reconciler is partitioned, too, even if none listens on a channel.
+ *
+ * A session can be open and hear nothing: behind a pooler in transaction mode (PgBouncer's
+ * usual setting) LISTEN goes to a server connection the pooler hands to others, while NOTIFY
+ * still goes through. So each time it opens, the session proves itself with a NOTIFY to its
+ * own probe channel, sent through the pool as the application's notifications are. If it does
+ * not arrive within a few seconds, the daemon says so once (LISTEN_DATABASE_URL is the cure),
+ * reports `reconciler_wake_listening` 0, and tries again every half minute; the schedule
+ * carries on either way.
  */
+import { randomUUID } from 'node:crypto';
+import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Reconciler } from '../reconciler.js';
-import { ALONE, type Database, type ListenSession, type Membership } from '../store/database.js';
+import { type Database, type ListenSession } from '../store/database.js';
+import { engineSchema } from '../store/schema.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { formatDuration } from '../duration.js';
 import { handoverChannel, parseHandOver, type HandOver } from './handover.js';
 
 const RECONNECT_INITIAL_MS = 1_000;
 const RECONNECT_MAX_MS = 30_000;
+/** How long the session's own probe notification may take before the session counts as deaf. */
+export const PROBE_TIMEOUT_MS = 5_000;
+/** While the session is deaf, how often it is probed again. */
+const REPROBE_MS = 30_000;
 
 export interface WakeTarget {
   /** Starts an early pass of each named reconciler (or one right after the pass it is running). */
@@ -39,7 +53,8 @@ export interface WakeCounters {
 }
 
 export interface WakeListenerOptions {
-  database: Pick<Database, 'listen'>;
+  /** `db` sends the probe notification: through the pool, as the application's notifications go. */
+  database: Pick<Database, 'listen' | 'db'>;
   reconcilers: readonly Reconciler[];
   target: WakeTarget;
   log: Logger;
@@ -58,6 +73,12 @@ export class WakeListener {
   #session: ListenSession | undefined;
   #failures = 0;
   #stopped = false;
+  /** The probe in flight: its token, and what to call when it arrives. */
+  #probe: { token: string; arrived(): void } | undefined;
+  #probeTimer: NodeJS.Timeout | undefined;
+  /** Whether the current session heard its own probe; undefined until it answered. */
+  #hears: boolean | undefined;
+  #warnedDeaf = false;
 
   constructor(options: WakeListenerOptions) {
     this.#options = options;
@@ -80,19 +101,12 @@ export class WakeListener {
     return this.#options.reconcilers.some((r) => r.partitions > 1);
   }
 
-  /** This daemon's place among those sharing the database; alone while the session is down. */
-  async membership(): Promise<Membership> {
-    try {
-      return (await this.#session?.membership()) ?? ALONE;
-    } catch {
-      return ALONE;
-    }
-  }
-
   async stop(): Promise<void> {
     this.#stopped = true;
     clearTimeout(this.#flushTimer);
     clearTimeout(this.#reconnectTimer);
+    clearTimeout(this.#probeTimer);
+    this.#probe?.arrived();
     this.#pending.clear();
     const session = this.#session;
     this.#session = undefined;
@@ -100,34 +114,88 @@ export class WakeListener {
   }
 
   async #connect(): Promise<void> {
-    const { database, log, counters } = this.#options;
+    const { database, counters } = this.#options;
     const channels = this.channels;
     try {
       let session: ListenSession | undefined;
-      const internal = this.#partitioned ? [handoverChannel()] : [];
+      const internal = [engineSchema().probeChannel, ...(this.#partitioned ? [handoverChannel()] : [])];
       session = await database.listen([...channels, ...internal], (channel, payload) => this.#notified(channel, payload), (error) => {
         if (this.#session === session) this.#lost(error); // only the current session's break counts
       });
       if (this.#stopped) return void (await session.close().catch(() => undefined));
       this.#session = session;
-      counters?.listening(true);
-      if (this.#failures === 0) {
-        if (channels.length > 0) log.info({ channels }, `listening for notifications on ${channels.join(', ')}: an early pass follows each (the schedule stays the safety net)`);
-        return;
-      }
-      // Notifications sent while the session was down are gone: look once, as if notified on every channel.
-      const names = [...new Set(channels.flatMap((channel) => this.#byChannel.get(channel)!))];
-      log.info({ channels, failedAttempts: this.#failures }, channels.length > 0 ? `listening again on ${channels.join(', ')}; one pass of ${names.join(', ')} for the notifications that may have been missed` : 'the listen session is back');
+      const reconnected = this.#failures > 0;
+      const failedAttempts = this.#failures;
       this.#failures = 0;
-      counters?.reconnected();
-      if (names.length > 0) this.#options.target.wake(names);
+      if (reconnected) counters?.reconnected();
+      void this.#prove(session, reconnected ? failedAttempts : undefined);
     } catch (error) {
       this.#retryLater(coerceError(error), 'could not LISTEN');
     }
   }
 
+  /**
+   * Sends a NOTIFY to this session's probe channel through the pool and waits for it. Heard:
+   * the session is listening (said once, with what a reconnect may have missed). Not heard:
+   * warned about once, and probed again every REPROBE_MS while this session lasts.
+   */
+  async #prove(session: ListenSession, reconnectedAfter?: number): Promise<void> {
+    const { log, counters } = this.#options;
+    const heard = await this.#probeOnce();
+    if (this.#session !== session || this.#stopped) return;
+    const deafBefore = this.#hears === false;
+    this.#hears = heard;
+    counters?.listening(heard);
+    const channels = this.channels;
+    const names = [...new Set(channels.flatMap((channel) => this.#byChannel.get(channel)!))];
+    if (heard) {
+      if (reconnectedAfter !== undefined || deafBefore) {
+        // Notifications sent while the session was down (or deaf) are gone: look once, as if notified on every channel.
+        const why = deafBefore ? 'notifications arrive now' : channels.length > 0 ? `listening again on ${channels.join(', ')}` : 'the listen session is back';
+        log.info({ channels, ...(reconnectedAfter !== undefined ? { failedAttempts: reconnectedAfter } : {}) }, names.length > 0 ? `${why}; one pass of ${names.join(', ')} for the notifications that may have been missed` : why);
+        if (names.length > 0) this.#options.target.wake(names);
+      } else if (channels.length > 0) {
+        log.info({ channels }, `listening for notifications on ${channels.join(', ')}: an early pass follows each (the schedule stays the safety net)`);
+      }
+      return;
+    }
+    const message =
+      `notifications do not arrive: a NOTIFY this daemon sent through its pool (DATABASE_URL) did not reach its LISTEN session within ${formatDuration(PROBE_TIMEOUT_MS)}. ` +
+      'A pooler in transaction mode (PgBouncer, most managed poolers) passes NOTIFY on but not LISTEN: set LISTEN_DATABASE_URL to a direct connection to the database. ' +
+      `Until then ${channels.length > 0 ? `wake-on-change (${channels.join(', ')}) and ` : ''}partition hand-over notices are off; the schedule runs every reconciler as usual`;
+    if (!this.#warnedDeaf) log.warn({ channels, probeTimeoutMs: PROBE_TIMEOUT_MS }, message);
+    else log.debug({ channels }, message);
+    this.#warnedDeaf = true;
+    clearTimeout(this.#probeTimer);
+    this.#probeTimer = setTimeout(() => {
+      if (this.#session === session && !this.#stopped) void this.#prove(session);
+    }, REPROBE_MS);
+    this.#probeTimer.unref();
+  }
+
+  /** One probe: true if the notification came back within PROBE_TIMEOUT_MS. */
+  async #probeOnce(): Promise<boolean> {
+    const token = randomUUID();
+    let timer: NodeJS.Timeout | undefined;
+    const heard = new Promise<boolean>((resolve) => {
+      this.#probe = { token, arrived: () => resolve(true) };
+      timer = setTimeout(() => resolve(false), PROBE_TIMEOUT_MS);
+    });
+    try {
+      await this.#options.database.db.execute(sql`SELECT pg_notify(${engineSchema().probeChannel}, ${token})`);
+      return await heard;
+    } catch {
+      return false; // the database did not take the NOTIFY: not proven (probed again later)
+    } finally {
+      clearTimeout(timer);
+      if (this.#probe?.token === token) this.#probe = undefined;
+    }
+  }
+
   #lost(error: Error): void {
     this.#session = undefined;
+    this.#hears = undefined;
+    clearTimeout(this.#probeTimer);
     if (this.#stopped) return;
     this.#retryLater(error, 'lost the LISTEN connection');
   }
@@ -152,6 +220,10 @@ export class WakeListener {
    */
   #notified(channel: string, payload: string): void {
     if (this.#stopped) return;
+    if (channel === engineSchema().probeChannel) {
+      if (payload === this.#probe?.token) this.#probe.arrived(); // another replica's probe is not ours
+      return;
+    }
     if (channel === handoverChannel()) {
       const handOver = parseHandOver(payload);
       // Not debounced: one notice per partition given up, each naming its own run.

@@ -29,7 +29,7 @@ export interface Database {
   withExclusiveLock<T>(lockKey: number, fn: (db: Db) => Promise<T>): Promise<T>;
   /**
    * LISTENs on `channels` on a session of its own (never a pooled one: a pooled connection
-   * is handed to others between queries). Calls `onNotify` with the channel and payload of each
+   * is handed to others between queries), through the listen URL when one is set. Calls `onNotify` with the channel and payload of each
    * notification, and `onLost` once if the session breaks; then it is closed, and the caller
    * listens again. Rejects when the session cannot be opened.
    */
@@ -40,7 +40,21 @@ export interface Database {
    * Nothing is executed. Resolves with each statement's plan (the root plan node).
    */
   explain(statements: readonly Statement[]): Promise<PlanNode[]>;
+  /** The PostgreSQL connection pools, for liveness: each with the last time it handed a connection out. None when embedded. */
+  pools: PoolProgress[];
+  /** True when a fresh connection of its own (not a pooled one) gets an answer within 5 s: the database is up, whatever the pools do. */
+  answersFresh(): Promise<boolean>;
   close(): Promise<void>;
+}
+
+export interface PoolProgress {
+  /** `database` (DATABASE_POOL_SIZE: scans, items, records) or `lease` (take, renew, release). */
+  name: string;
+  db: Db;
+  /** performance.now() of the last connection handed out. */
+  lastHandedOut(): number;
+  /** Connections open, of which idle, and callers waiting for one. */
+  counts(): { total: number; idle: number; waiting: number };
 }
 
 /** A statement as the driver sends it: text with $1… placeholders, and their values. */
@@ -78,12 +92,6 @@ export const ALONE: Membership = { rank: 0, count: 1 };
 
 export interface ListenSession {
   close(): Promise<void>;
-  /**
-   * The daemons connected to this database, counted by their listen sessions (one each,
-   * named `reconciler-listen`, `<schema>-listen` for another engine schema), and this one's place among them. A process killed with -9
-   * drops out at once: the server sees its socket close.
-   */
-  membership(): Promise<Membership>;
 }
 
 
@@ -92,6 +100,8 @@ const quoteChannel = (channel: string) => `"${channel.replace(/"/g, '""')}"`;
 
 export interface OpenOptions {
   databaseUrl: string | undefined;
+  /** A direct connection for the LISTEN session (LISTEN_DATABASE_URL), when `databaseUrl` goes through a transaction-mode pooler. */
+  listenUrl?: string | undefined;
   dataDir: string;
   log: Logger;
   /** Pool size for PostgreSQL. */
@@ -160,11 +170,26 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
   });
   guard(controlPool);
   const db = withReleasingTransactions(drizzlePg(pool) as unknown as Db, pool);
+  const control = withReleasingTransactions(drizzlePg(controlPool) as unknown as Db, controlPool);
   return {
     db,
-    control: withReleasingTransactions(drizzlePg(controlPool) as unknown as Db, controlPool),
+    control,
     kind: 'postgres',
     target,
+    pools: [progressOf('database', pool, db), progressOf('lease', controlPool, control)],
+    async answersFresh() {
+      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, query_timeout: 5_000, application_name: 'reconciler-check' });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        await client.query('SELECT 1');
+        return true;
+      } catch {
+        return false;
+      } finally {
+        void client.end().catch(() => undefined);
+      }
+    },
     async withExclusiveLock(lockKey, fn) {
       const client = await pool.connect();
       let broken: Error | undefined;
@@ -183,7 +208,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
       }
     },
     async listen(channels, onNotify, onLost) {
-      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, ...KEEPALIVE, application_name: engineSchema().listenApplicationName });
+      const client = new pg.Client({ connectionString: options.listenUrl ?? url, connectionTimeoutMillis: 5_000, ...KEEPALIVE, application_name: engineSchema().listenApplicationName });
       /** Set once LISTEN went through: only then is a break reported (before, `listen` rejects instead). */
       let armed = false;
       let over = false;
@@ -224,17 +249,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
         );
       }, 30_000);
       heartbeat.unref();
-      return {
-        close: end,
-        async membership() {
-          const { rows } = await client.query<{ pid: number }>(
-            'SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database() ORDER BY pid',
-            [engineSchema().listenApplicationName],
-          );
-          const rank = rows.findIndex((row) => row.pid === (client as unknown as { processID: number }).processID);
-          return rank < 0 ? ALONE : { rank, count: rows.length };
-        },
-      };
+      return { close: end };
     },
     async explain(statements) {
       const client = await pool.connect();
@@ -258,6 +273,12 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
       await Promise.all([pool.end(), controlPool.end()]);
     },
   };
+}
+
+function progressOf(name: string, pool: pg.Pool, db: Db): PoolProgress {
+  let last = performance.now();
+  pool.on('acquire', () => (last = performance.now()));
+  return { name, db, lastHandedOut: () => last, counts: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }) };
 }
 
 /**
@@ -416,6 +437,8 @@ async function openEmbedded(options: OpenOptions): Promise<Database> {
       control: db,
       kind: 'embedded',
       target: `embedded database in ${shown}`,
+      pools: [],
+      answersFresh: async () => true,
       // One process owns the directory, so a lock inside this process is the whole cluster.
       withExclusiveLock(_lockKey, fn) {
         const run = queue.then(() => fn(db));
@@ -426,7 +449,7 @@ async function openEmbedded(options: OpenOptions): Promise<Database> {
       async listen(channels, onNotify) {
         const stops = await Promise.all(channels.map((channel) => client.listen(quoteChannel(channel), (payload) => onNotify(channel, payload))));
         // PGlite's UNLISTEN does not quote the name; closing the database ends the listening anyway.
-        return { close: async () => void (await Promise.all(stops.map((stop) => stop().catch(() => undefined)))), membership: async () => ALONE };
+        return { close: async () => void (await Promise.all(stops.map((stop) => stop().catch(() => undefined)))) };
       },
       async explain(statements) {
         await client.exec(`BEGIN READ ONLY; ${EXPLAIN_SETTINGS}`);

@@ -100,11 +100,32 @@ export function defineEngineTables(schemaName: string) {
     },
     (t) => [primaryKey({ name: 'failures_pkey', columns: [t.reconciler, t.key] }), index('failures_by_seen').on(t.reconciler, t.partition, t.lastSeenAt)],
   );
-  return { state, runs, failures };
+
+  /**
+   * The daemons sharing this database, one row each, kept fresh by a heartbeat written through
+   * the pool: how replicas count each other to split partitions, through any pooler. A row whose
+   * heartbeat stopped (a process killed, a network cut) stops counting when it expires; a daemon
+   * that shuts down deletes its own.
+   */
+  const replicas = schema.table(
+    'replicas',
+    {
+      id: uuid('id').primaryKey(),
+      host: text('host').notNull(),
+      pid: integer('pid').notNull(),
+      /** The reconcilers it runs: it counts only among the replicas of each. */
+      reconcilers: text('reconcilers').array().notNull(),
+      startedAt: ts('started_at').notNull().default(sql`now()`),
+      seenAt: ts('seen_at').notNull().default(sql`now()`),
+      expiresAt: ts('expires_at').notNull(),
+    },
+    (t) => [index('replicas_by_expiry').on(t.expiresAt)],
+  );
+  return { state, runs, failures, replicas };
 }
 
 /** What drizzle-kit reads to generate migrations (for the schema `reconciler`). */
-export const { state, runs, failures } = defineEngineTables(DEFAULT_ENGINE_SCHEMA);
+export const { state, runs, failures, replicas } = defineEngineTables(DEFAULT_ENGINE_SCHEMA);
 
 export type EngineTables = ReturnType<typeof defineEngineTables> & {
   /** The schema's name, unquoted. */
@@ -115,11 +136,13 @@ export type EngineTables = ReturnType<typeof defineEngineTables> & {
   runsName: string;
   /**
    * Names that keep two installations on one database (two engine schemas) apart: the
-   * application_name by which daemons count each other (`reconciler-listen`), and the channel
-   * on which they hand partitions over (`reconciler_handover`).
+   * application_name of the listen session (`reconciler-listen`), the channel on which
+   * daemons hand partitions over (`reconciler_handover`), and the one on which a daemon
+   * proves that its notifications arrive (`reconciler_probe`).
    */
   listenApplicationName: string;
   handoverChannel: string;
+  probeChannel: string;
 };
 
 const quote = (name: string) => `"${name.replace(/"/g, '""')}"`;
@@ -132,6 +155,7 @@ function engineTables(schemaName: string): EngineTables {
     runsName: `${quote(schemaName)}.runs`,
     listenApplicationName: `${schemaName}-listen`,
     handoverChannel: `${schemaName}_handover`,
+    probeChannel: `${schemaName}_probe`,
   };
 }
 

@@ -1,0 +1,53 @@
+/**
+ * The `replicas` table: how daemons sharing a database count each other. Each keeps a row
+ * fresh with a heartbeat through its ordinary pool, so it works through any pooler (a
+ * session in pg_stat_activity does not: behind PgBouncer in transaction mode it is the
+ * pooler's, not the daemon's). Times are the database's, so clocks that disagree do not matter.
+ */
+import { sql } from 'drizzle-orm';
+import type { Db } from '../reconciler.js';
+import { ALONE, queryRows, type Membership } from './database.js';
+import { engineSchema } from './schema.js';
+
+export interface Replica {
+  id: string;
+  host: string;
+  pid: number;
+  /** The reconcilers it runs. */
+  reconcilers: readonly string[];
+}
+
+/** Writes (or refreshes) this replica's row, valid for `ttlMs`; deletes rows long expired. */
+export async function heartbeat(db: Db, replica: Replica, ttlMs: number): Promise<void> {
+  const { replicas } = engineSchema();
+  const reconcilers = sql`ARRAY[${sql.join(replica.reconcilers.map((name) => sql`${name}`), sql`, `)}]::text[]`;
+  await db.execute(sql`
+    WITH gone AS (DELETE FROM ${replicas} WHERE ${replicas.expiresAt} < now() - interval '1 hour')
+    INSERT INTO ${replicas} (id, host, pid, reconcilers, expires_at)
+    VALUES (${replica.id}, ${replica.host}, ${replica.pid}, ${reconcilers}, now() + ${ttlMs} * interval '1 millisecond')
+    ON CONFLICT (id) DO UPDATE SET seen_at = now(), expires_at = excluded.expires_at, reconcilers = excluded.reconcilers`);
+}
+
+/**
+ * Where replica `id` stands among the live replicas that run `reconciler`: `rank` of `count`,
+ * ordered by id. It always counts itself, even if its own row has lapsed (a heartbeat that
+ * could not be written): others may not see it for a moment, but its own rank stays sane.
+ */
+export async function membershipOf(db: Db, id: string, reconciler: string): Promise<Membership> {
+  const { replicas } = engineSchema();
+  const rows = await queryRows<{ id: string }>(
+    db,
+    sql`SELECT id::text AS id FROM ${replicas}
+        WHERE ${replicas.expiresAt} > now() AND ${reconciler} = ANY(${replicas.reconcilers})
+        UNION SELECT ${id}::text
+        ORDER BY id`,
+  );
+  const rank = rows.findIndex((row) => row.id === id);
+  return rank < 0 ? ALONE : { rank, count: rows.length };
+}
+
+/** Deletes this replica's row: the others count without it at once, rather than when it expires. */
+export async function leave(db: Db, id: string): Promise<void> {
+  const { replicas } = engineSchema();
+  await db.execute(sql`DELETE FROM ${replicas} WHERE id = ${id}`);
+}
