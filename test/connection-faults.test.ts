@@ -85,27 +85,46 @@ describe('a connection left out of step by a stall that lost its bytes', () => {
 describe('shutdown', () => {
   const { children, dirs } = useCleanup();
 
-  it('ends within SHUTDOWN_TIMEOUT + 2 s with a stalled database and an item that ignores its AbortSignal', async () => {
-    await t.rows(sql.raw(tableSql(3, 'stuck_items')));
+  /** A job whose items never finish and ignore ctx.signal: the worst an item can do to a shutdown. */
+  const stuckJobs = async (table: string) => {
+    await t.rows(sql.raw(tableSql(3, table)));
     const jobs = jobsDir({
-      'stuck.ts': `import { defineReconciler, sql } from ${JSON.stringify(API)};
+      [`${table.replace(/_/g, '-')}.ts`]: `import { defineReconciler, sql } from ${JSON.stringify(API)};
 export default defineReconciler<{ id: number }>({
   schedule: '0 0 1 1 *',
   timeout: '1h',
-  scan: async ({ db, after, limit }) => (await db.execute(sql\`SELECT id FROM stuck_items WHERE id > \${after?.id ?? 0} ORDER BY id LIMIT \${limit}\`)).rows as unknown as { id: number }[],
+  scan: async ({ db, after, limit }) => (await db.execute(sql\`SELECT id FROM ${table} WHERE id > \${after?.id ?? 0} ORDER BY id LIMIT \${limit}\`)).rows as unknown as { id: number }[],
   key: (item) => String(item.id),
-  // Ignores ctx.signal: the worst an item can do to a shutdown.
   reconcile: () => new Promise<never>(() => undefined),
 });
 `,
     });
     dirs.push(jobs);
+    return jobs;
+  };
+
+  it('records the items it aborted in the pass, when the database still answers', async () => {
+    const jobs = await stuckJobs('aborted_items');
+    const daemon = startProcess(['daemon'], { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '1s', LOCK_TTL: '3s', LOG_LEVEL: 'info' });
+    children.push(daemon);
+    await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.state WHERE reconciler = 'aborted-items' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass', 30_000);
+    daemon.child.kill('SIGTERM');
+    await daemon.exited;
+    const [run] = await t.rows<{ status: string; error: string }>(sql`SELECT status, error FROM reconciler.runs WHERE reconciler = 'aborted-items' ORDER BY id DESC LIMIT 1`);
+    expect(run?.status).toBe('aborted');
+    expect(run?.error).toMatch(/^shutting down: items still running after 1\.0s were aborted; 3 item\(s\) aborted in flight, no attempt spent: [123], [123], [123]$/);
+    // No attempt spent: nothing in the failure memory, the next pass finds them again.
+    expect(await t.rows(sql`SELECT 1 FROM reconciler.failures WHERE reconciler = 'aborted-items'`)).toHaveLength(0);
+  });
+
+  it('ends within SHUTDOWN_TIMEOUT + 2 s with a stalled database and an item that ignores its AbortSignal', async () => {
+    const jobs = await stuckJobs('stuck_items');
     const url = new URL(t.url);
     url.host = `127.0.0.1:${proxy.port}`;
     const daemon = startProcess(['daemon'], { DATABASE_URL: url.toString(), JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '2s', LOCK_TTL: '3s', LOG_LEVEL: 'info' });
     children.push(daemon);
     // Its catch-up pass has the items in flight, then the network stalls: nothing it sends arrives.
-    await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.state WHERE reconciler = 'stuck' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass', 30_000);
+    await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.state WHERE reconciler = 'stuck-items' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass', 30_000);
     proxy.stall();
     try {
       const signalled = Date.now();

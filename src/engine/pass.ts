@@ -455,6 +455,8 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
   if (control.abort.aborted || (control.stop.aborted && !complete)) {
     status = 'aborted';
     error ??= errorSummary(coerceError(control.abort.reason ?? control.stop.reason ?? 'stopped'));
+    // In the run's record, where history shows it: which items were cut off (no attempt spent).
+    if (abortedKeys.length > 0) error += `; ${abortedKeys.length} item(s) aborted in flight, no attempt spent: ${abortedKeys.slice(0, 20).join(', ')}${abortedKeys.length > 20 ? ', …' : ''}`;
   } else if (error !== null) status = 'error';
   else if (counts.failed > 0) status = 'failed';
   else status = 'succeeded';
