@@ -57,6 +57,7 @@ describe('behind PgBouncer in transaction mode', () => {
     const env = { DATABASE_URL: pooled(), JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LOCK_TTL: '10s', HTTP_PORT: '0' };
     const first = startProcess(['daemon'], env);
     children.push(first);
+    const ops = String((await first.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint')).url);
     await started(first);
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM reconciler.state WHERE reconciler = 'pooled-parts' AND holder_pid = ${first.pid!}`)) === 4, 'the first daemon to hold all 4 partitions');
     const second = startProcess(['daemon'], env);
@@ -64,6 +65,7 @@ describe('behind PgBouncer in transaction mode', () => {
     await started(second);
     // Both count each other, through the pool: two live heartbeat rows.
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM reconciler.replicas WHERE expires_at > now()`)) === 2, 'both replicas counted');
+    expect(await metric(ops, 'reconciler_replicas{reconciler="pooled-parts"}')).toBe(2);
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM pooled_parts WHERE NOT done`)) === 0, 'every row to be done', 90_000);
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'running'`)) === 0, 'the passes to end');
 

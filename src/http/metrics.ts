@@ -13,6 +13,7 @@ import type { EngineEvents } from '../engine/events.js';
 import { coerceError } from '../errors.js';
 import { countFailures } from '../store/failures.js';
 import { readStates } from '../store/state.js';
+import { replicasByReconciler } from '../store/replicas.js';
 import type { WakeCounters } from '../scheduler/wake.js';
 
 const CACHE_MS = 5_000;
@@ -23,6 +24,8 @@ interface ClusterState {
   lastSuccess: Map<string, Date | null>;
   /** Per lane (`laneOf(name, partition)`). */
   lastFinished: Map<string, Date | null>;
+  /** Per reconciler: the live replicas that run it. */
+  replicas: Map<string, number>;
 }
 
 export class Metrics {
@@ -31,7 +34,7 @@ export class Metrics {
   readonly #oldest = new Map<string, { reconciler: string; oldest: Date | null; finishedAt: number }>();
   #cache: Promise<ClusterState> | undefined;
   #cachedAt = 0;
-  #last: ClusterState = { failures: new Map(), lastSuccess: new Map(), lastFinished: new Map() };
+  #last: ClusterState = { failures: new Map(), lastSuccess: new Map(), lastFinished: new Map(), replicas: new Map() };
 
   constructor(
     private readonly db: Db,
@@ -141,6 +144,11 @@ export class Metrics {
       (s, r) => s.failures.get(r)?.dead ?? 0,
     );
     clusterGauge(
+      'reconciler_replicas',
+      'Live daemons (heartbeat rows) that run each reconciler, cluster-wide: alert when it drops below the replicas you deploy.',
+      (s, r) => s.replicas.get(r) ?? 0,
+    );
+    clusterGauge(
       'reconciler_last_success_timestamp_seconds',
       'When the last pass of each reconciler that succeeded ended, anywhere in the cluster (Unix time; 0 = never).',
       (s, r) => (s.lastSuccess.get(r)?.getTime() ?? 0) / 1000,
@@ -192,12 +200,12 @@ export class Metrics {
     };
   }
 
-  /** Two queries per scrape at most, shared by every collector, cached for a few seconds. */
+  /** Three queries per scrape at most, shared by every collector, cached for a few seconds. */
   #clusterState(): Promise<ClusterState> {
     if (this.#cache && Date.now() - this.#cachedAt < CACHE_MS) return this.#cache;
     this.#cachedAt = Date.now();
-    this.#cache = Promise.all([countFailures(this.db), readStates(this.db)]).then(
-      ([failures, states]) => {
+    this.#cache = Promise.all([countFailures(this.db), readStates(this.db), replicasByReconciler(this.db)]).then(
+      ([failures, states, replicas]) => {
         // A partitioned reconciler is as fresh as its stalest partition (rows of partitions it no longer has are left out).
         const lastSuccess = new Map(
           this.reconcilers.map((r) => {
@@ -205,7 +213,7 @@ export class Metrics {
             return [r.name, times.length < r.partitions || times.includes(null) ? null : new Date(Math.min(...times.map((t) => t!.getTime())))];
           }),
         );
-        this.#last = { failures, lastSuccess, lastFinished: new Map(states.map((s) => [laneOf(s.reconciler, s.partition), s.lastFinishedAt])) };
+        this.#last = { failures, lastSuccess, lastFinished: new Map(states.map((s) => [laneOf(s.reconciler, s.partition), s.lastFinishedAt])), replicas };
         return this.#last;
       },
       (error: unknown) => {

@@ -51,3 +51,13 @@ export async function leave(db: Db, id: string): Promise<void> {
   const { replicas } = engineSchema();
   await db.execute(sql`DELETE FROM ${replicas} WHERE id = ${id}`);
 }
+
+/** How many live replicas run each reconciler: for the metric an alert watches when replicas drop out. */
+export async function replicasByReconciler(db: Db): Promise<Map<string, number>> {
+  const { replicas } = engineSchema();
+  const rows = await queryRows<{ reconciler: string; n: number }>(
+    db,
+    sql`SELECT r.name AS reconciler, count(*)::int AS n FROM ${replicas}, unnest(${replicas.reconcilers}) AS r(name) WHERE ${replicas.expiresAt} > now() GROUP BY r.name`,
+  );
+  return new Map(rows.map((row) => [row.reconciler, Number(row.n)]));
+}
