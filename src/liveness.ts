@@ -38,8 +38,10 @@ export class Liveness {
   #timer: NodeJS.Timeout | undefined;
   #checking = false;
   #failing: string | undefined;
-  /** The last round that found the database not answering (performance.now()): nothing before it counts as a stall. */
-  #outageSeenAt = -Infinity;
+  /** A round found the database not answering, and no round has found it answering since. */
+  #outage = false;
+  /** The first round that found it answering after an outage (performance.now()): nothing before counts as a stall. */
+  #backAt = -Infinity;
 
   constructor(options: LivenessOptions) {
     this.#options = options;
@@ -71,11 +73,17 @@ export class Liveness {
       const { pools, log } = this.#options;
       // Not awaited: a pool that is stuck would hold the round up. The ask itself shows in lastHandedOut when it gets through.
       for (const pool of pools) void queryRows(pool.db, sql`SELECT 1`).catch(() => undefined);
-      let reason = this.#stuck();
-      if (reason && !(await this.#options.databaseAnswers())) {
-        this.#outageSeenAt = performance.now(); // an outage: waiting, not stuck; the clock starts again when it ends
-        reason = undefined;
-      }
+      // Suspected after a few rounds without progress; then every round asks the database itself, so that the
+      // stall is counted only while it answers: from the last progress, or from its return after an outage.
+      let reason: string | undefined;
+      if (this.#stalledFor(this.intervalMs * 2)) {
+        if (await this.#options.databaseAnswers()) {
+          if (this.#outage) this.#backAt = performance.now();
+          this.#outage = false;
+          reason = this.#stalledFor(this.#options.maxStallMs);
+        } else this.#outage = true; // an outage: waiting, not stuck (readiness says so)
+      } else this.#outage = false; // progressing: whatever outage there was is over
+
       if (reason && !this.#failing) log.error({ reason }, `not progressing: ${reason}; /healthz fails until it does (HEALTH_MAX_STALL ${formatDuration(this.#options.maxStallMs)})`);
       if (!reason && this.#failing) log.info({ was: this.#failing }, 'progressing again: /healthz passes');
       this.#failing = reason;
@@ -84,18 +92,19 @@ export class Liveness {
     }
   }
 
-  #stuck(): string | undefined {
-    const { maxStallMs, pools, overdue } = this.#options;
+  /** Why the daemon has made no progress for `ms` (not counting before the database came back), or undefined. */
+  #stalledFor(ms: number): string | undefined {
+    const { pools, overdue } = this.#options;
     const now = performance.now();
     for (const pool of pools) {
-      const idleFor = now - Math.max(pool.lastHandedOut(), this.#outageSeenAt);
-      if (idleFor < maxStallMs) continue;
+      const idleFor = now - Math.max(pool.lastHandedOut(), this.#backAt);
+      if (idleFor < ms) continue;
       const { total, idle, waiting } = pool.counts();
       return `the ${pool.name} pool has handed out no connection for ${formatDuration(idleFor)} (${total} open, ${idle} idle, ${waiting} waiting), while the database answers a fresh connection`;
     }
     const late = overdue();
-    const lateFor = late ? now - Math.max(late.since, this.#outageSeenAt) : 0;
-    if (late && lateFor >= maxStallMs) {
+    const lateFor = late ? now - Math.max(late.since, this.#backAt) : 0;
+    if (late && lateFor >= ms) {
       return `${late.reconciler} was due ${formatDuration(now - late.since)} ago and nothing has started or answered since, while the database answers a fresh connection`;
     }
     return undefined;

@@ -123,6 +123,7 @@ describe('an application of its own that installs reconciler', () => {
       { schema: 'public', name: 'payments' },
       { schema: 'reconciler', name: 'failures' },
       { schema: 'reconciler', name: 'migrations' },
+      { schema: 'reconciler', name: 'replicas' },
       { schema: 'reconciler', name: 'runs' },
       { schema: 'reconciler', name: 'state' },
     ]);

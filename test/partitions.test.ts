@@ -280,8 +280,13 @@ describe('hand-over', () => {
     (await t.rows<{ trigger: string; complete: boolean }>(sql`SELECT trigger, complete FROM reconciler.runs WHERE reconciler = ${name} AND partition = ${partition} ORDER BY id`)).map((run) => [run.trigger, run.complete]);
 
   /** State rows as after a pass of each partition just now: no catch-up is due at start. */
-  const ranJustNow = (name: string) =>
-    t.rows(sql`INSERT INTO reconciler.state (reconciler, partition, partitions, last_started_at, last_tick_at, last_run_id) VALUES (${name}, 0, 2, now(), now(), 0), (${name}, 1, 2, now(), now(), 0)`);
+  /** Both partitions ran at the database's now(), which it returns: a scheduler whose clock says that time owes no catch-up. */
+  const ranJustNow = async (name: string): Promise<Date> => {
+    const [row] = await t.rows<{ at: Date | string }>(
+      sql`INSERT INTO reconciler.state (reconciler, partition, partitions, last_started_at, last_tick_at, last_run_id) VALUES (${name}, 0, 2, now(), now(), 0), (${name}, 1, 2, now(), now(), 0) RETURNING last_tick_at AS at`,
+    );
+    return new Date(row!.at);
+  };
 
   it('gives up a partition when another replica comes to own it, and runs it again itself when nobody takes it', async () => {
     const all = keys(60);
@@ -383,12 +388,14 @@ describe('hand-over', () => {
     const all = keys(40);
     const done: string[] = [];
     const hold = { started: deferred(), gate: deferred() };
-    await ranJustNow('ticking');
+    // Every second's tick is due soon after: the catch-up decision takes the time of that last run, so that a
+    // slow start (a loaded machine) does not add a catch-up pass before the hand-over.
+    const ranAt = await ranJustNow('ticking');
     const ticking = { ...twoPartitions('ticking', all, done, { hold }), schedule: '* * * * * *' };
     const e = engine(t.db, [ticking]);
     const skipped: unknown[] = [];
     e.events.on('tick:skipped', (event) => void skipped.push(event));
-    const owner = new Scheduler({ engine: e, log: silentLog, membership: async () => ({ rank: 1, count: 2 }), sweepDelayMs: 0 });
+    const owner = new Scheduler({ engine: e, log: silentLog, membership: async () => ({ rank: 1, count: 2 }), sweepDelayMs: 0, now: () => ranAt });
     try {
       await owner.start();
       await owner.handOver({ reconciler: 'ticking', partition: 1, partitions: 2, runId: 0 });

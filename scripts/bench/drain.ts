@@ -13,6 +13,7 @@ import { sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/node-postgres';
 import pg from 'pg';
 import { Engine } from '../../src/engine/engine.js';
+import { coerceError, errorSummary } from '../../src/errors.js';
 import type { Db, ReconcileContext } from '../../src/reconciler.js';
 import { HttpPaymentProvider, type EffectRequest, type PaymentProvider } from '../../examples/returns/src/provider.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
@@ -121,7 +122,7 @@ async function rawSide(url: string, concurrency: number, provider: (db: Db) => P
         after = rows[rows.length - 1]!.id;
       }
       await Promise.all(inFlight);
-      if (failed) throw new Error(`backlog drain: the raw loop failed an item: ${String(failed)}`);
+      if (failed) throw new Error(`backlog drain: the raw loop failed an item: ${errorSummary(coerceError(failed), 500)}`, { cause: failed });
       return settled;
     },
     close: () => pool.end(),
