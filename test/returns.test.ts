@@ -108,6 +108,7 @@ describe('settle-returns', () => {
     await seedReturns(t.db, 8, 5);
     const killed = await settlePass(t, provider, { RECONCILER_CRASH_AT: point });
     expect(killed.signal).toBe('SIGKILL');
+    expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toEqual([]); // a kill records nothing: the item spent no attempt
     if (point !== 'before-call') expect(await ledgerSize()).toBeGreaterThan(0); // the provider applied one before the kill
     await settleUntilQuiet(t, provider);
     await expectExactlyOnce(t, provider);
