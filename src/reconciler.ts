@@ -22,6 +22,7 @@ export type Db = PgDatabase<PgQueryResultHKT>;
  * Return `{ outcome, note }` to say what was (or, under `dryRun`, would be) done;
  * the note shows in `reconciler run --dry-run` and in debug logs.
  * To fail, throw: any error means "retry later, with backoff"; a `TerminalError` means "do not retry".
+ * An error with a `retryAfter` ({@link RetryAfter}) says when: that wait replaces the backoff for this attempt.
  */
 export type Outcome = 'changed' | 'unchanged' | 'skipped';
 export type ReconcileResult = Outcome | { outcome: Outcome; note?: string };
@@ -89,6 +90,14 @@ export interface ReconcileContext {
   /** The item's key, as `key(item)` returned it. */
   key: string;
 }
+
+/**
+ * When to try a failed item again, as its error says (`error.retryAfter`, e.g. from a 429's
+ * `Retry-After`): a wait (milliseconds, or `'30s'`) or a time. It replaces the computed backoff
+ * for that attempt, capped at `retry.backoff.max`; a time in the past means at once. The
+ * attempt still counts toward `retry.maxAttempts`.
+ */
+export type RetryAfter = Duration | Date;
 
 /** The retry policy for items whose `reconcile` throws. */
 export interface RetryPolicy {

@@ -125,8 +125,9 @@ describe('pass leases', () => {
     await entered.promise;
     await t.rows(sql`UPDATE reconciler.state SET holder_id = '00000000-0000-4000-8000-000000000002' WHERE reconciler = 'stolen'`);
     const outcome = await running;
-    expect(outcome).toMatchObject({ ran: true, result: { status: 'aborted' } });
+    expect(outcome).toMatchObject({ ran: true, result: { status: 'aborted', counts: { skipped: 1, failed: 0 } } });
     expect(String(aborted)).toContain('lease lost');
+    expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toEqual([]); // not the item's fault: no attempt spent
   });
 
   it('aborts a pass whose lease renewal hangs, before the lease can lapse on the database', async () => {

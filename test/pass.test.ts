@@ -208,6 +208,35 @@ describe('a pass', () => {
     expect(await failures()).toEqual([]); // a success clears the record
   });
 
+  it("waits what a failed item's error asks for (retryAfter) instead of the backoff, capped at retry.backoff.max", async () => {
+    const inTwoMinutes = new Date(Date.now() + 120_000);
+    const hints: Record<number, unknown> = { 1: '5m', 2: inTwoMinutes, 3: '3h', 4: new Date(Date.now() - 60_000), 5: 'soon', 6: 90_000 };
+    const e = engine(t.db, [reconciler<N>('rate-limited', {
+      schedule: '* * * * *',
+      retry: { backoff: { initial: '1m', max: '1h' } },
+      scan: numbers(7),
+      key: (i) => `n${i.n}`,
+      reconcile: async (i) => {
+        if (i.n === 6) throw new Error('outcome unknown: 429', { cause: Object.assign(new Error('429 Too Many Requests'), { retryAfter: hints[6] }) });
+        throw Object.assign(new Error(`failed ${i.n}`), i.n in hints ? { retryAfter: hints[i.n] } : {});
+      },
+    })], { random: () => 1 }); // the backoff of a first failure: 60 s
+    expect((await pass(e, 'rate-limited')).counts).toMatchObject({ failed: 7 });
+    const due = Object.fromEntries((await failures()).map((f) => [f.key, f.due_in_ms]));
+    const near = (ms: number | undefined, expected: number) => {
+      expect(ms, `${expected}`).toBeGreaterThan(expected - 10_000);
+      expect(ms, `${expected}`).toBeLessThanOrEqual(expected);
+    };
+    near(due.n1, 300_000); // '5m'
+    near(due.n2, 120_000); // a Date: that time
+    near(due.n3, 3_600_000); // '3h', capped at the backoff's max
+    near(due.n4, 0); // a Date in the past: at once
+    near(due.n5, 60_000); // not a duration: ignored, the backoff
+    near(due.n6, 90_000); // on the cause of the thrown error: milliseconds
+    near(due.n7, 60_000); // no hint: the backoff
+    expect((await failures()).every((f) => f.attempts === 1)).toBe(true); // a hint still spends the attempt
+  });
+
   it('marks an item dead after its last attempt and skips it until a person acts', async () => {
     let calls = 0;
     const e = engine(t.db, [reconciler('doomed', { schedule: '* * * * *', retry: { maxAttempts: 2 }, scan: numbers(1), key: () => 'only', reconcile: async () => { calls++; throw new Error('still broken'); } })]);

@@ -221,6 +221,29 @@ describe('the daemon, as a process', () => {
     expect((await items('retried')).map((row) => row.touched)).toEqual([1, 1, 1]);
   }, 60_000);
 
+  it('retries the failures of a long pass when they fall due, not a pass-length later, when the pass worked all it found', async () => {
+    // item-1 fails at once (backoff 100–200 ms); the others take 4 s, so the pass lasts about 4 s and defers nothing.
+    const jobs = await setUp('drained', 3, { schedule: '0 0 1 1 *', failOnceKeys: ['item-1'], delayMs: 4_000, concurrency: 3, extra: "retry: { backoff: { initial: '200ms', max: '200ms' } }," });
+    const daemon = start(['daemon'], env(jobs));
+    await daemon.waitFor(isSummary('drained', 'retry'), 'a retry pass', 30_000);
+    const history = await runs('drained');
+    expect(history.map((run) => [run.trigger, run.changed, run.failed])).toEqual([['startup', 2, 1], ['retry', 1, 0]]);
+    expect(history[0]!.finished_ms! - history[0]!.started_ms).toBeGreaterThanOrEqual(4_000);
+    expect(history[1]!.started_ms - history[0]!.finished_ms!).toBeLessThan(3_000); // the 1 s minimum gap, not the pass's 4 s
+  }, 60_000);
+
+  it('keeps a retry pass a pass-length away when the pass before mostly found items still in backoff', async () => {
+    // 8 of 10 items wait in backoff for 30 s; item-1 fails at once, item-10 takes 4 s: a 4 s pass that passed over 8 of 10.
+    const jobs = await setUp('braked', 10, { schedule: '0 0 1 1 *', failOnceKeys: ['item-1'], delayMs: 4_000, concurrency: 3, extra: "retry: { backoff: { initial: '200ms', max: '200ms' } }," });
+    await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, partition, attempts, last_error, next_attempt_at)
+                     SELECT 'braked', 'item-' || n, 0, 1, 'failed before', now() + interval '30 seconds' FROM generate_series(2, 9) AS n`);
+    const daemon = start(['daemon'], env(jobs));
+    await daemon.waitFor(isSummary('braked', 'retry'), 'a retry pass', 30_000);
+    const history = await runs('braked');
+    expect(history.map((run) => [run.trigger, run.changed, run.failed])).toEqual([['startup', 1, 1], ['retry', 1, 0]]);
+    expect(history[1]!.started_ms - history[0]!.finished_ms!).toBeGreaterThanOrEqual(0.8 * (history[0]!.finished_ms! - history[0]!.started_ms) - 50);
+  }, 60_000);
+
   it('after a kill -9 and a quick restart, catches up once the dead holder\'s lease has lapsed', async () => {
     const jobs = await setUp('restarted', 4, { schedule: '0 0 1 1 *', delayMs: 1_000, concurrency: 1 });
     const first = start(['daemon'], env(jobs));

@@ -10,6 +10,8 @@ import { REPO_ROOT } from './helpers/jobs.js';
 import { freePort } from './helpers/ports.js';
 import { decideSettlement } from '../examples/returns/src/settlement.js';
 import { seedReturns } from '../examples/returns/src/seed.js';
+import { NO_FAULTS } from '../examples/returns/src/simulator/server.js';
+import { parseRetryAfter } from '../examples/returns/src/provider.js';
 import { createTestDatabase, useTestDatabase } from './helpers/db.js';
 import { runCli, startProcess } from './helpers/processes.js';
 import { everySettlePartitionPassed, expectExactlyOnce, ledgerOf, makeDue, settleEnv, settlePass, settleUntilQuiet, startProvider, type Provider } from './helpers/returns.js';
@@ -24,10 +26,10 @@ afterAll(async () => {
 });
 beforeEach(async () => {
   await t.rows(sql`TRUNCATE reconciler.runs, reconciler.failures, reconciler.state, payments, return_items, returns, fix_items, fixes, customers CASCADE`); // ids go on, so idempotency keys never repeat at the provider
-  await provider.setFaults({ latencyMs: [0, 0], errorRate: 0, timeoutRate: 0, declineRate: 0, rateLimitRate: 0 });
+  await provider.setFaults(NO_FAULTS);
 });
 afterEach(async () => {
-  await provider.setFaults({ latencyMs: [0, 0], errorRate: 0, timeoutRate: 0, declineRate: 0, rateLimitRate: 0 });
+  await provider.setFaults(NO_FAULTS);
 });
 
 const ledgerSize = async () => (await ledgerOf(t, provider)).length;
@@ -106,6 +108,7 @@ describe('settle-returns', () => {
     await seedReturns(t.db, 8, 5);
     const killed = await settlePass(t, provider, { RECONCILER_CRASH_AT: point });
     expect(killed.signal).toBe('SIGKILL');
+    expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toEqual([]); // a kill records nothing: the item spent no attempt
     if (point !== 'before-call') expect(await ledgerSize()).toBeGreaterThan(0); // the provider applied one before the kill
     await settleUntilQuiet(t, provider);
     await expectExactlyOnce(t, provider);
@@ -136,6 +139,42 @@ describe('settle-returns', () => {
     expect(first.code).toBe(1);
     await settleUntilQuiet(t, provider, 40);
     await expectExactlyOnce(t, provider);
+  });
+
+  it("comes back when a 429's or 503's Retry-After says (seconds or an HTTP-date), not after its backoff", async () => {
+    await seedReturns(t.db, 8, 22);
+    // Waits as failure memory recorded them (database clock), per item; the shipped backoff of a first failure is 5–10 s.
+    const waits = async () => (await t.rows<{ attempts: number; wait_ms: number }>(sql`SELECT attempts, (extract(epoch FROM next_attempt_at - last_failed_at) * 1000)::int AS wait_ms FROM reconciler.failures`));
+    const before = (await provider.stats()).faults; // the simulator counts for the whole file
+    await provider.setFaults({ rateLimitRate: 1, retryAfter: '45' });
+    expect((await settlePass(t, provider)).code).toBe(1);
+    const rateLimited = await waits();
+    expect(rateLimited.length).toBeGreaterThan(0);
+    for (const w of rateLimited) expect(w).toMatchObject({ attempts: 1, wait_ms: 45_000 });
+
+    // An HTTP-date has whole seconds: the wait is what is left until then, at most 2 minutes.
+    await provider.setFaults({ rateLimitRate: 0, unavailableRate: 1, retryAfter: new Date(Date.now() + 120_000).toUTCString() });
+    await makeDue(t);
+    expect((await settlePass(t, provider)).code).toBe(1);
+    for (const w of await waits()) {
+      expect(w.attempts).toBe(2);
+      expect(w.wait_ms).toBeGreaterThan(100_000);
+      expect(w.wait_ms).toBeLessThanOrEqual(120_000);
+    }
+    const after = (await provider.stats()).faults;
+    expect([after.rateLimited - before.rateLimited, after.unavailable - before.unavailable]).toEqual([rateLimited.length, rateLimited.length]);
+
+    await provider.setFaults({ unavailableRate: 0 });
+    await settleUntilQuiet(t, provider);
+    await expectExactlyOnce(t, provider);
+  });
+
+  it('reads Retry-After as delay-seconds or an HTTP-date, and nothing else', () => {
+    expect(parseRetryAfter('120')).toBe(120_000);
+    expect(parseRetryAfter(' 0 ')).toBe(0);
+    expect(parseRetryAfter('Wed, 21 Oct 2026 07:28:00 GMT')).toEqual(new Date('2026-10-21T07:28:00Z'));
+    expect(parseRetryAfter('Wednesday, 21-Oct-26 07:28:00 GMT')).toEqual(new Date('2026-10-21T07:28:00Z'));
+    for (const malformed of [null, '', '-5', '1.5', 'soon', '12 apples']) expect(parseRetryAfter(malformed), String(malformed)).toBeUndefined();
   });
 
   it('records a decline as final, shows it in failures, and does not call the provider again', async () => {

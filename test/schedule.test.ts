@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { nextTick, previousTick } from '../src/scheduler/cron.js';
-import { dueForCatchUp, ownPartitions, type StateSummary } from '../src/scheduler/scheduler.js';
+import { dueForCatchUp, ownPartitions, retryGap, type StateSummary } from '../src/scheduler/scheduler.js';
 import { laneOf } from '../src/engine/engine.js';
 import { backoffDelay } from '../src/engine/backoff.js';
 import { resolveReconciler, defineReconciler } from '../src/reconciler.js';
@@ -99,5 +99,19 @@ describe('backoff', () => {
 
   it('is capped at the maximum delay', () => {
     expect(backoffDelay(30, policy, () => 1)).toBe(3_600_000);
+  });
+});
+
+describe('the gap before a retry pass', () => {
+  const counts = (found: number, deferred: number, dead = 0) => ({ found, changed: found - deferred - dead, unchanged: 0, skipped: 0, failed: 0, deferred, dead });
+
+  it('is the 1 s minimum after a pass that worked all it found, however long it ran', () => {
+    expect(retryGap({ durationMs: 110_000, counts: counts(7_334, 0) })).toBe(1_000);
+  });
+
+  it('is the share of the pass spent passing over items in backoff or dead', () => {
+    expect(retryGap({ durationMs: 10_000, counts: counts(100, 90) })).toBe(9_000);
+    expect(retryGap({ durationMs: 10_000, counts: counts(100, 45, 5) })).toBe(5_000);
+    expect(retryGap({ durationMs: 400, counts: counts(100, 100) })).toBe(1_000);
   });
 });

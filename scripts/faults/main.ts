@@ -5,13 +5,13 @@
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { Command } from 'commander';
-import { SCENARIOS, runScenario, type ScenarioResult } from './scenarios.js';
+import { DEFAULT_SCENARIOS, SCENARIOS, runScenario, type ScenarioResult } from './scenarios.js';
 import { buildApp } from './app.js';
 
 const program = new Command('test:faults')
   .option('--quick', 'the short version (seconds per scenario, as in npm test)')
   .option('--seeds <list>', 'comma-separated seeds; each scenario runs once per seed', '1')
-  .option('--scenario <names>', `comma-separated, of: ${Object.keys(SCENARIOS).join(', ')}`, Object.keys(SCENARIOS).join(','))
+  .option('--scenario <names>', `comma-separated, of: ${Object.keys(SCENARIOS).join(', ')} (default: all but ${Object.keys(SCENARIOS).filter((name) => !DEFAULT_SCENARIOS.includes(name)).join(', ')})`, DEFAULT_SCENARIOS.join(','))
   .option('--out <file>', 'where the JSON goes', 'bench-results/faults-latest.json')
   .parse();
 const options = program.opts<{ quick?: boolean; seeds: string; scenario: string; out: string }>();

@@ -13,7 +13,7 @@ import { inPartitionText } from '../store/partition.js';
 import { forgetFailure, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
 import { databaseAnswers } from '../store/database.js';
 import type { PassCounts, PassStatus, Trigger } from '../store/runs.js';
-import { backoffDelay } from './backoff.js';
+import { retryDelay } from './backoff.js';
 import { FailureDigest } from './failure-digest.js';
 import type { EngineEvents } from './events.js';
 import type { Slots } from './slots.js';
@@ -303,7 +303,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
       const terminal = isTerminalError(failure);
       let dead = terminal || attempt >= reconciler.retry.maxAttempts;
       let attempts = attempt;
-      const delayMs = backoffDelay(attempt, reconciler.retry, deps.random);
+      const { delayMs, askedMs } = retryDelay(failure, attempt, reconciler.retry, deps.random);
       const message = errorSummary(failure);
       if (!options.dryRun) {
         try {
@@ -326,7 +326,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         ? terminal
           ? 'dead (TerminalError): skipped until `reconciler retry`'
           : `dead after ${attempts} attempt${attempts === 1 ? '' : 's'}: skipped until \`reconciler retry\``
-        : `retry in ${formatDuration(delayMs)}`;
+        : `retry in ${formatDuration(delayMs)}${askedMs === undefined ? '' : askedMs > delayMs ? ` (its error asked for ${formatDuration(askedMs)}; retry.backoff.max caps the wait)` : ' (as its error asked)'}`;
       itemLog[level]({ attempt: attempts, dead, error: message }, `failed: ${errorSummary(failure, 300)}; ${options.dryRun ? 'dry run, not recorded' : next}`);
       events.emit('item:failed', { reconciler: reconciler.name, key, error: failure, attempt: attempts, dead, dryRun: options.dryRun });
     } finally {

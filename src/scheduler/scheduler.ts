@@ -102,6 +102,20 @@ const budgeted = (reconciler: Reconciler) => reconciler.maxItemsPerPass !== unde
 /** What a sweep does with the partitions it finds free: a wake only watches; a tick or catch-up also runs them. */
 type SweepRequest = (partition: number) => RunRequest | undefined;
 
+/**
+ * How long a retry pass waits after the pass before it, at least: the share of that pass's
+ * duration spent passing over items it could not work (in backoff, dead), and at least 1 s. A
+ * pass that worked what it found (a backlog, whose failures fall due while it runs) is followed
+ * as soon as they are due, not a pass's length later or at the next tick; a pass that mostly found
+ * items still in backoff keeps most of its length as a brake, so that retry passes which find
+ * little to do take at most about half the time, however many items fall due one after another.
+ */
+export function retryGap(result: Pick<PassResult, 'durationMs' | 'counts'>): number {
+  const { found, deferred, dead } = result.counts;
+  const passedOver = found === 0 ? 1 : (deferred + dead) / found;
+  return Math.max(MIN_RETRY_GAP_MS, result.durationMs * passedOver);
+}
+
 export class Scheduler {
   readonly #options: SchedulerOptions;
   readonly #tasks: ScheduledTask[] = [];
@@ -453,8 +467,7 @@ export class Scheduler {
     const reconciler = this.#options.engine.get(result.reconciler);
     // A budget (maxItemsPerPass, maxPassDuration) caps the work per period: the rest is the tick's.
     if (budgeted(reconciler)) return;
-    // At most half the time in retry passes, however many items fall due one after another.
-    const gap = Math.max(MIN_RETRY_GAP_MS, result.durationMs);
+    const gap = retryGap(result);
     const at = Math.max(result.nextRetryAt.getTime(), Date.now() + gap);
     if (at - Date.now() > MAX_TIMER_MS || at + gap >= nextTick(reconciler.schedule, reconciler.timezone, new Date()).getTime()) return;
     const partition = result.partition.index;

@@ -6,11 +6,13 @@
  * Every failure is classified, because the caller's next step depends on it:
  * - `declined`: a definite "no" (402). Final.
  * - `retryable`: the effect may or may not have happened (timeout, reset, 408, 5xx), or the
- *   provider asks us to come back (409 request in progress, 425, 429). Retry with the same key.
+ *   provider asks us to come back (409 request in progress, 425, 429). Retry with the same key;
+ *   a 429 or 503 may say when (`Retry-After`), which the error carries as `retryAfter`, the
+ *   engine's hint: the item is retried then instead of after its backoff.
  * - `permanent`: the request itself is wrong (400, 401, 403, 404, 422 such as a key reused
  *   with other parameters). Retrying the same request cannot help.
  */
-import type { ReconcileContext } from 'reconciler';
+import type { ReconcileContext, RetryAfter } from 'reconciler';
 import { loadProviderConfig } from './config.js';
 import { startDemoSimulator } from './demo-provider.js';
 
@@ -43,9 +45,24 @@ export class ProviderError extends Error {
     readonly status: number | undefined,
     /** False when the request cannot have reached the provider (the connection was refused): nothing happened there. */
     readonly sent = true,
+    /** When the provider asked us to come back (a 429's or 503's `Retry-After`); the engine retries the item then. */
+    readonly retryAfter?: RetryAfter,
   ) {
     super(message);
   }
+}
+
+/**
+ * A `Retry-After` header: delay-seconds (`120`) as milliseconds, or an HTTP-date
+ * (`Wed, 21 Oct 2026 07:28:00 GMT`) as that time; undefined when absent or malformed.
+ */
+export function parseRetryAfter(header: string | null): RetryAfter | undefined {
+  const value = header?.trim();
+  if (!value) return undefined;
+  if (/^\d+$/.test(value)) return Number(value) * 1_000;
+  // An HTTP-date starts with the day's name (IMF-fixdate, RFC 850, asctime); Date.parse alone would take `1.5` for a date.
+  const at = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,? /.test(value) ? Date.parse(value) : Number.NaN;
+  return Number.isNaN(at) ? undefined : new Date(at);
 }
 
 /** Socket errors that mean no connection was made: the request was never sent. */
@@ -125,7 +142,9 @@ export class HttpPaymentProvider implements PaymentProvider {
     }
     const error = (safeJson(text) as ErrorBody | undefined)?.error;
     const detail = error?.message ?? (text.slice(0, 200) || response.statusText);
-    throw new ProviderError(`POST ${path}: ${response.status}${error?.code ? ` ${error.code}` : ''}: ${detail}`, classify(response.status), response.status);
+    // Only a rate limit (429) or an unavailable provider (503) says when to come back.
+    const retryAfter = response.status === 429 || response.status === 503 ? parseRetryAfter(response.headers.get('retry-after')) : undefined;
+    throw new ProviderError(`POST ${path}: ${response.status}${error?.code ? ` ${error.code}` : ''}: ${detail}`, classify(response.status), response.status, true, retryAfter);
   }
 }
 

@@ -8,9 +8,9 @@
  *  (b) the provider is called outside any transaction, with that key;
  *  (c) the outcome is recorded with a compare-and-set on the intent
  *      (`WHERE state IN ('pending', 'unknown')`), in one transaction with the return.
- * A timeout, reset, 5xx, 409 or 429 leaves the intent `unknown`: the next attempt sends the
- * same key and the same frozen parameters, so the provider answers with the first result
- * instead of applying the effect again.
+ * A timeout, reset, 5xx, 409 or 429 leaves the intent `unknown`: the next attempt (at the time
+ * a 429's or 503's Retry-After names, if it named one) sends the same key and the same frozen
+ * parameters, so the provider answers with the first result instead of applying the effect again.
  */
 import { sql } from 'drizzle-orm';
 import { TerminalError, coerceError, errorSummary, inPartition, queryRows, type Db, type Partition, type ReconcileContext, type ReconcileResult } from 'reconciler';
@@ -249,8 +249,9 @@ async function recordFailure(db: Db, intent: Intent, returnId: number, error: Pr
   const state = error.failure === 'retryable' && error.sent ? 'unknown' : intent.state;
   await queryRows(db, sql`UPDATE payments SET state = ${state}, last_error = ${errorSummary(error, 500)}, updated_at = now() WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`);
   // Says what happened, and the key a retry sends: not that one will come (the item may be dead).
-  if (error.failure === 'retryable' && !error.sent) throw new Error(`not sent: the ${intent.kind} of ${what}: ${error.message}`);
-  if (error.failure === 'retryable') throw new Error(`outcome unknown: the ${intent.kind} of ${what}: ${error.message} (idempotency key ${intent.idempotencyKey})`);
+  // The provider's error is the cause: its `retryAfter` (a 429's or 503's Retry-After) tells the engine when to come back.
+  if (error.failure === 'retryable' && !error.sent) throw new Error(`not sent: the ${intent.kind} of ${what}: ${error.message}`, { cause: error });
+  if (error.failure === 'retryable') throw new Error(`outcome unknown: the ${intent.kind} of ${what}: ${error.message} (idempotency key ${intent.idempotencyKey})`, { cause: error });
   if (error.status === 401 || error.status === 403) throw new Error(`the provider refused our credentials (${error.message}): check PAYMENT_PROVIDER_KEY`);
   if (error.status === 404) throw new Error(`the provider has no such endpoint (${error.message}): check PAYMENT_PROVIDER_URL`);
   throw new TerminalError(`rejected: the ${intent.kind} of ${what}: ${error.message}; not retried, as the same request would be rejected again`);

@@ -44,6 +44,8 @@ export async function main(argv: string[]): Promise<number> {
     .option('--timeout-rate <share>', 'share applied, then left unanswered (connection dropped)', rate, rate(env.PROVIDER_TIMEOUT_RATE ?? '0'))
     .option('--decline-rate <share>', 'share declined (402)', rate, rate(env.PROVIDER_DECLINE_RATE ?? '0'))
     .option('--rate-limit-rate <share>', 'share answered 429 before applying', rate, rate(env.PROVIDER_RATE_LIMIT_RATE ?? '0'))
+    .option('--unavailable-rate <share>', 'share answered 503 before applying', rate, rate(env.PROVIDER_UNAVAILABLE_RATE ?? '0'))
+    .option('--retry-after <value>', 'Retry-After header of the 429 and 503 answers: seconds, or an HTTP-date (default: none)', env.PROVIDER_RETRY_AFTER ?? '')
     .option('--seed <n>', 'seed of the fault dice, to replay a run', (v) => Number(v), env.PROVIDER_SEED ? Number(env.PROVIDER_SEED) : Date.now() % 1_000_000)
     .exitOverride()
     .configureOutput({ outputError: (message, write) => write(`provider: ${message.replace(/^error: /, '').trim()}\n`) });
@@ -60,6 +62,8 @@ export async function main(argv: string[]): Promise<number> {
     timeoutRate: options.timeoutRate,
     declineRate: options.declineRate,
     rateLimitRate: options.rateLimitRate,
+    unavailableRate: options.unavailableRate,
+    retryAfter: options.retryAfter,
   };
   try {
     const database = await openDatabase({ databaseUrl: options.databaseUrl ?? env.PROVIDER_DATABASE_URL, dataDir: options.dataDir, log });

@@ -26,9 +26,13 @@ export interface SimulatorFaults {
   declineRate: number;
   /** Share of requests answered 429 before anything is applied. */
   rateLimitRate: number;
+  /** Share of requests answered 503 before anything is applied. */
+  unavailableRate: number;
+  /** The `Retry-After` header of those 429 and 503 answers, verbatim (seconds, or an HTTP-date); none when empty. */
+  retryAfter: string;
 }
 
-export const NO_FAULTS: SimulatorFaults = { latencyMs: [0, 0], errorRate: 0, timeoutRate: 0, declineRate: 0, rateLimitRate: 0 };
+export const NO_FAULTS: SimulatorFaults = { latencyMs: [0, 0], errorRate: 0, timeoutRate: 0, declineRate: 0, rateLimitRate: 0, unavailableRate: 0, retryAfter: '' };
 
 export interface SimulatorOptions {
   db: Db;
@@ -48,7 +52,7 @@ export interface SimulatorStats {
   replayed: number;
   declined: number;
   conflicts: number;
-  faults: { errors: number; timeouts: number; rateLimited: number };
+  faults: { errors: number; timeouts: number; rateLimited: number; unavailable: number };
 }
 
 export interface LedgerEntry {
@@ -118,7 +122,7 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
   await prepareSimulatorStorage(db);
   let faults: SimulatorFaults = { ...NO_FAULTS, ...options.faults };
   const roll = dice(options.seed ?? Date.now());
-  const stats: SimulatorStats = { posts: 0, applied: 0, replayed: 0, declined: 0, conflicts: 0, faults: { errors: 0, timeouts: 0, rateLimited: 0 } };
+  const stats: SimulatorStats = { posts: 0, applied: 0, replayed: 0, declined: 0, conflicts: 0, faults: { errors: 0, timeouts: 0, rateLimited: 0, unavailable: 0 } };
 
   const effect = async (kind: 'charge' | 'refund', endpoint: string, req: IncomingMessage, res: ServerResponse) => {
     const key = req.headers['idempotency-key'];
@@ -133,9 +137,15 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
       return send(res, 400, apiError('invalid_request_error', 'amount (a positive integer of minor units) and currency (3 letters) are required'));
     }
     stats.posts++;
+    const comeBack: Record<string, string> = faults.retryAfter ? { 'retry-after': faults.retryAfter } : {};
     if (roll() < faults.rateLimitRate) {
       stats.faults.rateLimited++;
-      return send(res, 429, apiError('rate_limit_error', 'too many requests (simulated)'));
+      return send(res, 429, apiError('rate_limit_error', 'too many requests (simulated)'), comeBack);
+    }
+    // Rolled only when set, so that the dice of a seed replay as before for the other faults.
+    if (faults.unavailableRate > 0 && roll() < faults.unavailableRate) {
+      stats.faults.unavailable++;
+      return send(res, 503, apiError('api_error', 'service unavailable before anything was applied (simulated)'), comeBack);
     }
     if (roll() < faults.errorRate) {
       stats.faults.errors++;
