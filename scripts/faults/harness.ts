@@ -132,6 +132,15 @@ export default defineReconciler({
     return this.start(['daemon'], env);
   }
 
+  /** A FaultyProxy in front of the PostgreSQL server of `url`, closed at teardown; and `url` through it. */
+  async databaseProxy(url: string): Promise<{ proxy: FaultyProxy; url: string }> {
+    const proxied = new URL(url);
+    const proxy = await FaultyProxy.start({ host: proxied.hostname, port: Number(proxied.port || 5432) });
+    this.defer(() => proxy.close());
+    proxied.host = `127.0.0.1:${proxy.port}`;
+    return { proxy, url: proxied.toString() };
+  }
+
   /** `reconciler …args` of the build in the background, killed at teardown if still running. */
   start(args: string[], env: Record<string, string>): RunningProcess {
     const child = startProcess(args, env, { bin: this.app.bin });
@@ -173,7 +182,40 @@ export class ProviderHandle {
   }
 }
 
-/** A TCP proxy in front of the simulator: `cut()` refuses every connection (the provider is down) and counts the attempts. */
+/** What a scenario (or one case of it) measured: the criteria it missed, in words, and its figures. */
+export interface Outcome {
+  failures: string[];
+  figures: Record<string, number | string>;
+}
+
+/** The checks every scenario ends with: no duplicate, nothing missing, ledger and database agree, one key per item. */
+export function exactlyOnce(a: SettlementAudit): string[] {
+  const failures: string[] = [];
+  if (a.duplicates > 0) failures.push(`${a.duplicates} return(s) with more than one effect`);
+  if (a.missing > 0) failures.push(`${a.missing} return(s) missing their effect`);
+  if (a.disagreements > 0) failures.push(`${a.disagreements} disagreement(s) between the ledger and the database`);
+  if (a.maxKeysPerReturn > 1) failures.push(`a return with ${a.maxKeysPerReturn} idempotency keys`);
+  if (a.unsettled > 0) failures.push(`${a.unsettled} return(s) never settled`);
+  return failures;
+}
+
+export function auditFigures(a: SettlementAudit): Record<string, number> {
+  return { returns: a.returns, needing: a.needingEffect, effects: a.effects, duplicates: a.duplicates, missing: a.missing, declined: a.declined };
+}
+
+/** After convergence, one more pass must make no provider call. */
+export async function quietAfter(stage: Stage, env: Record<string, string>, providerStats: () => Promise<{ posts: number }>): Promise<string[]> {
+  const before = (await providerStats()).posts;
+  await stage.run(['run', 'settle-returns', '--wait'], env);
+  const calls = (await providerStats()).posts - before;
+  return calls === 0 ? [] : [`a pass after convergence made ${calls} provider call(s)`];
+}
+
+/** Resolves when `daemon` says it started: listening and scheduling. */
+export async function daemonStarted(daemon: RunningProcess): Promise<void> {
+  await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'a daemon to start (listening and scheduling)', 30_000);
+}
+
 /** Polls `probe` until it returns a value, or fails after `timeoutMs`. */
 export async function until<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs: number): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -13,7 +13,7 @@ import { queryRows, type Database } from '../../src/store/database.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
 import type { SettlementAudit } from '../../examples/returns/src/audit.js';
 import type { RunningProcess } from '../../test/helpers/processes.js';
-import { converge, until, type Stage } from './harness.js';
+import { converge, daemonStarted, until, type Stage } from './harness.js';
 
 interface Outcome {
   failures: string[];
@@ -31,7 +31,7 @@ async function count(database: Database, query: ReturnType<typeof sql>): Promise
 /** Daemons up and listening (their start-up passes may still run). */
 async function listening(stage: Stage, database: Database, env: Record<string, string>, replicas: number): Promise<RunningProcess[]> {
   const daemons = Array.from({ length: replicas }, () => stage.daemon(env));
-  for (const daemon of daemons) await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'a daemon to start (listening and scheduling)', 30_000);
+  for (const daemon of daemons) await daemonStarted(daemon);
   await until(async () => (await count(database, LIVE_REPLICAS)) >= replicas, 'every replica counted', 30_000);
   return daemons;
 }
@@ -146,7 +146,7 @@ export const partitionHolderKilled: Scenario = async (stage, { seed, quick }) =>
   const provider = await stage.provider(seed, { latencyMs: [20, 50] });
   const env = stage.env(shop.url, provider, stage.jobs('* * * * *', { partitions: 4, wakeOn: true, concurrency: 4 }));
   const daemons = [stage.daemon(env), stage.daemon(env)];
-  for (const daemon of daemons) await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'a daemon to start (listening and scheduling)', 30_000);
+  for (const daemon of daemons) await daemonStarted(daemon);
   // Mid-drain: the victim holds partitions with items in flight.
   const victim = daemons[0]!;
   const victimPid = victim.child.pid!;
@@ -188,10 +188,10 @@ export const repartition: Scenario = async (stage, { seed, quick }) => {
   const before = stage.env(shop.url, provider, stage.jobs('*/5 * * * * *', { ...base, partitions: 4 }));
   const after = stage.env(shop.url, provider, stage.jobs('*/5 * * * * *', { ...base, partitions: 8 }));
   const old = [stage.daemon(before), stage.daemon(before)];
-  for (const daemon of old) await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'a daemon to start (listening and scheduling)', 30_000);
+  for (const daemon of old) await daemonStarted(daemon);
   await until(async () => (await count(shop.database, sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NOT NULL`)) > 20, 'the drain to be under way', 60_000);
   const next = [stage.daemon(after), stage.daemon(after)];
-  for (const daemon of next) await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'a daemon to start (listening and scheduling)', 30_000);
+  for (const daemon of next) await daemonStarted(daemon);
   const inFlightAtSwitch = await count(shop.database, sql`SELECT count(*)::int AS n FROM reconciler.state WHERE partitions = 4 AND holder_id IS NOT NULL AND lease_expires_at > now()`);
   await Promise.all(old.map((daemon) => daemon.kill('SIGTERM')));
   const { audit: result, ms } = await converge(shop.database, provider, 120_000);

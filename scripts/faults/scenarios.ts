@@ -7,12 +7,12 @@ import { sql } from 'drizzle-orm';
 import { dice } from '../../examples/returns/src/dice.js';
 import { queryRows, type Database } from '../../src/store/database.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
-import type { SettlementAudit } from '../../examples/returns/src/audit.js';
-import { Stage, audit, converge, unsettledReturns, until } from './harness.js';
+import { Stage, audit, auditFigures, converge, exactlyOnce, quietAfter, unsettledReturns, until, type Outcome } from './harness.js';
 import type { App } from './app.js';
 import { badInput } from './bad-input.js';
 import { secrets } from './secrets.js';
 import { listenKilled, notifyStorm, partitionHolderKilled, repartition } from './partitions.js';
+import { connectionFaults } from './connections.js';
 
 export interface ScenarioResult {
   scenario: string;
@@ -29,36 +29,8 @@ export interface ScenarioOptions {
   app: App;
 }
 
-interface Outcome {
-  failures: string[];
-  figures: Record<string, number | string>;
-}
-
 /** A scenario measures one outcome, or several cases that each get their own line (`bad-input: invalid cron`). */
 type Scenario = (stage: Stage, options: ScenarioOptions) => Promise<Outcome | { cases: Record<string, Outcome> }>;
-
-/** The checks every scenario ends with: no duplicate, nothing missing, ledger and database agree, one key per item. */
-function exactlyOnce(a: SettlementAudit): string[] {
-  const failures: string[] = [];
-  if (a.duplicates > 0) failures.push(`${a.duplicates} return(s) with more than one effect`);
-  if (a.missing > 0) failures.push(`${a.missing} return(s) missing their effect`);
-  if (a.disagreements > 0) failures.push(`${a.disagreements} disagreement(s) between the ledger and the database`);
-  if (a.maxKeysPerReturn > 1) failures.push(`a return with ${a.maxKeysPerReturn} idempotency keys`);
-  if (a.unsettled > 0) failures.push(`${a.unsettled} return(s) never settled`);
-  return failures;
-}
-
-function auditFigures(a: SettlementAudit): Record<string, number> {
-  return { returns: a.returns, needing: a.needingEffect, effects: a.effects, duplicates: a.duplicates, missing: a.missing, declined: a.declined };
-}
-
-/** After convergence, one more pass must make no provider call. */
-async function quietAfter(stage: Stage, env: Record<string, string>, providerStats: () => Promise<{ posts: number }>): Promise<string[]> {
-  const before = (await providerStats()).posts;
-  await stage.run(['run', 'settle-returns', '--wait'], env);
-  const calls = (await providerStats()).posts - before;
-  return calls === 0 ? [] : [`a pass after convergence made ${calls} provider call(s)`];
-}
 
 /** 1. Crash storm: `replicas` replicas, one SIGKILLed and restarted every 2 s while the provider fails 20% and loses 5% of answers. */
 const crashStorm = (replicaCount: number): Scenario => async (stage, { seed, quick }) => {
@@ -380,6 +352,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   'listen-killed': listenKilled,
   'partition-holder-killed': partitionHolderKilled,
   repartition,
+  'connection-faults': connectionFaults,
 };
 
 /** Scenarios run only when named (`--scenario crash-storm-5`): variants of a default one, too long to run every time. */
