@@ -123,6 +123,21 @@ export async function queryRows<Row>(db: Db, query: SQL): Promise<Row[]> {
   return result.rows;
 }
 
+/** True if a new connection of its own (no pool) to `url` answers `SELECT 1` within `timeoutMs`. */
+export async function freshConnectionAnswers(url: string, timeoutMs = 5_000): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: timeoutMs, query_timeout: timeoutMs, application_name: 'reconciler-check' });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    void client.end().catch(() => undefined);
+  }
+}
+
 /** True if the database answers a trivial query: to tell an outage from a query's own connection error. */
 export async function databaseAnswers(db: Db): Promise<boolean> {
   return queryRows(db, sql`SELECT 1`).then(
@@ -177,19 +192,7 @@ async function openPostgres(url: string, options: OpenOptions): Promise<Database
     kind: 'postgres',
     target,
     pools: [progressOf('database', pool, db), progressOf('lease', controlPool, control)],
-    async answersFresh() {
-      const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000, query_timeout: 5_000, application_name: 'reconciler-check' });
-      client.on('error', () => undefined);
-      try {
-        await client.connect();
-        await client.query('SELECT 1');
-        return true;
-      } catch {
-        return false;
-      } finally {
-        void client.end().catch(() => undefined);
-      }
-    },
+    answersFresh: () => freshConnectionAnswers(url),
     async withExclusiveLock(lockKey, fn) {
       const client = await pool.connect();
       let broken: Error | undefined;

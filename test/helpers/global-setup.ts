@@ -5,7 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
+import { freshConnectionAnswers } from '../../src/store/database.js';
 import type { TestProject } from 'vitest/node';
 
 declare module 'vitest' {
@@ -14,22 +14,9 @@ declare module 'vitest' {
   }
 }
 
-async function reachable(url: string): Promise<boolean> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3_000 });
-  try {
-    await client.connect();
-    await client.query('SELECT 1');
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
-
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const candidate = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  if (process.env.TEST_EMBEDDED_POSTGRES !== '1' && (await reachable(candidate))) {
+  if (process.env.TEST_EMBEDDED_POSTGRES !== '1' && (await freshConnectionAnswers(candidate, 3_000))) {
     project.provide('adminUrl', candidate);
     return async () => undefined;
   }
