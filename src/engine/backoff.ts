@@ -18,7 +18,7 @@ export function backoffDelay(attempt: number, policy: Reconciler['retry'], rando
  * that an error wrapping a client's error keeps the client's hint. Undefined when none has a
  * valid one (a malformed hint is ignored, not trusted). A time in the past asks for 0.
  */
-export function requestedDelay(error: unknown, now = Date.now()): number | undefined {
+function requestedDelay(error: unknown, now = Date.now()): number | undefined {
   for (let e: unknown = error, depth = 0; typeof e === 'object' && e !== null && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
     const hint = (e as { retryAfter?: unknown }).retryAfter;
     if (hint === undefined || hint === null) continue;

@@ -34,7 +34,7 @@ import { handoverChannel, parseHandOver, type HandOver } from './handover.js';
 const RECONNECT_INITIAL_MS = 1_000;
 const RECONNECT_MAX_MS = 30_000;
 /** How long the session's own probe notification may take before the session counts as deaf. */
-export const PROBE_TIMEOUT_MS = 5_000;
+const PROBE_TIMEOUT_MS = 5_000;
 /** While the session is deaf, how often it is probed again. */
 const REPROBE_MS = 30_000;
 
