@@ -5,7 +5,8 @@
  */
 import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
-import { ExitCode, UserError, coerceError, errorSummary } from './errors.js';
+import { ExitCode, UserError, coerceError, errorSummary, oneLine } from './errors.js';
+import { exitCodeOf, onStopSignals } from './signals.js';
 import { formatDuration, within } from './duration.js';
 import { Engine } from './engine/engine.js';
 import { Scheduler } from './scheduler/scheduler.js';
@@ -17,8 +18,8 @@ import { Liveness } from './liveness.js';
 import { Metrics } from './http/metrics.js';
 import { CHECK_TIMEOUT_MS, startOpsServer, type Check } from './http/server.js';
 import { pruneRuns } from './store/runs.js';
-import { prepare, waitForDatabase } from './cli/context.js';
-import { oneLine } from './cli/table.js';
+import { prepare, waitForDatabase } from './context.js';
+
 import { describeLoadError, formatLoadError } from './engine/load.js';
 
 const PRUNE_EVERY_MS = 3_600_000;
@@ -62,21 +63,11 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
   const broken = loadErrors.length === 0 ? undefined
     : `${oneLine(formatLoadError(loadErrors[0]!), 300)}${loadErrors.length > 1 ? ` (and ${loadErrors.length - 1} more job file(s) that did not load: see the log)` : ''}`;
 
-  let signalled: (signal: NodeJS.Signals) => void;
-  const stopSignal = new Promise<NodeJS.Signals>((resolve) => (signalled = resolve));
-  let signals = 0;
-  const onSignal = (signal: NodeJS.Signals) => {
-    signals++;
-    if (signals === 1) {
-      log.info({ signal }, `${signal}: shutting down; in-flight items get ${formatDuration(config.SHUTDOWN_TIMEOUT)} to finish (send it again to exit at once)`);
-      signalled(signal);
-    } else {
-      log.warn({ signal }, `${signal} again: exiting now without waiting for in-flight items`);
-      process.exit(signal === 'SIGINT' ? 130 : 143);
-    }
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  const signals = onStopSignals({
+    first: (signal) => log.info({ signal }, `${signal}: shutting down; in-flight items get ${formatDuration(config.SHUTDOWN_TIMEOUT)} to finish (send it again to exit at once)`),
+    again: (signal) => log.warn({ signal }, `${signal} again: exiting now without waiting for in-flight items`),
+  });
+  const stopSignal = signals.first;
   let orphanCheck: NodeJS.Timeout | undefined;
   // Everything the daemon set up on the process is taken down again, however it ends: an application
   // that embeds it (runDaemon) keeps its own signal handling afterwards.
@@ -87,9 +78,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     if (options.exitWithParent ?? startedByNpm()) {
       const parent = process.ppid;
       orphanCheck = setInterval(() => {
-        if (process.ppid !== parent && signals === 0) {
+        if (process.ppid !== parent && signals.received === 0) {
           log.warn({ parent }, `the parent process (pid ${parent}) exited; shutting down`);
-          onSignal('SIGTERM');
+          signals.raise('SIGTERM');
         }
       }, 1_000);
       orphanCheck.unref();
@@ -194,7 +185,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     pruneTimer.unref();
 
     await prune();
-    if (config.STARTUP_JITTER > 0 && signals === 0) {
+    if (config.STARTUP_JITTER > 0 && signals.received === 0) {
       const wait = Math.round(Math.random() * config.STARTUP_JITTER);
       log.info({ waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
       await Promise.race([new Promise((resolve) => setTimeout(resolve, wait).unref()), stopSignal]);
@@ -207,7 +198,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
           : `no reconcilers in ${jobsDir}: the daemon will idle (add a file there, see docs/writing-reconcilers.md)`,
       );
     }
-    if (signals === 0) {
+    if (signals.received === 0) {
       try {
         await presence.start();
         await waker.start();
@@ -240,7 +231,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     const deadline = Date.now() + config.SHUTDOWN_TIMEOUT + SHUTDOWN_MARGIN_MS;
     const overrun = setTimeout(() => {
       log.error(`shutdown did not finish within ${formatDuration(config.SHUTDOWN_TIMEOUT + SHUTDOWN_MARGIN_MS)} (SHUTDOWN_TIMEOUT and a margin): exiting now`);
-      process.exit(signal === 'SIGINT' ? 130 : 143);
+      process.exit(exitCodeOf(signal));
     }, config.SHUTDOWN_TIMEOUT + SHUTDOWN_MARGIN_MS);
     overrun.unref();
     clearInterval(pruneTimer);
@@ -265,8 +256,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     log.info('daemon stopped');
     return ExitCode.ok;
   } finally {
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
+    signals.dispose();
     clearInterval(orphanCheck);
   }
 }

@@ -16,13 +16,6 @@ export function when(date: Date | null | undefined, now = new Date()): string {
   return delta >= 0 ? `${stamp} (${formatDuration(delta)} ago)` : `${stamp} (in ${formatDuration(-delta)})`;
 }
 
-/** One line, at most `max` characters. */
-export function oneLine(text: string | null | undefined, max = 80): string {
-  if (!text) return '';
-  const flat = text.replace(/\s+/g, ' ').trim();
-  return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
-}
-
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value)}\n`);
 }

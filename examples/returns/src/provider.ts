@@ -161,19 +161,25 @@ function describeNetworkError(error: unknown): string {
   return cause?.code ?? cause?.message ?? (error as Error).message ?? 'network error';
 }
 
-let fromEnv: { url: string; key: string; timeoutMs: number; provider: PaymentProvider } | undefined;
+/** The provider built from the environment, and the variables it was built from: parsed once, not once per item. */
+let fromEnv: { env: string; provider: PaymentProvider | undefined } | undefined;
+
+/** The variables the provider depends on, as one comparable string. */
+const providerEnv = (env: NodeJS.ProcessEnv) => JSON.stringify(['PAYMENT_PROVIDER_URL', 'PAYMENT_PROVIDER_KEY', 'PAYMENT_PROVIDER_TIMEOUT', 'DATABASE_URL'].map((name) => env[name]));
 
 /**
  * The provider configured by PAYMENT_PROVIDER_URL / _KEY / _TIMEOUT (see ./config.ts), read
- * when an item needs it, never when the job file is imported: `reconciler list` and the other
- * read-only commands work without the example's secrets. Unset on the embedded database (no
- * DATABASE_URL), the demo's simulator starts in-process instead, storing its ledger there.
+ * when an item first needs it, never when the job file is imported: `reconciler list` and the
+ * other read-only commands work without the example's secrets. The configuration is parsed
+ * once per process (again only if those variables change, as tests do); a bad one throws every
+ * time, so each item fails with its one line. Unset on the embedded database (no DATABASE_URL),
+ * the demo's simulator starts in-process instead, storing its ledger there.
  */
 export async function paymentProviderFromEnv(ctx: Pick<ReconcileContext, 'db' | 'log'>): Promise<PaymentProvider> {
-  const config = loadProviderConfig();
-  if (!config) return (await startDemoSimulator(ctx)).provider;
-  if (fromEnv?.url === config.url && fromEnv.key === config.key && fromEnv.timeoutMs === config.timeoutMs) return fromEnv.provider;
-  const provider = new HttpPaymentProvider({ baseUrl: config.url, apiKey: config.key, timeoutMs: config.timeoutMs });
-  fromEnv = { ...config, provider };
-  return provider;
+  const env = providerEnv(process.env);
+  if (fromEnv?.env !== env) {
+    const config = loadProviderConfig();
+    fromEnv = { env, provider: config && new HttpPaymentProvider({ baseUrl: config.url, apiKey: config.key, timeoutMs: config.timeoutMs }) };
+  }
+  return fromEnv.provider ?? (await startDemoSimulator(ctx)).provider;
 }

@@ -11,7 +11,7 @@ import { describeHolder, laneOf } from '../../engine/engine.js';
 import { nextTick } from '../../scheduler/cron.js';
 import { countFailures } from '../../store/failures.js';
 import { holderOfRow, readStates, type StateRow } from '../../store/state.js';
-import { withContext } from '../context.js';
+import { withContext } from '../../context.js';
 import { printJson, table, when } from '../table.js';
 
 export async function listCommand(flags: { json?: boolean }): Promise<number> {

@@ -5,7 +5,7 @@
  */
 import { ExitCode } from '../../errors.js';
 import { migrateDatabase, searchPathWarning } from '../../store/migrate.js';
-import { withContext } from '../context.js';
+import { withContext } from '../../context.js';
 
 export async function migrateCommand(): Promise<number> {
   return withContext({ jobs: false, migrating: true, waitForDatabase: true, defaultLogLevel: 'warn' }, async ({ database }) => {

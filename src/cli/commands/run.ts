@@ -5,12 +5,14 @@
  * (exit 2); with --all, the good ones run first (then exit 2). Others get a warning line.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import { backoffDelay } from '../../engine/backoff.js';
+import { onStopSignals } from '../../signals.js';
 import { ExitCode, UserError, errorSummary } from '../../errors.js';
 import { formatDuration } from '../../duration.js';
 import { Engine, describeHolder, passLabel, summarize, type RunOutcome } from '../../engine/engine.js';
 import { partitionOf, type Reconciler } from '../../reconciler.js';
 import type { PassResult } from '../../engine/pass.js';
-import { withContext } from '../context.js';
+import { withContext } from '../../context.js';
 import { describeLoadError, formatLoadError, type LoadError } from '../../engine/load.js';
 import type { Config } from '../../config.js';
 import type { Logger } from 'pino';
@@ -75,15 +77,14 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
     });
   }
   // Ctrl-C stops taking new items, lets in-flight ones finish and records the pass as aborted; a second one exits at once.
-  let interrupts = 0;
-  const onInterrupt = (signal: NodeJS.Signals) => {
-    if (++interrupts > 1) process.exit(signal === 'SIGINT' ? 130 : 143);
-    progress?.clear();
-    process.stderr.write(`reconciler: ${signal}: finishing the items in flight (up to ${formatDuration(config.SHUTDOWN_TIMEOUT)}); press Ctrl-C again to exit at once\n`);
-    void engine.stop(config.SHUTDOWN_TIMEOUT);
-  };
-  process.on('SIGINT', onInterrupt);
-  process.on('SIGTERM', onInterrupt);
+  const signals = onStopSignals({
+    first: (signal) => {
+      progress?.clear();
+      process.stderr.write(`reconciler: ${signal}: finishing the items in flight (up to ${formatDuration(config.SHUTDOWN_TIMEOUT)}); press Ctrl-C again to exit at once\n`);
+      void engine.stop(config.SHUTDOWN_TIMEOUT);
+    },
+    again: () => undefined,
+  });
   let exitCode: number = ExitCode.ok;
   for (const { name, partition } of selected.flatMap((name) => partitionsToRun(engine.get(name), flags).map((partition) => ({ name, partition })))) {
     const outcome = await runWithWait(engine, name, partition, flags, (message) => log.warn(message));
@@ -111,6 +112,7 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
     if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
   }
   progress?.stop();
+  signals.dispose();
   return asked.length > 0 ? Math.max(exitCode, ExitCode.usage) : exitCode;
 }
 
@@ -134,17 +136,20 @@ function partitionsToRun(reconciler: Reconciler, flags: RunFlags): number[] {
   return Array.from({ length: reconciler.partitions }, (_, p) => p);
 }
 
+/** How `--wait` looks again at a pass held elsewhere: soon at first, then every second or so. */
+const WAIT_POLICY = { initialDelayMs: 250, maxDelayMs: 1_000, maxAttempts: Infinity };
+
 /** One pass; with `--wait`, polls until the holder is done instead of giving up. */
 async function runWithWait(engine: Engine, name: string, partition: number, flags: RunFlags, say: (message: string) => void): Promise<RunOutcome> {
   const request = { trigger: 'manual' as const, dryRun: Boolean(flags.dryRun), partition, ...(flags.key !== undefined ? { onlyKey: flags.key } : {}) };
   let announced = false;
-  for (;;) {
+  for (let attempt = 1; ; attempt++) {
     const outcome = await engine.runPass(name, request);
     if (outcome.ran || !flags.wait || outcome.reason !== 'held') return outcome;
     if (outcome.reason === 'held' && !announced) {
       say(`${passLabel(name, engine.partition(engine.get(name), partition))}: waiting for the pass running on ${describeHolder(outcome.holder)}`);
       announced = true;
     }
-    await sleep(250);
+    await sleep(backoffDelay(attempt, WAIT_POLICY));
   }
 }

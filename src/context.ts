@@ -1,19 +1,21 @@
 /**
- * What every CLI command starts from: validated configuration, a logger on stderr (stdout
- * is the command's output), the database, and the loaded reconcilers. A job file that
+ * What the daemon and every CLI command start from: validated configuration (parsed once per
+ * process, here), a logger (on stderr for commands, whose stdout is their output; on stdout for
+ * the daemon), the database, and the loaded reconcilers. A job file that
  * cannot be loaded never stops a command here: it comes back in `loadErrors`, and each
  * command says what it means for it (docs/cli.md, "When a job file is wrong").
  */
 import type { Logger } from 'pino';
-import { loadConfig, type Config } from '../config.js';
-import { UserError, coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
-import { formatDuration } from '../duration.js';
-import { createLogger } from '../log.js';
-import { openDatabase, type Database } from '../store/database.js';
-import { migrateDatabase, pendingMigrations } from '../store/migrate.js';
-import { useEngineSchema } from '../store/schema.js';
-import { loadReconcilers, type LoadError } from '../engine/load.js';
-import type { Reconciler } from '../reconciler.js';
+import { loadConfig, type Config } from './config.js';
+import { UserError, coerceError, errorSummary, isDatabaseUnavailable } from './errors.js';
+import { formatDuration } from './duration.js';
+import { createLogger } from './log.js';
+import { openDatabase, type Database } from './store/database.js';
+import { migrateDatabase, pendingMigrations } from './store/migrate.js';
+import { useEngineSchema } from './store/schema.js';
+import { loadReconcilers, type LoadError } from './engine/load.js';
+import { backoffDelay } from './engine/backoff.js';
+import type { Reconciler } from './reconciler.js';
 
 /** Configuration, logger and job files: everything but the database. */
 export interface Setup {
@@ -59,8 +61,8 @@ export function connect({ config, log }: Pick<Setup, 'config' | 'log'>): Promise
   return openDatabase({ databaseUrl: config.DATABASE_URL, listenUrl: config.LISTEN_DATABASE_URL, dataDir: config.DATA_DIR, log, poolSize: config.DATABASE_POOL_SIZE, queryTimeoutMs: config.DATABASE_QUERY_TIMEOUT, schema: config.RECONCILER_SCHEMA });
 }
 
-/** Waiting for the database at start: the first retry after this, doubling up to the cap. */
-const STARTUP_RETRY_MS = { first: 500, max: 5_000 };
+/** Waiting for the database at start: the one backoff policy (engine/backoff.ts), from about half a second up to 5 s. */
+const STARTUP_RETRY = { initialDelayMs: 1_000, maxDelayMs: 5_000, maxAttempts: Infinity };
 
 /**
  * Opens the database, waiting while it cannot be reached (it often starts after the daemon in a
@@ -71,7 +73,7 @@ const STARTUP_RETRY_MS = { first: 500, max: 5_000 };
 export async function waitForDatabase(setup: Pick<Setup, 'config' | 'log'>, stopping: Promise<unknown> = new Promise(() => undefined)): Promise<Database | undefined> {
   const { config, log } = setup;
   const deadline = Date.now() + config.STARTUP_TIMEOUT;
-  let delay = STARTUP_RETRY_MS.first;
+  let attempt = 0;
   let warned = false;
   let stopped = false;
   void stopping.then(() => (stopped = true));
@@ -98,8 +100,7 @@ export async function waitForDatabase(setup: Pick<Setup, 'config' | 'log'>, stop
         log.warn({ reason: errorSummary(coerceError(error), 300) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT)`);
         warned = true;
       }
-      const wait = Math.min(delay, left);
-      delay = Math.min(delay * 2, STARTUP_RETRY_MS.max);
+      const wait = Math.min(backoffDelay(++attempt, STARTUP_RETRY), left);
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([new Promise((resolve) => (timer = setTimeout(resolve, wait))), stopping]);
       clearTimeout(timer);
