@@ -30,6 +30,9 @@ import { engineSchema } from '../store/schema.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { formatDuration } from '../duration.js';
 import { deliverHandOver, handoverChannel, type HandOverTarget } from './handover.js';
+import type { WakeCounters } from './counters.js';
+
+export type { WakeCounters } from './counters.js';
 
 const RECONNECT_INITIAL_MS = 1_000;
 const RECONNECT_MAX_MS = 30_000;
@@ -42,13 +45,6 @@ const REPROBE_MS = 30_000;
 export interface WakeTarget extends HandOverTarget {
   /** Starts an early pass of each named reconciler (or one right after the pass it is running). */
   wake(names: readonly string[]): void;
-}
-
-export interface WakeCounters {
-  notification(channel: string): void;
-  /** The session was opened again after it broke, or after it could not be opened at start. */
-  reconnected(): void;
-  listening(up: boolean): void;
 }
 
 export interface WakeListenerOptions {
