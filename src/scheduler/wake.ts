@@ -29,13 +29,14 @@ import { type Database, type ListenSession } from '../store/database.js';
 import { engineSchema } from '../store/schema.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { formatDuration } from '../duration.js';
+import { backoffDelay } from '../engine/backoff.js';
 import { deliverHandOver, handoverChannel, type HandOverTarget } from './handover.js';
 import type { WakeCounters } from './counters.js';
 
 export type { WakeCounters } from './counters.js';
 
-const RECONNECT_INITIAL_MS = 1_000;
-const RECONNECT_MAX_MS = 30_000;
+/** How long the session waits before it is opened again: the engine's backoff, with jitter, from 1 s to 30 s. */
+const RECONNECT_BACKOFF = { initialDelayMs: 1_000, maxDelayMs: 30_000, maxAttempts: Infinity };
 /** How long the session's own probe notification may take before the session counts as deaf. */
 const PROBE_TIMEOUT_MS = 5_000;
 /** While the session is deaf, how often it is probed again. */
@@ -199,7 +200,7 @@ export class WakeListener {
     this.#options.counters?.listening(false);
     if (this.#stopped) return;
     this.#failures++;
-    const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_INITIAL_MS * 2 ** Math.min(this.#failures - 1, 10));
+    const delay = backoffDelay(this.#failures, RECONNECT_BACKOFF);
     const message = `${what} (${errorSummary(error, 200)}): notifications are missed until it is back, the schedule still runs; trying again in ${formatDuration(delay)}`;
     // Once at warn, then at debug while it stays down: an outage is not a line per attempt.
     if (this.#failures === 1) this.#options.log.warn({ err: error, channels: this.channels }, message);
