@@ -14,7 +14,7 @@ import { coerceError } from '../errors.js';
 import { countFailures } from '../store/failures.js';
 import { readStates } from '../store/state.js';
 import { replicasByReconciler } from '../store/replicas.js';
-import type { WakeCounters } from '../scheduler/wake.js';
+import type { WakeCounters } from '../scheduler/counters.js';
 
 const CACHE_MS = 5_000;
 

@@ -10,8 +10,8 @@
  * session breaks, it is opened again with backoff and every listening reconciler gets one
  * pass, and the cron schedule stays the safety net. A lost signal costs latency, never work.
  *
- * The same session hears other replicas hand a partition over (see handover.ts): it is opened
- * when a reconciler is partitioned, too, even if none listens on a channel.
+ * The same session hears other replicas hand a partition over: it only passes those notices on
+ * to handover.ts, and is opened when a reconciler is partitioned, even if none listens on a channel.
  *
  * A session can be open and hear nothing: behind a pooler in transaction mode (PgBouncer's
  * usual setting) LISTEN goes to a server connection the pooler hands to others, while NOTIFY
@@ -29,27 +29,23 @@ import { type Database, type ListenSession } from '../store/database.js';
 import { engineSchema } from '../store/schema.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { formatDuration } from '../duration.js';
-import { handoverChannel, parseHandOver, type HandOver } from './handover.js';
+import { backoffDelay } from '../engine/backoff.js';
+import { deliverHandOver, handoverChannel, type HandOverTarget } from './handover.js';
+import type { WakeCounters } from './counters.js';
 
-const RECONNECT_INITIAL_MS = 1_000;
-const RECONNECT_MAX_MS = 30_000;
+export type { WakeCounters } from './counters.js';
+
+/** How long the session waits before it is opened again: the engine's backoff, with jitter, from 1 s to 30 s. */
+const RECONNECT_BACKOFF = { initialDelayMs: 1_000, maxDelayMs: 30_000, maxAttempts: Infinity };
 /** How long the session's own probe notification may take before the session counts as deaf. */
 const PROBE_TIMEOUT_MS = 5_000;
 /** While the session is deaf, how often it is probed again. */
 const REPROBE_MS = 30_000;
 
-export interface WakeTarget {
+/** Who the listener delivers to: wakes, and hand-over notices (which handover.ts acts on). */
+export interface WakeTarget extends HandOverTarget {
   /** Starts an early pass of each named reconciler (or one right after the pass it is running). */
   wake(names: readonly string[]): void;
-  /** Another replica gave a partition up (see handover.ts): run it if it is this one's. */
-  handOver(handOver: HandOver): void | Promise<void>;
-}
-
-export interface WakeCounters {
-  notification(channel: string): void;
-  /** The session was opened again after it broke, or after it could not be opened at start. */
-  reconnected(): void;
-  listening(up: boolean): void;
 }
 
 export interface WakeListenerOptions {
@@ -204,7 +200,7 @@ export class WakeListener {
     this.#options.counters?.listening(false);
     if (this.#stopped) return;
     this.#failures++;
-    const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_INITIAL_MS * 2 ** Math.min(this.#failures - 1, 10));
+    const delay = backoffDelay(this.#failures, RECONNECT_BACKOFF);
     const message = `${what} (${errorSummary(error, 200)}): notifications are missed until it is back, the schedule still runs; trying again in ${formatDuration(delay)}`;
     // Once at warn, then at debug while it stays down: an outage is not a line per attempt.
     if (this.#failures === 1) this.#options.log.warn({ err: error, channels: this.channels }, message);
@@ -224,16 +220,7 @@ export class WakeListener {
       if (payload === this.#probe?.token) this.#probe.arrived(); // another replica's probe is not ours
       return;
     }
-    if (channel === handoverChannel()) {
-      const handOver = parseHandOver(payload);
-      // Not debounced: one notice per partition given up, each naming its own run.
-      if (handOver) {
-        void Promise.resolve(this.#options.target.handOver(handOver)).catch((error: unknown) => {
-          this.#options.log.warn({ err: coerceError(error), ...handOver }, `could not act on the hand-over of ${handOver.reconciler} partition ${handOver.partition} (${errorSummary(coerceError(error), 200)}); the giver runs it again after its grace`);
-        });
-      }
-      return;
-    }
+    if (channel === handoverChannel()) return deliverHandOver(payload, this.#options.target, this.#options.log);
     if (!this.#byChannel.has(channel)) return;
     this.#options.counters?.notification(channel);
     this.#pending.add(channel);

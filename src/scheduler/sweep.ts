@@ -1,0 +1,75 @@
+/**
+ * Sweep: a second after a replica claims its own partitions, it looks at the others. It runs
+ * those nobody is running (a replica that does not have the reconciler, or is gone), when the
+ * sweep comes from a tick or catch-up, and watches those another replica holds, to take them
+ * over if it dies.
+ */
+import type { RunRequest } from '../engine/engine.js';
+import { coerceError, errorSummary } from '../errors.js';
+import { holderOfRow, readStates, type StateRow } from '../store/state.js';
+import { LanePart } from './lane.js';
+import type { Takeovers } from './takeover.js';
+
+/** What a sweep runs in a free partition (nothing: it only watches). */
+export type SweepRequest = (partition: number) => RunRequest | undefined;
+
+interface PendingSweep {
+  request: SweepRequest;
+  /** A tick or catch-up sweep runs free partitions; a wake's only watches held ones. */
+  runs: boolean;
+}
+
+export interface SweepOptions {
+  delayMs: number;
+  takeovers: Takeovers;
+  /** The sweep looked: the reconciler's tick is answered. */
+  answered(name: string): void;
+}
+
+export class Sweeps extends LanePart<SweepOptions> {
+  /** Partitioned reconcilers with a sweep scheduled, and what it runs. */
+  readonly #pending = new Map<string, PendingSweep>();
+
+  /** One sweep per reconciler at a time; a later tick's (which runs free partitions) replaces what is pending, a wake's (which only watches) joins it. */
+  later(name: string, request: SweepRequest, { runsFree }: { runsFree: boolean }): void {
+    if (this.#pending.has(name)) {
+      if (runsFree) this.#pending.set(name, { request, runs: true });
+      return;
+    }
+    this.#pending.set(name, { request, runs: runsFree });
+    this.context.timers.after(this.options.delayMs, () => {
+      const sweep = this.#pending.get(name);
+      this.#pending.delete(name);
+      if (sweep && this.context.started()) void this.#sweep(name, sweep);
+    });
+  }
+
+  clear(): void {
+    this.#pending.clear();
+  }
+
+  /** Looks at the partitions not running here: watches those another replica holds; runs free ones when asked to. */
+  async #sweep(name: string, sweep: PendingSweep): Promise<void> {
+    const { engine, log } = this.context;
+    const reconciler = engine.get(name);
+    let rows: StateRow[];
+    try {
+      rows = (await readStates(engine.db, name)).filter((row) => row.partition < reconciler.partitions);
+    } catch (error) {
+      log.warn({ reconciler: name, err: coerceError(error) }, `${name}: could not look at its partitions (${errorSummary(coerceError(error), 200)}); the next tick looks again`);
+      return;
+    }
+    this.options.answered(name);
+    const byPartition = new Map(rows.map((row) => [row.partition, row]));
+    for (let partition = 0; partition < reconciler.partitions; partition++) {
+      const lane = this.context.lane(name, partition);
+      if (lane.busy || !this.context.started()) continue;
+      const row = byPartition.get(partition);
+      if (row?.leaseLive) this.options.takeovers.watch(lane, holderOfRow(row), sweep.runs ? 'schedule' : 'wake', { own: false });
+      else if (sweep.runs) {
+        const request = sweep.request(partition);
+        if (request) lane.request({ kind: 'now', run: request, own: false });
+      }
+    }
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * Takeover: a lane another process holds. If that process dies, nobody would pick the work up
+ * before the next tick, which may be hours away: look again once its lease could have lapsed,
+ * and run only if it never finished. For a partition that is this replica's own, look more often,
+ * and run the rest here when the holder lets go with work left (a hand-over that arrives even
+ * where its notice cannot). And after giving a partition up, run it again if nobody took it.
+ */
+import { describeHolder, partitionFields, passLabel } from '../engine/engine.js';
+import type { PassResult } from '../engine/pass.js';
+import { formatDuration } from '../duration.js';
+import { coerceError, errorSummary } from '../errors.js';
+import { holderOfRow, readStates, type LeaseHolder } from '../store/state.js';
+import { readRun, type Trigger } from '../store/runs.js';
+import { LanePart, type Lane } from './lane.js';
+import { budgeted } from './retry.js';
+
+export interface TakeoverOptions {
+  /** How often a watch of an own partition looks at its holder again. */
+  lookMs: number;
+  /** How long after giving a partition up this replica runs it again itself if nobody took it. */
+  graceMs: number;
+}
+
+export class Takeovers extends LanePart<TakeoverOptions> {
+
+  /**
+   * Another process holds the lane (this tick, or an older one): look again when its lease could
+   * have lapsed, and run only if it never finished (its last run is still the last). `own`: the
+   * partition is this replica's by the membership, and another holds it (one that is giving it
+   * up, or swept it up while this one was away): look every `lookMs` (see #lookAgain).
+   */
+  watch(lane: Lane, holder: LeaseHolder, trigger: Trigger, { own }: { own: boolean }): void {
+    if (lane.watching) return;
+    const { engine, log } = this.context;
+    const { name, partition } = lane;
+    own &&= !budgeted(engine.get(name)); // a budget's period is the tick's: no second pass in it
+    const leaseWait = Math.max(100, holder.expiresAt.getTime() - Date.now() + 250);
+    const wait = own ? Math.min(leaseWait, this.options.lookMs) : leaseWait;
+    const at = { index: partition, count: engine.get(name).partitions };
+    log.debug(
+      { reconciler: name, ...partitionFields(at), holderPid: holder.pid, lookInMs: Math.round(wait) },
+      `${passLabel(name, at)}: held by ${describeHolder(holder)}; looking again in ${formatDuration(wait)}${own ? '' : ', when its lease could have lapsed'}`,
+    );
+    lane.watch(wait, () => {
+      if (own) void this.#lookAgain(lane, holder, trigger);
+      else lane.request({ kind: 'now', run: { trigger, expectLastRunId: holder.lastRunId }, own: false });
+    });
+  }
+
+  /**
+   * An own partition another replica held: still held, watch on; let go unfinished or with work
+   * left, run it here at once.
+   */
+  async #lookAgain(lane: Lane, holder: LeaseHolder, trigger: Trigger): Promise<void> {
+    const { engine, log } = this.context;
+    const { name, partition } = lane;
+    try {
+      const row = (await readStates(engine.db, name)).find((r) => r.partition === partition);
+      if (!this.context.started() || lane.busy) return;
+      if (row?.leaseLive) return this.watch(lane, holderOfRow(row), trigger, { own: true });
+      const last = row?.lastRunId ?? 0;
+      // Its pass never finished (the holder died): take over, as any watcher would.
+      if (last === holder.lastRunId) return void lane.request({ kind: 'now', run: { trigger, expectLastRunId: last }, own: true });
+      // It finished, but stopped early (it gave the partition up, or stopped): the rest is this replica's.
+      if ((await readRun(engine.db, last))?.complete === false && this.context.started()) {
+        lane.request({ kind: 'if-idle', run: { trigger: 'handover', expectLastRunId: last }, own: true });
+      }
+    } catch (error) {
+      log.debug({ reconciler: name, partition, err: coerceError(error) }, `${name}: could not look at partition ${partition} again (${errorSummary(coerceError(error), 200)}); the next tick does`);
+    }
+  }
+
+  /**
+   * This replica gave the lane up in run `runId`: if nobody has taken it when the grace is over
+   * (the owner does not have this reconciler, or went away), run it here after all, without
+   * giving it up again. Expecting the given-up run to be the last: if the owner took the
+   * partition, this starts nothing (or watches the owner's pass, to take over if it dies).
+   */
+  handBackLater(lane: Lane, runId: number): void {
+    const { log, timers } = this.context;
+    const graceMs = this.options.graceMs;
+    const handedBack = (ran: PassResult) =>
+      log.info(
+        { reconciler: lane.name, partition: lane.partition, passId: ran.runId },
+        `${passLabel(lane.name, ran.partition)}: nobody took it over within ${formatDuration(graceMs)} of the hand-over, so this replica ran it again (pass ${ran.runId})`,
+      );
+    timers.after(graceMs, () => lane.request({ kind: 'now', run: { trigger: 'handback', expectLastRunId: runId }, own: false, onRan: handedBack }));
+  }
+}
