@@ -22,6 +22,7 @@ export type Db = PgDatabase<PgQueryResultHKT>;
  * the note shows in `reconciler run --dry-run` and in debug logs.
  * To fail, throw: any error means "retry later, with backoff"; a `TerminalError` means "do not retry".
  * An error with a `retryAfter` ({@link RetryAfter}) says when: that wait replaces the backoff for this attempt.
+ * What each does to failure memory, the pass's counts and a dry run: see `ReconcilerDefinition.reconcile`.
  */
 export type Outcome = 'changed' | 'unchanged' | 'skipped';
 export type ReconcileResult = Outcome | { outcome: Outcome; note?: string };
@@ -106,7 +107,37 @@ export interface ReconcilerDefinition<Item> {
   key(item: Item): string;
   /**
    * Does the missing work for one item; an `async` function. Must be idempotent: doing it
-   * twice has the effect of doing it once.
+   * twice has the effect of doing it once. What it returns or throws decides three things:
+   * the item's failure memory (its attempts, backoff and dead state in `reconciler.failures`),
+   * the count it adds to in the pass's counts (history, `reconciler_items_total`), and its
+   * line under `--dry-run`.
+   *
+   * - `'changed'` / `'unchanged'` (or `{ outcome, note }`): counted as that outcome. The item's
+   *   failure memory, if any, is deleted: the work is done, so the next failure starts again at
+   *   attempt 1 with a fresh budget.
+   * - `'skipped'`: counted as skipped. Failure memory is kept as it is (attempts, last error,
+   *   dead or not): a skip is not a success, and the work it says is missing is still missing.
+   *   No attempt is spent and no backoff added; a later pass reconciles the item again, with
+   *   `ctx.attempt` one above the failures so far. Return `'unchanged'` when nothing needs
+   *   doing: that forgets the failure.
+   * - throws: counted as failed, and the pass ends `failed`. Failure memory records one more
+   *   attempt and the error; the item is in backoff until `initial × 2^(attempt-1)` (capped at
+   *   `retry.backoff.max`, with jitter) has passed, or until its `retryAfter` says; passes in
+   *   between count it as deferred and leave it alone (`reconciler run --key` does not wait).
+   *   At `retry.maxAttempts` failed attempts it is dead.
+   * - throws a `TerminalError`: as a throw, but dead at once.
+   *   A dead item is counted as dead by every later pass and never reconciled until
+   *   `reconciler retry` (due now, fresh budget) or `reconciler clear` (forgotten).
+   * - runs past `timeout`: `ctx.signal` aborts, and it counts as a throw (`timed out after …`).
+   * - returns anything else: a TypeError naming the value, counted as a throw.
+   * - is aborted by a shutdown or a lost lease: counted as skipped, nothing recorded, no
+   *   attempt spent.
+   *
+   * Under `dryRun` (`reconciler run --dry-run`) nothing is recorded: failure memory is neither
+   * written nor deleted, and no history is kept. Each outcome prints as `would be <outcome>`
+   * with its note, a throw as `would fail` with its error, and the counts are the same as a
+   * real pass would report for the same answers. Items in backoff and dead items are shown as
+   * `not now` and not reconciled, as in a real pass.
    */
   reconcile(item: Item, ctx: ReconcileContext): Promise<ReconcileResult>;
   /**
