@@ -3,7 +3,7 @@
  * A bad value is reported as one line per variable (exit 2), never discovered at 3 a.m.
  */
 import { z } from 'zod';
-import { durationText, parseDuration, wholeNumber as parseWholeNumber } from './duration.js';
+import { durationText, parseDuration, parseWholeNumber } from './duration.js';
 import { UserError } from './errors.js';
 import { describeUrl } from './secrets.js';
 import { DEFAULT_ENGINE_SCHEMA, engineSchemaProblem } from './store/schema.js';

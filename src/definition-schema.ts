@@ -1,12 +1,12 @@
 /**
  * The checks `defineReconciler` makes, as a zod schema: the same library as the
- * configuration's (config.ts), with the same value parsers (`parseDuration`, `wholeNumber`).
+ * configuration's (config.ts), with the same value parsers (`parseDuration`, `parseWholeNumber`).
  * Each message names the option and says what it must be; the first problem is the one
  * reported, with a file's unknown options before its other problems.
  */
 import nodeCron from 'node-cron';
 import { z } from 'zod';
-import { parseDuration, wholeNumber } from './duration.js';
+import { parseDuration, parseWholeNumber } from './duration.js';
 import { MAX_PARTITIONS } from './store/partition.js';
 import { didYouMean } from './suggest.js';
 
@@ -35,7 +35,7 @@ const optional = (problem: Problem) => checked(problem).optional();
 const fn = (option: string, shape = '') => (value: unknown) => (typeof value === 'function' ? undefined : `\`${option}\` must be a function${shape}, got ${typeof value}`);
 
 const atLeastOne = (option: string) => (value: unknown) =>
-  typeof value === 'number' && wholeNumber(value, 1) !== undefined ? undefined : `\`${option}\` must be a whole number of at least 1, got ${JSON.stringify(value)}`;
+  typeof value === 'number' && parseWholeNumber(value, 1) !== undefined ? undefined : `\`${option}\` must be a whole number of at least 1, got ${JSON.stringify(value)}`;
 
 const duration = (option: string, limit?: (ms: number) => boolean, what = '') => (value: unknown) => {
   let ms: number;

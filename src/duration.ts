@@ -1,6 +1,6 @@
 /**
  * Values people write in configuration, reconciler definitions and command-line flags, each
- * parsed by one function: durations (`parseDuration`) and whole numbers (`wholeNumber`).
+ * parsed by one function: durations (`parseDuration`) and whole numbers (`parseWholeNumber`).
  *
  * Durations: either milliseconds as a number, or a string such as `"500ms"`, `"30s"`, `"5m"`,
  * `"2h"`, `"14d"`.
@@ -49,7 +49,7 @@ export function within<T>(promise: Promise<T>, ms: number, what: string): Promis
  * or a string of digits (how the environment and command-line flags spell one: not `''`, `1e3`
  * or `0x50`). The one check of whole numbers for configuration, definitions and flags.
  */
-export function wholeNumber(value: unknown, min: number, max = Infinity): number | undefined {
+export function parseWholeNumber(value: unknown, min: number, max = Infinity): number | undefined {
   const n = typeof value === 'number' ? value : typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : NaN;
   return Number.isInteger(n) && n >= min && n <= max ? n : undefined;
 }

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ExitCode, UserError, coerceError, errorSummary } from '../errors.js';
 import { scrub } from '../secrets.js';
-import { wholeNumber as parseWholeNumber } from '../duration.js';
+import { parseWholeNumber } from '../duration.js';
 // Each command's module (the engine, pg, drizzle, pino, prom-client) is imported when that
 // command runs: `--help`, `--version` and a mistyped flag answer in a fraction of the time.
 
