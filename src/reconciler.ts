@@ -1,7 +1,8 @@
 /**
- * What a reconciler is: the definition a job file default-exports, its validation, and
- * its defaults. Everything here is checked once, when the file is loaded, so that a bad
- * file fails start-up with a message naming the file, never a pass at 3 a.m.
+ * What a reconciler is: the definition a job file default-exports (the contract between an
+ * author and the engine), and its defaults. Every definition is checked once, when the file is
+ * loaded (definition-schema.ts), so that a bad file fails start-up with a message naming the
+ * file, never a pass at 3 a.m.
  */
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type { Logger } from 'pino';
@@ -27,6 +28,8 @@ export type Db = PgDatabase<PgQueryResultHKT>;
 export type Outcome = 'changed' | 'unchanged' | 'skipped';
 export type ReconcileResult = Outcome | { outcome: Outcome; note?: string };
 
+// The partition a key falls in is computed in store/partition.ts only; re-exported here, beside
+// the contract types that use it.
 export { partitionOf, type Partition } from './store/partition.js';
 
 /** The arguments of one `scan` call: one keyset page. */
@@ -168,8 +171,8 @@ export interface ReconcilerDefinition<Item> {
    * Split the items into this many partitions by a stable hash of their key, each with its
    * own pass lease, so that up to this many replicas drain the reconciler in parallel. The
    * scan gets `partition` and must filter on it:
-   * `WHERE ${inPartition(sql\`'return:' || id::text\`, partition)}`, with an index on
-   * `reconciler.partition_of('return:' || id::text, <count>)`. Default 1 (no partitions). See
+   * `WHERE ${inPartition(sql\`'return:' || id::text\`, partition)}`, with an index on the expression
+   * `partitionIndexExpression(sql\`'return:' || id::text\`, <count>)` writes. Default 1 (no partitions). See
    * docs/operations.md, "Changing the partition count", before changing it on a running system.
    */
   partitions?: number;
