@@ -10,7 +10,7 @@
  *
  * Copy it into jobs/ to try it: `cp examples/end-idle-transactions.ts jobs/`.
  */
-import { defineReconciler, sql } from 'reconciler';
+import { defineReconciler, queryRows, sql } from 'reconciler';
 
 const limitSeconds = Number(process.env.IDLE_TRANSACTION_LIMIT_SECONDS ?? 900);
 
@@ -30,17 +30,15 @@ export default defineReconciler<IdleSession>({
   retry: { maxAttempts: 3 },
 
   // Keyset pages over pid: `after` is the last session of the previous page.
-  scan: async ({ db, after, limit }) => {
-    const { rows } = (await db.execute(sql`
+  scan: ({ db, after, limit }) =>
+    queryRows<IdleSession>(db, sql`
       SELECT pid, backend_start::text AS "backendStart", usename AS "user",
              application_name AS application, extract(epoch FROM now() - state_change)::int AS "idleSeconds"
       FROM pg_stat_activity
       WHERE datname = current_database() AND pid <> pg_backend_pid()
         AND state = 'idle in transaction' AND state_change < now() - make_interval(secs => ${limitSeconds})
         AND pid > ${after?.pid ?? 0}
-      ORDER BY pid LIMIT ${limit}`)) as unknown as { rows: IdleSession[] };
-    return rows;
-  },
+      ORDER BY pid LIMIT ${limit}`),
 
   // pid alone is reused by the operating system; with the backend's start time it is unique.
   key: (session) => `${session.pid}@${session.backendStart}`,
@@ -48,9 +46,9 @@ export default defineReconciler<IdleSession>({
   reconcile: async (session, ctx) => {
     const what = `pid ${session.pid} (${session.user}, ${session.application || 'no application_name'}, idle ${session.idleSeconds}s)`;
     if (ctx.dryRun) return { outcome: 'changed', note: `would terminate ${what}` };
-    const { rows } = (await ctx.db.execute(sql`
+    const rows = await queryRows<{ ended: boolean }>(ctx.db, sql`
       SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity
-      WHERE pid = ${session.pid} AND backend_start::text = ${session.backendStart} AND state = 'idle in transaction'`)) as unknown as { rows: { ended: boolean }[] };
+      WHERE pid = ${session.pid} AND backend_start::text = ${session.backendStart} AND state = 'idle in transaction'`);
     return rows[0]?.ended ? { outcome: 'changed', note: `terminated ${what}` } : 'unchanged';
   },
 });

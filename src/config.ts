@@ -3,7 +3,7 @@
  * A bad value is reported as one line per variable (exit 2), never discovered at 3 a.m.
  */
 import { z } from 'zod';
-import { durationText, parseDuration } from './duration.js';
+import { durationText, parseDuration, parseWholeNumber } from './duration.js';
 import { UserError } from './errors.js';
 import { describeUrl } from './secrets.js';
 import { DEFAULT_ENGINE_SCHEMA, engineSchemaProblem } from './store/schema.js';
@@ -33,7 +33,7 @@ const wholeNumber = (min: number, max: number, what: string, fallback: string) =
   z
     .string()
     .default(fallback)
-    .refine((value) => /^\d+$/.test(value.trim()) && Number(value) >= min && Number(value) <= max, { message: `must be ${what}` })
+    .refine((value) => parseWholeNumber(value, min, max) !== undefined, { message: `must be ${what}` })
     .transform(Number);
 
 const databaseUrl = z

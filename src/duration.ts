@@ -1,6 +1,9 @@
 /**
- * Durations in configuration and reconciler definitions: either milliseconds as a
- * number, or a string such as `"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"14d"`.
+ * Values people write in configuration, reconciler definitions and command-line flags, each
+ * parsed by one function: durations (`parseDuration`) and whole numbers (`parseWholeNumber`).
+ *
+ * Durations: either milliseconds as a number, or a string such as `"500ms"`, `"30s"`, `"5m"`,
+ * `"2h"`, `"14d"`.
  */
 export type Duration = number | `${number}${DurationUnit}`;
 type DurationUnit = 'ms' | 's' | 'm' | 'h' | 'd';
@@ -39,4 +42,14 @@ export function formatDuration(ms: number): string {
 export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * The whole number `value` spells, if it is one from `min` to `max`; else undefined. A number,
+ * or a string of digits (how the environment and command-line flags spell one: not `''`, `1e3`
+ * or `0x50`). The one check of whole numbers for configuration, definitions and flags.
+ */
+export function parseWholeNumber(value: unknown, min: number, max = Infinity): number | undefined {
+  const n = typeof value === 'number' ? value : typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : NaN;
+  return Number.isInteger(n) && n >= min && n <= max ? n : undefined;
 }

@@ -4,7 +4,7 @@
  *
  *     import { defineReconciler, TerminalError, sql } from 'reconciler';
  */
-export { defineReconciler, partitionOf } from './reconciler.js';
+export { defineReconciler } from './reconciler.js';
 export type { Db, Outcome, Partition, ReconcileContext, ReconcileResult, ReconcilerDefinition, RetryAfter, RetryPolicy, ScanRequest } from './reconciler.js';
 export type { Duration } from './duration.js';
 export { TerminalError, coerceError, errorSummary } from './errors.js';
@@ -12,10 +12,20 @@ export { TerminalError, coerceError, errorSummary } from './errors.js';
 export { sql } from 'drizzle-orm';
 /** SQL for a migration: the trigger that notifies a channel when a table changes, for `wakeOn`. */
 export { notifyTrigger } from './store/notify.js';
-export { inPartition } from './store/partition.js';
+/**
+ * Partitions: `partitionOf(key, count)` in JavaScript; in SQL, `inPartition(key, partition)` for
+ * the scan's filter and `partitionIndexExpression(key, count)` for its index, both the engine's
+ * one hash, so that the scan and its index cannot get out of step.
+ */
+export { inPartition, partitionIndexExpression, partitionOf } from './store/partition.js';
 /** Marks a value (an API key a job reads) as secret: it is masked in every log line, error and CLI output. */
 export { registerSecret } from './secrets.js';
-export { openDatabase, queryRows } from './store/database.js';
+export { openDatabase } from './store/database.js';
+/**
+ * `queryRows<Row>(db, sql\`…\`)`: runs a statement and returns its rows typed as `Row[]`, on
+ * PostgreSQL and on the embedded database alike: a job file needs no cast of `db.execute`.
+ */
+export { queryRows } from './store/database.js';
 export type { Database, OpenOptions } from './store/database.js';
 export { migrateDatabase } from './store/migrate.js';
 export type { DaemonOptions } from './daemon.js';

@@ -1,14 +1,14 @@
 /**
- * What a reconciler is: the definition a job file default-exports, its validation, and
- * its defaults. Everything here is checked once, when the file is loaded, so that a bad
- * file fails start-up with a message naming the file, never a pass at 3 a.m.
+ * What a reconciler is: the definition a job file default-exports (the contract between an
+ * author and the engine), and its defaults. Every definition is checked once, when the file is
+ * loaded (definition-schema.ts), so that a bad file fails start-up with a message naming the
+ * file, never a pass at 3 a.m.
  */
-import { createHash } from 'node:crypto';
-import nodeCron from 'node-cron';
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
 import type { Logger } from 'pino';
+import type { Partition } from './store/partition.js';
 import { parseDuration, type Duration } from './duration.js';
-import { didYouMean } from './suggest.js';
+import { validateDefinition } from './definition-schema.js';
 
 /** The database handle reconcilers get: drizzle over `pg` (or over PGlite in the embedded default). */
 export type Db = PgDatabase<PgQueryResultHKT>;
@@ -23,33 +23,14 @@ export type Db = PgDatabase<PgQueryResultHKT>;
  * the note shows in `reconciler run --dry-run` and in debug logs.
  * To fail, throw: any error means "retry later, with backoff"; a `TerminalError` means "do not retry".
  * An error with a `retryAfter` ({@link RetryAfter}) says when: that wait replaces the backoff for this attempt.
+ * What each does to failure memory, the pass's counts and a dry run: see `ReconcilerDefinition.reconcile`.
  */
 export type Outcome = 'changed' | 'unchanged' | 'skipped';
 export type ReconcileResult = Outcome | { outcome: Outcome; note?: string };
 
-/**
- * Which slice of the items a pass covers: the items whose key `k` has
- * `partitionOf(k, count) === index`. In SQL that is `inPartition(sql\`<key>\`, partition)`, which
- * calls the engine's function `reconciler.partition_of(k, count)` (index that expression). An unpartitioned
- * reconciler always gets `{ index: 0, count: 1 }`: every item.
- */
-export interface Partition {
-  index: number;
-  count: number;
-}
-
-/** The most partitions a reconciler may declare. */
-export const MAX_PARTITIONS = 1_024;
-
-/**
- * The partition of a key: the first 32 bits of its MD5, modulo `count`. Stable across
- * processes, versions and machines; the engine's SQL function `reconciler.partition_of(key, count)`
- * computes the same number, so a scan can filter on it through an index.
- */
-export function partitionOf(key: string, count: number): number {
-  if (count <= 1) return 0;
-  return Number.parseInt(createHash('md5').update(key, 'utf8').digest('hex').slice(0, 8), 16) % count;
-}
+// The partition a key falls in is computed in store/partition.ts only; re-exported here, beside
+// the contract types that use it.
+export { partitionOf, type Partition } from './store/partition.js';
 
 /** The arguments of one `scan` call: one keyset page. */
 export interface ScanRequest<Item> {
@@ -129,7 +110,37 @@ export interface ReconcilerDefinition<Item> {
   key(item: Item): string;
   /**
    * Does the missing work for one item; an `async` function. Must be idempotent: doing it
-   * twice has the effect of doing it once.
+   * twice has the effect of doing it once. What it returns or throws decides three things:
+   * the item's failure memory (its attempts, backoff and dead state in `reconciler.failures`),
+   * the count it adds to in the pass's counts (history, `reconciler_items_total`), and its
+   * line under `--dry-run`.
+   *
+   * - `'changed'` / `'unchanged'` (or `{ outcome, note }`): counted as that outcome. The item's
+   *   failure memory, if any, is deleted: the work is done, so the next failure starts again at
+   *   attempt 1 with a fresh budget.
+   * - `'skipped'`: counted as skipped. Failure memory is kept as it is (attempts, last error,
+   *   dead or not): a skip is not a success, and the work it says is missing is still missing.
+   *   No attempt is spent and no backoff added; a later pass reconciles the item again, with
+   *   `ctx.attempt` one above the failures so far. Return `'unchanged'` when nothing needs
+   *   doing: that forgets the failure.
+   * - throws: counted as failed, and the pass ends `failed`. Failure memory records one more
+   *   attempt and the error; the item is in backoff until `initial × 2^(attempt-1)` (capped at
+   *   `retry.backoff.max`, with jitter) has passed, or until its `retryAfter` says; passes in
+   *   between count it as deferred and leave it alone (`reconciler run --key` does not wait).
+   *   At `retry.maxAttempts` failed attempts it is dead.
+   * - throws a `TerminalError`: as a throw, but dead at once.
+   *   A dead item is counted as dead by every later pass and never reconciled until
+   *   `reconciler retry` (due now, fresh budget) or `reconciler clear` (forgotten).
+   * - runs past `timeout`: `ctx.signal` aborts, and it counts as a throw (`timed out after …`).
+   * - returns anything else: a TypeError naming the value, counted as a throw.
+   * - is aborted by a shutdown or a lost lease: counted as skipped, nothing recorded, no
+   *   attempt spent.
+   *
+   * Under `dryRun` (`reconciler run --dry-run`) nothing is recorded: failure memory is neither
+   * written nor deleted, and no history is kept. Each outcome prints as `would be <outcome>`
+   * with its note, a throw as `would fail` with its error, and the counts are the same as a
+   * real pass would report for the same answers. Items in backoff and dead items are shown as
+   * `not now` and not reconciled, as in a real pass.
    */
   reconcile(item: Item, ctx: ReconcileContext): Promise<ReconcileResult>;
   /**
@@ -160,8 +171,8 @@ export interface ReconcilerDefinition<Item> {
    * Split the items into this many partitions by a stable hash of their key, each with its
    * own pass lease, so that up to this many replicas drain the reconciler in parallel. The
    * scan gets `partition` and must filter on it:
-   * `WHERE ${inPartition(sql\`'return:' || id::text\`, partition)}`, with an index on
-   * `reconciler.partition_of('return:' || id::text, <count>)`. Default 1 (no partitions). See
+   * `WHERE ${inPartition(sql\`'return:' || id::text\`, partition)}`, with an index on the expression
+   * `partitionIndexExpression(sql\`'return:' || id::text\`, <count>)` writes. Default 1 (no partitions). See
    * docs/operations.md, "Changing the partition count", before changing it on a running system.
    */
   partitions?: number;
@@ -192,21 +203,6 @@ export interface Reconciler<Item = unknown> {
 }
 
 const DEFINED = Symbol.for('reconciler.definition');
-/** Node's timers hold at most 2^31-1 ms (24.8 days). */
-const MAX_TIMER_MS = 24 * 86_400_000;
-const KNOWN_OPTIONS = [
-  'schedule', 'timezone', 'description', 'scan', 'key', 'reconcile', 'since', 'concurrency',
-  'timeout', 'pageSize', 'retry', 'maxItemsPerPass', 'maxPassDuration', 'wakeOn', 'partitions',
-] as const;
-/** PostgreSQL truncates identifiers, channel names included, to 63 bytes. */
-const MAX_CHANNEL_BYTES = 63;
-const KNOWN_RETRY_OPTIONS = ['maxAttempts', 'backoff'];
-const KNOWN_BACKOFF_OPTIONS = ['initial', 'max'];
-
-/** A problem with a definition. The loader prefixes the file name. */
-export class DefinitionError extends Error {
-  override name = 'DefinitionError';
-}
 
 /**
  * Declares a reconciler. The item type flows from `scan` to `key` to `reconcile`.
@@ -221,104 +217,6 @@ export function defineReconciler<Item>(definition: ReconcilerDefinition<Item>): 
 /** True when `value` came from `defineReconciler` (of any copy of this module). */
 export function isDefinition(value: unknown): value is ReconcilerDefinition<unknown> {
   return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[DEFINED] === true;
-}
-
-function checkKeys(object: object, known: readonly string[], where: string): void {
-  for (const option of Object.keys(object)) {
-    if (!known.includes(option)) {
-      throw new DefinitionError(`unknown option \`${where}${option}\`${didYouMean(option, known) || ` (known options: ${known.join(', ')})`}`);
-    }
-  }
-}
-
-function positiveInteger(value: unknown, option: string): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
-    throw new DefinitionError(`\`${option}\` must be a whole number of at least 1, got ${JSON.stringify(value)}`);
-  }
-  return value;
-}
-
-function duration(value: unknown, option: string): number {
-  try {
-    return parseDuration(value);
-  } catch (error) {
-    throw new DefinitionError(`\`${option}\`: ${(error as Error).message}`);
-  }
-}
-
-/** Throws a DefinitionError when the cron expression is not 5 or 6 valid fields. */
-export function validateSchedule(schedule: unknown): void {
-  if (typeof schedule !== 'string' || schedule.trim() === '') {
-    throw new DefinitionError('`schedule` is required: a cron expression such as "*/5 * * * *"');
-  }
-  const fields = schedule.trim().split(/\s+/).length;
-  if (fields !== 5 && fields !== 6) {
-    throw new DefinitionError(`invalid cron "${schedule}": it has ${fields} fields; use 5 (minute hour day month weekday) or 6 (seconds first)`);
-  }
-  const result = nodeCron.validateDetailed(schedule);
-  if (!result.valid) {
-    const reasons = result.errors.map((e) => `${e.field}: ${e.message}`).join('; ');
-    throw new DefinitionError(`invalid cron "${schedule}": ${reasons || 'not a cron expression'}`);
-  }
-}
-
-/** Throws a DefinitionError when `timezone` is not an IANA zone this Node.js knows. */
-export function validateTimezone(timezone: unknown): void {
-  try {
-    if (typeof timezone !== 'string') throw new RangeError();
-    new Intl.DateTimeFormat('en-US', { timeZone: timezone });
-  } catch {
-    throw new DefinitionError(`invalid timezone ${JSON.stringify(timezone)}: use an IANA name such as "UTC" or "Europe/Berlin"`);
-  }
-}
-
-function validateDefinition(definition: unknown): asserts definition is ReconcilerDefinition<unknown> {
-  if (typeof definition !== 'object' || definition === null) {
-    throw new DefinitionError('defineReconciler() needs an object: { schedule, scan, key, reconcile, ... }');
-  }
-  const d = definition as Record<string, unknown>;
-  checkKeys(d, KNOWN_OPTIONS, '');
-  validateSchedule(d.schedule);
-  if (d.timezone !== undefined) validateTimezone(d.timezone);
-  for (const fn of ['scan', 'key', 'reconcile'] as const) {
-    if (typeof d[fn] !== 'function') throw new DefinitionError(`\`${fn}\` must be a function, got ${typeof d[fn]}`);
-  }
-  if (d.since !== undefined && typeof d.since !== 'function') throw new DefinitionError(`\`since\` must be a function (item) => Date, got ${typeof d.since}`);
-  if (d.description !== undefined && typeof d.description !== 'string') throw new DefinitionError('`description` must be a string');
-  if (d.concurrency !== undefined) positiveInteger(d.concurrency, 'concurrency');
-  if (d.pageSize !== undefined) positiveInteger(d.pageSize, 'pageSize');
-  if (d.maxItemsPerPass !== undefined) positiveInteger(d.maxItemsPerPass, 'maxItemsPerPass');
-  for (const option of ['timeout', 'maxPassDuration'] as const) {
-    if (d[option] === undefined) continue;
-    const ms = duration(d[option], option);
-    if (ms <= 0 || ms > MAX_TIMER_MS) throw new DefinitionError(`\`${option}\` must be above zero and at most 24 days, got ${JSON.stringify(d[option])}`);
-  }
-  if (d.wakeOn !== undefined) validateChannels(d.wakeOn);
-  if (d.partitions !== undefined && positiveInteger(d.partitions, 'partitions') > MAX_PARTITIONS) {
-    throw new DefinitionError(`\`partitions\` must be at most ${MAX_PARTITIONS}, got ${d.partitions}: more partitions than replicas only adds passes`);
-  }
-  if (d.retry !== undefined) {
-    if (typeof d.retry !== 'object' || d.retry === null) throw new DefinitionError('`retry` must be an object: { maxAttempts, backoff: { initial, max } }');
-    const retry = d.retry as Record<string, unknown>;
-    checkKeys(retry, KNOWN_RETRY_OPTIONS, 'retry.');
-    if (retry.maxAttempts !== undefined) positiveInteger(retry.maxAttempts, 'retry.maxAttempts');
-    if (retry.backoff !== undefined) {
-      if (typeof retry.backoff !== 'object' || retry.backoff === null) throw new DefinitionError('`retry.backoff` must be an object: { initial, max }');
-      const backoff = retry.backoff as Record<string, unknown>;
-      checkKeys(backoff, KNOWN_BACKOFF_OPTIONS, 'retry.backoff.');
-      if (backoff.initial !== undefined) duration(backoff.initial, 'retry.backoff.initial');
-      if (backoff.max !== undefined) duration(backoff.max, 'retry.backoff.max');
-    }
-  }
-}
-
-function validateChannels(wakeOn: unknown): void {
-  if (!Array.isArray(wakeOn)) throw new DefinitionError(`\`wakeOn\` must be a list of notification channels, e.g. ['returns'], got ${JSON.stringify(wakeOn)}`);
-  for (const channel of wakeOn) {
-    if (typeof channel !== 'string' || channel === '' || channel.includes('\u0000') || Buffer.byteLength(channel) > MAX_CHANNEL_BYTES) {
-      throw new DefinitionError(`\`wakeOn\`: ${JSON.stringify(channel)} is not a notification channel: use a non-empty name of at most ${MAX_CHANNEL_BYTES} bytes, as given to pg_notify()`);
-    }
-  }
 }
 
 /** Reconciler names are file stems in kebab-case: `settle-returns`. */

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { defineReconciler, resolveReconciler } from '../src/reconciler.js';
-import { parseDuration, formatDuration } from '../src/duration.js';
+import { parseDuration, parseWholeNumber, formatDuration } from '../src/duration.js';
 
 const base = {
   schedule: '*/5 * * * *',
@@ -84,5 +84,14 @@ describe('durations', () => {
     expect(formatDuration(850)).toBe('850ms');
     expect(formatDuration(12_300)).toBe('12.3s');
     expect(formatDuration(245_000)).toBe('4m05s');
+  });
+});
+
+describe('whole numbers', () => {
+  it('take numbers and digits, the one spelling configuration, definitions and flags share', () => {
+    expect(parseWholeNumber(5, 1)).toBe(5);
+    expect(parseWholeNumber(' 42 ', 0, 100)).toBe(42);
+    for (const bad of ['', '0x50', '1e3', '-1', '5.0', 1.5, Number.NaN, '101']) expect(parseWholeNumber(bad, 0, 100)).toBeUndefined();
+    expect(parseWholeNumber(0, 1)).toBeUndefined();
   });
 });

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ExitCode, UserError, coerceError, errorSummary } from '../errors.js';
 import { scrub } from '../secrets.js';
+import { parseWholeNumber } from '../duration.js';
 // Each command's module (the engine, pg, drizzle, pino, prom-client) is imported when that
 // command runs: `--help`, `--version` and a mistyped flag answer in a fraction of the time.
 
@@ -29,14 +30,14 @@ function version(): string {
 }
 
 function wholeNumber(value: string): number {
-  const n = /^\d+$/.test(value.trim()) ? Number(value) : NaN;
-  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError('expected a whole number (0, 1, 2, …)');
+  const n = parseWholeNumber(value, 0, Number.MAX_SAFE_INTEGER);
+  if (n === undefined) throw new InvalidArgumentError('expected a whole number (0, 1, 2, …)');
   return n;
 }
 
 function positiveInteger(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('expected a whole number of at least 1');
+  const n = parseWholeNumber(value, 1);
+  if (n === undefined) throw new InvalidArgumentError('expected a whole number of at least 1');
   return n;
 }
 

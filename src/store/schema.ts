@@ -88,6 +88,11 @@ export function defineEngineTables(schemaName: string) {
     {
       reconciler: text('reconciler').notNull(),
       key: text('key').notNull(),
+      /**
+       * The partition the item last failed in, under the count of that pass: shown by
+       * `reconciler failures --json`. Forgetting never reads it: it matches failures to partitions
+       * by key (`inPartition`), which stays right when the partition count changes.
+       */
       partition: integer('partition').notNull().default(0),
       attempts: integer('attempts').notNull(),
       lastError: text('last_error').notNull(),

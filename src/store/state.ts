@@ -10,6 +10,7 @@
 import { asc, eq, getTableColumns, sql } from 'drizzle-orm';
 import type { Db, Partition } from '../reconciler.js';
 import { queryRows } from './database.js';
+import { inPartition } from './partition.js';
 import { engineSchema, type state } from './schema.js';
 import type { PassCounts, PassStatus, Trigger } from './runs.js';
 
@@ -228,7 +229,7 @@ export async function finishAndRelease(db: Db, f: FinishRequest): Promise<number
     ), forgotten AS (
       DELETE FROM ${t.failures}
       WHERE ${f.forgetUnseen} AND reconciler = ${f.reconciler}
-        AND (${f.partition.count}::int = 1 OR ${t.partitionOf}(key, ${f.partition.count}::int) = ${f.partition.index}::int)
+        AND ${inPartition(sql`key`, f.partition)}
         AND last_seen_at < (SELECT started_at FROM run)
       RETURNING 1
     ), released AS (

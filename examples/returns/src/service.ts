@@ -27,6 +27,13 @@ export interface ReturnToSettle {
 /** Providers forget idempotency keys after about 24 hours; stop retrying an unknown intent well before. */
 const KEY_LIFETIME_HOURS = 20;
 
+/**
+ * settle-returns' key, `return:<id>` (see ../jobs/settle-returns.ts), as SQL over `returns.id`:
+ * what its scan filters a partition on, and what the index returns_unsettled_by_partition holds
+ * (test/partition-index.test.ts checks that index against `partitionIndexExpression(returnKeySql, 4)`).
+ */
+export const returnKeySql = sql`'return:' || id::text`;
+
 /** Returns still to settle, in keyset pages by id, through the partial index `returns_unsettled`. */
 export async function findReturnsToSettle(db: Db, afterId: number, limit: number, partition: Partition = { index: 0, count: 1 }): Promise<ReturnToSettle[]> {
   // One partition of the items keyed `return:<id>`: through index returns_unsettled_by_partition when the count is 4
@@ -34,7 +41,7 @@ export async function findReturnsToSettle(db: Db, afterId: number, limit: number
   const rows = await queryRows<{ id: number; received_ms: number }>(
     db,
     sql`SELECT id, (extract(epoch FROM received_at) * 1000)::float8 AS received_ms FROM returns
-        WHERE settled_at IS NULL AND id > ${afterId} AND ${inPartition(sql`'return:' || id::text`, partition)} ORDER BY id LIMIT ${limit}`,
+        WHERE settled_at IS NULL AND id > ${afterId} AND ${inPartition(returnKeySql, partition)} ORDER BY id LIMIT ${limit}`,
   ).catch((error: unknown) => {
     const code = (error as { cause?: { code?: string }; code?: string }).cause?.code ?? (error as { code?: string }).code;
     if (code !== '42P01') throw error;

@@ -10,7 +10,7 @@ import { onStopSignals } from '../../signals.js';
 import { ExitCode, UserError, errorSummary } from '../../errors.js';
 import { formatDuration } from '../../duration.js';
 import { Engine, describeHolder, passLabel, summarize, type RunOutcome } from '../../engine/engine.js';
-import { partitionOf, type Reconciler } from '../../reconciler.js';
+import { partitionOf, partitionsToRun } from '../../store/partition.js';
 import type { PassResult } from '../../engine/pass.js';
 import { withContext } from '../../context.js';
 import { describeLoadError, formatLoadError, type LoadError } from '../../engine/load.js';
@@ -86,7 +86,7 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
     again: () => undefined,
   });
   let exitCode: number = ExitCode.ok;
-  for (const { name, partition } of selected.flatMap((name) => partitionsToRun(engine.get(name), flags).map((partition) => ({ name, partition })))) {
+  for (const { name, partition } of selected.flatMap((name) => partitionsToRun(engine.get(name).partitions, flags).map((partition) => ({ name, partition })))) {
     const outcome = await runWithWait(engine, name, partition, flags, (message) => log.warn(message));
     progress?.clear();
     if (!outcome.ran) {
@@ -124,16 +124,6 @@ function dryRunLine(label: string, key: string, note: string | undefined): strin
 function report(result: PassResult, flags: RunFlags): void {
   if (flags.json) printJson({ type: 'pass', ...result, durationMs: Math.round(result.durationMs) });
   else process.stdout.write(`${summarize(result)}\n`);
-}
-
-/**
- * The partitions a manual run covers, one pass each, one after another: the one asked for;
- * the one `--key` falls in; else all of them (0 for an unpartitioned reconciler).
- */
-function partitionsToRun(reconciler: Reconciler, flags: RunFlags): number[] {
-  if (flags.partition !== undefined) return [flags.partition];
-  if (flags.key !== undefined) return [partitionOf(flags.key, reconciler.partitions)];
-  return Array.from({ length: reconciler.partitions }, (_, p) => p);
 }
 
 /** How `--wait` looks again at a pass held elsewhere: soon at first, then every second or so. */
