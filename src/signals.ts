@@ -52,3 +52,20 @@ export function onStopSignals(handlers: StopHandlers): StopSignals {
     },
   };
 }
+
+/**
+ * Raises SIGTERM on `signals` when the parent process goes away (`said` first tells why): npm
+ * does not pass SIGTERM on to its child, so a daemon started by `npm start` would otherwise run
+ * on as an orphan. Returns the function that stops watching.
+ */
+export function stopWithParent(signals: StopSignals, said: (parent: number) => void): () => void {
+  const parent = process.ppid;
+  const check = setInterval(() => {
+    if (process.ppid !== parent && signals.received === 0) {
+      said(parent);
+      signals.raise('SIGTERM');
+    }
+  }, 1_000);
+  check.unref();
+  return () => clearInterval(check);
+}
