@@ -75,6 +75,12 @@ export class Metrics {
 
   /** Subscribes to the engine's events and registers every metric. */
   attach(events: EngineEvents): void {
+    this.#countPasses(events);
+    this.#clusterGauges();
+  }
+
+  /** What this replica's passes did: counted from the engine's events. */
+  #countPasses(events: EngineEvents): void {
     const passes = new Counter({
       name: 'reconciler_passes_total',
       help: 'Passes that ran, by reconciler, status (succeeded, failed, error, aborted) and trigger.',
@@ -123,7 +129,10 @@ export class Metrics {
       if (result.complete || result.oldestItemAt !== null) this.#oldest.set(laneOf(result.reconciler, result.partition.index), { reconciler: result.reconciler, oldest: result.oldestItemAt, finishedAt: Date.now() });
     });
     events.on('tick:skipped', (tick) => skipped.labels(tick.reconciler, tick.reason).inc());
+  }
 
+  /** What the cluster holds (failure memory, replicas, history): read from the database at scrape time. */
+  #clusterGauges(): void {
     const metrics = this;
     /** A per-reconciler gauge whose value is read from the cluster state at scrape time. */
     const clusterGauge = (name: string, help: string, value: (state: ClusterState, reconciler: string) => number) =>

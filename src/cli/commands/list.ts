@@ -5,7 +5,9 @@
  * needs, so it works whatever is wrong with one.
  */
 import { ExitCode } from '../../errors.js';
-import { formatLoadError } from '../../engine/load.js';
+import { formatLoadError, type LoadError } from '../../engine/load.js';
+import type { Reconciler } from '../../reconciler.js';
+import type { Database } from '../../store/database.js';
 import { planScan } from '../../engine/scan-plan.js';
 import { describeHolder, laneOf } from '../../engine/engine.js';
 import { nextTick } from '../../scheduler/cron.js';
@@ -14,84 +16,94 @@ import { holderOfRow, readStates, type StateRow } from '../../store/state.js';
 import { withContext } from '../../context.js';
 import { printJson, table, when } from '../table.js';
 
+type States = Map<string, StateRow>;
+type Failures = Awaited<ReturnType<typeof countFailures>>;
+
+/** A lane's last pass and holder, as the list shows them. */
+function passOf(state: StateRow | undefined) {
+  const held = state?.leaseLive ? state : undefined;
+  return {
+    lastStartedAt: state?.lastStartedAt ?? null,
+    lastStatus: state?.lastStatus ?? null,
+    lastSucceededAt: state?.lastSucceededAt ?? null,
+    runningOn: held ? holderOfRow(held) : null,
+    skippedTicks: state?.skippedTicks ?? 0,
+  };
+}
+
+async function rowOf(database: Database, r: Reconciler, states: States, failures: Failures, now: Date) {
+  const partitions = Array.from({ length: r.partitions }, (_, partition) => ({ partition, ...passOf(states.get(laneOf(r.name, partition))) }));
+  // A partitioned reconciler is as fresh as its stalest partition: its row shows that one's last pass.
+  const stalest = partitions.reduce((a, b) => ((a.lastStartedAt?.getTime() ?? -Infinity) <= (b.lastStartedAt?.getTime() ?? -Infinity) ? a : b));
+  return {
+    name: r.name,
+    file: r.file,
+    description: r.description,
+    schedule: r.schedule,
+    timezone: r.timezone,
+    nextRun: nextTick(r.schedule, r.timezone, now),
+    ...stalest,
+    partition: undefined,
+    skippedTicks: partitions.reduce((sum, p) => sum + p.skippedTicks, 0),
+    inBackoff: failures.get(r.name)?.backoff ?? 0,
+    dead: failures.get(r.name)?.dead ?? 0,
+    partitions: r.partitions > 1 ? partitions : undefined,
+    scan: await planScan(database, r),
+  };
+}
+
+/** A job file that did not load: what the database remembers of it, and why it did not load. */
+function brokenRowOf(e: LoadError, states: States, failures: Failures) {
+  return {
+    name: e.name,
+    file: e.file,
+    error: formatLoadError(e),
+    ...passOf(states.get(laneOf(e.name, 0))),
+    inBackoff: failures.get(e.name)?.backoff ?? 0,
+    dead: failures.get(e.name)?.dead ?? 0,
+  };
+}
+
 export async function listCommand(flags: { json?: boolean }): Promise<number> {
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ database, reconcilers, loadErrors, config }) => {
     const now = new Date();
-    const states = new Map((await readStates(database.db)).map((s) => [laneOf(s.reconciler, s.partition), s]));
+    const states: States = new Map((await readStates(database.db)).map((s) => [laneOf(s.reconciler, s.partition), s]));
     const failures = await countFailures(database.db);
-    const passOf = (state: StateRow | undefined) => {
-      const held = state?.leaseLive ? state : undefined;
-      return {
-        lastStartedAt: state?.lastStartedAt ?? null,
-        lastStatus: state?.lastStatus ?? null,
-        lastSucceededAt: state?.lastSucceededAt ?? null,
-        runningOn: held ? holderOfRow(held) : null,
-        skippedTicks: state?.skippedTicks ?? 0,
-      };
-    };
     const rows = [];
-    for (const r of reconcilers) {
-      const partitions = Array.from({ length: r.partitions }, (_, partition) => ({ partition, ...passOf(states.get(laneOf(r.name, partition))) }));
-      // A partitioned reconciler is as fresh as its stalest partition: its row shows that one's last pass.
-      const stalest = partitions.reduce((a, b) => ((a.lastStartedAt?.getTime() ?? -Infinity) <= (b.lastStartedAt?.getTime() ?? -Infinity) ? a : b));
-      const row = {
-        name: r.name,
-        file: r.file,
-        description: r.description,
-        schedule: r.schedule,
-        timezone: r.timezone,
-        nextRun: nextTick(r.schedule, r.timezone, now),
-        ...stalest,
-        partition: undefined,
-        skippedTicks: partitions.reduce((sum, p) => sum + p.skippedTicks, 0),
-        inBackoff: failures.get(r.name)?.backoff ?? 0,
-        dead: failures.get(r.name)?.dead ?? 0,
-        partitions: r.partitions > 1 ? partitions : undefined,
-        scan: await planScan(database, r),
-      };
-      rows.push(row);
-    }
-    // A job file that did not load: what the database remembers of it, and why it did not load.
-    const broken = loadErrors.map((e) => ({
-      name: e.name,
-      file: e.file,
-      error: formatLoadError(e),
-      ...passOf(states.get(laneOf(e.name, 0))),
-      inBackoff: failures.get(e.name)?.backoff ?? 0,
-      dead: failures.get(e.name)?.dead ?? 0,
-    }));
+    for (const r of reconcilers) rows.push(await rowOf(database, r, states, failures, now));
+    const broken = loadErrors.map((e) => brokenRowOf(e, states, failures));
     if (flags.json) {
       printJson({ reconcilers: rows, errors: loadErrors.map((e, i) => ({ ...e, ...broken[i] })) });
     } else {
       if (rows.length === 0 && loadErrors.length === 0) process.stdout.write(`no reconcilers in ${config.JOBS_DIR} yet: add a file there (see docs/writing-reconcilers.md)\n`);
-      if (rows.length > 0 || broken.length > 0) {
-        const lastPass = (p: { lastStartedAt: Date | null; lastStatus: string | null }) => (p.lastStartedAt ? `${p.lastStatus ?? 'running'} ${when(p.lastStartedAt, now)}` : 'never');
-        process.stdout.write(
-          `${table(
-            ['NAME', 'SCHEDULE', 'NEXT RUN', 'LAST PASS', 'RUNNING ON', 'BACKOFF', 'DEAD', 'SKIPPED TICKS', 'SCAN', 'DESCRIPTION'],
-            [...rows.flatMap((r) => {
-              const running = r.partitions?.filter((p) => p.runningOn).length ?? 0;
-              return [
-                [
-                  r.name,
-                  r.timezone === 'UTC' ? r.schedule : `${r.schedule} (${r.timezone})`,
-                  when(r.nextRun, now),
-                  r.partitions ? `${lastPass(r)} (stalest of ${r.partitions.length})` : lastPass(r),
-                  r.partitions ? `${running} of ${r.partitions.length} partitions` : r.runningOn ? describeHolder(r.runningOn) : '-',
-                  String(r.inBackoff),
-                  String(r.dead),
-                  String(r.skippedTicks),
-                  r.scan.access === 'table-scan' ? `TABLE SCAN: ${r.scan.detail}` : r.scan.access === 'filtered-index' ? `FILTERS ROWS: ${r.scan.detail}` : r.scan.detail,
-                  r.description,
-                ],
-                ...(r.partitions ?? []).map((p) => [`  partition ${p.partition}`, '', '', lastPass(p), p.runningOn ? describeHolder(p.runningOn) : '-', '', '', String(p.skippedTicks), '', '']),
-              ];
-            }),
-            ...broken.map((b) => [b.name, '-', '-', lastPass(b), b.runningOn ? describeHolder(b.runningOn) : '-', String(b.inBackoff), String(b.dead), String(b.skippedTicks), '-', `DID NOT LOAD: ${b.error}`])],
-          )}\n`,
-        );
-      }
+      if (rows.length > 0 || broken.length > 0) process.stdout.write(`${listTable(rows, broken, now)}\n`);
     }
     return ExitCode.ok;
   });
+}
+
+function listTable(rows: Awaited<ReturnType<typeof rowOf>>[], broken: ReturnType<typeof brokenRowOf>[], now: Date): string {
+  const lastPass = (p: { lastStartedAt: Date | null; lastStatus: string | null }) => (p.lastStartedAt ? `${p.lastStatus ?? 'running'} ${when(p.lastStartedAt, now)}` : 'never');
+  return table(
+    ['NAME', 'SCHEDULE', 'NEXT RUN', 'LAST PASS', 'RUNNING ON', 'BACKOFF', 'DEAD', 'SKIPPED TICKS', 'SCAN', 'DESCRIPTION'],
+    [...rows.flatMap((r) => {
+      const running = r.partitions?.filter((p) => p.runningOn).length ?? 0;
+      return [
+        [
+          r.name,
+          r.timezone === 'UTC' ? r.schedule : `${r.schedule} (${r.timezone})`,
+          when(r.nextRun, now),
+          r.partitions ? `${lastPass(r)} (stalest of ${r.partitions.length})` : lastPass(r),
+          r.partitions ? `${running} of ${r.partitions.length} partitions` : r.runningOn ? describeHolder(r.runningOn) : '-',
+          String(r.inBackoff),
+          String(r.dead),
+          String(r.skippedTicks),
+          r.scan.access === 'table-scan' ? `TABLE SCAN: ${r.scan.detail}` : r.scan.access === 'filtered-index' ? `FILTERS ROWS: ${r.scan.detail}` : r.scan.detail,
+          r.description,
+        ],
+        ...(r.partitions ?? []).map((p) => [`  partition ${p.partition}`, '', '', lastPass(p), p.runningOn ? describeHolder(p.runningOn) : '-', '', '', String(p.skippedTicks), '', '']),
+      ];
+    }),
+    ...broken.map((b) => [b.name, '-', '-', lastPass(b), b.runningOn ? describeHolder(b.runningOn) : '-', String(b.inBackoff), String(b.dead), String(b.skippedTicks), '-', `DID NOT LOAD: ${b.error}`])],
+  );
 }
