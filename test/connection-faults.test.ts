@@ -11,7 +11,7 @@ import { createTestDatabase, silentLog, type TestDatabase } from './helpers/db.j
 import { FaultyProxy } from './helpers/proxy.js';
 import { openDatabase, queryRows, type Database } from '../src/store/database.js';
 import { migrateDatabase } from '../src/store/migrate.js';
-import { LEASE_LOCK_NAMESPACE, acquireLease } from '../src/store/state.js';
+import { LEASE_LOCK_NAMESPACE, acquireLease } from '../src/store/lease.js';
 import { startProcess, until, useCleanup } from './helpers/processes.js';
 import { API, jobsDir, tableSql } from './helpers/jobs.js';
 import pg from 'pg';

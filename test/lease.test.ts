@@ -3,7 +3,7 @@ import { sql } from 'drizzle-orm';
 import pg from 'pg';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, numbers, reconciler } from './helpers/engine.js';
-import { acquireLease } from '../src/store/state.js';
+import { acquireLease } from '../src/store/lease.js';
 import { pruneRuns } from '../src/store/runs.js';
 
 const t = useTestDatabase({ resetEngineTables: true });

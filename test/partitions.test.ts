@@ -8,7 +8,7 @@ import { sql } from 'drizzle-orm';
 import { notifyTrigger, partitionOf } from '../src/index.js';
 import type { Reconciler } from '../src/reconciler.js';
 import { countFailures } from '../src/store/failures.js';
-import { acquireLease, LEASE_LOCK_NAMESPACE } from '../src/store/state.js';
+import { acquireLease, LEASE_LOCK_NAMESPACE } from '../src/store/lease.js';
 import { Slots } from '../src/engine/slots.js';
 import { Scheduler } from '../src/scheduler/scheduler.js';
 import { ALONE, type Membership } from '../src/store/database.js';

@@ -3,7 +3,7 @@
  * them instead of sleeping. A listener that throws is reported, never allowed to break
  * the pass that emitted the event.
  */
-import type { LeaseHolder } from '../store/state.js';
+import type { LeaseHolder } from '../store/lease.js';
 import type { Outcome } from '../reconciler.js';
 import type { PassResult } from './pass.js';
 import type { Trigger } from '../store/runs.js';

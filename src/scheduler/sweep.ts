@@ -6,7 +6,8 @@
  */
 import type { RunRequest } from '../engine/engine.js';
 import { coerceError, errorSummary } from '../errors.js';
-import { holderOfRow, readStates, type StateRow } from '../store/state.js';
+import { readStates, type StateRow } from '../store/state.js';
+import { holderOfRow } from '../store/lease.js';
 import { LanePart } from './lane.js';
 import type { Takeovers } from './takeover.js';
 

@@ -9,7 +9,8 @@ import { describeHolder, partitionFields, passLabel } from '../engine/engine.js'
 import type { PassResult } from '../engine/pass.js';
 import { formatDuration } from '../duration.js';
 import { coerceError, errorSummary } from '../errors.js';
-import { holderOfRow, readStates, type LeaseHolder } from '../store/state.js';
+import { readStates } from '../store/state.js';
+import { holderOfRow, type LeaseHolder } from '../store/lease.js';
 import { readRun, type Trigger } from '../store/runs.js';
 import { LanePart, type Lane } from './lane.js';
 import { budgeted } from './retry.js';

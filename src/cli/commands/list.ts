@@ -12,7 +12,8 @@ import { planScan } from '../../engine/scan-plan.js';
 import { describeHolder, laneOf } from '../../engine/engine.js';
 import { nextTick } from '../../scheduler/cron.js';
 import { countFailures } from '../../store/failures.js';
-import { holderOfRow, readStates, type StateRow } from '../../store/state.js';
+import { readStates, type StateRow } from '../../store/state.js';
+import { holderOfRow } from '../../store/lease.js';
 import { withContext } from '../../context.js';
 import { printJson, table, when } from '../table.js';
 
