@@ -15,15 +15,13 @@ export const DEFAULT_ENGINE_SCHEMA = 'reconciler';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
-/** The engine's tables in the PostgreSQL schema `schemaName`. */
-export function defineEngineTables(schemaName: string) {
-  const schema = pgSchema(schemaName);
-  /**
-   * One row per reconciler (and partition): its pass lease and its schedule memory.
-   * The lease (holder_*, lease_expires_at) is taken with one conditional upsert that uses
-   * database time, so it works across replicas, through poolers, and on the embedded database.
-   */
-  const state = schema.table(
+/**
+ * One row per reconciler (and partition): its pass lease and its schedule memory.
+ * The lease (holder_*, lease_expires_at) is taken with one conditional upsert that uses
+ * database time, so it works across replicas, through poolers, and on the embedded database.
+ */
+function stateTable(schema: EngineSchema) {
+  return schema.table(
     'state',
     {
       reconciler: text('reconciler').notNull(),
@@ -48,9 +46,11 @@ export function defineEngineTables(schemaName: string) {
     },
     (t) => [primaryKey({ name: 'state_pkey', columns: [t.reconciler, t.partition] })],
   );
+}
 
-  /** Run history: one row per pass, written when it starts and completed when it ends. */
-  const runs = schema.table(
+/** Run history: one row per pass, written when it starts and completed when it ends. */
+function runsTable(schema: EngineSchema) {
+  return schema.table(
     'runs',
     {
       id: bigserial('id', { mode: 'number' }).primaryKey(),
@@ -78,12 +78,14 @@ export function defineEngineTables(schemaName: string) {
     },
     (t) => [index('runs_by_reconciler').on(t.reconciler, t.id), index('runs_by_start').on(t.startedAt)],
   );
+}
 
-  /**
-   * Failure memory: only items that failed are remembered. A success deletes the row, and
-   * a complete pass deletes the rows of items its scan no longer finds (fixed elsewhere).
-   */
-  const failures = schema.table(
+/**
+ * Failure memory: only items that failed are remembered. A success deletes the row, and
+ * a complete pass deletes the rows of items its scan no longer finds (fixed elsewhere).
+ */
+function failuresTable(schema: EngineSchema) {
+  return schema.table(
     'failures',
     {
       reconciler: text('reconciler').notNull(),
@@ -105,14 +107,16 @@ export function defineEngineTables(schemaName: string) {
     },
     (t) => [primaryKey({ name: 'failures_pkey', columns: [t.reconciler, t.key] }), index('failures_by_seen').on(t.reconciler, t.partition, t.lastSeenAt)],
   );
+}
 
-  /**
-   * The daemons sharing this database, one row each, kept fresh by a heartbeat written through
-   * the pool: how replicas count each other to split partitions, through any pooler. A row whose
-   * heartbeat stopped (a process killed, a network cut) stops counting when it expires; a daemon
-   * that shuts down deletes its own.
-   */
-  const replicas = schema.table(
+/**
+ * The daemons sharing this database, one row each, kept fresh by a heartbeat written through
+ * the pool: how replicas count each other to split partitions, through any pooler. A row whose
+ * heartbeat stopped (a process killed, a network cut) stops counting when it expires; a daemon
+ * that shuts down deletes its own.
+ */
+function replicasTable(schema: EngineSchema) {
+  return schema.table(
     'replicas',
     {
       id: uuid('id').primaryKey(),
@@ -126,7 +130,14 @@ export function defineEngineTables(schemaName: string) {
     },
     (t) => [index('replicas_by_expiry').on(t.expiresAt)],
   );
-  return { state, runs, failures, replicas };
+}
+
+type EngineSchema = ReturnType<typeof pgSchema>;
+
+/** The engine's tables in the PostgreSQL schema `schemaName`. */
+export function defineEngineTables(schemaName: string) {
+  const schema = pgSchema(schemaName);
+  return { state: stateTable(schema), runs: runsTable(schema), failures: failuresTable(schema), replicas: replicasTable(schema) };
 }
 
 /** What drizzle-kit reads to generate migrations (for the schema `reconciler`). */
