@@ -82,8 +82,8 @@ export const configSchema = z.object({
   LOG_LEVEL: z.enum(LOG_LEVELS, { message: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   /** How long pass history is kept. */
   HISTORY_RETENTION: duration('14d', 60_000, 3_650 * 86_400_000),
-  /** Pass lease length: a dead holder is taken over at most this long after it stopped renewing. */
-  LOCK_TTL: duration('15s', 1_000, 30_000),
+  /** Pass lease length: a dead holder is taken over at most this long after it stopped renewing. (LOCK_TTL is its deprecated old name.) */
+  LEASE_TTL: duration('15s', 1_000, 30_000),
   /** How long in-flight items may finish after SIGTERM before they are aborted. */
   SHUTDOWN_TIMEOUT: duration('25s', 0, 3_600_000),
   /** Address of the operations endpoint (/healthz, /readyz, /metrics). */
@@ -114,12 +114,36 @@ export const configSchema = z.object({
 
 export type Config = z.output<typeof configSchema>;
 
+/** Old names still read, each with the variable that replaced it. */
+const DEPRECATED_NAMES: Readonly<Record<string, keyof Config>> = { LOCK_TTL: 'LEASE_TTL' };
+
+/** One warning line for each deprecated variable set in `env`, for the log (or stderr) at start. */
+export function deprecationWarnings(env: NodeJS.ProcessEnv = process.env): string[] {
+  return Object.entries(DEPRECATED_NAMES)
+    .filter(([old]) => env[old] !== undefined)
+    .map(([old, name]) => `${old} is deprecated: set ${name} instead (${env[name] === undefined ? `${old}'s value is used` : `${name} is set, and wins`})`);
+}
+
+/** `env` with each deprecated variable read under its new name, unless the new one is set too. */
+function renamed(env: NodeJS.ProcessEnv): { env: NodeJS.ProcessEnv; from: Map<string, string> } {
+  const from = new Map<string, string>();
+  const out = { ...env };
+  for (const [old, name] of Object.entries(DEPRECATED_NAMES)) {
+    if (env[old] === undefined || env[name] !== undefined) continue;
+    out[name] = env[old];
+    from.set(name, old);
+  }
+  return { env: out, from };
+}
+
 /** Parses the environment; throws one UserError listing each bad variable on its own line. */
-export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+export function loadConfig(given: NodeJS.ProcessEnv = process.env): Config {
+  const { env, from } = renamed(given);
   const result = configSchema.safeParse(env);
   if (!result.success) {
     const lines = result.error.issues.map((issue) => {
-      const name = String(issue.path[0] ?? 'environment');
+      const parsed = String(issue.path[0] ?? 'environment');
+      const name = from.get(parsed) ?? parsed; // the variable the user set
       const shown = name === 'DATABASE_URL' || name === 'LISTEN_DATABASE_URL' ? '' : env[name] === undefined ? '' : ` (got ${JSON.stringify(env[name])})`;
       return `invalid ${name}${shown}: ${issue.message}`;
     });
@@ -146,7 +170,7 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     JOBS_DIR: config.JOBS_DIR,
     LOG_LEVEL: env.LOG_LEVEL === undefined ? 'info for the daemon, warn for other commands (unset)' : config.LOG_LEVEL,
     HISTORY_RETENTION: durationText(config.HISTORY_RETENTION),
-    LOCK_TTL: durationText(config.LOCK_TTL),
+    LEASE_TTL: durationText(config.LEASE_TTL),
     SHUTDOWN_TIMEOUT: durationText(config.SHUTDOWN_TIMEOUT),
     HTTP_HOST: config.HTTP_HOST,
     HTTP_PORT: String(config.HTTP_PORT),

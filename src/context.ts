@@ -6,7 +6,7 @@
  * command says what it means for it (docs/cli.md, "When a job file is wrong").
  */
 import type { Logger } from 'pino';
-import { loadConfig, type Config } from './config.js';
+import { deprecationWarnings, loadConfig, type Config } from './config.js';
 import { UserError, coerceError, errorSummary, isDatabaseUnavailable } from './errors.js';
 import { formatDuration } from './duration.js';
 import { createLogger } from './log.js';
@@ -49,6 +49,7 @@ export interface ContextOptions {
 export async function prepare(options: ContextOptions): Promise<Setup> {
   const config = loadConfig(process.env.LOG_LEVEL === undefined && options.defaultLogLevel ? { ...process.env, LOG_LEVEL: options.defaultLogLevel } : process.env);
   const log = createLogger({ level: config.LOG_LEVEL, fd: options.logToStdout ? 1 : 2 });
+  for (const warning of deprecationWarnings()) log.warn(warning);
   useEngineSchema(config.RECONCILER_SCHEMA);
   let reconcilers: Reconciler[] = [];
   let loadErrors: LoadError[] = [];

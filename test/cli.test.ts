@@ -500,21 +500,34 @@ describe('reconciler config', () => {
   it('prints the effective configuration with the database password masked', async () => {
     const url = new URL(t.url);
     url.password = 'Hunter2Secret';
-    const result = await runCli(['config'], { DATABASE_URL: url.toString(), JOBS_DIR: 'some/jobs', LOCK_TTL: '20s' });
+    const result = await runCli(['config'], { DATABASE_URL: url.toString(), JOBS_DIR: 'some/jobs', LEASE_TTL: '20s' });
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).not.toContain('Hunter2Secret');
     expect(result.stdout).toMatch(/^DATABASE_URL\s+postgres:\/\/postgres:\*\*\*@/m);
     expect(result.stdout).toMatch(/^JOBS_DIR\s+some\/jobs$/m);
-    expect(result.stdout).toMatch(/^LOCK_TTL\s+20s$/m);
+    expect(result.stdout).toMatch(/^LEASE_TTL\s+20s$/m);
   });
 });
 
 describe('configuration values', () => {
   it('accepts durations in plain milliseconds, as environment variables often spell them', async () => {
-    const result = await runCli(['config'], { LOCK_TTL: '5000', SHUTDOWN_TIMEOUT: '0' });
+    const result = await runCli(['config'], { LEASE_TTL: '5000', SHUTDOWN_TIMEOUT: '0' });
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stdout).toMatch(/^LOCK_TTL\s+5s$/m);
+    expect(result.stdout).toMatch(/^LEASE_TTL\s+5s$/m);
     expect(result.stdout).toMatch(/^SHUTDOWN_TIMEOUT\s+0ms$/m);
+  });
+
+  it('reads LOCK_TTL, the old name of LEASE_TTL, with a warning; LEASE_TTL wins when both are set', async () => {
+    const old = await runCli(['config'], { LOCK_TTL: '20s' });
+    expect(old.code, old.stderr).toBe(0);
+    expect(old.stdout).toMatch(/^LEASE_TTL\s+20s$/m);
+    expect(old.stderr).toContain("reconciler: warning: LOCK_TTL is deprecated: set LEASE_TTL instead (LOCK_TTL's value is used)");
+    const both = await runCli(['config'], { LOCK_TTL: '20s', LEASE_TTL: '7s' });
+    expect(both.stdout).toMatch(/^LEASE_TTL\s+7s$/m);
+    expect(both.stderr).toContain('LOCK_TTL is deprecated: set LEASE_TTL instead (LEASE_TTL is set, and wins)');
+    const bad = await runCli(['config'], { LOCK_TTL: '90s' });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/^reconciler: invalid LOCK_TTL \(got "90s"\): must be between 1s and 30s/m);
   });
 });
 

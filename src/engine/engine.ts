@@ -300,7 +300,7 @@ export class Engine {
           lastError = undefined;
           armWatchdog(sentAt);
         } else {
-          abort.abort(new Error('lease lost: another process took this reconciler over (this one was paused or cut off for longer than LOCK_TTL)'));
+          abort.abort(new Error('lease lost: another process took this reconciler over (this one was paused or cut off for longer than LEASE_TTL)'));
           return;
         }
       } catch (error) {

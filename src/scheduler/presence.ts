@@ -4,7 +4,7 @@
  * the partitions of a partitioned reconciler and hand them over when one joins or leaves,
  * through a direct connection or any pooler alike.
  *
- * A row lives twice the lease length (LOCK_TTL) and is refreshed four times in that span: a
+ * A row lives twice the lease length (LEASE_TTL) and is refreshed four times in that span: a
  * replica killed with -9 stops counting within that bound, while its partitions are taken
  * over sooner, when their leases lapse.
  */
