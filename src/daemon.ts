@@ -68,10 +68,10 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
   const onSignal = (signal: NodeJS.Signals) => {
     signals++;
     if (signals === 1) {
-      log.info({ signal }, `${signal}: shutting down; in-flight items get ${formatDuration(config.SHUTDOWN_TIMEOUT)} to finish (send it again to exit at once)`);
+      log.info({ event: 'signal:shutdown', signal }, `${signal}: shutting down; in-flight items get ${formatDuration(config.SHUTDOWN_TIMEOUT)} to finish (send it again to exit at once)`);
       signalled(signal);
     } else {
-      log.warn({ signal }, `${signal} again: exiting now without waiting for in-flight items`);
+      log.warn({ event: 'signal:exit-now', signal }, `${signal} again: exiting now without waiting for in-flight items`);
       process.exit(signal === 'SIGINT' ? 130 : 143);
     }
   };
@@ -88,7 +88,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
       const parent = process.ppid;
       orphanCheck = setInterval(() => {
         if (process.ppid !== parent && signals === 0) {
-          log.warn({ parent }, `the parent process (pid ${parent}) exited; shutting down`);
+          log.warn({ event: 'daemon:orphaned', parent }, `the parent process (pid ${parent}) exited; shutting down`);
           onSignal('SIGTERM');
         }
       }, 1_000);
@@ -138,7 +138,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
       const reason = (error as NodeJS.ErrnoException).code ?? coerceError(error).message;
       throw new UserError(`cannot serve the operations endpoint on ${config.HTTP_HOST}:${config.HTTP_PORT} (${reason}): set HTTP_PORT to a free port, or 0 for any`);
     });
-    log.info({ url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
+    log.info({ event: 'http:listening', url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
     const closeEarly = async () => {
       clearInterval(orphanCheck);
       await ops.close();
@@ -152,7 +152,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     }
     if (!database) {
       await closeEarly();
-      log.info('daemon stopped before its database answered');
+      log.info({ event: 'daemon:stopped-early' }, 'daemon stopped before its database answered');
       return ExitCode.ok;
     }
     const open = database;
@@ -196,12 +196,13 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     await prune();
     if (config.STARTUP_JITTER > 0 && signals === 0) {
       const wait = Math.round(Math.random() * config.STARTUP_JITTER);
-      log.info({ waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
+      log.info({ event: 'daemon:jitter', waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
       await Promise.race([new Promise((resolve) => setTimeout(resolve, wait).unref()), stopSignal]);
     }
     const jobsDir = options.jobsDir ?? config.JOBS_DIR;
     if (reconcilers.length === 0) {
       log.warn(
+        { event: 'daemon:no-reconcilers' },
         broken
           ? `no job file in ${jobsDir} could be loaded (see the errors above): the daemon will idle until they are fixed and it is restarted`
           : `no reconcilers in ${jobsDir}: the daemon will idle (add a file there, see docs/writing-reconcilers.md)`,
@@ -227,7 +228,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
       liveness.start();
     }
     log.info(
-      { reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: open.target },
+      { event: 'daemon:started', reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: open.target },
       `daemon started on ${open.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}` +
         (broken ? `; ${loadErrors.length} job file(s) did not load and are not scheduled (errors above; /readyz fails until they are fixed)` : ''),
     );
@@ -262,7 +263,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     clearTimeout(overrun);
     if (!closed) log.warn(`some items ignored their AbortSignal and still hold database connections; exiting without waiting for them`);
     await ops.close();
-    log.info('daemon stopped');
+    log.info({ event: 'daemon:stopped' }, 'daemon stopped');
     return ExitCode.ok;
   } finally {
     process.off('SIGTERM', onSignal);

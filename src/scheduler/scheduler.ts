@@ -162,7 +162,7 @@ export class Scheduler {
       const own = new Set(await this.#ownPartitions(reconciler));
       for (const c of mine.filter((c) => own.has(c.partition))) {
         const partition = { index: c.partition, count: reconciler.partitions };
-        log.info({ reconciler: c.name, ...partitionFields(partition), tick: c.tick.toISOString() }, `${passLabel(c.name, partition)}: catch-up pass, because ${c.reason}`);
+        log.info({ event: 'pass:catch-up', reconciler: c.name, ...partitionFields(partition), tick: c.tick.toISOString() }, `${passLabel(c.name, partition)}: catch-up pass, because ${c.reason}`);
         this.#launch(c.name, catchUp(c), true);
       }
       const others = new Map(mine.filter((c) => !own.has(c.partition)).map((c) => [c.partition, catchUp(c)]));
@@ -333,7 +333,7 @@ export class Scheduler {
     const wait = own ? Math.min(leaseWait, this.#options.handOverLookMs ?? 2_000) : leaseWait;
     const at = { index: partition, count: this.#options.engine.get(name).partitions };
     this.#options.log.debug(
-      { reconciler: name, ...partitionFields(at), holderPid: holder.pid, lookInMs: Math.round(wait) },
+      { event: 'lease:held', reconciler: name, ...partitionFields(at), holderPid: holder.pid, lookInMs: Math.round(wait) },
       `${passLabel(name, at)}: held by ${describeHolder(holder)}; looking again in ${formatDuration(wait)}${own ? '' : ', when its lease could have lapsed'}`,
     );
     const timer = setTimeout(() => {
