@@ -9,7 +9,8 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { useTestDatabase } from './helpers/db.js';
-import { API, REPO_ROOT, jobsDir, tableJob, tableSql } from './helpers/jobs.js';
+import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
+import { settleReturnsJobFile } from '../testkit/settle-returns.js';
 import { startProcess, until, useCleanup, type RunningProcess } from './helpers/processes.js';
 import { PgBouncer } from './helpers/pgbouncer.js';
 import { expectExactlyOnce, settleEnv, startProvider, type Provider } from './helpers/returns.js';
@@ -39,10 +40,7 @@ const metric = async (url: string, series: string) => {
 /** settle-returns as it ships (4 partitions, woken by inserts into returns), on a schedule a test can wait for. */
 function settleJobs(schedule: string): string {
   const jobs = jobsDir({
-    'settle-returns.ts': `import { defineReconciler } from ${JSON.stringify(API)};
-import shipped from ${JSON.stringify(`${REPO_ROOT}/examples/returns/jobs/settle-returns.ts`)};
-export default defineReconciler({ ...shipped, schedule: ${JSON.stringify(schedule)} });
-`,
+    'settle-returns.ts': settleReturnsJobFile({ schedule }),
   });
   dirs.push(jobs);
   return jobs.dir;

@@ -1,13 +1,13 @@
 /** In-process engines over a test database, for behaviour that is not about processes. */
-import { defineReconciler, resolveReconciler, type Reconciler, type ReconcilerDefinition } from '../../src/reconciler.js';
-import { Engine } from '../../src/engine/engine.js';
-import type { Db } from '../../src/reconciler.js';
+import { defineReconciler, resolveReconciler, type Reconciler, type ReconcilerDefinition } from '../src/reconciler.js';
+import { Engine } from '../src/engine/engine.js';
+import type { Db } from '../src/reconciler.js';
 import type { Logger } from 'pino';
-import { silentLog } from './db.js';
+import { silentLog } from './database.js';
 
-/** A resolved reconciler from an inline definition, as the loader would build it. */
-export function reconciler<Item>(name: string, definition: ReconcilerDefinition<Item>): Reconciler {
-  return resolveReconciler(name, `inline:${name}`, defineReconciler(definition)) as Reconciler;
+/** A resolved reconciler from an inline definition, as the loader would build it (`source` stands for its file). */
+export function reconciler<Item>(name: string, definition: ReconcilerDefinition<Item>, source = `inline:${name}`): Reconciler {
+  return resolveReconciler(name, source, defineReconciler(definition)) as Reconciler;
 }
 
 export function engine(db: Db, reconcilers: Reconciler[], options: { leaseMs?: number; host?: string; pid?: number; random?: () => number; log?: Logger } = {}): Engine {

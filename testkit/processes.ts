@@ -4,8 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { afterEach } from 'vitest';
-import { REPO_ROOT, type JobsDir } from './jobs.js';
+import { REPO_ROOT } from './jobs.js';
 
 export const BIN = join(REPO_ROOT, 'bin', 'reconciler.js');
 
@@ -49,7 +48,17 @@ export function runCli(
 export interface LogLine {
   level: number;
   msg: string;
+  /** What happened, as a name that stays when the wording changes (docs/operations.md, "Log events"). */
+  event?: string;
   [field: string]: unknown;
+}
+
+/**
+ * Matches the log lines of `event` whose `fields` have these values (e.g. `{ reconciler: 'x', trigger: 'schedule' }`):
+ * what a wait on another process looks for, instead of the wording of its message.
+ */
+export function isEvent(event: string, fields: Record<string, unknown> = {}): (line: LogLine) => boolean {
+  return (line) => line.event === event && Object.entries(fields).every(([field, value]) => line[field] === value);
 }
 
 /** A running `reconciler` process whose JSON log lines can be awaited. */
@@ -114,6 +123,17 @@ export class RunningProcess {
     });
   }
 
+  /** Resolves with the first line of `event` (already seen or future) whose `fields` match; see `isEvent`. */
+  waitForEvent(event: string, fields: Record<string, unknown> = {}, timeoutMs = 30_000): Promise<LogLine> {
+    const which = Object.keys(fields).length > 0 ? ` ${JSON.stringify(fields)}` : '';
+    return this.waitFor(isEvent(event, fields), `the log event ${event}${which}`, timeoutMs);
+  }
+
+  /** The lines of `event` so far whose `fields` match. */
+  events(event: string, fields: Record<string, unknown> = {}): LogLine[] {
+    return this.lines.filter(isEvent(event, fields));
+  }
+
   /** Sends SIGKILL (if still running) and waits for the exit. */
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
@@ -137,21 +157,7 @@ export async function until<T>(probe: () => Promise<T | undefined | false>, what
   for (;;) {
     const value = await probe();
     if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
     await new Promise((resolve) => setTimeout(resolve, everyMs));
   }
-}
-
-/**
- * The child processes and job folders a test file starts: push them on the returned lists,
- * and each is killed (SIGKILL) or removed after every test, whatever the test did.
- */
-export function useCleanup(): { children: RunningProcess[]; dirs: JobsDir[] } {
-  const children: RunningProcess[] = [];
-  const dirs: JobsDir[] = [];
-  afterEach(async () => {
-    await Promise.all(children.splice(0).map((child) => child.kill('SIGKILL')));
-    for (const dir of dirs.splice(0)) dir.cleanup();
-  });
-  return { children, dirs };
 }

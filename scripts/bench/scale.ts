@@ -11,8 +11,8 @@ import pg from 'pg';
 import { sql } from 'drizzle-orm';
 import { queryRows, type Database } from '../../src/store/database.js';
 import { Stage, admin, type ProviderHandle } from '../faults/harness.js';
-import type { RunningProcess } from '../../test/helpers/processes.js';
-import { until } from '../../test/helpers/processes.js';
+import type { RunningProcess } from '../../testkit/processes.js';
+import { until } from '../../testkit/processes.js';
 import { addReturns, busyPercent, cpuSeconds, machineCpu, scratchDatabase, settleDown, stats, type CaseOptions, type CaseResult } from './common.js';
 
 

@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { queryRows } from '../../src/store/database.js';
-import type { LogLine } from '../../test/helpers/processes.js';
+import type { LogLine } from '../../testkit/processes.js';
 import { Stage, converge, until } from './harness.js';
 
 export interface CaseOutcome {

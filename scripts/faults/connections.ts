@@ -1,6 +1,6 @@
 /**
  * Connection faults between the daemons and PostgreSQL, below the driver: each replica reaches
- * the database through a TCP proxy of its own (test/helpers/proxy.ts), which resets every open
+ * the database through a TCP proxy of its own (testkit/proxy.ts), which resets every open
  * connection every few seconds and, once, in the middle of a pass, stalls: it accepts and
  * forwards nothing, and what is sent meanwhile is lost. Such faults once left a replica wedged
  * for good (a transaction's BEGIN that failed kept its connection checked out; a connection
@@ -15,9 +15,9 @@ import { sql } from 'drizzle-orm';
 import { dice } from '../../examples/returns/src/dice.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
 import { queryRows, type Database } from '../../src/store/database.js';
-import type { FaultyProxy } from '../../test/helpers/proxy.js';
-import { until, type RunningProcess } from '../../test/helpers/processes.js';
-import { REPO_ROOT } from '../../test/helpers/jobs.js';
+import type { FaultyProxy } from '../../testkit/proxy.js';
+import { until, type RunningProcess } from '../../testkit/processes.js';
+import { REPO_ROOT } from '../../testkit/jobs.js';
 import { audit, auditFigures, converge, daemonStarted, exactlyOnce, quietAfter, type Outcome, type Stage } from './harness.js';
 
 const LOCK_TTL_MS = 3_000;

@@ -12,7 +12,7 @@ import { sql } from 'drizzle-orm';
 import { queryRows, type Database } from '../../src/store/database.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
 import type { SettlementAudit } from '../../examples/returns/src/audit.js';
-import type { RunningProcess } from '../../test/helpers/processes.js';
+import type { RunningProcess } from '../../testkit/processes.js';
 import { converge, daemonStarted, until, type Stage } from './harness.js';
 
 interface Outcome {
