@@ -545,7 +545,7 @@ describe('the embedded database', () => {
   it('refuses a second process, naming the process that holds it', { timeout: 120_000 }, async () => {
     const daemon = startProcess(['daemon'], { ...env, LOG_LEVEL: 'info' });
     processes.push(daemon);
-    await daemon.waitFor((line) => line.msg.startsWith('daemon started'), 'daemon started', 90_000);
+    await daemon.waitForEvent('daemon:started', {}, 90_000);
     const result = await runCli(['list'], env, { timeoutMs: 90_000 });
     expectOneLineError(result, new RegExp(`the embedded database in .+ is in use by process ${daemon.pid}\\b`));
   });

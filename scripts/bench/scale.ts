@@ -26,7 +26,7 @@ async function startReplicas(stage: Stage, database: Database, replicas: number,
   const daemons = Array.from({ length: replicas }, () => stage.start(['daemon'], env));
   // 'daemon started' comes once it LISTENs and schedules: a replica whose listen session shows in
   // pg_stat_activity may not have run its LISTEN yet, and would miss the backlog's notification.
-  for (const daemon of daemons) await daemon.waitFor((line) => String(line.msg).startsWith('daemon started'), 'a daemon to start', 60_000);
+  for (const daemon of daemons) await daemon.waitForEvent('daemon:started', {}, 60_000);
   await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM reconciler.replicas WHERE expires_at > now()`)) === replicas, 'every replica counted', 30_000);
   await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'running'`)) === 0, 'the start-up passes to end', 60_000);
   return daemons;

@@ -168,7 +168,7 @@ export async function quietAfter(stage: Stage, env: Record<string, string>, prov
 
 /** Resolves when `daemon` says it started: listening and scheduling. */
 export async function daemonStarted(daemon: RunningProcess): Promise<void> {
-  await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'a daemon to start (listening and scheduling)', 30_000);
+  await daemon.waitForEvent('daemon:started', {}, 30_000);
 }
 
 /** Polls `probe` every 200 ms (or `everyMs`) until it returns a value, or fails after `timeoutMs`. */

@@ -218,7 +218,7 @@ const databaseRestart: Scenario = async (stage, { seed, quick }) => {
   const provider = await stage.provider(seed, { latencyMs: [20, 50] });
   const env = stage.env(shop.url, provider, stage.jobs('*/2 * * * * *'));
   const daemons = [stage.daemon(env), stage.daemon(env)];
-  const opsUrls = await Promise.all(daemons.map(async (d) => String((await d.waitFor((l) => typeof l.url === 'string' && l.msg.startsWith('operations endpoint'), 'the operations endpoint', 30_000)).url)));
+  const opsUrls = await Promise.all(daemons.map(async (d) => String((await d.waitForEvent('http:listening', {}, 30_000)).url)));
   const restarts = quick ? 1 : 2;
   const downMs = 5_000;
   let redMs = 0;
