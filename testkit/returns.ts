@@ -123,6 +123,6 @@ export async function ledgerOf(t: TestDatabase, provider: Provider): Promise<Led
 
 /** Resolves once a daemon has logged the end of a pass of each of settle-returns' partitions (it ships with 4). */
 export async function everySettlePartitionPassed(daemon: RunningProcess, timeoutMs = 60_000): Promise<void> {
-  const ended = () => new Set(daemon.lines.filter((line) => line.reconciler === 'settle-returns' && typeof line.status === 'string').map((line) => line.partition));
+  const ended = () => new Set(daemon.events('pass:finish', { reconciler: 'settle-returns' }).map((line) => line.partition));
   await daemon.waitFor(() => ended().size === 4, 'a pass of every settle-returns partition', timeoutMs);
 }
