@@ -54,6 +54,16 @@ describe('the testkit', () => {
     expect(vitestImports(roots)).toEqual([]);
   });
 
+  it('every log event that docs/operations.md documents is logged, and every one logged is documented', () => {
+    const doc = readFileSync(join(REPO_ROOT, 'docs', 'operations.md'), 'utf8');
+    const documented = new Set([...doc.matchAll(/^\| `([a-z-]+:[a-z-]+)` \|/gm), ...doc.matchAll(/`((?:returns|demo):[a-z-]+)`/g)].map((m) => m[1]!));
+    const sources = [...sourceFiles(join(REPO_ROOT, 'src')), ...sourceFiles(join(REPO_ROOT, 'examples'))].filter((file) => !file.endsWith('.test.ts'));
+    const logged = new Set(sources.flatMap((file) => [...readFileSync(file, 'utf8').matchAll(/\bevent: '([a-z-]+:[a-z-]+)'/g)].map((m) => m[1]!)));
+    expect(documented.size).toBeGreaterThan(20);
+    expect([...documented].filter((event) => !logged.has(event)), 'documented, logged nowhere').toEqual([]);
+    expect([...logged].filter((event) => !documented.has(event)), 'logged, not documented').toEqual([]);
+  });
+
   it('the check finds a vitest import two files away', () => {
     const dir = mkdtempSync(join(REPO_ROOT, 'test', '.tmp', 'kit-'));
     try {
