@@ -87,7 +87,7 @@ export async function waitForDatabase(setup: Pick<Setup, 'config' | 'log'>, stop
         void connecting.then((late) => late.close(), () => undefined);
         return undefined;
       }
-      if (warned) log.info(`the database answers now: ${database.target}`);
+      if (warned) log.info({ event: 'database:answers' }, `the database answers now: ${database.target}`);
       return database;
     } catch (error) {
       if (stopped) return undefined;
@@ -98,7 +98,7 @@ export async function waitForDatabase(setup: Pick<Setup, 'config' | 'log'>, stop
       }
       if (!warned) {
         // The reason in one line (no stack: an unreachable database is not a bug of ours).
-        log.warn({ reason: errorSummary(coerceError(error), 300) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT)`);
+        log.warn({ event: 'database:waiting', reason: errorSummary(coerceError(error), 300) }, `${errorSummary(coerceError(error), 300)}; retrying for up to ${formatDuration(config.STARTUP_TIMEOUT)} (STARTUP_TIMEOUT)`);
         warned = true;
       }
       const wait = Math.min(backoffDelay(++attempt, STARTUP_RETRY), left);

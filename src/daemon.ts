@@ -50,15 +50,15 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
   const { config, log, reconcilers, loadErrors } = setup;
   for (const error of loadErrors) log.error({ file: error.file, ...(error.excerpt ? { excerpt: error.excerpt } : {}) }, describeLoadError(error));
   const signals = onStopSignals({
-    first: (signal) => log.info({ signal }, `${signal}: shutting down; in-flight items get ${formatDuration(config.SHUTDOWN_TIMEOUT)} to finish (send it again to exit at once)`),
-    again: (signal) => log.warn({ signal }, `${signal} again: exiting now without waiting for in-flight items`),
+    first: (signal) => log.info({ event: 'signal:shutdown', signal }, `${signal}: shutting down; in-flight items get ${formatDuration(config.SHUTDOWN_TIMEOUT)} to finish (send it again to exit at once)`),
+    again: (signal) => log.warn({ event: 'signal:exit-now', signal }, `${signal} again: exiting now without waiting for in-flight items`),
   });
   // Everything the daemon set up on the process is taken down again, however it ends: an application
   // that embeds it (runDaemon) keeps its own signal handling afterwards.
   // Started through `npm start`, the daemon is npm's child, and npm does not pass SIGTERM on: when our
   // parent goes away, shut down as if signalled. Started any other way, it outlives the shell that started it.
   const unwatchParent = (options.exitWithParent ?? startedByNpm())
-    ? stopWithParent(signals, (parent) => log.warn({ parent }, `the parent process (pid ${parent}) exited; shutting down`))
+    ? stopWithParent(signals, (parent) => log.warn({ event: 'daemon:orphaned', parent }, `the parent process (pid ${parent}) exited; shutting down`))
     : () => undefined;
   try {
     const status: DaemonStatus = { database: undefined, scheduling: false, shuttingDown: false, broken: brokenFiles(loadErrors), reconcilers: reconcilers.length };
@@ -75,7 +75,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     });
     if (!open) {
       await closeEarly();
-      log.info('daemon stopped before its database answered');
+      log.info({ event: 'daemon:stopped-early' }, 'daemon stopped before its database answered');
       return ExitCode.ok;
     }
     status.database = open;
@@ -88,10 +88,10 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     await services.startPruning();
     if (config.STARTUP_JITTER > 0 && signals.received === 0) {
       const wait = Math.round(Math.random() * config.STARTUP_JITTER);
-      log.info({ waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
+      log.info({ event: 'daemon:jitter', waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
       await Promise.race([new Promise((resolve) => setTimeout(resolve, wait).unref()), signals.first]);
     }
-    if (reconcilers.length === 0) log.warn(noReconcilers(options.jobsDir ?? config.JOBS_DIR, status.broken !== undefined));
+    if (reconcilers.length === 0) log.warn({ event: 'daemon:no-reconcilers' }, noReconcilers(options.jobsDir ?? config.JOBS_DIR, status.broken !== undefined));
     if (signals.received === 0) {
       await services.start().catch(async (error: unknown) => {
         await Promise.resolve(teardown?.()).catch(() => undefined);
@@ -102,7 +102,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
       status.scheduling = true;
     }
     log.info(
-      { reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: open.target },
+      { event: 'daemon:started', reconcilers: reconcilers.map((r) => r.name), invalidJobFiles: loadErrors.map((e) => e.file), database: open.target },
       `daemon started on ${open.target} with ${reconcilers.length} reconciler(s)${reconcilers.length ? `: ${reconcilers.map((r) => `${r.name} (${r.schedule})`).join(', ')}` : ''}` +
         (status.broken ? `; ${loadErrors.length} job file(s) did not load and are not scheduled (errors above; /readyz fails until they are fixed)` : ''),
     );
@@ -111,7 +111,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     unwatchParent();
     await shutDown(services, setup, signal, () => teardown?.());
     await ops.close();
-    log.info('daemon stopped');
+    log.info({ event: 'daemon:stopped' }, 'daemon stopped');
     return ExitCode.ok;
   } finally {
     signals.dispose();
@@ -148,7 +148,7 @@ async function startOperations({ config, log }: Setup, status: DaemonStatus, ser
     const reason = (error as NodeJS.ErrnoException).code ?? coerceError(error).message;
     throw new UserError(`cannot serve the operations endpoint on ${config.HTTP_HOST}:${config.HTTP_PORT} (${reason}): set HTTP_PORT to a free port, or 0 for any`);
   });
-  log.info({ url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
+  log.info({ event: 'http:listening', url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
   return ops;
 }
 

@@ -84,8 +84,8 @@ export class Liveness {
         } else this.#outage = true; // an outage: waiting, not stuck (readiness says so)
       } else this.#outage = false; // progressing: whatever outage there was is over
 
-      if (reason && !this.#failing) log.error({ reason }, `not progressing: ${reason}; /healthz fails until it does (HEALTH_MAX_STALL ${formatDuration(this.#options.maxStallMs)})`);
-      if (!reason && this.#failing) log.info({ was: this.#failing }, 'progressing again: /healthz passes');
+      if (reason && !this.#failing) log.error({ event: 'liveness:stalled', reason }, `not progressing: ${reason}; /healthz fails until it does (HEALTH_MAX_STALL ${formatDuration(this.#options.maxStallMs)})`);
+      if (!reason && this.#failing) log.info({ event: 'liveness:recovered', was: this.#failing }, 'progressing again: /healthz passes');
       this.#failing = reason;
     } finally {
       this.#checking = false;

@@ -32,7 +32,7 @@ export function createLogger(options: LoggerOptions): Logger {
   const stream = options.fd === 1 ? process.stdout : process.stderr;
   const usePretty = options.pretty ?? Boolean(stream.isTTY);
   const destination = options.destination ?? (usePretty
-    ? pretty({ destination: options.fd, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true, sync: true })
+    ? pretty({ destination: options.fd, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,event', singleLine: true, sync: true })
     : pino.destination({ fd: options.fd, sync: true }));
   return pino(
     {

@@ -365,11 +365,11 @@ describe('database and configuration errors', () => {
 
   it('exits 2 with one line per invalid variable', async () => {
     const folder = jobs({ 'items.ts': tableJob() });
-    const result = await runCli(['list'], { DATABASE_URL: t.url, JOBS_DIR: folder.dir, LOCK_TTL: 'banana', LOG_LEVEL: 'loud' });
+    const result = await runCli(['list'], { DATABASE_URL: t.url, JOBS_DIR: folder.dir, LEASE_TTL: 'banana', LOG_LEVEL: 'loud' });
     expect(result.code).toBe(2);
     const errorLines = lines(result.stderr);
     expect(errorLines).toHaveLength(2);
-    expect(errorLines).toEqual(expect.arrayContaining([expect.stringMatching(/^reconciler: invalid LOCK_TTL \(got "banana"\): /), expect.stringMatching(/^reconciler: invalid LOG_LEVEL \(got "loud"\): must be one of /)]));
+    expect(errorLines).toEqual(expect.arrayContaining([expect.stringMatching(/^reconciler: invalid LEASE_TTL \(got "banana"\): /), expect.stringMatching(/^reconciler: invalid LOG_LEVEL \(got "loud"\): must be one of /)]));
     expect(result.stderr).not.toMatch(/^\s{4}at /m);
   });
 });
@@ -558,7 +558,7 @@ describe('the embedded database', () => {
   it('refuses a second process, naming the process that holds it', { timeout: 120_000 }, async () => {
     const daemon = startProcess(['daemon'], { ...env, LOG_LEVEL: 'info' });
     processes.push(daemon);
-    await daemon.waitFor((line) => line.msg.startsWith('daemon started'), 'daemon started', 90_000);
+    await daemon.waitForEvent('daemon:started', {}, 90_000);
     const result = await runCli(['list'], env, { timeoutMs: 90_000 });
     expectOneLineError(result, new RegExp(`the embedded database in .+ is in use by process ${daemon.pid}\\b`));
   });

@@ -105,7 +105,7 @@ export default defineReconciler<{ id: number }>({
 
   it('records the items it aborted in the pass, when the database still answers', async () => {
     const jobs = await stuckJobs('aborted_items');
-    const daemon = startProcess(['daemon'], { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '1s', LOCK_TTL: '3s', LOG_LEVEL: 'info' });
+    const daemon = startProcess(['daemon'], { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '1s', LEASE_TTL: '3s', LOG_LEVEL: 'info' });
     children.push(daemon);
     await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.state WHERE reconciler = 'aborted-items' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass', 30_000);
     daemon.child.kill('SIGTERM');
@@ -121,7 +121,7 @@ export default defineReconciler<{ id: number }>({
     const jobs = await stuckJobs('stuck_items');
     const url = new URL(t.url);
     url.host = `127.0.0.1:${proxy.port}`;
-    const daemon = startProcess(['daemon'], { DATABASE_URL: url.toString(), JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '2s', LOCK_TTL: '3s', LOG_LEVEL: 'info' });
+    const daemon = startProcess(['daemon'], { DATABASE_URL: url.toString(), JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '2s', LEASE_TTL: '3s', LOG_LEVEL: 'info' });
     children.push(daemon);
     // Its catch-up pass has the items in flight, then the network stalls: nothing it sends arrives.
     await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.state WHERE reconciler = 'stuck-items' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass', 30_000);

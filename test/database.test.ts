@@ -12,7 +12,7 @@ const t = useTestDatabase();
 
 /** A logger whose lines can be awaited. */
 function capturingLogger() {
-  const lines: { msg: string; level: number }[] = [];
+  const lines: { msg: string; level: number; event?: string }[] = [];
   const stream = new Writable({
     write(chunk, _encoding, done) {
       lines.push(JSON.parse(String(chunk)));
@@ -33,7 +33,7 @@ describe('the PostgreSQL pool', () => {
       await admin.connect();
       await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'reconciler'`);
       await admin.end();
-      while (!lines.some((l) => l.msg.includes('lost a database connection'))) await once(stream, 'line');
+      while (!lines.some((l) => l.event === 'database:connection-lost')) await once(stream, 'line');
       const [row] = await queryRows<{ ok: number }>(database.db, sql`SELECT 1 AS ok`);
       expect(row!.ok).toBe(1);
     } finally {
@@ -52,7 +52,7 @@ describe('the PostgreSQL pool', () => {
         await admin.query('SELECT pg_terminate_backend($1)', [row!.pid]);
         await admin.end();
         // pg's pool leaves a checked-out connection without an 'error' listener: unguarded, this ends the process.
-        while (!lines.some((l) => l.msg.includes('lost a database connection'))) await once(stream, 'line');
+        while (!lines.some((l) => l.event === 'database:connection-lost')) await once(stream, 'line');
         await queryRows(db, sql`SELECT 1`);
       });
       await expect(held).rejects.toThrow(/not queryable|terminat/i);

@@ -115,11 +115,11 @@ describe('the container image (Dockerfile), replayed without Docker', () => {
     // The image's CMD: ready, then the schedule marks the new row.
     const child = spawn(cmd[0]!, cmd.slice(1), { cwd: app, env: imageEnv, stdio: ['ignore', 'pipe', 'pipe'] });
     daemon = new RunningProcess(child);
-    const url0 = String((await daemon.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint', 60_000)).url);
-    await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'the daemon to schedule its reconcilers', 60_000);
+    const url0 = String((await daemon.waitForEvent('http:listening', {}, 60_000)).url);
+    await daemon.waitForEvent('daemon:started', {}, 60_000);
     const ready = await fetch(`${url0}/readyz`);
     expect(ready.status, await ready.clone().text()).toBe(200);
-    const scheduled = await daemon.waitFor((l) => l.reconciler === 'mark-items' && l.trigger === 'schedule' && typeof l.status === 'string', 'a scheduled pass', 30_000);
+    const scheduled = await daemon.waitForEvent('pass:finish', { reconciler: 'mark-items', trigger: 'schedule' }, 30_000);
     expect(scheduled.status).toBe('succeeded');
     expect((await client.query('SELECT count(*)::int AS n FROM items WHERE done')).rows[0].n).toBe(4);
     await client.end();

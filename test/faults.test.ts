@@ -26,7 +26,7 @@ describe('npm run test:faults -- --quick', () => {
       if ('duplicates' in r.figures) expect([r.figures.duplicates, r.figures.missing], r.scenario).toEqual([0, 0]);
     }
     expect(report.results.filter((r) => 'duplicates' in r.figures).length).toBeGreaterThanOrEqual(9);
-    // Connection faults (the 2-replica case): the faults happened, and the replicas worked again within 2 × LOCK_TTL + a period.
+    // Connection faults (the 2-replica case): the faults happened, and the replicas worked again within 2 × LEASE_TTL + a period.
     const connections = report.results.find((r) => r.scenario === 'connection-faults: 2 replicas');
     expect(connections, 'the connection-faults line').toBeDefined();
     const f = connections!.figures;

@@ -19,13 +19,13 @@ const t = useTestDatabase({ resetEngineTables: true, returns: true });
 const { children, dirs } = useCleanup();
 
 function daemon(env: Record<string, string>): RunningProcess {
-  const child = startProcess(['daemon'], { LOG_LEVEL: 'info', LOCK_TTL: '2s', ...env });
+  const child = startProcess(['daemon'], { LOG_LEVEL: 'info', LEASE_TTL: '2s', ...env });
   children.push(child);
   return child;
 }
 
 async function endpoint(child: RunningProcess): Promise<string> {
-  const line = await child.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint', 30_000);
+  const line = await child.waitForEvent('http:listening', {}, 30_000);
   return String(line.url);
 }
 
@@ -61,7 +61,7 @@ describe('the operations endpoint', () => {
     const jobs = await tableJobs('observed', 3, { schedule: '*/1 * * * * *', failKeys: ['item-2'] });
     const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs.dir });
     const url = await endpoint(d);
-    await d.waitFor((l) => l.reconciler === 'observed' && typeof l.status === 'string', 'a pass', 20_000);
+    await d.waitForEvent('pass:finish', { reconciler: 'observed' }, 20_000);
     expect(await get(`${url}/healthz`)).toMatchObject({ status: 200 });
     const ready = await get(`${url}/readyz`);
     expect(ready.status).toBe(200);
@@ -148,7 +148,7 @@ describe('broken job files', () => {
     jobs.write('badcron.ts', `import { defineReconciler } from ${JSON.stringify(API)};\nexport default defineReconciler({ schedule: '61 * * * *', scan: async () => [], key: () => 'k', reconcile: () => 'unchanged' });\n`);
     const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs.dir });
     const url = await endpoint(d);
-    await d.waitFor((l) => l.reconciler === 'survivor' && l.trigger === 'schedule' && l.status === 'succeeded', 'a scheduled pass of the good reconciler', 20_000);
+    await d.waitForEvent('pass:finish', { reconciler: 'survivor', trigger: 'schedule', status: 'succeeded' }, 20_000);
     expect((await t.rows<{ done: boolean }>(sql`SELECT done FROM survivor_items`)).every((r) => r.done)).toBe(true);
 
     const problems = { 'badcron.ts': 'invalid cron "61 * * * *"', 'boom.ts': 'failed to import: boom at import', 'nodefault.ts': 'does not default-export a reconciler',
@@ -159,7 +159,7 @@ describe('broken job files', () => {
       expect(line!.msg).toMatch(new RegExp(`^${rel(jobs, file).replace(/\./g, '\\.')}: `));
       expect(line!.msg).toContain(problem);
     }
-    expect(d.lines.find((l) => String(l.msg).startsWith('daemon started'))?.msg).toMatch(/with 1 reconciler\(s\): survivor \(\*\/1 \* \* \* \* \*\); 5 job file\(s\) did not load/);
+    expect(d.events('daemon:started')[0]?.msg).toMatch(/with 1 reconciler\(s\): survivor \(\*\/1 \* \* \* \* \*\); 5 job file\(s\) did not load/);
 
     const ready = await get(`${url}/readyz`);
     expect(ready.status).toBe(503);
@@ -179,9 +179,9 @@ describe('broken job files', () => {
     dirs.push(jobs);
     const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs.dir });
     const url = await endpoint(d);
-    await d.waitFor((l) => String(l.msg).startsWith('daemon started'), 'daemon started');
+    await d.waitForEvent('daemon:started');
     expect(d.lines.filter(isError).map((l) => l.msg)).toEqual([`${rel(jobs, 'boom.ts')}: failed to import: boom at import`]);
-    expect(d.lines.some((l) => String(l.msg).startsWith(`no job file in ${jobs.dir} could be loaded`))).toBe(true);
+    expect(d.events('daemon:no-reconcilers').some((l) => String(l.msg).startsWith(`no job file in ${jobs.dir} could be loaded`))).toBe(true);
     expect(JSON.parse((await get(`${url}/readyz`)).text).checks.jobs).toEqual({ ok: false, detail: `${rel(jobs, 'boom.ts')}: failed to import: boom at import; 0 reconciler(s) loaded and scheduled` });
     expect(d.child.exitCode).toBeNull();
   }, 60_000);
@@ -193,7 +193,7 @@ describe('three replicas on one database', () => {
     const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, STARTUP_JITTER: '500ms' };
     const startedAt = Date.now();
     const replicas = [daemon(env), daemon(env), daemon(env)];
-    await Promise.all(replicas.map((r) => r.waitFor((l) => String(l.msg).startsWith('daemon started'), 'start', 30_000)));
+    await Promise.all(replicas.map((r) => r.waitForEvent('daemon:started', {}, 30_000)));
     const holderPid = await until(async () => {
       const [row] = await t.rows<{ pid: number }>(sql`SELECT holder_pid AS pid FROM reconciler.state WHERE reconciler = 'shared' AND holder_id IS NOT NULL`);
       return row?.pid;
@@ -219,7 +219,7 @@ describe('three replicas on one database', () => {
     expect(runs.filter((r) => r.trigger === 'schedule').length).toBeLessThanOrEqual(ticks);
     const touched = await t.rows<{ touched: number }>(sql`SELECT touched FROM shared_items`);
     expect(touched.every((r) => r.touched === 1)).toBe(true); // every row done, none twice
-    expect(replicas.filter((r) => r !== victim).every((r) => r.lines.some((l) => String(l.msg).includes('STARTUP_JITTER')))).toBe(true);
+    expect(replicas.filter((r) => r !== victim).every((r) => r.events('daemon:jitter').length > 0)).toBe(true);
   }, 90_000);
 });
 
@@ -230,9 +230,9 @@ describe('takeover between scheduled ticks', () => {
     await t.rows(sql`INSERT INTO reconciler.state (reconciler, partition, last_started_at, last_tick_at, last_run_id) VALUES ('longtick', 0, now(), now(), 0)`); // no catch-up: wait for the schedule
     const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'debug' };
     const replicas = [daemon(env), daemon(env)];
-    await Promise.all(replicas.map((r) => r.waitFor((l) => String(l.msg).startsWith('daemon started'), 'start', 30_000)));
+    await Promise.all(replicas.map((r) => r.waitForEvent('daemon:started', {}, 30_000)));
     // Whichever replica lost the tick says it is watching the holder (whether it found the tick served or the lease held).
-    const watching = await Promise.race(replicas.map((r) => r.waitFor((l) => l.reconciler === 'longtick' && typeof l.holderPid === 'number', 'a replica to watch the holder', 40_000).then((line) => ({ r, line }))));
+    const watching = await Promise.race(replicas.map((r) => r.waitForEvent('lease:held', { reconciler: 'longtick' }, 40_000).then((line) => ({ r, line }))));
     const survivor = watching.r;
     const victim = replicas.find((r) => r !== survivor && r.pid === watching.line.holderPid)!;
     expect(victim).toBeDefined();
@@ -247,7 +247,7 @@ describe('takeover between scheduled ticks', () => {
     const [victimRun] = await t.rows<{ status: string }>(sql`SELECT status FROM reconciler.runs WHERE reconciler = 'longtick' AND pid = ${victim.pid} ORDER BY id DESC LIMIT 1`);
     expect(victimRun!.status).toBe('abandoned');
     // The survivor looks again when the lease it saw expires; one the holder renewed after that
-    // look lapses at most a lease length (LOCK_TTL 2 s) after the kill, and a look follows 250 ms
+    // look lapses at most a lease length (LEASE_TTL 2 s) after the kill, and a look follows 250 ms
     // later. Slack for a loaded machine: still well before the next 20-second tick.
     expect(Number(takeover.started) - killedAt).toBeLessThan(2 * 2_000 + 3_000);
   }, 90_000);
@@ -270,7 +270,7 @@ describe('secrets', () => {
       const env = { DATABASE_URL: url.toString(), JOBS_DIR: 'jobs', PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: keyCanary, LOG_LEVEL: 'debug' };
       const d = daemon(env);
       const ops = await endpoint(d);
-      await d.waitFor((l) => l.reconciler === 'settle-returns' && typeof l.status === 'string', 'a pass', 30_000);
+      await d.waitForEvent('pass:finish', { reconciler: 'settle-returns' }, 30_000);
       const outputs: string[] = [(await get(`${ops}/metrics`)).text, (await get(`${ops}/readyz`)).text];
       d.child.kill('SIGTERM');
       await d.exited;

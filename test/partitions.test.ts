@@ -20,7 +20,7 @@ import { randomUUID } from 'node:crypto';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, reconciler } from './helpers/engine.js';
 import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
-import { runCli, startProcess, until, useCleanup } from './helpers/processes.js';
+import { isEvent, runCli, startProcess, until, useCleanup } from './helpers/processes.js';
 
 const t = useTestDatabase({ resetEngineTables: true });
 const { children, dirs } = useCleanup();
@@ -338,7 +338,7 @@ describe('hand-over', () => {
       await owner.drain();
       expect(await partitionRuns('owned', 1)).toEqual([['startup', false], ['handover', true]]);
       // The giver's own look, 3 s on, finds the partition served (or its pass still running, and watches it).
-      await giverLog.waitFor((line) => line.msg === 'already served by another process' || line.holderPid !== undefined);
+      await giverLog.waitFor((line) => line.event === 'pass:already-served' || line.event === 'lease:held');
       await giver.drain();
       await owner.handOver(notice!); // late, or sent twice: the run it names is no longer the last
       await owner.drain();
@@ -511,10 +511,10 @@ describe('partitions in the CLI and the daemon', () => {
   it('two daemons split the partitions, two each, and drain the table together', { timeout: 90_000 }, async () => {
     const jobs = await partitionedJobs('replica_parts', 0, "wakeOn: ['replica_parts'],");
     for (const statement of notifyTrigger('replica_parts', 'replica_parts', ['INSERT']).split('--> statement-breakpoint')) await t.rows(sql.raw(statement));
-    const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LOCK_TTL: '2s' };
+    const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LEASE_TTL: '2s' };
     const daemons = [startProcess(['daemon'], env), startProcess(['daemon'], env)];
     children.push(...daemons);
-    for (const d of daemons) await d.waitFor((l) => String(l.msg).startsWith('daemon started'), 'the daemon to start');
+    for (const d of daemons) await d.waitForEvent('daemon:started');
     // Both are up and counted each other, and every partition's catch-up pass (over an empty table) has
     // ended: a catch-up still due now expects a run that is no longer the last, and starts nothing.
     // What follows is a wake both receive. The table was empty until now, so runs that changed rows are this wake's.
@@ -536,22 +536,22 @@ describe('partitions in the CLI and the daemon', () => {
 
   it('a replica that starts alone gives half its partitions to one that joins mid-backlog', { timeout: 90_000 }, async () => {
     const jobs = await partitionedJobs('joined_parts', 800, '', 40);
-    const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LOCK_TTL: '10s' };
+    const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LEASE_TTL: '10s' };
     const first = startProcess(['daemon'], env);
     children.push(first);
-    const url = String((await first.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint')).url);
+    const url = String((await first.waitForEvent('http:listening')).url);
     // Alone, it claims every partition for its catch-up passes: about 16 s of work at 2 items at a time.
     await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.state WHERE reconciler = 'joined-parts' AND holder_pid = ${first.pid!}`))[0]?.n) === 4, 'the first daemon to hold all 4 partitions');
     const second = startProcess(['daemon'], env);
     children.push(second);
-    const handedOver = await first.waitFor((l) => typeof l.handedOver === 'string', 'the first daemon to hand a partition over', 30_000);
+    const handedOver = await first.waitFor((l) => isEvent('pass:finish')(l) && typeof l.handedOver === 'string', 'the first daemon to hand a partition over', 30_000);
     expect(String(handedOver.msg)).toMatch(/^joined-parts partition \d: pass \d+ succeeded in .*\(handed over: 2 replicas share the partitions now, and partition \d is the one ranked \d's \(this one is ranked \d\)\)$/);
     await until(async () => (await notDone('joined_parts')) === 0, 'every row to be done', 60_000);
     await passesEnded();
     const worked = await t.rows<{ pid: number; partitions: number }>(
       sql`SELECT pid, count(DISTINCT partition)::int AS partitions FROM reconciler.runs WHERE reconciler = 'joined-parts' AND changed > 0 GROUP BY pid ORDER BY pid`,
     );
-    // The newcomer worked the two partitions it was given, long before a lease could lapse (LOCK_TTL is 10 s).
+    // The newcomer worked the two partitions it was given, long before a lease could lapse (LEASE_TTL is 10 s).
     expect(Object.fromEntries(worked.map((w) => [w.pid, Number(w.partitions)]))).toMatchObject({ [second.pid!]: 2 });
     expect(Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = 'joined-parts' AND status = 'abandoned'`))[0]?.n)).toBe(0);
     expect(Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM joined_parts WHERE touched <> 1`))[0]?.n)).toBe(0);

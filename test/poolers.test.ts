@@ -9,8 +9,9 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { useTestDatabase } from './helpers/db.js';
-import { API, REPO_ROOT, jobsDir, tableJob, tableSql } from './helpers/jobs.js';
-import { startProcess, until, useCleanup, type RunningProcess } from './helpers/processes.js';
+import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
+import { settleReturnsJobFile } from '../testkit/settle-returns.js';
+import { isEvent, startProcess, until, useCleanup, type RunningProcess } from './helpers/processes.js';
 import { PgBouncer } from './helpers/pgbouncer.js';
 import { expectExactlyOnce, settleEnv, startProvider, type Provider } from './helpers/returns.js';
 import { seedReturns } from '../examples/returns/src/seed.js';
@@ -29,8 +30,8 @@ afterAll(async () => {
 /** `t`'s database through the pooler. */
 const pooled = () => bouncer.url(new URL(t.url).pathname.slice(1));
 const count = async (query: ReturnType<typeof sql>) => Number((await t.rows<{ n: number }>(query))[0]?.n ?? 0);
-const started = (daemon: RunningProcess) => daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'the daemon to start');
-const DEAF = 'notifications do not arrive';
+const started = (daemon: RunningProcess) => daemon.waitForEvent('daemon:started');
+const endpoint = async (daemon: RunningProcess) => String((await daemon.waitForEvent('http:listening')).url);
 const metric = async (url: string, series: string) => {
   const text = await (await fetch(`${url}/metrics`)).text();
   return Number(text.split('\n').find((line) => line.startsWith(`${series} `))?.split(' ')[1] ?? NaN);
@@ -39,10 +40,7 @@ const metric = async (url: string, series: string) => {
 /** settle-returns as it ships (4 partitions, woken by inserts into returns), on a schedule a test can wait for. */
 function settleJobs(schedule: string): string {
   const jobs = jobsDir({
-    'settle-returns.ts': `import { defineReconciler } from ${JSON.stringify(API)};
-import shipped from ${JSON.stringify(`${REPO_ROOT}/examples/returns/jobs/settle-returns.ts`)};
-export default defineReconciler({ ...shipped, schedule: ${JSON.stringify(schedule)} });
-`,
+    'settle-returns.ts': settleReturnsJobFile({ schedule }),
   });
   dirs.push(jobs);
   return jobs.dir;
@@ -53,11 +51,11 @@ describe('behind PgBouncer in transaction mode', () => {
     await t.rows(sql.raw(tableSql(800, 'pooled_parts')));
     const jobs = jobsDir({ 'pooled-parts.ts': tableJob({ table: 'pooled_parts', partitions: 4, concurrency: 2, delayMs: 40 }) });
     dirs.push(jobs);
-    // LOCK_TTL 10 s: the newcomer's share comes by hand-over, long before a lease could lapse.
-    const env = { DATABASE_URL: pooled(), JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LOCK_TTL: '10s', HTTP_PORT: '0' };
+    // LEASE_TTL 10 s: the newcomer's share comes by hand-over, long before a lease could lapse.
+    const env = { DATABASE_URL: pooled(), JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LEASE_TTL: '10s', HTTP_PORT: '0' };
     const first = startProcess(['daemon'], env);
     children.push(first);
-    const ops = String((await first.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint')).url);
+    const ops = await endpoint(first);
     await started(first);
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM reconciler.state WHERE reconciler = 'pooled-parts' AND holder_pid = ${first.pid!}`)) === 4, 'the first daemon to hold all 4 partitions');
     const second = startProcess(['daemon'], env);
@@ -79,7 +77,7 @@ describe('behind PgBouncer in transaction mode', () => {
     expect(await count(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = 'pooled-parts' AND status = 'abandoned'`)).toBe(0);
     expect(await count(sql`SELECT count(*)::int AS n FROM pooled_parts WHERE touched <> 1`)).toBe(0);
     // Each said once that notifications do not arrive through the pooler.
-    for (const daemon of [first, second]) expect(daemon.lines.filter((l) => String(l.msg).startsWith(DEAF))).toHaveLength(1);
+    for (const daemon of [first, second]) expect(daemon.events('wake:deaf')).toHaveLength(1);
 
     // A replica that shuts down leaves at once: the other counts alone.
     await second.kill('SIGTERM');
@@ -88,29 +86,29 @@ describe('behind PgBouncer in transaction mode', () => {
 
   it('wakes work with LISTEN_DATABASE_URL: a new return is settled long before the schedule', { timeout: 90_000 }, async () => {
     // The schedule is a year away: only a wake can settle what is inserted after start.
-    const env = settleEnv(t, provider, { DATABASE_URL: pooled(), LISTEN_DATABASE_URL: t.url, JOBS_DIR: settleJobs('0 0 1 1 *'), LOG_LEVEL: 'info', HTTP_PORT: '0', LOCK_TTL: '3s' });
+    const env = settleEnv(t, provider, { DATABASE_URL: pooled(), LISTEN_DATABASE_URL: t.url, JOBS_DIR: settleJobs('0 0 1 1 *'), LOG_LEVEL: 'info', HTTP_PORT: '0', LEASE_TTL: '3s' });
     const daemons = [startProcess(['daemon'], env), startProcess(['daemon'], env)];
     children.push(...daemons);
-    const urls = await Promise.all(daemons.map(async (d) => String((await d.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint')).url)));
-    for (const daemon of daemons) await daemon.waitFor((l) => String(l.msg).startsWith('listening for notifications on returns'), 'the LISTEN session to prove itself');
+    const urls = await Promise.all(daemons.map(endpoint));
+    for (const daemon of daemons) await daemon.waitFor((l) => isEvent('wake:listening')(l) && (l.channels as string[]).includes('returns'), 'the LISTEN session to prove itself');
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = 'settle-returns' AND status <> 'running'`)) >= 4, "every partition's catch-up pass");
 
     await seedReturns(t.db, 12, 14);
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`)) === 0, 'the new returns to be settled by wakes', 20_000);
     expect(await count(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = 'settle-returns' AND trigger = 'wake' AND changed > 0`)).toBeGreaterThan(0);
     for (const url of urls) expect(await metric(url, 'reconciler_wake_listening')).toBe(1);
-    for (const daemon of daemons) expect(daemon.lines.some((l) => String(l.msg).startsWith(DEAF))).toBe(false);
+    for (const daemon of daemons) expect(daemon.events('wake:deaf')).toHaveLength(0);
     await Promise.all(daemons.map((d) => d.kill('SIGTERM')));
     await expectExactlyOnce(t, provider);
   });
 
   it('without LISTEN_DATABASE_URL: one warning, wake_listening 0, and the schedule settles every return exactly once', { timeout: 90_000 }, async () => {
     const before = await count(sql`SELECT coalesce(max(id), 0)::int AS n FROM reconciler.runs`); // the earlier tests' runs
-    const env = settleEnv(t, provider, { DATABASE_URL: pooled(), JOBS_DIR: settleJobs('*/2 * * * * *'), LOG_LEVEL: 'info', HTTP_PORT: '0', LOCK_TTL: '3s' });
+    const env = settleEnv(t, provider, { DATABASE_URL: pooled(), JOBS_DIR: settleJobs('*/2 * * * * *'), LOG_LEVEL: 'info', HTTP_PORT: '0', LEASE_TTL: '3s' });
     const daemons = [startProcess(['daemon'], env), startProcess(['daemon'], env)];
     children.push(...daemons);
-    const urls = await Promise.all(daemons.map(async (d) => String((await d.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint')).url)));
-    const warnings = await Promise.all(daemons.map((d) => d.waitFor((l) => String(l.msg).startsWith(DEAF), 'the warning that notifications do not arrive')));
+    const urls = await Promise.all(daemons.map(endpoint));
+    const warnings = await Promise.all(daemons.map((d) => d.waitForEvent('wake:deaf')));
     for (const warning of warnings) {
       expect(warning.level).toBe(40);
       expect(String(warning.msg)).toContain('set LISTEN_DATABASE_URL to a direct connection');
@@ -121,7 +119,7 @@ describe('behind PgBouncer in transaction mode', () => {
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`)) === 0, 'the new returns to be settled by the schedule', 30_000);
     expect(await count(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = 'settle-returns' AND trigger = 'wake' AND id > ${before}`)).toBe(0);
     await Promise.all(daemons.map((d) => d.kill('SIGTERM')));
-    for (const daemon of daemons) expect(daemon.lines.filter((l) => String(l.msg).startsWith(DEAF))).toHaveLength(1);
+    for (const daemon of daemons) expect(daemon.events('wake:deaf')).toHaveLength(1);
     await expectExactlyOnce(t, provider);
   });
 });

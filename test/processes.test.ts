@@ -12,7 +12,7 @@ import pg from 'pg';
 import { MIGRATIONS_FOLDER } from '../src/store/migrate.js';
 import { createEmptyDatabase, createTestDatabase, databaseUrl, dropDatabase, type TestDatabase } from './helpers/db.js';
 import { jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
-import { runCli, startProcess, type LogLine, type RunningProcess, useCleanup } from './helpers/processes.js';
+import { isEvent, runCli, startProcess, type RunningProcess, useCleanup } from './helpers/processes.js';
 
 let t: TestDatabase;
 const { children, dirs } = useCleanup();
@@ -50,7 +50,7 @@ async function setUp(name: string, rows: number, job: Parameters<typeof tableJob
 }
 
 function env(jobs: JobsDir, extra: Record<string, string> = {}): Record<string, string> {
-  return { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LOCK_TTL: '2s', SHUTDOWN_TIMEOUT: '10s', ...extra };
+  return { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LEASE_TTL: '2s', SHUTDOWN_TIMEOUT: '10s', ...extra };
 }
 
 function start(args: string[], environment: Record<string, string>): RunningProcess {
@@ -93,8 +93,7 @@ const failureRecorded = async (name: string, key: string) =>
   (await t.rows(sql`SELECT 1 FROM reconciler.failures WHERE reconciler = ${name} AND key = ${key}`)).length > 0;
 
 /** A pass summary line (`name: pass 12 succeeded in …`), optionally of one trigger. */
-const isSummary = (name: string, trigger?: string) => (line: LogLine) =>
-  line.reconciler === name && typeof line.status === 'string' && typeof line.passId === 'number' && (trigger === undefined || line.trigger === trigger);
+const isSummary = (name: string, trigger?: string) => isEvent('pass:finish', { reconciler: name, ...(trigger === undefined ? {} : { trigger }) });
 
 describe('reconciler run, as processes', () => {
   it('lets exactly one of two racing `run` processes do the pass; the other exits 3 naming the holder', async () => {
@@ -131,13 +130,13 @@ describe('reconciler run, as processes', () => {
 
   it('takes over the pass of a holder killed with SIGKILL once its lease expires, and marks that pass abandoned', async () => {
     const jobs = await setUp('killed', 4, { delayMs: 1_500, concurrency: 1 });
-    const victim = start(['run', 'killed'], env(jobs, { LOCK_TTL: '2s' }));
+    const victim = start(['run', 'killed'], env(jobs, { LEASE_TTL: '2s' }));
     const lease = await until(() => heldLease('killed'), 'the victim to hold the lease', { watch: [victim] });
     const leaseBeforeKill = await state('killed');
     await victim.kill('SIGKILL');
     const killedAt = Date.now();
 
-    const survivor = await runCli(['run', 'killed', '--wait'], env(jobs, { LOCK_TTL: '2s' }));
+    const survivor = await runCli(['run', 'killed', '--wait'], env(jobs, { LEASE_TTL: '2s' }));
     expect(survivor.code, survivor.stderr).toBe(0);
 
     const history = await runs('killed');
@@ -146,7 +145,7 @@ describe('reconciler run, as processes', () => {
     expect(abandoned).toMatchObject({ id: Number(lease.current_run_id), pid: victim.pid, status: 'abandoned' });
     expect(abandoned.error).toContain('stopped renewing the lease');
     expect(takeover).toMatchObject({ status: 'succeeded', complete: true });
-    // Not before the lease ran out, and within LOCK_TTL (plus start-up and polling slack) of the kill.
+    // Not before the lease ran out, and within LEASE_TTL (plus start-up and polling slack) of the kill.
     expect(takeover.started_ms).toBeGreaterThanOrEqual(leaseBeforeKill!.lease_expires_ms!);
     const takeoverMs = takeover.started_ms - killedAt;
     expect(takeoverMs).toBeLessThan(2_000 + 8_000);
@@ -181,7 +180,7 @@ describe('the daemon, as a process', () => {
     daemon.child.kill('SIGTERM');
     const exit = await daemon.exited;
     expect(exit).toEqual({ code: 0, signal: null });
-    expect(daemon.lines.some((line) => line.msg === 'daemon stopped')).toBe(true);
+    expect(daemon.lines.some((line) => line.event === 'daemon:stopped')).toBe(true);
     const history = await runs('ticking');
     expect(history.filter((run) => run.trigger === 'schedule').length).toBeGreaterThanOrEqual(2);
     expect(history.every((run) => run.status === 'succeeded')).toBe(true);
@@ -199,11 +198,11 @@ describe('the daemon, as a process', () => {
     expect((await first.exited).code).toBe(0);
 
     const second = start(['daemon'], env(jobs));
-    await second.waitFor((line) => line.msg.startsWith('daemon started'), 'the second daemon to start', 20_000);
+    await second.waitForEvent('daemon:started', {}, 20_000);
     second.child.kill('SIGTERM');
     expect((await second.exited).code).toBe(0);
 
-    expect(second.lines.filter((line) => line.msg.includes('catch-up pass'))).toEqual([]);
+    expect(second.events('pass:catch-up')).toEqual([]);
     const history = await runs('overdue');
     expect(history.map((run) => [run.trigger, run.status])).toEqual([['startup', 'succeeded']]);
     expect((await items('overdue')).map((row) => row.touched)).toEqual([1, 1]);
@@ -266,7 +265,7 @@ describe('the daemon, as a process', () => {
     const jobs = await setUp('orphaned', 1, { schedule: '0 0 1 1 *' });
     const npm = startProcess(['start'], env(jobs), { command: 'npm' });
     children.push(npm);
-    const started = await npm.waitFor((line) => typeof line.msg === 'string' && line.msg.startsWith('daemon started'), 'the daemon to start under npm', 30_000);
+    const started = await npm.waitForEvent('daemon:started', {}, 30_000);
     const daemonPid = Number(started.pid);
     expect(daemonPid).not.toBe(npm.pid);
     npm.child.kill('SIGTERM'); // npm exits without passing the signal on
@@ -279,7 +278,7 @@ describe('the daemon, as a process', () => {
       }
     }, 'the orphaned daemon to exit', { timeoutMs: 20_000 });
     expect(npm.stdoutText.join('\n')).toContain(`the parent process`);
-    expect(npm.lines.some((line) => line.msg === 'daemon stopped')).toBe(true);
+    expect(npm.lines.some((line) => line.event === 'daemon:stopped')).toBe(true);
   }, 60_000);
 
   it('on SIGTERM lets in-flight items finish, takes no new ones, records the pass and releases the lease', async () => {
@@ -297,7 +296,7 @@ describe('the daemon, as a process', () => {
     const exit = await daemon.exited;
     const shutdownMs = Date.now() - signalledAt;
     expect(exit).toEqual({ code: 0, signal: null });
-    expect(daemon.lines.some((line) => line.msg === 'daemon stopped')).toBe(true);
+    expect(daemon.lines.some((line) => line.event === 'daemon:stopped')).toBe(true);
     expect(shutdownMs).toBeLessThan(10_000); // the items finished on their own, before SHUTDOWN_TIMEOUT
 
     const rows = await items('graceful');
@@ -326,8 +325,8 @@ describe('the daemon, as a process', () => {
     expect(shutdownMs).toBeLessThan(8_000);
     // One line for the pass, not one per aborted item: the summary counts them and says why.
     expect(daemon.lines.filter((line) => line.level >= 40 && line.key !== undefined).map((line) => line.msg)).toEqual([expect.stringMatching(/^failed: /)]);
-    expect(daemon.lines.map((line) => line.msg)).toContainEqual(expect.stringMatching(/pass \d+ aborted .* 2 skipped, 1 failed.*items still running after 1.0s were aborted/));
-    expect(daemon.lines.some((line) => line.msg === 'daemon stopped')).toBe(true);
+    expect(daemon.events('pass:finish').map((line) => line.msg)).toContainEqual(expect.stringMatching(/pass \d+ aborted .* 2 skipped, 1 failed.*items still running after 1.0s were aborted/));
+    expect(daemon.lines.some((line) => line.event === 'daemon:stopped')).toBe(true);
 
     const history = await runs('impatient');
     expect(history).toHaveLength(1);
@@ -343,14 +342,14 @@ describe('the daemon, as a process', () => {
     await until(() => failureRecorded('hasty', 'item-1'), 'items in flight', { watch: [daemon] });
 
     daemon.child.kill('SIGTERM');
-    await daemon.waitFor((line) => line.msg.startsWith('SIGTERM: shutting down'), 'the first SIGTERM to be handled', 10_000);
+    await daemon.waitForEvent('signal:shutdown', { signal: 'SIGTERM' }, 10_000);
     const secondAt = Date.now();
     daemon.child.kill('SIGTERM');
     const exit = await daemon.exited;
     expect(exit).toEqual({ code: 143, signal: null });
     expect(Date.now() - secondAt).toBeLessThan(5_000);
-    expect(daemon.lines.some((line) => line.msg.startsWith('SIGTERM again: exiting now'))).toBe(true);
-    expect(daemon.lines.some((line) => line.msg === 'daemon stopped')).toBe(false);
+    expect(daemon.events('signal:exit-now', { signal: 'SIGTERM' })).not.toHaveLength(0);
+    expect(daemon.lines.some((line) => line.event === 'daemon:stopped')).toBe(false);
     // It did not wait for the pass: nothing recorded its end.
     expect((await runs('hasty')).map((run) => run.status)).toEqual(['running']);
     expect(await doneCount('hasty')).toBe(0);

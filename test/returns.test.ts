@@ -59,12 +59,13 @@ describe('the zero-configuration demo (`npm start` on a fresh checkout)', () => 
     expect(start.slice(0, 3)).toEqual(['node', '--import', './bin/register.js']);
     const daemon = startProcess(start.slice(1), { DATA_DIR: dataDir, LOG_LEVEL: 'info' }, { command: process.execPath });
     try {
-      const seeded = await daemon.waitFor((line) => String(line.msg).startsWith('demo: the database had no returns'), 'the demo seed', 60_000);
+      const seeded = await daemon.waitForEvent('demo:seeded', {}, 60_000);
       await everySettlePartitionPassed(daemon);
-      const effects = daemon.lines.filter((line) => /^(charged|refunded) /.test(String(line.msg)));
+      const effects = daemon.events('returns:effect');
+      expect(effects.filter((line) => !/^(charged|refunded) /.test(String(line.msg)))).toEqual([]);
       expect(effects).toHaveLength(Number(seeded.charge) + Number(seeded.refund));
       expect(new Set(effects.map((line) => line.returnId)).size).toBe(effects.length);
-      expect(daemon.lines.some((line) => String(line.msg).includes('simulator runs in-process on http://127.0.0.1:'))).toBe(true);
+      expect(daemon.events('demo:simulator').some((line) => String(line.msg).includes('simulator runs in-process on http://127.0.0.1:'))).toBe(true);
       daemon.child.kill('SIGTERM');
       expect((await daemon.exited).code).toBe(0);
     } finally {

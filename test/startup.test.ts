@@ -11,7 +11,7 @@ import { sql } from 'drizzle-orm';
 import { createTestDatabase, type TestDatabase } from './helpers/db.js';
 import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
 import { freePort } from './helpers/ports.js';
-import { BIN, runCli, startProcess, until, useCleanup, type LogLine } from './helpers/processes.js';
+import { BIN, isEvent, runCli, startProcess, until, useCleanup, type LogLine } from './helpers/processes.js';
 
 let t: TestDatabase;
 const { children, dirs } = useCleanup();
@@ -55,8 +55,8 @@ describe('a database that is not up yet', () => {
     await t.rows(sql.raw(tableSql(2, 'late_items')));
     const daemon = startProcess(['daemon'], { DATABASE_URL: urlThrough(port), JOBS_DIR: jobs.dir, STARTUP_TIMEOUT: '60s', LOG_LEVEL: 'info' });
     children.push(daemon);
-    const endpoint = String((await daemon.waitFor((l) => message(l).startsWith('operations endpoint on'), 'the operations endpoint')).url);
-    const waiting = await daemon.waitFor((l) => l.level === 40 && message(l).includes('STARTUP_TIMEOUT'), 'the one warning that it waits');
+    const endpoint = String((await daemon.waitForEvent('http:listening')).url);
+    const waiting = await daemon.waitForEvent('database:waiting', { level: 40 });
     expect(message(waiting)).toMatch(/ECONNREFUSED|connect/);
     const ready = await fetch(`${endpoint}/readyz`);
     expect(ready.status).toBe(503);
@@ -65,9 +65,9 @@ describe('a database that is not up yet', () => {
 
     const proxy = await forwardTo(port);
     try {
-      await daemon.waitFor((l) => message(l).startsWith('daemon started'), 'the daemon to start once the database answers', 30_000);
-      expect(daemon.lines.filter((l) => l.level === 40 && message(l).includes('STARTUP_TIMEOUT'))).toHaveLength(1); // logged once, not per retry
-      expect(daemon.lines.some((l) => message(l).startsWith('the database answers now'))).toBe(true);
+      await daemon.waitForEvent('daemon:started', {}, 30_000);
+      expect(daemon.events('database:waiting', { level: 40 })).toHaveLength(1); // logged once, not per retry
+      expect(daemon.events('database:answers')).not.toHaveLength(0);
       expect((await fetch(`${endpoint}/readyz`)).status).toBe(200);
       daemon.child.kill('SIGTERM');
       expect((await daemon.exited).code).toBe(0);
@@ -84,10 +84,10 @@ describe('a database that is not up yet', () => {
       const port = (silent.address() as { port: number }).port;
       const daemon = startProcess(['daemon'], { DATABASE_URL: urlThrough(port), STARTUP_TIMEOUT: '60s', JOBS_DIR: 'jobs', LOG_LEVEL: 'info' });
       children.push(daemon);
-      await daemon.waitFor((l) => message(l).startsWith('operations endpoint on'), 'the operations endpoint');
+      await daemon.waitForEvent('http:listening');
       daemon.child.kill('SIGTERM');
       expect((await daemon.exited).code).toBe(0);
-      expect(daemon.lines.some((l) => message(l) === 'daemon stopped before its database answered')).toBe(true);
+      expect(daemon.events('daemon:stopped-early').map(message)).toContain('daemon stopped before its database answered');
     } finally {
       silent.close();
     }
@@ -135,10 +135,10 @@ describe('a daemon started in the background', () => {
       const lines = () => (existsSync(log) ? readFileSync(log, 'utf8') : '').split('\n').filter(Boolean).map((l) => JSON.parse(l) as LogLine);
       // A scheduled pass that started more than 2 s after its shell exited: the parent watch (1 s) would have stopped it by then.
       await until(async () => alive() && lines().some((l) => l.trigger === 'schedule' && typeof l.status === 'string' && Number(l.time) > shellExitedAt + 2_000), 'a scheduled pass 2 s after the shell exited', 30_000);
-      expect(lines().some((l) => message(l).includes('parent process'))).toBe(false);
+      expect(lines().some(isEvent('daemon:orphaned'))).toBe(false);
       process.kill(pid, 'SIGTERM');
       await until(async () => !alive(), 'the daemon to stop on SIGTERM', 20_000);
-      expect(lines().some((l) => l.msg === 'daemon stopped')).toBe(true);
+      expect(lines().some(isEvent('daemon:stopped'))).toBe(true);
     } finally {
       if (alive()) process.kill(pid, 'SIGKILL');
     }

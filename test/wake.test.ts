@@ -14,7 +14,7 @@ import { WakeListener } from '../src/scheduler/wake.js';
 import { RETURNS_MIGRATIONS } from '../examples/returns/src/migrate.js';
 import { silentLog, useTestDatabase } from './helpers/db.js';
 import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
-import { startProcess, until, type RunningProcess, useCleanup } from './helpers/processes.js';
+import { isEvent, startProcess, until, type RunningProcess, useCleanup } from './helpers/processes.js';
 
 const t = useTestDatabase();
 const { children, dirs } = useCleanup();
@@ -26,10 +26,10 @@ async function wakingDaemon(table: string, extraEnv: Record<string, string> = {}
   for (const statement of notifyTrigger(table, table, ['INSERT']).split('--> statement-breakpoint')) await t.rows(sql.raw(statement));
   const jobs = jobsDir({ [`${table.replace(/_/g, '-')}.ts`]: tableJob({ table, schedule: '0 0 1 1 *', extra: `wakeOn: [${JSON.stringify(table)}],` }) });
   dirs.push(jobs);
-  const daemon = startProcess(['daemon'], { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LOCK_TTL: '2s', ...extraEnv });
+  const daemon = startProcess(['daemon'], { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LEASE_TTL: '2s', ...extraEnv });
   children.push(daemon);
-  const url = String((await daemon.waitFor((l) => String(l.msg).startsWith('operations endpoint on'), 'the operations endpoint')).url);
-  await daemon.waitFor((l) => String(l.msg).startsWith('listening for notifications on'), 'the LISTEN session');
+  const url = String((await daemon.waitForEvent('http:listening')).url);
+  await daemon.waitForEvent('wake:listening');
   // The start-up catch-up pass (the reconciler never ran) has ended: what follows is the wake's.
   const name = table.replace(/_/g, '-');
   await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.runs WHERE reconciler = ${name} AND trigger = 'startup' AND status <> 'running'`)).length > 0, 'the catch-up pass');
@@ -76,8 +76,8 @@ describe('wakeOn', () => {
     await t.rows(sql`ALTER TABLE wake_lost ENABLE TRIGGER wake_lost_reconciler_notify`);
     expect(await notDone('wake_lost')).toBe(1);
     await t.rows(sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'reconciler-listen' AND datname = current_database()`);
-    await daemon.waitFor((l) => String(l.msg).startsWith('lost the LISTEN connection'), 'the daemon to notice');
-    await daemon.waitFor((l) => String(l.msg).startsWith('listening again on wake_lost'), 'the session to be back');
+    await daemon.waitForEvent('wake:down');
+    await daemon.waitFor((l) => isEvent('wake:restored')(l) && (l.channels as string[]).includes('wake_lost'), 'the session to be back');
     await until(async () => (await notDone('wake_lost')) === 0, 'the missed row to be done');
     expect(await wakePasses('wake-lost')).toBe(1);
     expect(await metric(url, 'reconciler_wake_reconnects_total')).toBe(1);
@@ -85,7 +85,7 @@ describe('wakeOn', () => {
     // And it listens again: a new row is picked up by a wake.
     await t.rows(sql`INSERT INTO wake_lost (name) VALUES ('after')`);
     await until(async () => (await notDone('wake_lost')) === 0, 'the row inserted after to be done', 5_000);
-    expect(daemon.lines.filter((l) => String(l.msg).startsWith('lost the LISTEN connection'))).toHaveLength(1); // one line per outage
+    expect(daemon.events('wake:down')).toHaveLength(1); // one line per outage
   });
 
   it('debounces: the first notification wakes at once, the rest of a burst is one more wake when the window closes', async () => {

@@ -6,9 +6,10 @@ import { sql } from 'drizzle-orm';
 import { queryRows } from '../../src/store/database.js';
 import { Engine } from '../../src/engine/engine.js';
 import { Scheduler } from '../../src/scheduler/scheduler.js';
-import { findReturnsToSettle } from '../../examples/returns/src/service.js';
 import { Stage, until } from '../faults/harness.js';
-import { cpuSeconds, growSettled, inline, rssMb, scratchDatabase, silent, stats, type CaseOptions, type CaseResult } from './common.js';
+import { reconciler } from '../../testkit/engine.js';
+import { settleReturns } from '../../testkit/settle-returns.js';
+import { cpuSeconds, growSettled, rssMb, scratchDatabase, silent, stats, type CaseOptions, type CaseResult } from './common.js';
 
 /**
  * 2. A pass of settle-returns' scan that finds nothing, with 10k, 1M and 5M settled returns:
@@ -22,14 +23,10 @@ export async function scanCost({ quick, runs }: CaseOptions): Promise<CaseResult
   const sizes = quick ? [10_000, 100_000] : [10_000, 1_000_000, 5_000_000];
   const { database, drop } = await scratchDatabase();
   try {
-    const settle = inline('settle-returns', {
-      schedule: '0 0 1 1 *',
-      scan: ({ db, after, limit }) => findReturnsToSettle(db, (after as { id: number } | undefined)?.id ?? 0, limit),
-      key: (ret) => `return:${(ret as { id: number }).id}`,
-      reconcile: async () => {
-        throw new Error('the benchmark expects no return to settle');
-      },
-    });
+    const noProvider = () => {
+      throw new Error('the benchmark expects no return to settle');
+    };
+    const settle = reconciler('settle-returns', settleReturns({ schedule: '0 0 1 1 *', partitions: 1, wakeOn: [] }, noProvider), 'bench:settle-returns');
     const engine = new Engine({ db: database.db, control: database.control, reconcilers: [settle], log: silent, leaseMs: 15_000 });
     const medians = new Map<number, number>();
     const results: CaseResult[] = [];
@@ -64,16 +61,16 @@ export async function passLatency({ runs }: CaseOptions): Promise<CaseResult[]> 
   const { database, drop } = await scratchDatabase();
   const calls: number[] = [];
   let wake: () => void = () => undefined;
-  const probe = inline('latency', {
+  const probe = reconciler('latency', {
     schedule: '* * * * * *',
     scan: async ({ after }) => (after ? [] : [{ id: 1 }]),
     key: () => 'one',
     reconcile: async () => {
       calls.push(Date.now());
       wake();
-      return 'unchanged';
+      return 'unchanged' as const;
     },
-  });
+  }, 'bench:latency');
   const engine = new Engine({ db: database.db, control: database.control, reconcilers: [probe], log: silent, leaseMs: 15_000 });
   const scheduler = new Scheduler({ engine, log: silent });
   try {

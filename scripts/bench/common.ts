@@ -1,12 +1,9 @@
 /** What every benchmark case shares: result rows, statistics, scratch databases, process readings. */
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { sql, type SQL } from 'drizzle-orm';
-import pino from 'pino';
-import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
-import { migrateReturns } from '../../examples/returns/src/migrate.js';
-import { defineReconciler, resolveReconciler, type Reconciler } from '../../src/reconciler.js';
-import { ADMIN_URL, admin, urlOf } from '../faults/harness.js';
+import { queryRows, type Database } from '../../src/store/database.js';
+import { ADMIN_URL } from '../faults/harness.js';
+import { createTestDatabase, silentLog, type TestDatabase } from '../../testkit/database.js';
 import type { App } from '../faults/app.js';
 
 export interface CaseResult {
@@ -29,7 +26,7 @@ export interface CaseOptions {
   subset?: string | undefined;
 }
 
-export const silent = pino({ level: 'silent' });
+export const silent = silentLog;
 
 export function stats(samples: number[]): { median: number; min: number; max: number } {
   const sorted = [...samples].sort((a, b) => a - b);
@@ -39,24 +36,10 @@ export function stats(samples: number[]): { median: number; min: number; max: nu
   return { median: round(median), min: round(sorted[0]!), max: round(sorted[sorted.length - 1]!) };
 }
 
-/** A fresh database with the engine's and the returns example's migrations, dropped by the returned cleanup. */
-export async function scratchDatabase(poolSize?: number): Promise<{ database: Database; url: string; drop: () => Promise<void> }> {
-  const name = `reconciler_bench_${randomBytes(4).toString('hex')}`;
-  await admin(`CREATE DATABASE ${name}`);
-  const url = urlOf(name, ADMIN_URL);
-  const database = await openDatabase({ databaseUrl: url, dataDir: '.data', log: silent, ...(poolSize ? { poolSize } : {}) });
-  await migrateReturns(database); // the benchmarks settle returns: the example's tables too
-  return {
-    database,
-    url,
-    drop: async () => {
-      await database.close();
-      await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    },
-  };
+/** A fresh database with the engine's and the returns example's migrations (the benchmarks settle returns), dropped by `drop`. */
+export function scratchDatabase(poolSize?: number): Promise<TestDatabase> {
+  return createTestDatabase(ADMIN_URL, { returns: true, prefix: 'reconciler_bench', ...(poolSize ? { poolSize } : {}) });
 }
-
-export const inline = (name: string, definition: Parameters<typeof defineReconciler>[0]): Reconciler => resolveReconciler(name, `bench:${name}`, defineReconciler(definition)) as Reconciler;
 
 /**
  * Adds `count` bare returns in bulk (one customer, a Fix with the styling fee and no items):

@@ -17,10 +17,12 @@ import { coerceError, errorSummary } from '../../src/errors.js';
 import type { Db, ReconcileContext } from '../../src/reconciler.js';
 import { HttpPaymentProvider, type EffectRequest, type PaymentProvider } from '../../examples/returns/src/provider.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
-import { findReturnsToSettle, settleReturn } from '../../examples/returns/src/service.js';
+import { settleReturn } from '../../examples/returns/src/service.js';
+import { reconciler } from '../../testkit/engine.js';
+import { settleReturns } from '../../testkit/settle-returns.js';
 import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
 import { Stage, admin } from '../faults/harness.js';
-import { addReturns, inline, rssMb, scratchDatabase, settleDown, silent, stats, type CaseOptions, type CaseResult } from './common.js';
+import { addReturns, rssMb, scratchDatabase, settleDown, silent, stats, type CaseOptions, type CaseResult } from './common.js';
 
 const BATCH = 1_000;
 
@@ -66,17 +68,8 @@ interface DrainSide {
 async function engineSide(url: string, concurrency: number, provider: (db: Db) => PaymentProvider): Promise<DrainSide> {
   const database = await openDatabase({ databaseUrl: url, dataDir: '.data', log: silent, poolSize: poolSizeFor(concurrency) });
   const client = provider(database.db);
-  const settle = inline('settle-returns', {
-    schedule: '0 0 1 1 *',
-    concurrency,
-    pageSize: BATCH,
-    timeout: '30s',
-    retry: { maxAttempts: 12, backoff: { initial: '10s', max: '30m' } },
-    scan: ({ db, after, limit }) => findReturnsToSettle(db, (after as { id: number } | undefined)?.id ?? 0, limit),
-    key: (ret) => `return:${(ret as { id: number }).id}`,
-    since: (ret) => (ret as { receivedAt: Date }).receivedAt,
-    reconcile: (ret, ctx) => settleReturn((ret as { id: number }).id, ctx, () => client),
-  });
+  // The shipped definition, unpartitioned and unwoken (as a manual pass runs it), through this side's provider.
+  const settle = reconciler('settle-returns', settleReturns({ schedule: '0 0 1 1 *', partitions: 1, wakeOn: [], concurrency, pageSize: BATCH }, () => client), 'bench:settle-returns');
   // A lease long enough that no renewal lands in a drain's query count (renewals come every third of it).
   const engine = new Engine({ db: database.db, control: database.control, reconcilers: [settle], log: silent, leaseMs: 300_000 });
   return {

@@ -11,8 +11,8 @@ import pg from 'pg';
 import { sql } from 'drizzle-orm';
 import { queryRows, type Database } from '../../src/store/database.js';
 import { Stage, admin, type ProviderHandle } from '../faults/harness.js';
-import type { RunningProcess } from '../../test/helpers/processes.js';
-import { until } from '../../test/helpers/processes.js';
+import type { RunningProcess } from '../../testkit/processes.js';
+import { until } from '../../testkit/processes.js';
 import { addReturns, busyPercent, cpuSeconds, machineCpu, scratchDatabase, settleDown, stats, type CaseOptions, type CaseResult } from './common.js';
 
 
@@ -26,7 +26,7 @@ async function startReplicas(stage: Stage, database: Database, replicas: number,
   const daemons = Array.from({ length: replicas }, () => stage.start(['daemon'], env));
   // 'daemon started' comes once it LISTENs and schedules: a replica whose listen session shows in
   // pg_stat_activity may not have run its LISTEN yet, and would miss the backlog's notification.
-  for (const daemon of daemons) await daemon.waitFor((line) => String(line.msg).startsWith('daemon started'), 'a daemon to start', 60_000);
+  for (const daemon of daemons) await daemon.waitForEvent('daemon:started', {}, 60_000);
   await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM reconciler.replicas WHERE expires_at > now()`)) === replicas, 'every replica counted', 30_000);
   await until(async () => (await count(database, sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'running'`)) === 0, 'the start-up passes to end', 60_000);
   return daemons;
@@ -85,7 +85,7 @@ export async function convergenceLatency({ quick, app }: CaseOptions): Promise<C
     ];
     for (const mode of modes) {
       const tag = `latency-${mode.wakeOn ? 'wake' : 'cron'}-${mode.rate}`;
-      const env = stage.env(url, simulator, stage.jobs('* * * * *', { concurrency: 10, partitions: 4, wakeOn: mode.wakeOn }), { LOCK_TTL: '15s', PAYMENT_PROVIDER_URL: simulator.direct });
+      const env = stage.env(url, simulator, stage.jobs('* * * * *', { concurrency: 10, partitions: 4, wakeOn: mode.wakeOn }), { LEASE_TTL: '15s', PAYMENT_PROVIDER_URL: simulator.direct });
       const daemons = await startReplicas(stage, database, 1, env);
       await steadyLoad(url, 'latency-warm-up', mode.rate, 3); // steady state, not a cold start: the first seconds warm the JIT and the pools
       const [cpuBefore, daemonBefore] = [machineCpu(), cpuSeconds(daemons[0]!.pid!)];
@@ -176,7 +176,7 @@ async function scaleVariant(variant: ScaleVariant, runs: number, app: CaseOption
     // Woken by the release's notification; the schedule is the safety net it is in production (a yearly one made a
     // wake that went astray, seen twice in ~10 runs of the whole test suite and never alone, a drain that never ended).
     const jobs = stage.jobs('*/10 * * * * *', { concurrency: variant.concurrency, partitions: 4, wakeOn: true });
-    const env = stage.env(url, simulator, jobs, { LOCK_TTL: '15s', DATABASE_POOL_SIZE: String(Math.min(16, variant.concurrency + 4)), PAYMENT_PROVIDER_URL: simulator.direct });
+    const env = stage.env(url, simulator, jobs, { LEASE_TTL: '15s', DATABASE_POOL_SIZE: String(Math.min(16, variant.concurrency + 4)), PAYMENT_PROVIDER_URL: simulator.direct });
     const seconds = new Map<number, number[]>(replicaCounts.map((n) => [n, []]));
     const busy = new Map<number, number[]>(replicaCounts.map((n) => [n, []]));
     const workers = new Map<number, number[]>(replicaCounts.map((n) => [n, []]));

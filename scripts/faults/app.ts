@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { copyFileSync, cpSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { REPO_ROOT } from '../../test/helpers/jobs.js';
+import { REPO_ROOT } from '../../testkit/jobs.js';
 
 export interface App {
   /** The build's `reconciler.js`, to run with `node`. */

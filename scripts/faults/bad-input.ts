@@ -7,7 +7,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { queryRows } from '../../src/store/database.js';
-import type { LogLine } from '../../test/helpers/processes.js';
+import { isEvent, type LogLine } from '../../testkit/processes.js';
 import { Stage, converge, until } from './harness.js';
 
 export interface CaseOutcome {
@@ -109,8 +109,8 @@ export async function badInput(stage: Stage, seed: number, quick: boolean): Prom
 
   {
     const failures = [...common];
-    const noKey = hasLine(daemon.lines, (l) => l.reconciler === 'bad-items' && /without a usable key/.test(String(l.msg)));
-    const twice = hasLine(daemon.lines, (l) => l.reconciler === 'bad-items' && /same key twice/.test(String(l.msg)));
+    const noKey = hasLine(daemon.lines, isEvent('scan:bad-key', { reconciler: 'bad-items' }));
+    const twice = hasLine(daemon.lines, isEvent('scan:duplicate-key', { reconciler: 'bad-items' }));
     const hostile = await failure(HOSTILE_KEY);
     if (noKey.length < 3) failures.push(`${noKey.length} lines for the 3 items without a usable key`);
     if (twice.length < 1) failures.push('no line for the duplicate key');

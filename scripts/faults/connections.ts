@@ -1,6 +1,6 @@
 /**
  * Connection faults between the daemons and PostgreSQL, below the driver: each replica reaches
- * the database through a TCP proxy of its own (test/helpers/proxy.ts), which resets every open
+ * the database through a TCP proxy of its own (testkit/proxy.ts), which resets every open
  * connection every few seconds and, once, in the middle of a pass, stalls: it accepts and
  * forwards nothing, and what is sent meanwhile is lost. Such faults once left a replica wedged
  * for good (a transaction's BEGIN that failed kept its connection checked out; a connection
@@ -15,19 +15,19 @@ import { sql } from 'drizzle-orm';
 import { dice } from '../../examples/returns/src/dice.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
 import { queryRows, type Database } from '../../src/store/database.js';
-import type { FaultyProxy } from '../../test/helpers/proxy.js';
-import { until, type RunningProcess } from '../../test/helpers/processes.js';
-import { REPO_ROOT } from '../../test/helpers/jobs.js';
+import type { FaultyProxy } from '../../testkit/proxy.js';
+import { until, type RunningProcess } from '../../testkit/processes.js';
+import { REPO_ROOT } from '../../testkit/jobs.js';
 import { audit, auditFigures, converge, daemonStarted, exactlyOnce, quietAfter, type Outcome, type Stage } from './harness.js';
 
-const LOCK_TTL_MS = 3_000;
+const LEASE_TTL_MS = 3_000;
 const PERIOD_MS = 2_000;
 const SHUTDOWN_TIMEOUT_MS = 5_000;
 /**
  * After the faults, each replica starts a pass (one that ends well) within this: a lease left behind by a pass the
- * faults broke lapses within LOCK_TTL, and the next tick comes within a period; the second LOCK_TTL is margin.
+ * faults broke lapses within LEASE_TTL, and the next tick comes within a period; the second LEASE_TTL is margin.
  */
-const RECOVERY_BOUND_MS = 2 * LOCK_TTL_MS + PERIOD_MS;
+const RECOVERY_BOUND_MS = 2 * LEASE_TTL_MS + PERIOD_MS;
 /** How long the scenario waits for a replica's first pass after the faults before it calls the replica wedged. */
 const WEDGED_AFTER_MS = 60_000;
 
@@ -169,7 +169,7 @@ async function connectionFaultsWith(stage: Stage, adminUrl: string, seed: number
   const shop = await stage.shop(quick ? 150 : 3_000, seed, adminUrl);
   const provider = await stage.provider(seed, { latencyMs: [20, 50] });
   const jobs = stage.jobs(`*/${PERIOD_MS / 1_000} * * * * *`, { partitions: 4 });
-  const direct = stage.env(shop.url, provider, jobs, { LOCK_TTL: `${LOCK_TTL_MS}ms`, SHUTDOWN_TIMEOUT: `${SHUTDOWN_TIMEOUT_MS}ms` });
+  const direct = stage.env(shop.url, provider, jobs, { LEASE_TTL: `${LEASE_TTL_MS}ms`, SHUTDOWN_TIMEOUT: `${SHUTDOWN_TIMEOUT_MS}ms` });
   const proxied = await Promise.all(Array.from({ length: replicas }, () => stage.databaseProxy(shop.url)));
   const daemons = proxied.map(({ url }) => stage.daemon({ ...direct, DATABASE_URL: url }));
   // Whatever happens, this case's daemons are gone before the next case starts.

@@ -6,38 +6,29 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import pg from 'pg';
-import pino from 'pino';
-import { REPO_ROOT } from '../../test/helpers/jobs.js';
-import { runCli, startProcess, type CliResult, type RunningProcess } from '../../test/helpers/processes.js';
 import { sql } from 'drizzle-orm';
-import { openDatabase, queryRows, type Database } from '../../src/store/database.js';
-import { migrateReturns } from '../../examples/returns/src/migrate.js';
-import { auditSettlement, type ProviderEffect, type SettlementAudit } from '../../examples/returns/src/audit.js';
+import { queryRows, type Database } from '../../src/store/database.js';
+import { auditSettlement, type SettlementAudit } from '../../examples/returns/src/audit.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
-import type { SimulatorFaults, SimulatorStats } from '../../examples/returns/src/simulator/server.js';
+import type { SimulatorFaults } from '../../examples/returns/src/simulator/server.js';
 import type { App } from './app.js';
 import { OwnedPostgres } from './postgres.js';
-import { FaultyProxy } from '../../test/helpers/proxy.js';
+import { REPO_ROOT } from '../../testkit/jobs.js';
+import { runCli, startProcess, until as poll, type CliResult, type RunningProcess } from '../../testkit/processes.js';
+import { FaultyProxy } from '../../testkit/proxy.js';
+import { DEFAULT_ADMIN_URL, adminQuery, createEmptyDatabase, createTestDatabase, databaseUrl, dropDatabase } from '../../testkit/database.js';
+import { SimulatorClient, startSimulator } from '../../testkit/returns.js';
+import { settleReturnsJobFile, type SettleReturnsOptions } from '../../testkit/settle-returns.js';
 
-export const ADMIN_URL = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+export const ADMIN_URL = DEFAULT_ADMIN_URL;
 export const PROVIDER_KEY = 'sk_test_faults';
-const silent = pino({ level: 'silent' });
 
 export function urlOf(database: string, adminUrl = ADMIN_URL): string {
-  const url = new URL(adminUrl);
-  url.pathname = `/${database}`;
-  return url.toString();
+  return databaseUrl(adminUrl, database);
 }
 
-export async function admin(query: string, adminUrl = ADMIN_URL): Promise<void> {
-  const client = new pg.Client({ connectionString: adminUrl });
-  await client.connect();
-  try {
-    await client.query(query);
-  } finally {
-    await client.end();
-  }
+export function admin(query: string, adminUrl = ADMIN_URL): Promise<void> {
+  return adminQuery(adminUrl, query);
 }
 
 /** Everything a scenario started, torn down in reverse order whatever happens. */
@@ -57,28 +48,21 @@ export class Stage {
 
   /** A fresh migrated database with `returns` returns seeded (deterministically from `seed`), on `adminUrl`'s server. */
   async shop(returns: number, seed: number, adminUrl = ADMIN_URL): Promise<{ url: string; database: Database }> {
-    const name = `reconciler_faults_${randomBytes(4).toString('hex')}`;
-    await admin(`CREATE DATABASE ${name}`, adminUrl);
-    this.defer(() => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`, adminUrl));
-    const url = urlOf(name, adminUrl);
-    const database = await openDatabase({ databaseUrl: url, dataDir: '.data', log: silent });
-    this.defer(() => database.close());
-    await migrateReturns(database);
-    await seedReturns(database.db, returns, seed);
-    return { url, database };
+    const shop = await createTestDatabase(adminUrl, { returns: true, prefix: 'reconciler_faults' });
+    this.defer(() => shop.drop());
+    await seedReturns(shop.db, returns, seed);
+    return shop;
   }
 
   /** The simulator as its own process with its own database, reached through a proxy that can cut it off. */
   async provider(seed: number, faults: Partial<SimulatorFaults>, apiKey = PROVIDER_KEY): Promise<ProviderHandle> {
-    const name = `reconciler_faults_provider_${randomBytes(4).toString('hex')}`;
-    await admin(`CREATE DATABASE ${name}`);
-    this.defer(() => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
-    const child = startProcess(['--import', this.app.register, this.app.module('examples/returns/src/simulator/main.js'), '--port', '0', '--api-key', apiKey, '--seed', String(seed)], { PROVIDER_DATABASE_URL: urlOf(name) }, { command: process.execPath });
-    this.defer(() => child.kill('SIGKILL'));
-    const direct = String((await child.waitFor((l) => typeof l.url === 'string', 'the simulator', 30_000)).url);
-    const proxy = await FaultyProxy.start({ host: '127.0.0.1', port: Number(new URL(direct).port) });
+    const name = await createEmptyDatabase(ADMIN_URL, 'reconciler_faults_provider');
+    this.defer(() => dropDatabase(ADMIN_URL, name));
+    const simulator = await startSimulator({ storageUrl: urlOf(name), apiKey, seed, register: this.app.register, main: this.app.module('examples/returns/src/simulator/main.js') });
+    this.defer(() => simulator.process.kill('SIGKILL'));
+    const proxy = await FaultyProxy.start({ host: '127.0.0.1', port: Number(new URL(simulator.url).port) });
     this.defer(() => proxy.close());
-    const handle = new ProviderHandle(direct, `http://127.0.0.1:${proxy.port}`, proxy, apiKey, urlOf(name));
+    const handle = new ProviderHandle(simulator.url, `http://127.0.0.1:${proxy.port}`, proxy, apiKey, urlOf(name));
     await handle.setFaults(faults);
     return handle;
   }
@@ -99,33 +83,19 @@ export class Stage {
   }
 
   /**
-   * A job folder with settle-returns on a fast schedule and short backoff: the real service, tuned for fault runs
-   * (and, with `partitions` and `wakeOn`, shaped as jobs/settle-returns.ts ships).
+   * A job folder with settle-returns on a fast schedule and short backoff: the shipped definition of the build,
+   * tuned for fault runs (unpartitioned and unwoken unless `partitions` and `wakeOn` shape it as it ships).
    */
   jobs(schedule: string, { concurrency = 10, partitions = 1, wakeOn = false }: { concurrency?: number; partitions?: number; wakeOn?: boolean } = {}): string {
     const dir = this.jobFolder();
-    writeFileSync(
-      join(dir, 'settle-returns.js'),
-      `import { defineReconciler } from ${JSON.stringify(this.app.module('src/index.js'))};
-import { paymentProviderFromEnv } from ${JSON.stringify(this.app.module('examples/returns/src/provider.js'))};
-import { findReturnsToSettle, settleReturn } from ${JSON.stringify(this.app.module('examples/returns/src/service.js'))};
-export default defineReconciler({
-  schedule: ${JSON.stringify(schedule)},
-  concurrency: ${concurrency},${partitions > 1 ? `\n  partitions: ${partitions},` : ''}${wakeOn ? "\n  wakeOn: ['returns']," : ''}
-  timeout: '10s',
-  retry: { maxAttempts: 1000, backoff: { initial: '500ms', max: '4s' } },
-  scan: ({ db, after, limit, partition }) => findReturnsToSettle(db, after?.id ?? 0, limit, partition),
-  key: (ret) => \`return:\${ret.id}\`,
-  since: (ret) => ret.receivedAt,
-  reconcile: (ret, ctx) => settleReturn(ret.id, ctx, paymentProviderFromEnv),
-});
-`,
-    );
+    const options: SettleReturnsOptions = { schedule, concurrency, partitions, wakeOn: wakeOn ? ['returns'] : [], timeout: '10s', retry: { maxAttempts: 1000, backoff: { initial: '500ms', max: '4s' } } };
+    const from = { api: this.app.module('src/index.js'), jobFile: this.app.module('examples/returns/jobs/settle-returns.js') };
+    writeFileSync(join(dir, 'settle-returns.js'), settleReturnsJobFile(options, from));
     return dir;
   }
 
   env(shopUrl: string, provider: ProviderHandle, jobsDir: string, extra: Record<string, string> = {}): Record<string, string> {
-    return { DATABASE_URL: shopUrl, JOBS_DIR: jobsDir, PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: provider.apiKey, PAYMENT_PROVIDER_TIMEOUT: '2s', LOCK_TTL: '3s', LOG_LEVEL: 'info', ...extra };
+    return { DATABASE_URL: shopUrl, JOBS_DIR: jobsDir, PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: provider.apiKey, PAYMENT_PROVIDER_TIMEOUT: '2s', LEASE_TTL: '3s', LOG_LEVEL: 'info', ...extra };
   }
 
   daemon(env: Record<string, string>): RunningProcess {
@@ -153,32 +123,17 @@ export default defineReconciler({
   }
 }
 
-export class ProviderHandle {
+/** The simulator of a scenario: `url` goes through the proxy (what daemons use), `direct` does not (what the checks use). */
+export class ProviderHandle extends SimulatorClient {
   constructor(
-    readonly direct: string,
+    direct: string,
     readonly url: string,
     readonly proxy: FaultyProxy,
-    readonly apiKey: string,
+    apiKey: string,
     /** The simulator's own database (its ledger and idempotency records). */
     readonly storageUrl: string,
-  ) {}
-
-  async #call<T>(path: string, init: RequestInit = {}): Promise<T> {
-    const response = await fetch(`${this.direct}${path}`, { ...init, headers: { authorization: `Bearer ${this.apiKey}`, 'content-type': 'application/json' } });
-    if (!response.ok) throw new Error(`${path}: ${response.status}`);
-    return (await response.json()) as T;
-  }
-
-  ledger(): Promise<ProviderEffect[]> {
-    return this.#call<{ effects: ProviderEffect[] }>('/v1/ledger').then((r) => r.effects);
-  }
-
-  stats(): Promise<SimulatorStats> {
-    return this.#call('/v1/_simulator/stats');
-  }
-
-  async setFaults(faults: Partial<SimulatorFaults>): Promise<void> {
-    await this.#call('/v1/_simulator/faults', { method: 'POST', body: JSON.stringify(faults) });
+  ) {
+    super(direct, apiKey);
   }
 }
 
@@ -213,18 +168,12 @@ export async function quietAfter(stage: Stage, env: Record<string, string>, prov
 
 /** Resolves when `daemon` says it started: listening and scheduling. */
 export async function daemonStarted(daemon: RunningProcess): Promise<void> {
-  await daemon.waitFor((l) => String(l.msg).startsWith('daemon started'), 'a daemon to start (listening and scheduling)', 30_000);
+  await daemon.waitForEvent('daemon:started', {}, 30_000);
 }
 
-/** Polls `probe` until it returns a value, or fails after `timeoutMs`. */
-export async function until<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
+/** Polls `probe` every 200 ms (or `everyMs`) until it returns a value, or fails after `timeoutMs`. */
+export function until<T>(probe: () => Promise<T | undefined | false>, what: string, timeoutMs: number, everyMs = 200): Promise<T> {
+  return poll(probe, what, timeoutMs, everyMs);
 }
 
 /** Returns not settled yet: the backlog. */

@@ -12,7 +12,7 @@ import { sql } from 'drizzle-orm';
 import { queryRows, type Database } from '../../src/store/database.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
 import type { SettlementAudit } from '../../examples/returns/src/audit.js';
-import type { RunningProcess } from '../../test/helpers/processes.js';
+import { isEvent, type RunningProcess } from '../../testkit/processes.js';
 import { converge, daemonStarted, until, type Stage } from './harness.js';
 
 interface Outcome {
@@ -130,7 +130,7 @@ export const listenKilled: Scenario = async (stage, { seed, quick }) => {
   const { audit: result } = await converge(shop.database, provider, 60_000);
   const convergedAfterKillMs = Date.now() - killedAt;
   const failures = exactlyOnce(result);
-  const reconnected = daemon!.lines.some((l) => String(l.msg).startsWith('listening again on returns'));
+  const reconnected = daemon!.lines.some((l) => isEvent('wake:restored')(l) && (l.channels as string[]).includes('returns'));
   if (!reconnected) failures.push('the daemon never said it was listening again');
   if (convergedAfterKillMs > 30_000) failures.push(`converged ${(convergedAfterKillMs / 1000).toFixed(1)} s after the kill (criterion: within 30 s)`);
   return { failures, figures: { ...auditFigures(result), notifications: sent, reconnected: reconnected ? 1 : 0, convergedAfterKillMs } };

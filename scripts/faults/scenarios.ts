@@ -174,7 +174,7 @@ const crashWindows: Scenario = async (stage, { seed, quick }) => {
         const result = await stage.run(['run', 'settle-returns', '--wait'], { ...env, RECONCILER_CRASH_AT: window });
         if (result.signal === 'SIGKILL') kills++;
         else if (result.code === 0) break; // nothing left to crash on
-        // The killed process's lease would lapse after LOCK_TTL; let that time pass on the database clock.
+        // The killed process's lease would lapse after LEASE_TTL; let that time pass on the database clock.
         await queryRows(shop.database.db, sql`UPDATE reconciler.state SET lease_expires_at = now() - interval '1 millisecond' WHERE holder_id IS NOT NULL`);
         // Fresh returns now and then, so that the window keeps meeting new intents, not only replays.
         if (i % 20 === 19) await seedReturns(shop.database.db, 5, seed * 1_000 + i);
@@ -218,7 +218,7 @@ const databaseRestart: Scenario = async (stage, { seed, quick }) => {
   const provider = await stage.provider(seed, { latencyMs: [20, 50] });
   const env = stage.env(shop.url, provider, stage.jobs('*/2 * * * * *'));
   const daemons = [stage.daemon(env), stage.daemon(env)];
-  const opsUrls = await Promise.all(daemons.map(async (d) => String((await d.waitFor((l) => typeof l.url === 'string' && l.msg.startsWith('operations endpoint'), 'the operations endpoint', 30_000)).url)));
+  const opsUrls = await Promise.all(daemons.map(async (d) => String((await d.waitForEvent('http:listening', {}, 30_000)).url)));
   const restarts = quick ? 1 : 2;
   const downMs = 5_000;
   let redMs = 0;

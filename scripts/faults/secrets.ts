@@ -31,7 +31,7 @@ export async function secrets(stage: Stage, seed: number, quick: boolean): Promi
   };
 
   const daemon = stage.daemon(env);
-  const ops = String((await daemon.waitFor((l) => typeof l.url === 'string' && l.msg.startsWith('operations endpoint'), 'the operations endpoint', 30_000)).url);
+  const ops = String((await daemon.waitForEvent('http:listening', {}, 30_000)).url);
   await converge(shop.database, provider, 120_000);
   for (const path of ['/metrics', '/readyz', '/healthz']) outputs.push({ where: `GET ${path}`, text: await (await fetch(`${ops}${path}`)).text() });
 

@@ -209,14 +209,14 @@ export class Engine {
     if (!lease.acquired) {
       if (lease.reason === 'held' && request.tick) await this.#tickSkipped(reconciler, partition, request.tick, 'held', lease.holder);
       if (lease.reason === 'held') return { ran: false, reason: 'held', holder: lease.holder };
-      log.debug({ reconciler: reconciler.name, tick: request.tick }, 'already served by another process');
+      log.debug({ event: 'pass:already-served', reconciler: reconciler.name, tick: request.tick }, 'already served by another process');
       return { ran: false, reason: 'already-served', ...(lease.reason === 'already-served' && lease.holder ? { holder: lease.holder } : {}) };
     }
     const keeper = this.#keepLease(reconciler.name, partition.index, lease.runId, holder.id, active.abort);
     let result: PassResult;
     try {
       this.events.emit('pass:start', { reconciler: reconciler.name, runId: lease.runId, trigger: request.trigger, dryRun: false });
-      log.debug({ reconciler: reconciler.name, passId: lease.runId, trigger: request.trigger, ...partitionFields(partition) }, 'pass started');
+      log.debug({ event: 'pass:start', reconciler: reconciler.name, passId: lease.runId, trigger: request.trigger, ...partitionFields(partition) }, 'pass started');
       result = await runPass(
         reconciler,
         { trigger: request.trigger, dryRun: false, partition, ...(partial ? { onlyKey: request.onlyKey } : {}) },
@@ -331,7 +331,7 @@ export class Engine {
     }
     if (!counted) return; // another replica saw the same tick and counted it
     log.info(
-      { reconciler: reconciler.name, ...partitionFields(partition), tick: tick.toISOString(), reason },
+      { event: 'tick:skipped', reconciler: reconciler.name, ...partitionFields(partition), tick: tick.toISOString(), reason },
       `${passLabel(reconciler.name, partition)}: tick ${tick.toISOString()} skipped: the previous pass is still running${holder ? ` on ${describeHolder(holder)}` : ' in this process'}`,
     );
     this.events.emit('tick:skipped', { reconciler: reconciler.name, tick, reason, holder });
@@ -340,7 +340,7 @@ export class Engine {
   /** One summary line per pass, at info; a pass that broke off, or whose end went unrecorded, is an error. */
   #logResult(result: PassResult, unrecorded?: string): void {
     const { log } = this.#options;
-    const fields = { reconciler: result.reconciler, ...partitionFields(result.partition), passId: result.runId, trigger: result.trigger, status: result.status, ...result.counts, complete: result.complete, durationMs: Math.round(result.durationMs), ...(result.handedOver !== undefined ? { handedOver: result.handedOver } : {}), ...(unrecorded ? { recorded: false } : {}) };
+    const fields = { event: 'pass:finish', reconciler: result.reconciler, ...partitionFields(result.partition), passId: result.runId, trigger: result.trigger, status: result.status, ...result.counts, complete: result.complete, durationMs: Math.round(result.durationMs), ...(result.handedOver !== undefined ? { handedOver: result.handedOver } : {}), ...(unrecorded ? { recorded: false } : {}) };
     const message = `${summarize(result)}${unrecorded ? `; ${unrecorded}` : ''}`;
     if (result.status === 'error' || unrecorded) log.error(fields, message);
     else log.info(fields, message);

@@ -347,7 +347,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         if ('problem' in result) {
           counts.found++;
           counts.failed++;
-          log.error({ item: typeof item === 'object' ? undefined : item }, `scan yielded an item without a usable key: ${result.problem}`);
+          log.error({ event: 'scan:bad-key', item: typeof item === 'object' ? undefined : item }, `scan yielded an item without a usable key: ${result.problem}`);
           return;
         }
         if (options.onlyKey !== undefined && result.key !== options.onlyKey) return;
@@ -361,7 +361,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         if (pageKeys.has(result.key) || keysInFlight.has(result.key)) {
           counts.found++;
           counts.skipped++;
-          log.warn({ key: result.key }, 'scan yielded the same key twice; reconciling it once');
+          log.warn({ event: 'scan:duplicate-key', key: result.key }, 'scan yielded the same key twice; reconciling it once');
           return;
         }
         pageKeys.add(result.key);

@@ -97,7 +97,7 @@ export class Scheduler {
       const own = new Set(await this.#membership.own(reconciler));
       for (const c of mine.filter((c) => own.has(c.partition))) {
         const partition = { index: c.partition, count: reconciler.partitions };
-        log.info({ reconciler: c.name, ...partitionFields(partition), tick: c.tick.toISOString() }, `${passLabel(c.name, partition)}: catch-up pass, because ${c.reason}`);
+        log.info({ event: 'pass:catch-up', reconciler: c.name, ...partitionFields(partition), tick: c.tick.toISOString() }, `${passLabel(c.name, partition)}: catch-up pass, because ${c.reason}`);
         this.#lane(c.name, c.partition).request({ kind: 'now', run: catchUp(c), own: true });
       }
       const others = new Map(mine.filter((c) => !own.has(c.partition)).map((c) => [c.partition, catchUp(c)]));

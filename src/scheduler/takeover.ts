@@ -39,7 +39,7 @@ export class Takeovers extends LanePart<TakeoverOptions> {
     const wait = own ? Math.min(leaseWait, this.options.lookMs) : leaseWait;
     const at = { index: partition, count: engine.get(name).partitions };
     log.debug(
-      { reconciler: name, ...partitionFields(at), holderPid: holder.pid, lookInMs: Math.round(wait) },
+      { event: 'lease:held', reconciler: name, ...partitionFields(at), holderPid: holder.pid, lookInMs: Math.round(wait) },
       `${passLabel(name, at)}: held by ${describeHolder(holder)}; looking again in ${formatDuration(wait)}${own ? '' : ', when its lease could have lapsed'}`,
     );
     lane.watch(wait, () => {

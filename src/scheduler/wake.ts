@@ -148,10 +148,10 @@ export class WakeListener {
       if (reconnectedAfter !== undefined || deafBefore) {
         // Notifications sent while the session was down (or deaf) are gone: look once, as if notified on every channel.
         const why = deafBefore ? 'notifications arrive now' : channels.length > 0 ? `listening again on ${channels.join(', ')}` : 'the listen session is back';
-        log.info({ channels, ...(reconnectedAfter !== undefined ? { failedAttempts: reconnectedAfter } : {}) }, names.length > 0 ? `${why}; one pass of ${names.join(', ')} for the notifications that may have been missed` : why);
+        log.info({ event: 'wake:restored', channels, ...(reconnectedAfter !== undefined ? { failedAttempts: reconnectedAfter } : {}) }, names.length > 0 ? `${why}; one pass of ${names.join(', ')} for the notifications that may have been missed` : why);
         if (names.length > 0) this.#options.target.wake(names);
       } else if (channels.length > 0) {
-        log.info({ channels }, `listening for notifications on ${channels.join(', ')}: an early pass follows each (the schedule stays the safety net)`);
+        log.info({ event: 'wake:listening', channels }, `listening for notifications on ${channels.join(', ')}: an early pass follows each (the schedule stays the safety net)`);
       }
       return;
     }
@@ -159,7 +159,7 @@ export class WakeListener {
       `notifications do not arrive: a NOTIFY this daemon sent through its pool (DATABASE_URL) did not reach its LISTEN session within ${formatDuration(PROBE_TIMEOUT_MS)}. ` +
       'A pooler in transaction mode (PgBouncer, most managed poolers) passes NOTIFY on but not LISTEN: set LISTEN_DATABASE_URL to a direct connection to the database. ' +
       `Until then ${channels.length > 0 ? `wake-on-change (${channels.join(', ')}) and ` : ''}partition hand-over notices are off; the schedule runs every reconciler as usual`;
-    if (!this.#warnedDeaf) log.warn({ channels, probeTimeoutMs: PROBE_TIMEOUT_MS }, message);
+    if (!this.#warnedDeaf) log.warn({ event: 'wake:deaf', channels, probeTimeoutMs: PROBE_TIMEOUT_MS }, message);
     else log.debug({ channels }, message);
     this.#warnedDeaf = true;
     clearTimeout(this.#probeTimer);
@@ -203,7 +203,7 @@ export class WakeListener {
     const delay = backoffDelay(this.#failures, RECONNECT_BACKOFF);
     const message = `${what} (${errorSummary(error, 200)}): notifications are missed until it is back, the schedule still runs; trying again in ${formatDuration(delay)}`;
     // Once at warn, then at debug while it stays down: an outage is not a line per attempt.
-    if (this.#failures === 1) this.#options.log.warn({ err: error, channels: this.channels }, message);
+    if (this.#failures === 1) this.#options.log.warn({ event: 'wake:down', err: error, channels: this.channels }, message);
     else this.#options.log.debug({ err: error, attempt: this.#failures }, message);
     clearTimeout(this.#reconnectTimer); // one reconnect loop, whatever reported the failure
     this.#reconnectTimer = setTimeout(() => void this.#connect(), delay);

@@ -173,7 +173,7 @@ function progressOf(name: string, pool: pg.Pool, db: Db): PoolProgress {
 function guardConnections(log: Logger): (pool: pg.Pool) => void {
   let lastReported = 0;
   const lost = (error: Error) => {
-    if (Date.now() - lastReported > 10_000) log.warn({ err: error }, `lost a database connection (${error.message}); the pool reconnects`);
+    if (Date.now() - lastReported > 10_000) log.warn({ event: 'database:connection-lost', err: error }, `lost a database connection (${error.message}); the pool reconnects`);
     lastReported = Date.now();
   };
   return (pool) => {

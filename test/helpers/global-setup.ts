@@ -20,8 +20,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
     project.provide('adminUrl', candidate);
     return async () => undefined;
   }
-  // A separate process: see test/helpers/postgres-server.ts for why.
-  const server = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('./postgres-server.ts', import.meta.url))], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // A separate process: see testkit/postgres-server.ts for why.
+  const server = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(new URL('../../testkit/postgres-server.ts', import.meta.url))], { stdio: ['ignore', 'pipe', 'inherit'] });
   const url = await new Promise<string>((resolve, reject) => {
     let buffer = '';
     server.stdout!.on('data', (chunk: Buffer) => {

@@ -1,13 +1,2 @@
-import { createServer } from 'node:net';
-
-/** A TCP port that was free a moment ago, for servers that cannot listen on port 0 (PostgreSQL). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-    server.on('error', reject);
-  });
-}
+/** The testkit's ports helpers (testkit/ports.ts), under the name the tests import. */
+export * from '../../testkit/ports.js';

@@ -15,7 +15,7 @@ export function startDemoSimulator({ db, log }: Pick<ReconcileContext, 'db' | 'l
     const apiKey = `sk_demo_${randomBytes(12).toString('hex')}`;
     registerSecret(apiKey);
     const simulator = await startSimulator({ db, apiKey, faults: { latencyMs: [20, 80] } });
-    log.info({ url: simulator.url }, `demo: PAYMENT_PROVIDER_URL is not set, so a payment provider simulator runs in-process on ${simulator.url}`);
+    log.info({ event: 'demo:simulator', url: simulator.url }, `demo: PAYMENT_PROVIDER_URL is not set, so a payment provider simulator runs in-process on ${simulator.url}`);
     return { simulator, provider: new HttpPaymentProvider({ baseUrl: simulator.url, apiKey, timeoutMs: 10_000 }) };
   })();
   return started;

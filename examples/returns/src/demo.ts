@@ -17,7 +17,7 @@ export async function seedDemoIfEmpty(database: Database, log: Logger): Promise<
   const [row] = await queryRows<{ any: boolean }>(database.db, sql`SELECT EXISTS (SELECT 1 FROM returns) AS any`);
   if (row?.any) return;
   const counts = await seedReturns(database.db, DEMO_RETURNS, Date.now() % 1_000_000);
-  log.info({ ...counts }, `demo: the database had no returns: ${describeSeed(counts)}`);
+  log.info({ event: 'demo:seeded', ...counts }, `demo: the database had no returns: ${describeSeed(counts)}`);
 }
 
 /**

@@ -219,7 +219,7 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
 
   // (c) The outcome, by compare-and-set on the intent, with the return, in one transaction.
   const recorded = await recordOutcome(db, intent, returnId, providerRef);
-  ctx.log.info({ returnId, kind: intent.kind, amountCents: intent.amountCents, providerRef, idempotencyKey: intent.idempotencyKey }, `${past[intent.kind]} ${what}: ${providerRef}`);
+  ctx.log.info({ event: 'returns:effect', returnId, kind: intent.kind, amountCents: intent.amountCents, providerRef, idempotencyKey: intent.idempotencyKey }, `${past[intent.kind]} ${what}: ${providerRef}`);
   return recorded ? { outcome: 'changed', note: `${past[intent.kind]} ${what}: ${providerRef}` } : 'unchanged';
 }
 

@@ -1,0 +1,13 @@
+import { createServer } from 'node:net';
+
+/** A TCP port that was free a moment ago, for servers that cannot listen on port 0 (PostgreSQL). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+    server.on('error', reject);
+  });
+}
