@@ -6,7 +6,8 @@
 import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { ExitCode, UserError, coerceError, errorSummary } from './errors.js';
-import { formatDuration, within } from './duration.js';
+import { formatDuration } from './duration.js';
+import { within } from './timeout.js';
 import { Engine } from './engine/engine.js';
 import { Scheduler } from './scheduler/scheduler.js';
 import { WakeListener } from './scheduler/wake.js';

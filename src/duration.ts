@@ -34,9 +34,3 @@ export function formatDuration(ms: number): string {
   if (ms < 86_400_000) return `${Math.floor(ms / 3_600_000)}h${pad(Math.floor(ms / 60_000) % 60)}m`;
   return `${Math.floor(ms / 86_400_000)}d${pad(Math.floor(ms / 3_600_000) % 24)}h`;
 }
-
-/** Rejects when `promise` takes longer than `ms`. */
-export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
-}

@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import type { Db, Partition, Reconciler } from '../reconciler.js';
 import { UserError, coerceError, errorSummary } from '../errors.js';
 import { formatDuration } from '../duration.js';
+import { settlesWithin } from '../timeout.js';
 import { didYouMean } from '../suggest.js';
 import { acquireLease, countSkippedTick, finishAndRelease, renewLease, type LeaseHolder } from '../store/state.js';
 import type { Trigger } from '../store/runs.js';
@@ -364,13 +365,3 @@ export class Engine {
   }
 }
 
-/** True if `promise` settles within `ms`. */
-async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  try {
-    return await Promise.race([promise.then(() => true), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}

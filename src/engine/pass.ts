@@ -9,6 +9,7 @@ import type { Logger } from 'pino';
 import { partitionOf, type Db, type Outcome, type Partition, type Reconciler, type ReconcileResult } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable, isTerminalError } from '../errors.js';
 import { formatDuration } from '../duration.js';
+import { abortable } from '../timeout.js';
 import { inPartitionText } from '../store/partition.js';
 import { forgetFailure, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
 import { databaseAnswers } from '../store/database.js';
@@ -179,25 +180,6 @@ function normalizeResult(result: ReconcileResult): { outcome: Outcome; note: str
   throw new TypeError(`reconcile() returned ${JSON.stringify(result) ?? String(result)}; expected 'changed', 'unchanged', 'skipped' or { outcome, note }`);
 }
 
-/** Resolves or rejects with `work`, or rejects with the signal's reason as soon as it aborts. */
-function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    if (signal.aborted) onAbort();
-    else signal.addEventListener('abort', onAbort, { once: true });
-    work.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error);
-      },
-    );
-  });
-}
-
 function keyOf(reconciler: Reconciler, item: unknown): { key: string } | { problem: string } {
   let key: unknown;
   try {
@@ -279,7 +261,7 @@ export async function runPass(reconciler: Reconciler, options: PassOptions, deps
         () => deps.busyKeys.delete(key),
         () => deps.busyKeys.delete(key),
       );
-      const { outcome, note } = normalizeResult(await raceAbort(work, controller.signal));
+      const { outcome, note } = normalizeResult(await abortable(work, controller.signal));
       counts[outcome]++;
       if (memory && !options.dryRun) {
         try {
