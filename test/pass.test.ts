@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { TerminalError } from '../src/errors.js';
-import type { PassResult } from '../src/engine/pass.js';
+import type { PassResult } from '../src/engine/result.js';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, numbers, reconciler } from './helpers/engine.js';
 import type { Engine, RunOutcome } from '../src/engine/engine.js';

@@ -12,9 +12,9 @@ import { formatDuration } from '../duration.js';
 import { settlesWithin } from '../timeout.js';
 import { didYouMean } from '../suggest.js';
 import { acquireLease, countSkippedTick, finishAndRelease, renewLease, type LeaseHolder } from '../store/state.js';
-import type { Trigger } from '../store/runs.js';
 import { EngineEvents } from './events.js';
-import { runPass, type PassResult } from './pass.js';
+import { runPass } from './pass.js';
+import { describeHolder, partitionFields, passLabel, summarize, type PassResult, type Trigger } from './result.js';
 import { Slots } from './slots.js';
 
 export interface EngineOptions {
@@ -66,33 +66,6 @@ const RECORD_GRACE_MS = 5_000;
 
 /** The key of one reconciler partition's passes in this process: one leased pass per lane at a time. */
 export const laneOf = (name: string, partition: number) => `${name}#${partition}`;
-
-/** Log fields naming the partition of a partitioned reconciler's pass (none for an unpartitioned one). */
-export function partitionFields(partition: Partition): { partition?: number } {
-  return partition.count > 1 ? { partition: partition.index } : {};
-}
-
-/** "settle-returns", or "settle-returns partition 2" for one partition of a partitioned reconciler. */
-export function passLabel(name: string, partition: Partition): string {
-  return partition.count > 1 ? `${name} partition ${partition.index}` : name;
-}
-
-/** "web-1 pid 4242 since 12:00:01Z (run 17)", or "(run 17, partition 1 of 4)" for a partition's pass. */
-export function describeHolder(holder: Pick<LeaseHolder, 'host' | 'pid' | 'since' | 'runId' | 'partition'>): string {
-  const what = [...(holder.runId === null ? [] : [`run ${holder.runId}`]), ...(holder.partition ? [`partition ${holder.partition.index} of ${holder.partition.count}`] : [])];
-  return `${holder.host} pid ${holder.pid} since ${holder.since.toISOString()}${what.length > 0 ? ` (${what.join(', ')})` : ''}`;
-}
-
-export function summarize(result: PassResult): string {
-  const c = result.counts;
-  const what = result.dryRun ? 'dry run' : `pass ${result.runId}`;
-  return (
-    `${passLabel(result.reconciler, result.partition)}: ${what} ${result.status} in ${formatDuration(result.durationMs)}: ` +
-    `${c.found} found, ${c.changed} changed, ${c.unchanged} unchanged, ${c.skipped} skipped, ${c.failed} failed, ${c.deferred} deferred, ${c.dead} dead` +
-    `${result.keyFound !== undefined ? ' (one item, by --key)' : result.handedOver !== undefined ? ` (handed over: ${result.handedOver})` : result.complete || result.status === 'error' ? '' : ' (stopped early; the rest waits for the next pass)'}` +
-    `${result.error ? `: ${result.error}` : ''}`
-  );
-}
 
 export class Engine {
   readonly events: EngineEvents;

@@ -5,8 +5,7 @@
  */
 import type { LeaseHolder } from '../store/state.js';
 import type { Outcome } from '../reconciler.js';
-import type { PassResult } from './pass.js';
-import type { Trigger } from '../store/runs.js';
+import type { PassResult, Trigger } from './result.js';
 import { coerceError } from '../errors.js';
 
 export interface EngineEventMap {

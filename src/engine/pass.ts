@@ -13,7 +13,7 @@ import { abortable } from '../timeout.js';
 import { inPartitionText } from '../store/partition.js';
 import { forgetFailure, lookupFailures, recordFailure, type FailureMemory } from '../store/failures.js';
 import { databaseAnswers } from '../store/database.js';
-import type { PassCounts, PassStatus, Trigger } from '../store/runs.js';
+import { emptyCounts, type PassResult, type PassStatus, type Trigger } from './result.js';
 import { retryDelay } from './backoff.js';
 import { FailureDigest } from './failure-digest.js';
 import type { EngineEvents } from './events.js';
@@ -29,28 +29,6 @@ export interface PassOptions {
   /** Reconcile only the item with this key (ignoring its backoff); `reconciler run --key`. */
   onlyKey?: string;
   partition: Partition;
-}
-
-export interface PassResult {
-  reconciler: string;
-  partition: Partition;
-  runId: number | null;
-  trigger: Trigger;
-  dryRun: boolean;
-  status: PassStatus;
-  counts: PassCounts;
-  /** False when the pass stopped before its scan ended (budget, `--key`, abort); the rest waits for the next pass. */
-  complete: boolean;
-  durationMs: number;
-  error: string | null;
-  /** With `onlyKey`: whether the scan found that item. */
-  keyFound?: boolean;
-  /** The oldest `since(item)` among the items found, when the reconciler defines `since`; null when it found none. */
-  oldestItemAt: Date | null;
-  /** When the first item this pass left in backoff falls due again (approximate, local clock); null when none. */
-  nextRetryAt: Date | null;
-  /** Why the pass stopped taking items and gave its partition up to another replica (see PassControl.handOver); absent when it did not. */
-  handedOver?: string;
 }
 
 export interface PassControl {
@@ -84,10 +62,6 @@ export interface PassDeps {
 
 class ItemTimeoutError extends Error {
   override name = 'TimeoutError';
-}
-
-function emptyCounts(): PassCounts {
-  return { found: 0, changed: 0, unchanged: 0, skipped: 0, failed: 0, deferred: 0, dead: 0 };
 }
 
 function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {

@@ -14,15 +14,15 @@
  */
 import nodeCron, { type ScheduledTask } from 'node-cron';
 import type { Logger } from 'pino';
-import { describeHolder, laneOf, partitionFields, passLabel, type Engine, type RunRequest } from '../engine/engine.js';
+import { laneOf, type Engine, type RunRequest } from '../engine/engine.js';
+import { describeHolder, partitionFields, passLabel, type PassResult, type Trigger } from '../engine/result.js';
 import { formatDuration } from '../duration.js';
 import type { Reconciler } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
 import { holderOfRow, readStates, type LeaseHolder, type StateRow } from '../store/state.js';
 import { ALONE, type Membership } from '../store/database.js';
 import { nextTick, previousTick } from './cron.js';
-import type { PassResult } from '../engine/pass.js';
-import { readRun, type Trigger } from '../store/runs.js';
+import { readRun } from '../store/runs.js';
 import { announceHandOver, type HandOver } from './handover.js';
 
 /** Passes this scheduler adds between ticks: a tick that meets one here runs after it rather than being skipped. */

@@ -11,7 +11,7 @@ import { asc, eq, getTableColumns, sql } from 'drizzle-orm';
 import type { Db, Partition } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { engineSchema, type state } from './schema.js';
-import type { PassCounts, PassStatus, Trigger } from './runs.js';
+import type { PassCounts, PassStatus, Trigger } from '../engine/result.js';
 
 /** The process asking for a lease. `id` is fresh per pass: it is the lease's fencing token. */
 export interface Holder {

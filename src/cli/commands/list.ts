@@ -7,7 +7,8 @@
 import { ExitCode } from '../../errors.js';
 import { formatLoadError } from '../../engine/load.js';
 import { planScan } from '../../engine/scan-plan.js';
-import { describeHolder, laneOf } from '../../engine/engine.js';
+import { laneOf } from '../../engine/engine.js';
+import { describeHolder } from '../../engine/result.js';
 import { nextTick } from '../../scheduler/cron.js';
 import { countFailures } from '../../store/failures.js';
 import { holderOfRow, readStates, type StateRow } from '../../store/state.js';

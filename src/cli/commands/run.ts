@@ -7,9 +7,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, UserError, errorSummary } from '../../errors.js';
 import { formatDuration } from '../../duration.js';
-import { Engine, describeHolder, passLabel, summarize, type RunOutcome } from '../../engine/engine.js';
+import { Engine, type RunOutcome } from '../../engine/engine.js';
+import { describeHolder, passLabel, summarize, type PassResult } from '../../engine/result.js';
 import { partitionOf, type Reconciler } from '../../reconciler.js';
-import type { PassResult } from '../../engine/pass.js';
 import { withContext } from '../context.js';
 import { describeLoadError, formatLoadError, type LoadError } from '../../engine/load.js';
 import type { Config } from '../../config.js';
