@@ -1,7 +1,7 @@
 /**
  * The engine: the loaded reconcilers, their passes, and the leases that keep two passes of
  * one reconciler from overlapping anywhere in the cluster. Every way to start a pass (the
- * schedule, catch-up at start-up, `reconciler run`) comes through `runPass`.
+ * schedule, catch-up at start-up, `reconciler run`) comes through `runPass`, which runs it with executePass (pass.ts).
  */
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
@@ -13,7 +13,7 @@ import { settlesWithin } from '../timeout.js';
 import { didYouMean } from '../suggest.js';
 import { acquireLease, countSkippedTick, finishAndRelease, renewLease, type LeaseHolder } from '../store/state.js';
 import { EngineEvents } from './events.js';
-import { runPass } from './pass.js';
+import { executePass } from './pass.js';
 import { describeHolder, partitionFields, passLabel, summarize, type PassResult, type Trigger } from './result.js';
 import { Slots } from './slots.js';
 
@@ -42,7 +42,7 @@ export interface RunRequest {
   expectLastRunId?: number;
   /** Which partition of a partitioned reconciler (0 when it has none). */
   partition?: number;
-  /** Asked before each item: a reason to give the partition up to another replica (see PassControl.handOver). */
+  /** Asked before each item: a reason to give the partition up to another replica (see PassSignals.handOver). */
   handOver?: () => string | undefined;
 }
 
@@ -190,11 +190,11 @@ export class Engine {
     try {
       this.events.emit('pass:start', { reconciler: reconciler.name, runId: lease.runId, trigger: request.trigger, dryRun: false });
       log.debug({ reconciler: reconciler.name, passId: lease.runId, trigger: request.trigger, ...partitionFields(partition) }, 'pass started');
-      result = await runPass(
+      result = await executePass(
         reconciler,
         { trigger: request.trigger, dryRun: false, partition, ...(partial ? { onlyKey: request.onlyKey } : {}) },
         {
-          db, log, events: this.events, runId: lease.runId, busyKeys: this.#busyKeysOf(reconciler.name), slots: this.#slotsOf(reconciler),
+          db, log, events: this.events, passId: lease.runId, busyKeys: this.#busyKeysOf(reconciler.name), slots: this.#slotsOf(reconciler),
           ...(this.#options.random ? { random: this.#options.random } : {}),
         },
         { stop: active.stop.signal, abort: active.abort.signal, ...(request.handOver ? { handOver: request.handOver } : {}) },
@@ -224,10 +224,10 @@ export class Engine {
     this.#dryRuns.add(pass.active);
     try {
       this.events.emit('pass:start', { reconciler: reconciler.name, runId: null, trigger: request.trigger, dryRun: true });
-      const result = await runPass(
+      const result = await executePass(
         reconciler,
         { trigger: request.trigger, dryRun: true, partition, ...(request.onlyKey !== undefined ? { onlyKey: request.onlyKey } : {}) },
-        { db, log, events: this.events, runId: null, busyKeys: this.#busyKeysOf(reconciler.name), slots: this.#slotsOf(reconciler) },
+        { db, log, events: this.events, passId: null, busyKeys: this.#busyKeysOf(reconciler.name), slots: this.#slotsOf(reconciler) },
         { stop: pass.active.stop.signal, abort: pass.active.abort.signal },
       );
       this.#logResult(result);
