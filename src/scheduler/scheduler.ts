@@ -380,7 +380,7 @@ export class Scheduler {
     let gaveUp = false;
     let ran = false;
     const pass = engine
-      .runPass(name, handOver ? { ...request, handOver } : request)
+      .requestPass(name, handOver ? { ...request, handOver } : request)
       .then((outcome) => {
         this.#unanswered.delete(name); // the database answered: the pass ran, or the lease said why not
         const holder = !outcome.ran && (outcome.reason === 'held' || outcome.reason === 'already-served') ? outcome.holder : undefined;

@@ -7,7 +7,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ExitCode, UserError, errorSummary } from '../../errors.js';
 import { formatDuration } from '../../duration.js';
-import { Engine, type RunOutcome } from '../../engine/engine.js';
+import { Engine, type PassAttempt } from '../../engine/engine.js';
 import { describeHolder, passLabel, summarize, type PassResult } from '../../engine/result.js';
 import { partitionOf, type Reconciler } from '../../reconciler.js';
 import { withContext } from '../context.js';
@@ -86,29 +86,29 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
   process.on('SIGTERM', onInterrupt);
   let exitCode: number = ExitCode.ok;
   for (const { name, partition } of selected.flatMap((name) => partitionsToRun(engine.get(name), flags).map((partition) => ({ name, partition })))) {
-    const outcome = await runWithWait(engine, name, partition, flags, (message) => log.warn(message));
+    const attempt = await runWithWait(engine, name, partition, flags, (message) => log.warn(message));
     progress?.clear();
-    if (!outcome.ran) {
-      if (outcome.reason === 'stopping') {
+    if (!attempt.ran) {
+      if (attempt.reason === 'stopping') {
         exitCode = Math.max(exitCode, ExitCode.itemsFailed);
         break;
       }
-      if (outcome.reason !== 'held') throw new Error(`pass did not run: ${outcome.reason}`);
-      const message = `${passLabel(name, engine.partition(engine.get(name), partition))}: a pass is already running on ${describeHolder(outcome.holder)}; wait for it with --wait`;
-      if (flags.json) printJson({ type: 'pass', reconciler: name, partition, status: 'locked', holder: outcome.holder });
+      if (attempt.reason !== 'held') throw new Error(`pass did not run: ${attempt.reason}`);
+      const message = `${passLabel(name, engine.partition(engine.get(name), partition))}: a pass is already running on ${describeHolder(attempt.holder)}; wait for it with --wait`;
+      if (flags.json) printJson({ type: 'pass', reconciler: name, partition, status: 'locked', holder: attempt.holder });
       else process.stderr.write(`reconciler: ${message}\n`);
       exitCode = Math.max(exitCode, ExitCode.lockHeld);
       continue;
     }
-    report(outcome.result, flags);
-    if (flags.key !== undefined && !outcome.result.keyFound) {
+    report(attempt.result, flags);
+    if (flags.key !== undefined && !attempt.result.keyFound) {
       process.stderr.write(`reconciler: ${name}: the scan did not find an item with key ${JSON.stringify(flags.key)}: nothing needs doing for it (or the key is wrong)\n`);
     }
-    if (flags.key !== undefined && outcome.result.counts.dead > 0) {
+    if (flags.key !== undefined && attempt.result.counts.dead > 0) {
       process.stderr.write(`reconciler: ${name}: item ${JSON.stringify(flags.key)} is dead and was not attempted; make it due with \`reconciler retry ${name} ${JSON.stringify(flags.key)}\` first\n`);
       exitCode = Math.max(exitCode, ExitCode.itemsFailed);
     }
-    if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
+    if (attempt.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
   }
   progress?.stop();
   return asked.length > 0 ? Math.max(exitCode, ExitCode.usage) : exitCode;
@@ -135,14 +135,14 @@ function partitionsToRun(reconciler: Reconciler, flags: RunFlags): number[] {
 }
 
 /** One pass; with `--wait`, polls until the holder is done instead of giving up. */
-async function runWithWait(engine: Engine, name: string, partition: number, flags: RunFlags, say: (message: string) => void): Promise<RunOutcome> {
+async function runWithWait(engine: Engine, name: string, partition: number, flags: RunFlags, say: (message: string) => void): Promise<PassAttempt> {
   const request = { trigger: 'manual' as const, dryRun: Boolean(flags.dryRun), partition, ...(flags.key !== undefined ? { onlyKey: flags.key } : {}) };
   let announced = false;
   for (;;) {
-    const outcome = await engine.runPass(name, request);
-    if (outcome.ran || !flags.wait || outcome.reason !== 'held') return outcome;
-    if (outcome.reason === 'held' && !announced) {
-      say(`${passLabel(name, engine.partition(engine.get(name), partition))}: waiting for the pass running on ${describeHolder(outcome.holder)}`);
+    const attempt = await engine.requestPass(name, request);
+    if (attempt.ran || !flags.wait || attempt.reason !== 'held') return attempt;
+    if (attempt.reason === 'held' && !announced) {
+      say(`${passLabel(name, engine.partition(engine.get(name), partition))}: waiting for the pass running on ${describeHolder(attempt.holder)}`);
       announced = true;
     }
     await sleep(250);
