@@ -200,7 +200,7 @@ export class Engine {
     const keeper = keepLease({ leasePool: this.#leasePool, log, leaseMs, reconciler: reconciler.name, partition: partition.index, passId, holderId: holder.id, abort: active.abort });
     let result: PassResult;
     try {
-      this.events.emit('pass:start', { reconciler: reconciler.name, runId: passId, trigger: request.trigger, dryRun: false });
+      this.events.emit('pass:start', { reconciler: reconciler.name, passId, trigger: request.trigger, dryRun: false });
       log.debug({ reconciler: reconciler.name, passId, trigger: request.trigger, ...partitionFields(partition) }, 'pass started');
       const signals: PassSignals = { stop: active.stop.signal, abort: active.abort.signal, ...(request.handOver ? { handOver: request.handOver } : {}) };
       result = await executePass(reconciler, passOptions(request, partition, false), this.#passDeps(reconciler, passId), signals);
@@ -227,7 +227,7 @@ export class Engine {
     const pass = newActivePass();
     this.#dryRuns.add(pass.active);
     try {
-      this.events.emit('pass:start', { reconciler: reconciler.name, runId: null, trigger: request.trigger, dryRun: true });
+      this.events.emit('pass:start', { reconciler: reconciler.name, passId: null, trigger: request.trigger, dryRun: true });
       const signals: PassSignals = { stop: pass.active.stop.signal, abort: pass.active.abort.signal };
       const result = await executePass(reconciler, passOptions(request, partition, true), this.#passDeps(reconciler, null), signals);
       this.#logResult(result);
