@@ -86,29 +86,29 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
   process.on('SIGTERM', onInterrupt);
   let exitCode: number = ExitCode.ok;
   for (const { name, partition } of selected.flatMap((name) => partitionsToRun(engine.get(name), flags).map((partition) => ({ name, partition })))) {
-    const attempt = await runWithWait(engine, name, partition, flags, (message) => log.warn(message));
+    const outcome = await runWithWait(engine, name, partition, flags, (message) => log.warn(message));
     progress?.clear();
-    if (!attempt.ran) {
-      if (attempt.reason === 'stopping') {
+    if (!outcome.ran) {
+      if (outcome.reason === 'stopping') {
         exitCode = Math.max(exitCode, ExitCode.itemsFailed);
         break;
       }
-      if (attempt.reason !== 'held') throw new Error(`pass did not run: ${attempt.reason}`);
-      const message = `${passLabel(name, engine.partition(engine.get(name), partition))}: a pass is already running on ${describeHolder(attempt.holder)}; wait for it with --wait`;
-      if (flags.json) printJson({ type: 'pass', reconciler: name, partition, status: 'locked', holder: attempt.holder });
+      if (outcome.reason !== 'held') throw new Error(`pass did not run: ${outcome.reason}`);
+      const message = `${passLabel(name, engine.partition(engine.get(name), partition))}: a pass is already running on ${describeHolder(outcome.holder)}; wait for it with --wait`;
+      if (flags.json) printJson({ type: 'pass', reconciler: name, partition, status: 'locked', holder: outcome.holder });
       else process.stderr.write(`reconciler: ${message}\n`);
       exitCode = Math.max(exitCode, ExitCode.lockHeld);
       continue;
     }
-    report(attempt.result, flags);
-    if (flags.key !== undefined && !attempt.result.keyFound) {
+    report(outcome.result, flags);
+    if (flags.key !== undefined && !outcome.result.keyFound) {
       process.stderr.write(`reconciler: ${name}: the scan did not find an item with key ${JSON.stringify(flags.key)}: nothing needs doing for it (or the key is wrong)\n`);
     }
-    if (flags.key !== undefined && attempt.result.counts.dead > 0) {
+    if (flags.key !== undefined && outcome.result.counts.dead > 0) {
       process.stderr.write(`reconciler: ${name}: item ${JSON.stringify(flags.key)} is dead and was not attempted; make it due with \`reconciler retry ${name} ${JSON.stringify(flags.key)}\` first\n`);
       exitCode = Math.max(exitCode, ExitCode.itemsFailed);
     }
-    if (attempt.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
+    if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
   }
   progress?.stop();
   return asked.length > 0 ? Math.max(exitCode, ExitCode.usage) : exitCode;
@@ -139,10 +139,10 @@ async function runWithWait(engine: Engine, name: string, partition: number, flag
   const request = { trigger: 'manual' as const, dryRun: Boolean(flags.dryRun), partition, ...(flags.key !== undefined ? { onlyKey: flags.key } : {}) };
   let announced = false;
   for (;;) {
-    const attempt = await engine.requestPass(name, request);
-    if (attempt.ran || !flags.wait || attempt.reason !== 'held') return attempt;
-    if (attempt.reason === 'held' && !announced) {
-      say(`${passLabel(name, engine.partition(engine.get(name), partition))}: waiting for the pass running on ${describeHolder(attempt.holder)}`);
+    const outcome = await engine.requestPass(name, request);
+    if (outcome.ran || !flags.wait || outcome.reason !== 'held') return outcome;
+    if (outcome.reason === 'held' && !announced) {
+      say(`${passLabel(name, engine.partition(engine.get(name), partition))}: waiting for the pass running on ${describeHolder(outcome.holder)}`);
       announced = true;
     }
     await sleep(250);
