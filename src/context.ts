@@ -16,6 +16,7 @@ import { useEngineSchema } from './store/schema.js';
 import { loadReconcilers, type LoadError } from './engine/load.js';
 import { backoffDelay } from './engine/backoff.js';
 import type { Reconciler } from './reconciler.js';
+import { settlesWithin } from './timeout.js';
 
 /** Configuration, logger and job files: everything but the database. */
 export interface Setup {
@@ -102,9 +103,7 @@ export async function waitForDatabase(setup: Pick<Setup, 'config' | 'log'>, stop
         warned = true;
       }
       const wait = Math.min(backoffDelay(++attempt, STARTUP_RETRY), left);
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([new Promise((resolve) => (timer = setTimeout(resolve, wait))), stopping]);
-      clearTimeout(timer);
+      await settlesWithin(stopping, wait);
       if (stopped) return undefined;
     }
   }

@@ -14,6 +14,7 @@ import { prepare, waitForDatabase, type Setup } from './context.js';
 import { formatLoadError, describeLoadError } from './engine/load.js';
 import { readinessOf, type DaemonStatus } from './daemon/readiness.js';
 import { Services } from './daemon/services.js';
+import { settlesWithin } from './timeout.js';
 
 /** Shutdown ends within SHUTDOWN_TIMEOUT and this: recording the passes, closing the pools and the endpoint. */
 const SHUTDOWN_MARGIN_MS = 1_800;
@@ -89,7 +90,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     if (config.STARTUP_JITTER > 0 && signals.received === 0) {
       const wait = Math.round(Math.random() * config.STARTUP_JITTER);
       log.info({ event: 'daemon:jitter', waitMs: wait }, `waiting ${formatDuration(wait)} (STARTUP_JITTER) before scheduling, to spread replicas that start together`);
-      await Promise.race([new Promise((resolve) => setTimeout(resolve, wait).unref()), signals.first]);
+      await settlesWithin(signals.first, wait, { unref: true });
     }
     if (reconcilers.length === 0) log.warn({ event: 'daemon:no-reconcilers' }, noReconcilers(options.jobsDir ?? config.JOBS_DIR, status.broken !== undefined));
     if (signals.received === 0) {

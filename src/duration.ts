@@ -38,12 +38,6 @@ export function formatDuration(ms: number): string {
   return `${Math.floor(ms / 86_400_000)}d${pad(Math.floor(ms / 3_600_000) % 24)}h`;
 }
 
-/** Rejects when `promise` takes longer than `ms`. */
-export function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
-}
-
 /**
  * The whole number `value` spells, if it is one from `min` to `max`; else undefined. A number,
  * or a string of digits (how the environment and command-line flags spell one: not `''`, `1e3`

@@ -28,9 +28,8 @@ export type Db = PgDatabase<PgQueryResultHKT>;
 export type Outcome = 'changed' | 'unchanged' | 'skipped';
 export type ReconcileResult = Outcome | { outcome: Outcome; note?: string };
 
-// The partition a key falls in is computed in store/partition.ts only; re-exported here, beside
-// the contract types that use it.
-export { partitionOf, type Partition } from './store/partition.js';
+// A partition of a reconciler, as its scan receives it; the hash that places keys in one is store/partition.ts's alone.
+export type { Partition } from './store/partition.js';
 
 /** The arguments of one `scan` call: one keyset page. */
 export interface ScanRequest<Item> {

@@ -30,13 +30,13 @@ describe('pass leases', () => {
     const { definition, gate, entered } = heldOpen();
     const a = engine(t.db, [definition], { host: 'replica-a', pid: 101 });
     const b = engine(t.db, [definition], { host: 'replica-b', pid: 202 });
-    const first = a.runPass('held', { trigger: 'manual' });
+    const first = a.requestPass('held', { trigger: 'manual' });
     await entered.promise;
-    const second = await b.runPass('held', { trigger: 'manual' });
+    const second = await b.requestPass('held', { trigger: 'manual' });
     expect(second).toMatchObject({ ran: false, reason: 'held', holder: { host: 'replica-a', pid: 101 } });
     gate.resolve();
     expect(await first).toMatchObject({ ran: true, result: { status: 'succeeded' } });
-    expect(await b.runPass('held', { trigger: 'manual' })).toMatchObject({ ran: true });
+    expect(await b.requestPass('held', { trigger: 'manual' })).toMatchObject({ ran: true });
   });
 
   it('takes over a lease whose holder stopped renewing it, and marks that run abandoned', async () => {
@@ -44,10 +44,10 @@ describe('pass leases', () => {
     const lease = await acquireLease(t.db, { reconciler: 'orphan', partition: { index: 0, count: 1 }, holder: dead, trigger: 'schedule', leaseMs: 60_000 });
     expect(lease.acquired).toBe(true);
     const e = engine(t.db, [reconciler('orphan', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: async () => 'changed' })]);
-    expect(await e.runPass('orphan', { trigger: 'manual' })).toMatchObject({ ran: false, reason: 'held' });
+    expect(await e.requestPass('orphan', { trigger: 'manual' })).toMatchObject({ ran: false, reason: 'held' });
     // The holder died: time passes on the database clock until its lease has lapsed.
     await t.rows(sql`UPDATE reconciler.state SET lease_expires_at = now() - interval '1 millisecond' WHERE reconciler = 'orphan'`);
-    expect(await e.runPass('orphan', { trigger: 'manual' })).toMatchObject({ ran: true });
+    expect(await e.requestPass('orphan', { trigger: 'manual' })).toMatchObject({ ran: true });
     const runs = await t.rows<{ status: string; host: string }>(sql`SELECT status, host FROM reconciler.runs ORDER BY id`);
     expect(runs).toEqual([{ status: 'abandoned', host: 'gone' }, { status: 'succeeded', host: expect.any(String) }]);
   });
@@ -58,11 +58,11 @@ describe('pass leases', () => {
     const b = engine(t.db, [definition], { host: 'b' });
     // Each replica's cron fires for the same nominal tick; a replica whose clock runs a little late comes second.
     const tick = new Date(Math.floor(Date.now() / 1_000) * 1_000);
-    expect(await a.runPass('ticking', { trigger: 'schedule', tick })).toMatchObject({ ran: true });
-    expect(await b.runPass('ticking', { trigger: 'schedule', tick })).toEqual({ ran: false, reason: 'already-served' });
+    expect(await a.requestPass('ticking', { trigger: 'schedule', tick })).toMatchObject({ ran: true });
+    expect(await b.requestPass('ticking', { trigger: 'schedule', tick })).toEqual({ ran: false, reason: 'already-served' });
     const nextTick = new Date(tick.getTime() + 60_000);
-    expect(await b.runPass('ticking', { trigger: 'schedule', tick: nextTick })).toMatchObject({ ran: true });
-    expect(await a.runPass('ticking', { trigger: 'schedule', tick: nextTick })).toEqual({ ran: false, reason: 'already-served' });
+    expect(await b.requestPass('ticking', { trigger: 'schedule', tick: nextTick })).toMatchObject({ ran: true });
+    expect(await a.requestPass('ticking', { trigger: 'schedule', tick: nextTick })).toEqual({ ran: false, reason: 'already-served' });
   });
 
   it('runs a catch-up pass only if no pass finished since the replica looked (compare-and-set on the last run)', async () => {
@@ -71,19 +71,19 @@ describe('pass leases', () => {
     const b = engine(t.db, [definition], { host: 'b' });
     const tick = new Date(Math.floor(Date.now() / 60_000) * 60_000);
     // Both replicas start, both see "never ran" (last run 0), both ask for the same catch-up.
-    expect(await a.runPass('caught-up', { trigger: 'startup', tick, expectLastRunId: 0 })).toMatchObject({ ran: true });
-    expect(await b.runPass('caught-up', { trigger: 'startup', tick, expectLastRunId: 0 })).toEqual({ ran: false, reason: 'already-served' });
+    expect(await a.requestPass('caught-up', { trigger: 'startup', tick, expectLastRunId: 0 })).toMatchObject({ ran: true });
+    expect(await b.requestPass('caught-up', { trigger: 'startup', tick, expectLastRunId: 0 })).toEqual({ ran: false, reason: 'already-served' });
   });
 
   it('repeats the tick of an aborted pass on catch-up', async () => {
     const definition = reconciler('redo', { schedule: '* * * * *', scan: numbers(1), key: () => 'k', reconcile: async () => 'changed' });
     const e = engine(t.db, [definition]);
     const tick = new Date(Math.floor(Date.now() / 60_000) * 60_000);
-    const first = await e.runPass('redo', { trigger: 'schedule', tick });
+    const first = await e.requestPass('redo', { trigger: 'schedule', tick });
     await t.rows(sql`UPDATE reconciler.state SET last_status = 'aborted' WHERE reconciler = 'redo'`);
-    expect(await e.runPass('redo', { trigger: 'schedule', tick })).toEqual({ ran: false, reason: 'already-served' });
+    expect(await e.requestPass('redo', { trigger: 'schedule', tick })).toEqual({ ran: false, reason: 'already-served' });
     const lastRunId = first.ran ? first.result.runId! : 0;
-    expect(await e.runPass('redo', { trigger: 'startup', tick, expectLastRunId: lastRunId })).toMatchObject({ ran: true });
+    expect(await e.requestPass('redo', { trigger: 'startup', tick, expectLastRunId: lastRunId })).toMatchObject({ ran: true });
   });
 
   it('skips a tick that finds a pass still running, and counts it once across replicas', async () => {
@@ -91,16 +91,16 @@ describe('pass leases', () => {
     const a = engine(t.db, [definition], { host: 'a' });
     const b = engine(t.db, [definition], { host: 'b' });
     const tick = new Date('2026-11-27T10:00:00Z');
-    const running = a.runPass('busy', { trigger: 'schedule', tick });
+    const running = a.requestPass('busy', { trigger: 'schedule', tick });
     await entered.promise;
     const skipped: string[] = [];
     a.events.on('tick:skipped', (s) => skipped.push(`a:${s.reason}`));
     b.events.on('tick:skipped', (s) => skipped.push(`b:${s.reason}`));
     // The same tick, seen late by another replica, is being served: that is not a skipped tick.
-    expect(await b.runPass('busy', { trigger: 'schedule', tick })).toMatchObject({ ran: false, reason: 'already-served', holder: { host: 'a' } });
+    expect(await b.requestPass('busy', { trigger: 'schedule', tick })).toMatchObject({ ran: false, reason: 'already-served', holder: { host: 'a' } });
     const next = new Date('2026-11-27T10:01:00Z');
-    expect(await a.runPass('busy', { trigger: 'schedule', tick: next })).toEqual({ ran: false, reason: 'running-here' });
-    expect(await b.runPass('busy', { trigger: 'schedule', tick: next })).toMatchObject({ ran: false, reason: 'held' });
+    expect(await a.requestPass('busy', { trigger: 'schedule', tick: next })).toEqual({ ran: false, reason: 'running-here' });
+    expect(await b.requestPass('busy', { trigger: 'schedule', tick: next })).toMatchObject({ ran: false, reason: 'held' });
     gate.resolve();
     await running;
     expect(skipped).toEqual(['a:running']);
@@ -121,7 +121,7 @@ describe('pass leases', () => {
         return 'changed' as const;
       },
     })], { leaseMs: 600 });
-    const running = e.runPass('stolen', { trigger: 'manual' });
+    const running = e.requestPass('stolen', { trigger: 'manual' });
     await entered.promise;
     await t.rows(sql`UPDATE reconciler.state SET holder_id = '00000000-0000-4000-8000-000000000002' WHERE reconciler = 'stolen'`);
     const outcome = await running;
@@ -146,7 +146,7 @@ describe('pass leases', () => {
         return 'changed' as const;
       },
     })], { leaseMs: 1_500 });
-    const running = e.runPass('stalled', { trigger: 'manual' });
+    const running = e.requestPass('stalled', { trigger: 'manual' });
     await entered.promise;
     // Another session locks the lease row: every renewal now hangs, as on a stalled network.
     const blocker = new pg.Client({ connectionString: t.url });
@@ -178,7 +178,7 @@ describe('pass leases', () => {
         return 'changed' as const;
       },
     })]);
-    const running = e.runPass('draining', { trigger: 'manual' });
+    const running = e.requestPass('draining', { trigger: 'manual' });
     while (started.length < 2) await new Promise((resolve) => setImmediate(resolve));
     const stopping = e.stop(5_000);
     gate.resolve();
@@ -186,7 +186,7 @@ describe('pass leases', () => {
     const outcome = await running;
     expect(outcome).toMatchObject({ ran: true, result: { status: 'aborted', counts: { changed: 2 }, complete: false } });
     expect(started).toEqual([1, 2]);
-    expect(await e.runPass('draining', { trigger: 'manual' })).toEqual({ ran: false, reason: 'stopping' });
+    expect(await e.requestPass('draining', { trigger: 'manual' })).toEqual({ ran: false, reason: 'stopping' });
   });
 });
 

@@ -67,7 +67,7 @@ describe('partitioned passes', () => {
     const done: string[] = [];
     const r = quartered('split', { all, reconcile: async (key) => void done.push(key) });
     const e = engine(t.db, [r]);
-    const outcomes = await Promise.all([0, 1, 2, 3].map((partition) => e.runPass('split', { trigger: 'manual', partition })));
+    const outcomes = await Promise.all([0, 1, 2, 3].map((partition) => e.requestPass('split', { trigger: 'manual', partition })));
     expect(outcomes.map((o) => o.ran && o.result.partition)).toEqual([0, 1, 2, 3].map((index) => ({ index, count: 4 })));
     expect(done.sort()).toEqual([...all].sort());
     const runs = await t.rows<{ partition: number }>(sql`SELECT partition FROM reconciler.runs WHERE reconciler = 'split' ORDER BY partition`);
@@ -90,11 +90,11 @@ describe('partitioned passes', () => {
     });
     const a = engine(t.db, [r], { host: 'replica-a', pid: 1 });
     const b = engine(t.db, [r], { host: 'replica-b', pid: 2 });
-    const holding = a.runPass('held', { trigger: 'manual', partition: 0 });
+    const holding = a.requestPass('held', { trigger: 'manual', partition: 0 });
     await started.promise;
-    const other = await b.runPass('held', { trigger: 'manual', partition: 1 });
+    const other = await b.requestPass('held', { trigger: 'manual', partition: 1 });
     expect(other.ran && other.result.status).toBe('succeeded');
-    const blocked = await b.runPass('held', { trigger: 'manual', partition: 0 });
+    const blocked = await b.requestPass('held', { trigger: 'manual', partition: 0 });
     expect(blocked).toMatchObject({ ran: false, reason: 'held', holder: { host: 'replica-a', pid: 1 } });
     gate.resolve();
     expect(((await holding) as { ran: true }).ran).toBe(true);
@@ -118,15 +118,15 @@ describe('partitioned passes', () => {
     const renewed = quartered('recount', { all, partitions: 8, reconcile: async () => undefined });
     const before = engine(t.db, [old], { host: 'old-deploy', pid: 1 });
     const after = engine(t.db, [renewed], { host: 'new-deploy', pid: 2 });
-    const running = before.runPass('recount', { trigger: 'manual', partition: 1 });
+    const running = before.requestPass('recount', { trigger: 'manual', partition: 1 });
     await started.promise;
     // Partition 5 of 8 is a half of partition 1 of 4, which is being worked: it must wait, and say for whom.
-    expect(await after.runPass('recount', { trigger: 'manual', partition: 5 })).toMatchObject({ ran: false, reason: 'held', holder: { host: 'old-deploy' } });
+    expect(await after.requestPass('recount', { trigger: 'manual', partition: 5 })).toMatchObject({ ran: false, reason: 'held', holder: { host: 'old-deploy' } });
     // So must every other partition of the new count, overlapping or not: the rule is by count, not by slice.
-    expect(await after.runPass('recount', { trigger: 'manual', partition: 2 })).toMatchObject({ ran: false, reason: 'held' });
+    expect(await after.requestPass('recount', { trigger: 'manual', partition: 2 })).toMatchObject({ ran: false, reason: 'held' });
     gate.resolve();
     await running;
-    const outcome = await after.runPass('recount', { trigger: 'manual', partition: 5 });
+    const outcome = await after.requestPass('recount', { trigger: 'manual', partition: 5 });
     expect(outcome.ran && outcome.result.status).toBe('succeeded');
   });
 
@@ -169,7 +169,7 @@ describe('partitioned passes', () => {
       },
     });
     const e = engine(t.db, [r]);
-    await Promise.all([0, 1, 2, 3].map((partition) => e.runPass('shared', { trigger: 'manual', partition })));
+    await Promise.all([0, 1, 2, 3].map((partition) => e.requestPass('shared', { trigger: 'manual', partition })));
     expect(most).toBe(3); // not 12: concurrency is per process, however many partitions it holds
   });
 
@@ -180,7 +180,7 @@ describe('partitioned passes', () => {
     const log = (await import('pino')).pino({ level: 'error' }, { write: (line: string) => void lines.push(line) });
     const { Engine } = await import('../src/engine/engine.js');
     const e = new Engine({ db: t.db, reconcilers: [r], log, leaseMs: 10_000 });
-    const outcome = await e.runPass('unfiltered', { trigger: 'manual', partition: 2 });
+    const outcome = await e.requestPass('unfiltered', { trigger: 'manual', partition: 2 });
     const mine = keys(40).filter((k) => partitionOf(k, 4) === 2);
     expect(done.sort()).toEqual(mine.sort());
     expect(outcome.ran && outcome.result.counts.found).toBe(mine.length);
@@ -194,21 +194,21 @@ describe('partitioned passes', () => {
     let fail = true;
     const r = quartered('forget', { all, reconcile: async (key) => { if (fail && failing.has(key)) throw new Error('not yet'); } });
     const e = engine(t.db, [r]);
-    for (const partition of [0, 3]) await e.runPass('forget', { trigger: 'manual', partition });
+    for (const partition of [0, 3]) await e.requestPass('forget', { trigger: 'manual', partition });
     expect((await countFailures(t.db)).get('forget')?.backoff).toBe(2);
     // The item of partition 0 is done elsewhere: a complete pass of partition 0 no longer finds it and forgets it;
     // the failure of partition 3 stays, although that pass never saw it.
     fail = false;
     const zero = [...failing].find((k) => partitionOf(k, 4) === 0)!;
     const without = quartered('forget', { all: all.filter((k) => k !== zero), reconcile: async () => undefined });
-    await engine(t.db, [without]).runPass('forget', { trigger: 'manual', partition: 0 });
+    await engine(t.db, [without]).requestPass('forget', { trigger: 'manual', partition: 0 });
     expect((await countFailures(t.db)).get('forget')?.backoff).toBe(1);
   });
 
   it('refuses a partition the reconciler does not have', async () => {
     const e = engine(t.db, [quartered('bounds', { all: [], reconcile: async () => undefined })]);
-    await expect(e.runPass('bounds', { trigger: 'manual', partition: 4 })).rejects.toThrow('bounds has partitions 0 to 3; there is no partition 4');
-    await expect(e.runPass('bounds', { trigger: 'manual' })).rejects.toThrow('bounds has 4 partitions: name one (0 to 3), or run them all');
+    await expect(e.requestPass('bounds', { trigger: 'manual', partition: 4 })).rejects.toThrow('bounds has partitions 0 to 3; there is no partition 4');
+    await expect(e.requestPass('bounds', { trigger: 'manual' })).rejects.toThrow('bounds has 4 partitions: name one (0 to 3), or run them all');
   });
 });
 

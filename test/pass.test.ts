@@ -1,17 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { TerminalError } from '../src/errors.js';
-import type { PassResult } from '../src/engine/pass.js';
+import type { PassResult } from '../src/engine/result.js';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, numbers, reconciler } from './helpers/engine.js';
-import type { Engine, RunOutcome } from '../src/engine/engine.js';
+import type { Engine, PassAttempt } from '../src/engine/engine.js';
 
 type N = { n: number };
 
 const t = useTestDatabase({ resetEngineTables: true });
 
-async function pass(e: Engine, name: string, request: Partial<Parameters<Engine['runPass']>[1]> = {}): Promise<PassResult> {
-  const outcome: RunOutcome = await e.runPass(name, { trigger: 'manual', ...request });
+async function pass(e: Engine, name: string, request: Partial<Parameters<Engine['requestPass']>[1]> = {}): Promise<PassResult> {
+  const outcome: PassAttempt = await e.requestPass(name, { trigger: 'manual', ...request });
   if (!outcome.ran) throw new Error(`pass did not run: ${outcome.reason}`);
   return outcome.result;
 }

@@ -22,7 +22,7 @@ const failures = () => t.rows<{ key: string; attempts: number; dead: boolean; la
 const makeDue = () => t.rows(sql`UPDATE reconciler.failures SET next_attempt_at = now() - interval '1 second'`);
 
 async function counts(e: Engine, name: string, dryRun = false) {
-  const outcome = await e.runPass(name, { trigger: 'manual', dryRun });
+  const outcome = await e.requestPass(name, { trigger: 'manual', dryRun });
   if (!outcome.ran) throw new Error(`pass did not run: ${outcome.reason}`);
   return outcome.result.counts;
 }

@@ -74,7 +74,7 @@ async function engineSide(url: string, concurrency: number, provider: (db: Db) =
   const engine = new Engine({ db: database.db, control: database.control, reconcilers: [settle], log: silent, leaseMs: 300_000 });
   return {
     drain: async () => {
-      const outcome = await engine.runPass('settle-returns', { trigger: 'manual' });
+      const outcome = await engine.requestPass('settle-returns', { trigger: 'manual' });
       if (!outcome.ran) throw new Error(`backlog drain: the pass did not run (${outcome.reason})`);
       const { counts, error } = outcome.result;
       if (counts.failed > 0 || error) throw new Error(`backlog drain: the reconciler failed ${counts.failed} item(s)${error ? `: ${error}` : ''}`);

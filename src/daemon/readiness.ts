@@ -1,7 +1,7 @@
 /** What /readyz reports for the daemon: the database, its migrations, the job files, and whether it is shutting down. */
 import { sql } from 'drizzle-orm';
 import { coerceError, errorSummary } from '../errors.js';
-import { within } from '../duration.js';
+import { within } from '../timeout.js';
 import { queryRows, type Database } from '../store/database.js';
 import { pendingMigrations } from '../store/migrate.js';
 import { CHECK_TIMEOUT_MS, type Check } from '../http/server.js';

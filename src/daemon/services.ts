@@ -15,6 +15,7 @@ import { Liveness } from '../liveness.js';
 import { Metrics } from '../http/metrics.js';
 import { pruneRuns } from '../store/runs.js';
 import type { Database } from '../store/database.js';
+import { settlesWithin } from '../timeout.js';
 
 const PRUNE_EVERY_MS = 3_600_000;
 /** After the passes have stopped, how long closing the database may take (within the margin of the deadline). */
@@ -104,14 +105,11 @@ export class Services {
     await this.#presence.stop(); // the others take this one's partitions at their next claim
     await this.engine.stop(config.SHUTDOWN_TIMEOUT);
     // An item that ignores its AbortSignal may hold a connection forever: do not wait on it.
-    return Promise.race([
-      this.#scheduler
-        .drain()
-        .then(() => teardown())
-        .catch((error: unknown) => log.warn({ err: coerceError(error) }, `the setup's clean-up failed: ${errorSummary(coerceError(error), 300)}`))
-        .then(() => this.#open.close())
-        .then(() => true),
-      new Promise<false>((resolve) => setTimeout(() => resolve(false), Math.max(0, Math.min(CLOSE_GRACE_MS, deadline - Date.now() - 300))).unref()),
-    ]);
+    const closing = this.#scheduler
+      .drain()
+      .then(() => teardown())
+      .catch((error: unknown) => log.warn({ err: coerceError(error) }, `the setup's clean-up failed: ${errorSummary(coerceError(error), 300)}`))
+      .then(() => this.#open.close());
+    return settlesWithin(closing, Math.max(0, Math.min(CLOSE_GRACE_MS, deadline - Date.now() - 300)), { unref: true });
   }
 }

@@ -1,7 +1,8 @@
 /**
  * The engine: the loaded reconcilers, their passes, and the leases that keep two passes of
- * one reconciler from overlapping anywhere in the cluster. Every way to start a pass (the
- * schedule, catch-up at start-up, `reconciler run`) comes through `runPass`.
+ * one reconciler partition from overlapping anywhere in the cluster. Every way to start a pass
+ * (the schedule, catch-up at start-up, `reconciler run`) comes through `requestPass`, which
+ * runs it (executePass, pass.ts) unless it must not run now; dry runs take no lease.
  */
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
@@ -10,16 +11,18 @@ import type { Db, Partition, Reconciler } from '../reconciler.js';
 import { UserError, coerceError, errorSummary } from '../errors.js';
 import { formatDuration } from '../duration.js';
 import { didYouMean } from '../suggest.js';
+import { settlesWithin } from '../timeout.js';
 import { countSkippedTick } from '../store/state.js';
-import { acquireLease, finishAndRelease, renewLease, type LeaseHolder } from '../store/lease.js';
-import type { Trigger } from '../store/runs.js';
+import { acquireLease, finishAndRelease, type AcquireResult, type LeaseHolder } from '../store/lease.js';
 import { EngineEvents } from './events.js';
-import { runPass, type PassResult } from './pass.js';
+import { keepLease } from './lease-keeper.js';
+import { executePass, type PassDeps, type PassOptions, type PassSignals } from './pass.js';
+import { describeHolder, partitionFields, passLabel, summarize, type PassResult, type Trigger } from './result.js';
 import { Slots } from './slots.js';
 
 export interface EngineOptions {
   db: Db;
-  /** Where leases are taken and renewed: a separate small pool, so lease traffic never queues behind items. Defaults to `db`. */
+  /** The lease pool: where leases are taken and renewed, a separate small pool, so lease traffic never queues behind items. Defaults to `db`. */
   control?: Db;
   reconcilers: readonly Reconciler[];
   log: Logger;
@@ -42,7 +45,7 @@ export interface RunRequest {
   expectLastRunId?: number;
   /** Which partition of a partitioned reconciler (0 when it has none). */
   partition?: number;
-  /** Asked before each item: a reason to give the partition up to another replica (see PassControl.handOver). */
+  /** Asked before each item: a reason to give the partition up to another replica (see PassSignals.handOver). */
   handOver?: () => string | undefined;
 }
 
@@ -53,8 +56,10 @@ export type NotRun =
   | { ran: false; reason: 'already-served'; holder?: LeaseHolder }
   | { ran: false; reason: 'stopping' };
 
-export type RunOutcome = { ran: true; result: PassResult } | NotRun;
+/** What came of a request for a pass: it ran (with its result), or why it did not. */
+export type PassAttempt = { ran: true; result: PassResult } | NotRun;
 
+/** A pass running in this process, as shutdown reaches it. */
 interface ActivePass {
   stop: AbortController;
   abort: AbortController;
@@ -67,31 +72,11 @@ const RECORD_GRACE_MS = 5_000;
 /** The key of one reconciler partition's passes in this process: one leased pass per lane at a time. */
 export const laneOf = (name: string, partition: number) => `${name}#${partition}`;
 
-/** Log fields naming the partition of a partitioned reconciler's pass (none for an unpartitioned one). */
-export function partitionFields(partition: Partition): { partition?: number } {
-  return partition.count > 1 ? { partition: partition.index } : {};
-}
-
-/** "settle-returns", or "settle-returns partition 2" for one partition of a partitioned reconciler. */
-export function passLabel(name: string, partition: Partition): string {
-  return partition.count > 1 ? `${name} partition ${partition.index}` : name;
-}
-
-/** "web-1 pid 4242 since 12:00:01Z (run 17)", or "(run 17, partition 1 of 4)" for a partition's pass. */
-export function describeHolder(holder: Pick<LeaseHolder, 'host' | 'pid' | 'since' | 'runId' | 'partition'>): string {
-  const what = [...(holder.runId === null ? [] : [`run ${holder.runId}`]), ...(holder.partition ? [`partition ${holder.partition.index} of ${holder.partition.count}`] : [])];
-  return `${holder.host} pid ${holder.pid} since ${holder.since.toISOString()}${what.length > 0 ? ` (${what.join(', ')})` : ''}`;
-}
-
-export function summarize(result: PassResult): string {
-  const c = result.counts;
-  const what = result.dryRun ? 'dry run' : `pass ${result.runId}`;
-  return (
-    `${passLabel(result.reconciler, result.partition)}: ${what} ${result.status} in ${formatDuration(result.durationMs)}: ` +
-    `${c.found} found, ${c.changed} changed, ${c.unchanged} unchanged, ${c.skipped} skipped, ${c.failed} failed, ${c.deferred} deferred, ${c.dead} dead` +
-    `${result.keyFound !== undefined ? ' (one item, by --key)' : result.handedOver !== undefined ? ` (handed over: ${result.handedOver})` : result.complete || result.status === 'error' ? '' : ' (stopped early; the rest waits for the next pass)'}` +
-    `${result.error ? `: ${result.error}` : ''}`
-  );
+/** Gets the value for `key`, making it first if there is none. */
+function getOrMake<K, V>(map: Map<K, V>, key: K, make: () => V): V {
+  let value = map.get(key);
+  if (value === undefined) map.set(key, (value = make()));
+  return value;
 }
 
 export class Engine {
@@ -101,7 +86,8 @@ export class Engine {
   readonly pid: number;
   readonly db: Db;
   readonly #options: EngineOptions;
-  readonly #control: Db;
+  /** Where leases are taken and renewed (EngineOptions.control). */
+  readonly #leasePool: Db;
   /** Leased passes running in this process, by lane (see laneOf). */
   readonly #active = new Map<string, ActivePass>();
   /** Per reconciler, the items it may have in flight in this process, shared by its partitions' passes. */
@@ -119,7 +105,7 @@ export class Engine {
     this.host = options.host ?? hostname();
     this.pid = options.pid ?? process.pid;
     this.db = options.db;
-    this.#control = options.control ?? options.db;
+    this.#leasePool = options.control ?? options.db;
   }
 
   /** The reconciler called `name`, or a UserError with a "did you mean" hint. */
@@ -138,7 +124,7 @@ export class Engine {
    * for a broken pass (that is a result with status `error`); throws for an unknown name,
    * and when the database cannot be reached to take the lease.
    */
-  async runPass(name: string, request: RunRequest): Promise<RunOutcome> {
+  async requestPass(name: string, request: RunRequest): Promise<PassAttempt> {
     const reconciler = this.get(name);
     const partition = this.partition(reconciler, request.partition);
     if (this.#stopping) return { ran: false, reason: 'stopping' };
@@ -148,7 +134,7 @@ export class Engine {
       if (request.tick) await this.#tickSkipped(reconciler, partition, request.tick, 'running', undefined);
       return { ran: false, reason: 'running-here' };
     }
-    const pass = this.#newActivePass();
+    const pass = newActivePass();
     this.#active.set(lane, pass.active);
     try {
       return await this.#leasedPass(reconciler, request, partition, pass.active);
@@ -173,70 +159,63 @@ export class Engine {
     return { index, count };
   }
 
-  #slotsOf(reconciler: Reconciler): Slots {
-    let slots = this.#slots.get(reconciler.name);
-    if (!slots) this.#slots.set(reconciler.name, (slots = new Slots(reconciler.concurrency)));
-    return slots;
+  /** What a pass of `reconciler` shares with the engine: the pools, the log, its busy keys and slots. */
+  #passDeps(reconciler: Reconciler, passId: number | null): PassDeps {
+    const { db, log, random } = this.#options;
+    return {
+      db, log, events: this.events, passId,
+      busyKeys: getOrMake(this.#busyKeys, reconciler.name, () => new Set<string>()),
+      slots: getOrMake(this.#slots, reconciler.name, () => new Slots(reconciler.concurrency)),
+      ...(random ? { random } : {}),
+    };
   }
 
-  #newActivePass(): { active: ActivePass; finished: () => void } {
-    let finished!: () => void;
-    const done = new Promise<void>((resolve) => (finished = resolve));
-    return { active: { stop: new AbortController(), abort: new AbortController(), done }, finished };
-  }
-
-  #busyKeysOf(name: string): Set<string> {
-    let keys = this.#busyKeys.get(name);
-    if (!keys) this.#busyKeys.set(name, (keys = new Set()));
-    return keys;
-  }
-
-  async #leasedPass(reconciler: Reconciler, request: RunRequest, partition: Partition, active: ActivePass): Promise<RunOutcome> {
-    const { db, log, leaseMs } = this.#options;
-    const holder = { id: randomUUID(), host: this.host, pid: this.pid };
-    const partial = request.onlyKey !== undefined;
+  /** Takes the lease for the pass a request asks for, or learns why not. */
+  async #takeLease(reconciler: Reconciler, request: RunRequest, partition: Partition, holder: { id: string; host: string; pid: number }): Promise<AcquireResult> {
     const ask = () =>
-      acquireLease(this.#control, {
-        reconciler: reconciler.name, partition, holder, trigger: request.trigger, leaseMs, partial,
+      acquireLease(this.#leasePool, {
+        reconciler: reconciler.name, partition, holder, trigger: request.trigger, leaseMs: this.#options.leaseMs, partial: request.onlyKey !== undefined,
         ...(request.tick ? { tick: request.tick } : {}),
         ...(request.expectLastRunId !== undefined ? { expectLastRunId: request.expectLastRunId } : {}),
       });
-    let lease = await ask();
+    const lease = await ask();
     // The holder released between the statement that was refused and the one that asked why (or, for a manual
     // pass, which nothing can have "already served", it looked served then): ask again, once.
     const manual = !request.tick && request.expectLastRunId === undefined;
-    if (!lease.acquired && (lease.reason === 'released' || (lease.reason === 'already-served' && manual))) lease = await ask();
+    if (!lease.acquired && (lease.reason === 'released' || (lease.reason === 'already-served' && manual))) return ask();
+    return lease;
+  }
+
+  async #leasedPass(reconciler: Reconciler, request: RunRequest, partition: Partition, active: ActivePass): Promise<PassAttempt> {
+    const { log, leaseMs } = this.#options;
+    const holder = { id: randomUUID(), host: this.host, pid: this.pid };
+    const partial = request.onlyKey !== undefined;
+    const lease = await this.#takeLease(reconciler, request, partition, holder);
     if (!lease.acquired) {
       if (lease.reason === 'held' && request.tick) await this.#tickSkipped(reconciler, partition, request.tick, 'held', lease.holder);
       if (lease.reason === 'held') return { ran: false, reason: 'held', holder: lease.holder };
       log.debug({ event: 'pass:already-served', reconciler: reconciler.name, tick: request.tick }, 'already served by another process');
       return { ran: false, reason: 'already-served', ...(lease.reason === 'already-served' && lease.holder ? { holder: lease.holder } : {}) };
     }
-    const keeper = this.#keepLease(reconciler.name, partition.index, lease.runId, holder.id, active.abort);
+    const passId = lease.runId;
+    const keeper = keepLease({ leasePool: this.#leasePool, log, leaseMs, reconciler: reconciler.name, partition: partition.index, passId, holderId: holder.id, abort: active.abort });
     let result: PassResult;
     try {
-      this.events.emit('pass:start', { reconciler: reconciler.name, runId: lease.runId, trigger: request.trigger, dryRun: false });
-      log.debug({ event: 'pass:start', reconciler: reconciler.name, passId: lease.runId, trigger: request.trigger, ...partitionFields(partition) }, 'pass started');
-      result = await runPass(
-        reconciler,
-        { trigger: request.trigger, dryRun: false, partition, ...(partial ? { onlyKey: request.onlyKey } : {}) },
-        {
-          db, log, events: this.events, runId: lease.runId, busyKeys: this.#busyKeysOf(reconciler.name), slots: this.#slotsOf(reconciler),
-          ...(this.#options.random ? { random: this.#options.random } : {}),
-        },
-        { stop: active.stop.signal, abort: active.abort.signal, ...(request.handOver ? { handOver: request.handOver } : {}) },
-      );
+      this.events.emit('pass:start', { reconciler: reconciler.name, passId, trigger: request.trigger, dryRun: false });
+      log.debug({ event: 'pass:start', reconciler: reconciler.name, passId, trigger: request.trigger, ...partitionFields(partition) }, 'pass started');
+      const signals: PassSignals = { stop: active.stop.signal, abort: active.abort.signal, ...(request.handOver ? { handOver: request.handOver } : {}) };
+      result = await executePass(reconciler, passOptions(request, partition, false), this.#passDeps(reconciler, passId), signals);
     } finally {
       keeper.stop();
     }
     let unrecorded: string | undefined;
     try {
-      const forgotten = await finishAndRelease(this.#control, {
-        reconciler: reconciler.name, partition, holderId: holder.id, runId: lease.runId, partial,
+      const forgotten = await finishAndRelease(this.#leasePool, {
+        reconciler: reconciler.name, partition, holderId: holder.id, runId: passId, partial,
         status: result.status, counts: result.counts, complete: result.complete, durationMs: result.durationMs, error: result.error,
         forgetUnseen: result.complete && result.error === null && !partial,
       });
-      if (forgotten > 0) log.info({ reconciler: reconciler.name, passId: lease.runId, forgotten }, `forgot ${forgotten} failed item(s) that the scan no longer finds (their work was done elsewhere)`);
+      if (forgotten > 0) log.info({ reconciler: reconciler.name, passId, forgotten }, `forgot ${forgotten} failed item(s) that the scan no longer finds (their work was done elsewhere)`);
     } catch (error) {
       unrecorded = `could not record the end of the pass (${errorSummary(coerceError(error), 200)}); its lease expires by itself within ${formatDuration(leaseMs)}`;
     }
@@ -246,17 +225,12 @@ export class Engine {
   }
 
   async #dryRun(reconciler: Reconciler, request: RunRequest, partition: Partition): Promise<PassResult> {
-    const { db, log } = this.#options;
-    const pass = this.#newActivePass();
+    const pass = newActivePass();
     this.#dryRuns.add(pass.active);
     try {
-      this.events.emit('pass:start', { reconciler: reconciler.name, runId: null, trigger: request.trigger, dryRun: true });
-      const result = await runPass(
-        reconciler,
-        { trigger: request.trigger, dryRun: true, partition, ...(request.onlyKey !== undefined ? { onlyKey: request.onlyKey } : {}) },
-        { db, log, events: this.events, runId: null, busyKeys: this.#busyKeysOf(reconciler.name), slots: this.#slotsOf(reconciler) },
-        { stop: pass.active.stop.signal, abort: pass.active.abort.signal },
-      );
+      this.events.emit('pass:start', { reconciler: reconciler.name, passId: null, trigger: request.trigger, dryRun: true });
+      const signals: PassSignals = { stop: pass.active.stop.signal, abort: pass.active.abort.signal };
+      const result = await executePass(reconciler, passOptions(request, partition, true), this.#passDeps(reconciler, null), signals);
       this.#logResult(result);
       this.events.emit('pass:finish', result);
       return result;
@@ -266,66 +240,11 @@ export class Engine {
     }
   }
 
-  /**
-   * Renews the lease every third of its length, one renewal at a time, on the control
-   * pool. A local watchdog aborts the pass when the lease may have lapsed: `leaseMs` after
-   * the *sending* of the last renewal that succeeded (minus a margin), whether or not a
-   * renewal is still hanging. Another process may take over from then on.
-   */
-  #keepLease(name: string, partition: number, runId: number, holderId: string, abort: AbortController): { stop(): void } {
-    const { log, leaseMs } = this.#options;
-    const margin = Math.min(1_000, leaseMs / 5);
-    let stopped = false;
-    let renewTimer: NodeJS.Timeout | undefined;
-    let watchdog: NodeJS.Timeout | undefined;
-    let lastError: Error | undefined;
-    let failedRenewals = 0;
-    const armWatchdog = (sentAt: number) => {
-      clearTimeout(watchdog);
-      watchdog = setTimeout(() => {
-        const why = lastError ? `: ${errorSummary(lastError, 200)}` : '';
-        abort.abort(new Error(`lease expired: could not renew it within ${formatDuration(leaseMs)}${why}; another process may take over`));
-      }, Math.max(0, sentAt + leaseMs - margin - performance.now()));
-    };
-    const renew = async () => {
-      if (stopped || abort.signal.aborted) return;
-      const sentAt = performance.now();
-      try {
-        if (await renewLease(this.#control, name, partition, holderId, leaseMs)) {
-          // A near miss is worth a line; a lease that lapses is told once, by the pass summary (the watchdog's abort).
-          if (failedRenewals > 0) {
-            log.warn({ reconciler: name, passId: runId, failedRenewals, err: lastError }, `the lease renewal failed ${failedRenewals} time(s) (${errorSummary(lastError!, 200)}) before it went through; the pass went on`);
-          }
-          failedRenewals = 0;
-          lastError = undefined;
-          armWatchdog(sentAt);
-        } else {
-          abort.abort(new Error('lease lost: another process took this reconciler over (this one was paused or cut off for longer than LEASE_TTL)'));
-          return;
-        }
-      } catch (error) {
-        lastError = coerceError(error);
-        failedRenewals++;
-        log.debug({ reconciler: name, passId: runId, err: lastError }, 'could not renew the pass lease; will try again');
-      }
-      if (!stopped) renewTimer = setTimeout(() => void renew(), Math.max(100, Math.floor(leaseMs / 3)));
-    };
-    armWatchdog(performance.now());
-    renewTimer = setTimeout(() => void renew(), Math.max(100, Math.floor(leaseMs / 3)));
-    return {
-      stop() {
-        stopped = true;
-        clearTimeout(renewTimer);
-        clearTimeout(watchdog);
-      },
-    };
-  }
-
   async #tickSkipped(reconciler: Reconciler, partition: Partition, tick: Date, reason: 'running' | 'held', holder: LeaseHolder | undefined): Promise<void> {
     const { log } = this.#options;
     let counted = false;
     try {
-      counted = await countSkippedTick(this.#control, reconciler.name, partition.index, tick);
+      counted = await countSkippedTick(this.#leasePool, reconciler.name, partition.index, tick);
     } catch (error) {
       log.warn({ err: coerceError(error), reconciler: reconciler.name }, 'could not count a skipped tick');
     }
@@ -365,13 +284,12 @@ export class Engine {
   }
 }
 
-/** True if `promise` settles within `ms`. */
-async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
-  try {
-    return await Promise.race([promise.then(() => true), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
+function newActivePass(): { active: ActivePass; finished: () => void } {
+  let finished!: () => void;
+  const done = new Promise<void>((resolve) => (finished = resolve));
+  return { active: { stop: new AbortController(), abort: new AbortController(), done }, finished };
+}
+
+function passOptions(request: RunRequest, partition: Partition, dryRun: boolean): PassOptions {
+  return { trigger: request.trigger, dryRun, partition, ...(request.onlyKey !== undefined ? { onlyKey: request.onlyKey } : {}) };
 }

@@ -5,12 +5,11 @@
  */
 import type { LeaseHolder } from '../store/lease.js';
 import type { Outcome } from '../reconciler.js';
-import type { PassResult } from './pass.js';
-import type { Trigger } from '../store/runs.js';
+import type { PassResult, Trigger } from './result.js';
 import { coerceError } from '../errors.js';
 
 export interface EngineEventMap {
-  'pass:start': { reconciler: string; runId: number | null; trigger: Trigger; dryRun: boolean };
+  'pass:start': { reconciler: string; passId: number | null; trigger: Trigger; dryRun: boolean };
   'pass:finish': PassResult;
   'item:done': { reconciler: string; key: string; outcome: Outcome; note: string | undefined; durationMs: number; dryRun: boolean };
   'item:failed': { reconciler: string; key: string; error: Error; attempt: number; dead: boolean; dryRun: boolean };

@@ -16,6 +16,7 @@ import { drizzle } from 'drizzle-orm/node-postgres';
 import type { Db, Reconciler } from '../reconciler.js';
 import type { Database, PlanNode, Statement } from '../store/database.js';
 import { coerceError, errorSummary } from '../errors.js';
+import { within } from '../timeout.js';
 
 export interface ScanPlan {
   /**
@@ -73,16 +74,8 @@ async function firstPageStatements(reconciler: Reconciler): Promise<Statement[]>
       await page;
     }
   };
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`its scan did not finish its first page within ${FIRST_PAGE_TIMEOUT_MS / 1000}s (no SQL is run here: it waits on something else)`)), FIRST_PAGE_TIMEOUT_MS);
-    timer.unref();
-  });
-  try {
-    await Promise.race([firstPage(), timedOut]);
-  } finally {
-    clearTimeout(timer);
-  }
+  const tooLong = () => new Error(`its scan did not finish its first page within ${FIRST_PAGE_TIMEOUT_MS / 1000}s (no SQL is run here: it waits on something else)`);
+  await within(firstPage(), FIRST_PAGE_TIMEOUT_MS, tooLong, { unref: true });
   return statements.filter((statement) => !NOT_A_QUERY.test(statement.text));
 }
 

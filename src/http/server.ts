@@ -7,7 +7,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { coerceError, errorSummary } from '../errors.js';
-import { within } from '../duration.js';
+import { within } from '../timeout.js';
 
 export interface Check {
   ok: boolean;

@@ -15,7 +15,7 @@ import type { Db } from '../reconciler.js';
 import { ALONE, type Membership } from '../store/database.js';
 import { heartbeat, leave, membershipOf, type Replica } from '../store/replicas.js';
 import { coerceError, errorSummary } from '../errors.js';
-import { within } from '../duration.js';
+import { within } from '../timeout.js';
 
 /** Shutdown does not wait longer than this to delete the row: it expires anyway. */
 const LEAVE_TIMEOUT_MS = 1_000;

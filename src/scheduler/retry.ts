@@ -4,7 +4,7 @@
  * when the first of them is due, if that is before the next tick. It takes the lease like any
  * pass, so it never overlaps another; the tick stays the safety net if this process dies.
  */
-import type { PassResult } from '../engine/pass.js';
+import type { PassResult } from '../engine/result.js';
 import type { Reconciler } from '../reconciler.js';
 import { nextTick } from './cron.js';
 

@@ -16,8 +16,9 @@
  * and every timer it arms is in one timer set (timers.ts), cleared at stop.
  */
 import type { Logger } from 'pino';
-import { laneOf, partitionFields, passLabel, type Engine, type RunRequest } from '../engine/engine.js';
-import type { PassResult } from '../engine/pass.js';
+import { laneOf, type Engine, type RunRequest } from '../engine/engine.js';
+import { partitionFields, passLabel } from '../engine/result.js';
+import type { PassResult } from '../engine/result.js';
 import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
 import { readStates } from '../store/state.js';
 import { Clock, dueForCatchUp, type CatchUp } from './clock.js';
@@ -168,7 +169,7 @@ export class Scheduler {
     const lane = this.#lane(name, request.partition ?? 0);
     const handOver = own ? this.#membership.handOverCheck(engine.get(name), lane.partition) : undefined;
     const pass = engine
-      .runPass(name, handOver ? { ...request, handOver } : request)
+      .requestPass(name, handOver ? { ...request, handOver } : request)
       .then((outcome): PassEnd => {
         this.#unanswered.delete(name); // the database answered: the pass ran, or the lease said why not
         const holder = !outcome.ran && (outcome.reason === 'held' || outcome.reason === 'already-served') ? outcome.holder : undefined;

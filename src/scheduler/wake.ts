@@ -32,6 +32,7 @@ import { formatDuration } from '../duration.js';
 import { backoffDelay } from '../engine/backoff.js';
 import { deliverHandOver, handoverChannel, type HandOverTarget } from './handover.js';
 import type { WakeCounters } from './counters.js';
+import { settlesWithin } from '../timeout.js';
 
 export type { WakeCounters } from './counters.js';
 
@@ -172,18 +173,16 @@ export class WakeListener {
   /** One probe: true if the notification came back within PROBE_TIMEOUT_MS. */
   async #probeOnce(): Promise<boolean> {
     const token = randomUUID();
-    let timer: NodeJS.Timeout | undefined;
-    const heard = new Promise<boolean>((resolve) => {
-      this.#probe = { token, arrived: () => resolve(true) };
-      timer = setTimeout(() => resolve(false), PROBE_TIMEOUT_MS);
-    });
+    let arrived!: () => void;
+    const heard = settlesWithin(new Promise<void>((resolve) => (arrived = resolve)), PROBE_TIMEOUT_MS);
+    this.#probe = { token, arrived };
     try {
       await this.#options.database.db.execute(sql`SELECT pg_notify(${engineSchema().probeChannel}, ${token})`);
       return await heard;
     } catch {
       return false; // the database did not take the NOTIFY: not proven (probed again later)
     } finally {
-      clearTimeout(timer);
+      arrived(); // settles the wait, so its timer does not outlive the probe
       if (this.#probe?.token === token) this.#probe = undefined;
     }
   }

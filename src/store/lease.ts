@@ -14,7 +14,7 @@ import { queryRows } from './database.js';
 import { inPartition } from './partition.js';
 import { engineSchema } from './schema.js';
 import type { StateRow } from './state.js';
-import type { PassCounts, PassStatus, Trigger } from './runs.js';
+import type { PassCounts, PassStatus, Trigger } from '../engine/result.js';
 
 /** The process asking for a lease. `id` is fresh per pass: it is the lease's fencing token. */
 export interface Holder {

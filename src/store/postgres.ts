@@ -12,6 +12,7 @@ import { ExitCode, UserError, coerceError, isDatabaseUnavailable } from '../erro
 import { describeUrl } from '../secrets.js';
 import { engineSchema } from './schema.js';
 import { EXPLAIN_SETTINGS, explainText, quoteChannel, rootPlan, type Database, type ListenSession, type OpenOptions, type PlanNode, type PoolProgress, type Statement } from './database.js';
+import { settlesWithin, within } from '../timeout.js';
 
 /** TCP keepalive on every connection: a peer that vanished is noticed by the socket, not only by a timeout. */
 const KEEPALIVE = { keepAlive: true, keepAliveInitialDelayMillis: 10_000 } as const;
@@ -118,8 +119,7 @@ async function listenSession(url: string, channels: readonly string[], onNotify:
     over = true;
     clearInterval(heartbeat);
     // A half-open socket can keep end() waiting for minutes: give it 2 s, then cut it.
-    const ended = await Promise.race([client.end().then(() => true, () => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 2_000).unref())]);
-    if (!ended) closeOutOfStep(client);
+    if (!(await settlesWithin(client.end().catch(() => undefined), 2_000, { unref: true }))) closeOutOfStep(client);
   };
   const lost = (error: Error) => {
     if (over || !armed) return;
@@ -138,14 +138,7 @@ async function listenSession(url: string, channels: readonly string[], onNotify:
   }
   armed = true;
   heartbeat = setInterval(() => {
-    const timeout = setTimeout(() => lost(new Error('the connection did not answer a heartbeat within 10s')), 10_000);
-    client.query('SELECT 1').then(
-      () => clearTimeout(timeout),
-      (error: unknown) => {
-        clearTimeout(timeout);
-        lost(coerceError(error));
-      },
-    );
+    within(client.query('SELECT 1'), 10_000, () => new Error('the connection did not answer a heartbeat within 10s')).catch((error: unknown) => lost(coerceError(error)));
   }, 30_000);
   heartbeat.unref();
   return { close: end };

@@ -4,37 +4,6 @@ import type { Db } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { engineSchema, type runs } from './schema.js';
 
-/**
- * What started a pass. `retry`: an early pass the daemon starts when failed items fall due
- * before the next tick; `wake`: one it starts on a notification (`wakeOn`); `handover`: a pass
- * of a partition another replica gave up to this one, which owns it now; `handback`: the pass
- * of the replica that gave it up, when nobody took it within the grace (see handover.ts).
- */
-export type Trigger = 'schedule' | 'manual' | 'startup' | 'retry' | 'wake' | 'handover' | 'handback';
-
-/**
- * How a pass ended:
- * - `succeeded`: every item it took was reconciled (or deferred by backoff);
- * - `failed`: it finished, but some items threw (they are in failure memory);
- * - `error`: the pass itself broke (its scan threw, the database went away);
- * - `aborted`: stopped early by shutdown or a lost lease;
- * - `abandoned`: its process died; set by the process that took the lease over.
- */
-export type PassStatus = 'succeeded' | 'failed' | 'error' | 'aborted' | 'abandoned';
-
-/** Per-pass item counts. `found` = every item the pass considered = the sum of the others. */
-export interface PassCounts {
-  found: number;
-  changed: number;
-  unchanged: number;
-  skipped: number;
-  failed: number;
-  /** Items in backoff: their next attempt is later. */
-  deferred: number;
-  /** Dead items the scan still finds: waiting for a person (`retry` or `clear`). */
-  dead: number;
-}
-
 export type RunRow = typeof runs.$inferSelect;
 
 export async function listRuns(db: Db, options: { reconciler?: string; limit: number }): Promise<RunRow[]> {

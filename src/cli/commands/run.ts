@@ -9,9 +9,9 @@ import { backoffDelay } from '../../engine/backoff.js';
 import { onStopSignals } from '../../signals.js';
 import { ExitCode, UserError, errorSummary } from '../../errors.js';
 import { formatDuration } from '../../duration.js';
-import { Engine, describeHolder, passLabel, summarize, type RunOutcome } from '../../engine/engine.js';
+import { Engine, type PassAttempt } from '../../engine/engine.js';
+import { describeHolder, passLabel, summarize, type PassResult } from '../../engine/result.js';
 import { partitionOf, partitionsToRun } from '../../store/partition.js';
-import type { PassResult } from '../../engine/pass.js';
 import { withContext } from '../../context.js';
 import { describeLoadError, formatLoadError, type LoadError } from '../../engine/load.js';
 import type { Config } from '../../config.js';
@@ -130,16 +130,16 @@ function report(result: PassResult, flags: RunFlags): void {
 const WAIT_POLICY = { initialDelayMs: 250, maxDelayMs: 1_000, maxAttempts: Infinity };
 
 /** One pass; with `--wait`, polls until the holder is done instead of giving up. */
-async function runWithWait(engine: Engine, name: string, partition: number, flags: RunFlags, say: (message: string) => void): Promise<RunOutcome> {
+async function runWithWait(engine: Engine, name: string, partition: number, flags: RunFlags, say: (message: string) => void): Promise<PassAttempt> {
   const request = { trigger: 'manual' as const, dryRun: Boolean(flags.dryRun), partition, ...(flags.key !== undefined ? { onlyKey: flags.key } : {}) };
   let announced = false;
-  for (let attempt = 1; ; attempt++) {
-    const outcome = await engine.runPass(name, request);
+  for (let poll = 1; ; poll++) {
+    const outcome = await engine.requestPass(name, request);
     if (outcome.ran || !flags.wait || outcome.reason !== 'held') return outcome;
     if (outcome.reason === 'held' && !announced) {
       say(`${passLabel(name, engine.partition(engine.get(name), partition))}: waiting for the pass running on ${describeHolder(outcome.holder)}`);
       announced = true;
     }
-    await sleep(backoffDelay(attempt, WAIT_POLICY));
+    await sleep(backoffDelay(poll, WAIT_POLICY));
   }
 }
