@@ -3,8 +3,8 @@
  * schedule, catch-up, graceful shutdown, concurrent migrations and two daemons on one
  * database. Tests await log lines or poll the database for a state change; none sleeps.
  */
-import { readdirSync } from 'node:fs';
-import { hostname } from 'node:os';
+import { mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
@@ -112,11 +112,16 @@ describe('reconciler run, as processes', () => {
   }, 60_000);
 
   it('with --wait, waits for the running pass and then runs its own', async () => {
-    const jobs = await setUp('waiter', 3, { delayMs: 1_000, concurrency: 1 });
+    // The holder's items wait at a gate, opened once the waiter says it waits: however slow the machine, it meets the pass.
+    const gate = join(mkdtempSync(join(tmpdir(), 'reconciler-gate-')), 'open');
+    const jobs = await setUp('waiter', 3, { concurrency: 1, gate });
     const holder = start(['run', 'waiter'], env(jobs));
     await until(() => heldLease('waiter'), 'the first process to hold the lease', { watch: [holder] });
 
-    const waiter = await runCli(['run', 'waiter', '--wait'], env(jobs));
+    const waiting = start(['run', 'waiter', '--wait'], env(jobs));
+    await until(async () => waiting.stderr.includes('waiting for the pass running on'), 'the second process to wait for the first', { watch: [waiting, holder] });
+    writeFileSync(gate, '');
+    const waiter = { ...(await waiting.exited), stderr: waiting.stderr };
     expect(waiter.code).toBe(0);
     expect(waiter.stderr).toContain(`waiting for the pass running on ${hostname()} pid ${holder.pid}`);
     expect((await holder.exited).code).toBe(0);

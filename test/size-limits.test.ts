@@ -29,7 +29,7 @@ export function longFunctions(path: string, text: string, limit: number): string
       const start = file.getLineAndCharacterOfPosition(node.getStart(file)).line;
       const end = file.getLineAndCharacterOfPosition(node.getEnd()).line;
       const lines = end - start + 1;
-      const name = node.name && ts.isIdentifier(node.name) ? node.name.text : ts.isPrivateIdentifier(node.name as ts.Node) ? (node.name as ts.PrivateIdentifier).text : '(anonymous)';
+      const name = node.name?.getText(file) ?? '(anonymous)';
       if (lines > limit) found.push(`${relative(root, path)}:${start + 1} ${name} (${lines} lines)`);
     }
     ts.forEachChild(node, visit);

@@ -43,7 +43,7 @@ export function jobsDir(files: Record<string, string> = {}): JobsDir {
  * A job file over a test table `items(id serial, name text, done boolean)`: it finds the
  * rows not done yet and marks them done. Options tune its behaviour for a test.
  */
-export function tableJob(options: { /** The import specifier of the public API (default: this checkout's sources). */ api?: string; schedule?: string; table?: string; delayMs?: number; failKeys?: string[]; /** Fail at the first attempt only. */ failOnceKeys?: string[]; concurrency?: number; /** Split by `reconciler.partition_of(name, n)`; the scan filters on it. */ partitions?: number; extra?: string } = {}): string {
+export function tableJob(options: { /** The import specifier of the public API (default: this checkout's sources). */ api?: string; schedule?: string; table?: string; delayMs?: number; failKeys?: string[]; /** Fail at the first attempt only. */ failOnceKeys?: string[]; concurrency?: number; /** Split by `reconciler.partition_of(name, n)`; the scan filters on it. */ partitions?: number; /** Each item first waits until this file exists: a test opens the gate when it is ready. */ gate?: string; extra?: string } = {}): string {
   const table = options.table ?? 'items';
   return `
 import { defineReconciler, sql, TerminalError } from ${JSON.stringify(options.api ?? API)};
@@ -62,6 +62,7 @@ export default defineReconciler({
   key: (item) => item.name,
   reconcile: async (item, ctx) => {
     if (failKeys.has(item.name) || (failOnceKeys.has(item.name) && ctx.attempt === 1)) throw new Error('cannot reconcile ' + item.name);
+    ${options.gate ? `while (!(await import('node:fs')).existsSync(${JSON.stringify(options.gate)})) { ctx.signal.throwIfAborted(); await new Promise((resolve) => setTimeout(resolve, 20)); }` : ''}
     ${options.delayMs ? `await new Promise((resolve, reject) => { const t = setTimeout(resolve, ${options.delayMs}); ctx.signal.addEventListener('abort', () => { clearTimeout(t); reject(ctx.signal.reason); }); });` : ''}
     if (ctx.dryRun) return { outcome: 'changed', note: 'would mark ' + item.name };
     await ctx.db.execute(sql\`UPDATE ${table} SET done = true, touched = touched + 1 WHERE id = \${item.id}\`);

@@ -19,6 +19,7 @@ import { keepLease } from './lease-keeper.js';
 import { executePass, type PassDeps, type PassOptions, type PassSignals } from './pass.js';
 import { describeHolder, partitionFields, passLabel, summarize, type PassResult, type Trigger } from './result.js';
 import { Slots } from './slots.js';
+import { partitionNamed } from '../store/partition.js';
 
 export interface EngineOptions {
   db: Db;
@@ -146,17 +147,7 @@ export class Engine {
 
   /** The partition a request names, checked against the reconciler's count; a UserError for one it does not have. */
   partition(reconciler: Reconciler, index: number | undefined): Partition {
-    const count = reconciler.partitions;
-    if (index === undefined) {
-      if (count === 1) return { index: 0, count };
-      throw new UserError(`${reconciler.name} has ${count} partitions: name one (0 to ${count - 1}), or run them all`);
-    }
-    if (!Number.isInteger(index) || index < 0 || index >= count) {
-      throw new UserError(
-        count === 1 ? `${reconciler.name} is not partitioned: there is no partition ${index}` : `${reconciler.name} has partitions 0 to ${count - 1}; there is no partition ${index}`,
-      );
-    }
-    return { index, count };
+    return partitionNamed(reconciler.name, reconciler.partitions, index);
   }
 
   /** What a pass of `reconciler` shares with the engine: the pools, the log, its busy keys and slots. */

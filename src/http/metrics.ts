@@ -79,20 +79,14 @@ export class Metrics {
     this.#clusterGauges();
   }
 
+  #counter(name: string, help: string, labelNames: string[]): Counter {
+    return new Counter({ name, help, labelNames, registers: [this.registry] });
+  }
+
   /** What this replica's passes did: counted from the engine's events. */
   #countPasses(events: EngineEvents): void {
-    const passes = new Counter({
-      name: 'reconciler_passes_total',
-      help: 'Passes that ran, by reconciler, status (succeeded, failed, error, aborted) and trigger.',
-      labelNames: ['reconciler', 'status', 'trigger'],
-      registers: [this.registry],
-    });
-    const items = new Counter({
-      name: 'reconciler_items_total',
-      help: 'Items handled by passes, by reconciler and outcome (changed, unchanged, skipped, failed, deferred, dead).',
-      labelNames: ['reconciler', 'outcome'],
-      registers: [this.registry],
-    });
+    const passes = this.#counter('reconciler_passes_total', 'Passes that ran, by reconciler, status (succeeded, failed, error, aborted) and trigger.', ['reconciler', 'status', 'trigger']);
+    const items = this.#counter('reconciler_items_total', 'Items handled by passes, by reconciler and outcome (changed, unchanged, skipped, failed, deferred, dead).', ['reconciler', 'outcome']);
     const duration = new Histogram({
       name: 'reconciler_pass_duration_seconds',
       help: 'Duration of passes, by reconciler.',
@@ -100,18 +94,8 @@ export class Metrics {
       buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800],
       registers: [this.registry],
     });
-    const skipped = new Counter({
-      name: 'reconciler_ticks_skipped_total',
-      help: 'Scheduled ticks skipped because a pass was still running here (running) or elsewhere (held). Counted by the replica that saw it first.',
-      labelNames: ['reconciler', 'reason'],
-      registers: [this.registry],
-    });
-    const handedOver = new Counter({
-      name: 'reconciler_partitions_handed_over_total',
-      help: 'Partitions this replica gave up mid-pass because the replicas changed (one joined or left) and another owns them now. The owner runs them with trigger="handover"; if nobody does within 3 s, this replica runs them again with trigger="handback".',
-      labelNames: ['reconciler'],
-      registers: [this.registry],
-    });
+    const skipped = this.#counter('reconciler_ticks_skipped_total', 'Scheduled ticks skipped because a pass was still running here (running) or elsewhere (held). Counted by the replica that saw it first.', ['reconciler', 'reason']);
+    const handedOver = this.#counter('reconciler_partitions_handed_over_total', 'Partitions this replica gave up mid-pass because the replicas changed (one joined or left) and another owns them now. The owner runs them with trigger="handover"; if nobody does within 3 s, this replica runs them again with trigger="handback".', ['reconciler']);
     // Every series exists from the start (at 0), so that rate() and alerts see the first increase.
     for (const { name, partitions } of this.reconcilers) {
       if (partitions > 1) handedOver.labels(name).inc(0);
@@ -184,12 +168,7 @@ export class Metrics {
 
   /** Counters of the wake-on-change session, for the channels the reconcilers listen on (series exist from the start). */
   wakeCounters(channels: readonly string[]): WakeCounters {
-    const notifications = new Counter({
-      name: 'reconciler_wake_notifications_total',
-      help: 'Notifications received on the channels reconcilers wake on (wakeOn), by channel; bursts are coalesced into few passes (passes with trigger="wake").',
-      labelNames: ['channel'],
-      registers: [this.registry],
-    });
+    const notifications = this.#counter('reconciler_wake_notifications_total', 'Notifications received on the channels reconcilers wake on (wakeOn), by channel; bursts are coalesced into few passes (passes with trigger="wake").', ['channel']);
     const reconnects = new Counter({
       name: 'reconciler_wake_reconnects_total',
       help: 'Times the LISTEN session was opened again after it broke; each is followed by one pass of every listening reconciler (notifications may have been lost).',

@@ -19,8 +19,7 @@
  */
 import type { Logger } from 'pino';
 import type { Engine, RunRequest } from '../engine/engine.js';
-import type { PassResult } from '../engine/result.js';
-import type { Trigger } from '../engine/result.js';
+import type { PassResult, Trigger } from '../engine/result.js';
 import type { TimerSet } from './timers.js';
 
 /** Passes this scheduler adds between ticks: a tick that meets one here runs after it rather than being skipped. */

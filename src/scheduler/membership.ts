@@ -7,6 +7,7 @@
 import { ALONE, type Membership } from '../store/database.js';
 import type { Reconciler } from '../reconciler.js';
 import { budgeted } from './retry.js';
+import { allPartitions } from '../store/partition.js';
 
 /** Where this daemon stands among the replicas that run a reconciler. */
 export type MembershipSource = (reconciler: string) => Promise<Membership>;
@@ -17,8 +18,7 @@ export type MembershipSource = (reconciler: string) => Promise<Membership>;
  * 4, rank 1 takes 1 and 3). A lone replica takes them all.
  */
 export function ownPartitions(partitions: number, membership: Membership): number[] {
-  const all = Array.from({ length: partitions }, (_, p) => p);
-  return all.filter((p) => p % membership.count === membership.rank);
+  return allPartitions(partitions).filter((p) => p % membership.count === membership.rank);
 }
 
 /** The membership last seen, when (performance.now()), and whether a look is under way. */

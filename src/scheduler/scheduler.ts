@@ -17,8 +17,7 @@
  */
 import type { Logger } from 'pino';
 import { laneOf, type Engine, type RunRequest } from '../engine/engine.js';
-import { partitionFields, passLabel } from '../engine/result.js';
-import type { PassResult } from '../engine/result.js';
+import { partitionFields, passLabel, type PassResult } from '../engine/result.js';
 import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
 import { readStates } from '../store/state.js';
 import { Clock, dueForCatchUp, type CatchUp } from './clock.js';

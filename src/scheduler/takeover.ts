@@ -5,14 +5,12 @@
  * and run the rest here when the holder lets go with work left (a hand-over that arrives even
  * where its notice cannot). And after giving a partition up, run it again if nobody took it.
  */
-import { describeHolder, partitionFields, passLabel } from '../engine/result.js';
-import type { PassResult } from '../engine/result.js';
+import { describeHolder, partitionFields, passLabel, type PassResult, type Trigger } from '../engine/result.js';
 import { formatDuration } from '../duration.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { readStates } from '../store/state.js';
 import { holderOfRow, type LeaseHolder } from '../store/lease.js';
 import { readRun } from '../store/runs.js';
-import { type Trigger } from '../engine/result.js';
 import { LanePart, type Lane } from './lane.js';
 import { budgeted } from './retry.js';
 

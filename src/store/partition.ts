@@ -7,6 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { sql, type SQL } from 'drizzle-orm';
+import { UserError } from '../errors.js';
 import { engineSchema } from './schema.js';
 
 /**
@@ -36,6 +37,18 @@ export function partitionOf(key: string, count: number): number {
 /** Every partition of a reconciler with `count` of them: `[0, 1, …, count - 1]` (`[0]` when unpartitioned). */
 export function allPartitions(count: number): number[] {
   return Array.from({ length: Math.max(1, count) }, (_, p) => p);
+}
+
+/** The partition `index` of reconciler `name` (which has `count`), checked; a UserError naming what it has instead. */
+export function partitionNamed(name: string, count: number, index: number | undefined): Partition {
+  if (index === undefined) {
+    if (count === 1) return { index: 0, count };
+    throw new UserError(`${name} has ${count} partitions: name one (0 to ${count - 1}), or run them all`);
+  }
+  if (!Number.isInteger(index) || index < 0 || index >= count) {
+    throw new UserError(count === 1 ? `${name} is not partitioned: there is no partition ${index}` : `${name} has partitions 0 to ${count - 1}; there is no partition ${index}`);
+  }
+  return { index, count };
 }
 
 /**

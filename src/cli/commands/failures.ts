@@ -2,13 +2,12 @@
  * Failure memory for people: `failures` shows failing and dead items; `retry` makes them
  * due now with a fresh attempt budget; `clear` forgets them.
  */
-import { ExitCode, UserError } from '../../errors.js';
+import { ExitCode, UserError, oneLine } from '../../errors.js';
 import { clearFailures, listFailures, retryFailures } from '../../store/failures.js';
 import { didYouMean } from '../../suggest.js';
 import { formatLoadError } from '../../engine/load.js';
 import { withContext, type CommandContext } from '../../context.js';
 import { printJson, table, when } from '../table.js';
-import { oneLine } from '../../errors.js';
 
 /** Names a person may use: loaded reconcilers, plus any that still have failures on record (a removed job file). */
 async function checkName(context: CommandContext, name: string): Promise<void> {

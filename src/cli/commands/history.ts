@@ -1,11 +1,10 @@
 /** `reconciler history [name]`: recent passes, newest first. */
 import { formatDuration } from '../../duration.js';
-import { ExitCode } from '../../errors.js';
+import { ExitCode, oneLine } from '../../errors.js';
 import { Engine } from '../../engine/engine.js';
 import { listRuns } from '../../store/runs.js';
 import { withContext } from '../../context.js';
 import { printJson, table, when } from '../table.js';
-import { oneLine } from '../../errors.js';
 
 export async function historyCommand(name: string | undefined, flags: { limit: number; json?: boolean }): Promise<number> {
   return withContext({ jobs: name !== undefined, defaultLogLevel: 'warn' }, async ({ database, reconcilers, loadErrors, log, config }) => {
