@@ -3,9 +3,9 @@
  *
  * Exit codes are part of the CLI's contract (see docs/cli.md):
  * 0 ok, 1 the pass finished with failed items, 2 usage / configuration / load /
- * database-connection error, 3 the pass lock is held by another process.
+ * database-connection error, 3 the pass lease is held by another process.
  */
-export const ExitCode = { ok: 0, itemsFailed: 1, usage: 2, lockHeld: 3 } as const;
+export const ExitCode = { ok: 0, itemsFailed: 1, usage: 2, leaseHeld: 3 } as const;
 
 import { scrub } from './secrets.js';
 

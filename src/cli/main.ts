@@ -16,7 +16,7 @@ Exit codes:
   0  ok
   1  the pass finished with failed items (or broke off)
   2  usage, configuration, job file or database-connection error
-  3  the pass lock is held by another process (use --wait to wait)`;
+  3  the pass lease is held by another process (use --wait to wait)`;
 
 function version(): string {
   for (const path of ['../../package.json', '../../../package.json']) {
@@ -52,6 +52,11 @@ function buildProgram(setExitCode: (code: number) => void): Command {
     })
     .addHelpText('after', EXIT_CODES);
   const command = (name: string) => program.command(name).exitOverride().showSuggestionAfterError(true).configureOutput(program.configureOutput());
+  /** A command that lists rows of one reconciler, or of all: `[name]`, its own options, `--limit`, `--json`. */
+  const listing = (name: string, description: string, rows: string, limit: number, options: (c: Command) => Command = (c) => c) =>
+    options(command(name).description(description).argument('[name]', 'only this reconciler'))
+      .option('--limit <n>', `how many ${rows}`, positiveInteger, limit)
+      .option('--json', 'print JSON');
 
   command('daemon')
     .description('run every reconciler on its schedule until SIGTERM (waits for the database, then migrates the engine schema)')
@@ -71,18 +76,9 @@ function buildProgram(setExitCode: (code: number) => void): Command {
     .description('show each reconciler: schedule, next run, last pass, holder, items in backoff, dead items, whether its scan uses an index; job files that did not load, as rows')
     .option('--json', 'print JSON')
     .action(async (flags) => setExitCode(await (await import('./commands/list.js')).listCommand(flags)));
-  command('history')
-    .description('show recent passes, newest first')
-    .argument('[name]', 'only this reconciler')
-    .option('--limit <n>', 'how many passes', positiveInteger, 50)
-    .option('--json', 'print JSON')
+  listing('history', 'show recent passes, newest first', 'passes', 50)
     .action(async (name: string | undefined, flags) => setExitCode(await (await import('./commands/history.js')).historyCommand(name, flags)));
-  command('failures')
-    .description('show items that are failing (in backoff) or dead')
-    .argument('[name]', 'only this reconciler')
-    .option('--dead', 'only dead items')
-    .option('--limit <n>', 'how many items', positiveInteger, 100)
-    .option('--json', 'print JSON')
+  listing('failures', 'show items that are failing (in backoff) or dead', 'items', 100, (c) => c.option('--dead', 'only dead items'))
     .action(async (name: string | undefined, flags) => setExitCode(await (await import('./commands/failures.js')).failuresCommand(name, flags)));
   command('retry')
     .description('make a failed or dead item due now, with a fresh attempt budget')

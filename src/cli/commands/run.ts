@@ -1,6 +1,6 @@
 /**
  * `reconciler run <name…> | --all`: a manual pass through the same engine the daemon
- * uses. Exit 0 ok, 1 items failed (or the pass broke), 2 usage error, 3 lock held.
+ * uses. Exit 0 ok, 1 items failed (or the pass broke), 2 usage error, 3 lease held.
  * A job file that did not load only matters if it was asked for: named, nothing runs
  * (exit 2); with --all, the good ones run first (then exit 2). Others get a warning line.
  */
@@ -98,7 +98,7 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
       const message = `${passLabel(name, engine.partition(engine.get(name), partition))}: a pass is already running on ${describeHolder(outcome.holder)}; wait for it with --wait`;
       if (flags.json) printJson({ type: 'pass', reconciler: name, partition, status: 'locked', holder: outcome.holder });
       else process.stderr.write(`reconciler: ${message}\n`);
-      exitCode = Math.max(exitCode, ExitCode.lockHeld);
+      exitCode = Math.max(exitCode, ExitCode.leaseHeld);
       continue;
     }
     report(outcome.result, flags);
