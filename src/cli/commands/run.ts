@@ -77,7 +77,8 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
     });
   }
   // Ctrl-C stops taking new items, lets in-flight ones finish and records the pass as aborted; a second one exits at once.
-  const signals = onStopSignals({
+  // Left installed until the process exits: a signal while the database closes is still a graceful one.
+  onStopSignals({
     first: (signal) => {
       progress?.clear();
       process.stderr.write(`reconciler: ${signal}: finishing the items in flight (up to ${formatDuration(config.SHUTDOWN_TIMEOUT)}); press Ctrl-C again to exit at once\n`);
@@ -112,7 +113,6 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
     if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
   }
   progress?.stop();
-  signals.dispose();
   return asked.length > 0 ? Math.max(exitCode, ExitCode.usage) : exitCode;
 }
 
