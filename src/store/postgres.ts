@@ -11,7 +11,7 @@ import type { Db } from '../reconciler.js';
 import { ExitCode, UserError, coerceError, isDatabaseUnavailable } from '../errors.js';
 import { describeUrl } from '../secrets.js';
 import { engineSchema } from './schema.js';
-import { EXPLAIN_SETTINGS, explainText, quoteChannel, rootPlan, type Database, type ListenSession, type OpenOptions, type PlanNode, type PoolProgress, type Statement } from './database.js';
+import { EXPLAIN_SETTINGS, explainText, quoteChannel, rootPlan, type Database, type ListenSession, type OpenOptions, type PlanNode, type PoolProgress } from './database.js';
 import { settlesWithin, within } from '../timeout.js';
 
 /** TCP keepalive on every connection: a peer that vanished is noticed by the socket, not only by a timeout. */
