@@ -85,6 +85,24 @@ function partitionsProblem(value: unknown): string | undefined {
   return `\`partitions\` must be at most ${MAX_PARTITIONS}, got ${value as number}: more partitions than replicas only adds passes`;
 }
 
+const ACTION_NAME = /^[a-z0-9]+(?:-[a-z0-9]+)*$/;
+
+function actionsProblem(actions: unknown): string | undefined {
+  if (typeof actions !== 'object' || actions === null || Array.isArray(actions)) {
+    return "`actions` must be an object of manual actions by name, e.g. { 'settled-by-hand': { description, run } }";
+  }
+  for (const [name, action] of Object.entries(actions)) {
+    if (!ACTION_NAME.test(name)) return `\`actions\`: ${JSON.stringify(name)} is not an action name: use kebab-case, e.g. settled-by-hand`;
+    const a = action as { description?: unknown; run?: unknown } | null;
+    if (typeof a !== 'object' || a === null) return `\`actions.${name}\` must be an object: { description, run(key, ctx) }`;
+    if (typeof a.description !== 'string' || a.description.trim() === '') return `\`actions.${name}.description\` must be a non-empty string: what the action records`;
+    if (typeof a.run !== 'function') return `\`actions.${name}.run\` must be a function (key, ctx) => Promise<string | void>, got ${typeof a.run}`;
+    const unknown = Object.keys(a).find((k) => k !== 'description' && k !== 'run');
+    if (unknown !== undefined) return `unknown option \`actions.${name}.${unknown}\` (known options: description, run)`;
+  }
+  return undefined;
+}
+
 /**
  * An object of known options: an unknown one is named (with the closest known one), and
  * anything but an object gets `notObject`. `where` prefixes the option names (`retry.`).
@@ -132,6 +150,7 @@ const definitionSchema = options(
     maxPassDuration: optional(timerDuration('maxPassDuration')),
     wakeOn: optional(channelsProblem),
     partitions: optional(partitionsProblem),
+    actions: optional(actionsProblem),
   },
   '',
   'defineReconciler() needs an object: { schedule, scan, key, reconcile, ... }',

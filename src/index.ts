@@ -5,7 +5,7 @@
  *     import { defineReconciler, TerminalError, sql } from 'reconciler';
  */
 export { defineReconciler } from './reconciler.js';
-export type { Db, Outcome, Partition, ReconcileContext, ReconcileResult, ReconcilerDefinition, RetryAfter, RetryPolicy, ScanRequest } from './reconciler.js';
+export type { ActionContext, Db, ManualAction, Outcome, Partition, ReconcileContext, ReconcileResult, ReconcilerDefinition, RetryAfter, RetryPolicy, ScanRequest } from './reconciler.js';
 export type { Duration } from './duration.js';
 export { TerminalError, coerceError, errorSummary } from './errors.js';
 /** drizzle's `sql` template, re-exported so a job file needs one import. */

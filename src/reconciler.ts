@@ -71,6 +71,38 @@ export interface ReconcileContext {
   key: string;
 }
 
+/** What a manual action gets besides the item's key. */
+export interface ActionContext {
+  /** The database, inside the transaction that also records the action in the audit log: both happen, or neither. */
+  db: Db;
+  /** A child logger carrying reconciler, action, key and actor. */
+  log: Logger;
+  /** Who asked: a console token's name, or `cli:<user>@<host>`. */
+  actor: string;
+  /** Why, in the operator's words (required). */
+  note: string;
+  /** Aborted when the action's time limit (30 s) elapses. */
+  signal: AbortSignal;
+}
+
+/**
+ * A manual action: something a person decides for one item that the reconciler cannot decide
+ * itself ("settled by hand: refunded by phone"). It changes the system's state so that the scan
+ * stops finding the item (or finds it fixed); the engine records who ran it, on which item and
+ * why, in the audit log, in the same transaction. Callable from the console and from
+ * `reconciler act <name> <key> <action> --note …`.
+ */
+export interface ManualAction {
+  /** One line for the console's button and `reconciler act <name> --help`: what it records. */
+  description: string;
+  /**
+   * Does it for the item `key`. Throw to refuse, with a message the operator can act on
+   * ("return 16 is already settled"); nothing is then recorded. Return a line saying what was
+   * done, for the operator and the audit log.
+   */
+  run(key: string, ctx: ActionContext): Promise<string | void>;
+}
+
 /**
  * When to try a failed item again, as its error says (`error.retryAfter`, e.g. from a 429's
  * `Retry-After`): a wait (milliseconds, or `'30s'`) or a time. It replaces the computed backoff
@@ -175,6 +207,11 @@ export interface ReconcilerDefinition<Item> {
    * docs/operations.md, "Changing the partition count", before changing it on a running system.
    */
   partitions?: number;
+  /**
+   * Manual actions, by name (kebab-case): what an operator may decide for one item, from the
+   * console or `reconciler act`, with a note, recorded in the audit log. See {@link ManualAction}.
+   */
+  actions?: Readonly<Record<string, ManualAction>>;
 }
 
 /** A definition after validation, with every default filled in. Built by the loader. */
@@ -199,6 +236,8 @@ export interface Reconciler<Item = unknown> {
   wakeOn: readonly string[];
   /** 1 when unpartitioned. */
   partitions: number;
+  /** Its manual actions, by name; empty when it declares none. */
+  actions: Readonly<Record<string, ManualAction>>;
 }
 
 const DEFINED = Symbol.for('reconciler.definition');
@@ -246,5 +285,6 @@ export function resolveReconciler<Item>(name: string, file: string, definition: 
     maxPassDurationMs: definition.maxPassDuration === undefined ? undefined : parseDuration(definition.maxPassDuration),
     wakeOn: [...new Set(definition.wakeOn ?? [])],
     partitions: definition.partitions ?? 1,
+    actions: definition.actions ?? {},
   };
 }

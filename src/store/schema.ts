@@ -75,6 +75,8 @@ function runsTable(schema: EngineSchema) {
       host: text('host').notNull(),
       pid: integer('pid').notNull(),
       error: text('error'),
+      /** The oldest `since(item)` among the items the pass found (when the reconciler defines `since`): its staleness. */
+      oldestItemAt: ts('oldest_item_at'),
     },
     (t) => [index('runs_by_reconciler').on(t.reconciler, t.id), index('runs_by_start').on(t.startedAt)],
   );
@@ -127,8 +129,40 @@ function replicasTable(schema: EngineSchema) {
       startedAt: ts('started_at').notNull().default(sql`now()`),
       seenAt: ts('seen_at').notNull().default(sql`now()`),
       expiresAt: ts('expires_at').notNull(),
+      /** The notification channels its wake listener listens on now; empty while it is disconnected (or has none). */
+      listening: text('listening').array().notNull().default(sql`'{}'::text[]`),
     },
     (t) => [index('replicas_by_expiry').on(t.expiresAt)],
+  );
+}
+
+/**
+ * The audit log: every action a person took on failure memory or on an item (retry, clear, a
+ * reconciler's manual action), from the console or the CLI: who, when, what, on which items, why.
+ * Kept for as long as the database keeps it: the engine never deletes a row.
+ */
+function auditTable(schema: EngineSchema) {
+  return schema.table(
+    'audit',
+    {
+      id: bigserial('id', { mode: 'number' }).primaryKey(),
+      at: ts('at').notNull().default(sql`now()`),
+      /** A console token's name, or `cli:<user>@<host>`. */
+      actor: text('actor').notNull(),
+      /** console | cli */
+      via: text('via').notNull(),
+      reconciler: text('reconciler').notNull(),
+      /** retry | clear | act:<manual action> */
+      action: text('action').notNull(),
+      /** What it was aimed at: `key <k>`, `group <id>` or `all`. */
+      target: text('target').notNull(),
+      /** The items it changed. */
+      keys: text('keys').array().notNull(),
+      note: text('note'),
+      /** What it did, in a line (a manual action's own words, or `3 item(s) due now`). */
+      result: text('result').notNull(),
+    },
+    (t) => [index('audit_by_reconciler').on(t.reconciler, t.id)],
   );
 }
 
@@ -137,11 +171,11 @@ type EngineSchema = ReturnType<typeof pgSchema>;
 /** The engine's tables in the PostgreSQL schema `schemaName`. */
 export function defineEngineTables(schemaName: string) {
   const schema = pgSchema(schemaName);
-  return { state: stateTable(schema), runs: runsTable(schema), failures: failuresTable(schema), replicas: replicasTable(schema) };
+  return { state: stateTable(schema), runs: runsTable(schema), failures: failuresTable(schema), replicas: replicasTable(schema), audit: auditTable(schema) };
 }
 
 /** What drizzle-kit reads to generate migrations (for the schema `reconciler`). */
-export const { state, runs, failures, replicas } = defineEngineTables(DEFAULT_ENGINE_SCHEMA);
+export const { state, runs, failures, replicas, audit } = defineEngineTables(DEFAULT_ENGINE_SCHEMA);
 
 export type EngineTables = ReturnType<typeof defineEngineTables> & {
   /** The schema's name, unquoted. */
