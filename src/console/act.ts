@@ -60,7 +60,7 @@ export async function handleAction(request: ActionRequest, res: ServerResponse):
     outcome = await perform(request, parsed.op, parsed.target, parsed.action, parsed.note);
   } catch (error) {
     if (!(error instanceof ActionRefused) && !(error instanceof HttpError)) throw error;
-    const status = error instanceof HttpError ? error.status : refusalStatus(error);
+    const status = error instanceof HttpError ? error.status : error.notFound ? 404 : 400;
     if (request.json) return sendJson(res, status, { error: error.message });
     return redirect(res, withFlash(back, 'error', error.message));
   }
@@ -70,9 +70,4 @@ export async function handleAction(request: ActionRequest, res: ServerResponse):
   );
   if (request.json) return sendJson(res, 200, { ok: true, result: outcome.result, keys: outcome.keys, auditId: outcome.auditId });
   return redirect(res, withFlash(back, 'done', outcome.result));
-}
-
-/** Not found (no such reconciler, action or failing item) is a 404; any other refusal a 400. */
-function refusalStatus(error: Error): number {
-  return /\b(unknown|no such|not found|no failing)\b/i.test(error.message) ? 404 : 400;
 }

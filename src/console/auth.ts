@@ -10,12 +10,7 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { ConsoleToken } from './tokens.js';
-
-/** A signed-in operator and the CSRF token its forms carry (the pages module's `ConsoleSession`). */
-export interface ConsoleSession {
-  name: string;
-  csrf: string;
-}
+import type { ConsoleSession } from './pages/index.js';
 
 export const SESSION_COOKIE = 'reconciler_console';
 /** Eight hours: a working day. */

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { coerceError, errorSummary } from '../errors.js';
 import type { OperatorContext } from '../operator/views.js';
 import { asset, renderPage, renderSignIn } from './pages/index.js';
-import { ConsoleAuth, SESSION_COOKIE, bearerToken, cookieValue, originOf, sessionCookie, viaHttps, type ConsoleSession } from './auth.js';
+import { ConsoleAuth, SESSION_COOKIE, bearerToken, cookieValue, originOf, sessionCookie, viaHttps } from './auth.js';
 import { FailureLimiter } from './rate-limit.js';
 import { HttpError, clientAddress, readFields, redirect, returnPath, send, sendHtml, sendJson, sendText, wantsJson } from './http.js';
 import { handleAction } from './act.js';
@@ -134,5 +134,3 @@ export function createConsoleHandler(options: ConsoleOptions): ConsoleHandler {
     }
   };
 }
-
-export type { ConsoleSession };
