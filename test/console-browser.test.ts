@@ -9,13 +9,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 import { useTestDatabase } from './helpers/db.js';
-import { jobsDir, type JobsDir } from './helpers/jobs.js';
-import { startProcess, type RunningProcess } from './helpers/processes.js';
-import { CANARY, CONSOLE_FIXTURE_SQL, MANUAL_ACTION, XSS_ERROR, XSS_KEY, consoleEnv, consoleJobFiles, launchChromium } from '../testkit/console.js';
+import type { RunningProcess } from './helpers/processes.js';
+import { CANARY, CONSOLE_FIXTURE_SQL, MANUAL_ACTION, XSS_ERROR, XSS_KEY, launchChromium, startConsoleDaemon, type ConsoleDaemon } from '../testkit/console.js';
 
 const t = useTestDatabase();
+let served: ConsoleDaemon;
 let daemon: RunningProcess;
-let jobs: JobsDir;
 let browser: Browser;
 let base: string;
 /** Every page's HTML the tests saw, for the canary check. */
@@ -65,20 +64,13 @@ async function signIn(w: Watched): Promise<void> {
 
 beforeAll(async () => {
   await t.rows(sql.raw(CONSOLE_FIXTURE_SQL));
-  jobs = jobsDir(consoleJobFiles());
-  daemon = startProcess(['daemon'], consoleEnv(t.url, jobs.dir));
-  [base, browser] = await Promise.all([daemon.waitForEvent('http:listening').then((line) => String(line.url).replace(/\/$/, '')), launchChromium()]);
-  await Promise.all([
-    daemon.waitFor((l) => l.event === 'pass:finish' && l.reconciler === 'shipments' && Number(l.dead) + Number(l.failed) >= 4, 'shipments items dead'),
-    daemon.waitForEvent('pass:finish', { reconciler: 'invoices', status: 'error' }),
-    daemon.waitForEvent('pass:finish', { reconciler: 'invoices-sent', status: 'succeeded' }),
-  ]);
+  [served, browser] = await Promise.all([startConsoleDaemon(t.url), launchChromium()]);
+  ({ daemon, base } = served);
 });
 
 afterAll(async () => {
   await browser?.close();
-  await daemon?.kill('SIGKILL');
-  jobs?.cleanup();
+  await served?.stop();
 });
 
 describe('the console in a browser', () => {

@@ -5,7 +5,8 @@
  * the screenshots. Vitest-free, like the rest of testkit/.
  */
 import { chromium, type Browser } from 'playwright-core';
-import { API } from './jobs.js';
+import { API, jobsDir, type JobsDir } from './jobs.js';
+import { startProcess, type RunningProcess } from './processes.js';
 
 /** A key and an error message that would run script if a page inserted them as markup. */
 export const XSS_KEY = '<script>window.__xss = "key"</script>';
@@ -109,6 +110,40 @@ export function consoleEnv(databaseUrl: string, jobsDir: string): Record<string,
   const url = new URL(databaseUrl);
   url.password = CANARY.databasePassword; // trust authentication ignores it; a page that printed it would leak it
   return { DATABASE_URL: url.toString(), JOBS_DIR: jobsDir, CONSOLE_TOKENS: `oncall:${CANARY.consoleToken}`, PAYMENT_PROVIDER_KEY: CANARY.providerKey, LOG_LEVEL: 'info', LEASE_TTL: '5s' };
+}
+
+export interface ConsoleDaemon {
+  daemon: RunningProcess;
+  /** The console's address, without a trailing slash. */
+  base: string;
+  jobs: JobsDir;
+  stop(): Promise<void>;
+}
+
+/**
+ * A daemon serving the console over the fixture jobs, on a database that holds CONSOLE_FIXTURE_SQL;
+ * resolves once each fixture is in its state: shipments' items dead, invoices' scan failing,
+ * invoices-sent done.
+ */
+export async function startConsoleDaemon(databaseUrl: string): Promise<ConsoleDaemon> {
+  const jobs = jobsDir(consoleJobFiles());
+  const daemon = startProcess(['daemon'], consoleEnv(databaseUrl, jobs.dir));
+  const stop = async () => {
+    await daemon.kill('SIGKILL');
+    jobs.cleanup();
+  };
+  try {
+    const listening = await daemon.waitForEvent('http:listening');
+    await Promise.all([
+      daemon.waitFor((l) => l.event === 'pass:finish' && l.reconciler === 'shipments' && Number(l.dead) + Number(l.failed) >= 4, 'the items of shipments to die'),
+      daemon.waitForEvent('pass:finish', { reconciler: 'invoices', status: 'error' }),
+      daemon.waitForEvent('pass:finish', { reconciler: 'invoices-sent', status: 'succeeded' }),
+    ]);
+    return { daemon, base: String(listening.url).replace(/\/$/, ''), jobs, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
 }
 
 /** Headless Debian Chromium, with nothing that reaches the network by itself. */
