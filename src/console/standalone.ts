@@ -24,9 +24,9 @@ async function open(): Promise<CommandContext> {
   try {
     return await openContext({ jobs: true, logToStdout: true });
   } catch (error) {
-    const embeddedBusy = error instanceof UserError && /^the embedded database in .* is (in use|locked) by process/.test(error.message);
-    if (!embeddedBusy || process.env.DATABASE_URL) throw error;
-    throw new UserError(`the embedded database is open in another process: use the daemon's console on its HTTP_PORT (or set DATABASE_URL to a PostgreSQL server both can share); ${error.message}`);
+    const busy = error instanceof UserError && !process.env.DATABASE_URL ? /^the embedded database in (.*) is (?:in use|locked) by process (\d+)/.exec(error.message) : null;
+    if (!busy) throw error;
+    throw new UserError(`the embedded database is open in another process (pid ${busy[2]}, in ${busy[1]}): use the daemon's console on its HTTP_PORT, or set DATABASE_URL to a PostgreSQL server both can share`);
   }
 }
 

@@ -52,7 +52,7 @@ export const consoleTokens = z
     const entries = value.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '');
     // Registered before any check: whatever is wrong with the value, the tokens in it stay out of every line.
     for (const entry of entries) registerSecret(entry.slice(entry.indexOf(':') + 1).trim());
-    const problems = entries.map(entryProblem).filter((problem): problem is string => problem !== undefined);
+    const problems = entries.map((entry, index) => entryProblem(entry, index + 1)).filter((problem): problem is string => problem !== undefined);
     const tokens = entries.map((entry) => {
       const colon = entry.indexOf(':');
       return { name: entry.slice(0, colon).trim(), token: entry.slice(colon + 1).trim() };
