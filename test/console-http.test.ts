@@ -252,7 +252,7 @@ describe('the console handler', () => {
     await c.request('/reconcilers/orders/actions', json(BOT, { op: 'retry', scope: 'all' }));
     await c.request('/reconcilers/orders/actions', json(`${BOT}x`, { op: 'retry', scope: 'all' }));
     const everything = c.seen.join('\n');
-    expect(everything).toContain('"console:action"');
+    expect(everything).toContain('"operator:action"');
     expect(everything).not.toContain(ALICE);
     expect(everything).not.toContain(BOT);
     expect(everything).not.toContain('<script>alert(1)');
@@ -290,7 +290,7 @@ export default defineReconciler({ schedule: '0 0 1 1 *', scan: async function* (
     const retried = await fetch(`${url}/reconcilers/orders/actions`, json(ALICE, { op: 'retry', scope: 'key', key: 'o-2' }));
     expect(retried.status).toBe(200);
     expect((await auditRows()).map((r) => r.actor)).toEqual(['alice']);
-    await child.waitForEvent('console:action', { actor: 'alice' });
+    await child.waitForEvent('operator:action', { actor: 'alice' });
     const config = await runCli(['config'], { DATABASE_URL: t.url, CONSOLE_TOKENS: TOKENS_ENV });
     expect(config.stdout).toMatch(/CONSOLE_TOKENS\s+alice, ops-bot \(tokens hidden\)/);
     for (const text of [child.stdoutText.join('\n'), child.stderr, config.stdout, config.stderr]) {

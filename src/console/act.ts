@@ -40,23 +40,19 @@ function parse(fields: Record<string, string>): { op: Op; target: Target; action
 }
 
 function perform(request: ActionRequest, op: Op, target: Target, action: string, note: string | undefined): Promise<ActionOutcome> {
-  const { ctx, actor, reconciler } = request;
+  const { actor, reconciler } = request;
+  const ctx = { ...request.ctx, log: request.log }; // the operator layer logs `operator:action`
   if (op === 'retry') return retryItems(ctx, actor, reconciler, target, note);
   if (op === 'clear') return clearItems(ctx, actor, reconciler, target, note);
   return runManualAction(ctx, actor, reconciler, (target as { key: string }).key, action, note ?? '');
 }
 
-const describeTarget = (target: Target) => ('key' in target ? `key ${target.key}` : 'group' in target ? `group ${target.group}` : 'all');
-
 /** Runs the action and answers. A refusal is a 400 (404 for an unknown reconciler, action or item), or a flash line. */
 export async function handleAction(request: ActionRequest, res: ServerResponse): Promise<void> {
   const back = returnPath(request.fields.return_to);
   let outcome: ActionOutcome;
-  let op: Op;
-  let target: Target;
   try {
     const parsed = parse(request.fields);
-    ({ op, target } = parsed);
     outcome = await perform(request, parsed.op, parsed.target, parsed.action, parsed.note);
   } catch (error) {
     if (!(error instanceof ActionRefused) && !(error instanceof HttpError)) throw error;
@@ -64,10 +60,6 @@ export async function handleAction(request: ActionRequest, res: ServerResponse):
     if (request.json) return sendJson(res, status, { error: error.message });
     return redirect(res, withFlash(back, 'error', error.message));
   }
-  request.log.info(
-    { event: 'console:action', actor: request.actor.name, reconciler: request.reconciler, op: op === 'act' ? `act:${request.fields.action}` : op, target: describeTarget(target), count: outcome.keys.length, auditId: outcome.auditId },
-    `console: ${request.actor.name} ${op} ${request.reconciler} ${describeTarget(target)}: ${outcome.result}`,
-  );
   if (request.json) return sendJson(res, 200, { ok: true, result: outcome.result, keys: outcome.keys, auditId: outcome.auditId });
   return redirect(res, withFlash(back, 'done', outcome.result));
 }
