@@ -74,7 +74,6 @@ export async function settleByHand(key: string, ctx: ActionContext): Promise<str
   if (resolved.length === 0) throw new Error(`the ${what} (return ${returnId}) changed while this action ran: look at it again`);
   await queryRows(ctx.db, sql`UPDATE returns SET settled_at = now(), settlement = 'by-hand' WHERE id = ${returnId}`);
   const why = intent.state === 'declined' ? 'declined at the provider' : 'never sent to the provider';
-  ctx.log.info({ event: 'returns:by-hand', returnId, paymentId: intent.id, kind: intent.kind, amountCents: intent.amountCents, state: intent.state }, `return ${returnId} settled by hand`);
   return `return ${returnId} marked settled by hand (${what} ${why})`;
 }
 
