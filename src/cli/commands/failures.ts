@@ -13,7 +13,7 @@ import { printJson, table, when } from '../table.js';
 async function checkName(context: CommandContext, name: string): Promise<void> {
   if (context.reconcilers.some((r) => r.name === name)) return;
   const recorded = await listFailures(context.database.db, { reconciler: name, limit: 1 });
-  if (recorded.length > 0) return;
+  if (recorded.total > 0) return;
   const broken = context.loadErrors.find((e) => e.name === name);
   if (broken) throw new UserError(`${name} did not load, and has no failures on record: ${formatLoadError(broken)}`);
   const known = context.reconcilers.map((r) => r.name);
@@ -23,7 +23,7 @@ async function checkName(context: CommandContext, name: string): Promise<void> {
 export async function failuresCommand(name: string | undefined, flags: { dead?: boolean; limit: number; json?: boolean }): Promise<number> {
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
     if (name !== undefined) await checkName(context, name);
-    const rows = await listFailures(context.database.db, { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit });
+    const { items: rows } = await listFailures(context.database.db, { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit });
     if (flags.json) {
       printJson({ failures: rows.map((r) => ({ ...r, dead: r.deadAt !== null })) });
       return ExitCode.ok;
@@ -48,7 +48,7 @@ async function changeFailures(verb: 'retry' | 'clear', name: string, key: string
   if (key === undefined && !flags.all) throw new UserError(`name the item: \`reconciler ${verb} ${name} <key>\`, or pass --all for every failed item of ${name}`);
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
     await checkName(context, name);
-    const keys = await (verb === 'retry' ? retryFailures : clearFailures)(context.database.db, name, key);
+    const keys = await (verb === 'retry' ? retryFailures : clearFailures)(context.database.db, name, key === undefined ? { all: true } : { key });
     if (key !== undefined && keys.length === 0) {
       throw new UserError(`${name} has no failure on record for key ${JSON.stringify(key)} (see \`reconciler failures ${name}\`)`);
     }

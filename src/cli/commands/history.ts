@@ -10,7 +10,7 @@ export async function historyCommand(name: string | undefined, flags: { limit: n
   return withContext({ jobs: name !== undefined, defaultLogLevel: 'warn' }, async ({ database, reconcilers, loadErrors, log, config }) => {
     // The name must be a reconciler (else: did you mean…?) or a job file that did not load: its past passes help fix it.
     if (name !== undefined && !loadErrors.some((e) => e.name === name)) new Engine({ db: database.db, reconcilers, log, leaseMs: config.LEASE_TTL }).get(name);
-    const runs = await listRuns(database.db, { ...(name !== undefined ? { reconciler: name } : {}), limit: flags.limit });
+    const { runs } = await listRuns(database.db, { ...(name !== undefined ? { reconciler: name } : {}), limit: flags.limit });
     if (flags.json) {
       printJson({ runs });
       return ExitCode.ok;
