@@ -12,7 +12,9 @@ import { HttpPaymentProvider } from '../examples/returns/src/provider.js';
 import { settleReturn } from '../examples/returns/src/service.js';
 import { auditSettlement } from '../examples/returns/src/audit.js';
 import { runSettleReturnsAction } from '../testkit/settle-returns.js';
-import type { Db } from '../src/reconciler.js';
+import { resolveReconciler, type Db } from '../src/reconciler.js';
+import { ActionRefused, runManualAction } from '../src/operator/actions.js';
+import shipped from '../examples/returns/jobs/settle-returns.js';
 import { silentLog, useTestDatabase } from './helpers/db.js';
 import { runCli, until } from './helpers/processes.js';
 import { PROVIDER_KEY, ledgerOf, settleEnv, settlePass, startProvider, type Provider } from './helpers/returns.js';
@@ -229,5 +231,36 @@ describe('settled-by-hand against an attempt in flight', () => {
     expect(await posts()).toBe(before);
     expect(result).toMatchObject({ outcome: 'unchanged' });
     expect(await returnOf(id)).toEqual({ settled: true, settlement: 'by-hand' });
+  });
+});
+
+describe('settled-by-hand through the operator layer (the console and `reconciler act`)', () => {
+  const operator = () => ({ db: t.db, reconcilers: [resolveReconciler('settle-returns', 'examples/returns/jobs/settle-returns.ts', shipped)], loadErrors: [] });
+  const audit = () => t.rows<{ actor: string; via: string; reconciler: string; action: string; target: string; keys: string[]; note: string; result: string }>(
+    sql`SELECT actor, via, reconciler, action, target, keys, note, result FROM reconciler.audit ORDER BY id`,
+  );
+
+  it('records who settled which return by hand and why, in the audit log, with the change; a refusal records nothing', async () => {
+    await t.rows(sql`TRUNCATE reconciler.audit`);
+    const id = await oneReturn('refund');
+    await provider.setFaults({ declineRate: 1 });
+    expect((await settlePass(t, provider)).code).toBe(1);
+    const before = await posts();
+
+    const outcome = await runManualAction(operator(), { name: who.actor, via: 'cli' }, 'settle-returns', `return:${id}`, 'settled-by-hand', ` ${who.note} `);
+    expect(outcome.keys).toEqual([`return:${id}`]);
+    expect(outcome.result).toMatch(new RegExp(`^return ${id} marked settled by hand \\(refund of \\d+\\.\\d\\d USD to .+ declined at the provider\\)$`));
+    expect(await audit()).toEqual([
+      { actor: who.actor, via: 'cli', reconciler: 'settle-returns', action: 'act:settled-by-hand', target: `key return:${id}`, keys: [`return:${id}`], note: who.note, result: outcome.result },
+    ]);
+    expect(await paymentOf(id)).toMatchObject({ state: 'declined', resolved_by: who.actor, resolution_note: who.note });
+    expect(await posts()).toBe(before);
+
+    const state = await ledgerState();
+    const again = runManualAction(operator(), { name: 'ops', via: 'console' }, 'settle-returns', `return:${id}`, 'settled-by-hand', 'twice');
+    await expect(again).rejects.toThrow(ActionRefused);
+    await expect(again).rejects.toThrow(new RegExp(`^settle-returns settled-by-hand return:${id}: return ${id} is already settled: by hand by cli:ops@desk on `));
+    expect(await audit()).toHaveLength(1);
+    expect(await ledgerState()).toEqual(state);
   });
 });
