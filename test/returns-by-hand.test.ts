@@ -12,6 +12,7 @@ import { HttpPaymentProvider } from '../examples/returns/src/provider.js';
 import { settleReturn } from '../examples/returns/src/service.js';
 import { auditSettlement } from '../examples/returns/src/audit.js';
 import { runSettleReturnsAction } from '../testkit/settle-returns.js';
+import { resetReturns } from '../testkit/returns.js';
 import { resolveReconciler, type Db } from '../src/reconciler.js';
 import { ActionRefused, runManualAction } from '../src/operator/actions.js';
 import shipped from '../examples/returns/jobs/settle-returns.js';
@@ -24,13 +25,8 @@ let provider: Provider;
 beforeAll(async () => {
   provider = await startProvider();
 });
-afterAll(async () => {
-  await provider.stop();
-});
-beforeEach(async () => {
-  await t.rows(sql`TRUNCATE reconciler.runs, reconciler.failures, reconciler.state, payments, return_items, returns, fix_items, fixes, customers CASCADE`); // ids go on: keys never repeat at the provider
-  await provider.setFaults(NO_FAULTS);
-});
+afterAll(() => provider.stop());
+beforeEach(() => resetReturns(t, provider));
 
 const who = { actor: 'cli:ops@desk', note: 'refunded by phone, ticket 4411' };
 const act = (key: string) => runSettleReturnsAction(t.db, 'settled-by-hand', key, who, silentLog);
@@ -241,7 +237,6 @@ describe('settled-by-hand through the operator layer (the console and `reconcile
   );
 
   it('records who settled which return by hand and why, in the audit log, with the change; a refusal records nothing', async () => {
-    await t.rows(sql`TRUNCATE reconciler.audit`);
     const id = await oneReturn('refund');
     await provider.setFaults({ declineRate: 1 });
     expect((await settlePass(t, provider)).code).toBe(1);
