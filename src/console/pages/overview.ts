@@ -105,7 +105,7 @@ export function overviewPage(model: Overview, viewer: Viewer): PageContent {
 </section>
 <section>
   <h2>Last 24 hours</h2>
-  ${sorted.map((r) => html`<div class="chart-row"><h3><a href="${reconcilerPath(r.name)}">${r.name}</a></h3>${passCharts(r.chart)}</div>`)}
+  ${sorted.map((r) => html`<div class="chart-row"><h3><a href="${reconcilerPath(r.name)}">${r.name}</a></h3>${passCharts(r.chart, now)}</div>`)}
 </section>`,
   };
 }
