@@ -39,6 +39,7 @@ try {
     await page.screenshot({ path: join(REPO_ROOT, 'docs', 'console-overview.png'), fullPage: true });
     // An item someone retried, that died again at its next attempt: its page then has an audit record.
     await page.goto(`${served.base}/reconcilers/shipments/items/order-1002`);
+    await page.locator('form.actions input[name=note]').fill('carrier says the address is fixed now');
     await page.getByRole('button', { name: 'Retry now' }).click();
     await page.locator('.flash-ok').waitFor();
     await page.locator('dl.facts .badge-bad').waitFor({ timeout: 20_000 });

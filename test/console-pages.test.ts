@@ -105,7 +105,7 @@ describe('the pages', () => {
     expect(page).toContain(`href="/reconcilers/exports/items/${encodeURIComponent(XSS_KEY)}"`);
     expect(page).toContain('&lt;script&gt;window.__xss = true&lt;/script&gt;');
     expect(page).toMatch(/name="scope" value="group"><input type="hidden" name="group" value="abcdef0123">/);
-    expect(page).toMatch(/value="all">\s*<button type="submit" class="danger" data-confirm=/);
+    expect(page).toMatch(/value="all">[^]*?name="op" value="retry" data-confirm="Retry all 1 failing[^]*?name="op" value="clear" class="danger" data-confirm=/);
   });
 
   it('the item page shows the full error, the audit record, and action forms only to a signed-in person', () => {
@@ -124,7 +124,8 @@ describe('the pages', () => {
     expect(signed).toContain('name="return_to" value="/here?x=1"');
     expect(signed).toContain('name="action" value="settled-by-hand"');
     expect(signed).toMatch(/<textarea[^>]*name="note"[^>]*required/);
-    expect(signed).toMatch(/value="clear">[\s\S]*?data-confirm=/);
+    expect(signed).toMatch(/name="op" value="clear" class="danger" data-confirm="Forget the failure of &lt;script&gt;/);
+    expect(signed).toMatch(/<input type="text" name="note"/);
   });
 
   it('the audit page, and the sign-in page', () => {
