@@ -47,6 +47,7 @@ const overviewModel: Overview = {
   broken: [{ name: 'typo', file: 'jobs/typo.ts', error: `SyntaxError ${XSS_ERROR}` }],
   reconcilers: [
     summary('calm', [lane('calm')]),
+    summary('forgotten', [lane('forgotten', { lastPass: { id: 3, status: 'succeeded', trigger: 'schedule', startedAt: minutesAgo(180), durationMs: 10, counts, complete: true, error: null } })]),
     summary('exports', [lane('exports', { dead: 1, failingSince: minutesAgo(30), lastPass: { id: 9, status: 'error', trigger: 'schedule', startedAt: minutesAgo(1), durationMs: 5, counts, complete: false, error: XSS_ERROR } })], {
       dead: 1, chart: [{ start: new Date(Math.floor(now.getTime() / 900_000) * 900_000), passes: 2, found: 6, changed: 2, failed: 4, maxDurationMs: 900, avgDurationMs: 400 }],
     }),
@@ -92,6 +93,8 @@ describe('the pages', () => {
     expect(page).toContain('&lt;img src=x onerror=&quot;window.__xss = true&quot;&gt;');
     expect(page).toContain('Needs attention');
     expect(page).toContain('its job file <code>jobs/typo.ts</code> does not load');
+    expect(page).toMatch(/>forgotten<\/a>: no pass since <time[^>]*>3 h ago<\/time>, though it runs every 5 min/);
+    expect(page).not.toMatch(/>calm<\/a>: no pass since/);
     expect(page.indexOf('>exports</a></th>')).toBeLessThan(page.indexOf('>calm</a></th>'));
     expect(page).toMatch(/<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">3 min ago<\/time>/);
     expect(page).toContain('<svg');
@@ -139,7 +142,7 @@ describe('the pages', () => {
   });
 
   it('a chart spans the last 24 hours, with the empty buckets in place', () => {
-    const buckets = dayOfBuckets(overviewModel.reconcilers[1]!.chart, now);
+    const buckets = dayOfBuckets(overviewModel.reconcilers.find((r) => r.name === 'exports')!.chart, now);
     expect(buckets).toHaveLength(96);
     expect(buckets.at(-1)).toMatchObject({ passes: 2, failed: 4 });
     expect(buckets.slice(0, -1).every((b) => b.passes === 0)).toBe(true);
