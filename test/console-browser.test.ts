@@ -139,6 +139,7 @@ describe('the console in a browser', () => {
     const note = 'booked by phone with the carrier, ticket <b>4711</b>';
     const form = w.page.locator('form.manual', { hasText: MANUAL_ACTION });
     await form.locator('textarea').fill(note);
+    await w.page.getByText('Live updates paused while you type').waitFor(); // what was typed is not swapped away
     const acted = Date.now();
     await form.getByRole('button', { name: MANUAL_ACTION }).click();
     await w.page.locator('.flash-ok').waitFor();
@@ -175,6 +176,11 @@ describe('the console in a browser', () => {
     expect((await post(context.request, { ...form, csrf }, 'http://attacker.example')).status()).toBe(403);
     const stranger = await browser.newContext();
     expect((await post(stranger.request, { ...form, csrf }, base)).status()).toBe(401);
+    expect(await audited()).toBe(before);
+
+    // A destructive button asks first; dismissed, nothing is sent.
+    await w.page.getByRole('button', { name: 'Clear (forget the failure)' }).click();
+    expect(w.dialogs).toEqual([`Forget the failure of ${XSS_KEY}? The next pass tries it again from attempt 1.`]);
     expect(await audited()).toBe(before);
 
     // The same request with the token and from the console's own origin goes through: the refusals above were about those two.
