@@ -24,8 +24,8 @@ export const CANARY = {
 
 /** The tables the fixture jobs work on, with rows in the states the console shows. */
 export const CONSOLE_FIXTURE_SQL = `
-CREATE TABLE shipments (id serial PRIMARY KEY, name text NOT NULL, shipped boolean NOT NULL DEFAULT false, shipped_by text);
-INSERT INTO shipments (name) VALUES ('order-1001'), ('order-1002'), ('order-1003'), (${sqlText(XSS_KEY)});
+CREATE TABLE shipments (id serial PRIMARY KEY, name text NOT NULL, ordered_at timestamptz NOT NULL, shipped boolean NOT NULL DEFAULT false, shipped_by text);
+INSERT INTO shipments (name, ordered_at) VALUES ('order-1001', now() - interval '3 hours'), ('order-1002', now() - interval '2 hours'), ('order-1003', now() - interval '40 minutes'), (${sqlText(XSS_KEY)}, now() - interval '5 minutes');
 CREATE TABLE invoices (id serial PRIMARY KEY, name text NOT NULL, sent boolean NOT NULL DEFAULT false);
 INSERT INTO invoices (name) SELECT 'invoice-' || n FROM generate_series(1, 5) AS n;
 `;
@@ -46,8 +46,9 @@ export default defineReconciler({
   schedule: ${JSON.stringify(schedule)},
   description: 'books a carrier for every order not shipped yet',
   retry: { maxAttempts: 1 },
-  scan: async ({ db, after, limit }) => (await db.execute(sql\`SELECT id, name FROM shipments WHERE NOT shipped AND id > \${after?.id ?? 0} ORDER BY id LIMIT \${limit}\`)).rows,
+  scan: async ({ db, after, limit }) => (await db.execute(sql\`SELECT id, name, ordered_at FROM shipments WHERE NOT shipped AND id > \${after?.id ?? 0} ORDER BY id LIMIT \${limit}\`)).rows,
   key: (item) => item.name,
+  since: (item) => new Date(item.ordered_at),
   reconcile: async (item) => {
     if (item.name === ${JSON.stringify(XSS_KEY)}) throw new Error(${JSON.stringify(XSS_ERROR)});
     throw new Error('carrier refused the booking for ' + item.name + ': 422 address incomplete');

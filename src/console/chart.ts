@@ -52,8 +52,22 @@ function bars(buckets: readonly ChartBucket[], series: Series): Html {
 
 const perPass = (n: number, passes: number) => (passes === 0 ? 0 : n / passes);
 
-/** Both charts of one reconciler, from its 15-minute buckets (oldest first). */
-export function passCharts(buckets: readonly ChartBucket[]): Html {
+const BUCKET_MS = 15 * 60_000;
+const BUCKETS = 96;
+
+/** The last 24 hours as 96 buckets of 15 minutes, oldest first: the given ones in place, the rest empty (no pass). */
+export function dayOfBuckets(given: readonly ChartBucket[], now: Date): ChartBucket[] {
+  const byStart = new Map(given.map((b) => [b.start.getTime(), b]));
+  const last = Math.floor(now.getTime() / BUCKET_MS) * BUCKET_MS;
+  return Array.from({ length: BUCKETS }, (_, i) => {
+    const start = last - (BUCKETS - 1 - i) * BUCKET_MS;
+    return byStart.get(start) ?? { start: new Date(start), passes: 0, found: 0, changed: 0, failed: 0, maxDurationMs: 0, avgDurationMs: 0 };
+  });
+}
+
+/** Both charts of one reconciler, from its non-empty 15-minute buckets. */
+export function passCharts(given: readonly ChartBucket[], now: Date): Html {
+  const buckets = dayOfBuckets(given, now);
   if (buckets.every((b) => b.passes === 0)) return html`<p class="muted">No pass in the last 24 hours.</p>`;
   return html`<div class="charts">${bars(buckets, {
     title: 'Items per pass (failed in red)',

@@ -1,8 +1,9 @@
 /**
  * console.js: live updates and confirmations, nothing else. Every few seconds it fetches the
  * page's `<main>` (header `x-console-fragment: 1`) and swaps it in, unless a form field has
- * focus or holds text; it says when it last updated, or that the connection is lost. Buttons
- * with `data-confirm` ask first. Served from the console itself: no external resource.
+ * focus or holds text, or a full message is open; it says when it last updated, or that the
+ * connection is lost. Buttons with `data-confirm` ask first. Served from the console itself:
+ * no external resource.
  */
 export const consoleJs = String.raw`'use strict';
 (function () {
@@ -26,16 +27,21 @@ export const consoleJs = String.raw`'use strict';
     return false;
   }
 
+  function reading() {
+    return Boolean(main && main.querySelector('details[open]'));
+  }
+
   function say() {
     if (!live) return;
     if (lost) live.textContent = 'Connection lost, retrying (last updated ' + secondsAgo() + ')';
     else if (editing()) live.textContent = 'Live updates paused while you type (updated ' + secondsAgo() + ')';
+    else if (reading()) live.textContent = 'Live updates paused while a full message is open (updated ' + secondsAgo() + ')';
     else live.textContent = 'Live: updated ' + secondsAgo();
     live.className = lost ? 'live lost' : 'live muted';
   }
 
   function refresh() {
-    if (busy || !main || document.hidden || editing()) return say();
+    if (busy || !main || document.hidden || editing() || reading()) return say();
     busy = true;
     fetch(location.href, { headers: { 'x-console-fragment': '1' }, credentials: 'same-origin', cache: 'no-store' })
       .then(function (response) {
@@ -43,7 +49,7 @@ export const consoleJs = String.raw`'use strict';
         return response.text();
       })
       .then(function (text) {
-        if (!editing()) {
+        if (!editing() && !reading()) {
           main.innerHTML = text;
           lastUpdate = Date.now();
         }

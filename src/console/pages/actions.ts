@@ -31,38 +31,46 @@ export function accessNote(viewer: Viewer): Html {
   return html`<p class="access muted">Read-only (CONSOLE_TOKENS not set): use <code>reconciler retry</code>, <code>clear</code> or <code>act</code> from a shell.</p>`;
 }
 
-function button(reconciler: string, viewer: Viewer, op: 'retry' | 'clear', scope: Scope, label: string, confirm?: string): Html {
-  return html`<form method="post" action="${actionUrl(reconciler)}" class="inline">
-    ${common(viewer)}<input type="hidden" name="op" value="${op}">${scopeFields(scope)}
-    <button type="submit" class="${op === 'clear' ? 'danger' : ''}"${confirm ? html` data-confirm="${confirm}"` : ''}>${label}</button>
+interface RetryClear {
+  retry: string;
+  clear: string;
+  /** The questions console.js asks before submitting (none: it does not ask). */
+  confirmRetry?: string;
+  confirmClear: string;
+  /** An optional note for the audit log (a text field in the form). */
+  note: boolean;
+}
+
+/** One form, two buttons: the pressed one sends `op` (retry or clear), with the scope and the optional note. */
+function retryClearForm(reconciler: string, viewer: Viewer, scope: Scope, f: RetryClear): Html {
+  if (!viewer.session) return html``;
+  return html`<form method="post" action="${actionUrl(reconciler)}" class="actions">
+    ${common(viewer)}${scopeFields(scope)}
+    ${f.note ? html`<input type="text" name="note" maxlength="2000" placeholder="note for the audit log (optional)" aria-label="Note for the audit log (optional)">` : ''}
+    <button type="submit" name="op" value="retry"${f.confirmRetry ? html` data-confirm="${f.confirmRetry}"` : ''}>${f.retry}</button>
+    <button type="submit" name="op" value="clear" class="danger" data-confirm="${f.confirmClear}">${f.clear}</button>
   </form>`;
 }
 
 /** Retry and clear for one item. */
 export function itemButtons(reconciler: string, key: string, viewer: Viewer): Html {
-  if (!viewer.session) return html``;
-  return html`<div class="actions">
-    ${button(reconciler, viewer, 'retry', { key }, 'Retry now')}
-    ${button(reconciler, viewer, 'clear', { key }, 'Clear (forget the failure)', `Forget the failure of ${key}? The next pass tries it again from attempt 1.`)}
-  </div>`;
+  return retryClearForm(reconciler, viewer, { key }, {
+    retry: 'Retry now', clear: 'Clear (forget the failure)', note: true,
+    confirmClear: `Forget the failure of ${key}? The next pass tries it again from attempt 1.`,
+  });
 }
 
 /** Retry and clear for every item of one error group. */
 export function groupButtons(reconciler: string, group: string, count: number, viewer: Viewer): Html {
-  if (!viewer.session) return html``;
-  return html`<div class="actions">
-    ${button(reconciler, viewer, 'retry', { group }, `Retry ${count}`)}
-    ${button(reconciler, viewer, 'clear', { group }, `Clear ${count}`, `Forget the failures of all ${count} item(s) with this error?`)}
-  </div>`;
+  return retryClearForm(reconciler, viewer, { group }, { retry: `Retry ${count}`, clear: `Clear ${count}`, note: false, confirmClear: `Forget the failures of all ${count} item(s) with this error?` });
 }
 
 /** Retry and clear for every failing item of the reconciler. */
 export function allButtons(reconciler: string, total: number, viewer: Viewer): Html {
-  if (!viewer.session) return html``;
-  return html`<div class="actions">
-    ${button(reconciler, viewer, 'retry', { all: true }, `Retry all ${total}`, `Retry all ${total} failing item(s) of ${reconciler} now?`)}
-    ${button(reconciler, viewer, 'clear', { all: true }, `Clear all ${total}`, `Forget the failures of all ${total} item(s) of ${reconciler}?`)}
-  </div>`;
+  return retryClearForm(reconciler, viewer, { all: true }, {
+    retry: `Retry all ${total}`, clear: `Clear all ${total}`, note: true,
+    confirmRetry: `Retry all ${total} failing item(s) of ${reconciler} now?`, confirmClear: `Forget the failures of all ${total} item(s) of ${reconciler}?`,
+  });
 }
 
 /** One form per manual action the reconciler declares, each with its required note. */

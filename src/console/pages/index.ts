@@ -9,7 +9,8 @@ import { auditPage } from './audit.js';
 import { parseHistoryFilter } from './filters.js';
 import { itemPage } from './item.js';
 import { layout, notFound, returnPath, signInPage, type PageContent, type Viewer } from './layout.js';
-import { views, type OperatorContext } from './model.js';
+import { auditLog, failingItems, failureGroups, itemView, overview, passErrors, passHistory, type OperatorContext } from '../../operator/views.js';
+import { GROUP_ID } from '../../store/failure-groups.js';
 import { overviewPage } from './overview.js';
 import { reconcilerPage } from './reconciler.js';
 
@@ -43,32 +44,30 @@ function segments(path: string): string[] | undefined {
 async function reconcilerContent(req: PageRequest, name: string, viewer: Viewer): Promise<PageContent | undefined> {
   const reconciler = req.ctx.reconcilers.find((r) => r.name === name);
   if (!reconciler) return undefined;
-  const v = await views();
   const db = req.ctx.db;
   const dead = req.query.get('dead') === '1';
-  const group = /^[0-9a-f]{1,40}$/.test(req.query.get('group') ?? '') ? req.query.get('group')! : undefined;
+  const group = GROUP_ID.test(req.query.get('group') ?? '') ? req.query.get('group')! : undefined;
   const filter = { ...parseHistoryFilter(req.query, reconciler.partitions), group, dead };
-  const [passErrors, groups, items, history] = await Promise.all([
-    v.passErrors(db, name),
-    v.failureGroups(db, { reconciler: name, deadOnly: dead, limit: LIST_LIMIT }),
-    v.failingItems(db, { reconciler: name, deadOnly: dead, group, limit: LIST_LIMIT }),
-    v.passHistory(db, { reconciler: name, status: filter.status, trigger: filter.trigger, partition: filter.partition, limit: LIST_LIMIT }),
+  const [errors, groups, items, history] = await Promise.all([
+    passErrors(db, name),
+    failureGroups(db, { reconciler: name, deadOnly: dead, limit: LIST_LIMIT }),
+    failingItems(db, { reconciler: name, deadOnly: dead, group, limit: LIST_LIMIT }),
+    passHistory(db, { reconciler: name, status: filter.status, trigger: filter.trigger, partition: filter.partition, limit: LIST_LIMIT }),
   ]);
-  return reconcilerPage({ reconciler, passErrors, groups, items, history, filter }, viewer);
+  return reconcilerPage({ reconciler, passErrors: errors, groups, items, history, filter }, viewer);
 }
 
 async function content(req: PageRequest, parts: readonly string[], viewer: Viewer): Promise<PageContent | 'not found' | undefined> {
-  const v = await views();
-  if (parts.length === 0) return overviewPage(await v.overview(req.ctx, viewer.now), viewer);
+  if (parts.length === 0) return overviewPage(await overview(req.ctx, viewer.now), viewer);
   if (parts[0] === 'audit' && parts.length === 1) {
     const reconciler = req.query.get('reconciler') || undefined;
-    return auditPage(await v.auditLog(req.ctx.db, { reconciler, limit: 200 }), reconciler, viewer);
+    return auditPage(await auditLog(req.ctx.db, { reconciler, limit: 200 }), reconciler, viewer);
   }
   if (parts[0] !== 'reconcilers' || parts.length < 2) return undefined;
   const name = parts[1]!;
   const known = req.ctx.reconcilers.some((r) => r.name === name);
   if (parts.length === 2) return (await reconcilerContent(req, name, viewer)) ?? 'not found';
-  if (parts.length === 4 && parts[2] === 'items') return known ? itemPage(await v.itemView(req.ctx, name, parts[3]!), viewer) : 'not found';
+  if (parts.length === 4 && parts[2] === 'items') return known ? itemPage(await itemView(req.ctx, name, parts[3]!), viewer) : 'not found';
   return undefined;
 }
 

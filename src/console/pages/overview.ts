@@ -4,21 +4,34 @@
  * then each reconciler's charts over the last 24 hours.
  */
 import { oneLine } from '../../errors.js';
+import { nextTick } from '../../scheduler/cron.js';
 import { passCharts } from '../chart.js';
 import { html, type Html } from '../html.js';
 import { ago, count, duration, plural, reconcilerPath, span, status } from './format.js';
 import type { PageContent, Viewer } from './layout.js';
 import type { LaneView, Overview, ReconcilerSummary } from './model.js';
 
-/** A lane's next run this much in the past, with nothing running, is late. */
+/** Slack before a lane whose passes stopped counts as late: two schedule intervals and this. */
 const LATE_MS = 60_000;
 
 function laneLabel(lane: LaneView): string {
   return lane.partitions > 1 ? `${lane.reconciler} partition ${lane.partition} of ${lane.partitions}` : lane.reconciler;
 }
 
+/** The schedule's interval from its next tick to the one after (every 5 minutes: 5 min), or null. */
+function interval(lane: LaneView, now: Date): number | null {
+  try {
+    const first = nextTick(lane.schedule, lane.timezone, now);
+    return nextTick(lane.schedule, lane.timezone, first).getTime() - first.getTime();
+  } catch {
+    return null;
+  }
+}
+
+/** A lane none of whose passes started for two schedule intervals (and a minute), with none running: is a daemon running it? */
 function isLate(lane: LaneView, now: Date): boolean {
-  return !lane.running && lane.nextRun !== null && now.getTime() - lane.nextRun.getTime() > LATE_MS;
+  const every = interval(lane, now);
+  return !lane.running && lane.lastPass !== null && every !== null && now.getTime() - lane.lastPass.startedAt.getTime() > 2 * every + LATE_MS;
 }
 
 /** How much a reconciler needs a person: a pass that throws, then dead items, then items in backoff. */
@@ -41,7 +54,7 @@ function attention(model: Overview, now: Date): Html[] {
     lines.push(html`<li class="bad"><a href="${reconcilerPath(r.name, { dead: '1' })}">${r.name}</a>: ${plural(r.dead, 'dead item')}, waiting for a person (retry, clear or resolve by hand).</li>`);
   }
   for (const lane of lanes.filter((l) => isLate(l, now))) {
-    lines.push(html`<li class="warn"><a href="${reconcilerPath(lane.reconciler)}">${laneLabel(lane)}</a>: its pass was due ${ago(lane.nextRun, now)} and has not started (is a daemon running it?).</li>`);
+    lines.push(html`<li class="warn"><a href="${reconcilerPath(lane.reconciler)}">${laneLabel(lane)}</a>: no pass since ${ago(lane.lastPass?.startedAt, now)}, though it runs every ${span(interval(lane, now) ?? 0)} (is a daemon running it?).</li>`);
   }
   for (const lane of lanes.filter((l) => l.wakes && l.wakes.channels.length > 0 && !l.wakes.listening)) {
     lines.push(html`<li class="warn"><a href="${reconcilerPath(lane.reconciler)}">${laneLabel(lane)}</a>: no daemon listens for its wake-ups now; it runs on its schedule only.</li>`);
@@ -105,7 +118,7 @@ export function overviewPage(model: Overview, viewer: Viewer): PageContent {
 </section>
 <section>
   <h2>Last 24 hours</h2>
-  ${sorted.map((r) => html`<div class="chart-row"><h3><a href="${reconcilerPath(r.name)}">${r.name}</a></h3>${passCharts(r.chart)}</div>`)}
+  ${sorted.map((r) => html`<div class="chart-row"><h3><a href="${reconcilerPath(r.name)}">${r.name}</a></h3>${passCharts(r.chart, now)}</div>`)}
 </section>`,
   };
 }

@@ -21,10 +21,10 @@ export interface ReconcilerModel {
   filter: HistoryFilter & { group?: string; dead: boolean };
 }
 
-function passErrorsSection(errors: readonly PassError[], now: Date): Html {
+function passErrorsSection(errors: readonly PassError[], partitioned: boolean, now: Date): Html {
   if (errors.length === 0) return html``;
   return html`<section class="attention"><h2>Its passes fail</h2><ul>${errors.map(
-    (e) => html`<li class="bad">${e.partition > 0 ? `Partition ${e.partition}: ` : ''}failing since ${ago(e.failingSince, now)} (${plural(e.passes, 'pass', 'passes')}, last ${ago(e.lastAt, now)}):
+    (e) => html`<li class="bad">${partitioned ? `Partition ${e.partition}: ` : ''}failing since ${ago(e.failingSince, now)} (${plural(e.passes, 'pass', 'passes')}, last ${ago(e.lastAt, now)}):
       <pre class="error">${e.error}</pre></li>`,
   )}</ul></section>`;
 }
@@ -113,6 +113,6 @@ function header(r: Reconciler, viewer: Viewer): Html {
 export function reconcilerPage(m: ReconcilerModel, viewer: Viewer): PageContent {
   return {
     title: m.reconciler.name,
-    main: html`${header(m.reconciler, viewer)}${passErrorsSection(m.passErrors, viewer.now)}${groupsSection(m, viewer)}${itemsSection(m, viewer)}${historySection(m, viewer)}`,
+    main: html`${header(m.reconciler, viewer)}${passErrorsSection(m.passErrors, m.reconciler.partitions > 1, viewer.now)}${groupsSection(m, viewer)}${itemsSection(m, viewer)}${historySection(m, viewer)}`,
   };
 }
