@@ -2,7 +2,7 @@
  * The operator console's request handler, served by the daemon's operations endpoint (every
  * path but /healthz, /readyz and /metrics) and by `reconciler console`. Pages come from the
  * pages module; this file routes, signs in and out, guards actions (auth.ts) and sets the
- * security headers of every response (http.ts). docs/console-security.md says why.
+ * security headers of every response (http.ts). docs/console.md ("Security model") says why.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
