@@ -1,67 +1,78 @@
 /**
- * Failure memory for people: `failures` shows failing and dead items; `retry` makes them
- * due now with a fresh attempt budget; `clear` forgets them.
+ * `reconciler failures`: what is failing. Passes whose scan throws come first (no item shows
+ * them), then the failing and dead items, or their error groups under `--group`. With a key,
+ * one item in full: see item.ts.
  */
-import { ExitCode, UserError, oneLine } from '../../errors.js';
-import { clearFailures, listFailures, retryFailures } from '../../store/failures.js';
-import { didYouMean } from '../../suggest.js';
-import { formatLoadError } from '../../engine/load.js';
+import { ExitCode } from '../../errors.js';
+import { failingItems, failureGroups, passErrors, type PassError } from '../../operator/views.js';
 import { withContext, type CommandContext } from '../../context.js';
-import { printJson, table, when } from '../table.js';
+import { ago, clip, plural, printJson, printable, shownOf, table, when } from '../table.js';
+import { checkName, laneLabel } from './operating.js';
+import { itemCommand } from './item.js';
 
-/** Names a person may use: loaded reconcilers, plus any that still have failures on record (a removed job file). */
-async function checkName(context: CommandContext, name: string): Promise<void> {
-  if (context.reconcilers.some((r) => r.name === name)) return;
-  const recorded = await listFailures(context.database.db, { reconciler: name, limit: 1 });
-  if (recorded.length > 0) return;
-  const broken = context.loadErrors.find((e) => e.name === name);
-  if (broken) throw new UserError(`${name} did not load, and has no failures on record: ${formatLoadError(broken)}`);
-  const known = context.reconcilers.map((r) => r.name);
-  throw new UserError(`unknown reconciler \`${name}\`${didYouMean(name, known) || (known.length ? ` (known: ${known.join(', ')})` : '')}`);
+export interface FailuresFlags {
+  dead?: boolean;
+  group?: boolean;
+  limit: number;
+  json?: boolean;
 }
 
-export async function failuresCommand(name: string | undefined, flags: { dead?: boolean; limit: number; json?: boolean }): Promise<number> {
+export async function failuresCommand(name: string | undefined, key: string | undefined, flags: FailuresFlags): Promise<number> {
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
-    if (name !== undefined) await checkName(context, name);
-    const rows = await listFailures(context.database.db, { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit });
-    if (flags.json) {
-      printJson({ failures: rows.map((r) => ({ ...r, dead: r.deadAt !== null })) });
-      return ExitCode.ok;
-    }
-    if (rows.length === 0) {
-      process.stdout.write(`no ${flags.dead ? 'dead' : 'failing'} items${name ? ` for ${name}` : ''}\n`);
-      return ExitCode.ok;
-    }
-    const now = new Date();
-    process.stdout.write(
-      `${table(
-        ['RECONCILER', 'KEY', 'ATTEMPTS', 'STATE', 'FIRST FAILED', 'LAST ERROR'],
-        rows.map((r) => [r.reconciler, r.key, String(r.attempts), r.deadAt ? 'dead' : `retry ${when(r.nextAttemptAt, now)}`, when(r.firstFailedAt, now), oneLine(r.lastError, 100)]),
-      )}\n`,
-    );
+    const db = context.database.db;
+    if (name !== undefined) await checkName(context, name, async () => (await failingItems(db, { reconciler: name, limit: 1 })).total > 0);
+    if (name !== undefined && key !== undefined) return itemCommand(context, name, key, flags);
+    const broken = await passErrors(db, name);
+    if (flags.group) await printGroups(context, name, broken, flags);
+    else await printItems(context, name, broken, flags);
     return ExitCode.ok;
   });
 }
 
-async function changeFailures(verb: 'retry' | 'clear', name: string, key: string | undefined, flags: { all?: boolean }): Promise<number> {
-  if (key !== undefined && flags.all) throw new UserError(`give a key or --all, not both`);
-  if (key === undefined && !flags.all) throw new UserError(`name the item: \`reconciler ${verb} ${name} <key>\`, or pass --all for every failed item of ${name}`);
-  return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
-    await checkName(context, name);
-    const keys = await (verb === 'retry' ? retryFailures : clearFailures)(context.database.db, name, key);
-    if (key !== undefined && keys.length === 0) {
-      throw new UserError(`${name} has no failure on record for key ${JSON.stringify(key)} (see \`reconciler failures ${name}\`)`);
-    }
-    const them = keys.length === 1 ? 'it' : 'them';
-    const runNow = `reconciler run ${name}${key !== undefined ? ` --key ${JSON.stringify(key)}` : ''}`;
-    process.stdout.write(
-      verb === 'retry'
-        ? `${name}: ${keys.length} item(s) due now with a fresh attempt budget; the next pass retries ${them} (or run now: ${runNow})\n`
-        : `${name}: ${keys.length} item(s) forgotten; any the scan still finds start over as new\n`,
-    );
-    return ExitCode.ok;
-  });
+/** `settle-returns partition 2: pass failing since 12m00s ago (5 passes): <error>`, one line per lane whose passes end in `error`. */
+export function passErrorLines(context: Pick<CommandContext, 'reconcilers'>, errors: readonly PassError[], now = new Date()): string {
+  return errors
+    .map((e) => `${laneLabel(context, e.reconciler, e.partition)}: pass failing since ${ago(e.failingSince, now)} (${plural(e.passes, 'pass', 'passes')}): ${printable(clip(e.error, 100, 100))}\n`)
+    .join('');
 }
 
-export const retryCommand = (name: string, key: string | undefined, flags: { all?: boolean }) => changeFailures('retry', name, key, flags);
-export const clearCommand = (name: string, key: string | undefined, flags: { all?: boolean }) => changeFailures('clear', name, key, flags);
+async function printItems(context: CommandContext, name: string | undefined, broken: PassError[], flags: FailuresFlags): Promise<void> {
+  const { items, total } = await failingItems(context.database.db, { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit });
+  if (flags.json) {
+    printJson({ passErrors: broken, failures: items.map((r) => ({ ...r, dead: r.deadAt !== null })), total });
+    return;
+  }
+  const now = new Date();
+  process.stdout.write(passErrorLines(context, broken, now));
+  if (items.length === 0) {
+    process.stdout.write(`no ${flags.dead ? 'dead' : 'failing'} items${name ? ` for ${name}` : ''}\n`);
+    return;
+  }
+  if (broken.length > 0) process.stdout.write('\n');
+  const rows = items.map((r) => [r.reconciler, r.key, String(r.attempts), r.deadAt ? `dead ${when(r.deadAt, now)}` : `retry ${when(r.nextAttemptAt, now)}`, when(r.firstFailedAt, now), r.group, clip(r.lastError)]);
+  process.stdout.write(`${table(['RECONCILER', 'KEY', 'ATTEMPTS', 'STATE', 'FIRST FAILED', 'GROUP', 'LAST ERROR'], rows)}\n`);
+  process.stdout.write(shownOf(items.length, total));
+  process.stdout.write('the whole error of an item: reconciler failures <name> <key>; the items by error: reconciler failures --group\n');
+}
+
+async function printGroups(context: CommandContext, name: string | undefined, broken: PassError[], flags: FailuresFlags): Promise<void> {
+  const { groups, total } = await failureGroups(context.database.db, { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit });
+  if (flags.json) {
+    printJson({ passErrors: broken, groups, total });
+    return;
+  }
+  const now = new Date();
+  process.stdout.write(passErrorLines(context, broken, now));
+  if (groups.length === 0) {
+    process.stdout.write(`no ${flags.dead ? 'dead' : 'failing'} items${name ? ` for ${name}` : ''}\n`);
+    return;
+  }
+  if (broken.length > 0) process.stdout.write('\n');
+  const rows = groups.map((g) => [
+    g.id, g.reconciler, String(g.count), String(g.dead), when(g.firstSeen, now), when(g.lastSeen, now),
+    `${g.sampleKeys.slice(0, 3).join(', ')}${g.count > 3 ? ', …' : ''}`, clip(g.error),
+  ]);
+  process.stdout.write(`${table(['GROUP', 'RECONCILER', 'ITEMS', 'DEAD', 'FIRST SEEN', 'LAST SEEN', 'SAMPLE KEYS', 'ERROR'], rows)}\n`);
+  process.stdout.write(shownOf(groups.length, total));
+  process.stdout.write('act on a group: reconciler retry <name> --group <id> (or clear), with --note <why>; one item in full: reconciler failures <name> <key>\n');
+}
