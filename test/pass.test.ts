@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { TerminalError } from '../src/errors.js';
-import type { PassResult } from '../src/engine/result.js';
+import { summarize, type PassResult } from '../src/engine/result.js';
 import { useTestDatabase } from './helpers/db.js';
 import { deferred, engine, numbers, reconciler } from './helpers/engine.js';
 import type { Engine, PassAttempt } from '../src/engine/engine.js';
@@ -243,7 +243,11 @@ describe('a pass', () => {
     await pass(e, 'doomed');
     await makeDue();
     const second = await pass(e, 'doomed');
-    expect(second.counts.failed).toBe(1);
+    // It dies in this pass: counted as dead (as every later pass counts it), and the pass failed.
+    expect(second.counts).toMatchObject({ found: 1, failed: 0, dead: 1 });
+    expect(second.died).toBe(1);
+    expect(second.status).toBe('failed');
+    expect(summarize(second)).toMatch(/0 failed, 0 deferred, 1 dead \(all died in this pass\)$/);
     expect(await failures()).toMatchObject([{ key: 'only', attempts: 2, dead: true }]);
     await makeDue();
     const third = await pass(e, 'doomed');

@@ -52,8 +52,8 @@ describe("returning 'skipped'", () => {
     await makeDue();
     expect(await counts(e, 'skip-keeps')).toMatchObject({ found: 1, skipped: 1, failed: 0 });
     expect(await failures()).toEqual([{ key: 'a', attempts: 2, dead: false, last_error: 'failed at call 2' }]);
-    // Still due (a skip adds no backoff), and the third failure is the last one allowed.
-    expect(await counts(e, 'skip-keeps')).toMatchObject({ failed: 1 });
+    // Still due (a skip adds no backoff), and the third failure is the last one allowed: it dies in this pass.
+    expect(await counts(e, 'skip-keeps')).toMatchObject({ failed: 0, dead: 1 });
     expect(await failures()).toEqual([{ key: 'a', attempts: 3, dead: true, last_error: 'failed at call 4' }]);
   });
 

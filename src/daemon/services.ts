@@ -38,7 +38,7 @@ export class Services {
     this.#setup = setup;
     this.engine = new Engine({ db: open.db, control: open.control, reconcilers, log, leaseMs: config.LEASE_TTL });
     // The heartbeat row is written before the scheduler starts, so replicas split partitions from the first pass.
-    this.#presence = new Presence({ db: open.control, reconcilers: reconcilers.map((r) => r.name), leaseMs: config.LEASE_TTL, log });
+    this.#presence = new Presence({ db: open.control, reconcilers: reconcilers.map((r) => r.name), leaseMs: config.LEASE_TTL, log, listening: () => this.#waker.hearing });
     this.#scheduler = new Scheduler({ engine: this.engine, log, membership: (reconciler) => this.#presence.membership(reconciler) });
     this.metrics = new Metrics(open.db, reconcilers, log, loadErrors.length); // not the lease pool: scrapes must never delay a renewal
     this.metrics.attach(this.engine.events);

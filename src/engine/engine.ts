@@ -203,7 +203,7 @@ export class Engine {
     try {
       const forgotten = await finishAndRelease(this.#leasePool, {
         reconciler: reconciler.name, partition, holderId: holder.id, runId: passId, partial,
-        status: result.status, counts: result.counts, complete: result.complete, durationMs: result.durationMs, error: result.error,
+        status: result.status, counts: result.counts, complete: result.complete, durationMs: result.durationMs, error: result.error, oldestItemAt: result.oldestItemAt,
         forgetUnseen: result.complete && result.error === null && !partial,
       });
       if (forgotten > 0) log.info({ reconciler: reconciler.name, passId, forgotten }, `forgot ${forgotten} failed item(s) that the scan no longer finds (their work was done elsewhere)`);

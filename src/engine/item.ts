@@ -35,8 +35,12 @@ export interface ItemScope {
 
 /** What came of one item. */
 export interface ItemReport {
-  /** The count it adds to: its outcome; `failed`; or `skipped` when no attempt was spent (aborted in flight, database gone). */
-  counted: Outcome | 'failed';
+  /**
+   * The count it adds to: its outcome; `failed`; `dead` when this failure used up its attempts
+   * (or was terminal) and was recorded so; or `skipped` when no attempt was spent (aborted in
+   * flight, database gone).
+   */
+  counted: Outcome | 'failed' | 'dead';
   /** Aborted in flight by shutdown or a lost lease: not the item's fault; the pass names it once, at its end. */
   aborted?: true;
   /** The database went away while its outcome was being recorded: the pass takes no more items. */
@@ -135,5 +139,6 @@ async function failed(scope: ItemScope, key: string, attempt: number, failure: E
     : `retry in ${formatDuration(delayMs)}${askedMs === undefined ? '' : askedMs > delayMs ? ` (its error asked for ${formatDuration(askedMs)}; retry.backoff.max caps the wait)` : ' (as its error asked)'}`;
   log[level]({ attempt: attempts, dead, error: message }, `failed: ${errorSummary(failure, 300)}; ${dryRun ? 'dry run, not recorded' : next}`);
   scope.events.emit('item:failed', { reconciler: reconciler.name, key, error: failure, attempt: attempts, dead, dryRun });
-  return { counted: 'failed', ...(retryAt ? { retryAt } : {}) };
+  // Died now (recorded dead): counted as dead, as every later pass counts it, and as a failure of this pass.
+  return { counted: dead && recorded ? 'dead' : 'failed', ...(retryAt ? { retryAt } : {}) };
 }

@@ -187,6 +187,7 @@ export async function executePass(reconciler: Reconciler, options: PassOptions, 
   return {
     reconciler: reconciler.name, partition, runId: deps.passId, trigger: options.trigger, dryRun, status: ended.status, counts: tally.counts, complete,
     durationMs: admission.elapsed(), error: ended.error, ...(onlyKey !== undefined ? { keyFound } : {}), oldestItemAt: tally.oldestItemAt, nextRetryAt: tally.nextRetryAt,
+    ...(tally.died > 0 ? { died: tally.died } : {}),
     ...(admission.handedOver !== undefined ? { handedOver: admission.handedOver } : {}),
   };
 }
@@ -216,5 +217,5 @@ function passStatus(signals: PassSignals, complete: boolean, error: string | nul
     return { status: 'aborted', error: why };
   }
   if (error !== null) return { status: 'error', error };
-  return { status: tally.counts.failed > 0 ? 'failed' : 'succeeded', error };
+  return { status: tally.counts.failed > 0 || tally.died > 0 ? 'failed' : 'succeeded', error };
 }

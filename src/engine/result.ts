@@ -33,7 +33,10 @@ export interface PassCounts {
   failed: number;
   /** Items in backoff: their next attempt is later. */
   deferred: number;
-  /** Dead items the scan still finds: waiting for a person (`retry` or `clear`). */
+  /**
+   * Dead items: those the scan still finds dead, waiting for a person (`retry`, `clear` or a
+   * manual action), and those that died in this pass (their last attempt failed; see PassResult.died).
+   */
   dead: number;
 }
 
@@ -54,6 +57,8 @@ export interface PassResult {
   complete: boolean;
   durationMs: number;
   error: string | null;
+  /** Of `counts.dead`, the items that died in this pass (a failure that used up their attempts, or a TerminalError); absent when none. */
+  died?: number;
   /** With `onlyKey`: whether the scan found that item. */
   keyFound?: boolean;
   /** The oldest `since(item)` among the items found, when the reconciler defines `since`; null when it found none. */
@@ -91,6 +96,7 @@ export function describeHolder(holder: HolderDescription): string {
 
 /** Why a pass that ran ended before its scan did, as the summary says it; empty when it did not (or broke). */
 function endNote(result: PassResult): string {
+  if (result.keyFound === false) return ' (by --key: the scan does not find that key, so nothing needs doing for it, or the key is wrong)';
   if (result.keyFound !== undefined) return ' (one item, by --key)';
   if (result.handedOver !== undefined) return ` (handed over: ${result.handedOver})`;
   return result.complete || result.status === 'error' ? '' : ' (stopped early; the rest waits for the next pass)';
@@ -103,6 +109,7 @@ export function summarize(result: PassResult): string {
   return (
     `${passLabel(result.reconciler, result.partition)}: ${what} ${result.status} in ${formatDuration(result.durationMs)}: ` +
     `${c.found} found, ${c.changed} changed, ${c.unchanged} unchanged, ${c.skipped} skipped, ${c.failed} failed, ${c.deferred} deferred, ${c.dead} dead` +
+    `${result.died ? ` (${result.died === c.dead ? 'all' : result.died} died in this pass)` : ''}` +
     `${endNote(result)}${result.error ? `: ${result.error}` : ''}`
   );
 }

@@ -24,6 +24,8 @@ export class Tally {
   readonly counts = emptyCounts();
   /** The oldest `since(item)` among the items found (see PassResult.oldestItemAt). */
   oldestItemAt: Date | null = null;
+  /** Items that died in this pass (counted as dead, not failed; see PassResult.died). */
+  died = 0;
   /** When the first item left in backoff falls due (see PassResult.nextRetryAt). */
   nextRetryAt: Date | null = null;
   /** Items aborted mid-reconcile (shutdown timeout, lost lease): named once, after the pass, not a line each. */
@@ -55,6 +57,7 @@ export class Tally {
   /** Folds in what came of an item the pass took. */
   settled(key: string, report: ItemReport): void {
     this.counts[report.counted]++;
+    if (report.counted === 'dead') this.died++;
     if (report.aborted) this.abortedKeys.push(key);
     this.unavailable ??= report.unavailable;
     if (report.retryAt) this.noteRetry(report.retryAt);

@@ -26,6 +26,8 @@ export interface PresenceOptions {
   /** The lease length: a row lives twice as long. */
   leaseMs: number;
   log: Logger;
+  /** The notification channels the wake listener hears now, written with each heartbeat (for the console). */
+  listening?: () => readonly string[];
 }
 
 export class Presence {
@@ -67,7 +69,7 @@ export class Presence {
   async #beat(): Promise<void> {
     const { db, log } = this.#options;
     try {
-      await heartbeat(db, this.replica, this.#ttlMs);
+      await heartbeat(db, this.replica, this.#ttlMs, this.#options.listening?.() ?? []);
       if (this.#failing) log.info('the replica heartbeat is written again: this daemon counts among the replicas again');
       this.#failing = false;
     } catch (error) {

@@ -131,6 +131,11 @@ export class WakeListener {
     }
   }
 
+  /** The channels notifications arrive on now: all of them while the session is proven to hear, else none. */
+  get hearing(): readonly string[] {
+    return this.#hears === true ? this.channels : [];
+  }
+
   /**
    * Sends a NOTIFY to this session's probe channel through the pool and waits for it. Heard:
    * the session is listening (said once, with what a reconnect may have missed). Not heard:

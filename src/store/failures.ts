@@ -2,10 +2,11 @@
  * The `failures` table: failure memory. Only failures are remembered; the system's state
  * is the queue. Looking failures up costs one query per scanned page, never one per item.
  */
-import { and, asc, eq, isNotNull, sql } from 'drizzle-orm';
+import { and, asc, eq, getTableColumns, sql, type SQL } from 'drizzle-orm';
 import type { Db } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { engineSchema, type failures } from './schema.js';
+import { errorGroupId } from './failure-groups.js';
 
 /** What failure memory knows of one item. */
 export interface FailureMemory {
@@ -79,19 +80,31 @@ export async function forgetFailure(db: Db, reconciler: string, key: string): Pr
   await db.delete(failures).where(and(eq(failures.reconciler, reconciler), eq(failures.key, key)));
 }
 
-export async function listFailures(db: Db, options: { reconciler?: string; deadOnly?: boolean; limit: number }): Promise<FailureRow[]> {
+/** Which failing items an action aims at: one key, one error group (failure-groups.ts), or every one of a reconciler. */
+export type FailureTarget = { key: string } | { group: string } | { all: true };
+
+function targetCondition(target: FailureTarget | undefined): SQL {
+  if (target === undefined || 'all' in target) return sql`true`;
+  return 'key' in target ? sql`key = ${target.key}` : sql`${errorGroupId()} = ${target.group}`;
+}
+
+/** Failing items (oldest failure first) with their error group, of one reconciler, group and key if given, and how many match in all. */
+export async function listFailures(
+  db: Db,
+  options: { reconciler?: string; deadOnly?: boolean; group?: string; key?: string; limit: number },
+): Promise<{ items: (FailureRow & { group: string })[]; total: number }> {
   const { failures } = engineSchema();
-  return db
-    .select()
+  const where = sql`${options.reconciler === undefined ? sql`true` : sql`reconciler = ${options.reconciler}`}
+    AND ${options.deadOnly ? sql`dead_at IS NOT NULL` : sql`true`} 
+    AND ${targetCondition(options.group === undefined ? undefined : { group: options.group })}
+    AND ${targetCondition(options.key === undefined ? undefined : { key: options.key })}`;
+  const rows = await db
+    .select({ ...getTableColumns(failures), group: sql<string>`${errorGroupId()}`, total: sql<number>`(count(*) OVER ())::int` })
     .from(failures)
-    .where(
-      and(
-        options.reconciler === undefined ? undefined : eq(failures.reconciler, options.reconciler),
-        options.deadOnly ? isNotNull(failures.deadAt) : undefined,
-      ),
-    )
+    .where(where)
     .orderBy(asc(failures.reconciler), asc(failures.lastFailedAt))
     .limit(options.limit);
+  return { items: rows.map(({ total: _, ...row }) => row), total: Number(rows[0]?.total ?? 0) };
 }
 
 /** Per reconciler: items in backoff and dead items. */
@@ -105,26 +118,20 @@ export async function countFailures(db: Db): Promise<Map<string, { backoff: numb
 }
 
 /**
- * `reconciler retry`: makes failed items due now with a fresh attempt budget, dead or not.
- * The last error stays visible until the next attempt. `key` undefined means every item
- * of the reconciler. Returns the keys it changed.
+ * `retry`: makes failed items due now with a fresh attempt budget, dead or not. The last error
+ * stays visible until the next attempt. Returns the keys it changed.
  */
-export async function retryFailures(db: Db, reconciler: string, key: string | undefined): Promise<string[]> {
-  const { failures } = engineSchema();
-  const rows = await db
-    .update(failures)
-    .set({ attempts: 0, deadAt: null, nextAttemptAt: sql`now()` })
-    .where(and(eq(failures.reconciler, reconciler), key === undefined ? undefined : eq(failures.key, key)))
-    .returning({ key: failures.key });
+export async function retryFailures(db: Db, reconciler: string, target: FailureTarget): Promise<string[]> {
+  const rows = await queryRows<{ key: string }>(
+    db,
+    sql`UPDATE ${engineSchema().failures} SET attempts = 0, dead_at = NULL, next_attempt_at = now()
+        WHERE reconciler = ${reconciler} AND ${targetCondition(target)} RETURNING key`,
+  );
   return rows.map((r) => r.key);
 }
 
-/** `reconciler clear`: forgets failed items. If the scan still finds them, they start over as new. */
-export async function clearFailures(db: Db, reconciler: string, key: string | undefined): Promise<string[]> {
-  const { failures } = engineSchema();
-  const rows = await db
-    .delete(failures)
-    .where(and(eq(failures.reconciler, reconciler), key === undefined ? undefined : eq(failures.key, key)))
-    .returning({ key: failures.key });
+/** `clear`: forgets failed items. If the scan still finds them, they start over as new. Returns the keys it forgot. */
+export async function clearFailures(db: Db, reconciler: string, target: FailureTarget): Promise<string[]> {
+  const rows = await queryRows<{ key: string }>(db, sql`DELETE FROM ${engineSchema().failures} WHERE reconciler = ${reconciler} AND ${targetCondition(target)} RETURNING key`);
   return rows.map((r) => r.key);
 }

@@ -200,6 +200,8 @@ export interface FinishRequest {
   complete: boolean;
   durationMs: number;
   error: string | null;
+  /** The oldest `since(item)` among the items it found (staleness), when the reconciler defines `since`. */
+  oldestItemAt?: Date | null;
   /** A `run --key` pass: recorded in history, but not as the reconciler's last pass. */
   partial: boolean;
   /**
@@ -223,7 +225,8 @@ export async function finishAndRelease(db: Db, f: FinishRequest): Promise<number
     WITH run AS (
       UPDATE ${t.runs} SET status = ${f.status}, finished_at = now(), duration_ms = ${Math.round(f.durationMs)},
         found = ${c.found}, changed = ${c.changed}, unchanged = ${c.unchanged}, skipped = ${c.skipped},
-        failed = ${c.failed}, deferred = ${c.deferred}, dead = ${c.dead}, complete = ${f.complete}, error = ${f.error}
+        failed = ${c.failed}, deferred = ${c.deferred}, dead = ${c.dead}, complete = ${f.complete}, error = ${f.error},
+        oldest_item_at = ${f.oldestItemAt ? f.oldestItemAt.toISOString() : null}::timestamptz
       WHERE id = ${f.runId}
       RETURNING started_at
     ), forgotten AS (

@@ -17,15 +17,19 @@ export interface Replica {
   reconcilers: readonly string[];
 }
 
-/** Writes (or refreshes) this replica's row, valid for `ttlMs`; deletes rows long expired. */
-export async function heartbeat(db: Db, replica: Replica, ttlMs: number): Promise<void> {
+const textArray = (values: readonly string[]) => sql`ARRAY[${sql.join(values.map((v) => sql`${v}`), sql`, `)}]::text[]`;
+
+/**
+ * Writes (or refreshes) this replica's row, valid for `ttlMs`, with the notification channels
+ * its wake listener hears now; deletes rows long expired.
+ */
+export async function heartbeat(db: Db, replica: Replica, ttlMs: number, listening: readonly string[] = []): Promise<void> {
   const { replicas } = engineSchema();
-  const reconcilers = sql`ARRAY[${sql.join(replica.reconcilers.map((name) => sql`${name}`), sql`, `)}]::text[]`;
   await db.execute(sql`
     WITH gone AS (DELETE FROM ${replicas} WHERE ${replicas.expiresAt} < now() - interval '1 hour')
-    INSERT INTO ${replicas} (id, host, pid, reconcilers, expires_at)
-    VALUES (${replica.id}, ${replica.host}, ${replica.pid}, ${reconcilers}, now() + ${ttlMs} * interval '1 millisecond')
-    ON CONFLICT (id) DO UPDATE SET seen_at = now(), expires_at = excluded.expires_at, reconcilers = excluded.reconcilers`);
+    INSERT INTO ${replicas} (id, host, pid, reconcilers, listening, expires_at)
+    VALUES (${replica.id}, ${replica.host}, ${replica.pid}, ${textArray(replica.reconcilers)}, ${textArray(listening)}, now() + ${ttlMs} * interval '1 millisecond')
+    ON CONFLICT (id) DO UPDATE SET seen_at = now(), expires_at = excluded.expires_at, reconcilers = excluded.reconcilers, listening = excluded.listening`);
 }
 
 /**
@@ -60,4 +64,18 @@ export async function replicasByReconciler(db: Db): Promise<Map<string, number>>
     sql`SELECT r.name AS reconciler, count(*)::int AS n FROM ${replicas}, unnest(${replicas.reconcilers}) AS r(name) WHERE ${replicas.expiresAt} > now() GROUP BY r.name`,
   );
   return new Map(rows.map((row) => [row.reconciler, Number(row.n)]));
+}
+
+/** Per reconciler: whether a live replica that runs it listens on every one of its `channels` now. */
+export async function wakesListening(db: Db, wanted: ReadonlyMap<string, readonly string[]>): Promise<Map<string, boolean>> {
+  const { replicas } = engineSchema();
+  const rows = await queryRows<{ reconcilers: string[]; listening: string[] }>(
+    db,
+    sql`SELECT ${replicas.reconcilers} AS reconcilers, ${replicas.listening} AS listening FROM ${replicas} WHERE ${replicas.expiresAt} > now()`,
+  );
+  const out = new Map<string, boolean>();
+  for (const [name, channels] of wanted) {
+    out.set(name, rows.some((r) => r.reconcilers.includes(name) && channels.every((c) => r.listening.includes(c))));
+  }
+  return out;
 }

@@ -41,7 +41,7 @@ export function useTestDatabase(options: { resetEngineTables?: boolean; returns?
   });
   if (options.resetEngineTables) {
     beforeEach(async () => {
-      await handle.rows(sql`TRUNCATE reconciler.runs, reconciler.failures, reconciler.state`);
+      await handle.rows(sql`TRUNCATE reconciler.runs, reconciler.failures, reconciler.state, reconciler.audit`);
     });
   }
   return handle;

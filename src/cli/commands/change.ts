@@ -6,10 +6,9 @@
  */
 import { ExitCode, UserError } from '../../errors.js';
 import { clearItems, cliActor, retryItems, type Target } from '../../operator/actions.js';
-import { failingItems } from '../../operator/views.js';
 import { withContext } from '../../context.js';
-import { plural, printable, shellWord } from '../table.js';
-import { checkName, operatorContext } from './operating.js';
+import { printable, shellWord } from '../table.js';
+import { operatorContext } from './operating.js';
 
 export interface ChangeFlags {
   group?: string;
@@ -31,16 +30,10 @@ async function changeFailures(verb: 'retry' | 'clear', name: string, key: string
   const target = targetOf(verb, name, key, flags);
   if (flags.note !== undefined && flags.note.trim() === '') throw new UserError('--note is empty: say why, or leave --note out');
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
-    await checkName(context, name, async () => (await failingItems(context.database.db, { reconciler: name, limit: 1 })).total > 0);
-    const change = verb === 'retry' ? retryItems : clearItems;
-    const outcome = await change(operatorContext(context), cliActor(), name, target, flags.note);
-    const them = outcome.keys.length === 1 ? 'it' : 'them';
-    const runNow = `reconciler run ${name}${key !== undefined ? ` --key ${shellWord(key)}` : ''}`;
+    const outcome = await (verb === 'retry' ? retryItems : clearItems)(operatorContext(context), cliActor(), name, target, flags.note);
     const lines = [
-      `${name}: ${outcome.result}`,
-      verb === 'retry'
-        ? `${plural(outcome.keys.length, 'item')} due now with a fresh attempt budget; the next pass retries ${them} (or run now: ${runNow})`
-        : `${plural(outcome.keys.length, 'item')} forgotten; any the scan still finds start over as new`,
+      outcome.result,
+      ...(verb === 'retry' && outcome.keys.length > 0 ? [`or run now: reconciler run ${name}${key !== undefined ? ` --key ${shellWord(key)}` : ''}`] : []),
       `recorded in the audit log (entry ${outcome.auditId}): reconciler audit ${name}`,
     ];
     process.stdout.write(printable(`${lines.join('\n')}\n`));

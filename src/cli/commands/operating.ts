@@ -1,6 +1,7 @@
 /**
- * What the operator commands (`failures`, `retry`, `clear`, `act`, `audit`) share: the
- * operator layer's context from a command's, and the check of a reconciler's name.
+ * What the operator commands (`failures`, `audit`, `act`, `retry`, `clear`) share: the operator
+ * layer's context from a command's, and, for the read-only ones, the check of a reconciler's
+ * name (the actions check theirs in src/operator/actions.ts).
  */
 import { UserError } from '../../errors.js';
 import { formatLoadError } from '../../engine/load.js';
@@ -9,7 +10,7 @@ import type { CommandContext } from '../../context.js';
 import type { OperatorContext } from '../../operator/views.js';
 
 export function operatorContext(context: CommandContext): OperatorContext {
-  return { db: context.database.db, reconcilers: context.reconcilers, loadErrors: context.loadErrors };
+  return { db: context.database.db, reconcilers: context.reconcilers, loadErrors: context.loadErrors, log: context.log };
 }
 
 /**

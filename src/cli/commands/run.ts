@@ -106,7 +106,7 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
     if (flags.key !== undefined && !outcome.result.keyFound) {
       process.stderr.write(`reconciler: ${name}: the scan did not find an item with key ${JSON.stringify(flags.key)}: nothing needs doing for it (or the key is wrong)\n`);
     }
-    if (flags.key !== undefined && outcome.result.counts.dead > 0) {
+    if (flags.key !== undefined && outcome.result.counts.dead - (outcome.result.died ?? 0) > 0) {
       process.stderr.write(`reconciler: ${name}: item ${JSON.stringify(flags.key)} is dead and was not attempted; make it due with \`reconciler retry ${name} ${JSON.stringify(flags.key)}\` first\n`);
       exitCode = Math.max(exitCode, ExitCode.itemsFailed);
     }

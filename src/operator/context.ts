@@ -1,0 +1,22 @@
+/**
+ * What the operator's views and actions work on: the database and the loaded job files. The
+ * daemon's console, the standalone console and the CLI each build one from their own setup.
+ */
+import type { Logger } from 'pino';
+import type { Db, Reconciler } from '../reconciler.js';
+import type { LoadError } from '../engine/load.js';
+
+export interface OperatorContext {
+  db: Db;
+  reconcilers: readonly Reconciler[];
+  /** Job files that did not load: their names still have history and failures on record. */
+  loadErrors: readonly LoadError[];
+  /** For manual actions' own logs; silent when absent. */
+  log?: Logger;
+}
+
+/** A reconciler's manual actions, as people see them. */
+export function actionsOf(ctx: OperatorContext, reconciler: string): { name: string; description: string }[] {
+  const found = ctx.reconcilers.find((r) => r.name === reconciler);
+  return Object.entries(found?.actions ?? {}).map(([name, action]) => ({ name, description: action.description }));
+}
