@@ -65,6 +65,22 @@ async function failing(rows: [string, string, boolean][], reconciler = 'items'):
   }
 }
 
+/**
+ * History as the engine writes it when a scan throws: `orders` succeeded once, then broke twice
+ * (its job file's scan throws the same error); `items` failed on item-1, which is in failure memory.
+ */
+async function brokenPasses(): Promise<void> {
+  const error = 'relation "orders" does not exist: run the migrations';
+  await t.rows(sql`INSERT INTO reconciler.runs (reconciler, trigger, status, started_at, host, pid, error, complete) VALUES
+    ('orders', 'schedule', 'succeeded', now() - interval '20 minutes', 'host', 1, NULL, true),
+    ('orders', 'schedule', 'error', now() - interval '15 minutes', 'host', 1, ${error}, false),
+    ('orders', 'schedule', 'error', now() - interval '10 minutes', 'host', 1, ${error}, false),
+    ('items', 'schedule', 'failed', now() - interval '10 minutes', 'host', 1, NULL, true)`);
+  await t.rows(sql`INSERT INTO reconciler.state (reconciler, last_started_at, last_status) VALUES
+    ('orders', now() - interval '10 minutes', 'error'), ('items', now() - interval '10 minutes', 'failed')`);
+  await failing([['item-1', 'cannot reconcile item-1', false]]);
+}
+
 async function ok(args: string[], environment: Record<string, string>): Promise<string> {
   const result = await runCli(args, environment);
   expect(result.code, `${args.join(' ')}\nstdout: ${result.stdout}\nstderr: ${result.stderr}`).toBe(0);
@@ -76,7 +92,7 @@ async function ok(args: string[], environment: Record<string, string>): Promise<
 function expectOneLineError(result: CliResult, pattern: RegExp): void {
   expect(result.code, `stdout: ${result.stdout}\nstderr: ${result.stderr}`).toBe(2);
   expect(lines(result.stderr), result.stderr).toHaveLength(1);
-  expect(result.stderr).toMatch(pattern);
+  expect(lines(result.stderr)[0]).toMatch(pattern);
   expect(result.stdout).toBe('');
 }
 
@@ -118,7 +134,7 @@ describe('reconciler failures', () => {
     const [header, ...rest] = lines(out);
     expect(header).toMatch(/^GROUP\s+RECONCILER\s+ITEMS\s+DEAD\s+FIRST SEEN\s+LAST SEEN\s+SAMPLE KEYS\s+ERROR$/);
     expect(rest.find((l) => l.includes('card declined'))).toMatch(/^[0-9a-f]{10}\s+items\s+3\s+2\s/);
-    expect(rest.find((l) => l.includes('provider timeout'))).toMatch(/^[0-9a-f]{10}\s+items\s+2\s+0\s.*item-1, item-2/);
+    expect(rest.find((l) => l.includes('provider timeout'))).toMatch(/^[0-9a-f]{10}\s+items\s+2\s+0\s.*item-[12], item-[12]\s/);
     expect(out).toContain('reconciler retry <name> --group <id>');
 
     const json = JSON.parse(await ok(['failures', 'items', '--group', '--json', '--limit', '1'], e)) as { groups: { id: string; count: number }[]; total: number };
@@ -153,24 +169,15 @@ describe('reconciler failures', () => {
     expect(out).toMatch(/^items has no failure on record for key "item-9"/);
   });
 
-  it('lists the passes whose scan throws above the items, and list shows since when', async () => {
-    const e = env({ 'items.ts': tableJob({ failKeys: ['item-1'] }), 'orders.ts': BROKEN_SCAN });
-    for (let i = 0; i < 2; i++) expect((await runCli(['run', 'orders'], e)).code).not.toBe(0);
-    expect((await runCli(['run', 'items'], e)).code).toBe(1);
+  it('lists the passes whose scan throws above the items', async () => {
+    const e = env({ 'items.ts': tableJob(), 'orders.ts': BROKEN_SCAN });
+    await brokenPasses();
     const out = await ok(['failures'], e);
     const [first, ...rest] = lines(out);
     expect(first).toMatch(/^orders: pass failing since .+ ago \(2 passes\): relation "orders" does not exist: run the migrations$/);
     expect(rest.join('\n')).toMatch(/^items\s+item-1\s/m);
     const json = JSON.parse(await ok(['failures', '--json'], e)) as { passErrors: { reconciler: string; passes: number }[] };
     expect(json.passErrors).toEqual([expect.objectContaining({ reconciler: 'orders', passes: 2 })]);
-
-    const list = await ok(['list'], e);
-    expect(lines(list)[0]).toMatch(/\sLAST PASS\s+FAILING SINCE\s+RUNNING ON\s/);
-    expect(list).toMatch(/^orders\s.*error .* ago\)\s+\S+ ago \(2 passes\)\s/m);
-    expect(list).toMatch(/^items\s.*failed .* ago\)\s+-\s/m);
-    const listed = JSON.parse(await ok(['list', '--json'], e)) as { reconcilers: { name: string; failingSince: string | null }[] };
-    expect(listed.reconcilers.find((r) => r.name === 'orders')!.failingSince).toEqual(expect.any(String));
-    expect(listed.reconcilers.find((r) => r.name === 'items')!.failingSince).toBeNull();
   });
 
   it('never lets a key or an error steer the terminal', async () => {
@@ -184,6 +191,20 @@ describe('reconciler failures', () => {
   });
 });
 
+describe('reconciler list', () => {
+  it('shows since when the passes of a reconciler end in error', async () => {
+    const e = env({ 'items.ts': tableJob(), 'orders.ts': BROKEN_SCAN });
+    await brokenPasses();
+    const list = await ok(['list'], e);
+    expect(lines(list)[0]).toMatch(/\sLAST PASS\s+FAILING SINCE\s+RUNNING ON\s/);
+    expect(list).toMatch(/^orders\s.*error .* ago\)\s+\S+ ago \(2 passes\)\s/m);
+    expect(list).toMatch(/^items\s.*failed .* ago\)\s+-\s/m);
+    const listed = JSON.parse(await ok(['list', '--json'], e)) as { reconcilers: { name: string; failingSince: string | null }[] };
+    expect(listed.reconcilers.find((r) => r.name === 'orders')!.failingSince).toEqual(expect.any(String));
+    expect(listed.reconcilers.find((r) => r.name === 'items')!.failingSince).toBeNull();
+  });
+});
+
 describe('reconciler retry and clear', () => {
   it('retries one error group, clears all, and records both in the audit log with the CLI actor', async () => {
     const e = itemsEnv();
@@ -192,12 +213,12 @@ describe('reconciler retry and clear', () => {
     const timeout = groups.find((g) => g.error.includes('provider timeout'))!.id;
 
     const retried = await ok(['retry', 'items', '--group', timeout, '--note', 'provider is back'], e);
-    expect(retried).toMatch(/2 items due now/);
+    expect(retried).toMatch(/^2 item\(s\) of items due now with a fresh attempt budget/);
     expect(retried).toContain('reconciler audit items');
     expect(await t.rows(sql`SELECT key, dead_at IS NULL AS alive FROM reconciler.failures ORDER BY key`)).toEqual([
       { key: 'item-1', alive: true }, { key: 'item-2', alive: true }, { key: 'item-4', alive: false },
     ]);
-    expect(await ok(['clear', 'items', '--all'], e)).toMatch(/3 items forgotten/);
+    expect(await ok(['clear', 'items', '--all'], e)).toMatch(/^3 item\(s\) of items forgotten/);
     expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toEqual([]);
     expect(await auditRows()).toEqual([
       { actor: ACTOR, via: 'cli', action: 'retry', target: `group ${timeout}`, keys: ['item-1', 'item-2'], note: 'provider is back' },
@@ -205,13 +226,19 @@ describe('reconciler retry and clear', () => {
     ]);
   });
 
-  it('refuses two targets, no target, an unknown group and an empty note with one line and exit 2', async () => {
+  it('refuses two targets and no target with one line and exit 2', async () => {
     const e = itemsEnv();
     await failing([['item-1', 'card declined', false]]);
     expectOneLineError(await runCli(['retry', 'items', 'item-1', '--all'], e), /^reconciler: give one target: a key, --group <id> or --all, not a key and --all$/);
     expectOneLineError(await runCli(['clear', 'items', '--group', 'abcdef0123', '--all'], e), /not --group and --all/);
     expectOneLineError(await runCli(['retry', 'items'], e), /--group <id>.*--all/);
-    expectOneLineError(await runCli(['retry', 'items', '--group', '0000000000'], e), /0000000000/);
+    expect(await auditRows()).toEqual([]);
+  });
+
+  it('refuses an unknown group and an empty note with one line and exit 2, changing nothing', async () => {
+    const e = itemsEnv();
+    await failing([['item-1', 'card declined', false]]);
+    expectOneLineError(await runCli(['retry', 'items', '--group', '0000000000'], e), /items has no failing item for error group 0000000000/);
     expectOneLineError(await runCli(['clear', 'items', 'item-1', '--note', ' '], e), /--note is empty/);
     expect(await auditRows()).toEqual([]);
     expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toEqual([{ key: 'item-1' }]);
@@ -261,43 +288,67 @@ describe('reconciler act', () => {
 });
 
 describe('reconciler audit', () => {
-  it('shows the newest first, filters by reconciler and key, and says how many of how many', async () => {
+  /** Three records, oldest first, as retry and clear write them (their writing is tested above). */
+  async function threeRecords(): Promise<void> {
+    for (const [key, action, note] of [['item-1', 'retry', 'first'], ['item-2', 'retry', 'second'], ['item-1', 'clear', 'third']] as const) {
+      await t.rows(sql`INSERT INTO reconciler.audit (actor, via, reconciler, action, target, keys, note, result)
+                       VALUES (${ACTOR}, 'cli', 'items', ${action}, ${`key ${key}`}, ${`{${key}}`}::text[], ${note}, ${`1 item(s) of items: ${action}`})`);
+    }
+  }
+  const notes = (out: string) => lines(out).slice(1).filter((l) => !/ shown /.test(l)).map((l) => /\s(first|second|third)\s/.exec(l)?.[1]);
+
+  it('shows the newest first, filters by reconciler and key', async () => {
     const e = itemsEnv();
-    await failing([['item-1', 'card declined', true], ['item-2', 'card declined', true]]);
-    await ok(['retry', 'items', 'item-1', '--note', 'first'], e);
-    await ok(['retry', 'items', 'item-2', '--note', 'second'], e);
-    await ok(['clear', 'items', 'item-1', '--note', 'third'], e);
-    const notes = (out: string) => lines(out).slice(1).filter((l) => !/ shown /.test(l)).map((l) => /\s(first|second|third)\s/.exec(l)?.[1]);
+    await threeRecords();
     expect(notes(await ok(['audit'], e))).toEqual(['third', 'second', 'first']);
     expect(notes(await ok(['audit', 'items', '--key', 'item-1'], e))).toEqual(['third', 'first']);
+    expect(await ok(['audit', 'items', '--key', 'item-9'], e)).toMatch(/^no audit records for items, key "item-9"/);
+  });
+
+  it('says how many of how many it shows, and refuses an unknown reconciler', async () => {
+    const e = itemsEnv();
+    await threeRecords();
     const limited = await ok(['audit', '--limit', '1'], e);
     expect(notes(limited)).toEqual(['third']);
     expect(limited).toContain('1 of 3 shown (--limit 3 to see all)');
     const json = JSON.parse(await ok(['audit', '--json', '--limit', '2'], e)) as { entries: { note: string; actor: string }[]; total: number };
     expect(json).toMatchObject({ total: 3, entries: [{ note: 'third', actor: ACTOR }, { note: 'second' }] });
-    expect(await ok(['audit', 'items', '--key', 'item-9'], e)).toMatch(/^no audit records for items, key "item-9"/);
     expectOneLineError(await runCli(['audit', 'itms'], e), /unknown reconciler `itms`, did you mean `items`\?/);
   });
 });
 
 describe('reconciler history', () => {
-  it('has a partition column, filters by status, trigger and partition, and says how many of how many', async () => {
-    const e = env({ 'items.ts': tableJob({ failKeys: ['item-1'] }), 'parts.ts': tableJob({ partitions: 2, table: 'items' }) });
-    expect((await runCli(['run', 'items'], e)).code).toBe(1);
-    await ok(['run', 'parts'], e);
-    const out = await ok(['history'], e);
-    const [header, ...rows] = lines(out);
-    expect(header).toMatch(/^RUN\s+RECONCILER\s+PARTITION\s+TRIGGER\s+STATUS\s/);
-    expect(rows.map((r) => r.split(/\s+/).slice(1, 3))).toEqual([['parts', '1'], ['parts', '0'], ['items', '-']]);
-    expect(out).not.toMatch(/ shown /);
+  const historyEnv = () => env({ 'items.ts': tableJob(), 'parts.ts': tableJob({ partitions: 2 }) });
+  /** Passes as the engine records them: `items` (unpartitioned) failed, then both partitions of `parts` succeeded. */
+  async function passes(): Promise<void> {
+    await t.rows(sql`INSERT INTO reconciler.runs (reconciler, partition, trigger, status, host, pid, complete) VALUES
+      ('items', 0, 'manual', 'failed', 'host', 1, true), ('parts', 0, 'manual', 'succeeded', 'host', 1, true), ('parts', 1, 'manual', 'succeeded', 'host', 1, true)`);
+  }
+  const columns = (out: string) => lines(out).slice(1).filter((l) => !/ shown /.test(l)).map((r) => r.split(/\s+/).slice(1, 3));
 
-    expect(lines(await ok(['history', '--partition', '1'], e)).slice(1).map((r) => r.split(/\s+/).slice(1, 3))).toEqual([['parts', '1']]);
-    expect(lines(await ok(['history', '--status', 'failed'], e)).slice(1).map((r) => r.split(/\s+/)[1])).toEqual(['items']);
-    expect(lines(await ok(['history', '--trigger', 'schedule'], e))).toEqual(['no passes recorded that match']);
+  it('has a partition column, and says how many of how many it shows', async () => {
+    const e = historyEnv();
+    await passes();
+    const out = await ok(['history'], e);
+    expect(lines(out)[0]).toMatch(/^RUN\s+RECONCILER\s+PARTITION\s+TRIGGER\s+STATUS\s/);
+    expect(columns(out)).toEqual([['parts', '1'], ['parts', '0'], ['items', '-']]);
+    expect(out).not.toMatch(/ shown /);
     const limited = await ok(['history', '--limit', '1'], e);
+    expect(columns(limited)).toEqual([['parts', '1']]);
     expect(limited).toContain('1 of 3 shown (--limit 3 to see all)');
     expect((JSON.parse(await ok(['history', '--json', '--limit', '1'], e)) as { total: number }).total).toBe(3);
+  });
 
+  it('filters by status, trigger and partition', async () => {
+    const e = historyEnv();
+    await passes();
+    expect(columns(await ok(['history', '--partition', '1'], e))).toEqual([['parts', '1']]);
+    expect(columns(await ok(['history', '--status', 'failed'], e))).toEqual([['items', '-']]);
+    expect(lines(await ok(['history', '--trigger', 'schedule'], e))).toEqual(['no passes recorded that match']);
+  });
+
+  it('refuses an unknown status or trigger, and a partition the reconciler does not have, with one line and exit 2', async () => {
+    const e = historyEnv();
     expectOneLineError(await runCli(['history', '--status', 'broken'], e), /^reconciler: unknown --status `broken` \(one of: running, succeeded, failed, error, aborted, abandoned\)$/);
     expectOneLineError(await runCli(['history', '--trigger', 'cron'], e), /one of: schedule, manual, startup, retry, wake, handover, handback/);
     expectOneLineError(await runCli(['history', 'parts', '--partition', '2'], e), /parts has partitions 0 to 1, not 2/);

@@ -46,7 +46,13 @@ export function ago(date: Date, now = new Date()): string {
 export function clip(text: string | null | undefined, head = 60, tail = 60): string {
   if (!text) return '';
   const flat = text.replace(/\s+/g, ' ').trim();
-  return flat.length > head + tail + 1 ? `${flat.slice(0, head).trimEnd()} … ${flat.slice(-tail).trimStart()}` : flat;
+  if (flat.length <= head + tail + 3) return flat;
+  // Each end is cut at a space when one is near, so that no word shows half.
+  const start = flat.slice(0, head);
+  const end = flat.slice(-tail);
+  const startCut = start.lastIndexOf(' ');
+  const endCut = end.indexOf(' ');
+  return `${startCut > head - 15 ? start.slice(0, startCut) : start} … ${endCut >= 0 && endCut < 15 ? end.slice(endCut + 1) : end}`;
 }
 
 /**

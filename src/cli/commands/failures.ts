@@ -23,8 +23,10 @@ export async function failuresCommand(name: string | undefined, key: string | un
     if (name !== undefined) await checkName(context, name, async () => (await failingItems(db, { reconciler: name, limit: 1 })).total > 0);
     if (name !== undefined && key !== undefined) return itemCommand(context, name, key, flags);
     const broken = await passErrors(db, name);
-    if (flags.group) await printGroups(context, name, broken, flags);
-    else await printItems(context, name, broken, flags);
+    const filter = { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit };
+    const listing = flags.group ? groupListing(await failureGroups(db, filter)) : itemListing(await failingItems(db, filter));
+    if (flags.json) printJson({ passErrors: broken, ...listing.json });
+    else process.stdout.write(printable(describeListing(context, broken, listing, `no ${flags.dead ? 'dead' : 'failing'} items${name ? ` for ${name}` : ''}`)));
     return ExitCode.ok;
   });
 }
@@ -32,47 +34,50 @@ export async function failuresCommand(name: string | undefined, key: string | un
 /** `settle-returns partition 2: pass failing since 12m00s ago (5 passes): <error>`, one line per lane whose passes end in `error`. */
 export function passErrorLines(context: Pick<CommandContext, 'reconcilers'>, errors: readonly PassError[], now = new Date()): string {
   return errors
-    .map((e) => `${laneLabel(context, e.reconciler, e.partition)}: pass failing since ${ago(e.failingSince, now)} (${plural(e.passes, 'pass', 'passes')}): ${printable(clip(e.error, 100, 100))}\n`)
+    .map((e) => `${laneLabel(context, e.reconciler, e.partition)}: pass failing since ${ago(e.failingSince, now)} (${plural(e.passes, 'pass', 'passes')}): ${clip(e.error, 100, 100)}\n`)
     .join('');
 }
 
-async function printItems(context: CommandContext, name: string | undefined, broken: PassError[], flags: FailuresFlags): Promise<void> {
-  const { items, total } = await failingItems(context.database.db, { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit });
-  if (flags.json) {
-    printJson({ passErrors: broken, failures: items.map((r) => ({ ...r, dead: r.deadAt !== null })), total });
-    return;
-  }
-  const now = new Date();
-  process.stdout.write(passErrorLines(context, broken, now));
-  if (items.length === 0) {
-    process.stdout.write(`no ${flags.dead ? 'dead' : 'failing'} items${name ? ` for ${name}` : ''}\n`);
-    return;
-  }
-  if (broken.length > 0) process.stdout.write('\n');
-  const rows = items.map((r) => [r.reconciler, r.key, String(r.attempts), r.deadAt ? `dead ${when(r.deadAt, now)}` : `retry ${when(r.nextAttemptAt, now)}`, when(r.firstFailedAt, now), r.group, clip(r.lastError)]);
-  process.stdout.write(`${table(['RECONCILER', 'KEY', 'ATTEMPTS', 'STATE', 'FIRST FAILED', 'GROUP', 'LAST ERROR'], rows)}\n`);
-  process.stdout.write(shownOf(items.length, total));
-  process.stdout.write('the whole error of an item: reconciler failures <name> <key>; the items by error: reconciler failures --group\n');
+/** Failing items, or their groups, as `failures` prints them: a table, how many of how many, and what to do next. */
+interface Listing {
+  json: Record<string, unknown>;
+  total: number;
+  header: string[];
+  rows: string[][];
+  next: string;
 }
 
-async function printGroups(context: CommandContext, name: string | undefined, broken: PassError[], flags: FailuresFlags): Promise<void> {
-  const { groups, total } = await failureGroups(context.database.db, { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit });
-  if (flags.json) {
-    printJson({ passErrors: broken, groups, total });
-    return;
-  }
-  const now = new Date();
-  process.stdout.write(passErrorLines(context, broken, now));
-  if (groups.length === 0) {
-    process.stdout.write(`no ${flags.dead ? 'dead' : 'failing'} items${name ? ` for ${name}` : ''}\n`);
-    return;
-  }
-  if (broken.length > 0) process.stdout.write('\n');
-  const rows = groups.map((g) => [
-    g.id, g.reconciler, String(g.count), String(g.dead), when(g.firstSeen, now), when(g.lastSeen, now),
-    `${g.sampleKeys.slice(0, 3).join(', ')}${g.count > 3 ? ', …' : ''}`, clip(g.error),
-  ]);
-  process.stdout.write(`${table(['GROUP', 'RECONCILER', 'ITEMS', 'DEAD', 'FIRST SEEN', 'LAST SEEN', 'SAMPLE KEYS', 'ERROR'], rows)}\n`);
-  process.stdout.write(shownOf(groups.length, total));
-  process.stdout.write('act on a group: reconciler retry <name> --group <id> (or clear), with --note <why>; one item in full: reconciler failures <name> <key>\n');
+function describeListing(context: CommandContext, broken: readonly PassError[], listing: Listing, none: string): string {
+  const errors = passErrorLines(context, broken);
+  if (listing.rows.length === 0) return `${errors}${none}\n`;
+  return `${errors}${errors ? '\n' : ''}${table(listing.header, listing.rows)}\n${shownOf(listing.rows.length, listing.total)}${listing.next}\n`;
+}
+
+/** `dead <since>`, `retry <when>`, or `retry at the next pass` once its backoff is over. */
+function stateOf(r: { deadAt: Date | null; nextAttemptAt: Date }, now: Date): string {
+  if (r.deadAt) return `dead ${when(r.deadAt, now)}`;
+  return r.nextAttemptAt > now ? `retry ${when(r.nextAttemptAt, now)}` : 'retry at the next pass';
+}
+
+function itemListing({ items, total }: Awaited<ReturnType<typeof failingItems>>, now = new Date()): Listing {
+  return {
+    json: { failures: items.map((r) => ({ ...r, dead: r.deadAt !== null })), total },
+    total,
+    header: ['RECONCILER', 'KEY', 'ATTEMPTS', 'STATE', 'FIRST FAILED', 'GROUP', 'LAST ERROR'],
+    rows: items.map((r) => [r.reconciler, r.key, String(r.attempts), stateOf(r, now), when(r.firstFailedAt, now), r.group, clip(r.lastError)]),
+    next: 'the whole error of an item: reconciler failures <name> <key>; the items by error: reconciler failures --group',
+  };
+}
+
+function groupListing({ groups, total }: Awaited<ReturnType<typeof failureGroups>>, now = new Date()): Listing {
+  return {
+    json: { groups, total },
+    total,
+    header: ['GROUP', 'RECONCILER', 'ITEMS', 'DEAD', 'FIRST SEEN', 'LAST SEEN', 'SAMPLE KEYS', 'ERROR'],
+    rows: groups.map((g) => [
+      g.id, g.reconciler, String(g.count), String(g.dead), when(g.firstSeen, now), when(g.lastSeen, now),
+      `${g.sampleKeys.join(', ')}${g.count > g.sampleKeys.length ? ', …' : ''}`, clip(g.error),
+    ]),
+    next: 'act on a group: reconciler retry <name> --group <id> (or clear), with --note <why>; one item in full: reconciler failures <name> <key>',
+  };
 }

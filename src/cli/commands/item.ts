@@ -6,7 +6,7 @@
 import { ExitCode } from '../../errors.js';
 import { itemView, type ItemView } from '../../operator/views.js';
 import type { CommandContext } from '../../context.js';
-import { printJson, printable, shellWord, when } from '../table.js';
+import { printJson, printable, shellWord, table, when } from '../table.js';
 import { auditTable } from './audit.js';
 import { operatorContext } from './operating.js';
 
@@ -18,15 +18,18 @@ export async function itemCommand(context: CommandContext, name: string, key: st
   return ExitCode.ok;
 }
 
+const indent = (text: string) => text.replace(/^/gm, '  ');
+
 function describeItem(view: ItemView, now = new Date()): string {
   const { failure } = view;
-  const item = `${view.reconciler} ${shellWord(view.key)}`;
+  const key = view.key.replace(/[\n\r\t]/g, '\ufffd');
+  const item = `${view.reconciler} ${shellWord(key)}`;
   const out: string[] = [];
   if (!failure) {
     out.push(`${view.reconciler} has no failure on record for key ${JSON.stringify(view.key)}: it is not failing (or it was retried or cleared, or its scan no longer finds it)`);
   } else {
     out.push(
-      `${view.reconciler} ${view.key}`,
+      item,
       `  state         ${failure.deadAt ? `dead since ${when(failure.deadAt, now)}` : `in backoff, next attempt ${when(failure.nextAttemptAt, now)}`}`,
       `  attempts      ${failure.attempts}`,
       `  first failed  ${when(failure.firstFailedAt, now)}`,
@@ -34,16 +37,20 @@ function describeItem(view: ItemView, now = new Date()): string {
       `  error group   ${failure.group} (the items with the same error: reconciler failures ${view.reconciler} --group)`,
       '  error:',
       ...failure.lastError.split('\n').map((line) => `    ${line}`),
-      '',
-      'what you can do:',
-      `  reconciler retry ${item} --note <why>    due now, with a fresh attempt budget`,
-      `  reconciler clear ${item} --note <why>    forget its failure; the scan finds it again as new`,
     );
   }
-  const actions = view.actions.map((a) => `  reconciler act ${item} ${a.name} --note <why>    ${a.description}`);
-  if (actions.length > 0) out.push(...(failure ? [] : ['', 'manual actions:']), ...actions);
+  const actions = [
+    ...(failure
+      ? [
+          [`reconciler retry ${item} [--note <why>]`, 'due now, with a fresh attempt budget'],
+          [`reconciler clear ${item} [--note <why>]`, 'forget its failure; the scan finds it again as new'],
+        ]
+      : []),
+    ...view.actions.map((a) => [`reconciler act ${item} ${a.name} --note <why>`, a.description]),
+  ];
+  if (actions.length > 0) out.push('', failure ? 'what you can do:' : 'manual actions:', indent(table(['COMMAND', 'WHAT IT DOES'], actions)));
   out.push('');
-  out.push(view.audit.length === 0 ? 'no audit records for this item' : `audit records (reconciler audit ${view.reconciler} --key ${shellWord(view.key)}):`);
-  if (view.audit.length > 0) out.push(auditTable(view.audit, now));
+  out.push(view.audit.length === 0 ? 'no audit records for this item' : `audit records (reconciler audit ${view.reconciler} --key ${shellWord(key)}):`);
+  if (view.audit.length > 0) out.push(indent(auditTable(view.audit, now)));
   return `${out.join('\n')}\n`;
 }
