@@ -450,7 +450,7 @@ export default defineReconciler({ schedule: '0 0 1 1 *', scan: () => new Promise
 });
 
 describe('help and version', () => {
-  it.each(['', 'daemon', 'run', 'list', 'history', 'failures', 'retry', 'clear', 'migrate', 'config'])('prints usage and exits 0 for `reconciler %s --help`', async (command) => {
+  it.each(['', 'daemon', 'run', 'list', 'history', 'failures', 'retry', 'clear', 'act', 'audit', 'migrate', 'config'])('prints usage and exits 0 for `reconciler %s --help`', async (command) => {
     const result = await runCli(command ? [command, '--help'] : ['--help'], {});
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toContain('Usage');

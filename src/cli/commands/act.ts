@@ -8,6 +8,7 @@
 import { ExitCode, UserError } from '../../errors.js';
 import { cliActor, runManualAction } from '../../operator/actions.js';
 import { actionsOf } from '../../operator/context.js';
+import { formatLoadError } from '../../engine/load.js';
 import { withContext, type CommandContext } from '../../context.js';
 import { printable, shellWord, table } from '../table.js';
 import { checkName, operatorContext } from './operating.js';
@@ -25,6 +26,8 @@ export async function actCommand(name: string, key: string | undefined, action: 
   }
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
     if (key === undefined || action === undefined) {
+      const broken = context.loadErrors.find((e) => e.name === name);
+      if (broken) throw new UserError(`${name} did not load: its manual actions are unavailable until its job file loads: ${formatLoadError(broken)}`);
       await checkName(context, name, async () => false);
       process.stdout.write(printable(listActions(context, name)));
       return ExitCode.ok;

@@ -1,6 +1,7 @@
 /**
- * `reconciler list`: every reconciler with its schedule, next run, last pass, holder, backoff
- * and dead items, and how its scan reaches its rows (an index, or a whole table). A job file
+ * `reconciler list`: every reconciler with its schedule, next run, last pass, since when its
+ * passes end in `error` (the operator layer's `passErrors`), holder, backoff and dead items, and
+ * how its scan reaches its rows (an index, or a whole table). A job file
  * that did not load is a row too, with its problem: the command needs nothing a job file
  * needs, so it works whatever is wrong with one.
  */
