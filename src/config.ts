@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { durationText, parseDuration, parseWholeNumber } from './duration.js';
 import { UserError } from './errors.js';
 import { describeUrl } from './secrets.js';
+import { consoleTokens } from './console/tokens.js';
 import { DEFAULT_ENGINE_SCHEMA, engineSchemaProblem } from './store/schema.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -110,6 +111,10 @@ export const configSchema = z.object({
   DATABASE_POOL_SIZE: wholeNumber(2, 200, 'a whole number from 2 to 200', '10'),
   /** Wake-on-change: notifications within this window after the first start one pass, not one each. */
   WAKE_DEBOUNCE: duration('100ms', 0, 60_000),
+  /** The operator console at `/` of the operations endpoint (and `reconciler console`): `on` or `off`. */
+  CONSOLE: z.enum(['on', 'off'], { message: 'must be on or off' }).default('on'),
+  /** `name:token` pairs, comma-separated: who may act in the console. Unset: the console is read-only. */
+  CONSOLE_TOKENS: consoleTokens,
 });
 
 export type Config = z.output<typeof configSchema>;
@@ -136,6 +141,9 @@ function renamed(env: NodeJS.ProcessEnv): { env: NodeJS.ProcessEnv; from: Map<st
   return { env: out, from };
 }
 
+/** Variables whose value a message never shows: passwords, tokens. */
+const HIDDEN_VALUES = new Set(['DATABASE_URL', 'LISTEN_DATABASE_URL', 'CONSOLE_TOKENS']);
+
 /** Parses the environment; throws one UserError listing each bad variable on its own line. */
 export function loadConfig(given: NodeJS.ProcessEnv = process.env): Config {
   const { env, from } = renamed(given);
@@ -144,7 +152,7 @@ export function loadConfig(given: NodeJS.ProcessEnv = process.env): Config {
     const lines = result.error.issues.map((issue) => {
       const parsed = String(issue.path[0] ?? 'environment');
       const name = from.get(parsed) ?? parsed; // the variable the user set
-      const shown = name === 'DATABASE_URL' || name === 'LISTEN_DATABASE_URL' ? '' : env[name] === undefined ? '' : ` (got ${JSON.stringify(env[name])})`;
+      const shown = HIDDEN_VALUES.has(name) ? '' : env[name] === undefined ? '' : ` (got ${JSON.stringify(env[name])})`;
       return `invalid ${name}${shown}: ${issue.message}`;
     });
     throw new UserError(lines.join('\n'));
@@ -181,5 +189,7 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     DATABASE_POOL_SIZE: String(config.DATABASE_POOL_SIZE),
     DATABASE_QUERY_TIMEOUT: durationText(config.DATABASE_QUERY_TIMEOUT),
     WAKE_DEBOUNCE: durationText(config.WAKE_DEBOUNCE),
+    CONSOLE: config.CONSOLE,
+    CONSOLE_TOKENS: config.CONSOLE_TOKENS.length ? `${config.CONSOLE_TOKENS.map((t) => t.name).join(', ')} (tokens hidden)` : '(unset: the console is read-only)',
   };
 }

@@ -15,6 +15,8 @@ import { formatLoadError, describeLoadError } from './engine/load.js';
 import { readinessOf, type DaemonStatus } from './daemon/readiness.js';
 import { Services } from './daemon/services.js';
 import { settlesWithin } from './timeout.js';
+import { createConsoleHandler } from './console/server.js';
+import type { OperatorContext } from './operator/views.js';
 
 /** Shutdown ends within SHUTDOWN_TIMEOUT and this: recording the passes, closing the pools and the endpoint. */
 const SHUTDOWN_MARGIN_MS = 1_800;
@@ -64,8 +66,9 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
   try {
     const status: DaemonStatus = { database: undefined, scheduling: false, shuttingDown: false, broken: brokenFiles(loadErrors), reconcilers: reconcilers.length };
     let services: Services | undefined;
+    let consoleContext: OperatorContext | undefined; // the console's pages answer 503 until the database is open and migrated
     // The operations endpoint comes first: while the database is awaited, /healthz answers and /readyz says why it is not ready.
-    const ops = await startOperations(setup, status, () => services);
+    const ops = await startOperations(setup, status, () => services, () => consoleContext);
     const closeEarly = async () => {
       unwatchParent();
       await ops.close();
@@ -85,6 +88,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
       await closeEarly();
       throw error;
     });
+    consoleContext = { db: open.db, reconcilers, loadErrors, log };
     services = new Services(open, setup);
     await services.startPruning();
     if (config.STARTUP_JITTER > 0 && signals.received === 0) {
@@ -109,6 +113,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
     );
     const signal = await signals.first;
     status.shuttingDown = true; // readiness fails from now on
+    consoleContext = undefined; // the database closes soon: the console says so instead of failing
     unwatchParent();
     await shutDown(services, setup, signal, () => teardown?.());
     await ops.close();
@@ -132,8 +137,13 @@ function noReconcilers(jobsDir: string, broken: boolean): string {
     : `no reconcilers in ${jobsDir}: the daemon will idle (add a file there, see docs/writing-reconcilers.md)`;
 }
 
-/** /healthz, /readyz and /metrics, served from the start (metrics and liveness once the services run). */
-async function startOperations({ config, log }: Setup, status: DaemonStatus, services: () => Services | undefined): Promise<OpsServer> {
+/** /healthz, /readyz and /metrics, served from the start (metrics and liveness once the services run); the console at every other path. */
+async function startOperations(
+  { config, log }: Setup,
+  status: DaemonStatus,
+  services: () => Services | undefined,
+  consoleContext: () => OperatorContext | undefined,
+): Promise<OpsServer> {
   const ops = await startOpsServer({
     host: config.HTTP_HOST,
     port: config.HTTP_PORT,
@@ -145,11 +155,13 @@ async function startOperations({ config, log }: Setup, status: DaemonStatus, ser
       return metrics ? { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() } : { contentType: 'text/plain; version=0.0.4', body: '# the daemon is waiting for its database\n' };
     },
     readiness: readinessOf(status),
+    ...(config.CONSOLE === 'on' ? { console: createConsoleHandler({ log, tokens: config.CONSOLE_TOKENS, context: consoleContext }) } : {}),
   }).catch((error: unknown) => {
     const reason = (error as NodeJS.ErrnoException).code ?? coerceError(error).message;
     throw new UserError(`cannot serve the operations endpoint on ${config.HTTP_HOST}:${config.HTTP_PORT} (${reason}): set HTTP_PORT to a free port, or 0 for any`);
   });
-  log.info({ event: 'http:listening', url: ops.url }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics`);
+  const consoleNote = config.CONSOLE === 'off' ? 'the console is off (CONSOLE=off)' : `the console at ${ops.url}/ (${config.CONSOLE_TOKENS.length ? 'actions need sign-in' : 'read-only: set CONSOLE_TOKENS to allow actions'})`;
+  log.info({ event: 'http:listening', url: ops.url, console: config.CONSOLE === 'on' }, `operations endpoint on ${ops.url}: /healthz /readyz /metrics; ${consoleNote}`);
   return ops;
 }
 

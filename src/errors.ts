@@ -13,7 +13,8 @@ const TERMINAL = Symbol.for('reconciler.TerminalError');
 
 /**
  * Throw from `reconcile` to say "retrying will not help": the item is marked dead at
- * once and skipped until a person runs `reconciler retry` or `reconciler clear`.
+ * once and skipped until a person acts: `reconciler retry`, `reconciler clear`, or one of the
+ * reconciler's manual actions (`reconciler act`).
  * Any other thrown value means "retry later, with backoff".
  */
 export class TerminalError extends Error {

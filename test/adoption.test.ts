@@ -121,6 +121,7 @@ describe('an application of its own that installs reconciler', () => {
       { schema: 'public', name: 'customers' },
       { schema: 'public', name: 'invoices' },
       { schema: 'public', name: 'payments' },
+      { schema: 'reconciler', name: 'audit' },
       { schema: 'reconciler', name: 'failures' },
       { schema: 'reconciler', name: 'migrations' },
       { schema: 'reconciler', name: 'replicas' },

@@ -36,6 +36,17 @@ describe('defineReconciler', () => {
     expect(() => defineReconciler({ ...base, timezone: 'Europe/Berlin' })).not.toThrow();
   });
 
+  it('checks manual actions: kebab-case names, a description and a run function, nothing else', () => {
+    const run = async () => 'done';
+    expect(resolveReconciler('demo', 'jobs/demo.ts', defineReconciler(base)).actions).toEqual({});
+    expect(Object.keys(resolveReconciler('demo', 'jobs/demo.ts', defineReconciler({ ...base, actions: { 'settled-by-hand': { description: 'd', run } } })).actions)).toEqual(['settled-by-hand']);
+    expect(() => defineReconciler({ ...base, actions: [] as never })).toThrow('`actions` must be an object of manual actions by name');
+    expect(() => defineReconciler({ ...base, actions: { 'Settled By Hand': { description: 'd', run } } })).toThrow('`actions`: "Settled By Hand" is not an action name: use kebab-case');
+    expect(() => defineReconciler({ ...base, actions: { fix: { description: '', run } } })).toThrow('`actions.fix.description` must be a non-empty string');
+    expect(() => defineReconciler({ ...base, actions: { fix: { description: 'd', run: 'x' as never } } })).toThrow('`actions.fix.run` must be a function');
+    expect(() => defineReconciler({ ...base, actions: { fix: { description: 'd', run, confirm: true } as never } })).toThrow('unknown option `actions.fix.confirm`');
+  });
+
   it('rejects bad numbers and durations with the option named', () => {
     expect(() => defineReconciler({ ...base, concurrency: 0 })).toThrow('`concurrency` must be a whole number of at least 1, got 0');
     expect(() => defineReconciler({ ...base, timeout: 'soon' as never })).toThrow('`timeout`: "soon" is not a duration');

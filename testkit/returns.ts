@@ -4,7 +4,7 @@
  * run as a user runs them.
  */
 import { sql } from 'drizzle-orm';
-import type { SimulatorFaults, SimulatorStats, LedgerEntry } from '../examples/returns/src/simulator/server.js';
+import { NO_FAULTS, type SimulatorFaults, type SimulatorStats, type LedgerEntry } from '../examples/returns/src/simulator/server.js';
 import { createEmptyDatabase, databaseUrl, dropDatabase, type TestDatabase } from './database.js';
 import { REPO_ROOT } from './jobs.js';
 import { runCli, startProcess, type CliResult, type RunningProcess } from './processes.js';
@@ -125,4 +125,14 @@ export async function ledgerOf(t: TestDatabase, provider: Provider): Promise<Led
 export async function everySettlePartitionPassed(daemon: RunningProcess, timeoutMs = 60_000): Promise<void> {
   const ended = () => new Set(daemon.events('pass:finish', { reconciler: 'settle-returns' }).map((line) => line.partition));
   await daemon.waitFor(() => ended().size === 4, 'a pass of every settle-returns partition', timeoutMs);
+}
+
+/**
+ * A clean slate between tests of the returns domain: the engine's memory and the example's
+ * tables emptied (ids go on, so idempotency keys never repeat at a simulator that outlives the
+ * test), and the simulator's faults off.
+ */
+export async function resetReturns(t: TestDatabase, provider: Provider): Promise<void> {
+  await t.rows(sql`TRUNCATE reconciler.runs, reconciler.failures, reconciler.state, reconciler.audit, payments, return_items, returns, fix_items, fixes, customers CASCADE`);
+  await provider.setFaults(NO_FAULTS);
 }

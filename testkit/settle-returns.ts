@@ -6,9 +6,11 @@
  * - `settleReturns(variant)`: the definition itself, for an engine in this process (the benchmarks).
  * - `settleReturnsJobFile(variant, from)`: the source of a job file that does the same, for a
  *   daemon or CLI in its own process (the tests, the fault runs against a build).
+ * - `runSettleReturnsAction(db, action, key, who)`: one of its manual actions, in a transaction.
  */
 import { join } from 'node:path';
-import { defineReconciler, type ReconcilerDefinition } from '../src/reconciler.js';
+import type { Logger } from 'pino';
+import { defineReconciler, type Db, type ReconcilerDefinition } from '../src/reconciler.js';
 import shipped from '../examples/returns/jobs/settle-returns.js';
 import { settleReturn, type ReturnToSettle } from '../examples/returns/src/service.js';
 import type { PaymentProvider } from '../examples/returns/src/provider.js';
@@ -36,4 +38,15 @@ export function settleReturnsJobFile(options: SettleReturnsOptions = {}, from: S
 import shipped from ${JSON.stringify(from.jobFile)};
 export default defineReconciler({ ...shipped, ...${JSON.stringify(options)} });
 `;
+}
+
+/**
+ * Runs one of settle-returns' manual actions on `key` in a transaction of its own, as the
+ * operator layer does (without the audit row): its line, or its refusal thrown. A refusal rolls
+ * the transaction back.
+ */
+export async function runSettleReturnsAction(db: Db, action: string, key: string, who: { actor: string; note: string }, log: Logger): Promise<string | void> {
+  const manual = shipped.actions?.[action];
+  if (!manual) throw new Error(`settle-returns has no action ${JSON.stringify(action)}`);
+  return db.transaction((tx) => manual.run(key, { db: tx as unknown as Db, log, actor: who.actor, note: who.note, signal: AbortSignal.timeout(30_000) }));
 }

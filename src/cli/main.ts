@@ -124,6 +124,15 @@ function buildProgram(setExitCode: (code: number) => void): Command {
       .option('--partition <n>', 'only passes of this partition', wholeNumber),
   ).action(async (name: string | undefined, flags) => setExitCode(await (await import('./commands/history.js')).historyCommand(name, flags)));
   addOperatorCommands({ command, listing }, setExitCode);
+  command('console')
+    .description('serve the operator console on its own, against DATABASE_URL (read-only unless CONSOLE_TOKENS is set), until SIGTERM')
+    .option('--port <n>', 'port to listen on', (value: string) => {
+      const port = parseWholeNumber(value, 0, 65_535);
+      if (port === undefined) throw new InvalidArgumentError('expected a port number from 0 to 65535');
+      return port;
+    }, 8081)
+    .option('--host <address>', 'address to listen on (0.0.0.0 for every interface)', '127.0.0.1')
+    .action(async (flags) => setExitCode(await (await import('../console/standalone.js')).consoleCommand(flags)));
   command('migrate')
     .description('apply pending migrations of the engine schema (safe from several replicas at once; waits for the database)')
     .action(async () => setExitCode(await (await import('./commands/migrate.js')).migrateCommand()));

@@ -132,10 +132,12 @@ async function failed(scope: ItemScope, key: string, attempt: number, failure: E
   const retryAt = !dead && !dryRun ? new Date(Date.now() + delayMs) : undefined;
   // The first failure of a kind is a warning; the same again in this pass is summed up at its end.
   const level = dead ? 'error' : scope.failures.note(key, message) ? 'warn' : 'debug';
+  // What a person does next depends on the error (a retry cannot fix a decline): the item's page, or `failures <name> <key>`, lists the choices.
+  const waits = `waits for a person: \`reconciler failures ${reconciler.name} ${key}\` shows the error and the actions (retry, clear, manual)`;
   const next = dead
     ? terminal
-      ? 'dead (TerminalError): skipped until `reconciler retry`'
-      : `dead after ${attempts} attempt${attempts === 1 ? '' : 's'}: skipped until \`reconciler retry\``
+      ? `dead (TerminalError): ${waits}`
+      : `dead after ${attempts} attempt${attempts === 1 ? '' : 's'}: ${waits}`
     : `retry in ${formatDuration(delayMs)}${askedMs === undefined ? '' : askedMs > delayMs ? ` (its error asked for ${formatDuration(askedMs)}; retry.backoff.max caps the wait)` : ' (as its error asked)'}`;
   log[level]({ attempt: attempts, dead, error: message }, `failed: ${errorSummary(failure, 300)}; ${dryRun ? 'dry run, not recorded' : next}`);
   scope.events.emit('item:failed', { reconciler: reconciler.name, key, error: failure, attempt: attempts, dead, dryRun });

@@ -1,9 +1,9 @@
 /**
  * The daemon's operations endpoint: `/healthz` (alive: event loop not stalled, and making progress), `/readyz`
  * (database reachable, migrations applied, job files loaded, not shutting down) and
- * `/metrics` (Prometheus text format).
+ * `/metrics` (Prometheus text format). Every other path is the operator console's (src/console/server.ts).
  */
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
 import { coerceError, errorSummary } from '../errors.js';
@@ -24,7 +24,11 @@ export interface OpsServerOptions {
   /** Whether the daemon makes progress (see liveness.ts); /healthz fails with its reason when it does not. */
   liveness?: () => { ok: boolean; reason?: string };
   metrics: () => Promise<{ contentType: string; body: string }>;
+  /** The operator console, which answers every other path; none when CONSOLE=off. */
+  console?: (req: IncomingMessage, res: ServerResponse) => Promise<void>;
 }
+
+const OPS_PATHS = new Set(['/healthz', '/readyz', '/metrics']);
 
 export interface OpsServer {
   url: string;
@@ -45,12 +49,14 @@ export async function startOpsServer(options: OpsServerOptions): Promise<OpsServ
   lagTimer.unref();
 
   const server = createServer((req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
+    const path = (req.url ?? '/').split('?')[0] ?? '/';
     const reply = (status: number, body: string, type = 'application/json') => {
       res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
       res.end(body);
     };
     const handle = async () => {
+      if (!OPS_PATHS.has(path) && options.console) return options.console(req, res);
+      if (!OPS_PATHS.has(path)) return reply(404, JSON.stringify({ error: 'not found: the console is off (CONSOLE=off); try /healthz, /readyz or /metrics' }));
       if (req.method !== 'GET' && req.method !== 'HEAD') return reply(405, JSON.stringify({ error: 'GET only' }));
       if (path === '/healthz') {
         const progress = options.liveness?.() ?? { ok: true };
@@ -72,7 +78,6 @@ export async function startOpsServer(options: OpsServerOptions): Promise<OpsServ
         const { contentType, body } = await options.metrics();
         return reply(200, body, contentType);
       }
-      return reply(404, JSON.stringify({ error: 'not found: try /healthz, /readyz or /metrics' }));
     };
     handle().catch((error: unknown) => {
       options.log.warn({ err: coerceError(error), path }, 'operations endpoint: request failed');

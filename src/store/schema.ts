@@ -103,7 +103,7 @@ function failuresTable(schema: EngineSchema) {
       firstFailedAt: ts('first_failed_at').notNull().default(sql`now()`),
       lastFailedAt: ts('last_failed_at').notNull().default(sql`now()`),
       nextAttemptAt: ts('next_attempt_at').notNull(),
-      /** Set when attempts ran out or a TerminalError was thrown: skipped until `retry` or `clear`. */
+      /** Set when attempts ran out or a TerminalError was thrown: skipped until `retry` or `clear` (or a manual action makes the scan stop finding it). */
       deadAt: ts('dead_at'),
       lastSeenAt: ts('last_seen_at').notNull().default(sql`now()`),
     },

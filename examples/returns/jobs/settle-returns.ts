@@ -13,11 +13,15 @@
  * from the return before it calls the provider, and completes that same intent on every
  * later attempt; the provider applies one effect per key. See ../src/service.ts.
  *
+ * Manual action: `settled-by-hand` records a return whose money a person settled outside the
+ * provider (a declined refund paid by phone), with no provider call; see ../src/by-hand.ts.
+ *
  * Importing this file needs no configuration: the provider is configured (PAYMENT_PROVIDER_URL,
  * PAYMENT_PROVIDER_KEY) when an item first needs it.
  */
 import { defineReconciler } from 'reconciler';
 import { paymentProviderFromEnv } from '../src/provider.js';
+import { settledByHand } from '../src/by-hand.js';
 import { findReturnsToSettle, settleReturn, type ReturnToSettle } from '../src/service.js';
 
 export default defineReconciler<ReturnToSettle>({
@@ -32,4 +36,5 @@ export default defineReconciler<ReturnToSettle>({
   key: (ret) => `return:${ret.id}`,
   since: (ret) => ret.receivedAt,
   reconcile: (ret, ctx) => settleReturn(ret.id, ctx, paymentProviderFromEnv),
+  actions: { 'settled-by-hand': settledByHand },
 });

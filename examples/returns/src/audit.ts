@@ -29,6 +29,8 @@ export interface SettlementAudit {
   /** Effects whose amount, kind or key differ from the payment intent, or intents marked succeeded without their effect. */
   disagreements: number;
   declined: number;
+  /** Returns a person settled by hand (settled-by-hand: their intent declined or never sent): no effect, and none missing. */
+  settledByHand: number;
   /** Returns still unsettled (other than declined ones). */
   unsettled: number;
   /** The most idempotency keys seen for one return at the provider (1 is right). */
@@ -43,16 +45,16 @@ export async function auditSettlement(db: Db, ledger: readonly ProviderEffect[])
                   FROM fix_items fi LEFT JOIN return_items ri ON ri.fix_item_id = fi.id AND ri.return_id = r.id WHERE fi.fix_id = f.id) AS items
         FROM returns r JOIN fixes f ON f.id = r.fix_id`,
   );
-  const payments = await queryRows<{ return_id: number; kind: string; amount_cents: number; idempotency_key: string; state: string; provider_ref: string | null }>(
+  const payments = await queryRows<{ return_id: number; kind: string; amount_cents: number; idempotency_key: string; state: string; provider_ref: string | null; resolved: boolean }>(
     db,
-    sql`SELECT return_id, kind, amount_cents, idempotency_key, state, provider_ref FROM payments`,
+    sql`SELECT return_id, kind, amount_cents, idempotency_key, state, provider_ref, resolved_at IS NOT NULL AS resolved FROM payments`,
   );
   const paymentOf = new Map(payments.map((p) => [String(p.return_id), p]));
   const ids = new Set(returns.map((r) => String(r.id)));
   const effectsOf = new Map<string, ProviderEffect[]>();
   for (const effect of ledger) if (ids.has(effect.returnId)) effectsOf.set(effect.returnId, [...(effectsOf.get(effect.returnId) ?? []), effect]);
 
-  const audit: SettlementAudit = { returns: returns.length, needingEffect: 0, effects: 0, duplicates: 0, missing: 0, disagreements: 0, declined: 0, unsettled: 0, maxKeysPerReturn: 0 };
+  const audit: SettlementAudit = { returns: returns.length, needingEffect: 0, effects: 0, duplicates: 0, missing: 0, disagreements: 0, declined: 0, settledByHand: 0, unsettled: 0, maxKeysPerReturn: 0 };
   for (const ret of returns) {
     const key = String(ret.id);
     const effects = effectsOf.get(key) ?? [];
@@ -63,12 +65,13 @@ export async function auditSettlement(db: Db, ledger: readonly ProviderEffect[])
     if (effects.length > 1) audit.duplicates++;
     if (payment?.state === 'declined') audit.declined++;
     else if (!ret.settled) audit.unsettled++;
+    if (payment?.resolved) audit.settledByHand++;
     if (decision.kind === 'none') {
       if (effects.length > 0 || payment) audit.disagreements++;
       continue;
     }
     audit.needingEffect++;
-    if (effects.length === 0 && payment?.state !== 'declined') audit.missing++;
+    if (effects.length === 0 && payment?.state !== 'declined' && !payment?.resolved) audit.missing++;
     const effect = effects[0];
     if (effect && (!payment || payment.state !== 'succeeded' || effect.kind !== payment.kind || Number(effect.amount) !== Number(payment.amount_cents) || effect.idempotencyKey !== payment.idempotency_key || effect.id !== payment.provider_ref)) {
       audit.disagreements++;

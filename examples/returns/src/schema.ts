@@ -58,7 +58,7 @@ export const returns = pgTable(
     receivedAt: ts('received_at').notNull().default(sql`now()`),
     recordedBy: text('recorded_by').notNull().default('warehouse'),
     settledAt: ts('settled_at'),
-    /** charge | refund | none: what settling it took. */
+    /** charge | refund | none | by-hand: what settling it took (by-hand: a person, through the action settled-by-hand; see its payment's resolved_*). */
     settlement: text('settlement'),
   },
   (t) => [
@@ -111,6 +111,15 @@ export const payments = pgTable(
     createdAt: ts('created_at').notNull().default(sql`now()`),
     updatedAt: ts('updated_at').notNull().default(sql`now()`),
     settledAt: ts('settled_at'),
+    /**
+     * Resolved by a person (the action settled-by-hand): when, who (the audit log's actor) and
+     * why (their note). `state` stays what the provider said (declined, or pending if the key
+     * was never sent); a resolved intent is never sent again (the send is a compare-and-set on
+     * `resolved_at IS NULL`).
+     */
+    resolvedAt: ts('resolved_at'),
+    resolvedBy: text('resolved_by'),
+    resolutionNote: text('resolution_note'),
   },
   (t) => [
     uniqueIndex('payments_one_per_return').on(t.returnId),
@@ -119,5 +128,6 @@ export const payments = pgTable(
     check('payments_state', sql`${t.state} IN ('pending', 'succeeded', 'declined', 'unknown')`),
     check('payments_amount_positive', sql`${t.amountCents} > 0`),
     check('payments_succeeded_has_reference', sql`${t.state} <> 'succeeded' OR ${t.providerRef} IS NOT NULL`),
+    check('payments_resolved_by_someone', sql`(${t.resolvedAt} IS NULL) = (${t.resolvedBy} IS NULL)`),
   ],
 );

@@ -25,7 +25,7 @@ export interface ReturnToSettle {
 }
 
 /** Providers forget idempotency keys after about 24 hours; stop retrying an unknown intent well before. */
-const KEY_LIFETIME_HOURS = 20;
+export const KEY_LIFETIME_HOURS = 20;
 
 /**
  * settle-returns' key, `return:<id>` (see ../jobs/settle-returns.ts), as SQL over `returns.id`:
@@ -55,7 +55,7 @@ export async function findReturnsToSettle(db: Db, afterId: number, limit: number
   return rows.map((row) => ({ id: Number(row.id), receivedAt: new Date(Number(row.received_ms)) }));
 }
 
-interface ReturnState {
+export interface ReturnState {
   id: number;
   public_id: string;
   settled: boolean;
@@ -79,7 +79,7 @@ interface ReturnState {
   hours_since_first_send: number | null;
 }
 
-interface Intent {
+export interface Intent {
   id: number;
   kind: 'charge' | 'refund';
   amountCents: number;
@@ -94,7 +94,7 @@ interface Intent {
   hoursSinceFirstSend: number | null;
 }
 
-async function loadReturn(db: Db, returnId: number): Promise<ReturnState | undefined> {
+export async function loadReturn(db: Db, returnId: number): Promise<ReturnState | undefined> {
   const [row] = await queryRows<ReturnState>(
     db,
     sql`SELECT r.id, r.public_id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_cents, f.prepaid_cents,
@@ -112,7 +112,7 @@ async function loadReturn(db: Db, returnId: number): Promise<ReturnState | undef
   return row;
 }
 
-function intentOf(row: ReturnState): Intent | undefined {
+export function intentOf(row: ReturnState): Intent | undefined {
   if (row.payment_id === null) return undefined;
   return {
     id: Number(row.payment_id),
@@ -134,7 +134,7 @@ function intentOf(row: ReturnState): Intent | undefined {
  * already, that one wins. The key derives from the return's durable, globally unique
  * identity, so it never collides with another database's return of the same number.
  */
-async function ensureIntent(db: Db, row: ReturnState, kind: 'charge' | 'refund', amountCents: number, currency: string): Promise<Intent> {
+export async function ensureIntent(db: Db, row: ReturnState, kind: 'charge' | 'refund', amountCents: number, currency: string): Promise<Intent> {
   const key = `return:${row.public_id}:${kind}:v1`;
   await queryRows(
     db,
@@ -147,6 +147,11 @@ async function ensureIntent(db: Db, row: ReturnState, kind: 'charge' | 'refund',
   const intent = reloaded && intentOf(reloaded);
   if (!intent) throw new Error(`return ${row.id} was settled by someone else while its intent was being written; the next pass will see it`);
   return intent;
+}
+
+/** What a decline tells the operator to do: settle the money outside the provider, then record it with the action settled-by-hand. */
+export function settleByHandAdvice(returnId: number): string {
+  return `settle it by hand, then: reconciler act settle-returns return:${returnId} settled-by-hand --note "…"`;
 }
 
 /** Fault injection for the crash tests: RECONCILER_CRASH_AT=<point> kills this process with SIGKILL there. */
@@ -192,7 +197,7 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
     return (await recordOutcome(db, intent, returnId, intent.providerRef)) ? { outcome: 'changed', note: `return ${returnId} settled` } : 'unchanged';
   }
   if (intent.state === 'declined') {
-    throw new TerminalError(`declined: the ${intent.kind} of ${what}: ${intent.lastError ?? 'no reason given'}; settle it by hand, then mark the return settled`);
+    throw new TerminalError(`declined: the ${intent.kind} of ${what}: ${intent.lastError ?? 'no reason given'}; ${settleByHandAdvice(returnId)}`);
   }
   if (intent.hoursSinceFirstSend !== null && intent.hoursSinceFirstSend > KEY_LIFETIME_HOURS) {
     throw new TerminalError(
@@ -204,7 +209,17 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
 
   // (b) The call, outside any transaction, with the intent's key and frozen parameters.
   crashPoint('before-call');
-  await queryRows(db, sql`UPDATE payments SET attempts = attempts + 1, first_sent_at = coalesce(first_sent_at, now()), updated_at = now() WHERE id = ${intent.id}`);
+  // A compare-and-set, the fence against settled-by-hand (./by-hand.ts): that action locks the return, then
+  // resolves the intent only if it was never sent, so either it sees this stamp and refuses, or this finds the
+  // intent resolved (or the return settled) and sends nothing.
+  const sending = await queryRows(
+    db,
+    sql`UPDATE payments p SET attempts = p.attempts + 1, first_sent_at = coalesce(p.first_sent_at, now()), updated_at = now()
+        FROM returns r
+        WHERE p.id = ${intent.id} AND r.id = p.return_id AND r.settled_at IS NULL AND p.state IN ('pending', 'unknown') AND p.resolved_at IS NULL
+        RETURNING p.id`,
+  );
+  if (sending.length === 0) return { outcome: 'unchanged', note: `return ${returnId} was settled, or its ${intent.kind} resolved, by someone else meanwhile: nothing sent` };
   const request = { idempotencyKey: intent.idempotencyKey, amountCents: intent.amountCents, currency: intent.currency, customer: intent.customerRef, paymentMethod: intent.paymentMethod, returnId };
   let providerRef: string;
   try {
@@ -250,7 +265,7 @@ async function recordFailure(db: Db, intent: Intent, returnId: number, error: Pr
       sql`UPDATE payments SET state = 'declined', last_error = ${errorSummary(error, 500)}, updated_at = now()
           WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`,
     );
-    throw new TerminalError(`declined: the ${intent.kind} of ${what} (${error.message}); settle it by hand, then mark the return settled`);
+    throw new TerminalError(`declined: the ${intent.kind} of ${what} (${error.message}); ${settleByHandAdvice(returnId)}`);
   }
   // A request that cannot have reached the provider leaves the intent as it was: nothing happened there.
   const state = error.failure === 'retryable' && error.sent ? 'unknown' : intent.state;

@@ -1,0 +1,193 @@
+/**
+ * The console's pages: each page from hand-made read models (escaping of every string from the
+ * database, the CSP's rules: no inline script, style or handler; which action forms show to
+ * whom), and the routes of `renderPage` over a real database. The browser test runs them for real.
+ */
+import { describe, expect, it } from 'vitest';
+import { sql } from 'drizzle-orm';
+import { dayOfBuckets } from '../src/console/chart.js';
+import { html, raw } from '../src/console/html.js';
+import { auditPage } from '../src/console/pages/audit.js';
+import { asset, renderPage, renderSignIn, type PageRequest } from '../src/console/pages/index.js';
+import { itemPage } from '../src/console/pages/item.js';
+import { layout, type Viewer } from '../src/console/pages/layout.js';
+import type { AuditRow, FailingItem, LaneView, Overview } from '../src/console/pages/model.js';
+import { overviewPage } from '../src/console/pages/overview.js';
+import { reconcilerPage, type ReconcilerModel } from '../src/console/pages/reconciler.js';
+import { defineReconciler, resolveReconciler, type Reconciler } from '../src/reconciler.js';
+import { useTestDatabase } from './helpers/db.js';
+
+const XSS_KEY = '<script>window.__xss = true</script>';
+const XSS_ERROR = '<img src=x onerror="window.__xss = true">';
+const now = new Date();
+const minutesAgo = (m: number) => new Date(now.getTime() - m * 60_000);
+const counts = { found: 3, changed: 1, unchanged: 0, skipped: 0, failed: 2, deferred: 0, dead: 0 };
+const anonymous: Viewer = { session: null, actionsEnabled: true, returnTo: '/here?x=1', now };
+const readOnly: Viewer = { ...anonymous, actionsEnabled: false };
+const signedIn: Viewer = { ...anonymous, session: { name: 'alice', csrf: 'csrf-token-1' } };
+
+const job = (name: string, actions = {}) =>
+  resolveReconciler(name, `jobs/${name}.ts`, defineReconciler({ schedule: '*/5 * * * *', description: `finds ${name}`, retry: { maxAttempts: 3 }, actions, scan: async () => [], key: String, reconcile: async () => 'unchanged' })) as Reconciler;
+const exportsJob = job('exports', { 'settled-by-hand': { description: 'record a return settled outside', run: async () => undefined } });
+
+const failure: FailingItem = {
+  reconciler: 'exports', key: XSS_KEY, partition: 0, attempts: 3, lastError: `Error: ${XSS_ERROR}\n    at stack`, firstFailedAt: minutesAgo(60),
+  lastFailedAt: minutesAgo(5), nextAttemptAt: minutesAgo(5), deadAt: minutesAgo(5), lastSeenAt: minutesAgo(1), group: 'abcdef0123',
+};
+const auditEntry: AuditRow = { id: 1, at: minutesAgo(2), actor: 'alice', via: 'console', reconciler: 'exports', action: 'retry', target: 'all', keys: [XSS_KEY], note: `because ${XSS_ERROR}`, result: '1 item(s) due now' };
+
+const lane = (name: string, over: Partial<LaneView> = {}): LaneView => ({
+  reconciler: name, partition: 0, partitions: 1, schedule: '*/5 * * * *', timezone: 'UTC', nextRun: new Date(now.getTime() + 120_000),
+  lastPass: { id: 7, status: 'succeeded', trigger: 'schedule', startedAt: minutesAgo(3), durationMs: 1200, counts, complete: true, error: null },
+  running: null, stalenessMs: 90_000, backlog: 3, inBackoff: 0, dead: 0, wakes: null, failingSince: null, ...over,
+});
+const summary = (name: string, lanes: LaneView[], over = {}) => ({ name, description: name, file: `jobs/${name}.ts`, schedule: '* * * * *', timezone: 'UTC', partitions: 1, actions: [], inBackoff: 0, dead: 0, lanes, chart: [], ...over });
+
+const overviewModel: Overview = {
+  broken: [{ name: 'typo', file: 'jobs/typo.ts', error: `SyntaxError ${XSS_ERROR}` }],
+  reconcilers: [
+    summary('calm', [lane('calm')]),
+    summary('forgotten', [lane('forgotten', { lastPass: { id: 3, status: 'succeeded', trigger: 'schedule', startedAt: minutesAgo(180), durationMs: 10, counts, complete: true, error: null } })]),
+    summary('exports', [lane('exports', { dead: 1, failingSince: minutesAgo(30), lastPass: { id: 9, status: 'error', trigger: 'schedule', startedAt: minutesAgo(1), durationMs: 5, counts, complete: false, error: XSS_ERROR } })], {
+      dead: 1, chart: [{ start: new Date(Math.floor(now.getTime() / 900_000) * 900_000), passes: 2, found: 6, changed: 2, failed: 4, maxDurationMs: 900, avgDurationMs: 400 }],
+    }),
+  ],
+};
+
+const reconcilerModel: ReconcilerModel = {
+  reconciler: exportsJob,
+  passErrors: [{ reconciler: 'exports', partition: 0, failingSince: minutesAgo(30), lastAt: minutesAgo(1), passes: 6, error: XSS_ERROR }],
+  groups: { groups: [{ id: 'abcdef0123', reconciler: 'exports', error: XSS_ERROR, sample: failure.lastError, count: 1, dead: 1, firstSeen: minutesAgo(60), lastSeen: minutesAgo(5), sampleKeys: [XSS_KEY] }], total: 1 },
+  items: { items: [failure], total: 1 },
+  history: { runs: [], total: 0 },
+  filter: { dead: true },
+};
+const itemView = { reconciler: 'exports', key: XSS_KEY, failure, actions: [{ name: 'settled-by-hand', description: 'record a return settled outside' }], audit: [auditEntry] };
+
+/** A whole page, as the server sends it. */
+const full = (content: ReturnType<typeof overviewPage>, viewer: Viewer, query = '') => layout(content, viewer, new URLSearchParams(query), false);
+
+/** What the CSP forbids in the page itself: inline script, style attributes, event handlers (attribute values, escaped, left out). */
+function cspViolations(text: string): string[] {
+  const tags = [...text.matchAll(/<[a-z][^>]*>/gi)].map((m) => m[0].replace(/"[^"]*"/g, '""'));
+  return tags.filter((tag) => /^<script(?![^>]*\ssrc=)|^<img\b|\sstyle=|\son[a-z]+=|javascript:/i.test(tag));
+}
+
+describe('html', () => {
+  it('escapes every interpolation and keeps fragments', () => {
+    expect(html`<p title="${'"x" & <y>'}">${XSS_KEY}${html`<b>${'ok'}</b>`}${['a', 1, null, false]}</p>`.text).toBe(
+      '<p title="&quot;x&quot; &amp; &lt;y&gt;">&lt;script&gt;window.__xss = true&lt;/script&gt;<b>ok</b>a1</p>',
+    );
+    expect(html`${raw('<svg></svg>')}`.text).toBe('<svg></svg>');
+  });
+
+  it('the CSP check finds what it looks for (so that the checks below can fail)', () => {
+    expect(cspViolations('<p style="x">a</p><button onclick="x()">b</button><script>x</script><script src="/a.js"></script>')).toEqual(['<p style="">', '<button onclick="">', '<script>']);
+  });
+});
+
+describe('the pages', () => {
+  it('the overview puts what is stuck first and escapes every string from the database', () => {
+    const page = full(overviewPage(overviewModel, anonymous), anonymous);
+    expect(cspViolations(page)).toEqual([]);
+    expect(page).toContain('&lt;img src=x onerror=&quot;window.__xss = true&quot;&gt;');
+    expect(page).toContain('Needs attention');
+    expect(page).toContain('its job file <code>jobs/typo.ts</code> does not load');
+    expect(page).toMatch(/>forgotten<\/a>: no pass since <time[^>]*>3 h ago<\/time>, though it runs every 5 min/);
+    expect(page).not.toMatch(/>calm<\/a>: no pass since/);
+    expect(page.indexOf('>exports</a></th>')).toBeLessThan(page.indexOf('>calm</a></th>'));
+    expect(page).toMatch(/<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">3 min ago<\/time>/);
+    expect(page).toContain('<svg');
+    expect(page).toContain('<script src="/assets/console.js" defer></script>');
+  });
+
+  it('the reconciler page groups failures and escapes keys and errors', () => {
+    const page = full(reconcilerPage(reconcilerModel, signedIn), signedIn);
+    expect(cspViolations(page)).toEqual([]);
+    expect(page).toContain('failing since');
+    expect(page).toContain(`href="/reconcilers/exports/items/${encodeURIComponent(XSS_KEY)}"`);
+    expect(page).toContain('&lt;script&gt;window.__xss = true&lt;/script&gt;');
+    expect(page).toMatch(/name="scope" value="group"><input type="hidden" name="group" value="abcdef0123">/);
+    expect(page).toMatch(/value="all">[^]*?name="op" value="retry" data-confirm="Retry all 1 failing[^]*?name="op" value="clear" class="danger" data-confirm=/);
+  });
+
+  it('the item page shows the full error, the audit record, and action forms only to a signed-in person', () => {
+    const anon = full(itemPage(itemView, anonymous), anonymous);
+    expect(cspViolations(anon)).toEqual([]);
+    expect(anon).toContain('Sign in to act');
+    expect(anon).toContain('href="/sign-in?return_to=%2Fhere%3Fx%3D1"');
+    expect(anon).not.toContain('name="op"');
+    expect(anon).toContain('because &lt;img');
+    expect(full(itemPage(itemView, readOnly), readOnly)).toContain('Read-only (CONSOLE_TOKENS not set)');
+
+    const signed = full(itemPage(itemView, signedIn), signedIn, `done=${encodeURIComponent(XSS_KEY)}`);
+    expect(cspViolations(signed)).toEqual([]);
+    expect(signed).toContain('<p class="flash flash-ok" role="status">&lt;script&gt;');
+    expect(signed).toContain('name="csrf" value="csrf-token-1"');
+    expect(signed).toContain('name="return_to" value="/here?x=1"');
+    expect(signed).toContain('name="action" value="settled-by-hand"');
+    expect(signed).toMatch(/<textarea[^>]*name="note"[^>]*required/);
+    expect(signed).toMatch(/name="op" value="clear" class="danger" data-confirm="Forget the failure of &lt;script&gt;/);
+    expect(signed).toMatch(/<input type="text" name="note"/);
+  });
+
+  it('the audit page, and the sign-in page', () => {
+    const page = full(auditPage({ entries: [auditEntry], total: 1 }, undefined, anonymous), anonymous);
+    expect(cspViolations(page)).toEqual([]);
+    expect(page).toContain('because &lt;img');
+    const signIn = renderSignIn({ error: XSS_ERROR, returnTo: '/"><script>' });
+    expect(cspViolations(signIn)).toEqual([]);
+    expect(signIn).toContain('name="token"');
+    expect(signIn).toContain('value="/&quot;&gt;&lt;script&gt;"');
+  });
+
+  it('a chart spans the last 24 hours, with the empty buckets in place', () => {
+    const buckets = dayOfBuckets(overviewModel.reconcilers.find((r) => r.name === 'exports')!.chart, now);
+    expect(buckets).toHaveLength(96);
+    expect(buckets.at(-1)).toMatchObject({ passes: 2, failed: 4 });
+    expect(buckets.slice(0, -1).every((b) => b.passes === 0)).toBe(true);
+  });
+
+  it('serves its own assets and nothing else', () => {
+    expect(asset('/assets/console.js')?.contentType).toMatch(/javascript/);
+    expect(asset('/assets/console.css')?.body).toContain(':root');
+    expect(asset('/assets/nope.js')).toBeUndefined();
+    expect(asset('/assets/constructor')).toBeUndefined();
+  });
+});
+
+describe('renderPage over a database', () => {
+  const t = useTestDatabase();
+  const request = (path: string, over: Partial<PageRequest> = {}) => {
+    const [p, q] = path.split('?');
+    const ctx = { db: t.db, reconcilers: [job('calm'), exportsJob], loadErrors: [] };
+    return renderPage({ path: p!, query: new URLSearchParams(q ?? ''), session: null, actionsEnabled: true, ctx, fragment: false, ...over });
+  };
+
+  it('routes each page, and answers 404 or nothing for what is not there', async () => {
+    await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at) VALUES ('exports', ${XSS_KEY}, 3, ${XSS_ERROR}, now(), now())`);
+    const itemUrl = `/reconcilers/exports/items/${encodeURIComponent(XSS_KEY)}`;
+    for (const path of ['/', '/audit', '/audit?reconciler=exports', '/reconcilers/exports?dead=1&status=bogus', '/reconcilers/calm', itemUrl]) {
+      const page = await request(path);
+      expect(page?.status, path).toBe(200);
+      expect(cspViolations(page!.html), path).toEqual([]);
+      expect(page!.html, path).not.toContain(XSS_KEY);
+      expect(page!.html, path).not.toContain(XSS_ERROR);
+    }
+    expect((await request(itemUrl))!.html).toContain('<pre class="error full">&lt;img src=x');
+    expect((await request('/'))!.html).toContain('>exports</a>: 1 dead item, waiting for a person');
+    expect(await request('/nope')).toBeUndefined();
+    expect(await request('/reconcilers/exports/items/%E0%A4%A')).toBeUndefined();
+    const missing = (await request(`/reconcilers/${encodeURIComponent(XSS_KEY)}`))!;
+    expect(missing.status).toBe(404);
+    expect(missing.html).toContain('&lt;script&gt;');
+    expect((await request(`/reconcilers/nope/items/x`))!.status).toBe(404);
+  });
+
+  it('the live-update fragment is the inside of <main> only', async () => {
+    const fragment = (await request('/', { fragment: true }))!;
+    expect(fragment.html).not.toContain('<html');
+    expect(fragment.html.trimStart().startsWith('<h1>Overview</h1>')).toBe(true);
+    expect(fragment.html).toContain('exports');
+  });
+});
