@@ -31,6 +31,7 @@ const ACTIONS = `
       description: 'marks the item done by hand',
       run: async (key, ctx) => {
         if (key === 'item-3') throw new Error('item-3 is locked by the warehouse');
+        if (key === 'item-4') throw new Error('item-4 is \\u001b[31mred\\u001b[0m');
         await ctx.db.execute(sql\`UPDATE items SET done = true WHERE name = \${key}\`);
         return 'marked ' + key + ' done by hand';
       },
@@ -282,6 +283,7 @@ describe('reconciler act', () => {
     expectOneLineError(await runCli(['act', 'items', 'item-2', 'mark-dne', '--note', 'x'], e), /no manual action `mark-dne`, did you mean `mark-done`\?/);
     expectOneLineError(await runCli(['act', 'itms', 'item-2', 'mark-done', '--note', 'x'], e), /unknown reconciler `itms`, did you mean `items`\?/);
     expectOneLineError(await runCli(['act', 'items', 'item-3', 'mark-done', '--note', 'x'], e), /item-3 is locked by the warehouse/);
+    expectOneLineError(await runCli(['act', 'items', 'item-4', 'mark-done', '--note', 'x'], e), /^reconciler: items mark-done item-4: item-4 is \ufffd\[31mred\ufffd\[0m$/);
     expect(await auditRows()).toEqual([]);
     expect(await t.rows(sql`SELECT name FROM items WHERE done`)).toEqual([]);
   });

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ExitCode, UserError, coerceError, errorSummary } from '../errors.js';
 import { scrub } from '../secrets.js';
+import { printable } from './table.js';
 import { parseWholeNumber } from '../duration.js';
 import { STATUSES, TRIGGERS } from './commands/choices.js';
 // Each command's module (the engine, pg, drizzle, pino, prom-client) is imported when that
@@ -161,7 +162,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     const error = coerceError(thrown);
     if (error instanceof UserError) {
       // Indented lines (a syntax error's excerpt) belong to the line above them.
-      for (const line of error.message.split('\n')) process.stderr.write(`${line.startsWith('  ') ? '' : 'reconciler: '}${scrub(line)}\n`);
+      // A refusal may quote what a job file or the database said: no escape sequences reach the terminal.
+      for (const line of error.message.split('\n')) process.stderr.write(`${line.startsWith('  ') ? '' : 'reconciler: '}${printable(scrub(line))}\n`);
       return error.exitCode;
     }
     process.stderr.write(`reconciler: ${errorSummary(error, 500)}\n`);
