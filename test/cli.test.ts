@@ -103,8 +103,8 @@ describe('reconciler run', () => {
     const history = await runCli(['history'], env);
     expect(history.code, history.stderr).toBe(0);
     const [header, pass, ...rest] = lines(history.stdout);
-    expect(header).toMatch(/^RUN\s+RECONCILER\s+TRIGGER\s+STATUS/);
-    expect(pass).toMatch(/^\d+\s+items\s+manual\s+failed\s/);
+    expect(header).toMatch(/^RUN\s+RECONCILER\s+PARTITION\s+TRIGGER\s+STATUS/);
+    expect(pass).toMatch(/^\d+\s+items\s+-\s+manual\s+failed\s/);
     expect(rest).toEqual([]);
   });
 
@@ -269,7 +269,7 @@ describe('reconciler retry and clear', () => {
 
     const result = await runCli(['retry', 'items', 'item-2'], env);
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stdout).toMatch(/^items: 1 item\(s\) due now with a fresh attempt budget/);
+    expect(result.stdout).toMatch(/^1 item\(s\) of items due now with a fresh attempt budget/);
     const rows = await t.rows<{ key: string; attempts: number; due: boolean; dead: boolean }>(
       sql`SELECT key, attempts, next_attempt_at <= now() AS due, dead_at IS NOT NULL AS dead FROM reconciler.failures`,
     );
@@ -280,7 +280,7 @@ describe('reconciler retry and clear', () => {
     const { env } = await itemsJob(2, { failKeys: ['item-2'] });
     expect((await runCli(['run', 'items'], env)).code).toBe(1);
     const result = await runCli(['retry', 'items', 'no-such-key'], env);
-    expectOneLineError(result, /no failure on record for key "no-such-key"/);
+    expectOneLineError(result, /items has no failing item for key "no-such-key"/);
   });
 
   it('exits 2 with one line when given neither a key nor --all', async () => {
@@ -302,7 +302,7 @@ describe('reconciler retry and clear', () => {
     expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toHaveLength(2);
     const result = await runCli(['clear', 'items', '--all'], env);
     expect(result.code, result.stderr).toBe(0);
-    expect(result.stdout).toMatch(/^items: 2 item\(s\) forgotten/);
+    expect(result.stdout).toMatch(/^2 item\(s\) of items forgotten/);
     expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toEqual([]);
   });
 });
@@ -450,7 +450,7 @@ export default defineReconciler({ schedule: '0 0 1 1 *', scan: () => new Promise
 });
 
 describe('help and version', () => {
-  it.each(['', 'daemon', 'run', 'list', 'history', 'failures', 'retry', 'clear', 'migrate', 'config'])('prints usage and exits 0 for `reconciler %s --help`', async (command) => {
+  it.each(['', 'daemon', 'run', 'list', 'history', 'failures', 'retry', 'clear', 'act', 'audit', 'migrate', 'config'])('prints usage and exits 0 for `reconciler %s --help`', async (command) => {
     const result = await runCli(command ? [command, '--help'] : ['--help'], {});
     expect(result.code, result.stderr).toBe(0);
     expect(result.stdout).toContain('Usage');
@@ -552,7 +552,7 @@ describe('the embedded database', () => {
     expect(run.stdout).toMatch(/^items: pass \d+ succeeded in .+: 3 found, 3 changed/m);
     const history = await runCli(['history'], env, { timeoutMs: 90_000 });
     expect(history.code, history.stderr).toBe(0);
-    expect(lines(history.stdout)[1]).toMatch(/^\d+\s+items\s+manual\s+succeeded\s/);
+    expect(lines(history.stdout)[1]).toMatch(/^\d+\s+items\s+-\s+manual\s+succeeded\s/);
   });
 
   it('refuses a second process, naming the process that holds it', { timeout: 120_000 }, async () => {

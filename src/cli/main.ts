@@ -7,7 +7,9 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ExitCode, UserError, coerceError, errorSummary } from '../errors.js';
 import { scrub } from '../secrets.js';
+import { printable } from './table.js';
 import { parseWholeNumber } from '../duration.js';
+import { STATUSES, TRIGGERS } from './commands/choices.js';
 // Each command's module (the engine, pg, drizzle, pino, prom-client) is imported when that
 // command runs: `--help`, `--version` and a mistyped flag answer in a fraction of the time.
 
@@ -15,7 +17,7 @@ const EXIT_CODES = `
 Exit codes:
   0  ok
   1  the pass finished with failed items (or broke off)
-  2  usage, configuration, job file or database-connection error
+  2  usage, configuration, job file or database-connection error; an action refused
   3  the pass lease is held by another process (use --wait to wait)`;
 
 function version(): string {
@@ -39,6 +41,46 @@ function positiveInteger(value: string): number {
   const n = parseWholeNumber(value, 1);
   if (n === undefined) throw new InvalidArgumentError('expected a whole number of at least 1');
   return n;
+}
+
+/** How commands are added: `command` with the program's error output, `listing` for a list of rows (`[name]`, `--limit`, `--json`). */
+interface Builder {
+  command(name: string): Command;
+  listing(name: string, description: string, rows: string, limit: number, options?: (c: Command) => Command): Command;
+}
+
+/** What an operator does about failures: `failures`, `retry`, `clear`, `act`, `audit` (each through src/operator/). */
+function addOperatorCommands({ command, listing }: Builder, setExitCode: (code: number) => void): void {
+  listing('failures', 'show passes whose scan throws, then items that are failing (in backoff) or dead; with a key, that item in full', 'items (or groups)', 100, (c) =>
+    c
+      .argument('[key]', 'one item: its whole error, attempts, error group, manual actions and audit records')
+      .option('--group', 'one row per error (normalised), with how many items have it')
+      .option('--dead', 'only dead items'),
+  ).action(async (name: string | undefined, key: string | undefined, flags) => setExitCode(await (await import('./commands/failures.js')).failuresCommand(name, key, flags)));
+  const change = (verb: 'retry' | 'clear', description: string) =>
+    command(verb)
+      .description(`${description}; recorded in the audit log (\`reconciler audit\`)`)
+      .argument('<name>', 'reconciler name')
+      .argument('[key]', 'one item (see `reconciler failures`)')
+      .option('--group <id>', 'every item of one error group (see `reconciler failures --group`)')
+      .option('--all', 'every failed item of this reconciler')
+      .option('--note <text>', 'why, for the audit log')
+      .addHelpText('after', '\nGive exactly one target: a key, --group <id> or --all.');
+  change('retry', 'make failed or dead items due now, with a fresh attempt budget')
+    .action(async (name: string, key: string | undefined, flags) => setExitCode(await (await import('./commands/change.js')).retryCommand(name, key, flags)));
+  change('clear', "forget failed or dead items' failure records (the scan finds them again as new)")
+    .action(async (name: string, key: string | undefined, flags) => setExitCode(await (await import('./commands/change.js')).clearCommand(name, key, flags)));
+  command('act')
+    .description("run one of a reconciler's manual actions on one item, recorded in the audit log; without a key, list its actions")
+    .argument('<name>', 'reconciler name')
+    .argument('[key]', 'item key')
+    .argument('[action]', 'the manual action (see `reconciler act <name>`)')
+    .option('--note <text>', 'why (required to run an action), e.g. "refunded by phone, ticket 4411"')
+    .addHelpText('after', '\nExit codes: 0 done (or the list shown); 2 a usage error, an unknown reconciler or action, or the action refused (its reason on stderr).')
+    .action(async (name: string, key: string | undefined, action: string | undefined, flags) => setExitCode(await (await import('./commands/act.js')).actCommand(name, key, action, flags)));
+  listing('audit', 'show what people did (retry, clear, manual actions): who, when, on which items, why; newest first', 'entries', 50, (c) =>
+    c.option('--key <key>', 'only entries about this item'),
+  ).action(async (name: string | undefined, flags) => setExitCode(await (await import('./commands/audit.js')).auditCommand(name, flags)));
 }
 
 function buildProgram(setExitCode: (code: number) => void): Command {
@@ -73,25 +115,16 @@ function buildProgram(setExitCode: (code: number) => void): Command {
     .addHelpText('after', EXIT_CODES)
     .action(async (names: string[], flags) => setExitCode(await (await import('./commands/run.js')).runCommand(names, flags)));
   command('list')
-    .description('show each reconciler: schedule, next run, last pass, holder, items in backoff, dead items, whether its scan uses an index; job files that did not load, as rows')
+    .description('show each reconciler: schedule, next run, last pass, since when its passes fail, holder, items in backoff, dead items, whether its scan uses an index; job files that did not load, as rows')
     .option('--json', 'print JSON')
     .action(async (flags) => setExitCode(await (await import('./commands/list.js')).listCommand(flags)));
-  listing('history', 'show recent passes, newest first', 'passes', 50)
-    .action(async (name: string | undefined, flags) => setExitCode(await (await import('./commands/history.js')).historyCommand(name, flags)));
-  listing('failures', 'show items that are failing (in backoff) or dead', 'items', 100, (c) => c.option('--dead', 'only dead items'))
-    .action(async (name: string | undefined, flags) => setExitCode(await (await import('./commands/failures.js')).failuresCommand(name, flags)));
-  command('retry')
-    .description('make a failed or dead item due now, with a fresh attempt budget')
-    .argument('<name>', 'reconciler name')
-    .argument('[key]', 'item key (see `reconciler failures`)')
-    .option('--all', 'every failed item of this reconciler')
-    .action(async (name: string, key: string | undefined, flags) => setExitCode(await (await import('./commands/failures.js')).retryCommand(name, key, flags)));
-  command('clear')
-    .description("forget a failed or dead item's failure record")
-    .argument('<name>', 'reconciler name')
-    .argument('[key]', 'item key (see `reconciler failures`)')
-    .option('--all', 'every failed item of this reconciler')
-    .action(async (name: string, key: string | undefined, flags) => setExitCode(await (await import('./commands/failures.js')).clearCommand(name, key, flags)));
+  listing('history', 'show recent passes, newest first, with their partition; filtered by status, trigger or partition', 'passes', 50, (c) =>
+    c
+      .option('--status <status>', `only passes that ended so: ${STATUSES.join(', ')}`)
+      .option('--trigger <trigger>', `only passes started so: ${TRIGGERS.join(', ')}`)
+      .option('--partition <n>', 'only passes of this partition', wholeNumber),
+  ).action(async (name: string | undefined, flags) => setExitCode(await (await import('./commands/history.js')).historyCommand(name, flags)));
+  addOperatorCommands({ command, listing }, setExitCode);
   command('console')
     .description('serve the operator console on its own, against DATABASE_URL (read-only unless CONSOLE_TOKENS is set), until SIGTERM')
     .option('--port <n>', 'port to listen on', (value: string) => {
@@ -129,7 +162,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     const error = coerceError(thrown);
     if (error instanceof UserError) {
       // Indented lines (a syntax error's excerpt) belong to the line above them.
-      for (const line of error.message.split('\n')) process.stderr.write(`${line.startsWith('  ') ? '' : 'reconciler: '}${scrub(line)}\n`);
+      // A refusal may quote what a job file or the database said: no escape sequences reach the terminal.
+      for (const line of error.message.split('\n')) process.stderr.write(`${line.startsWith('  ') ? '' : 'reconciler: '}${printable(scrub(line))}\n`);
       return error.exitCode;
     }
     process.stderr.write(`reconciler: ${errorSummary(error, 500)}\n`);

@@ -1,67 +1,83 @@
 /**
- * Failure memory for people: `failures` shows failing and dead items; `retry` makes them
- * due now with a fresh attempt budget; `clear` forgets them.
+ * `reconciler failures`: what is failing. Passes whose scan throws come first (no item shows
+ * them), then the failing and dead items, or their error groups under `--group`. With a key,
+ * one item in full: see item.ts.
  */
-import { ExitCode, UserError, oneLine } from '../../errors.js';
-import { clearFailures, listFailures, retryFailures } from '../../store/failures.js';
-import { didYouMean } from '../../suggest.js';
-import { formatLoadError } from '../../engine/load.js';
+import { ExitCode } from '../../errors.js';
+import { failingItems, failureGroups, passErrors, type PassError } from '../../operator/views.js';
 import { withContext, type CommandContext } from '../../context.js';
-import { printJson, table, when } from '../table.js';
+import { ago, clip, plural, printJson, printable, shownOf, table, when } from '../table.js';
+import { checkName, laneLabel } from './operating.js';
+import { itemCommand } from './item.js';
 
-/** Names a person may use: loaded reconcilers, plus any that still have failures on record (a removed job file). */
-async function checkName(context: CommandContext, name: string): Promise<void> {
-  if (context.reconcilers.some((r) => r.name === name)) return;
-  const recorded = await listFailures(context.database.db, { reconciler: name, limit: 1 });
-  if (recorded.total > 0) return;
-  const broken = context.loadErrors.find((e) => e.name === name);
-  if (broken) throw new UserError(`${name} did not load, and has no failures on record: ${formatLoadError(broken)}`);
-  const known = context.reconcilers.map((r) => r.name);
-  throw new UserError(`unknown reconciler \`${name}\`${didYouMean(name, known) || (known.length ? ` (known: ${known.join(', ')})` : '')}`);
+export interface FailuresFlags {
+  dead?: boolean;
+  group?: boolean;
+  limit: number;
+  json?: boolean;
 }
 
-export async function failuresCommand(name: string | undefined, flags: { dead?: boolean; limit: number; json?: boolean }): Promise<number> {
+export async function failuresCommand(name: string | undefined, key: string | undefined, flags: FailuresFlags): Promise<number> {
   return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
-    if (name !== undefined) await checkName(context, name);
-    const { items: rows } = await listFailures(context.database.db, { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit });
-    if (flags.json) {
-      printJson({ failures: rows.map((r) => ({ ...r, dead: r.deadAt !== null })) });
-      return ExitCode.ok;
-    }
-    if (rows.length === 0) {
-      process.stdout.write(`no ${flags.dead ? 'dead' : 'failing'} items${name ? ` for ${name}` : ''}\n`);
-      return ExitCode.ok;
-    }
-    const now = new Date();
-    process.stdout.write(
-      `${table(
-        ['RECONCILER', 'KEY', 'ATTEMPTS', 'STATE', 'FIRST FAILED', 'LAST ERROR'],
-        rows.map((r) => [r.reconciler, r.key, String(r.attempts), r.deadAt ? 'dead' : `retry ${when(r.nextAttemptAt, now)}`, when(r.firstFailedAt, now), oneLine(r.lastError, 100)]),
-      )}\n`,
-    );
+    const db = context.database.db;
+    if (name !== undefined) await checkName(context, name, async () => (await failingItems(db, { reconciler: name, limit: 1 })).total > 0);
+    if (name !== undefined && key !== undefined) return itemCommand(context, name, key, flags);
+    const broken = await passErrors(db, name);
+    const filter = { ...(name !== undefined ? { reconciler: name } : {}), deadOnly: Boolean(flags.dead), limit: flags.limit };
+    const listing = flags.group ? groupListing(await failureGroups(db, filter)) : itemListing(await failingItems(db, filter));
+    if (flags.json) printJson({ passErrors: broken, ...listing.json });
+    else process.stdout.write(printable(describeListing(context, broken, listing, `no ${flags.dead ? 'dead' : 'failing'} items${name ? ` for ${name}` : ''}`)));
     return ExitCode.ok;
   });
 }
 
-async function changeFailures(verb: 'retry' | 'clear', name: string, key: string | undefined, flags: { all?: boolean }): Promise<number> {
-  if (key !== undefined && flags.all) throw new UserError(`give a key or --all, not both`);
-  if (key === undefined && !flags.all) throw new UserError(`name the item: \`reconciler ${verb} ${name} <key>\`, or pass --all for every failed item of ${name}`);
-  return withContext({ jobs: true, defaultLogLevel: 'warn' }, async (context) => {
-    await checkName(context, name);
-    const keys = await (verb === 'retry' ? retryFailures : clearFailures)(context.database.db, name, key === undefined ? { all: true } : { key });
-    if (key !== undefined && keys.length === 0) {
-      throw new UserError(`${name} has no failure on record for key ${JSON.stringify(key)} (see \`reconciler failures ${name}\`)`);
-    }
-    const them = keys.length === 1 ? 'it' : 'them';
-    const runNow = `reconciler run ${name}${key !== undefined ? ` --key ${JSON.stringify(key)}` : ''}`;
-    process.stdout.write(
-      verb === 'retry'
-        ? `${name}: ${keys.length} item(s) due now with a fresh attempt budget; the next pass retries ${them} (or run now: ${runNow})\n`
-        : `${name}: ${keys.length} item(s) forgotten; any the scan still finds start over as new\n`,
-    );
-    return ExitCode.ok;
-  });
+/** `settle-returns partition 2: pass failing since 12m00s ago (5 passes): <error>`, one line per lane whose passes end in `error`. */
+export function passErrorLines(context: Pick<CommandContext, 'reconcilers'>, errors: readonly PassError[], now = new Date()): string {
+  return errors
+    .map((e) => `${laneLabel(context, e.reconciler, e.partition)}: pass failing since ${ago(e.failingSince, now)} (${plural(e.passes, 'pass', 'passes')}): ${clip(e.error, 100, 100)}\n`)
+    .join('');
 }
 
-export const retryCommand = (name: string, key: string | undefined, flags: { all?: boolean }) => changeFailures('retry', name, key, flags);
-export const clearCommand = (name: string, key: string | undefined, flags: { all?: boolean }) => changeFailures('clear', name, key, flags);
+/** Failing items, or their groups, as `failures` prints them: a table, how many of how many, and what to do next. */
+interface Listing {
+  json: Record<string, unknown>;
+  total: number;
+  header: string[];
+  rows: string[][];
+  next: string;
+}
+
+function describeListing(context: CommandContext, broken: readonly PassError[], listing: Listing, none: string): string {
+  const errors = passErrorLines(context, broken);
+  if (listing.rows.length === 0) return `${errors}${none}\n`;
+  return `${errors}${errors ? '\n' : ''}${table(listing.header, listing.rows)}\n${shownOf(listing.rows.length, listing.total)}${listing.next}\n`;
+}
+
+/** `dead <since>`, `retry <when>`, or `retry at the next pass` once its backoff is over. */
+function stateOf(r: { deadAt: Date | null; nextAttemptAt: Date }, now: Date): string {
+  if (r.deadAt) return `dead ${when(r.deadAt, now)}`;
+  return r.nextAttemptAt > now ? `retry ${when(r.nextAttemptAt, now)}` : 'retry at the next pass';
+}
+
+function itemListing({ items, total }: Awaited<ReturnType<typeof failingItems>>, now = new Date()): Listing {
+  return {
+    json: { failures: items.map((r) => ({ ...r, dead: r.deadAt !== null })), total },
+    total,
+    header: ['RECONCILER', 'KEY', 'ATTEMPTS', 'STATE', 'FIRST FAILED', 'GROUP', 'LAST ERROR'],
+    rows: items.map((r) => [r.reconciler, r.key, String(r.attempts), stateOf(r, now), when(r.firstFailedAt, now), r.group, clip(r.lastError)]),
+    next: 'the whole error of an item: reconciler failures <name> <key>; the items by error: reconciler failures --group',
+  };
+}
+
+function groupListing({ groups, total }: Awaited<ReturnType<typeof failureGroups>>, now = new Date()): Listing {
+  return {
+    json: { groups, total },
+    total,
+    header: ['GROUP', 'RECONCILER', 'ITEMS', 'DEAD', 'FIRST SEEN', 'LAST SEEN', 'SAMPLE KEYS', 'ERROR'],
+    rows: groups.map((g) => [
+      g.id, g.reconciler, String(g.count), String(g.dead), when(g.firstSeen, now), when(g.lastSeen, now),
+      `${g.sampleKeys.join(', ')}${g.count > g.sampleKeys.length ? ', …' : ''}`, clip(g.error),
+    ]),
+    next: 'act on a group: reconciler retry <name> --group <id> (or clear), with --note <why>; one item in full: reconciler failures <name> <key>',
+  };
+}
