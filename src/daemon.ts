@@ -88,7 +88,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
       await closeEarly();
       throw error;
     });
-    consoleContext = { db: open.db, reconcilers, loadErrors, log };
+    consoleContext = { db: open.db, reconcilers, loadErrors, log, passSoon: (name) => services?.passSoon(name) };
     services = new Services(open, setup);
     await services.startPruning();
     if (config.STARTUP_JITTER > 0 && signals.received === 0) {

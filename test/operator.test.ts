@@ -167,6 +167,18 @@ describe('actions', () => {
     expect((await failingItems(t.db, { reconciler: 'payments', limit: 10 })).items.map((i) => i.key)).toEqual(['pay:2']);
   });
 
+  it("asks the daemon for an early pass after a change it committed (the console's context), and not after a refusal", async () => {
+    const r = payments(4, new Set());
+    await pass(engine(t.db, [r]), 'payments');
+    const asked: string[] = [];
+    const ctx = { ...context([r]), passSoon: (name: string) => asked.push(name) };
+    await retryItems(ctx, actor, 'payments', { key: 'pay:2' });
+    await runManualAction(ctx, actor, 'payments', 'pay:4', 'settled-by-hand', 'by phone');
+    await expect(runManualAction(ctx, actor, 'payments', 'pay:4', 'always-refuses', 'x')).rejects.toThrow();
+    await expect(clearItems(ctx, actor, 'payments', { key: 'pay:99' })).rejects.toThrow();
+    expect(asked).toEqual(['payments', 'payments']);
+  });
+
   it('refuses plainly, and records nothing, when the action is unknown, the note empty or the action throws', async () => {
     const r = payments(2, new Set());
     const ctx = context([r]);

@@ -53,6 +53,11 @@ export class Services {
     return this.#liveness;
   }
 
+  /** An early pass of `reconciler`, as a notification would start one (after a person's action in the console). */
+  passSoon(reconciler: string): void {
+    this.#scheduler.wake([reconciler]);
+  }
+
   /** Prunes history now and every hour from now on. */
   async startPruning(): Promise<void> {
     this.#pruneTimer = setInterval(() => void this.#prune(), PRUNE_EVERY_MS);

@@ -95,7 +95,13 @@ async function changeFailures(
     });
     ctx.log?.info({ event: 'operator:action', auditId, reconciler, action: verb, target: describeTarget(target), actor: actor.name, items: keys.length }, `${actor.name}: ${verb} ${describeTarget(target)}: ${result}`);
     return { keys, result, auditId };
-  });
+  }).then((outcome) => afterAction(ctx, reconciler, outcome));
+}
+
+/** Once the change is committed: an early pass, where a daemon runs one (see OperatorContext.passSoon). */
+function afterAction(ctx: OperatorContext, reconciler: string, outcome: ActionOutcome): ActionOutcome {
+  if (outcome.keys.length > 0 && ctx.reconcilers.some((r) => r.name === reconciler)) ctx.passSoon?.(reconciler);
+  return outcome;
 }
 
 /** Makes failing items due now with a fresh attempt budget, dead or not. */
@@ -142,7 +148,7 @@ export async function runManualAction(ctx: OperatorContext, actor: Actor, reconc
       const auditId = await recordAudit(tx as unknown as Db, { actor: actor.name, via: actor.via, reconciler, action: `act:${action}`, target: `key ${key}`, keys: [key], note: note.trim(), result });
       log.info({ event: 'operator:action', auditId }, `${actor.name} ran ${action} on ${reconciler} ${key}: ${result}`);
       return { keys: [key], result, auditId };
-    });
+    }).then((outcome) => afterAction(ctx, reconciler, outcome));
   } finally {
     clearTimeout(timer);
   }

@@ -13,6 +13,12 @@ export interface OperatorContext {
   loadErrors: readonly LoadError[];
   /** For manual actions' own logs; silent when absent. */
   log?: Logger;
+  /**
+   * Starts an early pass of the reconciler, when the context lives in a daemon (its console):
+   * after an action, so that a retried item is tried now and one resolved by hand leaves the
+   * failures at once, rather than at the next tick. Absent elsewhere (the CLI, `reconciler console`).
+   */
+  passSoon?: (reconciler: string) => void;
 }
 
 /** A reconciler's manual actions, as people see them. */
