@@ -10,7 +10,7 @@ import { didYouMean } from '../suggest.js';
 import { formatLoadError } from '../engine/load.js';
 import { recordAudit } from '../store/audit.js';
 import { GROUP_ID } from '../store/failure-groups.js';
-import { clearFailures, listFailures, retryFailures, type FailureTarget } from '../store/failures.js';
+import { clearFailures, describeTarget, listFailures, retryFailures, type FailureTarget } from '../store/failures.js';
 import type { Db } from '../reconciler.js';
 import type { OperatorContext } from './context.js';
 
@@ -56,7 +56,6 @@ export function cliActor(): Actor {
   return { name: `cli:${user}@${hostname()}`, via: 'cli' };
 }
 
-const describeTarget = (target: Target) => ('key' in target ? `key ${target.key}` : 'group' in target ? `group ${target.group}` : 'all');
 
 /** Names a person may act on: loaded reconcilers, and any that still have failures on record (a removed or broken job file). */
 async function checkReconciler(ctx: OperatorContext, name: string): Promise<void> {

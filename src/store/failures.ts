@@ -80,12 +80,24 @@ export async function forgetFailure(db: Db, reconciler: string, key: string): Pr
   await db.delete(failures).where(and(eq(failures.reconciler, reconciler), eq(failures.key, key)));
 }
 
-/** Which failing items an action aims at: one key, one error group (failure-groups.ts), or every one of a reconciler. */
-export type FailureTarget = { key: string } | { group: string } | { all: true };
+/**
+ * Which failing items an action aims at: one key, one error group (failure-groups.ts), or every
+ * one of a reconciler; `deadOnly` narrows a group or all to the dead items.
+ */
+export type FailureTarget = { key: string } | { group: string; deadOnly?: boolean } | { all: true; deadOnly?: boolean };
 
 function targetCondition(target: FailureTarget | undefined): SQL {
-  if (target === undefined || 'all' in target) return sql`true`;
-  return 'key' in target ? sql`key = ${target.key}` : sql`${errorGroupId()} = ${target.group}`;
+  if (target === undefined) return sql`true`;
+  if ('key' in target) return sql`key = ${target.key}`;
+  const dead = target.deadOnly ? sql`dead_at IS NOT NULL` : sql`true`;
+  return 'group' in target ? sql`${errorGroupId()} = ${target.group} AND ${dead}` : dead;
+}
+
+/** The target in a few words, for the audit log: `key k`, `group g`, `dead in group g`, `all`, `all dead`. */
+export function describeTarget(target: FailureTarget): string {
+  if ('key' in target) return `key ${target.key}`;
+  if ('group' in target) return `${target.deadOnly ? 'dead in ' : ''}group ${target.group}`;
+  return target.deadOnly ? 'all dead' : 'all';
 }
 
 /** Failing items (oldest failure first) with their error group, of one reconciler, group and key if given, and how many match in all. */
