@@ -131,7 +131,7 @@ describe('an application of its own that installs reconciler', () => {
     const functions = await t.rows<{ schema: string; name: string }>(sql`
       SELECT n.nspname AS schema, p.proname AS name FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
       WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2`);
-    expect(functions).toEqual([{ schema: 'reconciler', name: 'partition_of' }]);
+    expect(functions).toEqual([{ schema: 'reconciler', name: 'error_group' }, { schema: 'reconciler', name: 'normalised_error' }, { schema: 'reconciler', name: 'partition_of' }]);
   });
 
   it('keeps the engine in the schema RECONCILER_SCHEMA names', async () => {

@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import type { Engine } from '../src/engine/engine.js';
 import { TerminalError } from '../src/errors.js';
+import { registerSecret } from '../src/secrets.js';
 import type { Reconciler } from '../src/reconciler.js';
 import type { OperatorContext } from '../src/operator/context.js';
 import { ActionRefused, clearItems, retryItems, runManualAction, type Actor } from '../src/operator/actions.js';
@@ -47,11 +48,22 @@ function payments(n: number, done: Set<string>): Reconciler {
         },
       },
       'always-refuses': { description: 'refuses', run: async () => { throw new Error('the provider already confirmed it'); } },
+      'says-secret': { description: 'answers with a secret', run: async () => `done with ${CANARY}` },
+      slow: {
+        description: 'finishes after its signal aborted',
+        run: async (key, ctx) => {
+          await new Promise((resolve) => ctx.signal.addEventListener('abort', resolve, { once: true }));
+          await ctx.db.execute(sql`SELECT 1`);
+          return `${key} refunded by the bank`;
+        },
+      },
     },
   });
 }
 
 const context = (rs: Reconciler[]): OperatorContext => ({ db: t.db, reconcilers: rs, loadErrors: [] });
+const CANARY = 'sk_live_canary_operator_5f1e2d';
+registerSecret(CANARY);
 
 describe('views', () => {
   it('groups failures by normalised error, counts items that die in a pass as dead, and shows lanes with staleness', async () => {
@@ -82,7 +94,7 @@ describe('views', () => {
     const view = await overview(context([r]));
     const [summary] = view.reconcilers;
     expect(summary).toMatchObject({ name: 'payments', inBackoff: 1, dead: 4 });
-    expect(summary!.actions.map((a) => a.name)).toEqual(['settled-by-hand', 'always-refuses']);
+    expect(summary!.actions.map((a) => a.name)).toEqual(['settled-by-hand', 'always-refuses', 'says-secret', 'slow']);
     expect(summary!.lanes[0]).toMatchObject({ backlog: 8, inBackoff: 1, dead: 4, running: null, wakes: null, failingSince: null });
     expect(summary!.lanes[0]!.lastPass).toMatchObject({ status: 'failed', counts: { found: 8, dead: 4 } });
     expect(summary!.lanes[0]!.stalenessMs).toBeGreaterThanOrEqual(59_000);
@@ -184,9 +196,31 @@ describe('actions', () => {
     const ctx = context([r]);
     await expect(runManualAction(ctx, actor, 'payments', 'pay:2', 'settled-by-hnad', 'x')).rejects.toThrow(/no manual action `settled-by-hnad`, did you mean `settled-by-hand`/);
     await expect(runManualAction(ctx, actor, 'payments', 'pay:2', 'settled-by-hand', '  ')).rejects.toThrow(/a note is required/);
+    await expect(runManualAction(ctx, actor, 'payments', 'pay:2', 'constructor', 'x')).rejects.toThrow(/no manual action `constructor` \(its actions: settled-by-hand/);
     const refused = runManualAction(ctx, actor, 'payments', 'pay:2', 'always-refuses', 'try');
     await expect(refused).rejects.toBeInstanceOf(ActionRefused);
     await expect(refused).rejects.toThrow('payments always-refuses pay:2: the provider already confirmed it');
     expect((await auditLog(t.db, { limit: 10 })).total).toBe(0);
+  });
+
+  it('records an action that finishes after its time limit (what it did happened), and keeps secrets out of the record', async () => {
+    const r = payments(2, new Set());
+    const ctx = { ...context([r]), actionTimeoutMs: 50 };
+    const late = await runManualAction(ctx, actor, 'payments', 'pay:1', 'slow', 'bank transfer');
+    expect(late.result).toBe('pay:1 refunded by the bank (finished after its 50ms limit)');
+    const secret = await runManualAction(ctx, actor, 'payments', 'pay:1', 'says-secret', `pasted ${CANARY} by mistake`);
+    expect(secret.result).toBe('done with [redacted]');
+    const [record] = (await auditLog(t.db, { limit: 1 })).entries;
+    expect(record).toMatchObject({ result: 'done with [redacted]', note: 'pasted [redacted] by mistake' });
+  });
+
+  it('records nothing for `all` when nothing is failing, and narrows a group or all to dead items', async () => {
+    const r = payments(8, new Set());
+    const ctx = context([r]);
+    expect(await retryItems(ctx, actor, 'payments', { all: true })).toMatchObject({ keys: [], auditId: null });
+    await pass(engine(t.db, [r]), 'payments');
+    expect((await clearItems(ctx, actor, 'payments', { all: true, deadOnly: true })).keys.sort()).toEqual(['pay:2', 'pay:4', 'pay:6', 'pay:8']);
+    expect((await failingItems(t.db, { reconciler: 'payments', limit: 10 })).items.map((i) => i.key)).toEqual(['pay:7']);
+    expect((await auditLog(t.db, { limit: 10 })).entries.map((a) => a.target)).toEqual(['all dead']);
   });
 });

@@ -6,6 +6,8 @@
 import { hostname, userInfo } from 'node:os';
 import pino from 'pino';
 import { UserError, coerceError, errorSummary, oneLine } from '../errors.js';
+import { scrub } from '../secrets.js';
+import { formatDuration } from '../duration.js';
 import { didYouMean } from '../suggest.js';
 import { formatLoadError } from '../engine/load.js';
 import { recordAudit } from '../store/audit.js';
@@ -28,10 +30,14 @@ export interface ActionOutcome {
   keys: string[];
   /** One line for people, also in the audit record. */
   result: string;
-  auditId: number;
+  /** Its audit record; null when it changed nothing (`all` when no item was failing), which is not recorded. */
+  auditId: number | null;
 }
 
-/** How long a manual action may take before it is aborted (and rolled back). */
+/**
+ * How long a manual action may take before its `signal` aborts. An action that throws then is
+ * rolled back; one that finishes anyway is recorded, with a note that it was late.
+ */
 export const MANUAL_ACTION_TIMEOUT_MS = 30_000;
 
 /** An action refused, with a line for the operator: `notFound` when what it names does not exist (HTTP 404). */
@@ -85,12 +91,13 @@ async function changeFailures(
       const what = 'key' in target ? `key ${JSON.stringify(target.key)}` : `error group ${target.group}`;
       throw new ActionRefused(`${reconciler} has no failing item for ${what} (see \`reconciler failures ${reconciler}\`)`, true);
     }
+    if (keys.length === 0) return { keys, result: `${reconciler} has no ${'deadOnly' in target && target.deadOnly ? 'dead' : 'failing'} items: nothing to ${verb}`, auditId: null };
     const result =
       verb === 'retry'
         ? `${keys.length} item(s) of ${reconciler} due now with a fresh attempt budget; the next pass retries them`
         : `${keys.length} item(s) of ${reconciler} forgotten; any the scan still finds start over as new`;
     const auditId = await recordAudit(tx as unknown as Db, {
-      actor: actor.name, via: actor.via, reconciler, action: verb, target: describeTarget(target), keys, note: note?.trim() || null, result,
+      actor: actor.name, via: actor.via, reconciler, action: verb, target: describeTarget(target), keys, note: note?.trim() ? scrub(note.trim()) : null, result,
     });
     ctx.log?.info({ event: 'operator:action', auditId, reconciler, action: verb, target: describeTarget(target), actor: actor.name, items: keys.length }, `${actor.name}: ${verb} ${describeTarget(target)}: ${result}`);
     return { keys, result, auditId };
@@ -120,7 +127,7 @@ export async function runManualAction(ctx: OperatorContext, actor: Actor, reconc
     throw new ActionRefused(`${reconciler} did not load: its manual actions are unavailable until its job file loads`, true);
   }
   const names = Object.keys(r.actions);
-  const manual = r.actions[action];
+  const manual = Object.hasOwn(r.actions, action) ? r.actions[action] : undefined;
   if (!manual) {
     throw new ActionRefused(
       names.length === 0
@@ -133,7 +140,8 @@ export async function runManualAction(ctx: OperatorContext, actor: Actor, reconc
   if (note.trim() === '') throw new ActionRefused(`a note is required for ${action}: say why, in a few words (it goes into the audit log)`);
   const log = (ctx.log ?? pino({ level: 'silent' })).child({ reconciler, action, key, actor: actor.name });
   const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(new Error(`${action} did not finish within ${MANUAL_ACTION_TIMEOUT_MS / 1000}s`)), MANUAL_ACTION_TIMEOUT_MS);
+  const limitMs = ctx.actionTimeoutMs ?? MANUAL_ACTION_TIMEOUT_MS;
+  const timer = setTimeout(() => controller.abort(new Error(`${action} did not finish within ${formatDuration(limitMs)}`)), limitMs);
   try {
     return await ctx.db.transaction(async (tx) => {
       let said: string | void;
@@ -142,9 +150,10 @@ export async function runManualAction(ctx: OperatorContext, actor: Actor, reconc
       } catch (error) {
         throw new ActionRefused(`${reconciler} ${action} ${key}: ${errorSummary(coerceError(error), 500)}`);
       }
-      if (controller.signal.aborted) throw new ActionRefused(`${reconciler} ${action} ${key}: ${errorSummary(coerceError(controller.signal.reason), 300)}`);
-      const result = typeof said === 'string' && said.trim() !== '' ? oneLine(said, 500) : `${action} done on ${key}`;
-      const auditId = await recordAudit(tx as unknown as Db, { actor: actor.name, via: actor.via, reconciler, action: `act:${action}`, target: `key ${key}`, keys: [key], note: note.trim(), result });
+      // It finished: whatever it did outside the database happened, so it is recorded even when late (a rollback would invite a second one).
+      const late = controller.signal.aborted ? ` (finished after its ${formatDuration(limitMs)} limit)` : '';
+      const result = scrub(`${typeof said === 'string' && said.trim() !== '' ? oneLine(said, 500) : `${action} done on ${key}`}${late}`);
+      const auditId = await recordAudit(tx as unknown as Db, { actor: actor.name, via: actor.via, reconciler, action: `act:${action}`, target: `key ${key}`, keys: [key], note: scrub(note.trim()), result });
       log.info({ event: 'operator:action', auditId }, `${actor.name} ran ${action} on ${reconciler} ${key}: ${result}`);
       return { keys: [key], result, auditId };
     }).then((outcome) => afterAction(ctx, reconciler, outcome));

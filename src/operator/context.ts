@@ -20,6 +20,8 @@ export interface OperatorContext {
    * failures at once, rather than at the next tick. Absent elsewhere (the CLI, `reconciler console`).
    */
   passSoon?: (reconciler: string) => void;
+  /** How long a manual action runs before its `signal` aborts; default MANUAL_ACTION_TIMEOUT_MS (30 s). */
+  actionTimeoutMs?: number;
 }
 
 /** A reconciler's manual actions, as people see them. */

@@ -1,34 +1,14 @@
 /**
  * Failures by kind: items whose last errors differ only in ids, numbers and quoted values share
  * an error group ("declined: the refund of return N (\"…\")"), named by a short stable id. The
- * console and the CLI list groups, and retry or clear a whole group, through the one expression
- * below, so a group means the same everywhere.
+ * normalisation is one SQL function of the engine schema (`normalised_error`, migration 0003),
+ * and each failure row's group is a column PostgreSQL generates from its last error
+ * (`error_group`), so that listing groups and acting on one read an index, however many items fail.
  */
 import { sql, type SQL } from 'drizzle-orm';
 import type { Db } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { engineSchema } from './schema.js';
-
-/**
- * What varies between errors of one kind, replaced in this order: uuids, quoted values, any word
- * holding a digit (ids, amounts, counts, `ch_3Nx…`), then numbers with decimals (`N.N` → `N`).
- */
-const VARYING: readonly [pattern: string, replacement: string][] = [
-  ['[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '<id>'],
-  ['"[^"]*"', '"…"'],
-  ['\\m\\w*[0-9]\\w*\\M', 'N'],
-  ['N([.,]N)+', 'N'],
-];
-
-/** `last_error` normalised: what the items of one group share (the first 1,000 characters). */
-export function normalisedError(error: SQL = sql.raw('last_error')): SQL {
-  return VARYING.reduce<SQL>((text, [pattern, replacement]) => sql`regexp_replace(${text}, ${pattern}, ${replacement}, 'g')`, sql`left(${error}, 1000)`);
-}
-
-/** The group id of a failure row: 10 hex characters of the reconciler and normalised error. */
-export function errorGroupId(): SQL {
-  return sql`left(md5(reconciler || E'\\n' || ${normalisedError()}), 10)`;
-}
 
 /** True when `id` looks like a group id (before any query is spent on it). */
 export const GROUP_ID = /^[0-9a-f]{10}$/;
@@ -49,18 +29,40 @@ export interface FailureGroup {
   sampleKeys: string[];
 }
 
-/** Groups of failing items, biggest first, and how many groups there are in all. */
+interface GroupRow {
+  id: string;
+  reconciler: string;
+  error: string;
+  sample: string;
+  count: number;
+  dead: number;
+  first_seen: Date | string;
+  last_seen: Date | string;
+  sample_keys: string[];
+  total: number;
+}
+
+/**
+ * Groups of failing items, biggest first, and how many groups there are in all. One aggregate
+ * over the index, then the newest item of each group shown, by the group index.
+ */
 export async function failureGroups(db: Db, options: { reconciler?: string; deadOnly?: boolean; limit: number }): Promise<{ groups: FailureGroup[]; total: number }> {
-  const { failures } = engineSchema();
+  const t = engineSchema();
   const where = sql`${options.reconciler === undefined ? sql`true` : sql`reconciler = ${options.reconciler}`} AND ${options.deadOnly ? sql`dead_at IS NOT NULL` : sql`true`}`;
-  const rows = await queryRows<{ id: string; reconciler: string; error: string; sample: string; count: number; dead: number; first_seen: Date | string; last_seen: Date | string; sample_keys: string[]; total: number }>(
+  const newest = (columns: SQL, limit: number) =>
+    sql`SELECT ${columns} FROM ${t.failures} f WHERE f.reconciler = g.reconciler AND f.error_group = g.id AND ${where} ORDER BY f.last_failed_at DESC LIMIT ${limit}`;
+  const rows = await queryRows<GroupRow>(
     db,
-    sql`SELECT id, reconciler, min(normalised) AS error, (array_agg(last_error ORDER BY last_failed_at DESC))[1] AS sample,
-               count(*)::int AS count, count(*) FILTER (WHERE dead_at IS NOT NULL)::int AS dead,
-               min(first_failed_at) AS first_seen, max(last_failed_at) AS last_seen,
-               (array_agg(key ORDER BY last_failed_at DESC))[1:3] AS sample_keys, (count(*) OVER ())::int AS total
-        FROM (SELECT *, ${normalisedError()} AS normalised, ${errorGroupId()} AS id FROM ${failures} WHERE ${where}) f
-        GROUP BY reconciler, id ORDER BY count(*) DESC, max(last_failed_at) DESC LIMIT ${options.limit}`,
+    sql`WITH g AS (
+          SELECT reconciler, error_group AS id, count(*)::int AS count, count(*) FILTER (WHERE dead_at IS NOT NULL)::int AS dead,
+                 min(first_failed_at) AS first_seen, max(last_failed_at) AS last_seen, (count(*) OVER ())::int AS total
+          FROM ${t.failures} WHERE ${where}
+          GROUP BY reconciler, error_group ORDER BY count(*) DESC, max(last_failed_at) DESC LIMIT ${options.limit})
+        SELECT g.*, s.last_error AS sample, ${t.normalisedErrorOf}(s.last_error) AS error, k.keys AS sample_keys
+        FROM g
+        CROSS JOIN LATERAL (${newest(sql`f.last_error`, 1)}) s
+        CROSS JOIN LATERAL (SELECT array_agg(key) AS keys FROM (${newest(sql`f.key`, 3)}) x) k
+        ORDER BY g.count DESC, g.last_seen DESC`,
   );
   return {
     groups: rows.map((r) => ({

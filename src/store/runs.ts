@@ -1,5 +1,5 @@
 /** The `runs` table: the history of passes, for `reconciler history` and for operators. */
-import { and, desc, eq, getTableColumns, inArray, sql } from 'drizzle-orm';
+import { and, desc, eq, inArray, sql } from 'drizzle-orm';
 import type { Db } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { engineSchema, type runs } from './schema.js';
@@ -24,13 +24,10 @@ export async function listRuns(db: Db, filter: RunFilter): Promise<{ runs: RunRo
     filter.trigger === undefined ? undefined : eq(runs.trigger, filter.trigger),
     filter.partition === undefined ? undefined : eq(runs.partition, filter.partition),
   );
-  const rows = await db
-    .select({ ...getTableColumns(runs), total: sql<number>`(count(*) OVER ())::int` })
-    .from(runs)
-    .where(where)
-    .orderBy(desc(runs.id))
-    .limit(filter.limit);
-  return { runs: rows.map(({ total: _, ...run }) => run), total: Number(rows[0]?.total ?? 0) };
+  const rows = await db.select().from(runs).where(where).orderBy(desc(runs.id)).limit(filter.limit);
+  // Counted apart, so that the page is read newest first by the index, not sorted out of every match.
+  const total = rows.length < filter.limit ? rows.length : Number((await queryRows<{ n: number }>(db, sql`SELECT count(*)::int AS n FROM ${runs} WHERE ${where ?? sql`true`}`))[0]?.n ?? 0);
+  return { runs: rows, total };
 }
 
 /** A reconciler partition whose passes keep breaking (status `error`: the scan threw, the database went away). */
@@ -46,18 +43,26 @@ export interface PassError {
   error: string;
 }
 
-/** The partitions whose latest finished passes broke, with since when (as far as history goes). */
+/**
+ * The partitions whose latest finished pass broke (their state row says `error`), each with the
+ * run of errors since its last pass that did not break (as far as history goes). Only failing
+ * partitions are looked into, each by the history index.
+ */
 export async function passErrors(db: Db, reconciler?: string): Promise<PassError[]> {
-  const { runs } = engineSchema();
+  const { runs, state } = engineSchema();
   const rows = await queryRows<{ reconciler: string; partition: number; failing_since: string; last_at: string; passes: number; error: string | null }>(
     db,
-    sql`SELECT r.reconciler, r.partition, min(r.started_at) AS failing_since, max(r.started_at) AS last_at, count(*)::int AS passes,
-               (array_agg(r.error ORDER BY r.id DESC))[1] AS error
-        FROM ${runs} r
-        WHERE r.status = 'error' AND ${reconciler === undefined ? sql`true` : sql`r.reconciler = ${reconciler}`}
-          AND r.id > coalesce((SELECT max(o.id) FROM ${runs} o
-                               WHERE o.reconciler = r.reconciler AND o.partition = r.partition AND o.status IN ('succeeded', 'failed')), 0)
-        GROUP BY r.reconciler, r.partition ORDER BY r.reconciler, r.partition`,
+    sql`SELECT s.reconciler, s.partition, e.failing_since, e.last_at, e.passes, e.error
+        FROM ${state} s
+        CROSS JOIN LATERAL (
+          SELECT min(r.started_at) AS failing_since, max(r.started_at) AS last_at, count(*)::int AS passes,
+                 (array_agg(r.error ORDER BY r.id DESC))[1] AS error
+          FROM ${runs} r
+          WHERE r.reconciler = s.reconciler AND r.partition = s.partition AND r.status = 'error'
+            AND r.id > coalesce((SELECT max(o.id) FROM ${runs} o
+                                 WHERE o.reconciler = s.reconciler AND o.partition = s.partition AND o.status IN ('succeeded', 'failed')), 0)) e
+        WHERE s.last_status = 'error' AND e.passes > 0 AND ${reconciler === undefined ? sql`true` : sql`s.reconciler = ${reconciler}`}
+        ORDER BY s.reconciler, s.partition`,
   );
   return rows.map((r) => ({
     reconciler: r.reconciler, partition: Number(r.partition), failingSince: new Date(r.failing_since), lastAt: new Date(r.last_at),

@@ -106,8 +106,20 @@ function failuresTable(schema: EngineSchema) {
       /** Set when attempts ran out or a TerminalError was thrown: skipped until `retry` or `clear` (or a manual action makes the scan stop finding it). */
       deadAt: ts('dead_at'),
       lastSeenAt: ts('last_seen_at').notNull().default(sql`now()`),
+      /**
+       * The error group of `last_error` (see failure-groups.ts), kept by PostgreSQL itself (a
+       * generated column): grouping and acting on a group read an index, not a regular expression per row.
+       */
+      errorGroup: text('error_group')
+        .notNull()
+        .generatedAlwaysAs(sql`${sql.raw(`"${schema.schemaName}"`)}.error_group(reconciler, last_error)`),
     },
-    (t) => [primaryKey({ name: 'failures_pkey', columns: [t.reconciler, t.key] }), index('failures_by_seen').on(t.reconciler, t.partition, t.lastSeenAt)],
+    (t) => [
+      primaryKey({ name: 'failures_pkey', columns: [t.reconciler, t.key] }),
+      index('failures_by_seen').on(t.reconciler, t.partition, t.lastSeenAt),
+      index('failures_by_group').on(t.reconciler, t.errorGroup, t.lastFailedAt),
+      index('failures_by_failed').on(t.reconciler, t.lastFailedAt),
+    ],
   );
 }
 
@@ -182,6 +194,8 @@ export type EngineTables = ReturnType<typeof defineEngineTables> & {
   schema: string;
   /** `"<schema>".partition_of`: the SQL function behind partitioned scans. */
   partitionOf: SQL;
+  /** `"<schema>".normalised_error(error)`: what an error group's items share (failure-groups.ts). */
+  normalisedErrorOf: SQL;
   /** `"<schema>".runs` as text, for pg_get_serial_sequence(). */
   runsName: string;
   /**
@@ -202,6 +216,7 @@ function engineTables(schemaName: string): EngineTables {
     ...defineEngineTables(schemaName),
     schema: schemaName,
     partitionOf: sql.raw(`${quote(schemaName)}.partition_of`),
+    normalisedErrorOf: sql.raw(`${quote(schemaName)}.normalised_error`),
     runsName: `${quote(schemaName)}.runs`,
     listenApplicationName: `${schemaName}-listen`,
     handoverChannel: `${schemaName}_handover`,

@@ -34,7 +34,7 @@ async function changeFailures(verb: 'retry' | 'clear', name: string, key: string
     const lines = [
       outcome.result,
       ...(verb === 'retry' && outcome.keys.length > 0 ? [`or run now: reconciler run ${name}${key !== undefined ? ` --key ${shellWord(key)}` : ''}`] : []),
-      `recorded in the audit log (entry ${outcome.auditId}): reconciler audit ${name}`,
+      ...(outcome.auditId === null ? [] : [`recorded in the audit log (entry ${outcome.auditId}): reconciler audit ${name}`]),
     ];
     process.stdout.write(printable(`${lines.join('\n')}\n`));
     return ExitCode.ok;
