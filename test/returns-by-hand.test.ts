@@ -78,10 +78,16 @@ describe('settled-by-hand', () => {
 
     await provider.setFaults(NO_FAULTS);
     const before = await posts();
-    expect(await act(`return:${id}`)).toMatch(new RegExp(`^return ${id} marked settled by hand \\(refund of \\d+\\.\\d\\d USD to .+ declined at the provider\\)$`));
+    // As an operator does it: the command the error names, from the CLI.
+    const acted = await runCli(['act', 'settle-returns', `return:${id}`, 'settled-by-hand', '--note', who.note], settleEnv(t, provider));
+    expect(acted.code, acted.stderr).toBe(0);
+    expect(acted.stdout).toMatch(new RegExp(`^settle-returns return:${id}: return ${id} marked settled by hand \\(refund of \\d+\\.\\d\\d USD to .+ declined at the provider\\)$`, 'm'));
     expect(await posts()).toBe(before);
     expect(await returnOf(id)).toEqual({ settled: true, settlement: 'by-hand' });
-    expect(await paymentOf(id)).toMatchObject({ state: 'declined', resolved: true, resolved_by: who.actor, resolution_note: who.note });
+    expect(await paymentOf(id)).toMatchObject({ state: 'declined', resolved: true, resolved_by: expect.stringMatching(/^cli:.+@.+$/), resolution_note: who.note });
+    const audit = await runCli(['audit', 'settle-returns'], settleEnv(t, provider));
+    expect(audit.stdout).toContain('act:settled-by-hand');
+    expect(audit.stdout).toContain(who.note);
 
     const pass = await settlePass(t, provider);
     expect(pass.code, pass.stderr).toBe(0);
@@ -91,8 +97,8 @@ describe('settled-by-hand', () => {
     const failures = await runCli(['failures', 'settle-returns'], settleEnv(t, provider));
     expect(failures.stdout).not.toContain(`return:${id}`);
 
-    const audit = await auditSettlement(t.db, await ledgerOf(t, provider));
-    expect(audit).toMatchObject({ needingEffect: 1, effects: 0, declined: 1, settledByHand: 1, missing: 0, unsettled: 0, disagreements: 0 });
+    const settlement = await auditSettlement(t.db, await ledgerOf(t, provider));
+    expect(settlement).toMatchObject({ needingEffect: 1, effects: 0, declined: 1, settledByHand: 1, missing: 0, unsettled: 0, disagreements: 0 });
   });
 
   it('settles an intent whose key was never sent, and it is never sent afterwards', async () => {
