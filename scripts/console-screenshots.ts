@@ -38,12 +38,12 @@ try {
     await page.getByText('Signed in as').waitFor();
     await page.screenshot({ path: join(REPO_ROOT, 'docs', 'console-overview.png'), fullPage: true });
     // An item someone retried, that died again at its next attempt: its page then has an audit record.
-    await page.goto(`${served.base}/reconcilers/shipments/items/order-1002`);
+    await page.goto(`${served.base}/reconcilers/shipments/item?key=order-1002`);
     await page.locator('form.actions input[name=note]').fill('carrier says the address is fixed now');
     await page.getByRole('button', { name: 'Retry now' }).click();
     await page.locator('.flash-ok').waitFor();
     await page.locator('dl.facts .badge-bad').waitFor({ timeout: 20_000 });
-    await page.goto(`${served.base}/reconcilers/shipments/items/order-1002`);
+    await page.goto(`${served.base}/reconcilers/shipments/item?key=order-1002`);
     await page.screenshot({ path: join(REPO_ROOT, 'docs', 'console-item.png'), fullPage: true });
     process.stdout.write('wrote docs/console-overview.png and docs/console-item.png\n');
   } finally {

@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
-import type { Browser, BrowserContext, Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page, Route } from 'playwright-core';
 import { useTestDatabase } from './helpers/db.js';
 import type { RunningProcess } from './helpers/processes.js';
 import { CANARY, CONSOLE_FIXTURE_SQL, MANUAL_ACTION, XSS_ERROR, XSS_KEY, launchChromium, startConsoleDaemon, type ConsoleDaemon } from '../testkit/console.js';
@@ -25,6 +25,13 @@ interface PageGlobals {
   marker?: string;
   before?: string;
   document: { querySelector(selector: string): { innerHTML: string } | null; getElementById(id: string): { textContent: string } | null };
+}
+
+/** What the test's wrapper of `fetch` counts in the page: the live-update script's requests. */
+interface FetchProbe {
+  fetches: number;
+  inFlight: number;
+  maxInFlight: number;
 }
 
 interface Watched {
@@ -54,7 +61,7 @@ async function visit(page: Page, path: string): Promise<void> {
   seen.set(page.url(), await page.content());
 }
 
-const itemPath = (key: string) => `/reconcilers/shipments/items/${encodeURIComponent(key)}`;
+const itemPath = (key: string) => `/reconcilers/shipments/item?key=${encodeURIComponent(key)}`;
 
 /** Resolves once `count` passes of `reconciler` have finished after `since` (epoch ms): the last of them started after it. */
 function passesAfter(reconciler: string, since: number, count: number): Promise<unknown> {
@@ -118,6 +125,10 @@ describe('the console in a browser', () => {
     expect(await w.page.locator('h1.key').innerText()).toBe(XSS_KEY);
     expect(await w.page.locator('pre.error.full').innerText()).toContain(XSS_ERROR);
     expect(await w.page.locator('main img, main script').count()).toBe(0);
+    for (const key of ['..', '.', '%2e%2e']) {
+      await visit(w.page, itemPath(key)); // in a path, the browser would resolve these away before asking
+      expect(await w.page.locator('h1.key').innerText(), key).toBe(key);
+    }
     expect(w.dialogs).toEqual([]);
     expect(w.errors).toEqual([]);
     await context.close();
@@ -157,6 +168,80 @@ describe('the console in a browser', () => {
     expect(await t.rows<{ shipped_by: string }>(sql`SELECT shipped_by FROM shipments WHERE name = ${key}`)).toEqual([{ shipped_by: 'oncall' }]);
     expect(w.dialogs).toEqual([]);
     expect(w.errors).toEqual([]);
+    await context.close();
+  });
+
+  it('refreshes one request at a time, waits longer when the console is slow, backs off after failures, and swaps in only a 200 page', async () => {
+    const context = await browser.newContext();
+    const w = await open(context);
+    const page = w.page;
+    await page.clock.install();
+    // Counts the script's requests, at the page's (fake) time: nothing else in the page fetches.
+    await page.addInitScript(() => {
+      const g = globalThis as unknown as FetchProbe & { fetch: (...args: unknown[]) => Promise<unknown> };
+      const real = g.fetch.bind(g);
+      Object.assign(g, { fetches: 0, inFlight: 0, maxInFlight: 0 });
+      g.fetch = (...args) => {
+        g.fetches += 1;
+        g.inFlight += 1;
+        g.maxInFlight = Math.max(g.maxInFlight, g.inFlight);
+        return real(...args).finally(() => (g.inFlight -= 1));
+      };
+    });
+    const held: Route[] = [];
+    let waiting: ((route: Route) => void) | undefined;
+    await page.route(`${base}/`, (route) => {
+      if (route.request().headers()['x-console-fragment'] !== '1') return route.continue();
+      if (waiting) waiting(route);
+      else held.push(route);
+      waiting = undefined;
+    });
+    const nextRequest = () => (held.length > 0 ? Promise.resolve(held.shift()!) : new Promise<Route>((resolve) => (waiting = resolve)));
+    const probe = () =>
+      page.evaluate(() => {
+        const { fetches, maxInFlight } = globalThis as unknown as FetchProbe;
+        return { fetches, maxInFlight };
+      });
+    const requestsAfter = async (ms: number) => (await page.clock.runFor(ms), (await probe()).fetches);
+    const live = (text: string) => page.locator('#live', { hasText: text }).waitFor({ timeout: 5_000 });
+    const main = () => page.locator('main').innerHTML();
+
+    await visit(page, '/');
+    await page.clock.pauseAt((await page.evaluate(() => Date.now())) + 500);
+    expect(await requestsAfter(2_000)).toBe(0);
+    expect(await requestsAfter(3_000)).toBe(1); // 5 s after the page loaded
+    (await nextRequest()).fulfill({ status: 503, contentType: 'text/plain', body: 'the console is waiting for the database' });
+    await live('The console answered HTTP 503 (text/plain), retrying in 10 s');
+    expect(await main()).not.toContain('waiting for the database');
+
+    expect(await requestsAfter(9_000)).toBe(1); // backs off: 10 s after the first failure
+    expect(await requestsAfter(1_000)).toBe(2);
+    const slow = await nextRequest();
+    expect(await requestsAfter(8_000)).toBe(2); // an answer takes 8 s: no second request meanwhile
+    await slow.fulfill({ status: 200, contentType: 'text/html; charset=utf-8', body: '<h1>Overview</h1><p id="swapped">the new main</p>' });
+    await live('Live: updated just now, next in 32 s (the console answers slowly)');
+    expect(await main()).toContain('the new main');
+
+    expect(await requestsAfter(31_000)).toBe(2); // 4 times as long as the answer took
+    expect(await requestsAfter(1_000)).toBe(3);
+    await (await nextRequest()).fulfill({ status: 200, contentType: 'application/json', body: '{"error":"not a page"}' });
+    await live('The console answered HTTP 200 (application/json), retrying in 10 s');
+    expect(await main()).not.toContain('not a page');
+
+    expect(await requestsAfter(10_000)).toBe(4);
+    await (await nextRequest()).abort('connectionrefused');
+    await live('Connection lost, retrying in 20 s');
+    expect(await main()).toContain('the new main');
+
+    expect(await requestsAfter(19_000)).toBe(4);
+    expect(await requestsAfter(1_000)).toBe(5);
+    await (await nextRequest()).continue(); // the console answers again: the real page, and every 5 s again
+    await live('Live: updated just now');
+    expect(await main()).toContain('table class="lanes"');
+    expect(await requestsAfter(5_000)).toBe(6);
+    await (await nextRequest()).continue();
+    expect((await probe()).maxInFlight).toBe(1);
+    expect(w.errors.filter((e) => !/503|Failed to load resource/.test(e))).toEqual([]);
     await context.close();
   });
 

@@ -15,6 +15,7 @@ import type { AuditRow, FailingItem, LaneView, Overview } from '../src/console/p
 import { overviewPage } from '../src/console/pages/overview.js';
 import { reconcilerPage, type ReconcilerModel } from '../src/console/pages/reconciler.js';
 import { defineReconciler, resolveReconciler, type Reconciler } from '../src/reconciler.js';
+import { retryItems } from '../src/operator/actions.js';
 import { useTestDatabase } from './helpers/db.js';
 
 const XSS_KEY = '<script>window.__xss = true</script>';
@@ -105,10 +106,19 @@ describe('the pages', () => {
     const page = full(reconcilerPage(reconcilerModel, signedIn), signedIn);
     expect(cspViolations(page)).toEqual([]);
     expect(page).toContain('failing since');
-    expect(page).toContain(`href="/reconcilers/exports/items/${encodeURIComponent(XSS_KEY)}"`);
+    expect(page).toContain(`href="/reconcilers/exports/item?key=${encodeURIComponent(XSS_KEY)}"`);
     expect(page).toContain('&lt;script&gt;window.__xss = true&lt;/script&gt;');
-    expect(page).toMatch(/name="scope" value="group"><input type="hidden" name="group" value="abcdef0123">/);
-    expect(page).toMatch(/value="all">[^]*?name="op" value="retry" data-confirm="Retry all 1 failing[^]*?name="op" value="clear" class="danger" data-confirm=/);
+    expect(page).toMatch(/name="scope" value="group"><input type="hidden" name="group" value="abcdef0123"><input type="hidden" name="dead" value="1">/);
+    expect(page).toMatch(/value="all"><input type="hidden" name="dead" value="1">[^]*?name="op" value="retry" data-confirm="Retry all 1 dead item[^]*?name="op" value="clear" class="danger" data-confirm=/);
+  });
+
+  it('every retry and clear form takes a note for the audit log: item, group and all', () => {
+    const forms = (page: string) => [...page.matchAll(/<form method="post"[^>]*class="actions">[^]*?<\/form>/g)].map((m) => m[0]);
+    const reconcilerForms = forms(full(reconcilerPage({ ...reconcilerModel, filter: { dead: false } }, signedIn), signedIn));
+    const itemForms = forms(full(itemPage(itemView, signedIn), signedIn));
+    const scopes = [...reconcilerForms, ...itemForms].map((form) => /name="scope" value="(\w+)"/.exec(form)?.[1]);
+    expect(scopes.sort()).toEqual(['all', 'group', 'key']);
+    for (const form of [...reconcilerForms, ...itemForms]) expect(form).toMatch(/<input type="text" name="note" maxlength="2000"/);
   });
 
   it('the item page shows the full error, the audit record, and action forms only to a signed-in person', () => {
@@ -157,7 +167,7 @@ describe('the pages', () => {
 });
 
 describe('renderPage over a database', () => {
-  const t = useTestDatabase();
+  const t = useTestDatabase({ resetEngineTables: true });
   const request = (path: string, over: Partial<PageRequest> = {}) => {
     const [p, q] = path.split('?');
     const ctx = { db: t.db, reconcilers: [job('calm'), exportsJob], loadErrors: [] };
@@ -182,6 +192,59 @@ describe('renderPage over a database', () => {
     expect(missing.status).toBe(404);
     expect(missing.html).toContain('&lt;script&gt;');
     expect((await request(`/reconcilers/nope/items/x`))!.status).toBe(404);
+  });
+
+  it("the dead view's buttons carry dead=1 and count every dead item, not the rows shown; the others count every failing one", async () => {
+    // One error group with 2 dead items and 4 in backoff, and 60 more groups of one dead item: more groups than a page lists.
+    await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at)
+      SELECT 'exports', 'locked-' || n, 3, 'Error: the ledger is locked', now(), CASE WHEN n <= 2 THEN now() END FROM generate_series(1, 6) AS n`);
+    await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at)
+      SELECT 'exports', 'odd-' || n, 3, 'Error: unusual failure ' || chr(97 + n / 26) || chr(97 + n % 26), now(), now() FROM generate_series(0, 59) AS n`);
+    const session = { name: 'alice', csrf: 'c' };
+    const forms = async (path: string) => {
+      const page = (await request(path, { session }))!.html;
+      const row = page.split('<tr id="group-').find((r) => r.includes('the ledger is locked'))!;
+      const group = /<form[^]*?<\/form>/.exec(row)![0];
+      const all = /<form[^>]*class="actions">(?:(?!<\/form>)[^])*name="scope" value="all"[^]*?<\/form>/.exec(page)![0];
+      return { group, all };
+    };
+
+    const dead = await forms('/reconcilers/exports?dead=1');
+    expect(dead.group).toContain('<input type="hidden" name="dead" value="1">');
+    expect(dead.group).toMatch(/>Retry 2 dead<\/button>[^]*>Clear 2 dead<\/button>/);
+    expect(dead.all).toContain('<input type="hidden" name="dead" value="1">');
+    expect(dead.all).toMatch(/>Retry all 62 dead<\/button>[^]*>Clear all 62 dead<\/button>/);
+
+    const every = await forms('/reconcilers/exports');
+    expect(every.group).not.toContain('name="dead"');
+    expect(every.group).toMatch(/>Retry 6<\/button>/);
+    expect(every.all).not.toContain('name="dead"');
+    expect(every.all).toMatch(/>Retry all 66<\/button>/);
+
+    // What the server does with the dead view's group form (act.ts reads dead=1 as deadOnly): exactly the 2 it names.
+    const fields = Object.fromEntries([...dead.group.matchAll(/<input type="hidden" name="(\w+)" value="([^"]*)">/g)].map((m) => [m[1]!, m[2]!]));
+    const ctx = { db: t.db, reconcilers: [exportsJob], loadErrors: [] };
+    const outcome = await retryItems(ctx, { name: 'alice', via: 'console' }, 'exports', { group: fields.group!, deadOnly: fields.dead === '1' });
+    expect(outcome.keys.sort()).toEqual(['locked-1', 'locked-2']);
+  });
+
+  it('opens items whose keys a browser would resolve away as a path segment (., .., %2e%2e), and the old item paths', async () => {
+    const keys = ['.', '..', '%2e%2e', '../calm', 'a/b?c#d'];
+    for (const key of keys) await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at) VALUES ('exports', ${key}, 3, 'Error: odd key', now(), now())`);
+    const list = (await request('/reconcilers/exports'))!.html;
+    for (const key of keys) {
+      const href = [...list.matchAll(/<a href="([^"]+)"><code>([^<]*)<\/code><\/a>/g)].find((m) => m[2] === key)?.[1];
+      expect(href, key).toBeDefined();
+      const url = new URL(href!, 'http://console.example'); // what a browser requests when the link is followed
+      const page = (await request(`${url.pathname}${url.search}`))!;
+      expect(page.status, key).toBe(200);
+      expect(page.html, key).toContain(`<h1 class="key"><code>${key}</code></h1>`);
+      expect(page.html, key).toContain('Error: odd key');
+    }
+    const old = (await request(`/reconcilers/exports/items/${encodeURIComponent('%2e%2e')}`))!;
+    expect(old.html).toContain('<h1 class="key"><code>%2e%2e</code></h1>');
+    expect(await request('/reconcilers/exports/item')).toBeUndefined();
+    expect((await request('/reconcilers/nope/item?key=x'))!.status).toBe(404);
   });
 
   it('the live-update fragment is the inside of <main> only', async () => {

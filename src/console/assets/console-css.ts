@@ -66,6 +66,7 @@ dl.facts dd { margin: 0; }
 .actions { display: flex; flex-wrap: wrap; gap: 0.4rem; margin: 0.4rem 0; }
 form.inline { display: inline; }
 form.actions input[name=note] { min-width: 18rem; }
+td form.actions input[name=note] { min-width: 12rem; flex: 1 1 100%; }
 form.manual { max-width: 40rem; padding: 0.6rem 0.8rem; margin: 0.5rem 0; border: 1px solid var(--line); border-radius: 4px; background: var(--panel); }
 form.manual textarea { display: block; width: 100%; margin: 0.3rem 0 0.5rem; }
 form.filters { display: flex; flex-wrap: wrap; gap: 0.8rem; align-items: center; margin: 0.4rem 0 0.6rem; }

@@ -1,6 +1,7 @@
 /**
  * The action forms: retry or clear one item, one error group or all, and a reconciler's manual
- * actions (with a note). They show only to a signed-in person; everyone else reads why not.
+ * actions. Each takes a note for the audit log (optional; a manual action's is required). They
+ * show only to a signed-in person; everyone else reads why not.
  * Every form posts to `/reconcilers/<name>/actions` with the session's CSRF token and the page
  * to return to; destructive ones carry `data-confirm`, which console.js asks about first.
  */
@@ -8,12 +9,14 @@ import { html, type Html } from '../html.js';
 import type { Viewer } from './layout.js';
 import type { ActionInfo } from './model.js';
 
-type Scope = { key: string } | { group: string } | { all: true };
+/** What a form aims at: one item, one error group or all; in the dead view, only the dead ones (`dead=1`). */
+type Scope = { key: string } | { group: string; deadOnly: boolean } | { all: true; deadOnly: boolean };
 
 function scopeFields(scope: Scope): Html {
   if ('key' in scope) return html`<input type="hidden" name="scope" value="key"><input type="hidden" name="key" value="${scope.key}">`;
-  if ('group' in scope) return html`<input type="hidden" name="scope" value="group"><input type="hidden" name="group" value="${scope.group}">`;
-  return html`<input type="hidden" name="scope" value="all">`;
+  const dead = scope.deadOnly ? html`<input type="hidden" name="dead" value="1">` : '';
+  if ('group' in scope) return html`<input type="hidden" name="scope" value="group"><input type="hidden" name="group" value="${scope.group}">${dead}`;
+  return html`<input type="hidden" name="scope" value="all">${dead}`;
 }
 
 function common(viewer: Viewer): Html {
@@ -37,16 +40,14 @@ interface RetryClear {
   /** The questions console.js asks before submitting (none: it does not ask). */
   confirmRetry?: string;
   confirmClear: string;
-  /** An optional note for the audit log (a text field in the form). */
-  note: boolean;
 }
 
-/** One form, two buttons: the pressed one sends `op` (retry or clear), with the scope and the optional note. */
+/** One form, two buttons: the pressed one sends `op` (retry or clear), with the scope and an optional note for the audit log. */
 function retryClearForm(reconciler: string, viewer: Viewer, scope: Scope, f: RetryClear): Html {
   if (!viewer.session) return html``;
   return html`<form method="post" action="${actionUrl(reconciler)}" class="actions">
     ${common(viewer)}${scopeFields(scope)}
-    ${f.note ? html`<input type="text" name="note" maxlength="2000" placeholder="note for the audit log (optional)" aria-label="Note for the audit log (optional)">` : ''}
+    <input type="text" name="note" maxlength="2000" placeholder="note for the audit log (optional)" aria-label="Note for the audit log (optional)">
     <button type="submit" name="op" value="retry"${f.confirmRetry ? html` data-confirm="${f.confirmRetry}"` : ''}>${f.retry}</button>
     <button type="submit" name="op" value="clear" class="danger" data-confirm="${f.confirmClear}">${f.clear}</button>
   </form>`;
@@ -55,21 +56,33 @@ function retryClearForm(reconciler: string, viewer: Viewer, scope: Scope, f: Ret
 /** Retry and clear for one item. */
 export function itemButtons(reconciler: string, key: string, viewer: Viewer): Html {
   return retryClearForm(reconciler, viewer, { key }, {
-    retry: 'Retry now', clear: 'Clear (forget the failure)', note: true,
+    retry: 'Retry now', clear: 'Clear (forget the failure)',
     confirmClear: `Forget the failure of ${key}? The next pass tries it again from attempt 1.`,
   });
 }
 
-/** Retry and clear for every item of one error group. */
-export function groupButtons(reconciler: string, group: string, count: number, viewer: Viewer): Html {
-  return retryClearForm(reconciler, viewer, { group }, { retry: `Retry ${count}`, clear: `Clear ${count}`, note: false, confirmClear: `Forget the failures of all ${count} item(s) with this error?` });
+/**
+ * Retry and clear for the items of one error group: all of them, or (in the dead view) its dead
+ * ones. The count is the group's own (`count`, or `dead`), never the rows on the page.
+ */
+export function groupButtons(reconciler: string, group: { id: string; count: number; dead: number }, deadOnly: boolean, viewer: Viewer): Html {
+  const n = deadOnly ? group.dead : group.count;
+  const what = deadOnly ? `${n} dead` : `${n}`;
+  return retryClearForm(reconciler, viewer, { group: group.id, deadOnly }, {
+    retry: `Retry ${what}`, clear: `Clear ${what}`,
+    confirmClear: `Forget the failures of all ${n}${deadOnly ? ' dead' : ''} item(s) with this error?`,
+  });
 }
 
-/** Retry and clear for every failing item of the reconciler. */
-export function allButtons(reconciler: string, total: number, viewer: Viewer): Html {
-  return retryClearForm(reconciler, viewer, { all: true }, {
-    retry: `Retry all ${total}`, clear: `Clear all ${total}`, note: true,
-    confirmRetry: `Retry all ${total} failing item(s) of ${reconciler} now?`, confirmClear: `Forget the failures of all ${total} item(s) of ${reconciler}?`,
+/**
+ * Retry and clear for every failing item of the reconciler, or (in the dead view) every dead
+ * one. `total` is the count of the same filter in the database (`failingItems(...).total`).
+ */
+export function allButtons(reconciler: string, total: number, deadOnly: boolean, viewer: Viewer): Html {
+  const items = deadOnly ? `dead item(s)` : `failing item(s)`;
+  return retryClearForm(reconciler, viewer, { all: true, deadOnly }, {
+    retry: `Retry all ${total}${deadOnly ? ' dead' : ''}`, clear: `Clear all ${total}${deadOnly ? ' dead' : ''}`,
+    confirmRetry: `Retry all ${total} ${items} of ${reconciler} now?`, confirmClear: `Forget the failures of all ${total} ${items} of ${reconciler}?`,
   });
 }
 

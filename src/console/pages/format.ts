@@ -60,7 +60,7 @@ export function plural(n: number, thing: string, things = `${thing}s`): string {
   return `${n} ${n === 1 ? thing : things}`;
 }
 
-/** The path of a reconciler's page, or of one item on it. */
+/** The path of a reconciler's page, with its filters. */
 export function reconcilerPath(name: string, query?: Record<string, string | undefined>): string {
   const params = new URLSearchParams();
   for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined && v !== '') params.set(k, v);
@@ -68,8 +68,12 @@ export function reconcilerPath(name: string, query?: Record<string, string | und
   return `/reconcilers/${encodeURIComponent(name)}${search ? `?${search}` : ''}`;
 }
 
+/**
+ * An item's page: the key goes in the query, not the path, where a browser would resolve a key
+ * like `.`, `..` or `%2e%2e` away as a dot-segment before sending the request.
+ */
 export function itemPath(name: string, key: string): string {
-  return `/reconcilers/${encodeURIComponent(name)}/items/${encodeURIComponent(key)}`;
+  return `/reconcilers/${encodeURIComponent(name)}/item?key=${encodeURIComponent(key)}`;
 }
 
 /** "showing 50 of 312", or nothing when all are shown. */

@@ -57,6 +57,16 @@ async function reconcilerContent(req: PageRequest, name: string, viewer: Viewer)
   return reconcilerPage({ reconciler, passErrors: errors, groups, items, history, filter }, viewer);
 }
 
+/**
+ * The key of an item page: `/reconcilers/<name>/item?key=<key>` (what the pages link to: a key
+ * like `..` survives there), or `/reconcilers/<name>/items/<key>` (links shared before).
+ */
+function itemKey(req: PageRequest, parts: readonly string[]): string | undefined {
+  if (parts.length === 3 && parts[2] === 'item') return req.query.get('key') ?? undefined;
+  if (parts.length === 4 && parts[2] === 'items') return parts[3];
+  return undefined;
+}
+
 async function content(req: PageRequest, parts: readonly string[], viewer: Viewer): Promise<PageContent | 'not found' | undefined> {
   if (parts.length === 0) return overviewPage(await overview(req.ctx, viewer.now), viewer);
   if (parts[0] === 'audit' && parts.length === 1) {
@@ -67,8 +77,9 @@ async function content(req: PageRequest, parts: readonly string[], viewer: Viewe
   const name = parts[1]!;
   const known = req.ctx.reconcilers.some((r) => r.name === name);
   if (parts.length === 2) return (await reconcilerContent(req, name, viewer)) ?? 'not found';
-  if (parts.length === 4 && parts[2] === 'items') return known ? itemPage(await itemView(req.ctx, name, parts[3]!), viewer) : 'not found';
-  return undefined;
+  const key = itemKey(req, parts);
+  if (key === undefined) return undefined;
+  return known ? itemPage(await itemView(req.ctx, name, key), viewer) : 'not found';
 }
 
 /** The page at `req.path`, or undefined when there is no such page. */

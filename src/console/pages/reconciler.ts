@@ -36,8 +36,8 @@ function groupRow(name: string, g: FailureGroup, m: ReconcilerModel, viewer: Vie
     <td>${count(g.count)}</td><td>${count(g.dead, 'bad')}</td>
     <td>${ago(g.firstSeen, now)}</td><td>${ago(g.lastSeen, now)}</td>
     <td><ul class="plain">${g.sampleKeys.map((k) => html`<li><a href="${itemPath(name, k)}"><code>${k}</code></a></li>`)}</ul>
-      <a href="${reconcilerPath(name, { group: g.id })}">all ${plural(g.count, 'item')} with this error</a></td>
-    <td>${groupButtons(name, g.id, g.count, viewer)}</td>
+      <a href="${reconcilerPath(name, { group: g.id, dead: m.filter.dead ? '1' : undefined })}">all ${plural(m.filter.dead ? g.dead : g.count, m.filter.dead ? 'dead item' : 'item')} with this error</a></td>
+    <td>${groupButtons(name, g, m.filter.dead, viewer)}</td>
   </tr>`;
 }
 
@@ -74,7 +74,7 @@ function itemsSection(m: ReconcilerModel, viewer: Viewer): Html {
   <table class="items"><thead><tr><th>Key</th><th>State</th><th>Attempts</th><th>Next attempt</th><th>Last failed</th><th>Last error</th></tr></thead>
   <tbody>${items.map((item) => itemRow(name, item, viewer.now))}</tbody></table>
   ${shown(items.length, total)}
-  ${m.filter.group ? '' : allButtons(name, m.groups.groups.reduce((n, g) => n + g.count, 0), viewer)}
+  ${m.filter.group ? '' : allButtons(name, total, m.filter.dead, viewer)}
   </section>`;
 }
 
