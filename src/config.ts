@@ -7,6 +7,7 @@ import { durationText, parseDuration, parseWholeNumber } from './duration.js';
 import { UserError } from './errors.js';
 import { describeUrl } from './secrets.js';
 import { consoleTokens } from './console/tokens.js';
+import { consoleHosts } from './console/hosts.js';
 import { DEFAULT_ENGINE_SCHEMA, engineSchemaProblem } from './store/schema.js';
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -115,6 +116,11 @@ export const configSchema = z.object({
   CONSOLE: z.enum(['on', 'off'], { message: 'must be on or off' }).default('on'),
   /** `name:token` pairs, comma-separated: who may act in the console. Unset: the console is read-only. */
   CONSOLE_TOKENS: consoleTokens,
+  /**
+   * The `Host` names the console answers, comma-separated (a port is ignored); others get 421.
+   * Unset: a console bound to loopback answers localhost, 127.0.0.1 and [::1]; one bound to every address answers any.
+   */
+  CONSOLE_HOSTS: consoleHosts,
 });
 
 export type Config = z.output<typeof configSchema>;
@@ -191,5 +197,6 @@ export function redactedConfig(config: Config, env: NodeJS.ProcessEnv = process.
     WAKE_DEBOUNCE: durationText(config.WAKE_DEBOUNCE),
     CONSOLE: config.CONSOLE,
     CONSOLE_TOKENS: config.CONSOLE_TOKENS.length ? `${config.CONSOLE_TOKENS.map((t) => t.name).join(', ')} (tokens hidden)` : '(unset: the console is read-only)',
+    CONSOLE_HOSTS: config.CONSOLE_HOSTS ? config.CONSOLE_HOSTS.join(', ') : '(unset: any host, or only localhost when bound to loopback)',
   };
 }

@@ -155,7 +155,7 @@ async function startOperations(
       return metrics ? { contentType: metrics.registry.contentType, body: await metrics.registry.metrics() } : { contentType: 'text/plain; version=0.0.4', body: '# the daemon is waiting for its database\n' };
     },
     readiness: readinessOf(status),
-    ...(config.CONSOLE === 'on' ? { console: createConsoleHandler({ log, tokens: config.CONSOLE_TOKENS, context: consoleContext }) } : {}),
+    ...(config.CONSOLE === 'on' ? { console: createConsoleHandler({ log, tokens: config.CONSOLE_TOKENS, context: consoleContext, listenHost: config.HTTP_HOST, hosts: config.CONSOLE_HOSTS }) } : {}),
   }).catch((error: unknown) => {
     const reason = (error as NodeJS.ErrnoException).code ?? coerceError(error).message;
     throw new UserError(`cannot serve the operations endpoint on ${config.HTTP_HOST}:${config.HTTP_PORT} (${reason}): set HTTP_PORT to a free port, or 0 for any`);

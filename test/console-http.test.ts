@@ -1,11 +1,12 @@
 /**
  * The console's HTTP side: security headers, read-only without tokens, sign-in, sessions, CSRF,
- * the Origin check, the sign-in rate limit, bearer tokens and their audit records, and that no
- * token ever shows. The HTTP rules run against the handler in this process over a real
+ * the Origin check, the sign-in rate limit, bearer tokens and their audit records, that no
+ * token ever shows, and the security review's findings (allowed hosts, page reads that cannot
+ * stall the daemon, authenticating proxies, the flash cookie, malformed names). The HTTP rules run against the handler in this process over a real
  * database; what is about processes (the daemon's console, `reconciler console`) runs them.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { createServer, type Server } from 'node:http';
+import { createServer, request as httpRequest, type IncomingHttpHeaders, type Server } from 'node:http';
 import { createServer as createTcpServer } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,12 +14,14 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { AddressInfo } from 'node:net';
 import { sql } from 'drizzle-orm';
+import pg from 'pg';
 import { useTestDatabase } from './helpers/db.js';
 import { API, jobsDir } from './helpers/jobs.js';
 import { freePort } from './helpers/ports.js';
 import { runCli, startProcess, useCleanup, type RunningProcess } from './helpers/processes.js';
+import { until } from '../testkit/processes.js';
 import { createLogger } from '../src/log.js';
-import { createConsoleHandler, READ_ONLY } from '../src/console/server.js';
+import { createConsoleHandler, READ_ONLY, type ConsoleOptions } from '../src/console/server.js';
 import { CONTENT_SECURITY_POLICY } from '../src/console/http.js';
 import { defineReconciler, resolveReconciler } from '../src/reconciler.js';
 import type { ConsoleToken } from '../src/console/tokens.js';
@@ -59,10 +62,13 @@ afterEach(async () => {
   for (const server of servers.splice(0)) await new Promise((resolve) => server.close(resolve));
 });
 
-async function startConsole(tokens: readonly ConsoleToken[]): Promise<Console> {
+type ServerOptions = Partial<Pick<ConsoleOptions, 'listenHost' | 'hosts' | 'pageReads'>>;
+
+async function startConsole(tokens: readonly ConsoleToken[], options: ServerOptions = {}): Promise<Console> {
   const seen: string[] = [];
   const log = createLogger({ level: 'debug', fd: 2, pretty: false, destination: new Writable({ write: (chunk, _enc, done) => (seen.push(String(chunk)), done()) }) });
-  const handler = createConsoleHandler({ log, tokens, context: () => ({ db: t.db, reconcilers: [ORDERS], loadErrors: [], log }) });
+  const context = () => ({ db: t.db, reconcilers: [ORDERS], loadErrors: [], log });
+  const handler = createConsoleHandler({ log, tokens, context, listenHost: '127.0.0.1', ...options });
   const server = createServer((req, res) => void handler(req, res));
   servers.push(server);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
@@ -81,6 +87,39 @@ async function startConsole(tokens: readonly ConsoleToken[]): Promise<Console> {
     },
   };
 }
+
+/** A request with what fetch does not send: any Host header, a chosen local address (127.0.0.0/8 is all loopback). */
+function raw(url: string, path: string, init: { method?: string; headers?: Record<string, string>; body?: string; localAddress?: string } = {}): Promise<{ status: number; headers: IncomingHttpHeaders; text: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${url}${path}`, { method: init.method ?? 'GET', headers: init.headers, localAddress: init.localAddress }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, text: Buffer.concat(chunks).toString('utf8') }));
+    });
+    req.on('error', reject);
+    req.end(init.body);
+  });
+}
+
+/** Holds an exclusive lock on reconciler.failures (every page reads it) until released: pages wait on it as on a slow query. */
+async function lockFailures(): Promise<{ release(): Promise<void> }> {
+  const client = new pg.Client({ connectionString: t.url });
+  await client.connect();
+  await client.query('BEGIN');
+  await client.query('LOCK TABLE reconciler.failures IN ACCESS EXCLUSIVE MODE');
+  let released = false;
+  return {
+    release: async () => {
+      if (released) return;
+      released = true;
+      await client.query('ROLLBACK');
+      await client.end();
+    },
+  };
+}
+
+/** The flash cookie of a response, as a Cookie header. */
+const flashOf = (headers: Headers) => /reconciler_flash=[^;]*/.exec(headers.get('set-cookie') ?? '')?.[0];
 
 const form = (fields: Record<string, string>) => ({ method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: new URLSearchParams(fields).toString() });
 const json = (token: string, fields: Record<string, string>) => ({
@@ -201,16 +240,25 @@ describe('the console handler', () => {
     expect(done.status, done.text).toBe(303);
     const location = new URL(done.headers.get('location')!, c.url);
     expect(location.pathname).toBe('/reconcilers/orders');
-    expect(location.searchParams.get('dead')).toBe('1');
-    expect(location.searchParams.get('done')).toMatch(/^1 item\(s\) of orders due now/);
+    expect(location.search).toBe('?dead=1'); // the outcome is not in the URL, and the old flash parameter is gone
     expect(await dueNow('o-1')).toBe(true);
     expect(await auditRows()).toEqual([{ actor: 'alice', via: 'console', action: 'retry', target: 'key o-1', keys: ['o-1'], note: 'fixed upstream' }]);
-    // The flash is the page's to show, escaped.
-    expect((await c.request(`${location.pathname}${location.search}`, { cookie })).text).toContain('due now');
+    // The outcome travels in a short-lived cookie that the next full page shows once and clears.
+    const setFlash = done.headers.get('set-cookie')!;
+    for (const attribute of ['HttpOnly', 'SameSite=Strict', 'Path=/', 'Max-Age=60']) expect(setFlash).toContain(attribute);
+    const flash = flashOf(done.headers)!;
+    const fragment = await c.request(`${location.pathname}${location.search}`, { cookie: `${cookie}; ${flash}`, headers: { 'x-console-fragment': '1' } });
+    expect(fragment.text).not.toContain('due now'); // a live update neither shows nor clears it
+    expect(fragment.headers.get('set-cookie')).toBeNull();
+    const page = await c.request(`${location.pathname}${location.search}`, { cookie: `${cookie}; ${flash}` });
+    expect(page.text).toMatch(/<p class="flash flash-ok" role="status">1 item\(s\) of orders due now/);
+    expect(page.headers.get('set-cookie')).toMatch(/^reconciler_flash=;.*Max-Age=0/);
 
     const refused = await c.request('/reconcilers/orders/actions', { ...form({ op: 'clear', scope: 'key', key: 'missing', csrf, return_to: '/' }), cookie });
     expect(refused.status).toBe(303);
-    expect(new URL(refused.headers.get('location')!, c.url).searchParams.get('error')).toContain('no failing item');
+    expect(refused.headers.get('location')).toBe('/');
+    const shown = await c.request('/', { cookie: `${cookie}; ${flashOf(refused.headers)!}` });
+    expect(shown.text).toMatch(/<p class="flash flash-bad" role="alert">[^<]*no failing item/);
   });
 
   it('takes a bearer token from a script: JSON back, the token name in the audit record, refusals as JSON with their status', async () => {
@@ -218,8 +266,8 @@ describe('the console handler', () => {
     const c = await startConsole(TOKENS);
     const retried = await c.request('/reconcilers/orders/actions', { ...json(BOT, { op: 'retry', scope: 'all', note: 'provider back' }), origin: null });
     expect(retried.status, retried.text).toBe(200);
-    const body = JSON.parse(retried.text) as { ok: boolean; result: string; keys: string[]; auditId: number };
-    expect(body).toMatchObject({ ok: true, keys: expect.arrayContaining(['o-1', 'o-2']) as unknown });
+    const body = JSON.parse(retried.text) as { ok: boolean; result: string; keys: string[]; count: number; auditId: number };
+    expect(body).toMatchObject({ ok: true, count: 2, keys: expect.arrayContaining(['o-1', 'o-2']) as unknown });
     expect(body.auditId).toBeGreaterThan(0);
     expect(await auditRows()).toEqual([{ actor: 'ops-bot', via: 'console', action: 'retry', target: 'all', keys: expect.arrayContaining(['o-1', 'o-2']) as unknown, note: 'provider back' }]);
 
@@ -256,6 +304,150 @@ describe('the console handler', () => {
     expect(everything).not.toContain(ALICE);
     expect(everything).not.toContain(BOT);
     expect(everything).not.toContain('<script>alert(1)');
+  });
+});
+
+describe('the console after the security review', () => {
+  it('reads each page in a snapshot whose statements time out: a slow page answers 503 and says so, rather than holding a connection', async () => {
+    const c = await startConsole(TOKENS, { pageReads: { atOnce: 2, queue: 20, timeoutMs: 300 } });
+    const lock = await lockFailures();
+    try {
+      for (const headers of [{}, { 'x-console-fragment': '1' }] as Record<string, string>[]) {
+        const page = await c.request('/', { headers });
+        expect(page.status, page.text).toBe(503);
+        expect(page.text).toContain('the page took too long to read (over 300 ms): try a narrower filter');
+      }
+    } finally {
+      await lock.release();
+    }
+    expect((await c.request('/')).status).toBe(200);
+    expect(c.seen.join('\n')).not.toContain('"level":40'); // an answer, not a failure to warn about
+  });
+
+  it('renders at most two pages at once; twenty more wait their turn, further ones get 503 with Retry-After: 5', async () => {
+    const c = await startConsole([]);
+    const lockWaiters = async () => Number((await t.rows<{ n: string }>(sql`SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`))[0]!.n);
+    const lock = await lockFailures();
+    let answers: Awaited<ReturnType<Console['request']>>[];
+    try {
+      const settled: Awaited<ReturnType<Console['request']>>[] = [];
+      const requests = Array.from({ length: 30 }, () => c.request('/').then((response) => (settled.push(response), response)));
+      await until(async () => settled.length >= 8, 'the requests past the queue to be refused');
+      expect(settled.map((r) => [r.status, r.headers.get('retry-after')])).toEqual(Array.from({ length: 8 }, () => [503, '5']));
+      expect(settled[0]!.text).toContain('the console is busy');
+      // The two renders hold one connection each, waiting on the lock; the twenty others hold none.
+      await until(async () => (await lockWaiters()) === 2, 'two renders to wait on the lock');
+      expect(settled).toHaveLength(8);
+      await lock.release();
+      answers = await Promise.all(requests);
+    } finally {
+      await lock.release();
+    }
+    expect(answers.filter((r) => r.status === 200)).toHaveLength(22);
+    expect(answers.filter((r) => r.status === 503)).toHaveLength(8);
+  });
+
+  it('does not lock out the right token when many addresses guess: only the guessing address is limited', async () => {
+    const c = await startConsole(TOKENS);
+    const signIn = (token: string, localAddress: string) =>
+      raw(c.url, '/sign-in', { method: 'POST', localAddress, body: new URLSearchParams({ token }).toString(), headers: { origin: c.url, 'content-type': 'application/x-www-form-urlencoded' } });
+    for (let address = 2; address <= 11; address++) {
+      for (let attempt = 1; attempt <= 5; attempt++) expect((await signIn(`wrong-token-${attempt}-0123456789`, `127.0.0.${address}`)).status).toBe(401);
+    }
+    // 50 failures in the minute: the overall limit. A new address's wrong token is refused, its right one signs in.
+    expect((await signIn('wrong-token-x-0123456789', '127.0.0.12')).status).toBe(429);
+    const right = await signIn(ALICE, '127.0.0.12');
+    expect(right.status, right.text).toBe(303);
+    expect(String(right.headers['set-cookie'])).toMatch(/^reconciler_console=/);
+    const bearer = await raw(c.url, '/reconcilers/orders/actions', { method: 'POST', localAddress: '127.0.0.13', body: '{"op":"retry","scope":"all"}', headers: { authorization: `Bearer ${BOT}`, 'content-type': 'application/json' } });
+    expect(bearer.status, bearer.text).toBe(200);
+    // An address past its own limit is refused before any token is compared, the right one too.
+    expect((await signIn(ALICE, '127.0.0.2')).status).toBe(429);
+  });
+
+  it('answers only its own host names: loopback names when bound to loopback, CONSOLE_HOSTS when set, any when bound to every address', async () => {
+    const get = async (c: Console, host: string) => (await raw(c.url, '/', { headers: { host } })).status;
+    const loopback = await startConsole(TOKENS);
+    for (const host of ['localhost:28417', '127.0.0.1', '[::1]:8081']) expect(await get(loopback, host), host).toBe(200);
+    const rebound = await raw(loopback.url, '/audit', { headers: { host: 'attacker.example:28417' } });
+    expect(rebound.status).toBe(421);
+    expect(rebound.text).toBe('unknown host: set CONSOLE_HOSTS\n');
+    const signIn = await raw(loopback.url, '/sign-in', { method: 'POST', body: `token=${ALICE}`, headers: { host: 'attacker.example', origin: 'http://attacker.example', 'content-type': 'application/x-www-form-urlencoded' } });
+    expect(signIn.status).toBe(421);
+    expect(signIn.headers['set-cookie']).toBeUndefined();
+
+    expect(await get(await startConsole(TOKENS, { listenHost: '0.0.0.0' }), 'attacker.example')).toBe(200);
+    const named = await startConsole(TOKENS, { listenHost: '0.0.0.0', hosts: ['console.example.com'] });
+    expect(await get(named, 'console.example.com:443')).toBe(200);
+    expect(await get(named, 'CONSOLE.example.com')).toBe(200);
+    expect(await get(named, 'attacker.example')).toBe(421);
+    expect(await get(named, 'localhost')).toBe(421);
+  });
+
+  it('behind an authenticating proxy: a session acts whatever Authorization the proxy adds; JSON only when asked for or signed in by bearer', async () => {
+    await failingItems();
+    const c = await startConsole(TOKENS);
+    const { cookie, csrf } = await signIn(c);
+    const fields = { op: 'retry', scope: 'key', key: 'o-2', csrf, return_to: '/reconcilers/orders' };
+    for (const authorization of ['Basic dXNlcjpwYXNzd29yZA==', 'Bearer oauth2-proxy-access-token-0123456789']) {
+      const response = await c.request('/reconcilers/orders/actions', { ...form(fields), cookie, headers: { ...form({}).headers, authorization } });
+      expect(response.status, `${authorization}: ${response.text}`).toBe(303);
+      expect(response.headers.get('location')).toBe('/reconcilers/orders');
+    }
+    expect(c.seen.filter((line) => line.includes('"console:sign-in"') && line.includes('"refused"'))).toEqual([]);
+    expect((await auditRows()).map((r) => r.actor)).toEqual(['alice', 'alice']);
+    const asked = await c.request('/reconcilers/orders/actions', { ...form(fields), cookie, headers: { ...form({}).headers, accept: 'application/json' } });
+    expect(JSON.parse(asked.text)).toMatchObject({ ok: true, keys: ['o-2'] });
+    const sent = await c.request('/reconcilers/orders/actions', { method: 'POST', body: JSON.stringify(fields), cookie, headers: { 'content-type': 'application/json' } });
+    expect(JSON.parse(sent.text)).toMatchObject({ ok: true, keys: ['o-2'] });
+    // Without a session, Basic credentials are no console token: a plain refusal, not JSON, and no failed sign-in.
+    const basic = await c.request('/reconcilers/orders/actions', { ...form(fields), headers: { ...form({}).headers, authorization: 'Basic dXNlcjpwYXNzd29yZA==' } });
+    expect(basic.status).toBe(401);
+    expect(basic.headers.get('content-type')).toMatch(/^text\/plain/);
+  });
+
+  it('answers a malformed name with 404 and a malformed form with 400, without a warning', async () => {
+    await failingItems();
+    const c = await startConsole(TOKENS);
+    const { cookie, csrf } = await signIn(c);
+    const path = await c.request('/reconcilers/%E0%A4%A/actions', json(BOT, { op: 'retry', scope: 'all' }));
+    expect(path.status, path.text).toBe(404);
+    expect((await c.request('/reconcilers/%E0%A4%A')).status).toBe(404);
+    const body = await c.request('/reconcilers/orders/actions', { method: 'POST', body: `op=retry&scope=key&key=%E0%A4%A&csrf=${encodeURIComponent(csrf)}`, cookie, headers: form({}).headers });
+    expect(body.status, body.text).toBe(400);
+    expect(body.text).toContain('not valid URL encoding');
+    expect(c.seen.filter((line) => line.includes('"level":40') || line.includes('URI malformed'))).toEqual([]);
+  });
+
+  it('shows no flash from the URL: a link cannot put an official-looking line above a page', async () => {
+    const c = await startConsole(TOKENS);
+    const page = await c.request(`/?error=${encodeURIComponent('Your session expired, sign in at https://evil.example')}&done=${encodeURIComponent('all clear')}`);
+    expect(page.status).toBe(200);
+    expect(page.text).not.toContain('evil.example');
+    expect(page.text).not.toContain('all clear');
+    expect(page.text).not.toContain('class="flash');
+  });
+
+  it('narrows a group or all to the dead items with the field dead, refuses it for one key, and answers bulk actions with 100 keys and a count', async () => {
+    await failingItems();
+    const c = await startConsole(TOKENS);
+    const dead = await c.request('/reconcilers/orders/actions', json(BOT, { op: 'retry', scope: 'all', dead: '1' }));
+    expect(JSON.parse(dead.text)).toMatchObject({ ok: true, count: 1, keys: ['o-1'] });
+    expect(await dueNow('o-2')).toBe(false);
+    expect((await auditRows()).at(-1)).toMatchObject({ target: 'all dead', keys: ['o-1'] });
+    for (const [fields, pattern] of [[{ op: 'retry', scope: 'key', key: 'o-2', dead: 'true' }, /scope group or all/], [{ op: 'retry', scope: 'all', dead: 'yes' }, /dead must be/]] as const) {
+      const refused = await c.request('/reconcilers/orders/actions', json(BOT, fields));
+      expect(refused.status).toBe(400);
+      expect((JSON.parse(refused.text) as { error: string }).error).toMatch(pattern);
+    }
+
+    await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at)
+      SELECT 'orders', 'bulk-' || n, 1, 'timeout', now() + interval '1 hour' FROM generate_series(1, 150) AS n`);
+    const bulk = await c.request('/reconcilers/orders/actions', json(BOT, { op: 'clear', scope: 'all' }));
+    const answer = JSON.parse(bulk.text) as { count: number; keys: string[] };
+    expect(answer.count).toBe(152);
+    expect(answer.keys).toHaveLength(100);
+    expect((await auditRows()).at(-1)!.keys).toHaveLength(152);
   });
 });
 
@@ -306,6 +498,12 @@ export default defineReconciler({ schedule: '0 0 1 1 *', scan: async function* (
     expect(bad.stderr).toMatch(/invalid CONSOLE_TOKENS: the token of alice is shorter than 16 characters; entry 2 is not name:token/);
     expect(bad.stderr).not.toContain('k9Zq2');
     expect(bad.stderr).not.toContain('Bob-Token');
+    // A token too short to be one is not masked as a secret: it would mangle ordinary words of the message.
+    const short = await runCli(['config'], { DATABASE_URL: t.url, CONSOLE_TOKENS: 'alice:short' });
+    expect(short.stderr.trim()).toBe('reconciler: invalid CONSOLE_TOKENS: the token of alice is shorter than 16 characters (expected name:token pairs separated by commas, each token at least 16 characters)');
+    const hosts = await runCli(['config'], { DATABASE_URL: t.url, CONSOLE_HOSTS: 'console.example.com:443, bad host' });
+    expect(hosts.code).toBe(2);
+    expect(hosts.stderr.trim()).toBe('reconciler: invalid CONSOLE_HOSTS (got "console.example.com:443, bad host"): "bad host" is not a host name (expected names such as console.example.com or console.example.com:443, separated by commas)');
 
     const child = daemon({ DATABASE_URL: t.url, JOBS_DIR: jobs(), CONSOLE: 'off' });
     const url = await endpoint(child);
@@ -315,13 +513,17 @@ export default defineReconciler({ schedule: '0 0 1 1 *', scan: async function* (
     expect((await fetch(`${url}/healthz`)).status).toBe(200);
   });
 
-  it('the daemon console answers 503 while it waits for its database', async () => {
-    const child = daemon({ DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/nowhere`, JOBS_DIR: jobs() });
+  it('the daemon console answers 503 while it waits for its database, and only CONSOLE_HOSTS; its probes answer any host', async () => {
+    const child = daemon({ DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/nowhere`, JOBS_DIR: jobs(), CONSOLE_HOSTS: 'console.example.com' });
     const url = await endpoint(child);
     await child.waitForEvent('database:waiting');
-    const page = await fetch(`${url}/`);
+    const page = await raw(url, '/', { headers: { host: 'console.example.com' } });
     expect(page.status).toBe(503);
-    expect(await page.text()).toContain('waiting for the database');
+    expect(page.text).toContain('waiting for the database');
+    expect((await raw(url, '/', { headers: { host: 'attacker.example' } })).status).toBe(421);
+    expect((await raw(url, '/healthz', { headers: { host: 'attacker.example' } })).status).toBe(200);
+    const config = await runCli(['config'], { DATABASE_URL: t.url, CONSOLE_HOSTS: 'Console.example.com:443,[::1]' });
+    expect(config.stdout).toMatch(/CONSOLE_HOSTS\s+console\.example\.com, \[::1\]\n/);
   });
 
   it('`reconciler console` serves the console on its own and stops on SIGTERM', async () => {
@@ -332,6 +534,7 @@ export default defineReconciler({ schedule: '0 0 1 1 *', scan: async function* (
     const page = await fetch(`${url}/`);
     expect(page.status).toBe(200);
     expect(await page.text()).toContain('orders');
+    expect((await raw(url, '/', { headers: { host: 'attacker.example' } })).status).toBe(421); // bound to loopback: loopback names only
     child.child.kill('SIGTERM');
     expect(await child.exited).toEqual({ code: 0, signal: null });
     expect(child.events('console:stopped')).toHaveLength(1);

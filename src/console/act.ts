@@ -1,13 +1,15 @@
 /**
  * `POST /reconcilers/<name>/actions`: the form's fields as one call to the operator layer
  * (retry, clear or a manual action, audited there with the actor's token name), and its
- * outcome as a redirect with a flash line (a form) or as JSON (a script).
+ * outcome as a redirect with a flash line (a form; the line in a cookie, see flash.ts) or as JSON
+ * (a script: the first MAX_ANSWER_KEYS keys and their count).
  */
 import type { ServerResponse } from 'node:http';
 import type { Logger } from 'pino';
 import { clearItems, retryItems, runManualAction, ActionRefused, type ActionOutcome, type Actor, type Target } from '../operator/actions.js';
 import type { OperatorContext } from '../operator/views.js';
-import { HttpError, redirect, returnPath, sendJson, withFlash } from './http.js';
+import { flashCookie, type Flash } from './flash.js';
+import { HttpError, redirect, returnPath, sendJson } from './http.js';
 
 export interface ActionRequest {
   reconciler: string;
@@ -16,11 +18,25 @@ export interface ActionRequest {
   ctx: OperatorContext;
   log: Logger;
   json: boolean;
+  /** The request came over https: the flash cookie is Secure. */
+  secure: boolean;
 }
 
 const OPS = ['retry', 'clear', 'act'] as const;
 const SCOPES = ['key', 'group', 'all'] as const;
 type Op = (typeof OPS)[number];
+
+/** Keys a JSON answer lists at most: a bulk action may change hundreds of thousands (the audit record keeps them all). */
+export const MAX_ANSWER_KEYS = 100;
+
+/** The `dead` field: `1`/`true` narrows a group or all to the dead items (the dead view's forms send it). */
+function deadOnly(fields: Record<string, string>, scope: string): boolean {
+  const value = (fields.dead ?? '').trim().toLowerCase();
+  if (value === '' || value === '0' || value === 'false') return false;
+  if (value !== '1' && value !== 'true') throw new HttpError(400, 'dead must be 1, true, 0 or false');
+  if (scope === 'key') throw new HttpError(400, 'dead applies to scope group or all, not to one key');
+  return true;
+}
 
 /** What the fields ask for; a missing or unknown field is a 400 naming it. */
 function parse(fields: Record<string, string>): { op: Op; target: Target; action: string; note: string | undefined } {
@@ -34,7 +50,8 @@ function parse(fields: Record<string, string>): { op: Op; target: Target; action
     if (value === undefined || value === '') throw new HttpError(400, `${name} is missing`);
     return value;
   };
-  const target: Target = scope === 'key' ? { key: needed('key') } : scope === 'group' ? { group: needed('group') } : { all: true };
+  const dead = deadOnly(fields, scope!);
+  const target: Target = scope === 'key' ? { key: needed('key') } : scope === 'group' ? { group: needed('group'), deadOnly: dead } : { all: true, deadOnly: dead };
   const note = fields.note?.trim() ? fields.note.trim() : undefined;
   return { op, target, action: op === 'act' ? needed('action') : '', note };
 }
@@ -50,6 +67,7 @@ function perform(request: ActionRequest, op: Op, target: Target, action: string,
 /** Runs the action and answers. A refusal is a 400 (404 for an unknown reconciler, action or item), or a flash line. */
 export async function handleAction(request: ActionRequest, res: ServerResponse): Promise<void> {
   const back = returnPath(request.fields.return_to);
+  const withFlash = (flash: Flash) => redirect(res, back, { 'set-cookie': flashCookie(flash, request.secure) });
   let outcome: ActionOutcome;
   try {
     const parsed = parse(request.fields);
@@ -58,8 +76,9 @@ export async function handleAction(request: ActionRequest, res: ServerResponse):
     if (!(error instanceof ActionRefused) && !(error instanceof HttpError)) throw error;
     const status = error instanceof HttpError ? error.status : error.notFound ? 404 : 400;
     if (request.json) return sendJson(res, status, { error: error.message });
-    return redirect(res, withFlash(back, 'error', error.message));
+    return withFlash({ kind: 'error', text: error.message });
   }
-  if (request.json) return sendJson(res, 200, { ok: true, result: outcome.result, keys: outcome.keys, auditId: outcome.auditId });
-  return redirect(res, withFlash(back, 'done', outcome.result));
+  const { result, keys, auditId } = outcome;
+  if (request.json) return sendJson(res, 200, { ok: true, result, count: keys.length, keys: keys.slice(0, MAX_ANSWER_KEYS), auditId });
+  return withFlash({ kind: 'done', text: result });
 }

@@ -97,8 +97,14 @@ export function cookieValue(req: IncomingMessage, name: string): string | undefi
   return undefined;
 }
 
-/** The bearer token of an `Authorization: Bearer …` header. */
-export function bearerToken(req: IncomingMessage): string | undefined {
+/**
+ * The console token of an `Authorization: Bearer …` header, when the request carries no session
+ * cookie. With one, the header belongs to a proxy in front (oauth2-proxy passes its own access
+ * token): the session is who acts, and the header is neither compared nor counted as a failed
+ * sign-in. Any other scheme (`Basic …`) is never a console token.
+ */
+export function consoleBearer(req: IncomingMessage): string | undefined {
+  if (cookieValue(req, SESSION_COOKIE) !== undefined) return undefined;
   const match = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '');
   return match?.[1];
 }

@@ -3,6 +3,7 @@
  * JSON bodies, and the one rule for where a form may send the browser back to.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { consoleBearer } from './auth.js';
 
 /** No inline script or style, nothing from elsewhere, no framing. */
 export const CONTENT_SECURITY_POLICY =
@@ -45,9 +46,15 @@ export function redirect(res: ServerResponse, location: string, headers: Record<
   res.end();
 }
 
-/** True when the client wants JSON back (a script), not a page or a redirect (a browser's form). */
+const contentType = (req: IncomingMessage) => (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+
+/**
+ * True when the client wants JSON back (a script), not a page or a redirect (a browser's form):
+ * it accepts JSON, sends JSON, or signs in with a console bearer token. Any other
+ * `Authorization` header (a proxy's Basic or OAuth credentials beside the session cookie) says nothing.
+ */
 export function wantsJson(req: IncomingMessage): boolean {
-  return /\bapplication\/json\b/.test(req.headers.accept ?? '') || req.headers.authorization !== undefined;
+  return /\bapplication\/json\b/.test(req.headers.accept ?? '') || contentType(req) === 'application/json' || consoleBearer(req) !== undefined;
 }
 
 /** The fields of a urlencoded or JSON body of at most MAX_BODY_BYTES, as strings. */
@@ -63,10 +70,22 @@ export async function readFields(req: IncomingMessage): Promise<Record<string, s
     chunks.push(chunk);
   }
   const text = Buffer.concat(chunks).toString('utf8');
-  const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+  const type = contentType(req);
   if (type === 'application/json') return jsonFields(text);
-  if (type === 'application/x-www-form-urlencoded' || (type === '' && text === '')) return Object.fromEntries(new URLSearchParams(text));
+  if (type === 'application/x-www-form-urlencoded' || (type === '' && text === '')) return formFields(text);
   throw new HttpError(415, 'send the fields as application/x-www-form-urlencoded or application/json');
+}
+
+/** The fields of a urlencoded body; a malformed escape (`%E0%A4%A`, bytes that are not UTF-8) is a 400, not a silent U+FFFD. */
+function formFields(text: string): Record<string, string> {
+  for (const part of text.split('&')) {
+    try {
+      decodeURIComponent(part.replace(/\+/g, ' '));
+    } catch {
+      throw new HttpError(400, 'the form body is not valid URL encoding');
+    }
+  }
+  return Object.fromEntries(new URLSearchParams(text));
 }
 
 function jsonFields(text: string): Record<string, string> {
@@ -90,7 +109,7 @@ const BASE = 'http://console.invalid';
 
 /**
  * Where a form sends the browser back to: a path on this console (`/…`, never `//host` or
- * `/\host`), percent-encoded, without an earlier flash; anything else is `/`.
+ * `/\host`), percent-encoded, without the `done`/`error` parameters of older consoles; anything else is `/`.
  */
 export function returnPath(given: string | undefined): string {
   if (!given || !given.startsWith('/') || given.startsWith('//') || given.startsWith('/\\')) return '/';
@@ -104,13 +123,6 @@ export function returnPath(given: string | undefined): string {
   } catch {
     return '/';
   }
-}
-
-/** `path` with a flash line for the page to show: `done` for what was done, `error` for a refusal. */
-export function withFlash(path: string, kind: 'done' | 'error', message: string): string {
-  const url = new URL(path, BASE);
-  url.searchParams.set(kind, message.slice(0, 500));
-  return `${url.pathname}${url.search}`;
 }
 
 /** The client's address, for the sign-in rate limit and the log. */

@@ -9,10 +9,13 @@ import type { Logger } from 'pino';
 import { coerceError, errorSummary } from '../errors.js';
 import type { OperatorContext } from '../operator/views.js';
 import { asset, renderPage, renderSignIn } from './pages/index.js';
-import { ConsoleAuth, SESSION_COOKIE, bearerToken, cookieValue, originOf, sessionCookie, viaHttps } from './auth.js';
+import { ConsoleAuth, SESSION_COOKIE, consoleBearer, cookieValue, originOf, sessionCookie, viaHttps } from './auth.js';
 import { FailureLimiter } from './rate-limit.js';
 import { HttpError, clientAddress, readFields, redirect, returnPath, send, sendHtml, sendJson, sendText, wantsJson } from './http.js';
 import { handleAction } from './act.js';
+import { FLASH_COOKIE, clearFlashCookie, requestFlash } from './flash.js';
+import { allowedHosts, hostName } from './hosts.js';
+import { PageReads, type PageReadLimits } from './page-reads.js';
 import type { ConsoleToken } from './tokens.js';
 
 export interface ConsoleOptions {
@@ -21,6 +24,12 @@ export interface ConsoleOptions {
   tokens: readonly ConsoleToken[];
   /** What the pages read and the actions change; undefined while the database is awaited (pages answer 503). */
   context: () => OperatorContext | undefined;
+  /** The address the console is bound to (HTTP_HOST, `--host`): with CONSOLE_HOSTS unset, a loopback one answers loopback names only. */
+  listenHost: string;
+  /** CONSOLE_HOSTS: the `Host` names the console answers (hosts.ts). */
+  hosts?: readonly string[];
+  /** How many pages render at once, how many wait, how long a statement may take (page-reads.ts). */
+  pageReads?: PageReadLimits;
 }
 
 export type ConsoleHandler = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
@@ -41,15 +50,21 @@ class ConsoleServer {
   readonly #auth: ConsoleAuth;
   readonly #limiter = new FailureLimiter();
   readonly #log: Logger;
+  readonly #hosts: ReadonlySet<string> | undefined;
+  readonly #reads: PageReads;
 
   constructor(private readonly options: ConsoleOptions) {
     this.#auth = new ConsoleAuth(options.tokens);
     this.#log = options.log;
+    this.#hosts = allowedHosts(options.listenHost, options.hosts);
+    this.#reads = new PageReads(options.pageReads);
   }
 
   async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://console.invalid');
     try {
+      // DNS rebinding: a page elsewhere that resolves its own name to this address must get nothing.
+      if (this.#hosts && !this.#hosts.has(hostName(req.headers.host ?? ''))) throw new HttpError(421, 'unknown host: set CONSOLE_HOSTS');
       if (req.method === 'GET' || req.method === 'HEAD') return await this.#get(req, res, url);
       if (req.method === 'POST') return await this.#post(req, res, url);
       throw new HttpError(405, 'the console answers GET and POST only', { allow: 'GET, HEAD, POST' });
@@ -79,8 +94,13 @@ class ConsoleServer {
     if (!ctx) return sendText(res, 503, 'the console is waiting for the database; reload in a moment', { 'retry-after': '5' });
     const session = auth.actionsEnabled ? auth.session(cookieValue(req, SESSION_COOKIE)) : null;
     const fragment = req.headers[FRAGMENT_HEADER] === '1';
-    const page = await renderPage({ path: url.pathname, query: url.searchParams, session, actionsEnabled: auth.actionsEnabled, ctx, fragment });
-    return page ? sendHtml(res, page.status, page.html) : sendText(res, 404, `no such page: ${url.pathname}`);
+    // The flash is the next full page's: a live-update fragment neither shows nor clears it.
+    const flash = fragment ? undefined : requestFlash(req);
+    const request = { path: url.pathname, query: url.searchParams, session, actionsEnabled: auth.actionsEnabled, fragment, flash };
+    const page = await this.#reads.read(ctx, (snapshot) => renderPage({ ...request, ctx: snapshot }));
+    if (!page) return sendText(res, 404, `no such page: ${url.pathname}`);
+    const shown = !fragment && cookieValue(req, FLASH_COOKIE) !== undefined;
+    return sendHtml(res, page.status, page.html, shown ? { 'set-cookie': clearFlashCookie(viaHttps(req)) } : {});
   }
 
   async #post(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
@@ -95,8 +115,8 @@ class ConsoleServer {
     const name = this.#actor(req, fields);
     const ctx = this.options.context();
     if (!ctx) throw new HttpError(503, 'the console is waiting for the database; try again in a moment');
-    const reconciler = decodeURIComponent(match[1]!);
-    return handleAction({ reconciler, fields, actor: { name, via: 'console' }, ctx, log: this.#log, json: wantsJson(req) }, res);
+    const reconciler = decodedName(match[1]!);
+    return handleAction({ reconciler, fields, actor: { name, via: 'console' }, ctx, log: this.#log, json: wantsJson(req), secure: viaHttps(req) }, res);
   }
 
   #postSignIn(req: IncomingMessage, res: ServerResponse, fields: Record<string, string>): void {
@@ -119,7 +139,7 @@ class ConsoleServer {
     if (!this.#auth.actionsEnabled) throw new HttpError(403, READ_ONLY);
     const origin = originOf(req);
     if (origin === 'other') throw new HttpError(403, 'refused: the request comes from another origin');
-    const bearer = bearerToken(req);
+    const bearer = consoleBearer(req);
     if (bearer !== undefined) return this.#signIn(req, bearer, 'bearer');
     if (origin === 'absent') throw new HttpError(403, 'refused: the request has neither Origin nor Referer');
     const session = this.#auth.session(cookieValue(req, SESSION_COOKIE));
@@ -132,17 +152,29 @@ class ConsoleServer {
   #signIn(req: IncomingMessage, token: string, via: 'form' | 'bearer'): string {
     const address = clientAddress(req);
     const wait = this.#limiter.retryAfter(address);
-    if (wait > 0) {
+    const limited = (seconds: number) => {
       this.#log.warn({ event: 'console:sign-in', outcome: 'limited', via, address }, `console: sign-in from ${address} refused: too many failed attempts`);
-      throw new HttpError(429, `too many failed sign-in attempts: try again in ${wait} s`, { 'retry-after': String(wait) });
-    }
+      return new HttpError(429, `too many failed sign-in attempts: try again in ${seconds} s`, { 'retry-after': String(seconds) });
+    };
+    if (wait.address > 0) throw limited(wait.address);
+    // Past the overall limit only, the right token still signs in: guesses spread over many addresses cannot lock operators out.
     const name = this.#auth.nameOf(token);
     if (name === undefined) {
       this.#limiter.failed(address);
+      if (wait.overall > 0) throw limited(wait.overall);
       this.#log.warn({ event: 'console:sign-in', outcome: 'refused', via, address }, `console: sign-in from ${address} refused: unknown token`);
       throw new HttpError(401, 'that token is not one of CONSOLE_TOKENS');
     }
     if (via === 'form') this.#log.info({ event: 'console:sign-in', outcome: 'ok', via, name, address }, `console: ${name} signed in from ${address}`);
     return name;
+  }
+}
+
+/** A path segment's name; malformed percent-encoding names nothing (404, not a 500 with a warning). */
+function decodedName(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new HttpError(404, 'no such reconciler: the name in the path is not valid percent-encoding');
   }
 }

@@ -35,7 +35,13 @@ export async function consoleCommand(flags: ConsoleFlags): Promise<number> {
   const { config, log, reconcilers, loadErrors, database } = context;
   try {
     if (config.CONSOLE === 'off') throw new UserError('the console is off (CONSOLE=off): unset CONSOLE, or set it to on');
-    const handler = createConsoleHandler({ log, tokens: config.CONSOLE_TOKENS, context: () => ({ db: database.db, reconcilers, loadErrors, log }) });
+    const handler = createConsoleHandler({
+      log,
+      tokens: config.CONSOLE_TOKENS,
+      context: () => ({ db: database.db, reconcilers, loadErrors, log }),
+      listenHost: flags.host,
+      hosts: config.CONSOLE_HOSTS,
+    });
     const server = createServer((req, res) => void handler(req, res));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

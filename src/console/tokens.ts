@@ -1,7 +1,8 @@
 /**
  * CONSOLE_TOKENS: `name:token` pairs, comma-separated. The name is what the audit log records
  * for every action taken with that token; the token is a secret, registered as soon as it is
- * read, and never shown in a message (not even in the one that says the value is wrong).
+ * read (when long enough to be one), and never shown in a message (not even in the one that
+ * says the value is wrong).
  */
 import { z } from 'zod';
 import { registerSecret } from '../secrets.js';
@@ -50,8 +51,13 @@ export const consoleTokens = z
   .transform((value, ctx): ConsoleToken[] => {
     if (value === undefined || value.trim() === '') return [];
     const entries = value.split(',').map((entry) => entry.trim()).filter((entry) => entry !== '');
-    // Registered before any check: whatever is wrong with the value, the tokens in it stay out of every line.
-    for (const entry of entries) registerSecret(entry.slice(entry.indexOf(':') + 1).trim());
+    // Registered before any other check: whatever else is wrong with the value, its tokens stay out of every line.
+    // A token too short to be valid is not: masking "short" would mangle ordinary words (the "shorter" of the message
+    // below); it is never shown anyway, and the value is refused.
+    for (const entry of entries) {
+      const token = entry.slice(entry.indexOf(':') + 1).trim();
+      if (token.length >= MIN_TOKEN_LENGTH) registerSecret(token);
+    }
     const problems = entries.map((entry, index) => entryProblem(entry, index + 1)).filter((problem): problem is string => problem !== undefined);
     const tokens = entries.map((entry) => {
       const colon = entry.indexOf(':');

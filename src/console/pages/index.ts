@@ -28,6 +28,8 @@ export interface PageRequest {
   ctx: OperatorContext;
   /** True when the live-update script asks for the `<main>` content only. */
   fragment: boolean;
+  /** The line after an action, from the console's flash cookie (never from the URL); only on a full page. */
+  flash?: { kind: 'done' | 'error'; text: string };
 }
 
 const LIST_LIMIT = 50;
@@ -86,7 +88,7 @@ async function content(req: PageRequest, parts: readonly string[], viewer: Viewe
 export async function renderPage(req: PageRequest): Promise<{ status: number; html: string } | undefined> {
   const parts = segments(req.path);
   if (!parts) return undefined;
-  const viewer: Viewer = { session: req.session, actionsEnabled: req.actionsEnabled, returnTo: returnPath(req.path, req.query), now: new Date() };
+  const viewer: Viewer = { session: req.session, actionsEnabled: req.actionsEnabled, returnTo: returnPath(req.path, req.query), now: new Date(), flash: req.flash };
   const found = await content(req, parts, viewer);
   if (found === undefined) return undefined;
   if (found === 'not found') {

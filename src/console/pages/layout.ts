@@ -13,6 +13,8 @@ export interface Viewer {
   /** The current path and query, without the flash parameters: where an action or sign-in returns. */
   returnTo: string;
   now: Date;
+  /** The line after an action (PageRequest.flash). */
+  flash?: { kind: 'done' | 'error'; text: string };
 }
 
 export interface PageContent {
@@ -41,10 +43,10 @@ function who(viewer: Viewer): Html {
   return html`<span class="muted">Read-only (CONSOLE_TOKENS not set)</span>`;
 }
 
-function flash(query: URLSearchParams): Html {
-  const done = query.get('done');
-  const error = query.get('error');
-  return html`${done ? html`<p class="flash flash-ok" role="status">${done}</p>` : ''}${error ? html`<p class="flash flash-bad" role="alert">${error}</p>` : ''}`;
+/** The line after an action. Only from the console's own cookie: a `?done=`/`?error=` link shows nothing. */
+function flash(given: Viewer['flash']): Html {
+  if (!given) return html``;
+  return given.kind === 'done' ? html`<p class="flash flash-ok" role="status">${given.text}</p>` : html`<p class="flash flash-bad" role="alert">${given.text}</p>`;
 }
 
 function document(title: string, body: Html): string {
@@ -75,7 +77,7 @@ export function layout(content: PageContent, viewer: Viewer, query: URLSearchPar
   <nav><a href="/" class="brand">reconciler</a> <a href="/">Overview</a> <a href="/audit">Audit log</a></nav>
   <div class="who">${who(viewer)}</div>
 </header>
-${flash(query)}
+${flash(viewer.flash)}
 <p id="live" class="live muted" aria-live="polite">Live updates start when the page has loaded.</p>
 <main id="main">${content.main}</main>`,
   );
