@@ -66,7 +66,7 @@ const reconcilerModel: ReconcilerModel = {
 const itemView = { reconciler: 'exports', key: XSS_KEY, failure, actions: [{ name: 'settled-by-hand', description: 'record a return settled outside' }], audit: [auditEntry] };
 
 /** A whole page, as the server sends it. */
-const full = (content: ReturnType<typeof overviewPage>, viewer: Viewer, query = '') => layout(content, viewer, new URLSearchParams(query), false);
+const full = (content: ReturnType<typeof overviewPage>, viewer: Viewer) => layout(content, viewer, false);
 
 /** What the CSP forbids in the page itself: inline script, style attributes, event handlers (attribute values, escaped, left out). */
 function cspViolations(text: string): string[] {
@@ -130,7 +130,7 @@ describe('the pages', () => {
     expect(anon).toContain('because &lt;img');
     expect(full(itemPage(itemView, readOnly), readOnly)).toContain('Read-only (CONSOLE_TOKENS not set)');
 
-    const signed = full(itemPage(itemView, signedIn), signedIn, `done=${encodeURIComponent(XSS_KEY)}`);
+    const signed = full(itemPage(itemView, signedIn), { ...signedIn, flash: { kind: 'done', text: XSS_KEY } });
     expect(cspViolations(signed)).toEqual([]);
     expect(signed).toContain('<p class="flash flash-ok" role="status">&lt;script&gt;');
     expect(signed).toContain('name="csrf" value="csrf-token-1"');

@@ -50,12 +50,11 @@ async function reconcilerContent(req: PageRequest, name: string, viewer: Viewer)
   const dead = req.query.get('dead') === '1';
   const group = GROUP_ID.test(req.query.get('group') ?? '') ? req.query.get('group')! : undefined;
   const filter = { ...parseHistoryFilter(req.query, reconciler.partitions), group, dead };
-  const [errors, groups, items, history] = await Promise.all([
-    passErrors(db, name),
-    failureGroups(db, { reconciler: name, deadOnly: dead, limit: LIST_LIMIT }),
-    failingItems(db, { reconciler: name, deadOnly: dead, group, limit: LIST_LIMIT }),
-    passHistory(db, { reconciler: name, status: filter.status, trigger: filter.trigger, partition: filter.partition, limit: LIST_LIMIT }),
-  ]);
+  // One after another: a page reads in one snapshot transaction, on one connection.
+  const errors = await passErrors(db, name);
+  const groups = await failureGroups(db, { reconciler: name, deadOnly: dead, limit: LIST_LIMIT });
+  const items = await failingItems(db, { reconciler: name, deadOnly: dead, group, limit: LIST_LIMIT });
+  const history = await passHistory(db, { reconciler: name, status: filter.status, trigger: filter.trigger, partition: filter.partition, limit: LIST_LIMIT });
   return reconcilerPage({ reconciler, passErrors: errors, groups, items, history, filter }, viewer);
 }
 
@@ -93,9 +92,9 @@ export async function renderPage(req: PageRequest): Promise<{ status: number; ht
   if (found === undefined) return undefined;
   if (found === 'not found') {
     const page = notFound(html`No reconciler named <code>${parts[1] ?? ''}</code> is loaded.`);
-    return { status: 404, html: layout(page, viewer, req.query, req.fragment) };
+    return { status: 404, html: layout(page, viewer, req.fragment) };
   }
-  return { status: 200, html: layout(found, viewer, req.query, req.fragment) };
+  return { status: 200, html: layout(found, viewer, req.fragment) };
 }
 
 /** The sign-in page: a form posting `token` and `return_to` to `/sign-in`. */

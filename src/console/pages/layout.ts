@@ -69,7 +69,7 @@ ${body}
 }
 
 /** A whole page, or (for the live-update script) only the inside of `<main>`. */
-export function layout(content: PageContent, viewer: Viewer, query: URLSearchParams, fragment: boolean): string {
+export function layout(content: PageContent, viewer: Viewer, fragment: boolean): string {
   if (fragment) return content.main.text;
   return document(
     content.title,
