@@ -155,13 +155,24 @@ describe('reconciler run', () => {
     expect(await t.rows(sql`SELECT * FROM reconciler.failures`)).toEqual([]);
   });
 
-  it('exits 1 and says how to make it due when --key names a dead item', async () => {
+  it('exits 1 and says where to look when --key names a dead item', async () => {
     const { env } = await itemsJob(3);
     await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at) VALUES ('items', 'item-2', 10, 'boom', now(), now())`);
     const result = await runCli(['run', 'items', '--key', 'item-2'], env);
     expect(result.code).toBe(1);
-    expect(result.stderr).toContain('item "item-2" is dead and was not attempted; make it due with `reconciler retry items "item-2"` first');
+    expect(result.stderr).toContain('items: "item-2" is dead and was not attempted: `reconciler failures items "item-2"` shows its error and what a person can do');
     expect(await doneItems()).toEqual([]);
+  });
+
+  it('says plainly when --key names an item the scan does not find, and what failure memory still holds of it', async () => {
+    const { env } = await itemsJob(3);
+    const typo = await runCli(['run', 'items', '--key', 'item-9'], env);
+    expect(typo.code, typo.stderr).toBe(0);
+    expect(typo.stdout).toMatch(/^items: pass \d+ succeeded in .+: 0 found, .* \(by --key: the scan does not find that key\)$/m);
+    expect(typo.stderr).toBe('reconciler: items: the scan does not find "item-9": nothing needs doing for it now (it is done, or the key is wrong).\n');
+    await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at, dead_at) VALUES ('items', 'item-9', 3, 'boom', now(), now())`);
+    const remembered = await runCli(['run', 'items', '--key', 'item-9'], env);
+    expect(remembered.stderr).toContain('It still has a failure on record (dead after 3 attempt(s)), which the next complete pass forgets: `reconciler failures items "item-9"` shows it.');
   });
 
   it('reconciles only the named item under --key', async () => {

@@ -96,7 +96,7 @@ export function describeHolder(holder: HolderDescription): string {
 
 /** Why a pass that ran ended before its scan did, as the summary says it; empty when it did not (or broke). */
 function endNote(result: PassResult): string {
-  if (result.keyFound === false) return ' (by --key: the scan does not find that key, so nothing needs doing for it, or the key is wrong)';
+  if (result.keyFound === false) return ' (by --key: the scan does not find that key)';
   if (result.keyFound !== undefined) return ' (one item, by --key)';
   if (result.handedOver !== undefined) return ` (handed over: ${result.handedOver})`;
   return result.complete || result.status === 'error' ? '' : ' (stopped early; the rest waits for the next pass)';

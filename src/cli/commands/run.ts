@@ -17,6 +17,7 @@ import { describeLoadError, formatLoadError, type LoadError } from '../../engine
 import type { Config } from '../../config.js';
 import type { Logger } from 'pino';
 import { printJson } from '../table.js';
+import { listFailures } from '../../store/failures.js';
 import { Progress } from '../progress.js';
 
 export interface RunFlags {
@@ -71,7 +72,7 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
     engine.events.on('item:deferred', (item) => {
       const line = flags.json
         ? JSON.stringify({ type: 'item', reconciler: item.reconciler, key: item.key, outcome: item.reason === 'dead' ? 'dead' : 'deferred', note: null })
-        : dryRunLine(`not now (${item.reason})`, item.key, item.reason === 'backoff' ? `next attempt ${item.nextAttemptAt.toISOString()}` : 'dead: `reconciler retry` makes it due');
+        : dryRunLine(`not now (${item.reason})`, item.key, item.reason === 'backoff' ? `next attempt ${item.nextAttemptAt.toISOString()}` : 'dead: waits for a person (`reconciler failures` shows it)');
       progress?.clear();
       process.stdout.write(`${line}\n`);
     });
@@ -103,17 +104,28 @@ async function runPasses(engine: Engine, names: string[], loadErrors: LoadError[
       continue;
     }
     report(outcome.result, flags);
-    if (flags.key !== undefined && !outcome.result.keyFound) {
-      process.stderr.write(`reconciler: ${name}: the scan did not find an item with key ${JSON.stringify(flags.key)}: nothing needs doing for it (or the key is wrong)\n`);
-    }
-    if (flags.key !== undefined && outcome.result.counts.dead - (outcome.result.died ?? 0) > 0) {
-      process.stderr.write(`reconciler: ${name}: item ${JSON.stringify(flags.key)} is dead and was not attempted; make it due with \`reconciler retry ${name} ${JSON.stringify(flags.key)}\` first\n`);
-      exitCode = Math.max(exitCode, ExitCode.itemsFailed);
-    }
+    if (flags.key !== undefined) exitCode = Math.max(exitCode, await explainKey(engine, outcome.result, flags.key));
     if (outcome.result.status !== 'succeeded') exitCode = Math.max(exitCode, ExitCode.itemsFailed);
   }
   progress?.stop();
   return asked.length > 0 ? Math.max(exitCode, ExitCode.usage) : exitCode;
+}
+
+/** After a `--key` pass: says plainly when the scan does not find the key, or when it was dead and not attempted. */
+async function explainKey(engine: Engine, result: PassResult, key: string): Promise<number> {
+  const name = result.reconciler;
+  const shown = JSON.stringify(key);
+  if (!result.keyFound) {
+    const [failure] = (await listFailures(engine.db, { reconciler: name, key, limit: 1 }).catch(() => ({ items: [] }))).items;
+    const onRecord = failure
+      ? ` It still has a failure on record (${failure.deadAt ? 'dead' : 'in backoff'} after ${failure.attempts} attempt(s)), which the next complete pass forgets: \`reconciler failures ${name} ${shown}\` shows it.`
+      : '';
+    process.stderr.write(`reconciler: ${name}: the scan does not find ${shown}: nothing needs doing for it now (it is done, or the key is wrong).${onRecord}\n`);
+    return ExitCode.ok;
+  }
+  if (result.counts.dead - (result.died ?? 0) === 0) return ExitCode.ok;
+  process.stderr.write(`reconciler: ${name}: ${shown} is dead and was not attempted: \`reconciler failures ${name} ${shown}\` shows its error and what a person can do (retry, clear, a manual action)\n`);
+  return ExitCode.itemsFailed;
 }
 
 /** One line of `--dry-run` output: what, which item, and the reconciler's note. */
