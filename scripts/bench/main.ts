@@ -8,7 +8,7 @@
  * against table size, memory under backlog, the idle footprint, and the latency from a
  * scheduled tick to the first item's reconcile. Issue 7 adds the convergence latency of a new
  * return with wakeOn against a one-minute cron, and the scale-out of a partitioned drain
- * over 1, 2 and 4 replicas.
+ * over 1, 2 and 4 replicas. Issue 16 adds the console's pages on a large failure table.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -18,6 +18,7 @@ import { idleFootprint, passLatency, scanCost } from './cases.js';
 import type { CaseResult } from './common.js';
 import { backlogDrain, memoryUnderBacklog } from './drain.js';
 import { convergenceLatency, scaleOut } from './scale.js';
+import { consolePages } from './console.js';
 
 const program = new Command('bench')
   .option('--quick', 'small tables and few runs (about 3 minutes), as the test suite runs it')
@@ -57,6 +58,7 @@ const cases = [
   ['pass latency', passLatency],
   ['convergence latency', convergenceLatency],
   ['scale-out', scaleOut],
+  ['console pages', consolePages],
 ] as const;
 /** Case name → the sub-filter after its slash ('' for the whole case). */
 const wanted = new Map(options.only?.map((entry) => [entry.split('/')[0]!.trim(), entry.split('/').slice(1).join('/').trim()]));
