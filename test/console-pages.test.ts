@@ -42,7 +42,7 @@ const lane = (name: string, over: Partial<LaneView> = {}): LaneView => ({
   lastPass: { id: 7, status: 'succeeded', trigger: 'schedule', startedAt: minutesAgo(3), durationMs: 1200, counts, complete: true, error: null },
   running: null, stalenessMs: 90_000, backlog: 3, inBackoff: 0, dead: 0, wakes: null, failingSince: null, ...over,
 });
-const summary = (name: string, lanes: LaneView[], over = {}) => ({ name, description: name, file: `jobs/${name}.ts`, schedule: '* * * * *', timezone: 'UTC', partitions: 1, actions: [], inBackoff: 0, dead: 0, lanes, chart: [], ...over });
+const summary = (name: string, lanes: LaneView[], over = {}) => ({ name, description: name, file: `jobs/${name}.ts`, schedule: '* * * * *', timezone: 'UTC', partitions: 1, actions: [], inBackoff: 0, dead: 0, deadItems: null, lanes, chart: [], ...over });
 
 const overviewModel: Overview = {
   broken: [{ name: 'typo', file: 'jobs/typo.ts', error: `SyntaxError ${XSS_ERROR}` }],
@@ -50,7 +50,7 @@ const overviewModel: Overview = {
     summary('calm', [lane('calm')]),
     summary('forgotten', [lane('forgotten', { lastPass: { id: 3, status: 'succeeded', trigger: 'schedule', startedAt: minutesAgo(180), durationMs: 10, counts, complete: true, error: null } })]),
     summary('exports', [lane('exports', { dead: 1, failingSince: minutesAgo(30), lastPass: { id: 9, status: 'error', trigger: 'schedule', startedAt: minutesAgo(1), durationMs: 5, counts, complete: false, error: XSS_ERROR } })], {
-      dead: 1, chart: [{ start: new Date(Math.floor(now.getTime() / 900_000) * 900_000), passes: 2, found: 6, changed: 2, failed: 4, maxDurationMs: 900, avgDurationMs: 400 }],
+      dead: 3, deadItems: { since: minutesAgo(42), group: 'abcdef0123', error: XSS_ERROR, count: 2 }, actions: [{ name: 'sent-by-hand', description: 'x' }], chart: [{ start: new Date(Math.floor(now.getTime() / 900_000) * 900_000), passes: 2, found: 6, changed: 2, failed: 4, maxDurationMs: 900, avgDurationMs: 400 }],
     }),
   ],
 };
@@ -95,6 +95,10 @@ describe('the pages', () => {
     expect(page).toContain('Needs attention');
     expect(page).toContain('its job file <code>jobs/typo.ts</code> does not load');
     expect(page).toMatch(/>forgotten<\/a>: no pass since <time[^>]*>3 h ago<\/time>, though it runs every 5 min/);
+    // Dead items: how many, since when (absolute and relative), mostly why (a link to that group), and what a person can do.
+    expect(page).toMatch(
+      /<a href="\/reconcilers\/exports\?dead=1">exports<\/a>: 3 dead items, waiting for a person since \d\d:\d\d:\d\d UTC \(<time[^>]*>42 min ago<\/time>\): 2 of them: <a href="\/reconcilers\/exports\?group=abcdef0123&amp;dead=1">&lt;img src=x[^<]*<\/a>\. To fix: retry, clear, or sent-by-hand \(on the item&#39;s page\)\./,
+    );
     expect(page).not.toMatch(/>calm<\/a>: no pass since/);
     expect(page.indexOf('>exports</a></th>')).toBeLessThan(page.indexOf('>calm</a></th>'));
     expect(page).toMatch(/<time datetime="[^"]+" title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">3 min ago<\/time>/);

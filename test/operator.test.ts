@@ -94,6 +94,8 @@ describe('views', () => {
     const view = await overview(context([r]));
     const [summary] = view.reconcilers;
     expect(summary).toMatchObject({ name: 'payments', inBackoff: 1, dead: 4 });
+    expect(summary!.deadItems).toMatchObject({ group: declined.id, count: 4, error: declined.error });
+    expect(summary!.deadItems!.since.getTime()).toBeLessThanOrEqual(Date.now());
     expect(summary!.actions.map((a) => a.name)).toEqual(['settled-by-hand', 'always-refuses', 'says-secret', 'slow']);
     expect(summary!.lanes[0]).toMatchObject({ backlog: 8, inBackoff: 1, dead: 4, running: null, wakes: null, failingSince: null });
     expect(summary!.lanes[0]!.lastPass).toMatchObject({ status: 'failed', counts: { found: 8, dead: 4 } });
@@ -222,5 +224,26 @@ describe('actions', () => {
     expect((await clearItems(ctx, actor, 'payments', { all: true, deadOnly: true })).keys.sort()).toEqual(['pay:2', 'pay:4', 'pay:6', 'pay:8']);
     expect((await failingItems(t.db, { reconciler: 'payments', limit: 10 })).items.map((i) => i.key)).toEqual(['pay:7']);
     expect((await auditLog(t.db, { limit: 10 })).entries.map((a) => a.target)).toEqual(['all dead']);
+  });
+});
+
+describe('error groups', () => {
+  it('merge errors that differ in ids, amounts and quoted values with digits, and keep short codes apart', async () => {
+    const errors: Record<string, string> = {
+      a: 'HTTP 402 {"code":"card_declined","message":"Your card 4242 was declined"} for order 17',
+      b: 'HTTP 402 {"code":"card_declined","message":"Your card 1881 was declined"} for order 23',
+      c: 'HTTP 402 {"code":"expired_card","message":"Your card 4242 has expired"} for order 5',
+      d: `request 3f2b8c1e-0000-4000-8000-000000000001 failed: ${'"'}${'a very long quoted value that goes on and on beyond forty characters'}${'"'}`,
+      e: `request 3f2b8c1e-0000-4000-8000-000000000002 failed: ${'"'}${'another very long quoted value, also well beyond forty characters'}${'"'}`,
+    };
+    for (const [key, error] of Object.entries(errors)) {
+      await t.rows(sql`INSERT INTO reconciler.failures (reconciler, key, attempts, last_error, next_attempt_at) VALUES ('cards', ${key}, 1, ${error}, now())`);
+    }
+    const { groups } = await failureGroups(t.db, { reconciler: 'cards', limit: 10 });
+    expect(groups.map((g) => [g.error, g.sampleKeys.sort()]).sort((x, y) => String(x[0]).localeCompare(String(y[0])))).toEqual([
+      ['HTTP N {"code":"card_declined","message":"…"} for order N', ['a', 'b']],
+      ['HTTP N {"code":"expired_card","message":"…"} for order N', ['c']],
+      ['request <id> failed: "…"', ['d', 'e']],
+    ]);
   });
 });

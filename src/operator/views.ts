@@ -11,7 +11,7 @@ import { emptyCounts, type PassCounts } from '../engine/result.js';
 import { nextTick } from '../scheduler/cron.js';
 import { queryRows } from '../store/database.js';
 import { listAudit, type AuditRow } from '../store/audit.js';
-import { failureGroups, type FailureGroup } from '../store/failure-groups.js';
+import { deadSummaries, failureGroups, type FailureGroup } from '../store/failure-groups.js';
 import { listFailures, type FailureRow } from '../store/failures.js';
 import { holderOfRow } from '../store/lease.js';
 import { wakesListening } from '../store/replicas.js';
@@ -67,6 +67,8 @@ export interface ReconcilerSummary {
   inBackoff: number;
   dead: number;
   lanes: LaneView[];
+  /** When it has dead items: since when the first died, and the error most of them share (its group). */
+  deadItems: { since: Date; group: string; error: string; count: number } | null;
   /** The last 24 hours, in 15-minute buckets (empty ones left out). */
   chart: ChartBucket[];
 }
@@ -148,6 +150,7 @@ export async function overview(ctx: OperatorContext, now = new Date()): Promise<
     listening: await wakesListening(ctx.db, new Map(ctx.reconcilers.filter((r) => r.wakeOn.length > 0).map((r) => [r.name, r.wakeOn]))),
   };
   const chart = await passChart(ctx.db);
+  const dead = new Map((await deadSummaries(ctx.db)).map((d) => [d.reconciler, d]));
   return {
     reconcilers: ctx.reconcilers.map((r) => {
       const lanes = Array.from({ length: r.partitions }, (_, p) => laneView(r, p, sources, now));
@@ -157,6 +160,7 @@ export async function overview(ctx: OperatorContext, now = new Date()): Promise<
         inBackoff: lanes.reduce((n, l) => n + l.inBackoff, 0),
         dead: lanes.reduce((n, l) => n + l.dead, 0),
         lanes,
+        deadItems: dead.has(r.name) ? (({ reconciler: _, ...d }) => d)(dead.get(r.name)!) : null,
         chart: chart.get(r.name) ?? [],
       };
     }),

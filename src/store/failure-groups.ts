@@ -1,5 +1,6 @@
 /**
- * Failures by kind: items whose last errors differ only in ids, numbers and quoted values share
+ * Failures by kind: items whose last errors differ only in ids, numbers and quoted values (those
+ * holding a digit or longer than 40 characters; short codes such as "card_declined" stay) share
  * an error group ("declined: the refund of return N (\"…\")"), named by a short stable id. The
  * normalisation is one SQL function of the engine schema (`normalised_error`, migration 0003),
  * and each failure row's group is a column PostgreSQL generates from its last error
@@ -71,4 +72,31 @@ export async function failureGroups(db: Db, options: { reconciler?: string; dead
     })),
     total: Number(rows[0]?.total ?? 0),
   };
+}
+
+/** Of one reconciler's dead items: since when the first died, and the error most of them share. */
+export interface DeadSummary {
+  reconciler: string;
+  since: Date;
+  /** The biggest group of dead items: its id, its normalised error, and how many of the dead it holds. */
+  group: string;
+  error: string;
+  count: number;
+}
+
+/** Per reconciler with dead items, what the overview says of them: since when, and mostly why. */
+export async function deadSummaries(db: Db): Promise<DeadSummary[]> {
+  const t = engineSchema();
+  const rows = await queryRows<{ reconciler: string; since: Date | string; group: string; error: string; count: number }>(
+    db,
+    sql`WITH g AS (
+          SELECT reconciler, error_group, count(*)::int AS n, min(dead_at) AS since FROM ${t.failures} WHERE dead_at IS NOT NULL GROUP BY 1, 2),
+        top AS (
+          SELECT DISTINCT ON (reconciler) reconciler, error_group, n, min(since) OVER (PARTITION BY reconciler) AS since FROM g ORDER BY reconciler, n DESC)
+        SELECT top.reconciler, top.since, top.error_group AS group, top.n AS count, ${t.normalisedErrorOf}(s.last_error) AS error
+        FROM top CROSS JOIN LATERAL (
+          SELECT last_error FROM ${t.failures} f WHERE f.reconciler = top.reconciler AND f.error_group = top.error_group ORDER BY f.last_failed_at DESC LIMIT 1) s
+        ORDER BY top.reconciler`,
+  );
+  return rows.map((r) => ({ reconciler: r.reconciler, since: new Date(r.since), group: r.group, error: r.error, count: Number(r.count) }));
 }

@@ -191,7 +191,8 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
     intent = await ensureIntent(db, row, decision.kind, decision.amountCents, decision.currency);
   }
 
-  const what = `${money(intent.amountCents, intent.currency)} ${to[intent.kind]} ${row.customer_name} (return ${returnId})`;
+  // The customer by reference, not by name: errors are stored and shown to operators, and items that fail alike group together.
+  const what = `${money(intent.amountCents, intent.currency)} ${to[intent.kind]} customer ${row.customer_ref} (return ${returnId})`;
   if (intent.state === 'succeeded') {
     if (ctx.dryRun) return { outcome: 'changed', note: `already ${past[intent.kind]} ${what}: would mark the return settled` };
     return (await recordOutcome(db, intent, returnId, intent.providerRef)) ? { outcome: 'changed', note: `return ${returnId} settled` } : 'unchanged';

@@ -27,6 +27,12 @@ export function ago(date: Date | null | undefined, now: Date, none = 'never'): H
   return html`<time datetime="${date.toISOString()}" title="${absolute(date)}">${words}</time>`;
 }
 
+/** `09:38:12 UTC (4 min ago)`: for the times an operator quotes in a ticket (the date too when not today). */
+export function at(date: Date, now: Date): Html {
+  const day = date.toISOString().slice(0, 10) === now.toISOString().slice(0, 10) ? '' : `${date.toISOString().slice(0, 10)} `;
+  return html`${day}${date.toISOString().slice(11, 19)} UTC (${ago(date, now)})`;
+}
+
 /** A duration as the engine prints it (`850ms`, `12.3s`, `4m05s`), or a dash. */
 export function duration(ms: number | null | undefined): string {
   return ms === null || ms === undefined ? '–' : formatDuration(ms);

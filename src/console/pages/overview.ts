@@ -7,7 +7,7 @@ import { oneLine } from '../../errors.js';
 import { nextTick } from '../../scheduler/cron.js';
 import { passCharts } from '../chart.js';
 import { html, type Html } from '../html.js';
-import { ago, count, duration, plural, reconcilerPath, span, status } from './format.js';
+import { ago, at, count, duration, plural, reconcilerPath, span, status } from './format.js';
 import type { PageContent, Viewer } from './layout.js';
 import type { LaneView, Overview, ReconcilerSummary } from './model.js';
 
@@ -41,18 +41,28 @@ function trouble(r: ReconcilerSummary): number {
   return r.inBackoff > 0 || r.lanes.some((l) => l.lastPass?.status === 'failed') ? 1 : 0;
 }
 
+/** Dead items: how many, since when, mostly why (their biggest error group), and what a person can do. */
+function deadLine(r: ReconcilerSummary, now: Date): Html {
+  const d = r.deadItems;
+  const why = d
+    ? html`: ${d.count === r.dead ? '' : `${d.count} of them: `}<a href="${reconcilerPath(r.name, { group: d.group, dead: '1' })}">${oneLine(d.error, 200)}</a>`
+    : '';
+  const fix = r.actions.length > 0 ? `retry, clear, or ${r.actions.map((a) => a.name).join(', ')} (on the item's page)` : 'retry or clear, once the cause is fixed';
+  return html`<li class="bad"><a href="${reconcilerPath(r.name, { dead: '1' })}">${r.name}</a>: ${plural(r.dead, 'dead item')}, waiting for a person${
+    d ? html` since ${at(d.since, now)}` : ''
+  }${why}. To fix: ${fix}.</li>`;
+}
+
 /** The stuck things, one sentence each, worst first. */
 function attention(model: Overview, now: Date): Html[] {
   const lines: Html[] = model.broken.map((b) => html`<li class="bad"><strong>${b.name}</strong> is not running: its job file <code>${b.file}</code> does not load: ${oneLine(b.error, 300)}</li>`);
   const lanes = model.reconcilers.flatMap((r) => r.lanes);
   for (const lane of lanes.filter((l) => l.failingSince || l.lastPass?.status === 'error')) {
     lines.push(html`<li class="bad"><a href="${reconcilerPath(lane.reconciler)}">${laneLabel(lane)}</a>: its passes fail${
-      lane.failingSince ? html` since ${ago(lane.failingSince, now)}` : ''
+      lane.failingSince ? html` since ${at(lane.failingSince, now)}` : ''
     }: ${oneLine(lane.lastPass?.error ?? '', 300)}</li>`);
   }
-  for (const r of model.reconcilers.filter((r) => r.dead > 0)) {
-    lines.push(html`<li class="bad"><a href="${reconcilerPath(r.name, { dead: '1' })}">${r.name}</a>: ${plural(r.dead, 'dead item')}, waiting for a person (retry, clear or resolve by hand).</li>`);
-  }
+  for (const r of model.reconcilers.filter((r) => r.dead > 0)) lines.push(deadLine(r, now));
   for (const lane of lanes.filter((l) => isLate(l, now))) {
     lines.push(html`<li class="warn"><a href="${reconcilerPath(lane.reconciler)}">${laneLabel(lane)}</a>: no pass since ${ago(lane.lastPass?.startedAt, now)}, though it runs every ${span(interval(lane, now) ?? 0)} (is a daemon running it?).</li>`);
   }

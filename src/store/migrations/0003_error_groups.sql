@@ -1,12 +1,12 @@
 -- Error groups (src/store/failure-groups.ts): what varies between errors of one kind is replaced, in
--- this order: uuids, quoted values, words holding a digit (ids, amounts, counts), then numbers with
--- decimals. A group is named by 10 hex characters of the reconciler and the normalised error;
+-- this order: uuids, quoted values holding a digit or longer than 40 characters (short codes such as
+-- "card_declined" stay), words holding a digit (ids, amounts, counts), then numbers with decimals. A group is named by 10 hex characters of the reconciler and the normalised error;
 -- failures.error_group is generated from it, so every writer (and every row from before) agrees.
 CREATE OR REPLACE FUNCTION "reconciler".normalised_error(error text) RETURNS text
   LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
   AS $fn$ SELECT regexp_replace(regexp_replace(regexp_replace(regexp_replace(left(error, 1000),
     '[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}', '<id>', 'g'),
-    '"[^"]*"', '"…"', 'g'),
+    '"([^"]*[0-9][^"]*|[^"]{41,})"', '"…"', 'g'),
     '\m\w*[0-9]\w*\M', 'N', 'g'),
     'N([.,]N)+', 'N', 'g') $fn$;
 --> statement-breakpoint
