@@ -7,6 +7,7 @@ import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { queryRows, type Database } from 'reconciler';
 import { describeSeed, seedReturns } from './seed.js';
+import { DECLINED_PAYMENT_METHOD } from './simulator/server.js';
 
 export const DEMO_RETURNS = 12;
 /** How often the demo's warehouse records a new return, so that wake-on-change can be watched. */
@@ -17,7 +18,17 @@ export async function seedDemoIfEmpty(database: Database, log: Logger): Promise<
   const [row] = await queryRows<{ any: boolean }>(database.db, sql`SELECT EXISTS (SELECT 1 FROM returns) AS any`);
   if (row?.any) return;
   const counts = await seedReturns(database.db, DEMO_RETURNS, Date.now() % 1_000_000);
-  log.info({ event: 'demo:seeded', ...counts }, `demo: the database had no returns: ${describeSeed(counts)}`);
+  // One return to charge gets a card the provider declines: the demo has one dead item to resolve in the console (settled-by-hand).
+  const declined = await queryRows<{ id: number }>(
+    database.db,
+    sql`UPDATE customers SET payment_method = ${DECLINED_PAYMENT_METHOD}
+        WHERE id = (SELECT f.customer_id FROM returns r JOIN fixes f ON f.id = r.fix_id WHERE f.prepaid_cents = 0 ORDER BY r.id LIMIT 1)
+        RETURNING id`,
+  );
+  log.info(
+    { event: 'demo:seeded', ...counts, declined: declined.length },
+    `demo: the database had no returns: ${describeSeed(counts)}${declined.length ? '; one card will be declined, so that the console has a dead item to resolve' : ''}`,
+  );
 }
 
 /**

@@ -32,6 +32,9 @@ export interface SimulatorFaults {
   retryAfter: string;
 }
 
+/** The payment method whose charges the simulator always declines, as Stripe's test card of that name is. */
+export const DECLINED_PAYMENT_METHOD = 'pm_card_chargeDeclined';
+
 export const NO_FAULTS: SimulatorFaults = { latencyMs: [0, 0], errorRate: 0, timeoutRate: 0, declineRate: 0, rateLimitRate: 0, unavailableRate: 0, retryAfter: '' };
 
 export interface SimulatorOptions {
@@ -193,7 +196,8 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
     }
     const [low, high] = faults.latencyMs;
     if (high > 0) await new Promise((resolve) => setTimeout(resolve, low + (high - low) * roll()));
-    if (roll() < faults.declineRate) {
+    // Stripe's test PaymentMethod that is always declined, so that a demo or a test can have exactly one decline.
+    if ((body as { payment_method?: unknown }).payment_method === DECLINED_PAYMENT_METHOD || roll() < faults.declineRate) {
       stats.declined++;
       const declined = apiError('card_error', 'your card was declined (simulated)', 'card_declined');
       await queryRows(db, sql`UPDATE payment_provider.requests SET state = 'done', status_code = 402, response = ${JSON.stringify(declined)}::jsonb, updated_at = now() WHERE idempotency_key = ${key} AND state = 'in_flight'`);
