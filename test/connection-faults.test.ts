@@ -85,8 +85,11 @@ describe('a connection left out of step by a stall that lost its bytes', () => {
 describe('shutdown', () => {
   const { children, dirs } = useCleanup();
 
-  /** A job whose items never finish and ignore ctx.signal: the worst an item can do to a shutdown. */
-  const stuckJobs = async (table: string) => {
+  /**
+   * A job whose items never finish and ignore ctx.signal: the worst an item can do to a shutdown.
+   * With `markStarted`, each item first counts itself in `touched`, so that a test knows it is in flight.
+   */
+  const stuckJobs = async (table: string, markStarted = false) => {
     await t.rows(sql.raw(tableSql(3, table)));
     const jobs = jobsDir({
       [`${table.replace(/_/g, '-')}.ts`]: `import { defineReconciler, sql } from ${JSON.stringify(API)};
@@ -95,7 +98,10 @@ export default defineReconciler<{ id: number }>({
   timeout: '1h',
   scan: async ({ db, after, limit }) => (await db.execute(sql\`SELECT id FROM ${table} WHERE id > \${after?.id ?? 0} ORDER BY id LIMIT \${limit}\`)).rows as unknown as { id: number }[],
   key: (item) => String(item.id),
-  reconcile: () => new Promise<never>(() => undefined),
+  reconcile: async (item, ctx) => {
+    ${markStarted ? `await ctx.db.execute(sql\`UPDATE ${table} SET touched = touched + 1 WHERE id = \${item.id}\`);` : ''}
+    return new Promise<never>(() => undefined);
+  },
 });
 `,
     });
@@ -104,10 +110,11 @@ export default defineReconciler<{ id: number }>({
   };
 
   it('records the items it aborted in the pass, when the database still answers', async () => {
-    const jobs = await stuckJobs('aborted_items');
+    const jobs = await stuckJobs('aborted_items', true);
     const daemon = startProcess(['daemon'], { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, SHUTDOWN_TIMEOUT: '1s', LEASE_TTL: '3s', LOG_LEVEL: 'info' });
     children.push(daemon);
-    await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.state WHERE reconciler = 'aborted-items' AND holder_id IS NOT NULL`)).length > 0, 'the catch-up pass', 30_000);
+    // All three items in flight (a held lease alone is not enough: a shutdown before the scan's page takes no item).
+    await until(async () => (await t.rows(sql`SELECT 1 FROM aborted_items WHERE touched > 0`)).length === 3, 'the catch-up pass with its 3 items in flight', 30_000);
     daemon.child.kill('SIGTERM');
     await daemon.exited;
     const [run] = await t.rows<{ status: string; error: string }>(sql`SELECT status, error FROM reconciler.runs WHERE reconciler = 'aborted-items' ORDER BY id DESC LIMIT 1`);
