@@ -63,12 +63,21 @@ export function cliActor(): Actor {
 }
 
 
-/** Names a person may act on: loaded reconcilers, and any that still have failures on record (a removed or broken job file). */
-async function checkReconciler(ctx: OperatorContext, name: string): Promise<void> {
+/**
+ * Checks a reconciler's name as a person typed it. Names a person may use: loaded reconcilers,
+ * and any the database still has `records` of (`recorded`; by default failures) when its job
+ * file was removed or did not load. Anything else is refused, with the closest known name.
+ */
+export async function checkReconcilerName(
+  ctx: OperatorContext,
+  name: string,
+  recorded = async () => (await listFailures(ctx.db, { reconciler: name, limit: 1 })).total > 0,
+  records = 'failures',
+): Promise<void> {
   if (ctx.reconcilers.some((r) => r.name === name)) return;
-  if ((await listFailures(ctx.db, { reconciler: name, limit: 1 })).total > 0) return;
+  if (await recorded()) return;
   const broken = ctx.loadErrors.find((e) => e.name === name);
-  if (broken) throw new ActionRefused(`${name} did not load, and has no failures on record: ${formatLoadError(broken)}`, true);
+  if (broken) throw new ActionRefused(`${name} did not load, and has no ${records} on record: ${formatLoadError(broken)}`, true);
   const known = ctx.reconcilers.map((r) => r.name);
   throw new ActionRefused(`unknown reconciler \`${name}\`${didYouMean(name, known) || (known.length ? ` (known: ${known.join(', ')})` : '')}`, true);
 }
@@ -81,7 +90,7 @@ async function changeFailures(
   target: Target,
   note: string | undefined,
 ): Promise<ActionOutcome> {
-  await checkReconciler(ctx, reconciler);
+  await checkReconcilerName(ctx, reconciler);
   if ('group' in target && !GROUP_ID.test(target.group)) {
     throw new ActionRefused(`${JSON.stringify(target.group)} is not an error group id (10 hex characters, see \`reconciler failures ${reconciler} --group\`)`);
   }
@@ -123,7 +132,7 @@ export const clearItems = (ctx: OperatorContext, actor: Actor, reconciler: strin
 export async function runManualAction(ctx: OperatorContext, actor: Actor, reconciler: string, key: string, action: string, note: string): Promise<ActionOutcome> {
   const r = ctx.reconcilers.find((x) => x.name === reconciler);
   if (!r) {
-    await checkReconciler(ctx, reconciler);
+    await checkReconcilerName(ctx, reconciler);
     throw new ActionRefused(`${reconciler} did not load: its manual actions are unavailable until its job file loads`, true);
   }
   const names = Object.keys(r.actions);
