@@ -350,6 +350,96 @@ describe('hand-over', () => {
     expect(done.sort()).toEqual([...all].sort()); // each key once
   });
 
+  it('waits past its grace for a live owner that finds the given-up partition by looking (no notice), rather than running it again itself', async () => {
+    const all = keys(60);
+    const done: string[] = [];
+    const hold = { started: deferred(), gate: deferred() };
+    let membership: Membership = ALONE;
+    const ownerLog = captureLog();
+    // The owner looks every 400 ms, later than the giver's 100 ms grace (a loaded machine, a slow pooler), and hears no notice.
+    const giver = new Scheduler({ engine: engine(t.db, [twoPartitions('late-owner', all, done, { hold })]), log: silentLog, membership: async () => membership, handOverLookMs: 0, handOverGraceMs: 100 });
+    const owner = new Scheduler({ engine: engine(t.db, [twoPartitions('late-owner', all, done)], { log: ownerLog.log }), log: ownerLog.log, membership: async () => ({ rank: 1, count: 2 }), handOverLookMs: 400 });
+    try {
+      await giver.start();
+      await hold.started.promise;
+      await owner.start();
+      await ownerLog.waitFor((line) => line.event === 'lease:held' && line.partition === 1); // its catch-up found the giver's pass, and watches it
+      membership = { rank: 0, count: 2 };
+      hold.gate.resolve();
+      await until(async () => (await partitionRuns('late-owner', 1)).some(([trigger]) => trigger === 'handover'), "the owner's hand-over pass");
+      await owner.drain();
+      await giver.drain();
+    } finally {
+      await Promise.all([giver.stop(), owner.stop()]);
+      await Promise.all([giver.drain(), owner.drain()]);
+    }
+    expect(await partitionRuns('late-owner', 1)).toEqual([['startup', false], ['handover', true]]); // no hand-back
+    expect(done.sort()).toEqual([...all].sort()); // each key once
+  });
+
+  it('runs the rest of an own partition whose pass it found served by one that gave it up before it looked (no notice)', async () => {
+    const all = keys(60);
+    const done: string[] = [];
+    const hold = { started: deferred(), gate: deferred() };
+    let membership: Membership = ALONE;
+    const giver = new Scheduler({ engine: engine(t.db, [twoPartitions('served-early', all, done, { hold })]), log: silentLog, membership: async () => membership, handOverLookMs: 0, handOverGraceMs: 10_000 });
+    const owner = new Scheduler({ engine: engine(t.db, [twoPartitions('served-early', all, done)]), log: silentLog, membership: async () => ({ rank: 1, count: 2 }) });
+    const locker = new pg.Client({ connectionString: t.url });
+    await locker.connect();
+    try {
+      await giver.start();
+      await hold.started.promise;
+      // The owner's catch-up decides while the giver's pass runs, and asks for the lease only once that pass has ended.
+      await locker.query('BEGIN');
+      await locker.query('SELECT pg_advisory_xact_lock($1::int, hashtext($2))', [LEASE_LOCK_NAMESPACE, 'served-early']);
+      await owner.start();
+      await until(async () => (await t.rows(sql`SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted`)).length > 0, "the owner's catch-up to wait for the lease lock");
+      membership = { rank: 0, count: 2 };
+      hold.gate.resolve();
+      await until(async () => (await t.rows(sql`SELECT 1 FROM reconciler.runs WHERE reconciler = 'served-early' AND partition = 1 AND status <> 'running'`)).length > 0, "the giver's pass to end");
+      await locker.query('COMMIT');
+      // The giver's hand-back is 10 s (and more, the owner being alive) away: the owner runs the rest itself.
+      await until(async () => (await partitionRuns('served-early', 1)).some(([trigger]) => trigger === 'handover'), "the owner's hand-over pass");
+      await owner.drain();
+    } finally {
+      await locker.end();
+      await Promise.all([giver.stop(), owner.stop()]);
+      await Promise.all([giver.drain(), owner.drain()]);
+    }
+    expect(await partitionRuns('served-early', 1)).toEqual([['startup', false], ['handover', true]]);
+    expect(done.sort()).toEqual([...all].sort()); // each key once
+  });
+
+  it("gives a free partition's live owner a grace to start it before its sweep runs it", async () => {
+    const all = keys(40);
+    const sweeperDone: string[] = [];
+    const ownerDone: string[] = [];
+    // Partition 1 ran just now; partition 0 never did: a catch-up of it is due, and it is rank 0's.
+    const [row] = await t.rows<{ at: Date | string }>(
+      sql`INSERT INTO reconciler.state (reconciler, partition, partitions, last_started_at, last_tick_at, last_run_id) VALUES ('late-start', 1, 2, now(), now(), 0) RETURNING last_tick_at AS at`,
+    );
+    const now = () => new Date(row!.at);
+    const sweeperLog = captureLog();
+    // The sweeper (rank 1) sweeps at once, and would run partition 0 10 s on; its owner (rank 0) starts late, but within that.
+    const sweeper = new Scheduler({ engine: engine(t.db, [twoPartitions('late-start', all, sweeperDone)], { log: sweeperLog.log }), log: sweeperLog.log, membership: async () => ({ rank: 1, count: 2 }), sweepDelayMs: 0, sweepGraceMs: 10_000, now });
+    const owner = new Scheduler({ engine: engine(t.db, [twoPartitions('late-start', all, ownerDone)]), log: silentLog, membership: async () => ({ rank: 0, count: 2 }), now });
+    try {
+      await sweeper.start(); // its sweep finds partition 0 free
+      await sweeperLog.waitFor((line) => line.event === 'sweep:free' && line.partition === 0);
+      // Whatever the sweep started at once has started by the next turn of the timers: let it end before the owner starts.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      await sweeper.drain();
+      await owner.start();
+      await until(async () => (await partitionRuns('late-start', 0)).length > 0, 'a pass of partition 0');
+      await owner.drain();
+    } finally {
+      await Promise.all([sweeper.stop(), owner.stop()]);
+      await Promise.all([sweeper.drain(), owner.drain()]);
+    }
+    expect(ownerDone.sort()).toEqual(all.filter((k) => partitionOf(k, 2) === 0).sort());
+    expect(sweeperDone).toEqual([]);
+  });
+
   it('runs a notice only for a partition this replica owns, of its own count; one that comes while a launch of it is in flight runs after it', async () => {
     const all = keys(40);
     const done: string[] = [];
@@ -395,7 +485,7 @@ describe('hand-over', () => {
     const e = engine(t.db, [ticking]);
     const skipped: unknown[] = [];
     e.events.on('tick:skipped', (event) => void skipped.push(event));
-    const owner = new Scheduler({ engine: e, log: silentLog, membership: async () => ({ rank: 1, count: 2 }), sweepDelayMs: 0, now: () => ranAt });
+    const owner = new Scheduler({ engine: e, log: silentLog, membership: async () => ({ rank: 1, count: 2 }), sweepDelayMs: 0, sweepGraceMs: 0, now: () => ranAt });
     try {
       await owner.start();
       await owner.handOver({ reconciler: 'ticking', partition: 1, partitions: 2, runId: 0 });

@@ -8,6 +8,8 @@
  */
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { sql } from 'drizzle-orm';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { useTestDatabase } from './helpers/db.js';
 import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
 import { settleReturnsJobFile } from '../testkit/settle-returns.js';
@@ -49,8 +51,11 @@ function settleJobs(schedule: string): string {
 describe('behind PgBouncer in transaction mode', () => {
   it('two replicas split the partitions, and one that joins mid-backlog is handed its share, with no notification', { timeout: 120_000 }, async () => {
     await t.rows(sql.raw(tableSql(800, 'pooled_parts')));
-    const jobs = jobsDir({ 'pooled-parts.ts': tableJob({ table: 'pooled_parts', partitions: 4, concurrency: 2, delayMs: 40 }) });
+    // The first daemon's items wait at a gate until the second is counted: it joins mid-backlog however slowly it starts.
+    const jobs = jobsDir();
     dirs.push(jobs);
+    const gate = join(jobs.dir, 'gate.open'); // not a job file: the loader passes it by
+    jobs.write('pooled-parts.ts', tableJob({ table: 'pooled_parts', partitions: 4, concurrency: 2, delayMs: 40, gate }));
     // LEASE_TTL 10 s: the newcomer's share comes by hand-over, long before a lease could lapse.
     const env = { DATABASE_URL: pooled(), JOBS_DIR: jobs.dir, LOG_LEVEL: 'info', LEASE_TTL: '10s', HTTP_PORT: '0' };
     const first = startProcess(['daemon'], env);
@@ -64,6 +69,7 @@ describe('behind PgBouncer in transaction mode', () => {
     // Both count each other, through the pool: two live heartbeat rows.
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM reconciler.replicas WHERE expires_at > now()`)) === 2, 'both replicas counted');
     expect(await metric(ops, 'reconciler_replicas{reconciler="pooled-parts"}')).toBe(2);
+    writeFileSync(gate, '');
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM pooled_parts WHERE NOT done`)) === 0, 'every row to be done', 90_000);
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE status = 'running'`)) === 0, 'the passes to end');
 

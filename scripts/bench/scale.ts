@@ -199,7 +199,13 @@ async function scaleVariant(variant: ScaleVariant, runs: number, app: CaseOption
         seconds.get(replicas)!.push((performance.now() - started) / 1000);
         busy.get(replicas)!.push(busyPercent(cpu, machineCpu()));
         // How many replicas did work: the partitions must have spread, not piled onto one.
-        workers.get(replicas)!.push(await count(database, sql`SELECT count(DISTINCT pid)::int AS n FROM reconciler.runs WHERE id > ${since} AND changed > 0`));
+        const worked = await count(database, sql`SELECT count(DISTINCT pid)::int AS n FROM reconciler.runs WHERE id > ${since} AND changed > 0`);
+        workers.get(replicas)!.push(worked);
+        if (worked < replicas) {
+          // Who ran what, and why: a replica that idled is a finding, with the passes that show how.
+          const passes = await queryRows(database.db, sql`SELECT pid, partition, trigger, status, changed, started_at, finished_at FROM reconciler.runs WHERE id > ${since} ORDER BY id`);
+          process.stderr.write(`[bench] scale-out: ${worked} of ${replicas} replicas worked; the drain's passes:\n${passes.map((p) => JSON.stringify(p)).join('\n')}\n`);
+        }
         await stopReplicas(daemons);
         const sent = await count(database, sql`SELECT count(*)::int AS n FROM payments WHERE provider_ref IS NOT NULL`);
         if (sent !== variant.backlog) throw new Error(`scale-out: ${variant.backlog} returns released, ${sent} payments completed with ${replicas} replica(s)`);

@@ -9,8 +9,9 @@
  * asks, before each item, whether the partition is still its own. When it is not, the pass stops taking items, lets those in
  * flight finish, releases its lease and says so on this channel; the owner starts a pass of
  * that partition at once. If nobody has taken it a few seconds later, the replica that gave
- * it up runs it again itself (trigger `handback`), without giving it up: a hand-over can
- * delay a partition by seconds, never strand it. Both passes expect the given-up run to be
+ * it up runs it again itself (trigger `handback`), without giving it up; it waits longer while
+ * the owner's heartbeat says it is alive, since an owner behind a pooler finds the partition by
+ * looking, not by the notice. A hand-over can delay a partition by seconds, never strand it. Both passes expect the given-up run to be
  * the partition's last, so the lease decides which one runs, never the timing.
  *
  * The path, all through this module: a pass gives up (`HandOvers.gaveUp`, told by the
@@ -22,6 +23,7 @@ import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Db } from '../reconciler.js';
 import { queryRows } from '../store/database.js';
+import { readStates } from '../store/state.js';
 import { engineSchema } from '../store/schema.js';
 import { passLabel, type PassResult } from '../engine/result.js';
 import { coerceError, errorSummary } from '../errors.js';
@@ -103,7 +105,16 @@ export class HandOvers extends LanePart<HandOverOptions> {
     });
     this.options.track(announced);
     if (!this.context.started()) return; // stopping: the owner is told, and this replica runs nothing more
-    this.options.takeovers.handBackLater(lane, runId);
+    this.options.takeovers.handBackLater(lane, runId, () => this.#ownerYetToTakeIt(name, partition, runId));
+  }
+
+  /** True while the partition given up in `runId` is untouched and a live replica owns it: the giver waits for it. */
+  async #ownerYetToTakeIt(name: string, partition: number, runId: number): Promise<boolean> {
+    const { engine } = this.context;
+    const row = (await readStates(engine.db, name)).find((r) => r.partition === partition);
+    if ((row?.lastRunId ?? 0) !== runId || row?.leaseLive) return false; // taken, or held: the hand-back request sees to it
+    const reconciler = engine.reconcilers.get(name);
+    return reconciler !== undefined && !(await this.options.membership.own(reconciler)).includes(partition);
   }
 
   /**

@@ -7,9 +7,9 @@
  *
  * A partitioned reconciler is scheduled partition by partition (a lane each, with its own
  * lease). Each replica claims its own share first (every count-th partition from its rank,
- * see membership.ts), and a second later sweeps the rest (sweep.ts): it runs a partition nobody
- * is running and watches one held by another replica, to take it over if that replica dies
- * (takeover.ts). A pass of a partition claimed as its own gives it up when the replicas change
+ * see membership.ts), and a second later sweeps the rest (sweep.ts): it watches a partition held
+ * by another replica, to take it over if that replica dies (takeover.ts), and runs one nobody
+ * runs if its owner has not started it a few seconds later. A pass of a partition claimed as its own gives it up when the replicas change
  * and another one owns it now (handover.ts).
  *
  * This class only coordinates: what runs next in a partition is its lane's to decide (lane.ts),
@@ -42,6 +42,8 @@ export interface SchedulerOptions {
   membership?: MembershipSource;
   /** How long after claiming its own partitions a replica sweeps the others. Default 1 s. */
   sweepDelayMs?: number;
+  /** How long after its sweep a replica gives the owner of a free partition to start its pass before it runs it itself. Default 5 s. */
+  sweepGraceMs?: number;
   /** How long after giving a partition up a replica runs it again itself if nobody took it. Default 3 s. */
   handOverGraceMs?: number;
   /** How often a pass that may have to give its partition up looks at the membership again. Default 2 s. */
@@ -77,7 +79,7 @@ export class Scheduler {
     this.#membership = new MembershipCache(options.membership, options.handOverLookMs ?? 2_000);
     this.#takeovers = new Takeovers(context, { lookMs: options.handOverLookMs ?? 2_000, graceMs: options.handOverGraceMs ?? 3_000 });
     const answered = (name: string) => void this.#unanswered.delete(name);
-    this.#sweeps = new Sweeps(context, { delayMs: options.sweepDelayMs ?? 1_000, takeovers: this.#takeovers, answered });
+    this.#sweeps = new Sweeps(context, { delayMs: options.sweepDelayMs ?? 1_000, graceMs: options.sweepGraceMs ?? 5_000, takeovers: this.#takeovers, answered });
     this.#handOvers = new HandOvers(context, { membership: this.#membership, takeovers: this.#takeovers, track: (work) => this.#track(work) });
   }
 
@@ -173,6 +175,7 @@ export class Scheduler {
         this.#unanswered.delete(name); // the database answered: the pass ran, or the lease said why not
         const holder = !outcome.ran && (outcome.reason === 'held' || outcome.reason === 'already-served') ? outcome.holder : undefined;
         if (holder) this.#takeovers.watch(lane, holder, request.trigger, { own });
+        else if (own && !outcome.ran && outcome.reason === 'already-served') this.#takeovers.lookAtServed(lane, request.trigger);
         if (!outcome.ran) return NOT_RAN;
         onRan?.(outcome.result);
         const gaveUp = outcome.result.handedOver !== undefined;

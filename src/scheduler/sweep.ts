@@ -1,11 +1,14 @@
 /**
- * Sweep: a second after a replica claims its own partitions, it looks at the others. It runs
- * those nobody is running (a replica that does not have the reconciler, or is gone), when the
- * sweep comes from a tick or catch-up, and watches those another replica holds, to take them
- * over if it dies.
+ * Sweep: a second after a replica claims its own partitions, it looks at the others. It watches
+ * those another replica holds, to take them over if it dies. When the sweep comes from a tick or
+ * catch-up, it runs those nobody is running, a few seconds later still (`graceMs`) and only if
+ * nobody served the tick meanwhile: their owner is alive by its heartbeat (else they would be
+ * this replica's), and may only be late to start on a loaded machine. Its tick comes on another
+ * schedule (a rolling deploy), or it died a moment ago: then this replica runs them.
  */
 import type { RunRequest } from '../engine/engine.js';
 import { coerceError, errorSummary } from '../errors.js';
+import { formatDuration } from '../duration.js';
 import { readStates, type StateRow } from '../store/state.js';
 import { holderOfRow } from '../store/lease.js';
 import { LanePart } from './lane.js';
@@ -22,6 +25,8 @@ interface PendingSweep {
 
 export interface SweepOptions {
   delayMs: number;
+  /** How long after the sweep a free partition's owner has to start its pass before this replica runs it. */
+  graceMs: number;
   takeovers: Takeovers;
   /** The sweep looked: the reconciler's tick is answered. */
   answered(name: string): void;
@@ -49,7 +54,7 @@ export class Sweeps extends LanePart<SweepOptions> {
     this.#pending.clear();
   }
 
-  /** Looks at the partitions not running here: watches those another replica holds; runs free ones when asked to. */
+  /** Looks at the partitions not running here: watches those another replica holds; runs free ones, after a grace, when asked to. */
   async #sweep(name: string, sweep: PendingSweep): Promise<void> {
     const { engine, log } = this.context;
     const reconciler = engine.get(name);
@@ -67,9 +72,15 @@ export class Sweeps extends LanePart<SweepOptions> {
       if (lane.busy || !this.context.started()) continue;
       const row = byPartition.get(partition);
       if (row?.leaseLive) this.options.takeovers.watch(lane, holderOfRow(row), sweep.runs ? 'schedule' : 'wake', { own: false });
-      else if (sweep.runs) {
+      else if (sweep.runs && !lane.watching) {
         const request = sweep.request(partition);
-        if (request) lane.request({ kind: 'now', run: request, own: false });
+        if (!request) continue;
+        log.debug(
+          { event: 'sweep:free', reconciler: name, partition, graceMs: this.options.graceMs },
+          `${name} partition ${partition}: nobody runs it; its owner has ${formatDuration(this.options.graceMs)} to start it, then this replica does`,
+        );
+        // Its request names the tick (or the run it expects last): if the owner served it meanwhile, it starts nothing.
+        lane.watch(this.options.graceMs, () => lane.request({ kind: 'if-idle', run: request, own: false }));
       }
     }
   }

@@ -21,6 +21,9 @@ export interface TakeoverOptions {
   graceMs: number;
 }
 
+/** How many graces a giver waits for a live owner to take a given-up partition before it runs it again itself. */
+export const HAND_BACK_GRACES = 5;
+
 export class Takeovers extends LanePart<TakeoverOptions> {
 
   /**
@@ -48,10 +51,21 @@ export class Takeovers extends LanePart<TakeoverOptions> {
   }
 
   /**
-   * An own partition another replica held: still held, watch on; let go unfinished or with work
-   * left, run it here at once.
+   * A pass of an own partition found it served by a pass that has ended since this replica
+   * looked: one that gave the partition up, before this replica knew it was its own, ends so.
+   * Look at once (when the lane is free) whether it left work, and run the rest here: with no
+   * notice (a pooler), nothing else would before the giver's hand-back.
    */
-  async #lookAgain(lane: Lane, holder: LeaseHolder, trigger: Trigger): Promise<void> {
+  lookAtServed(lane: Lane, trigger: Trigger): void {
+    if (lane.watching || budgeted(this.context.engine.get(lane.name))) return;
+    lane.watch(0, () => void this.#lookAgain(lane, undefined, trigger));
+  }
+
+  /**
+   * An own partition another replica held (`holder`, when one was seen): still held, watch on;
+   * let go unfinished or with work left, run it here at once.
+   */
+  async #lookAgain(lane: Lane, holder: LeaseHolder | undefined, trigger: Trigger): Promise<void> {
     const { engine, log } = this.context;
     const { name, partition } = lane;
     try {
@@ -60,7 +74,7 @@ export class Takeovers extends LanePart<TakeoverOptions> {
       if (row?.leaseLive) return this.watch(lane, holderOfRow(row), trigger, { own: true });
       const last = row?.lastRunId ?? 0;
       // Its pass never finished (the holder died): take over, as any watcher would.
-      if (last === holder.lastRunId) return void lane.request({ kind: 'now', run: { trigger, expectLastRunId: last }, own: true });
+      if (holder && last === holder.lastRunId) return void lane.request({ kind: 'now', run: { trigger, expectLastRunId: last }, own: true });
       // It finished, but stopped early (it gave the partition up, or stopped): the rest is this replica's.
       if ((await readRun(engine.db, last))?.complete === false && this.context.started()) {
         lane.request({ kind: 'if-idle', run: { trigger: 'handover', expectLastRunId: last }, own: true });
@@ -71,19 +85,33 @@ export class Takeovers extends LanePart<TakeoverOptions> {
   }
 
   /**
-   * This replica gave the lane up in run `runId`: if nobody has taken it when the grace is over
-   * (the owner does not have this reconciler, or went away), run it here after all, without
-   * giving it up again. Expecting the given-up run to be the last: if the owner took the
-   * partition, this starts nothing (or watches the owner's pass, to take over if it dies).
+   * This replica gave the lane up in run `runId`: if nobody has taken it when the grace is over,
+   * run it here after all, without giving it up again. While `ownerAlive` says a live replica
+   * owns the partition, wait for it a grace more, up to HAND_BACK_GRACES graces: an owner that
+   * finds the partition by looking (every `lookMs`, where its notice cannot arrive) may be late
+   * on a loaded machine, and a hand-back then keeps the partition here for a whole pass. One that
+   * does not have the reconciler, or went away, is not waited for. Expecting the given-up run to
+   * be the last: if the owner took the partition, this starts nothing (or watches the owner's
+   * pass, to take over if it dies).
    */
-  handBackLater(lane: Lane, runId: number): void {
+  handBackLater(lane: Lane, runId: number, ownerYetToTakeIt: () => Promise<boolean>): void {
     const { log, timers } = this.context;
     const graceMs = this.options.graceMs;
+    const since = performance.now();
     const handedBack = (ran: PassResult) =>
       log.info(
         { reconciler: lane.name, partition: lane.partition, passId: ran.runId },
-        `${passLabel(lane.name, ran.partition)}: nobody took it over within ${formatDuration(graceMs)} of the hand-over, so this replica ran it again (pass ${ran.runId})`,
+        `${passLabel(lane.name, ran.partition)}: nobody took it over within ${formatDuration(performance.now() - since)} of the hand-over, so this replica ran it again (pass ${ran.runId})`,
       );
-    timers.after(graceMs, () => lane.request({ kind: 'now', run: { trigger: 'handback', expectLastRunId: runId }, own: false, onRan: handedBack }));
+    const handBack = () => lane.request({ kind: 'now', run: { trigger: 'handback', expectLastRunId: runId }, own: false, onRan: handedBack });
+    const look = (graces: number) =>
+      timers.after(graceMs, () => {
+        if (graces >= HAND_BACK_GRACES) return handBack();
+        void ownerYetToTakeIt().then(
+          (waiting) => this.context.started() && (waiting ? look(graces + 1) : handBack()),
+          () => this.context.started() && handBack(),
+        );
+      });
+    look(1);
   }
 }
