@@ -56,10 +56,10 @@ describe('defineReconciler', () => {
   it('lets the item type flow from scan to key and reconcile without casts', () => {
     defineReconciler({
       schedule: '* * * * *',
-      scan: async () => [{ returnId: 7, amountCents: 100 }],
+      scan: async () => [{ returnId: 7, amountMinor: 100 }],
       key: (item) => `return:${item.returnId}`,
       reconcile: async (item, ctx) => {
-        const cents: number = item.amountCents;
+        const cents: number = item.amountMinor;
         // @ts-expect-error the item has no such field: the type flowed from scan
         void item.missing;
         return ctx.dryRun ? { outcome: 'skipped', note: `${cents}` } : 'changed';

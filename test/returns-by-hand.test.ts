@@ -37,10 +37,10 @@ let nextSeed = 100;
 async function oneReturn(kind: 'charge' | 'refund' | 'none'): Promise<number> {
   await seedReturns(t.db, 1, nextSeed++);
   const [ret] = await t.rows<{ id: number; fix_id: number }>(sql`SELECT id, fix_id FROM returns ORDER BY id DESC LIMIT 1`);
-  const owed = sql`f.styling_fee_cents + coalesce((SELECT sum(fi.price_cents) FROM fix_items fi WHERE fi.fix_id = f.id
+  const owed = sql`f.styling_fee_minor + coalesce((SELECT sum(fi.price_minor) FROM fix_items fi WHERE fi.fix_id = f.id
                      AND fi.id NOT IN (SELECT fix_item_id FROM return_items WHERE return_id = ${ret!.id})), 0)`;
   const prepaid = { charge: sql`0`, refund: sql`${owed} + 1200`, none: owed }[kind];
-  await t.rows(sql`UPDATE fixes f SET prepaid_cents = ${prepaid} WHERE f.id = ${ret!.fix_id}`);
+  await t.rows(sql`UPDATE fixes f SET prepaid_minor = ${prepaid} WHERE f.id = ${ret!.fix_id}`);
   return Number(ret!.id);
 }
 
@@ -116,8 +116,8 @@ describe('settled-by-hand', () => {
   it('writes the intent the rule asks for when there is none yet, resolved, so that the ledger says what was settled by hand', async () => {
     const id = await oneReturn('refund');
     expect(await act(`return:${id}`)).toMatch(new RegExp(`^return ${id} marked settled by hand \\(refund of \\d+\\.\\d\\d USD to .+ never sent to the provider\\)$`));
-    const [intent] = await t.rows<{ kind: string; amount_cents: number; idempotency_key: string; resolved_by: string }>(
-      sql`SELECT kind, amount_cents, idempotency_key, resolved_by FROM payments WHERE return_id = ${id}`,
+    const [intent] = await t.rows<{ kind: string; amount_minor: number; idempotency_key: string; resolved_by: string }>(
+      sql`SELECT kind, amount_minor, idempotency_key, resolved_by FROM payments WHERE return_id = ${id}`,
     );
     expect(intent).toMatchObject({ kind: 'refund', resolved_by: who.actor });
     expect(intent!.idempotency_key).toMatch(/^return:[0-9a-f-]+:refund:v1$/);
@@ -184,7 +184,7 @@ describe('settled-by-hand refuses, and changes nothing', () => {
 
     // Pending, but its key went out: the send is stamped before the call, whatever came back.
     const pending = await oneReturn('charge');
-    await t.rows(sql`INSERT INTO payments (return_id, kind, amount_cents, currency, customer_ref, payment_method, idempotency_key, first_sent_at)
+    await t.rows(sql`INSERT INTO payments (return_id, kind, amount_minor, currency, customer_ref, payment_method, idempotency_key, first_sent_at)
                      VALUES (${pending}, 'charge', 1000, 'USD', 'cus_x', 'pm_x', ${`test:${pending}`}, now())`);
     expect(await refusal(`return:${pending}`)).toMatch(/^the charge of 10\.00 USD to .+ was sent to the provider 1 min ago and its outcome is unknown/);
   });

@@ -36,14 +36,14 @@ const ledgerSize = async () => (await ledgerOf(t, provider)).length;
 const posts = async () => (await provider.stats()).posts;
 
 describe('the settlement rule', () => {
-  const fix = (prepaidCents: number, returned: boolean[]) => ({ currency: 'USD', stylingFeeCents: 2_000, prepaidCents, items: [5_000, 3_000].map((priceCents, i) => ({ priceCents, returned: returned[i]! })) });
+  const fix = (prepaidMinor: number, returned: boolean[]) => ({ currency: 'USD', stylingFeeMinor: 2_000, prepaidMinor, items: [5_000, 3_000].map((priceMinor, i) => ({ priceMinor, returned: returned[i]! })) });
 
   it('charges the styling fee and the kept items when nothing was paid', () => {
-    expect(decideSettlement(fix(0, [false, true]))).toEqual({ kind: 'charge', amountCents: 7_000, currency: 'USD' });
+    expect(decideSettlement(fix(0, [false, true]))).toEqual({ kind: 'charge', amountMinor: 7_000, currency: 'USD' });
   });
 
   it('refunds returned items that were paid for', () => {
-    expect(decideSettlement(fix(10_000, [true, false]))).toEqual({ kind: 'refund', amountCents: 5_000, currency: 'USD' });
+    expect(decideSettlement(fix(10_000, [true, false]))).toEqual({ kind: 'refund', amountMinor: 5_000, currency: 'USD' });
   });
 
   it('does nothing when what was paid is what is owed', () => {
@@ -91,7 +91,7 @@ describe('settle-returns', () => {
     const ledger = await expectExactlyOnce(t, provider);
     expect(ledger.filter((e) => e.kind === 'charge')).toHaveLength(seeded.charge);
     expect(ledger.filter((e) => e.kind === 'refund')).toHaveLength(seeded.refund);
-    expect(ledger.reduce((sum, e) => sum + (e.kind === 'charge' ? e.amount : 0), 0)).toBe(seeded.chargeCents);
+    expect(ledger.reduce((sum, e) => sum + (e.kind === 'charge' ? e.amount : 0), 0)).toBe(seeded.chargeMinor);
 
     const before = await posts();
     const second = await settlePass(t, provider);
@@ -221,11 +221,11 @@ describe('settle-returns', () => {
 
   it('surfaces a key reused with other parameters as a permanent error, not retried blindly', async () => {
     await seedReturns(t.db, 1, 9);
-    await t.rows(sql`UPDATE fixes SET prepaid_cents = 0`); // make sure the one return needs a charge
+    await t.rows(sql`UPDATE fixes SET prepaid_minor = 0`); // make sure the one return needs a charge
     await provider.setFaults({ timeoutRate: 1 });
     await settlePass(t, provider);
     await provider.setFaults({ timeoutRate: 0 });
-    await t.rows(sql`UPDATE payments SET amount_cents = amount_cents + 100`); // the frozen parameters changed: a bug
+    await t.rows(sql`UPDATE payments SET amount_minor = amount_minor + 100`); // the frozen parameters changed: a bug
     await makeDue(t);
     const result = await settlePass(t, provider);
     expect(result.code).toBe(1);
@@ -237,7 +237,7 @@ describe('settle-returns', () => {
 
   it('parks an intent still unknown 20 hours after its key was first sent, without calling the provider again', async () => {
     await seedReturns(t.db, 1, 14);
-    await t.rows(sql`UPDATE fixes SET prepaid_cents = 0`);
+    await t.rows(sql`UPDATE fixes SET prepaid_minor = 0`);
     await provider.setFaults({ timeoutRate: 1 });
     await settlePass(t, provider); // applied, answer lost: the intent is unknown
     await provider.setFaults({ timeoutRate: 0 });
@@ -253,7 +253,7 @@ describe('settle-returns', () => {
 
   it('sends an old intent whose key was never sent, whatever its age', async () => {
     await seedReturns(t.db, 1, 15);
-    await t.rows(sql`UPDATE fixes SET prepaid_cents = 0`);
+    await t.rows(sql`UPDATE fixes SET prepaid_minor = 0`);
     await settlePass(t, provider, { RECONCILER_CRASH_AT: 'before-call' }); // the intent is written, the key never sent
     await t.rows(sql`UPDATE payments SET created_at = now() - interval '3 days'`);
     await settleUntilQuiet(t, provider);

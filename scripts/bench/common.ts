@@ -53,9 +53,9 @@ export async function addReturns(database: Database, count: number, state: 'sett
     await queryRows(
       database.db,
       state === 'settled'
-        ? sql`WITH f AS (INSERT INTO fixes (customer_id, styling_fee_cents) SELECT ${customer!.id}, 2000 FROM generate_series(1, ${n}) RETURNING id)
+        ? sql`WITH f AS (INSERT INTO fixes (customer_id, styling_fee_minor) SELECT ${customer!.id}, 2000 FROM generate_series(1, ${n}) RETURNING id)
               INSERT INTO returns (fix_id, settled_at, settlement) SELECT id, now(), 'none' FROM f`
-        : sql`WITH f AS (INSERT INTO fixes (customer_id, styling_fee_cents) SELECT ${customer!.id}, 2000 FROM generate_series(1, ${n}) RETURNING id)
+        : sql`WITH f AS (INSERT INTO fixes (customer_id, styling_fee_minor) SELECT ${customer!.id}, 2000 FROM generate_series(1, ${n}) RETURNING id)
               INSERT INTO returns (fix_id, recorded_by) SELECT id, 'bench' FROM f`,
     );
   }

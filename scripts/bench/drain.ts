@@ -41,14 +41,14 @@ class LedgerProvider implements PaymentProvider {
   async #write(kind: string, r: EffectRequest): Promise<{ id: string }> {
     const [row] = await queryRows<{ id: number }>(
       this.db,
-      sql`INSERT INTO bench_ledger (idempotency_key, kind, amount_cents, currency, customer) VALUES (${r.idempotencyKey}, ${kind}, ${r.amountCents}, ${r.currency}, ${r.customer})
+      sql`INSERT INTO bench_ledger (idempotency_key, kind, amount_minor, currency, customer) VALUES (${r.idempotencyKey}, ${kind}, ${r.amountMinor}, ${r.currency}, ${r.customer})
           ON CONFLICT (idempotency_key) DO UPDATE SET idempotency_key = excluded.idempotency_key RETURNING id`,
     );
     return { id: `led_${row!.id}` };
   }
 }
 
-const LEDGER_TABLE = sql`CREATE TABLE IF NOT EXISTS bench_ledger (id bigserial PRIMARY KEY, idempotency_key text NOT NULL UNIQUE, kind text NOT NULL, amount_cents int NOT NULL, currency text NOT NULL, customer text NOT NULL)`;
+const LEDGER_TABLE = sql`CREATE TABLE IF NOT EXISTS bench_ledger (id bigserial PRIMARY KEY, idempotency_key text NOT NULL UNIQUE, kind text NOT NULL, amount_minor int NOT NULL, currency text NOT NULL, customer text NOT NULL)`;
 
 /** Every query any `pg` client of this process sends, counted: the engine's extra queries are the difference between the two sides. */
 let queriesSent = 0;

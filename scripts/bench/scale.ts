@@ -53,7 +53,7 @@ async function steadyLoad(url: string, tag: string, rate: number, seconds: numbe
       const wait = due - performance.now();
       if (wait > 1) await new Promise((resolve) => setTimeout(resolve, wait));
       const insert = pool.query(
-        `WITH f AS (INSERT INTO fixes (customer_id, styling_fee_cents) VALUES ($1, 2000) RETURNING id) INSERT INTO returns (fix_id, recorded_by) SELECT id, $2 FROM f`,
+        `WITH f AS (INSERT INTO fixes (customer_id, styling_fee_minor) VALUES ($1, 2000) RETURNING id) INSERT INTO returns (fix_id, recorded_by) SELECT id, $2 FROM f`,
         [customer, tag],
       );
       inFlight.add(insert);

@@ -26,14 +26,14 @@ export async function expectExactlyOnce(t: TestDatabase, provider: Provider, opt
   for (const entry of ledger) byReturn.set(entry.returnId, [...(byReturn.get(entry.returnId) ?? []), entry]);
   const duplicates = [...byReturn.entries()].filter(([, entries]) => entries.length > 1);
   expect(duplicates, 'returns with more than one effect').toEqual([]);
-  const payments = await t.rows<{ return_id: number; kind: string; amount_cents: number; idempotency_key: string; state: string; provider_ref: string | null }>(
-    sql`SELECT return_id, kind, amount_cents, idempotency_key, state, provider_ref FROM payments ORDER BY return_id`,
+  const payments = await t.rows<{ return_id: number; kind: string; amount_minor: number; idempotency_key: string; state: string; provider_ref: string | null }>(
+    sql`SELECT return_id, kind, amount_minor, idempotency_key, state, provider_ref FROM payments ORDER BY return_id`,
   );
   const succeeded = payments.filter((p) => p.state === 'succeeded');
   expect(payments.filter((p) => p.state !== 'succeeded' && p.state !== 'declined'), 'intents neither succeeded nor declined').toEqual([]);
   expect(payments.filter((p) => p.state === 'declined')).toHaveLength(options.declined ?? 0);
   expect(ledger.map((e) => `${e.returnId}:${e.kind}:${e.amount}:${e.idempotencyKey}:${e.id}`).sort()).toEqual(
-    succeeded.map((p) => `${p.return_id}:${p.kind}:${p.amount_cents}:${p.idempotency_key}:${p.provider_ref}`).sort(),
+    succeeded.map((p) => `${p.return_id}:${p.kind}:${p.amount_minor}:${p.idempotency_key}:${p.provider_ref}`).sort(),
   );
   const [missing] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL AND id NOT IN (SELECT return_id FROM payments WHERE state = 'declined')`);
   expect(missing!.n, 'returns left unsettled').toBe(0);

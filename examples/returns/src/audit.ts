@@ -38,16 +38,16 @@ export interface SettlementAudit {
 }
 
 export async function auditSettlement(db: Db, ledger: readonly ProviderEffect[]): Promise<SettlementAudit> {
-  const returns = await queryRows<{ id: number; settled: boolean; currency: string; fee: number; prepaid: number; items: { priceCents: number; returned: boolean }[] | null }>(
+  const returns = await queryRows<{ id: number; settled: boolean; currency: string; fee: number; prepaid: number; items: { priceMinor: number; returned: boolean }[] | null }>(
     db,
-    sql`SELECT r.id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_cents AS fee, f.prepaid_cents AS prepaid,
-               (SELECT json_agg(json_build_object('priceCents', fi.price_cents, 'returned', ri.return_id IS NOT NULL))
+    sql`SELECT r.id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_minor AS fee, f.prepaid_minor AS prepaid,
+               (SELECT json_agg(json_build_object('priceMinor', fi.price_minor, 'returned', ri.return_id IS NOT NULL))
                   FROM fix_items fi LEFT JOIN return_items ri ON ri.fix_item_id = fi.id AND ri.return_id = r.id WHERE fi.fix_id = f.id) AS items
         FROM returns r JOIN fixes f ON f.id = r.fix_id`,
   );
-  const payments = await queryRows<{ return_id: number; kind: string; amount_cents: number; idempotency_key: string; state: string; provider_ref: string | null; resolved: boolean }>(
+  const payments = await queryRows<{ return_id: number; kind: string; amount_minor: number; idempotency_key: string; state: string; provider_ref: string | null; resolved: boolean }>(
     db,
-    sql`SELECT return_id, kind, amount_cents, idempotency_key, state, provider_ref, resolved_at IS NOT NULL AS resolved FROM payments`,
+    sql`SELECT return_id, kind, amount_minor, idempotency_key, state, provider_ref, resolved_at IS NOT NULL AS resolved FROM payments`,
   );
   const paymentOf = new Map(payments.map((p) => [String(p.return_id), p]));
   const ids = new Set(returns.map((r) => String(r.id)));
@@ -59,7 +59,7 @@ export async function auditSettlement(db: Db, ledger: readonly ProviderEffect[])
     const key = String(ret.id);
     const effects = effectsOf.get(key) ?? [];
     const payment = paymentOf.get(key);
-    const decision = decideSettlement({ currency: ret.currency, stylingFeeCents: Number(ret.fee), prepaidCents: Number(ret.prepaid), items: ret.items ?? [] });
+    const decision = decideSettlement({ currency: ret.currency, stylingFeeMinor: Number(ret.fee), prepaidMinor: Number(ret.prepaid), items: ret.items ?? [] });
     audit.effects += effects.length;
     audit.maxKeysPerReturn = Math.max(audit.maxKeysPerReturn, new Set(effects.map((e) => e.idempotencyKey)).size);
     if (effects.length > 1) audit.duplicates++;
@@ -73,7 +73,7 @@ export async function auditSettlement(db: Db, ledger: readonly ProviderEffect[])
     audit.needingEffect++;
     if (effects.length === 0 && payment?.state !== 'declined' && !payment?.resolved) audit.missing++;
     const effect = effects[0];
-    if (effect && (!payment || payment.state !== 'succeeded' || effect.kind !== payment.kind || Number(effect.amount) !== Number(payment.amount_cents) || effect.idempotencyKey !== payment.idempotency_key || effect.id !== payment.provider_ref)) {
+    if (effect && (!payment || payment.state !== 'succeeded' || effect.kind !== payment.kind || Number(effect.amount) !== Number(payment.amount_minor) || effect.idempotencyKey !== payment.idempotency_key || effect.id !== payment.provider_ref)) {
       audit.disagreements++;
     }
     if (payment?.state === 'succeeded' && !effect) audit.disagreements++;

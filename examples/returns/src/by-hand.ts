@@ -62,7 +62,7 @@ export async function settleByHand(key: string, ctx: ActionContext): Promise<str
   // A new statement, after the lock: it sees an intent inserted or sent by an attempt that committed meanwhile.
   const row = (await loadReturn(ctx.db, returnId))!;
   const intent = intentOf(row) ?? (await intendedNow(ctx.db, row, returnId));
-  const what = `${intent.kind} of ${money(intent.amountCents, intent.currency)} to ${row.customer_name}`;
+  const what = `${intent.kind} of ${money(intent.amountMinor, intent.currency)} to ${row.customer_name}`;
   refuseUnlessSafe(returnId, intent, what);
 
   const resolved = await queryRows<{ state: string }>(
@@ -79,11 +79,11 @@ export async function settleByHand(key: string, ctx: ActionContext): Promise<str
 
 /** No intent yet: the one the rule asks for, written now (never sent), so that the ledger says what was settled by hand. */
 async function intendedNow(db: Db, row: ReturnState, returnId: number): Promise<Intent> {
-  const decision = decideSettlement({ currency: row.currency, stylingFeeCents: row.styling_fee_cents, prepaidCents: row.prepaid_cents, items: row.items ?? [] });
+  const decision = decideSettlement({ currency: row.currency, stylingFeeMinor: row.styling_fee_minor, prepaidMinor: row.prepaid_minor, items: row.items ?? [] });
   if (decision.kind === 'none') {
     throw new Error(`nothing is due for return ${returnId}, so there is nothing to settle by hand: \`reconciler run settle-returns --key return:${returnId}\` settles it with no provider call`);
   }
-  return ensureIntent(db, row, decision.kind, decision.amountCents, decision.currency);
+  return ensureIntent(db, row, decision.kind, decision.amountMinor, decision.currency);
 }
 
 function refuseUnlessSafe(returnId: number, intent: Intent, what: string): void {

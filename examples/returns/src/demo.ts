@@ -22,7 +22,7 @@ export async function seedDemoIfEmpty(database: Database, log: Logger): Promise<
   const declined = await queryRows<{ id: number }>(
     database.db,
     sql`UPDATE customers SET payment_method = ${DECLINED_PAYMENT_METHOD}
-        WHERE id = (SELECT f.customer_id FROM returns r JOIN fixes f ON f.id = r.fix_id WHERE f.prepaid_cents = 0 ORDER BY r.id LIMIT 1)
+        WHERE id = (SELECT f.customer_id FROM returns r JOIN fixes f ON f.id = r.fix_id WHERE f.prepaid_minor = 0 ORDER BY r.id LIMIT 1)
         RETURNING id`,
   );
   log.info(

@@ -16,23 +16,75 @@ import type { ReconcileContext, RetryAfter } from 'reconciler';
 import { loadProviderConfig } from './config.js';
 import { startDemoSimulator } from './demo-provider.js';
 
+export type EffectKind = 'charge' | 'refund';
+
 export interface EffectRequest {
+  kind: EffectKind;
+  /** The current key version's key, `return:<public id>:<kind>:v<n>`: sent as `Idempotency-Key`. */
   idempotencyKey: string;
-  amountCents: number;
+  /** The intent, whatever its key version: `return:<public id>:<kind>`, sent as metadata `intent_key` (what a lookup searches for). */
+  intentKey: string;
+  /** In the currency's minor units (ISO 4217 exponent). */
+  amountMinor: number;
+  /** ISO 4217, upper case (sent lower case, as Stripe writes it). */
   currency: string;
+  /** The provider's customer, `cus_…`. */
   customer: string;
+  /** Charges: what to charge (sent as `source`). */
   paymentMethod: string;
-  returnId: number;
+  /** Refunds: the charge refunded (`ch_…`), as the provider requires. */
+  charge?: string;
+  /** Sent as metadata with the request, besides `intent_key` and `idempotency_key`: `return_id`, `return_public_id`. */
+  metadata: Record<string, string>;
 }
 
-export interface EffectResult {
-  /** The provider's reference, e.g. `ch_3f9a…`. */
+/** An effect at the provider, as an answer or a lookup shows it. */
+export interface Effect {
+  /** The provider's id, `ch_…` or `re_…`. */
   id: string;
+  kind: EffectKind;
+  amountMinor: number;
+  /** ISO 4217, upper case. */
+  currency: string;
+  /** `succeeded`, `pending`, `failed`, … as the provider says. */
+  status: string;
+  /** Its metadata `intent_key` and `idempotency_key`, when it carries them. */
+  intentKey?: string;
+  idempotencyKey?: string;
+  /** Refunds: the charge refunded. */
+  charge?: string;
+  /** When the provider created it (ms since the epoch, the provider's clock). */
+  createdAt: number;
+}
+
+export interface EffectResult extends Effect {
+  /** The provider answered from its idempotency record (`Idempotent-Replayed: true`): the first answer to this key. */
+  replayed: boolean;
+}
+
+/** What `find` asks for: the effects of one intent, whatever key version created them. */
+export interface LookupRequest {
+  kind: EffectKind;
+  intentKey: string;
+  /** Refunds: the charge whose refunds are listed. */
+  charge?: string;
 }
 
 export interface PaymentProvider {
   charge(request: EffectRequest, signal: AbortSignal): Promise<EffectResult>;
   refund(request: EffectRequest, signal: AbortSignal): Promise<EffectResult>;
+  /**
+   * The effects the provider holds for an intent (any key version): charges through the Search
+   * API (`metadata['intent_key']:'…'`, eventually consistent: an effect may show only
+   * `searchLagMs` after it was created), refunds by listing the refunds of their charge
+   * (consistent). Undefined when the provider has no such API (404 on search): it cannot
+   * answer lookups. Throws a ProviderError when it could not answer now.
+   */
+  find(request: LookupRequest, signal: AbortSignal): Promise<Effect[] | undefined>;
+  /** One effect by the provider's id (`GET /v1/charges/:id`, `GET /v1/refunds/:id`); a ProviderError with status 404 when there is none. */
+  retrieve(kind: EffectKind, id: string, signal: AbortSignal): Promise<Effect>;
+  /** How long after an effect is created a search may still miss it: an absence counts only for searches made that long after the key could last apply. */
+  readonly searchLagMs: number;
 }
 
 export type ProviderFailure = 'declined' | 'retryable' | 'permanent';
@@ -47,6 +99,10 @@ export class ProviderError extends Error {
     readonly sent = true,
     /** When the provider asked us to come back (a 429's or 503's `Retry-After`); the engine retries the item then. */
     readonly retryAfter?: RetryAfter,
+    /** The provider answered from its idempotency record (`Idempotent-Replayed: true`): a saved error, replayed. */
+    readonly replayed = false,
+    /** The provider's error code (`card_declined`, `idempotency_key_in_use`, …). */
+    readonly code?: string,
   ) {
     super(message);
   }
@@ -112,7 +168,7 @@ export class HttpPaymentProvider implements PaymentProvider {
           'idempotency-key': request.idempotencyKey,
         },
         body: JSON.stringify({
-          amount: request.amountCents,
+          amount: request.amountMinor,
           currency: request.currency.toLowerCase(),
           customer: request.customer,
           payment_method: request.paymentMethod,

@@ -4,7 +4,7 @@
  * left to the settle-returns reconciler. The payments ledger holds one intent per return.
  */
 import { sql } from 'drizzle-orm';
-import { check, index, integer, pgTable, primaryKey, serial, text, timestamp, uniqueIndex, uuid } from 'drizzle-orm/pg-core';
+import { check, index, integer, jsonb, pgTable, primaryKey, serial, text, timestamp, uniqueIndex, uuid } from 'drizzle-orm/pg-core';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
@@ -17,18 +17,27 @@ export const customers = pgTable('customers', {
   createdAt: ts('created_at').notNull().default(sql`now()`),
 });
 
-/** A shipment of items to a customer, with a styling fee, and what the customer prepaid at checkout. */
+/**
+ * A shipment of items to a customer, with a styling fee, and what the customer prepaid at
+ * checkout. Amounts are in the currency's minor units, by its ISO 4217 exponent (USD cents,
+ * JPY yen, KWD fils: see ../src/money.ts). The prepaid amount was charged at checkout: that
+ * charge, the Fix's original payment, is what its refunds are made against.
+ */
 export const fixes = pgTable(
   'fixes',
   {
     id: serial('id').primaryKey(),
+    /** Durable identity: the checkout charge's idempotency key and metadata derive from it. */
+    publicId: uuid('public_id').notNull().default(sql`gen_random_uuid()`),
     customerId: integer('customer_id').notNull().references(() => customers.id),
     currency: text('currency').notNull().default('USD'),
-    stylingFeeCents: integer('styling_fee_cents').notNull(),
-    prepaidCents: integer('prepaid_cents').notNull().default(0),
+    stylingFeeMinor: integer('styling_fee_minor').notNull(),
+    prepaidMinor: integer('prepaid_minor').notNull().default(0),
+    /** The provider's id of the checkout charge (`ch_…`) that took `prepaid_minor`; null when nothing was prepaid. */
+    checkoutChargeRef: text('checkout_charge_ref'),
     shippedAt: ts('shipped_at').notNull().default(sql`now()`),
   },
-  (t) => [check('fixes_amounts_not_negative', sql`${t.stylingFeeCents} >= 0 AND ${t.prepaidCents} >= 0`)],
+  (t) => [check('fixes_amounts_not_negative', sql`${t.stylingFeeMinor} >= 0 AND ${t.prepaidMinor} >= 0`), uniqueIndex('fixes_public_id').on(t.publicId)],
 );
 
 export const fixItems = pgTable(
@@ -38,13 +47,14 @@ export const fixItems = pgTable(
     fixId: integer('fix_id').notNull().references(() => fixes.id),
     sku: text('sku').notNull(),
     description: text('description').notNull(),
-    priceCents: integer('price_cents').notNull(),
+    priceMinor: integer('price_minor').notNull(),
   },
-  (t) => [index('fix_items_by_fix').on(t.fixId), check('fix_items_price_not_negative', sql`${t.priceCents} >= 0`)],
+  (t) => [index('fix_items_by_fix').on(t.fixId), check('fix_items_price_not_negative', sql`${t.priceMinor} >= 0`)],
 );
 
 /**
- * A return: which items of a Fix came back, and when. `settled_at` is set once its money
+ * A return: which items of a Fix came back, and when. A Fix may come back in several returns,
+ * each settled on its own (its refunds are partial refunds of the Fix's checkout charge). `settled_at` is set once its money
  * work is done (or found unnecessary); the partial index makes "returns still to settle"
  * cost O(unsettled), however many settled returns there are.
  */
@@ -62,7 +72,7 @@ export const returns = pgTable(
     settlement: text('settlement'),
   },
   (t) => [
-    uniqueIndex('returns_one_per_fix').on(t.fixId),
+    index('returns_by_fix').on(t.fixId),
     uniqueIndex('returns_public_id').on(t.publicId),
     index('returns_unsettled').on(t.id).where(sql`${t.settledAt} IS NULL`),
     // settle-returns' scan of one of its 4 partitions (see ../jobs/settle-returns.ts), on the engine's
@@ -87,6 +97,11 @@ export const returnItems = pgTable(
  * its amount frozen and an idempotency key derived from the return. UNIQUE(return_id) makes
  * a second effect for the same return impossible; UNIQUE(idempotency_key) makes a second
  * intent with the same key impossible.
+ *
+ * An outcome that stays unknown is resolved by asking the provider (../src/resolution.ts):
+ * an effect found is adopted; a confirmed absence, once the key can no longer apply, lets the
+ * intent move to a new key version with the same frozen parameters (`key_version`, and the
+ * superseded keys with why in `key_history`).
  */
 export const payments = pgTable(
   'payments',
@@ -95,18 +110,41 @@ export const payments = pgTable(
     returnId: integer('return_id').notNull().references(() => returns.id),
     /** charge | refund */
     kind: text('kind').notNull(),
-    amountCents: integer('amount_cents').notNull(),
+    /** In the currency's minor units (ISO 4217 exponent). */
+    amountMinor: integer('amount_minor').notNull(),
     currency: text('currency').notNull(),
+    /** For a refund: the charge it refunds (the Fix's checkout charge), as the provider requires. */
+    chargeRef: text('charge_ref'),
     /** Frozen with the amount: every attempt sends the same parameters with the same key. */
     customerRef: text('customer_ref').notNull(),
     paymentMethod: text('payment_method').notNull(),
+    /** `return:<public id>:<kind>:v<key_version>`: the version moves only after a confirmed absence (see key_history). */
     idempotencyKey: text('idempotency_key').notNull(),
+    keyVersion: integer('key_version').notNull().default(1),
+    /** The keys this intent sent before its current one: `[{ key, firstSentAt, lastSentAt, retiredAt, why }]`. */
+    keyHistory: jsonb('key_history').notNull().default(sql`'[]'::jsonb`),
     /** pending → succeeded | declined | unknown (unknown → succeeded | declined on a later attempt) */
     state: text('state').notNull().default('pending'),
     providerRef: text('provider_ref'),
     attempts: integer('attempts').notNull().default(0),
-    /** When the key was first sent: the provider's memory of it (about 24 h) counts from here. */
+    /** When the current key was first sent: the provider's memory of it (about 24 h) counts from here. */
     firstSentAt: ts('first_sent_at'),
+    /** When the current key was last sent: it can apply no later than this plus the request timeout. */
+    lastSentAt: ts('last_sent_at'),
+    /** Since when the outcome has been unknown (null once known). */
+    unknownSince: ts('unknown_since'),
+    /** How many times in a row the provider replayed a saved error for the current key. */
+    replays: integer('replays').notNull().default(0),
+    /** When the current key could no longer apply: the provider replayed a saved answer for it, or it was retired before its expiry. */
+    keySpentAt: ts('key_spent_at'),
+    /** The last lookup at the provider: when, and what it said. */
+    lookedUpAt: ts('looked_up_at'),
+    lookupNote: text('lookup_note'),
+    /** What the provider says it applied (from its answer, or found by a lookup). */
+    providerAmountMinor: integer('provider_amount_minor'),
+    providerCurrency: text('provider_currency'),
+    /** How the effect became known: `answer` (the provider's answer to a POST) or `lookup` (found by asking after the fact). */
+    knownBy: text('known_by'),
     lastError: text('last_error'),
     createdAt: ts('created_at').notNull().default(sql`now()`),
     updatedAt: ts('updated_at').notNull().default(sql`now()`),
@@ -126,7 +164,8 @@ export const payments = pgTable(
     uniqueIndex('payments_idempotency_key').on(t.idempotencyKey),
     check('payments_kind', sql`${t.kind} IN ('charge', 'refund')`),
     check('payments_state', sql`${t.state} IN ('pending', 'succeeded', 'declined', 'unknown')`),
-    check('payments_amount_positive', sql`${t.amountCents} > 0`),
+    check('payments_amount_positive', sql`${t.amountMinor} > 0`),
+    check('payments_known_by', sql`${t.knownBy} IS NULL OR ${t.knownBy} IN ('answer', 'lookup')`),
     check('payments_succeeded_has_reference', sql`${t.state} <> 'succeeded' OR ${t.providerRef} IS NOT NULL`),
     check('payments_resolved_by_someone', sql`(${t.resolvedAt} IS NULL) = (${t.resolvedBy} IS NULL)`),
   ],

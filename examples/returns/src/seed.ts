@@ -13,8 +13,8 @@ export interface SeedCounts {
   charge: number;
   refund: number;
   none: number;
-  chargeCents: number;
-  refundCents: number;
+  chargeMinor: number;
+  refundMinor: number;
 }
 
 const ITEMS_PER_FIX = 5;
@@ -28,7 +28,7 @@ const array = (values: readonly (string | number)[], type: 'int[]' | 'text[]') =
 /** Adds `count` returns (with their customers, Fixes and items); returns what settling them will take. */
 export async function seedReturns(db: Db, count: number, seed = 1): Promise<SeedCounts> {
   const roll = dice(seed);
-  const counts: SeedCounts = { returns: 0, charge: 0, refund: 0, none: 0, chargeCents: 0, refundCents: 0 };
+  const counts: SeedCounts = { returns: 0, charge: 0, refund: 0, none: 0, chargeMinor: 0, refundMinor: 0 };
   for (let done = 0; done < count; done += BATCH) {
     const n = Math.min(BATCH, count - done);
     // One transaction per batch: a return and its returned items appear together, as when the warehouse records them.
@@ -60,7 +60,7 @@ async function seedBatch(db: Db, n: number, roll: () => number, counts: SeedCoun
   });
   const fixes = await queryRows<{ id: number }>(
     db,
-    sql`INSERT INTO fixes (customer_id, currency, styling_fee_cents, prepaid_cents, shipped_at)
+    sql`INSERT INTO fixes (customer_id, currency, styling_fee_minor, prepaid_minor, shipped_at)
         SELECT customer_id, 'USD', ${STYLING_FEE_CENTS}, prepaid, now() - interval '10 days'
         FROM unnest(${array(fixRows.map((f) => f.customerId), 'int[]')}, ${array(fixRows.map((f) => f.prepaid), 'int[]')}) AS t(customer_id, prepaid)
         RETURNING id`,
@@ -68,7 +68,7 @@ async function seedBatch(db: Db, n: number, roll: () => number, counts: SeedCoun
   const fixIds = fixes.map((f) => Number(f.id));
   const items = await queryRows<{ id: number }>(
     db,
-    sql`INSERT INTO fix_items (fix_id, sku, description, price_cents)
+    sql`INSERT INTO fix_items (fix_id, sku, description, price_minor)
         SELECT fix_id, 'SKU-' || lpad((floor(random() * 99999))::text, 5, '0'), description, price
         FROM unnest(${array(fixIds.flatMap((id) => Array(ITEMS_PER_FIX).fill(id)), 'int[]')},
                     ${array(fixRows.flatMap(() => Array.from({ length: ITEMS_PER_FIX }, () => GOODS[Math.floor(roll() * GOODS.length)]!)), 'text[]')},
@@ -85,10 +85,10 @@ async function seedBatch(db: Db, n: number, roll: () => number, counts: SeedCoun
     fix.returned.forEach((back, i) => {
       if (back) returnedPairs.push([Number(returns[f]!.id), Number(items[f * ITEMS_PER_FIX + i]!.id)]);
     });
-    const decision = decideSettlement({ currency: 'USD', stylingFeeCents: STYLING_FEE_CENTS, prepaidCents: fix.prepaid, items: fix.prices.map((priceCents, i) => ({ priceCents, returned: fix.returned[i]! })) });
+    const decision = decideSettlement({ currency: 'USD', stylingFeeMinor: STYLING_FEE_CENTS, prepaidMinor: fix.prepaid, items: fix.prices.map((priceMinor, i) => ({ priceMinor, returned: fix.returned[i]! })) });
     counts[decision.kind]++;
-    if (decision.kind === 'charge') counts.chargeCents += decision.amountCents;
-    if (decision.kind === 'refund') counts.refundCents += decision.amountCents;
+    if (decision.kind === 'charge') counts.chargeMinor += decision.amountMinor;
+    if (decision.kind === 'refund') counts.refundMinor += decision.amountMinor;
   });
   if (returnedPairs.length > 0) {
     await queryRows(
@@ -102,7 +102,7 @@ async function seedBatch(db: Db, n: number, roll: () => number, counts: SeedCoun
 
 export function describeSeed(counts: SeedCounts): string {
   return (
-    `added ${counts.returns} return(s): ${counts.charge} to charge (${money(counts.chargeCents, 'USD')}), ` +
-    `${counts.refund} to refund (${money(counts.refundCents, 'USD')}), ${counts.none} with nothing due`
+    `added ${counts.returns} return(s): ${counts.charge} to charge (${money(counts.chargeMinor, 'USD')}), ` +
+    `${counts.refund} to refund (${money(counts.refundMinor, 'USD')}), ${counts.none} with nothing due`
   );
 }

@@ -60,15 +60,15 @@ export interface ReturnState {
   public_id: string;
   settled: boolean;
   currency: string;
-  styling_fee_cents: number;
-  prepaid_cents: number;
+  styling_fee_minor: number;
+  prepaid_minor: number;
   customer_name: string;
   customer_ref: string;
   payment_method: string;
-  items: { priceCents: number; returned: boolean }[] | null;
+  items: { priceMinor: number; returned: boolean }[] | null;
   payment_id: number | null;
   kind: 'charge' | 'refund' | null;
-  amount_cents: number | null;
+  amount_minor: number | null;
   payment_currency: string | null;
   idempotency_key: string | null;
   intent_customer_ref: string | null;
@@ -82,7 +82,7 @@ export interface ReturnState {
 export interface Intent {
   id: number;
   kind: 'charge' | 'refund';
-  amountCents: number;
+  amountMinor: number;
   currency: string;
   idempotencyKey: string;
   customerRef: string;
@@ -97,12 +97,12 @@ export interface Intent {
 export async function loadReturn(db: Db, returnId: number): Promise<ReturnState | undefined> {
   const [row] = await queryRows<ReturnState>(
     db,
-    sql`SELECT r.id, r.public_id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_cents, f.prepaid_cents,
+    sql`SELECT r.id, r.public_id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_minor, f.prepaid_minor,
                c.name AS customer_name, 'cus_' || c.id AS customer_ref, c.payment_method,
-               (SELECT json_agg(json_build_object('priceCents', fi.price_cents, 'returned', ri.return_id IS NOT NULL) ORDER BY fi.id)
+               (SELECT json_agg(json_build_object('priceMinor', fi.price_minor, 'returned', ri.return_id IS NOT NULL) ORDER BY fi.id)
                   FROM fix_items fi LEFT JOIN return_items ri ON ri.fix_item_id = fi.id AND ri.return_id = r.id
                  WHERE fi.fix_id = f.id) AS items,
-               p.id AS payment_id, p.kind, p.amount_cents, p.currency AS payment_currency, p.idempotency_key, p.state,
+               p.id AS payment_id, p.kind, p.amount_minor, p.currency AS payment_currency, p.idempotency_key, p.state,
                p.customer_ref AS intent_customer_ref, p.payment_method AS intent_payment_method,
                p.provider_ref, p.last_error, extract(epoch FROM now() - p.first_sent_at)::float8 / 3600 AS hours_since_first_send
         FROM returns r JOIN fixes f ON f.id = r.fix_id JOIN customers c ON c.id = f.customer_id
@@ -117,7 +117,7 @@ export function intentOf(row: ReturnState): Intent | undefined {
   return {
     id: Number(row.payment_id),
     kind: row.kind!,
-    amountCents: Number(row.amount_cents),
+    amountMinor: Number(row.amount_minor),
     currency: row.payment_currency!,
     idempotencyKey: row.idempotency_key!,
     customerRef: row.intent_customer_ref!,
@@ -134,12 +134,12 @@ export function intentOf(row: ReturnState): Intent | undefined {
  * already, that one wins. The key derives from the return's durable, globally unique
  * identity, so it never collides with another database's return of the same number.
  */
-export async function ensureIntent(db: Db, row: ReturnState, kind: 'charge' | 'refund', amountCents: number, currency: string): Promise<Intent> {
+export async function ensureIntent(db: Db, row: ReturnState, kind: 'charge' | 'refund', amountMinor: number, currency: string): Promise<Intent> {
   const key = `return:${row.public_id}:${kind}:v1`;
   await queryRows(
     db,
-    sql`INSERT INTO payments (return_id, kind, amount_cents, currency, customer_ref, payment_method, idempotency_key)
-        SELECT ${row.id}, ${kind}, ${amountCents}, ${currency}, ${row.customer_ref}, ${row.payment_method}, ${key}
+    sql`INSERT INTO payments (return_id, kind, amount_minor, currency, customer_ref, payment_method, idempotency_key)
+        SELECT ${row.id}, ${kind}, ${amountMinor}, ${currency}, ${row.customer_ref}, ${row.payment_method}, ${key}
         WHERE EXISTS (SELECT 1 FROM returns WHERE id = ${row.id} AND settled_at IS NULL)
         ON CONFLICT DO NOTHING`,
   );
@@ -174,7 +174,7 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
   let intent = intentOf(row);
 
   if (!intent) {
-    const decision = decideSettlement({ currency: row.currency, stylingFeeCents: row.styling_fee_cents, prepaidCents: row.prepaid_cents, items: row.items ?? [] });
+    const decision = decideSettlement({ currency: row.currency, stylingFeeMinor: row.styling_fee_minor, prepaidMinor: row.prepaid_minor, items: row.items ?? [] });
     if (decision.kind === 'none') {
       if (ctx.dryRun) return { outcome: 'changed', note: `nothing to charge or refund for return ${returnId}: would mark it settled` };
       const marked = await queryRows(
@@ -186,13 +186,13 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
       return marked.length > 0 ? { outcome: 'changed', note: `return ${returnId}: nothing to charge or refund` } : 'unchanged';
     }
     if (ctx.dryRun) {
-      return { outcome: 'changed', note: `would ${decision.kind} ${money(decision.amountCents, decision.currency)} ${to[decision.kind]} ${row.customer_name} (return ${returnId})` };
+      return { outcome: 'changed', note: `would ${decision.kind} ${money(decision.amountMinor, decision.currency)} ${to[decision.kind]} ${row.customer_name} (return ${returnId})` };
     }
-    intent = await ensureIntent(db, row, decision.kind, decision.amountCents, decision.currency);
+    intent = await ensureIntent(db, row, decision.kind, decision.amountMinor, decision.currency);
   }
 
   // The customer by reference, not by name: errors are stored and shown to operators, and items that fail alike group together.
-  const what = `${money(intent.amountCents, intent.currency)} ${to[intent.kind]} customer ${row.customer_ref} (return ${returnId})`;
+  const what = `${money(intent.amountMinor, intent.currency)} ${to[intent.kind]} customer ${row.customer_ref} (return ${returnId})`;
   if (intent.state === 'succeeded') {
     if (ctx.dryRun) return { outcome: 'changed', note: `already ${past[intent.kind]} ${what}: would mark the return settled` };
     return (await recordOutcome(db, intent, returnId, intent.providerRef)) ? { outcome: 'changed', note: `return ${returnId} settled` } : 'unchanged';
@@ -221,7 +221,7 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
         RETURNING p.id`,
   );
   if (sending.length === 0) return { outcome: 'unchanged', note: `return ${returnId} was settled, or its ${intent.kind} resolved, by someone else meanwhile: nothing sent` };
-  const request = { idempotencyKey: intent.idempotencyKey, amountCents: intent.amountCents, currency: intent.currency, customer: intent.customerRef, paymentMethod: intent.paymentMethod, returnId };
+  const request = { idempotencyKey: intent.idempotencyKey, amountMinor: intent.amountMinor, currency: intent.currency, customer: intent.customerRef, paymentMethod: intent.paymentMethod, returnId };
   let providerRef: string;
   try {
     providerRef = (await (intent.kind === 'charge' ? client!.charge(request, ctx.signal) : client!.refund(request, ctx.signal))).id;
@@ -235,7 +235,7 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
 
   // (c) The outcome, by compare-and-set on the intent, with the return, in one transaction.
   const recorded = await recordOutcome(db, intent, returnId, providerRef);
-  ctx.log.info({ event: 'returns:effect', returnId, kind: intent.kind, amountCents: intent.amountCents, providerRef, idempotencyKey: intent.idempotencyKey }, `${past[intent.kind]} ${what}: ${providerRef}`);
+  ctx.log.info({ event: 'returns:effect', returnId, kind: intent.kind, amountMinor: intent.amountMinor, providerRef, idempotencyKey: intent.idempotencyKey }, `${past[intent.kind]} ${what}: ${providerRef}`);
   return recorded ? { outcome: 'changed', note: `${past[intent.kind]} ${what}: ${providerRef}` } : 'unchanged';
 }
 

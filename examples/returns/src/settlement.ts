@@ -8,19 +8,19 @@
  */
 export interface FixForSettlement {
   currency: string;
-  stylingFeeCents: number;
-  prepaidCents: number;
+  stylingFeeMinor: number;
+  prepaidMinor: number;
   /** Every item of the Fix, and whether it came back. */
-  items: { priceCents: number; returned: boolean }[];
+  items: { priceMinor: number; returned: boolean }[];
 }
 
-export type Settlement = { kind: 'charge' | 'refund'; amountCents: number; currency: string } | { kind: 'none'; currency: string };
+export type Settlement = { kind: 'charge' | 'refund'; amountMinor: number; currency: string } | { kind: 'none'; currency: string };
 
 export function decideSettlement(fix: FixForSettlement): Settlement {
-  const keptCents = fix.items.filter((item) => !item.returned).reduce((sum, item) => sum + item.priceCents, 0);
-  const owedCents = fix.stylingFeeCents + keptCents;
-  if (owedCents > fix.prepaidCents) return { kind: 'charge', amountCents: owedCents - fix.prepaidCents, currency: fix.currency };
-  if (fix.prepaidCents > owedCents) return { kind: 'refund', amountCents: fix.prepaidCents - owedCents, currency: fix.currency };
+  const keptMinor = fix.items.filter((item) => !item.returned).reduce((sum, item) => sum + item.priceMinor, 0);
+  const owedMinor = fix.stylingFeeMinor + keptMinor;
+  if (owedMinor > fix.prepaidMinor) return { kind: 'charge', amountMinor: owedMinor - fix.prepaidMinor, currency: fix.currency };
+  if (fix.prepaidMinor > owedMinor) return { kind: 'refund', amountMinor: fix.prepaidMinor - owedMinor, currency: fix.currency };
   return { kind: 'none', currency: fix.currency };
 }
 
