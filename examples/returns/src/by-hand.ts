@@ -20,8 +20,8 @@
  * and this refuses, or this comes first and nothing is sent.
  */
 import { queryRows, sql, type ActionContext, type Db, type ManualAction } from 'reconciler';
-import { ensureIntent, intentOf, loadReturn, type Intent, type ReturnState } from './service.js';
-import { decideSettlement, money } from './settlement.js';
+import { decideAndRecord, intentOf, loadReturn, type Intent } from './service.js';
+import { money } from './settlement.js';
 
 export const settledByHand: ManualAction = {
   description: 'records the return as settled by hand (the money moved outside the provider), with no provider call; only if the provider declined it or never got it',
@@ -50,6 +50,8 @@ interface LockedReturn {
 
 export async function settleByHand(key: string, ctx: ActionContext): Promise<string> {
   const returnId = parseReturnKey(key);
+  // The Fix first, then the return: the order settleReturn's decision takes them in (see decideAndRecord).
+  await queryRows(ctx.db, sql`SELECT f.id FROM fixes f JOIN returns r ON r.fix_id = f.id WHERE r.id = ${returnId} FOR UPDATE OF f`);
   const [locked] = await queryRows<LockedReturn>(
     ctx.db,
     sql`SELECT to_char(r.settled_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') AS settled_at, r.settlement, p.kind, p.provider_ref, p.resolved_by
@@ -61,7 +63,7 @@ export async function settleByHand(key: string, ctx: ActionContext): Promise<str
 
   // A new statement, after the lock: it sees an intent inserted or sent by an attempt that committed meanwhile.
   const row = (await loadReturn(ctx.db, returnId))!;
-  const intent = intentOf(row) ?? (await intendedNow(ctx.db, row, returnId));
+  const intent = intentOf(row) ?? (await intendedNow(ctx.db, returnId));
   const what = `${intent.kind} of ${money(intent.amountMinor, intent.currency)} to ${row.customer_name}`;
   refuseUnlessSafe(returnId, intent, what);
 
@@ -78,12 +80,12 @@ export async function settleByHand(key: string, ctx: ActionContext): Promise<str
 }
 
 /** No intent yet: the one the rule asks for, written now (never sent), so that the ledger says what was settled by hand. */
-async function intendedNow(db: Db, row: ReturnState, returnId: number): Promise<Intent> {
-  const decision = decideSettlement({ currency: row.currency, stylingFeeMinor: row.styling_fee_minor, prepaidMinor: row.prepaid_minor, items: row.items ?? [] });
-  if (decision.kind === 'none') {
+async function intendedNow(db: Db, returnId: number): Promise<Intent> {
+  const decided = await decideAndRecord(db, returnId);
+  if (decided === 'none' || decided === 'settled') {
     throw new Error(`nothing is due for return ${returnId}, so there is nothing to settle by hand: \`reconciler run settle-returns --key return:${returnId}\` settles it with no provider call`);
   }
-  return ensureIntent(db, row, decision.kind, decision.amountMinor, decision.currency);
+  return decided;
 }
 
 function refuseUnlessSafe(returnId: number, intent: Intent, what: string): void {

@@ -2,20 +2,23 @@
  * Settling a return: decide charge, refund or nothing, and carry it out exactly once.
  *
  * The exactly-once recipe (README "How exactly-once works"):
- *  (a) intent first: one statement inserts the payment intent with its amount frozen and an
- *      idempotency key derived from the return (`return:{id}:{kind}:v1`); UNIQUE(return_id)
- *      makes a second intent impossible, so a later pass always finds this one;
+ *  (a) intent first: the decision and the payment intent, with its amount frozen and an
+ *      idempotency key derived from the return (`return:{public id}:{kind}:v1`), are written
+ *      with the Fix locked; UNIQUE(return_id) makes a second intent impossible, so a later
+ *      pass always finds this one;
  *  (b) the provider is called outside any transaction, with that key;
  *  (c) the outcome is recorded with a compare-and-set on the intent
  *      (`WHERE state IN ('pending', 'unknown')`), in one transaction with the return.
  * A timeout, reset, 5xx, 409 or 429 leaves the intent `unknown`: the next attempt (at the time
  * a 429's or 503's Retry-After names, if it named one) sends the same key and the same frozen
- * parameters, so the provider answers with the first result instead of applying the effect again.
+ * parameters, so the provider answers with the first result instead of applying the effect
+ * again. An outcome that stays unknown is resolved by asking the provider (./resolution.ts).
  */
 import { sql } from 'drizzle-orm';
-import { TerminalError, coerceError, errorSummary, inPartition, queryRows, type Db, type Partition, type ReconcileContext, type ReconcileResult } from 'reconciler';
-import { ProviderError, type PaymentProvider } from './provider.js';
-import { decideSettlement, money } from './settlement.js';
+import { TerminalError, inPartition, queryRows, type Db, type Partition, type ReconcileContext, type ReconcileResult } from 'reconciler';
+import type { PaymentProvider } from './provider.js';
+import { completeIntent } from './resolution.js';
+import { decideSettlement, money, type Settlement } from './settlement.js';
 
 /** An item of the settle-returns scan: a return whose money work is still missing. */
 export interface ReturnToSettle {
@@ -24,8 +27,6 @@ export interface ReturnToSettle {
   receivedAt: Date;
 }
 
-/** Providers forget idempotency keys after about 24 hours; stop retrying an unknown intent well before. */
-export const KEY_LIFETIME_HOURS = 20;
 
 /**
  * settle-returns' key, `return:<id>` (see ../jobs/settle-returns.ts), as SQL over `returns.id`:
@@ -59,24 +60,36 @@ export interface ReturnState {
   id: number;
   public_id: string;
   settled: boolean;
+  fix_id: number;
   currency: string;
   styling_fee_minor: number;
   prepaid_minor: number;
+  checkout_charge_ref: string | null;
   customer_name: string;
   customer_ref: string;
   payment_method: string;
+  /** Every item of the Fix; `returned` when this return or one settled before it sent it back. */
   items: { priceMinor: number; returned: boolean }[] | null;
+  /** What the Fix's other returns' intents moved: charges less refunds. */
+  moved_minor: number;
   payment_id: number | null;
   kind: 'charge' | 'refund' | null;
   amount_minor: number | null;
   payment_currency: string | null;
+  charge_ref: string | null;
   idempotency_key: string | null;
+  key_version: number | null;
   intent_customer_ref: string | null;
   intent_payment_method: string | null;
   state: 'pending' | 'succeeded' | 'declined' | 'unknown' | null;
   provider_ref: string | null;
   last_error: string | null;
+  replays: number | null;
   hours_since_first_send: number | null;
+  seconds_since_last_send: number | null;
+  seconds_unknown: number | null;
+  /** Seconds since the key could no longer apply (negative: it will be that far ahead). */
+  seconds_since_spent: number | null;
 }
 
 export interface Intent {
@@ -84,33 +97,54 @@ export interface Intent {
   kind: 'charge' | 'refund';
   amountMinor: number;
   currency: string;
+  /** Refunds: the charge refunded. */
+  chargeRef: string | null;
   idempotencyKey: string;
+  keyVersion: number;
   customerRef: string;
   paymentMethod: string;
   state: 'pending' | 'succeeded' | 'declined' | 'unknown';
   providerRef: string | null;
   lastError: string | null;
-  /** Hours since the key was first sent; null if it never was. */
+  /** Hours since the current key was first sent; null if it never was. */
   hoursSinceFirstSend: number | null;
+  /** Seconds since the current key was last sent; null if it never was. */
+  secondsSinceLastSend: number | null;
+  /** Seconds the outcome has been unknown; null when it is not. */
+  secondsUnknown: number | null;
+  /** How many times in a row the provider replayed a saved error for the current key. */
+  replays: number;
+  /** Seconds since the current key could no longer apply; null while it still can. */
+  secondsSinceSpent: number | null;
 }
 
+/** The return, its Fix and customer, what the Fix's other returns did, and its payment intent if it has one. */
 export async function loadReturn(db: Db, returnId: number): Promise<ReturnState | undefined> {
   const [row] = await queryRows<ReturnState>(
     db,
-    sql`SELECT r.id, r.public_id, r.settled_at IS NOT NULL AS settled, f.currency, f.styling_fee_minor, f.prepaid_minor,
+    sql`SELECT r.id, r.public_id, r.settled_at IS NOT NULL AS settled, f.id AS fix_id, f.currency, f.styling_fee_minor, f.prepaid_minor, f.checkout_charge_ref,
                c.name AS customer_name, 'cus_' || c.id AS customer_ref, c.payment_method,
-               (SELECT json_agg(json_build_object('priceMinor', fi.price_minor, 'returned', ri.return_id IS NOT NULL) ORDER BY fi.id)
-                  FROM fix_items fi LEFT JOIN return_items ri ON ri.fix_item_id = fi.id AND ri.return_id = r.id
-                 WHERE fi.fix_id = f.id) AS items,
-               p.id AS payment_id, p.kind, p.amount_minor, p.currency AS payment_currency, p.idempotency_key, p.state,
-               p.customer_ref AS intent_customer_ref, p.payment_method AS intent_payment_method,
-               p.provider_ref, p.last_error, extract(epoch FROM now() - p.first_sent_at)::float8 / 3600 AS hours_since_first_send
+               (SELECT json_agg(json_build_object('priceMinor', fi.price_minor, 'returned', EXISTS (
+                         SELECT 1 FROM return_items ri JOIN returns o ON o.id = ri.return_id
+                         WHERE ri.fix_item_id = fi.id AND (o.id = r.id OR o.settled_at IS NOT NULL OR EXISTS (SELECT 1 FROM payments op WHERE op.return_id = o.id))))
+                       ORDER BY fi.id)
+                  FROM fix_items fi WHERE fi.fix_id = f.id) AS items,
+               (SELECT coalesce(sum(CASE op.kind WHEN 'charge' THEN op.amount_minor ELSE -op.amount_minor END), 0)::int
+                  FROM payments op JOIN returns o ON o.id = op.return_id WHERE o.fix_id = f.id AND o.id <> r.id) AS moved_minor,
+               p.id AS payment_id, p.kind, p.amount_minor, p.currency AS payment_currency, p.charge_ref, p.idempotency_key, p.key_version, p.state,
+               p.customer_ref AS intent_customer_ref, p.payment_method AS intent_payment_method, p.provider_ref, p.last_error, p.replays,
+               extract(epoch FROM now() - p.first_sent_at)::float8 / 3600 AS hours_since_first_send,
+               extract(epoch FROM now() - p.last_sent_at)::float8 AS seconds_since_last_send,
+               extract(epoch FROM now() - p.unknown_since)::float8 AS seconds_unknown,
+               extract(epoch FROM now() - p.key_spent_at)::float8 AS seconds_since_spent
         FROM returns r JOIN fixes f ON f.id = r.fix_id JOIN customers c ON c.id = f.customer_id
         LEFT JOIN payments p ON p.return_id = r.id
         WHERE r.id = ${returnId}`,
   );
   return row;
 }
+
+const numberOrNull = (value: number | string | null): number | null => (value === null ? null : Number(value));
 
 export function intentOf(row: ReturnState): Intent | undefined {
   if (row.payment_id === null) return undefined;
@@ -119,34 +153,70 @@ export function intentOf(row: ReturnState): Intent | undefined {
     kind: row.kind!,
     amountMinor: Number(row.amount_minor),
     currency: row.payment_currency!,
+    chargeRef: row.charge_ref,
     idempotencyKey: row.idempotency_key!,
+    keyVersion: Number(row.key_version ?? 1),
     customerRef: row.intent_customer_ref!,
     paymentMethod: row.intent_payment_method!,
     state: row.state!,
     providerRef: row.provider_ref,
     lastError: row.last_error,
-    hoursSinceFirstSend: row.hours_since_first_send === null ? null : Number(row.hours_since_first_send),
+    hoursSinceFirstSend: numberOrNull(row.hours_since_first_send),
+    secondsSinceLastSend: numberOrNull(row.seconds_since_last_send),
+    secondsUnknown: numberOrNull(row.seconds_unknown),
+    replays: Number(row.replays ?? 0),
+    secondsSinceSpent: numberOrNull(row.seconds_since_spent),
   };
 }
 
+/** What settling the return takes, by the rule, from what `row` says (see decideAndRecord for the locked decision). */
+export function settlementOf(row: ReturnState): Settlement {
+  return decideSettlement({ currency: row.currency, stylingFeeMinor: row.styling_fee_minor, prepaidMinor: row.prepaid_minor, items: row.items ?? [], movedMinor: Number(row.moved_minor) });
+}
+
+/** The intent's version-free identity, sent as metadata `intent_key`: what a lookup searches for. */
+export const intentKeyOf = (returnPublicId: string, kind: 'charge' | 'refund'): string => `return:${returnPublicId}:${kind}`;
+
+/** The idempotency key of an intent's key version `n`. */
+export const idempotencyKeyOf = (returnPublicId: string, kind: 'charge' | 'refund', version: number): string => `${intentKeyOf(returnPublicId, kind)}:v${version}`;
+
 /**
- * (a) The intent, inserted once, with every parameter of the request frozen; if one exists
- * already, that one wins. The key derives from the return's durable, globally unique
- * identity, so it never collides with another database's return of the same number.
+ * (a) The decision and its intent, taken one return of a Fix at a time: the Fix's row is
+ * locked (FOR UPDATE) while the rule reads what its other returns did and the intent (or the
+ * "nothing due" mark) is written, so that two returns of one Fix settled at once by two
+ * replicas decide one after the other, and their refunds never add up to more than was paid.
+ * An intent freezes every parameter of the request; its key derives from the return's durable,
+ * globally unique identity. If the return has an intent already, that one wins. Returns the
+ * intent, or `none` when nothing is due (the return is then marked settled), or `settled`
+ * when someone else settled it meanwhile.
  */
-export async function ensureIntent(db: Db, row: ReturnState, kind: 'charge' | 'refund', amountMinor: number, currency: string): Promise<Intent> {
-  const key = `return:${row.public_id}:${kind}:v1`;
-  await queryRows(
-    db,
-    sql`INSERT INTO payments (return_id, kind, amount_minor, currency, customer_ref, payment_method, idempotency_key)
-        SELECT ${row.id}, ${kind}, ${amountMinor}, ${currency}, ${row.customer_ref}, ${row.payment_method}, ${key}
-        WHERE EXISTS (SELECT 1 FROM returns WHERE id = ${row.id} AND settled_at IS NULL)
-        ON CONFLICT DO NOTHING`,
-  );
-  const reloaded = await loadReturn(db, row.id);
-  const intent = reloaded && intentOf(reloaded);
-  if (!intent) throw new Error(`return ${row.id} was settled by someone else while its intent was being written; the next pass will see it`);
-  return intent;
+export async function decideAndRecord(db: Db, returnId: number): Promise<Intent | 'none' | 'settled'> {
+  return db.transaction(async (tx) => {
+    const t = tx as unknown as Db;
+    await queryRows(t, sql`SELECT f.id FROM fixes f JOIN returns r ON r.fix_id = f.id WHERE r.id = ${returnId} FOR UPDATE OF f`);
+    const row = await loadReturn(t, returnId);
+    if (!row || row.settled) return 'settled';
+    const existing = intentOf(row);
+    if (existing) return existing;
+    const decision = settlementOf(row);
+    if (decision.kind === 'none') {
+      await queryRows(t, sql`UPDATE returns SET settled_at = now(), settlement = 'none' WHERE id = ${returnId} AND settled_at IS NULL`);
+      return 'none';
+    }
+    if (decision.kind === 'refund' && row.checkout_charge_ref === null) {
+      throw new TerminalError(
+        `return ${returnId} needs a refund of ${money(decision.amountMinor, decision.currency)}, but its Fix ${row.fix_id} has no checkout charge recorded (fixes.checkout_charge_ref) to refund it against; ` +
+          `record the charge that took its prepaid ${money(row.prepaid_minor, row.currency)}, then \`reconciler retry settle-returns return:${returnId}\`, or ${settleByHandAdvice(returnId)}`,
+      );
+    }
+    await queryRows(
+      t,
+      sql`INSERT INTO payments (return_id, kind, amount_minor, currency, charge_ref, customer_ref, payment_method, idempotency_key)
+          VALUES (${row.id}, ${decision.kind}, ${decision.amountMinor}, ${decision.currency}, ${decision.kind === 'refund' ? row.checkout_charge_ref : null},
+                  ${row.customer_ref}, ${row.payment_method}, ${idempotencyKeyOf(row.public_id, decision.kind, 1)})`,
+    );
+    return intentOf((await loadReturn(t, returnId))!)!;
+  });
 }
 
 /** What a decline tells the operator to do: settle the money outside the provider, then record it with the action settled-by-hand. */
@@ -155,16 +225,20 @@ export function settleByHandAdvice(returnId: number): string {
 }
 
 /** Fault injection for the crash tests: RECONCILER_CRASH_AT=<point> kills this process with SIGKILL there. */
-function crashPoint(point: 'before-call' | 'after-call' | 'during-record'): void {
+export function crashPoint(point: 'before-call' | 'after-call' | 'during-record'): void {
   if (process.env.RECONCILER_CRASH_AT === point) process.kill(process.pid, 'SIGKILL');
 }
 
-const past = { charge: 'charged', refund: 'refunded' } as const;
-const to = { charge: 'to', refund: 'to' } as const;
+export const past = { charge: 'charged', refund: 'refunded' } as const;
+
+/** `45.00 USD to customer cus_7 (return 12)`: the customer by reference, not by name (errors are stored and shown to operators, and items that fail alike group together). */
+export const describeIntent = (intent: Pick<Intent, 'kind' | 'amountMinor' | 'currency' | 'customerRef'>, returnId: number): string =>
+  `${money(intent.amountMinor, intent.currency)} to customer ${intent.customerRef} (return ${returnId})`;
 
 /**
  * Settles one return. Idempotent: a settled return is `unchanged`; an intent left by an
- * earlier attempt is completed with its own key and parameters, never duplicated.
+ * earlier attempt is completed with its own key and parameters, never duplicated; an outcome
+ * that stays unknown is resolved by asking the provider (./resolution.ts).
  */
 export async function settleReturn(returnId: number, ctx: ReconcileContext, provider: (ctx: ReconcileContext) => PaymentProvider | Promise<PaymentProvider>): Promise<ReconcileResult> {
   const { db } = ctx;
@@ -174,77 +248,45 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
   let intent = intentOf(row);
 
   if (!intent) {
-    const decision = decideSettlement({ currency: row.currency, stylingFeeMinor: row.styling_fee_minor, prepaidMinor: row.prepaid_minor, items: row.items ?? [] });
-    if (decision.kind === 'none') {
-      if (ctx.dryRun) return { outcome: 'changed', note: `nothing to charge or refund for return ${returnId}: would mark it settled` };
-      const marked = await queryRows(
-        db,
-        sql`UPDATE returns SET settled_at = now(), settlement = 'none'
-            WHERE id = ${returnId} AND settled_at IS NULL AND NOT EXISTS (SELECT 1 FROM payments WHERE return_id = ${returnId})
-            RETURNING id`,
-      );
-      return marked.length > 0 ? { outcome: 'changed', note: `return ${returnId}: nothing to charge or refund` } : 'unchanged';
-    }
     if (ctx.dryRun) {
-      return { outcome: 'changed', note: `would ${decision.kind} ${money(decision.amountMinor, decision.currency)} ${to[decision.kind]} ${row.customer_name} (return ${returnId})` };
+      const decision = settlementOf(row);
+      if (decision.kind === 'none') return { outcome: 'changed', note: `nothing to charge or refund for return ${returnId}: would mark it settled` };
+      return { outcome: 'changed', note: `would ${decision.kind} ${money(decision.amountMinor, decision.currency)} to ${row.customer_name} (return ${returnId})` };
     }
-    intent = await ensureIntent(db, row, decision.kind, decision.amountMinor, decision.currency);
+    const decided = await decideAndRecord(db, returnId);
+    if (decided === 'settled') return 'unchanged';
+    if (decided === 'none') return { outcome: 'changed', note: `return ${returnId}: nothing to charge or refund` };
+    intent = decided;
   }
 
-  // The customer by reference, not by name: errors are stored and shown to operators, and items that fail alike group together.
-  const what = `${money(intent.amountMinor, intent.currency)} ${to[intent.kind]} customer ${row.customer_ref} (return ${returnId})`;
+  const what = describeIntent(intent, returnId);
   if (intent.state === 'succeeded') {
     if (ctx.dryRun) return { outcome: 'changed', note: `already ${past[intent.kind]} ${what}: would mark the return settled` };
-    return (await recordOutcome(db, intent, returnId, intent.providerRef)) ? { outcome: 'changed', note: `return ${returnId} settled` } : 'unchanged';
+    return (await recordOutcome(db, intent, returnId, { id: intent.providerRef! })) ? { outcome: 'changed', note: `return ${returnId} settled` } : 'unchanged';
   }
   if (intent.state === 'declined') {
     throw new TerminalError(`declined: the ${intent.kind} of ${what}: ${intent.lastError ?? 'no reason given'}; ${settleByHandAdvice(returnId)}`);
   }
-  if (intent.hoursSinceFirstSend !== null && intent.hoursSinceFirstSend > KEY_LIFETIME_HOURS) {
-    throw new TerminalError(
-      `parked: the ${intent.kind} of ${what} is still ${intent.state} ${Math.floor(intent.hoursSinceFirstSend)} hours after its key was first sent; the provider may have ` +
-        'forgotten the key, so retrying could apply it twice: look it up at the provider, record the outcome on the payment, then `reconciler retry`',
-    );
-  }
-  if (ctx.dryRun) return { outcome: 'changed', note: `would ${intent.state === 'unknown' ? 'retry' : 'send'} the ${intent.kind} of ${what}` };
+  return completeIntent({ ctx, client, intent, returnId, publicId: row.public_id, what });
+}
 
-  // (b) The call, outside any transaction, with the intent's key and frozen parameters.
-  crashPoint('before-call');
-  // A compare-and-set, the fence against settled-by-hand (./by-hand.ts): that action locks the return, then
-  // resolves the intent only if it was never sent, so either it sees this stamp and refuses, or this finds the
-  // intent resolved (or the return settled) and sends nothing.
-  const sending = await queryRows(
-    db,
-    sql`UPDATE payments p SET attempts = p.attempts + 1, first_sent_at = coalesce(p.first_sent_at, now()), updated_at = now()
-        FROM returns r
-        WHERE p.id = ${intent.id} AND r.id = p.return_id AND r.settled_at IS NULL AND p.state IN ('pending', 'unknown') AND p.resolved_at IS NULL
-        RETURNING p.id`,
-  );
-  if (sending.length === 0) return { outcome: 'unchanged', note: `return ${returnId} was settled, or its ${intent.kind} resolved, by someone else meanwhile: nothing sent` };
-  const request = { idempotencyKey: intent.idempotencyKey, amountMinor: intent.amountMinor, currency: intent.currency, customer: intent.customerRef, paymentMethod: intent.paymentMethod, returnId };
-  let providerRef: string;
-  try {
-    providerRef = (await (intent.kind === 'charge' ? client!.charge(request, ctx.signal) : client!.refund(request, ctx.signal))).id;
-  } catch (error) {
-    if (error instanceof ProviderError) return await recordFailure(db, intent, returnId, error, what);
-    // Aborted (item timeout, shutdown, lost lease) while the request was out: its outcome is unknown.
-    await queryRows(db, sql`UPDATE payments SET state = 'unknown', last_error = ${errorSummary(coerceError(error), 500)}, updated_at = now() WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`).catch(() => undefined);
-    throw error;
-  }
-  crashPoint('after-call');
-
-  // (c) The outcome, by compare-and-set on the intent, with the return, in one transaction.
-  const recorded = await recordOutcome(db, intent, returnId, providerRef);
-  ctx.log.info({ event: 'returns:effect', returnId, kind: intent.kind, amountMinor: intent.amountMinor, providerRef, idempotencyKey: intent.idempotencyKey }, `${past[intent.kind]} ${what}: ${providerRef}`);
-  return recorded ? { outcome: 'changed', note: `${past[intent.kind]} ${what}: ${providerRef}` } : 'unchanged';
+/** What the provider says it applied, and how we learnt it. */
+export interface KnownEffect {
+  id: string;
+  amountMinor?: number;
+  currency?: string;
+  knownBy?: 'answer' | 'lookup';
 }
 
 /** Marks the intent succeeded and the return settled; false if another attempt got there first. The return is settled only by a succeeded payment. */
-async function recordOutcome(db: Db, intent: Intent, returnId: number, providerRef: string | null): Promise<boolean> {
+export async function recordOutcome(db: Db, intent: Intent, returnId: number, effect: KnownEffect): Promise<boolean> {
   return db.transaction(async (tx) => {
     await queryRows(
       tx as unknown as Db,
-      sql`UPDATE payments SET state = 'succeeded', provider_ref = ${providerRef}, settled_at = now(), updated_at = now(), last_error = NULL
+      sql`UPDATE payments SET state = 'succeeded', provider_ref = ${effect.id}, settled_at = now(), updated_at = now(), last_error = NULL, unknown_since = NULL,
+                              provider_amount_minor = coalesce(${effect.amountMinor ?? null}::int, provider_amount_minor),
+                              provider_currency = coalesce(${effect.currency ?? null}, provider_currency),
+                              known_by = coalesce(${effect.knownBy ?? null}, known_by)
           WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`,
     );
     crashPoint('during-record');
@@ -256,26 +298,4 @@ async function recordOutcome(db: Db, intent: Intent, returnId: number, providerR
     );
     return settled.length > 0;
   });
-}
-
-/** Records what the provider said, then throws what the engine should do next. */
-async function recordFailure(db: Db, intent: Intent, returnId: number, error: ProviderError, what: string): Promise<never> {
-  if (error.failure === 'declined') {
-    await queryRows(
-      db,
-      sql`UPDATE payments SET state = 'declined', last_error = ${errorSummary(error, 500)}, updated_at = now()
-          WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`,
-    );
-    throw new TerminalError(`declined: the ${intent.kind} of ${what} (${error.message}); ${settleByHandAdvice(returnId)}`);
-  }
-  // A request that cannot have reached the provider leaves the intent as it was: nothing happened there.
-  const state = error.failure === 'retryable' && error.sent ? 'unknown' : intent.state;
-  await queryRows(db, sql`UPDATE payments SET state = ${state}, last_error = ${errorSummary(error, 500)}, updated_at = now() WHERE id = ${intent.id} AND state IN ('pending', 'unknown')`);
-  // Says what happened, and the key a retry sends: not that one will come (the item may be dead).
-  // The provider's error is the cause: its `retryAfter` (a 429's or 503's Retry-After) tells the engine when to come back.
-  if (error.failure === 'retryable' && !error.sent) throw new Error(`not sent: the ${intent.kind} of ${what}: ${error.message}`, { cause: error });
-  if (error.failure === 'retryable') throw new Error(`outcome unknown: the ${intent.kind} of ${what}: ${error.message} (idempotency key ${intent.idempotencyKey})`, { cause: error });
-  if (error.status === 401 || error.status === 403) throw new Error(`the provider refused our credentials (${error.message}): check PAYMENT_PROVIDER_KEY`);
-  if (error.status === 404) throw new Error(`the provider has no such endpoint (${error.message}): check PAYMENT_PROVIDER_URL`);
-  throw new TerminalError(`rejected: the ${intent.kind} of ${what}: ${error.message}; not retried, as the same request would be rejected again`);
 }

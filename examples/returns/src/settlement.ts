@@ -5,13 +5,22 @@
  * prepaid at checkout. If they owe more than they paid, charge the difference (say, the
  * styling fee and the kept items of a Fix nothing was paid for); if they paid more than they
  * owe, refund the difference (items they paid for and sent back); otherwise nothing is due.
+ *
+ * A Fix may come back in several returns. Each settles what it changes: the items it and the
+ * Fix's returns settled before it sent back count as returned, and what those returns already
+ * moved (their charges, less their refunds) counts as paid. So two partial refunds of one Fix
+ * add up to what a single return of the same items would refund, and never to more than the
+ * prepaid amount, provided the decisions are taken one at a time (the service locks the Fix).
+ * Amounts are in the currency's minor units (./money.ts).
  */
 export interface FixForSettlement {
   currency: string;
   stylingFeeMinor: number;
   prepaidMinor: number;
-  /** Every item of the Fix, and whether it came back. */
+  /** Every item of the Fix, and whether it came back (in this return, or one settled before it). */
   items: { priceMinor: number; returned: boolean }[];
+  /** What the Fix's earlier returns moved: their charges less their refunds (0 when this is its first). */
+  movedMinor?: number;
 }
 
 export type Settlement = { kind: 'charge' | 'refund'; amountMinor: number; currency: string } | { kind: 'none'; currency: string };
@@ -19,12 +28,13 @@ export type Settlement = { kind: 'charge' | 'refund'; amountMinor: number; curre
 export function decideSettlement(fix: FixForSettlement): Settlement {
   const keptMinor = fix.items.filter((item) => !item.returned).reduce((sum, item) => sum + item.priceMinor, 0);
   const owedMinor = fix.stylingFeeMinor + keptMinor;
-  if (owedMinor > fix.prepaidMinor) return { kind: 'charge', amountMinor: owedMinor - fix.prepaidMinor, currency: fix.currency };
-  if (fix.prepaidMinor > owedMinor) return { kind: 'refund', amountMinor: fix.prepaidMinor - owedMinor, currency: fix.currency };
+  const paidMinor = fix.prepaidMinor + (fix.movedMinor ?? 0);
+  if (owedMinor > paidMinor) return { kind: 'charge', amountMinor: owedMinor - paidMinor, currency: fix.currency };
+  if (paidMinor > owedMinor) return { kind: 'refund', amountMinor: paidMinor - owedMinor, currency: fix.currency };
   return { kind: 'none', currency: fix.currency };
 }
 
-/** `45.00 USD` */
-export function money(cents: number, currency: string): string {
-  return `${(cents / 100).toFixed(2)} ${currency}`;
-}
+/** A settled amount as it moves the Fix's balance: a charge adds, a refund takes away. */
+export const signedMinor = (kind: 'charge' | 'refund', amountMinor: number): number => (kind === 'charge' ? amountMinor : -amountMinor);
+
+export { money } from './money.js';
