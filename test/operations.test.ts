@@ -12,8 +12,7 @@ import { useTestDatabase, databaseUrl } from './helpers/db.js';
 import { join } from 'node:path';
 import { API, REPO_ROOT, jobsDir, tableJob, tableSql, type JobsDir } from './helpers/jobs.js';
 import { runCli, startProcess, until, type RunningProcess, useCleanup } from './helpers/processes.js';
-import { everySettlePartitionPassed, startProvider } from './helpers/returns.js';
-import { seedReturns } from '../examples/returns/src/seed.js';
+import { everySettlePartitionPassed, seedWithCheckout, startProvider } from './helpers/returns.js';
 
 const t = useTestDatabase({ resetEngineTables: true, returns: true });
 const { children, dirs } = useCleanup();
@@ -80,7 +79,7 @@ describe('the operations endpoint', () => {
     const provider = await startProvider();
     try {
       await t.rows(sql`TRUNCATE payments, return_items, returns, fix_items, fixes, customers CASCADE`);
-      await seedReturns(t.db, 3, 11);
+      await seedWithCheckout(t, provider, 3, 11);
       await t.rows(sql`UPDATE returns SET received_at = now() - interval '2 hours'`);
       await provider.setFaults({ errorRate: 1 }); // nothing settles: the returns stay stale
       const d = daemon({ DATABASE_URL: t.url, JOBS_DIR: 'jobs', PAYMENT_PROVIDER_URL: provider.url, PAYMENT_PROVIDER_KEY: 'sk_test_reconciler_suite' });
@@ -260,7 +259,7 @@ describe('secrets', () => {
     const provider = await startProvider([], keyCanary);
     try {
       await t.rows(sql`TRUNCATE payments, return_items, returns, fix_items, fixes, customers CASCADE`);
-      await seedReturns(t.db, 6, 12);
+      await seedWithCheckout(t, provider, 6, 12);
       await provider.setFaults({ errorRate: 0.5, timeoutRate: 0.2 });
       // A role whose password is the canary, so that the daemon really connects with it (trust or password authentication).
       await t.rows(sql.raw(`DROP ROLE IF EXISTS reconciler_canary; CREATE ROLE reconciler_canary LOGIN SUPERUSER PASSWORD '${dbCanary}'`));

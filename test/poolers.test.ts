@@ -15,8 +15,7 @@ import { jobsDir, tableJob, tableSql } from './helpers/jobs.js';
 import { settleReturnsJobFile } from '../testkit/settle-returns.js';
 import { isEvent, startProcess, until, useCleanup, type RunningProcess } from './helpers/processes.js';
 import { PgBouncer } from './helpers/pgbouncer.js';
-import { expectExactlyOnce, settleEnv, startProvider, type Provider } from './helpers/returns.js';
-import { seedReturns } from '../examples/returns/src/seed.js';
+import { expectExactlyOnce, seedWithCheckout, settleEnv, startProvider, type Provider } from './helpers/returns.js';
 
 const t = useTestDatabase({ returns: true });
 const { children, dirs } = useCleanup();
@@ -99,7 +98,7 @@ describe('behind PgBouncer in transaction mode', () => {
     for (const daemon of daemons) await daemon.waitFor((l) => isEvent('wake:listening')(l) && (l.channels as string[]).includes('returns'), 'the LISTEN session to prove itself');
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = 'settle-returns' AND status <> 'running'`)) >= 4, "every partition's catch-up pass");
 
-    await seedReturns(t.db, 12, 14);
+    await seedWithCheckout(t, provider, 12, 14);
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`)) === 0, 'the new returns to be settled by wakes', 20_000);
     expect(await count(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = 'settle-returns' AND trigger = 'wake' AND changed > 0`)).toBeGreaterThan(0);
     for (const url of urls) expect(await metric(url, 'reconciler_wake_listening')).toBe(1);
@@ -121,7 +120,7 @@ describe('behind PgBouncer in transaction mode', () => {
     }
     for (const url of urls) expect(await metric(url, 'reconciler_wake_listening')).toBe(0);
 
-    await seedReturns(t.db, 20, 15);
+    await seedWithCheckout(t, provider, 20, 15);
     await until(async () => (await count(sql`SELECT count(*)::int AS n FROM returns WHERE settled_at IS NULL`)) === 0, 'the new returns to be settled by the schedule', 30_000);
     expect(await count(sql`SELECT count(*)::int AS n FROM reconciler.runs WHERE reconciler = 'settle-returns' AND trigger = 'wake' AND id > ${before}`)).toBe(0);
     await Promise.all(daemons.map((d) => d.kill('SIGTERM')));

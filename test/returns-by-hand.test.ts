@@ -6,7 +6,6 @@
  */
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
-import { seedReturns } from '../examples/returns/src/seed.js';
 import { NO_FAULTS } from '../examples/returns/src/simulator/server.js';
 import { HttpPaymentProvider } from '../examples/returns/src/provider.js';
 import { settleReturn } from '../examples/returns/src/service.js';
@@ -18,7 +17,7 @@ import { ActionRefused, runManualAction } from '../src/operator/actions.js';
 import shipped from '../examples/returns/jobs/settle-returns.js';
 import { silentLog, useTestDatabase } from './helpers/db.js';
 import { runCli, until } from './helpers/processes.js';
-import { PROVIDER_KEY, ledgerOf, settleEnv, settlePass, startProvider, type Provider } from './helpers/returns.js';
+import { PROVIDER_KEY, ledgerOf, seedWithCheckout, settleEnv, settlePass, startProvider, type Provider } from './helpers/returns.js';
 
 const t = useTestDatabase({ returns: true });
 let provider: Provider;
@@ -35,7 +34,7 @@ let nextSeed = 100;
 
 /** One new return whose settlement is `kind`; its id. */
 async function oneReturn(kind: 'charge' | 'refund' | 'none'): Promise<number> {
-  await seedReturns(t.db, 1, nextSeed++);
+  await seedWithCheckout(t, provider, 1, nextSeed++);
   const [ret] = await t.rows<{ id: number; fix_id: number }>(sql`SELECT id, fix_id FROM returns ORDER BY id DESC LIMIT 1`);
   const owed = sql`f.styling_fee_minor + coalesce((SELECT sum(fi.price_minor) FROM fix_items fi WHERE fi.fix_id = f.id
                      AND fi.id NOT IN (SELECT fix_item_id FROM return_items WHERE return_id = ${ret!.id})), 0)`;
@@ -175,8 +174,9 @@ describe('settled-by-hand refuses, and changes nothing', () => {
     expect(await refusal(`return:${lost}`)).toMatch(
       new RegExp(
         `^the refund of \\d+\\.\\d\\d USD to .+ \\(return ${lost}\\) was sent to the provider 1 min ago and its outcome is unknown: it may be in flight or applied, ` +
-          `so settling it by hand could move the money twice; \`reconciler retry settle-returns return:${lost}\` asks the provider again with the same key ` +
-          '\\(idempotency key return:[0-9a-f-]+:refund:v1; if it was sent over 20 hours ago, look it up at the provider first\\)$',
+          `so settling it by hand could move the money twice; \`reconciler retry settle-returns return:${lost}\` asks the provider again ` +
+          '\\(idempotency key return:[0-9a-f-]+:refund:v1\\), and looks the outcome up there if it stays unknown; ' +
+          `if you found it at the provider, \`reconciler act settle-returns return:${lost} adopt-effect --note <its id>\` records it$`,
       ),
     );
     await t.rows(sql`UPDATE payments SET first_sent_at = now() - interval '21 hours' WHERE return_id = ${lost}`); // parked

@@ -14,7 +14,7 @@ import { NO_FAULTS } from '../examples/returns/src/simulator/server.js';
 import { parseRetryAfter } from '../examples/returns/src/provider.js';
 import { createTestDatabase, useTestDatabase } from './helpers/db.js';
 import { runCli, startProcess } from './helpers/processes.js';
-import { everySettlePartitionPassed, expectExactlyOnce, ledgerOf, makeDue, settleEnv, settlePass, settleUntilQuiet, startProvider, type Provider } from './helpers/returns.js';
+import { checkoutClient, seedWithCheckout, everySettlePartitionPassed, expectExactlyOnce, ledgerOf, makeDue, settleEnv, settlePass, settleUntilQuiet, startProvider, type Provider } from './helpers/returns.js';
 
 const t = useTestDatabase({ returns: true });
 let provider: Provider;
@@ -81,7 +81,7 @@ describe('the zero-configuration demo (`npm start` on a fresh checkout)', () => 
 
 describe('settle-returns', () => {
   it('charges, refunds or settles each return once, then a second pass makes no provider call', async () => {
-    const seeded = await seedReturns(t.db, 60, 3);
+    const seeded = await seedWithCheckout(t, provider, 60, 3);
     const first = await settlePass(t, provider);
     expect(first.code, first.stderr).toBe(0);
     // One pass per partition (settle-returns ships with 4), which together find and change every return.
@@ -91,7 +91,7 @@ describe('settle-returns', () => {
     const ledger = await expectExactlyOnce(t, provider);
     expect(ledger.filter((e) => e.kind === 'charge')).toHaveLength(seeded.charge);
     expect(ledger.filter((e) => e.kind === 'refund')).toHaveLength(seeded.refund);
-    expect(ledger.reduce((sum, e) => sum + (e.kind === 'charge' ? e.amount : 0), 0)).toBe(seeded.chargeMinor);
+    expect(ledger.reduce((sum, e) => sum + (e.kind === 'charge' ? e.amount : 0), 0)).toBe(seeded.chargeMinor.USD);
 
     const before = await posts();
     const second = await settlePass(t, provider);
@@ -100,7 +100,7 @@ describe('settle-returns', () => {
   });
 
   it('lists what it would charge and refund, with amounts, under --dry-run, and calls nobody', async () => {
-    await seedReturns(t.db, 5, 4);
+    await seedWithCheckout(t, provider, 5, 4);
     const before = await posts();
     const result = await settlePass(t, provider, {}, ['--dry-run']);
     expect(result.code).toBe(0);
@@ -110,7 +110,7 @@ describe('settle-returns', () => {
   });
 
   it.each(['before-call', 'after-call', 'during-record'])('leaves exactly one effect per return after a SIGKILL %s, and the next pass', async (point) => {
-    await seedReturns(t.db, 8, 5);
+    await seedWithCheckout(t, provider, 8, 5);
     const killed = await settlePass(t, provider, { RECONCILER_CRASH_AT: point });
     expect(killed.signal).toBe('SIGKILL');
     expect(await t.rows(sql`SELECT key FROM reconciler.failures`)).toEqual([]); // a kill records nothing: the item spent no attempt
@@ -120,7 +120,7 @@ describe('settle-returns', () => {
   });
 
   it('never applies an effect twice when the provider applied it and the answer was lost', async () => {
-    const seeded = await seedReturns(t.db, 10, 6);
+    const seeded = await seedWithCheckout(t, provider, 10, 6);
     const needingEffect = seeded.charge + seeded.refund;
     await provider.setFaults({ timeoutRate: 1 });
     const lost = await settlePass(t, provider);
@@ -138,7 +138,7 @@ describe('settle-returns', () => {
   });
 
   it('converges through 500s and 429s', async () => {
-    await seedReturns(t.db, 30, 7);
+    await seedWithCheckout(t, provider, 30, 7);
     await provider.setFaults({ errorRate: 0.4, rateLimitRate: 0.3 });
     const first = await settlePass(t, provider);
     expect(first.code).toBe(1);
@@ -147,7 +147,7 @@ describe('settle-returns', () => {
   });
 
   it("comes back when a 429's or 503's Retry-After says (seconds or an HTTP-date), not after its backoff", async () => {
-    await seedReturns(t.db, 8, 22);
+    await seedWithCheckout(t, provider, 8, 22);
     // Waits as failure memory recorded them (database clock), per item; the shipped backoff of a first failure is 5–10 s.
     const waits = async () => (await t.rows<{ attempts: number; wait_ms: number }>(sql`SELECT attempts, (extract(epoch FROM next_attempt_at - last_failed_at) * 1000)::int AS wait_ms FROM reconciler.failures`));
     const before = (await provider.stats()).faults; // the simulator counts for the whole file
@@ -183,7 +183,7 @@ describe('settle-returns', () => {
   });
 
   it('records a decline as final, shows it in failures, and does not call the provider again', async () => {
-    const seeded = await seedReturns(t.db, 6, 8);
+    const seeded = await seedWithCheckout(t, provider, 6, 8);
     const needingEffect = seeded.charge + seeded.refund;
     await provider.setFaults({ declineRate: 1 });
     const result = await settlePass(t, provider);
@@ -199,7 +199,7 @@ describe('settle-returns', () => {
   });
 
   it('says "not sent", and leaves the intent pending, when the provider cannot be reached; "outcome unknown" names the key, and promises no retry', async () => {
-    await seedReturns(t.db, 3, 21);
+    await seedWithCheckout(t, provider, 3, 21);
     const refused = await settlePass(t, provider, { PAYMENT_PROVIDER_URL: `http://127.0.0.1:${await freePort()}` }); // nothing listens there
     expect(refused.code).toBe(1);
     const failures = await t.rows<{ last_error: string }>(sql`SELECT last_error FROM reconciler.failures`);
@@ -220,7 +220,7 @@ describe('settle-returns', () => {
   });
 
   it('surfaces a key reused with other parameters as a permanent error, not retried blindly', async () => {
-    await seedReturns(t.db, 1, 9);
+    await seedWithCheckout(t, provider, 1, 9);
     await t.rows(sql`UPDATE fixes SET prepaid_minor = 0`); // make sure the one return needs a charge
     await provider.setFaults({ timeoutRate: 1 });
     await settlePass(t, provider);
@@ -236,7 +236,7 @@ describe('settle-returns', () => {
   });
 
   it('parks an intent still unknown 20 hours after its key was first sent, without calling the provider again', async () => {
-    await seedReturns(t.db, 1, 14);
+    await seedWithCheckout(t, provider, 1, 14);
     await t.rows(sql`UPDATE fixes SET prepaid_minor = 0`);
     await provider.setFaults({ timeoutRate: 1 });
     await settlePass(t, provider); // applied, answer lost: the intent is unknown
@@ -252,7 +252,7 @@ describe('settle-returns', () => {
   });
 
   it('sends an old intent whose key was never sent, whatever its age', async () => {
-    await seedReturns(t.db, 1, 15);
+    await seedWithCheckout(t, provider, 1, 15);
     await t.rows(sql`UPDATE fixes SET prepaid_minor = 0`);
     await settlePass(t, provider, { RECONCILER_CRASH_AT: 'before-call' }); // the intent is written, the key never sent
     await t.rows(sql`UPDATE payments SET created_at = now() - interval '3 days'`);
@@ -263,8 +263,8 @@ describe('settle-returns', () => {
   it('never mixes up returns of two databases that share a provider account (keys derive from a global id)', async () => {
     const other = await createTestDatabase({ returns: true });
     try {
-      await seedReturns(t.db, 5, 16);
-      await seedReturns(other.db, 5, 16); // the same return numbers and amounts
+      await seedWithCheckout(t, provider, 5, 16);
+      await seedReturns(other.db, 5, 16, { checkout: checkoutClient(provider) }); // the same return numbers and amounts
       expect((await settlePass(t, provider)).code).toBe(0);
       expect((await settlePass(other, provider)).code).toBe(0);
       const mine = await expectExactlyOnce(t, provider);
@@ -280,7 +280,7 @@ describe('settle-returns', () => {
   });
 
   it('makes one effect per return when two processes settle the same returns at once, bypassing the lease', async () => {
-    await seedReturns(t.db, 40, 10);
+    await seedWithCheckout(t, provider, 40, 10);
     await provider.setFaults({ latencyMs: [10, 40] });
     const env = { ...settleEnv(t, provider), NODE_OPTIONS: '' };
     const racers = [0, 1].map(() => startProcess(['--import', './bin/register.js', 'test/fixtures/settle-directly.ts'], env, { command: process.execPath }));

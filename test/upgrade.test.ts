@@ -15,19 +15,30 @@ import { migrate } from 'drizzle-orm/node-postgres/migrator';
 import { createTestDatabase, type TestDatabase } from './helpers/db.js';
 import { REPO_ROOT } from './helpers/jobs.js';
 import { runCli } from './helpers/processes.js';
-import { seedReturns } from '../examples/returns/src/seed.js';
 import { migrateReturns } from '../examples/returns/src/migrate.js';
 import { MIGRATIONS_FOLDER } from '../src/store/migrate.js';
 
 const LEGACY_MIGRATIONS = fileURLToPath(new URL('./fixtures/legacy-layout/migrations', import.meta.url));
 let t: TestDatabase;
 
+/**
+ * Returns as that version's tables held them (amounts in `*_cents` columns, one return per Fix):
+ * today's seed writes today's columns, which the example's migration 0004 renamed.
+ */
+async function seedLegacyReturns(db: TestDatabase, count: number): Promise<void> {
+  await db.rows(sql`INSERT INTO customers (name, email, payment_method) SELECT 'Legacy ' || n, 'legacy' || n || '@example.com', 'pm_card_visa' FROM generate_series(1, ${count}) AS n`);
+  await db.rows(sql`INSERT INTO fixes (customer_id, currency, styling_fee_cents, prepaid_cents) SELECT id, 'USD', 2000, CASE WHEN id % 2 = 0 THEN 0 ELSE 9000 END FROM customers WHERE email LIKE 'legacy%'`);
+  await db.rows(sql`INSERT INTO fix_items (fix_id, sku, description, price_cents) SELECT id, 'SKU-' || k, 'item ' || k, 3000 + k * 500 FROM fixes, generate_series(1, 2) AS k`);
+  await db.rows(sql`INSERT INTO returns (fix_id, recorded_by) SELECT id, 'warehouse-legacy' FROM fixes WHERE NOT EXISTS (SELECT 1 FROM returns r WHERE r.fix_id = fixes.id)`);
+  await db.rows(sql`INSERT INTO return_items (return_id, fix_item_id) SELECT r.id, min(fi.id) FROM returns r JOIN fix_items fi ON fi.fix_id = r.fix_id WHERE r.recorded_by = 'warehouse-legacy' GROUP BY r.id ON CONFLICT DO NOTHING`);
+}
+
 const rowsOf = (table: string) => t.rows<Record<string, unknown>>(sql.raw(`SELECT * FROM ${table} ORDER BY 1, 2`));
 
 beforeAll(async () => {
   t = await createTestDatabase({ migrate: false });
   await migrate(t.db as never, { migrationsFolder: LEGACY_MIGRATIONS });
-  await seedReturns(t.db, 6, 5);
+  await seedLegacyReturns(t, 6);
   // What a running installation holds: history (one pass still running), failure memory (one item dead), a live lease.
   await t.rows(sql`
     INSERT INTO reconciler_runs (reconciler, partition, trigger, status, started_at, finished_at, duration_ms, found, changed, complete, host, pid, error)
@@ -127,7 +138,7 @@ describe('an installation from before partitions', () => {
       writeFileSync(journalFile, JSON.stringify({ ...journal, entries: journal.entries.slice(0, 3) }));
       await migrate(old.db as never, { migrationsFolder: folder });
       await old.rows(sql`INSERT INTO reconciler_state (reconciler, partition, last_started_at, last_status, last_run_id) VALUES ('settle-returns', 0, now(), 'succeeded', 0)`);
-      await seedReturns(old.db, 4, 9);
+      await seedLegacyReturns(old, 4);
 
       const result = await runCli(['migrate'], { DATABASE_URL: old.url });
       expect(result.code, result.stderr).toBe(0);

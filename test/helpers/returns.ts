@@ -8,6 +8,9 @@ import type { TestDatabase } from '../../testkit/database.js';
 import { ledgerOf, startProvider as startKitProvider, type Provider } from '../../testkit/returns.js';
 import type { LedgerEntry } from '../../examples/returns/src/simulator/server.js';
 import { auditSettlement } from '../../examples/returns/src/audit.js';
+import { StripePaymentProvider } from '../../examples/returns/src/provider.js';
+import { chargeAtCheckout, seedReturns, type SeedCounts } from '../../examples/returns/src/seed.js';
+import { PROVIDER_KEY } from '../../testkit/returns.js';
 
 export { PROVIDER_KEY, settleEnv, settlePass, makeDue, settleUntilQuiet, ledgerOf, everySettlePartitionPassed, type Provider } from '../../testkit/returns.js';
 
@@ -43,4 +46,51 @@ export async function expectExactlyOnce(t: TestDatabase, provider: Provider, opt
   expect(audit.maxKeysPerReturn).toBeLessThanOrEqual(1);
   expect(audit.effects).toBe(audit.needingEffect - audit.declined);
   return ledger;
+}
+
+/** A client of the simulator, as settle-returns builds it: what the seed charges prepaid Fixes through at checkout. */
+export function checkoutClient(provider: Provider): StripePaymentProvider {
+  return new StripePaymentProvider({ baseUrl: provider.url, apiKey: PROVIDER_KEY, timeoutMs: 10_000 });
+}
+
+/** seedReturns, with prepaid Fixes charged at checkout at `provider`, so that their refunds have a charge to refund. */
+export function seedWithCheckout(t: TestDatabase, provider: Provider, count: number, seed = 1, currencies?: string[]): Promise<SeedCounts> {
+  return seedReturns(t.db, count, seed, { checkout: checkoutClient(provider), ...(currencies ? { currencies } : {}) });
+}
+
+export interface FixSpec {
+  currency: string;
+  feeMinor: number;
+  prepaidMinor: number;
+  pricesMinor: number[];
+  /** Per return of the Fix, the indexes of the items it sends back. */
+  returns: number[][];
+  paymentMethod?: string;
+}
+
+/**
+ * One customer, one Fix with its items and its returns, exactly as `spec` says; its prepaid
+ * amount charged at checkout at `provider`. Returns the Fix's id and its returns' ids, in order.
+ */
+export async function addFix(t: TestDatabase, provider: Provider, spec: FixSpec): Promise<{ fixId: number; returnIds: number[] }> {
+  const [customer] = await t.rows<{ id: number }>(
+    sql`INSERT INTO customers (name, email, payment_method) VALUES ('Test Customer', 'test@example.com', ${spec.paymentMethod ?? 'pm_card_visa'}) RETURNING id`,
+  );
+  const [fix] = await t.rows<{ id: number }>(
+    sql`INSERT INTO fixes (customer_id, currency, styling_fee_minor, prepaid_minor) VALUES (${customer!.id}, ${spec.currency}, ${spec.feeMinor}, ${spec.prepaidMinor}) RETURNING id`,
+  );
+  const fixId = Number(fix!.id);
+  const items: number[] = [];
+  for (const price of spec.pricesMinor) {
+    const [item] = await t.rows<{ id: number }>(sql`INSERT INTO fix_items (fix_id, sku, description, price_minor) VALUES (${fixId}, 'SKU-TEST', 'test item', ${price}) RETURNING id`);
+    items.push(Number(item!.id));
+  }
+  await chargeAtCheckout(t.db, checkoutClient(provider), [fixId]);
+  const returnIds: number[] = [];
+  for (const back of spec.returns) {
+    const [ret] = await t.rows<{ id: number }>(sql`INSERT INTO returns (fix_id) VALUES (${fixId}) RETURNING id`);
+    for (const index of back) await t.rows(sql`INSERT INTO return_items (return_id, fix_item_id) VALUES (${ret!.id}, ${items[index]!})`);
+    returnIds.push(Number(ret!.id));
+  }
+  return { fixId, returnIds };
 }

@@ -13,8 +13,10 @@
  * from the return before it calls the provider, and completes that same intent on every
  * later attempt; the provider applies one effect per key. See ../src/service.ts.
  *
- * Manual action: `settled-by-hand` records a return whose money a person settled outside the
+ * Manual actions: `settled-by-hand` records a return whose money a person settled outside the
  * provider (a declined refund paid by phone), with no provider call; see ../src/by-hand.ts.
+ * `adopt-effect` records a charge or refund a person found at the provider (--note names its
+ * id), for an outcome the provider's lookups could not resolve; see ../src/adopt.ts.
  *
  * Importing this file needs no configuration: the provider is configured (PAYMENT_PROVIDER_URL,
  * PAYMENT_PROVIDER_KEY) when an item first needs it.
@@ -22,6 +24,7 @@
 import { defineReconciler } from 'reconciler';
 import { paymentProviderFromEnv } from '../src/provider.js';
 import { settledByHand } from '../src/by-hand.js';
+import { adoptEffect } from '../src/adopt.js';
 import { findReturnsToSettle, settleReturn, type ReturnToSettle } from '../src/service.js';
 
 export default defineReconciler<ReturnToSettle>({
@@ -36,5 +39,5 @@ export default defineReconciler<ReturnToSettle>({
   key: (ret) => `return:${ret.id}`,
   since: (ret) => ret.receivedAt,
   reconcile: (ret, ctx) => settleReturn(ret.id, ctx, paymentProviderFromEnv),
-  actions: { 'settled-by-hand': settledByHand },
+  actions: { 'settled-by-hand': settledByHand, 'adopt-effect': adoptEffect },
 });

@@ -8,6 +8,9 @@
  * - was declined by the provider (the item is dead: the usual case), or
  * - was written but its key never sent (or there is no intent yet: the action writes the one the
  *   rule asks for, so that the ledger holds what was settled by hand).
+ * - was sent, but its key can no longer apply (the provider replayed a saved answer for it, or it
+ *   is retired) and its outcome is unknown: the item parked for a person, who looked it up at
+ *   the provider and did not find it (if they did, adopt-effect records it).
  * It refuses when the provider confirmed the effect (the reconciler settles that return itself),
  * when the intent's key was sent and its outcome is not known (it may be in flight or applied:
  * settling it by hand could move the money twice; `reconciler retry` asks the provider with the
@@ -21,6 +24,7 @@
  */
 import { queryRows, sql, type ActionContext, type Db, type ManualAction } from 'reconciler';
 import { decideAndRecord, intentOf, loadReturn, type Intent } from './service.js';
+import { keyCanNoLongerApply } from './resolution.js';
 import { money } from './settlement.js';
 
 export const settledByHand: ManualAction = {
@@ -70,12 +74,13 @@ export async function settleByHand(key: string, ctx: ActionContext): Promise<str
   const resolved = await queryRows<{ state: string }>(
     ctx.db,
     sql`UPDATE payments SET resolved_at = now(), resolved_by = ${ctx.actor}, resolution_note = ${ctx.note}, updated_at = now()
-        WHERE id = ${intent.id} AND resolved_at IS NULL AND (state = 'declined' OR (state = 'pending' AND first_sent_at IS NULL))
+        WHERE id = ${intent.id} AND resolved_at IS NULL AND idempotency_key = ${intent.idempotencyKey}
+          AND (state = 'declined' OR (state = 'pending' AND first_sent_at IS NULL) OR ${keyCanNoLongerApply(intent)})
         RETURNING state`,
   );
   if (resolved.length === 0) throw new Error(`the ${what} (return ${returnId}) changed while this action ran: look at it again`);
   await queryRows(ctx.db, sql`UPDATE returns SET settled_at = now(), settlement = 'by-hand' WHERE id = ${returnId}`);
-  const why = intent.state === 'declined' ? 'declined at the provider' : 'never sent to the provider';
+  const why = intent.state === 'declined' ? 'declined at the provider' : intent.state === 'unknown' ? 'its key spent, and not found at the provider by the person who looked' : 'never sent to the provider';
   return `return ${returnId} marked settled by hand (${what} ${why})`;
 }
 
@@ -93,10 +98,13 @@ function refuseUnlessSafe(returnId: number, intent: Intent, what: string): void 
     throw new Error(`the provider already confirmed the ${what} (${intent.providerRef}); run \`reconciler run settle-returns --key return:${returnId}\` instead`);
   }
   if (intent.state === 'declined' || (intent.state === 'pending' && intent.hoursSinceFirstSend === null)) return;
+  // A spent key (replayed saved answer, or retired) will never apply: the person who looked it up says it did not.
+  if (keyCanNoLongerApply(intent)) return;
   const sent = intent.hoursSinceFirstSend === null ? '' : ` ${formatHours(intent.hoursSinceFirstSend)} ago`;
   throw new Error(
     `the ${what} (return ${returnId}) was sent to the provider${sent} and its outcome is unknown: it may be in flight or applied, so settling it by hand could move the money twice; ` +
-      `\`reconciler retry settle-returns return:${returnId}\` asks the provider again with the same key (idempotency key ${intent.idempotencyKey}; if it was sent over 20 hours ago, look it up at the provider first)`,
+      `\`reconciler retry settle-returns return:${returnId}\` asks the provider again (idempotency key ${intent.idempotencyKey}), and looks the outcome up there if it stays unknown; ` +
+      `if you found it at the provider, \`reconciler act settle-returns return:${returnId} adopt-effect --note <its id>\` records it`,
   );
 }
 

@@ -59,6 +59,12 @@ function spentKey(intent: Intent): { why: string; sinceSeconds: number } | undef
   return undefined;
 }
 
+/** The current key will never apply again (a replayed saved answer, or retired and past its last request): nothing sent with it can still move money. */
+export function keyCanNoLongerApply(intent: Intent): boolean {
+  const spent = spentKey(intent);
+  return intent.state === 'unknown' && spent !== undefined && spent.sinceSeconds >= 0;
+}
+
 function lookupDue(intent: Intent): boolean {
   if (spentKey(intent)) return true;
   return intent.state === 'unknown' && ((intent.secondsUnknown ?? 0) >= LOOKUP_AFTER_SECONDS || intent.replays >= LOOKUP_AFTER_REPLAYS);

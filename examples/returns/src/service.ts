@@ -203,20 +203,38 @@ export async function decideAndRecord(db: Db, returnId: number): Promise<Intent 
       await queryRows(t, sql`UPDATE returns SET settled_at = now(), settlement = 'none' WHERE id = ${returnId} AND settled_at IS NULL`);
       return 'none';
     }
-    if (decision.kind === 'refund' && row.checkout_charge_ref === null) {
-      throw new TerminalError(
-        `return ${returnId} needs a refund of ${money(decision.amountMinor, decision.currency)}, but its Fix ${row.fix_id} has no checkout charge recorded (fixes.checkout_charge_ref) to refund it against; ` +
-          `record the charge that took its prepaid ${money(row.prepaid_minor, row.currency)}, then \`reconciler retry settle-returns return:${returnId}\`, or ${settleByHandAdvice(returnId)}`,
-      );
-    }
+    const chargeRef = decision.kind === 'refund' ? await chargeToRefund(t, row, decision.amountMinor) : null;
     await queryRows(
       t,
       sql`INSERT INTO payments (return_id, kind, amount_minor, currency, charge_ref, customer_ref, payment_method, idempotency_key)
-          VALUES (${row.id}, ${decision.kind}, ${decision.amountMinor}, ${decision.currency}, ${decision.kind === 'refund' ? row.checkout_charge_ref : null},
+          VALUES (${row.id}, ${decision.kind}, ${decision.amountMinor}, ${decision.currency}, ${chargeRef},
                   ${row.customer_ref}, ${row.payment_method}, ${idempotencyKeyOf(row.public_id, decision.kind, 1)})`,
     );
     return intentOf((await loadReturn(t, returnId))!)!;
   });
+}
+
+/**
+ * The charge a refund of `amountMinor` is made against: the Fix's checkout charge, else a charge
+ * of one of its returns, the first with that much left unrefunded (its amount less the refund
+ * intents against it). Called with the Fix locked. None: a dead item that says why.
+ */
+async function chargeToRefund(db: Db, row: ReturnState, amountMinor: number): Promise<string> {
+  const charges = await queryRows<{ ref: string; left_minor: number }>(
+    db,
+    sql`WITH charges AS (
+          SELECT f.checkout_charge_ref AS ref, f.prepaid_minor AS amount, 0 AS ord FROM fixes f WHERE f.id = ${row.fix_id} AND f.checkout_charge_ref IS NOT NULL
+          UNION ALL
+          SELECT p.provider_ref, p.amount_minor, p.id FROM payments p JOIN returns o ON o.id = p.return_id
+           WHERE o.fix_id = ${row.fix_id} AND p.kind = 'charge' AND p.state = 'succeeded'
+        )
+        SELECT c.ref, (c.amount - coalesce((SELECT sum(r.amount_minor) FROM payments r WHERE r.kind = 'refund' AND r.charge_ref = c.ref AND r.state <> 'declined'), 0))::int AS left_minor
+        FROM charges c ORDER BY c.ord`,
+  );
+  const charge = charges.find((c) => Number(c.left_minor) >= amountMinor);
+  if (charge) return charge.ref;
+  const what = charges.length === 0 ? 'it has no charge to refund it against (no checkout charge recorded in fixes.checkout_charge_ref, and no charge of its returns)' : `no charge of it has that much left (${charges.map((c) => `${c.ref}: ${money(Number(c.left_minor), row.currency)} left`).join(', ')})`;
+  throw new TerminalError(`return ${row.id} needs a refund of ${money(amountMinor, row.currency)}, but its Fix ${row.fix_id}: ${what}; ${settleByHandAdvice(row.id)}`);
 }
 
 /** What a decline tells the operator to do: settle the money outside the provider, then record it with the action settled-by-hand. */
