@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { NO_FAULTS } from '../examples/returns/src/simulator/server.js';
-import { HttpPaymentProvider } from '../examples/returns/src/provider.js';
+import { StripePaymentProvider } from '../examples/returns/src/provider.js';
 import { settleReturn } from '../examples/returns/src/service.js';
 import { auditSettlement } from '../examples/returns/src/audit.js';
 import { runSettleReturnsAction } from '../testkit/settle-returns.js';
@@ -191,7 +191,7 @@ describe('settled-by-hand refuses, and changes nothing', () => {
 });
 
 describe('settled-by-hand against an attempt in flight', () => {
-  const httpProvider = () => new HttpPaymentProvider({ baseUrl: provider.url, apiKey: PROVIDER_KEY, timeoutMs: 3_000 });
+  const httpProvider = () => new StripePaymentProvider({ baseUrl: provider.url, apiKey: PROVIDER_KEY, timeoutMs: 3_000 });
   const attempt = (id: number) =>
     settleReturn(id, { db: t.db, log: silentLog, signal: new AbortController().signal, attempt: 1, dryRun: false, idempotencyKey: `settle-returns:return:${id}`, key: `return:${id}` }, httpProvider);
   const waitingOnLock = () => until(async () => (await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`))[0]!.n > 0, 'an attempt waiting on the action’s locks', 10_000);

@@ -26,7 +26,7 @@ beforeEach(async () => {
 });
 
 /** The daemons' assumed search lag in these tests. */
-const LAG = { PAYMENT_PROVIDER_SEARCH_LAG: '2s' };
+const LAG = { PAYMENT_PROVIDER_SEARCH_LAG: '60s' };
 const pass = async () => {
   await makeDue(t);
   return settlePass(t, provider, LAG);
@@ -82,8 +82,8 @@ describe('an unknown outcome is looked up at the provider', () => {
     await pass(); // replayed: spent
     await pass(); // looked up within the lag: nothing yet, and it does not count
     expect(await payment(id!)).toMatchObject({ state: 'unknown', key_version: 1 });
-    expect((await failure(id!))!.last_error).toMatch(/not found at the provider yet, and its search may lag 2 s: looking again in \d+ s before it counts as absent/);
-    await ageIntent(id!, '1 minute'); // the lag has passed since the key was spent
+    expect((await failure(id!))!.last_error).toMatch(/not found at the provider yet, and its search may lag 60 s: looking again in \d+ s before it counts as absent/);
+    await ageIntent(id!, '2 minutes'); // the lag has passed since the key was spent
     await provider.setFaults(NO_FAULTS);
     await pass();
     const settled = await payment(id!);
@@ -91,7 +91,7 @@ describe('an unknown outcome is looked up at the provider', () => {
     expect(settled.idempotency_key).toMatch(/:charge:v2$/);
     expect(settled.key_history).toHaveLength(1);
     expect(settled.key_history[0]!.key).toMatch(/:charge:v1$/);
-    expect(settled.key_history[0]!.why).toMatch(/replayed a saved error .* not found at the provider \d+ s later \(search lag 2 s\)/);
+    expect(settled.key_history[0]!.why).toMatch(/replayed a saved error .* not found at the provider \d+ s later \(search lag 60 s\)/);
     expect((await provider.stats()).overlappingKeys).toBe(0);
     await expectExactlyOnce(t, provider);
   });
@@ -102,7 +102,7 @@ describe('an unknown outcome is looked up at the provider', () => {
     await provider.setFaults({ errorRate: 1 });
     await makeDue(t);
     await settlePass(t, provider, LAG, ['--key', `return:${absent}`]); // 500 before applying
-    await provider.setFaults({ timeoutRate: 1 });
+    await provider.setFaults({ errorRate: 0, timeoutRate: 1 });
     await makeDue(t);
     await settlePass(t, provider, LAG, ['--key', `return:${present}`]); // applied, answer lost
     // A day passes, at the provider and for us.
@@ -124,6 +124,7 @@ describe('an unknown outcome is looked up at the provider', () => {
     const { returnIds: [id] } = await toCharge();
     await provider.setFaults({ errorRate: 1 });
     await pass();
+    await provider.setFaults(NO_FAULTS);
     const row = (await t.rows<{ public_id: string }>(sql`SELECT public_id FROM returns WHERE id = ${id!}`))[0]!;
     // Someone charged this intent 1.00 USD too much, by another key.
     await checkoutClient(provider).charge(
@@ -131,7 +132,6 @@ describe('an unknown outcome is looked up at the provider', () => {
       AbortSignal.timeout(10_000),
     );
     await ageIntent(id!, '10 minutes');
-    await provider.setFaults(NO_FAULTS);
     const sent = await posts();
     await pass();
     expect(await posts()).toBe(sent);

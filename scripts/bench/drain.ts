@@ -15,7 +15,7 @@ import pg from 'pg';
 import { Engine } from '../../src/engine/engine.js';
 import { coerceError, errorSummary } from '../../src/errors.js';
 import type { Db, ReconcileContext } from '../../src/reconciler.js';
-import { HttpPaymentProvider, type EffectRequest, type PaymentProvider } from '../../examples/returns/src/provider.js';
+import { StripePaymentProvider, type Effect, type EffectRequest, type EffectResult, type PaymentProvider } from '../../examples/returns/src/provider.js';
 import { seedReturns } from '../../examples/returns/src/seed.js';
 import { settleReturn } from '../../examples/returns/src/service.js';
 import { reconciler } from '../../testkit/engine.js';
@@ -29,22 +29,29 @@ const BATCH = 1_000;
 /** The same pool size on both sides: one connection per item in flight plus one for the scan, at most 20 (both sides are open at once, within max_connections = 100). */
 const poolSizeFor = (concurrency: number) => Math.min(concurrency + 1, 20);
 
-/** The provider call replaced by a write to a ledger table in the same database: the work is all database. */
+/** The provider call replaced by a write to a ledger table in the same database: the work is all database. It never leaves an outcome unknown, so it is never looked up. */
 class LedgerProvider implements PaymentProvider {
+  readonly searchLagMs = 0;
   constructor(readonly db: Db) {}
-  charge(request: EffectRequest): Promise<{ id: string }> {
+  charge(request: EffectRequest): Promise<EffectResult> {
     return this.#write('charge', request);
   }
-  refund(request: EffectRequest): Promise<{ id: string }> {
+  refund(request: EffectRequest): Promise<EffectResult> {
     return this.#write('refund', request);
   }
-  async #write(kind: string, r: EffectRequest): Promise<{ id: string }> {
+  async find(): Promise<Effect[]> {
+    return [];
+  }
+  retrieve(): Promise<Effect> {
+    return Promise.reject(new Error('the bench ledger retrieves nothing'));
+  }
+  async #write(kind: 'charge' | 'refund', r: EffectRequest): Promise<EffectResult> {
     const [row] = await queryRows<{ id: number }>(
       this.db,
       sql`INSERT INTO bench_ledger (idempotency_key, kind, amount_minor, currency, customer) VALUES (${r.idempotencyKey}, ${kind}, ${r.amountMinor}, ${r.currency}, ${r.customer})
           ON CONFLICT (idempotency_key) DO UPDATE SET idempotency_key = excluded.idempotency_key RETURNING id`,
     );
-    return { id: `led_${row!.id}` };
+    return { id: `led_${row!.id}`, kind, amountMinor: r.amountMinor, currency: r.currency, status: 'succeeded', createdAt: Date.now(), replayed: false };
   }
 }
 
@@ -152,11 +159,12 @@ export async function backlogDrain({ quick, runs, app, subset }: CaseOptions): P
   try {
     await queryRows(database.db, LEDGER_TABLE);
     // The pending returns (real Fixes, items and returned items) in the middle of the settled ones.
-    await addReturns(database, settledCount / 2, 'settled');
-    await seedReturns(database.db, pending, 1);
-    await addReturns(database, settledCount / 2, 'settled');
+    // The simulator first: the seed charges prepaid Fixes at checkout there, so that their refunds have a charge.
     const simulator = await stage.provider(1, { latencyMs: [5, 5] });
-    const overSimulator = () => new HttpPaymentProvider({ baseUrl: simulator.direct, apiKey: simulator.apiKey, timeoutMs: 10_000 });
+    const overSimulator = () => new StripePaymentProvider({ baseUrl: simulator.direct, apiKey: simulator.apiKey, timeoutMs: 10_000 });
+    await addReturns(database, settledCount / 2, 'settled');
+    await seedReturns(database.db, pending, 1, { checkout: overSimulator() });
+    await addReturns(database, settledCount / 2, 'settled');
     const cases = [
       { label: 'DB-only work (ledger write), concurrency 10', concurrency: 10, provider: (db: Db) => new LedgerProvider(db) },
       { label: 'provider simulator with 5 ms latency, concurrency 50', concurrency: 50, provider: overSimulator },

@@ -108,6 +108,7 @@ export async function main(argv: string[]): Promise<number> {
     savedErrorAppliedShare: options.savedErrorAppliedShare,
     searchLagMs: options.searchLag,
     keyLifetimeHours: options.keyLifetimeHours,
+    searchUnsupported: false,
   };
   try {
     const database = await openDatabase({ databaseUrl: options.databaseUrl ?? env.PROVIDER_DATABASE_URL, dataDir: options.dataDir, log });

@@ -55,6 +55,8 @@ export interface SimulatorFaults {
   searchLagMs: number;
   /** A key first used longer ago than this (simulator clock) is forgotten: a request with it runs as new. */
   keyLifetimeHours: number;
+  /** The Search API is missing (404 on /v1/charges/search and the refund list), as at a provider without one: lookups cannot be answered. */
+  searchUnsupported: boolean;
 }
 
 /** The payment method whose charges the simulator always declines, as Stripe's test card of that name is. */
@@ -79,6 +81,7 @@ export const NO_FAULTS: SimulatorFaults = {
   savedErrorAppliedShare: 0.5,
   searchLagMs: 0,
   keyLifetimeHours: 24,
+  searchUnsupported: false,
 };
 
 export interface SimulatorOptions {
@@ -207,6 +210,7 @@ export function faultsProblem(faults: Partial<SimulatorFaults>): string | undefi
   if (faults.searchLagMs !== undefined && !(Number.isInteger(faults.searchLagMs) && faults.searchLagMs >= 0)) return 'searchLagMs must be a whole number of ms, 0 or more';
   if (faults.keyLifetimeHours !== undefined && !(typeof faults.keyLifetimeHours === 'number' && faults.keyLifetimeHours > 0)) return 'keyLifetimeHours must be a positive number of hours';
   if (faults.retryAfter !== undefined && typeof faults.retryAfter !== 'string') return 'retryAfter must be a string';
+  if (faults.searchUnsupported !== undefined && typeof faults.searchUnsupported !== 'boolean') return 'searchUnsupported must be true or false';
   return undefined;
 }
 
@@ -697,6 +701,8 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
       if (req.headers.authorization !== `Bearer ${apiKey}`) return send(res, 401, apiError('invalid_request_error', 'Invalid API Key provided.'));
       if (req.method === 'POST' && path === '/v1/charges') return effect('charge', path, req, res);
       if (req.method === 'POST' && path === '/v1/refunds') return effect('refund', path, req, res);
+      const lookup = req.method === 'GET' && (path === '/v1/charges/search' || path === '/v1/refunds');
+      if (lookup && faults.searchUnsupported) return send(res, 404, apiError('invalid_request_error', `Unrecognized request URL (GET: ${path}) (simulated: no lookups)`));
       if (req.method === 'GET' && path === '/v1/charges/search') return search(url, res);
       if (req.method === 'GET' && path === '/v1/refunds') return listRefunds(url, res);
       const byId = req.method === 'GET' ? /^\/v1\/(charges|refunds)\/([^/]+)$/.exec(path) : null;
