@@ -268,6 +268,9 @@ describe('configuration', () => {
     expect(loadProviderConfig({ ...base, PAYMENT_PROVIDER_SEARCH_LAG: '500ms' })?.searchLagMs).toBe(500);
     expect(() => loadProviderConfig({ ...base, PAYMENT_PROVIDER_SEARCH_LAG: '1m' })).toThrow(/^invalid PAYMENT_PROVIDER_SEARCH_LAG: must be a duration like 60s or 500ms$/);
     expect(() => loadProviderConfig({ ...base, PAYMENT_PROVIDER_URL: 'https://payments.example.com/stripe' })).toThrow(/^invalid PAYMENT_PROVIDER_URL: must be the API's origin without a path/);
+    expect(() => loadProviderConfig({ ...base, PAYMENT_PROVIDER_URL: 'not a url', PAYMENT_PROVIDER_SEARCH_LAG: 'x' })).toThrow(
+      /^invalid PAYMENT_PROVIDER_URL: must be an http\(s\) URL, e\.g\. https:\/\/api\.stripe\.com; invalid PAYMENT_PROVIDER_SEARCH_LAG: must be a duration like 60s or 500ms$/,
+    );
   });
 
   it('builds the SDK client from the environment', async () => {
