@@ -8,6 +8,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import { NO_FAULTS } from '../examples/returns/src/simulator/server.js';
 import { StripePaymentProvider } from '../examples/returns/src/provider.js';
+import { chargeAtCheckout } from '../examples/returns/src/seed.js';
 import { settleReturn } from '../examples/returns/src/service.js';
 import { auditSettlement } from '../examples/returns/src/audit.js';
 import { runSettleReturnsAction } from '../testkit/settle-returns.js';
@@ -17,7 +18,7 @@ import { ActionRefused, runManualAction } from '../src/operator/actions.js';
 import shipped from '../examples/returns/jobs/settle-returns.js';
 import { silentLog, useTestDatabase } from './helpers/db.js';
 import { runCli, until } from './helpers/processes.js';
-import { PROVIDER_KEY, ledgerOf, seedWithCheckout, settleEnv, settlePass, startProvider, type Provider } from './helpers/returns.js';
+import { PROVIDER_KEY, checkoutClient, ledgerOf, seedWithCheckout, settleEnv, settlePass, startProvider, type Provider } from './helpers/returns.js';
 
 const t = useTestDatabase({ returns: true });
 let provider: Provider;
@@ -39,7 +40,8 @@ async function oneReturn(kind: 'charge' | 'refund' | 'none'): Promise<number> {
   const owed = sql`f.styling_fee_minor + coalesce((SELECT sum(fi.price_minor) FROM fix_items fi WHERE fi.fix_id = f.id
                      AND fi.id NOT IN (SELECT fix_item_id FROM return_items WHERE return_id = ${ret!.id})), 0)`;
   const prepaid = { charge: sql`0`, refund: sql`${owed} + 1200`, none: owed }[kind];
-  await t.rows(sql`UPDATE fixes f SET prepaid_minor = ${prepaid} WHERE f.id = ${ret!.fix_id}`);
+  await t.rows(sql`UPDATE fixes f SET prepaid_minor = ${prepaid}, checkout_charge_ref = NULL, public_id = gen_random_uuid() WHERE f.id = ${ret!.fix_id}`);
+  await chargeAtCheckout(t.db, checkoutClient(provider), [Number(ret!.fix_id)]); // what it prepaid now, charged at checkout
   return Number(ret!.id);
 }
 

@@ -6,18 +6,26 @@
 import { sql } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import { queryRows, type Database } from 'reconciler';
-import { describeSeed, seedReturns } from './seed.js';
+import { describeSeed, seedReturns, type SeedOptions } from './seed.js';
 import { DECLINED_PAYMENT_METHOD } from './simulator/server.js';
+import { startDemoSimulator } from './demo-provider.js';
 
 export const DEMO_RETURNS = 12;
 /** How often the demo's warehouse records a new return, so that wake-on-change can be watched. */
 export const DEMO_WAREHOUSE_EVERY_MS = 20_000;
+/** The demo's Fixes: mostly dollars, some yen (no decimals) and dinars (three). */
+const DEMO_CURRENCIES = ['USD', 'USD', 'JPY', 'KWD'];
+
+/** What the demo seeds with: its currencies, and checkout charges at the in-process simulator (what refunds are made against). */
+async function demoSeedOptions(database: Database, log: Logger): Promise<SeedOptions> {
+  return { currencies: DEMO_CURRENCIES, checkout: (await startDemoSimulator({ db: database.db, log })).provider };
+}
 
 /** Seeds demo returns when the database has none yet. */
 export async function seedDemoIfEmpty(database: Database, log: Logger): Promise<void> {
   const [row] = await queryRows<{ any: boolean }>(database.db, sql`SELECT EXISTS (SELECT 1 FROM returns) AS any`);
   if (row?.any) return;
-  const counts = await seedReturns(database.db, DEMO_RETURNS, Date.now() % 1_000_000);
+  const counts = await seedReturns(database.db, DEMO_RETURNS, Date.now() % 1_000_000, await demoSeedOptions(database, log));
   // One return to charge gets a card the provider declines: the demo has one dead item to resolve in the console (settled-by-hand).
   const declined = await queryRows<{ id: number }>(
     database.db,
@@ -39,7 +47,8 @@ export async function seedDemoIfEmpty(database: Database, log: Logger): Promise<
 export function startDemoWarehouse(database: Database, log: Logger, everyMs = DEMO_WAREHOUSE_EVERY_MS): () => void {
   let seed = Date.now() % 1_000_000;
   const timer = setInterval(() => {
-    void seedReturns(database.db, 1, ++seed)
+    void demoSeedOptions(database, log)
+      .then((options) => seedReturns(database.db, 1, ++seed, options))
       .then(async () => {
         const [row] = await queryRows<{ id: number }>(database.db, sql`SELECT max(id)::int AS id FROM returns`);
         log.info({ returnId: row?.id }, `demo: the warehouse recorded return ${row?.id}; settle-returns wakes on it (it does not wait for the minute)`);

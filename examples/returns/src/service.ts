@@ -272,7 +272,7 @@ export async function settleReturn(returnId: number, ctx: ReconcileContext, prov
       return { outcome: 'changed', note: `would ${decision.kind} ${money(decision.amountMinor, decision.currency)} to ${row.customer_name} (return ${returnId})` };
     }
     const decided = await decideAndRecord(db, returnId);
-    if (decided === 'settled') return 'unchanged';
+    if (decided === 'settled') return { outcome: 'unchanged', note: `return ${returnId} was settled by someone else while this attempt decided it: nothing sent` };
     if (decided === 'none') return { outcome: 'changed', note: `return ${returnId}: nothing to charge or refund` };
     intent = decided;
   }
