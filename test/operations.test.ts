@@ -259,7 +259,7 @@ describe('secrets', () => {
     const provider = await startProvider([], keyCanary);
     try {
       await t.rows(sql`TRUNCATE payments, return_items, returns, fix_items, fixes, customers CASCADE`);
-      await seedWithCheckout(t, provider, 6, 12);
+      await seedWithCheckout(t, provider, 6, 12, { apiKey: keyCanary });
       await provider.setFaults({ errorRate: 0.5, timeoutRate: 0.2 });
       // A role whose password is the canary, so that the daemon really connects with it (trust or password authentication).
       await t.rows(sql.raw(`DROP ROLE IF EXISTS reconciler_canary; CREATE ROLE reconciler_canary LOGIN SUPERUSER PASSWORD '${dbCanary}'`));

@@ -8,6 +8,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { sql } from 'drizzle-orm';
 import pg from 'pg';
 import { NO_FAULTS } from '../examples/returns/src/simulator/server.js';
+import { resetReturns } from '../testkit/returns.js';
 import { useTestDatabase } from './helpers/db.js';
 import { runCli, startProcess, until } from './helpers/processes.js';
 import { addFix, checkoutClient, expectExactlyOnce, ledgerOf, makeDue, settleEnv, settlePass, startProvider, type Provider } from './helpers/returns.js';
@@ -20,10 +21,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await provider.stop();
 });
-beforeEach(async () => {
-  await t.rows(sql`TRUNCATE reconciler.runs, reconciler.failures, reconciler.state, payments, return_items, returns, fix_items, fixes, customers CASCADE`);
-  await provider.setFaults(NO_FAULTS);
-});
+beforeEach(() => resetReturns(t, provider));
 
 /** The daemons' assumed search lag in these tests. */
 const LAG = { PAYMENT_PROVIDER_SEARCH_LAG: '60s' };

@@ -49,13 +49,13 @@ export async function expectExactlyOnce(t: TestDatabase, provider: Provider, opt
 }
 
 /** A client of the simulator, as settle-returns builds it: what the seed charges prepaid Fixes through at checkout. */
-export function checkoutClient(provider: Provider): StripePaymentProvider {
-  return new StripePaymentProvider({ baseUrl: provider.url, apiKey: PROVIDER_KEY, timeoutMs: 10_000 });
+export function checkoutClient(provider: Provider, apiKey = PROVIDER_KEY): StripePaymentProvider {
+  return new StripePaymentProvider({ baseUrl: provider.url, apiKey, timeoutMs: 10_000 });
 }
 
 /** seedReturns, with prepaid Fixes charged at checkout at `provider`, so that their refunds have a charge to refund. */
-export function seedWithCheckout(t: TestDatabase, provider: Provider, count: number, seed = 1, currencies?: string[]): Promise<SeedCounts> {
-  return seedReturns(t.db, count, seed, { checkout: checkoutClient(provider), ...(currencies ? { currencies } : {}) });
+export function seedWithCheckout(t: TestDatabase, provider: Provider, count: number, seed = 1, options: { currencies?: string[]; apiKey?: string } = {}): Promise<SeedCounts> {
+  return seedReturns(t.db, count, seed, { checkout: checkoutClient(provider, options.apiKey), ...(options.currencies ? { currencies: options.currencies } : {}) });
 }
 
 export interface FixSpec {

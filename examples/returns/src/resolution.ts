@@ -2,8 +2,9 @@
  * Completing a payment intent: send it with its key, and resolve an outcome that stays unknown
  * by asking the provider rather than a person. The rules (docs/guarantees.md, "Unknown outcomes"):
  *
- * - Unknown for longer than LOOKUP_AFTER_SECONDS, or the same saved error replayed
- *   LOOKUP_AFTER_REPLAYS times: look the intent up at the provider (its metadata `intent_key`).
+ * - Unknown for longer than LOOKUP_AFTER_SECONDS, or a saved error replayed (once is enough: the
+ *   provider never runs that key again): look the intent up at the provider (its metadata
+ *   `intent_key`).
  *   - Found: adopt it (its id, amount and currency are recorded; the return is settled; no POST).
  *   - Found with another amount or currency: a dead item with both figures, never adopted.
  *   - Not found, and the key can still apply: go on sending the same key.
@@ -27,8 +28,6 @@ import { money } from './settlement.js';
 
 /** An outcome unknown for this long is looked up before the next send. */
 export const LOOKUP_AFTER_SECONDS = 5 * 60;
-/** The same saved error replayed this many times: look up (the key can no longer apply). */
-export const LOOKUP_AFTER_REPLAYS = 2;
 /** A key is retired (never sent again) this long after its first send; providers forget keys after about 24 hours. */
 export const KEY_RETIRE_HOURS = 20;
 /** A request sent this long ago can no longer be running at the provider. */
@@ -67,7 +66,7 @@ export function keyCanNoLongerApply(intent: Intent): boolean {
 
 function lookupDue(intent: Intent): boolean {
   if (spentKey(intent)) return true;
-  return intent.state === 'unknown' && ((intent.secondsUnknown ?? 0) >= LOOKUP_AFTER_SECONDS || intent.replays >= LOOKUP_AFTER_REPLAYS);
+  return intent.state === 'unknown' && (intent.secondsUnknown ?? 0) >= LOOKUP_AFTER_SECONDS;
 }
 
 /** Sends the intent, or first resolves its unknown outcome by a lookup (see the rules above). */

@@ -56,9 +56,11 @@ export async function seedReturns(db: Db, count: number, seed = 1, options: Seed
   const counts: SeedCounts = { returns: 0, charge: 0, refund: 0, none: 0, chargeMinor: {}, refundMinor: {}, checkoutCharges: 0 };
   for (let done = 0; done < count; done += BATCH) {
     const n = Math.min(BATCH, count - done);
-    // One transaction per batch: a return and its returned items appear together, as when the warehouse records them.
-    const fixIds = await db.transaction(async (tx) => seedBatch(tx as unknown as Db, n, roll, currencies, counts));
-    if (options.checkout) counts.checkoutCharges += await chargeAtCheckout(db, options.checkout, fixIds);
+    // As it happens: the Fixes ship (and are charged at checkout) before any of them comes back. The returns of a
+    // batch appear in one transaction, each with its returned items, as when the warehouse records them.
+    const shipped = await db.transaction(async (tx) => shipFixes(tx as unknown as Db, n, roll, currencies));
+    if (options.checkout) counts.checkoutCharges += await chargeAtCheckout(db, options.checkout, shipped.fixIds);
+    await db.transaction(async (tx) => recordReturns(tx as unknown as Db, shipped, counts));
   }
   return counts;
 }
@@ -100,7 +102,24 @@ export async function chargeAtCheckout(db: Db, provider: PaymentProvider, fixIds
   return fixes.length;
 }
 
-async function seedBatch(db: Db, n: number, roll: () => number, currencies: readonly string[], counts: SeedCounts): Promise<number[]> {
+interface ShippedFix {
+  currency: string;
+  fee: number;
+  prepaid: number;
+  prices: number[];
+  /** Which of its items will come back. */
+  returned: boolean[];
+}
+
+interface Shipment {
+  fixes: ShippedFix[];
+  fixIds: number[];
+  /** Their items' ids, ITEMS_PER_FIX per Fix, in order. */
+  itemIds: number[];
+}
+
+/** Customers, their Fixes and the Fixes' items, drawn by `roll`. */
+async function shipFixes(db: Db, n: number, roll: () => number, currencies: readonly string[]): Promise<Shipment> {
   const names = Array.from({ length: n }, () => NAMES[Math.floor(roll() * NAMES.length)]!);
   const customers = await queryRows<{ id: number }>(
     db,
@@ -108,7 +127,7 @@ async function seedBatch(db: Db, n: number, roll: () => number, currencies: read
         SELECT name, lower(replace(name, ' ', '.')) || '+' || floor(random() * 1e9)::bigint || '@example.com', 'pm_card_visa'
         FROM unnest(${array(names, 'text[]')}) AS name RETURNING id`,
   );
-  const fixRows: { customerId: number; currency: string; fee: number; prepaid: number; prices: number[]; returned: boolean[] }[] = customers.map((c) => {
+  const fixRows: (ShippedFix & { customerId: number })[] = customers.map((c) => {
     const currency = currencies[Math.floor(roll() * currencies.length)]!;
     const unit = unitOf(currency);
     const prices = Array.from({ length: ITEMS_PER_FIX }, () => (15 + Math.floor(roll() * 100)) * unit);
@@ -140,15 +159,20 @@ async function seedBatch(db: Db, n: number, roll: () => number, currencies: read
                     ${array(fixRows.flatMap((f) => f.prices), 'int[]')}) WITH ORDINALITY AS t(fix_id, description, price, ord)
         ORDER BY ord RETURNING id`,
   );
+  return { fixes: fixRows, fixIds, itemIds: items.map((item) => Number(item.id)) };
+}
+
+/** One return per shipped Fix, with the items that came back; counts what settling them will take. */
+async function recordReturns(db: Db, { fixes, fixIds, itemIds }: Shipment, counts: SeedCounts): Promise<void> {
   const returns = await queryRows<{ id: number }>(
     db,
     sql`INSERT INTO returns (fix_id, received_at, recorded_by) SELECT fix_id, now() - interval '1 hour', 'warehouse-seed'
         FROM unnest(${array(fixIds, 'int[]')}) WITH ORDINALITY AS t(fix_id, ord) ORDER BY ord RETURNING id`,
   );
   const returnedPairs: [number, number][] = [];
-  fixRows.forEach((fix, f) => {
+  fixes.forEach((fix, f) => {
     fix.returned.forEach((back, i) => {
-      if (back) returnedPairs.push([Number(returns[f]!.id), Number(items[f * ITEMS_PER_FIX + i]!.id)]);
+      if (back) returnedPairs.push([Number(returns[f]!.id), itemIds[f * ITEMS_PER_FIX + i]!]);
     });
     const decision = decideSettlement({ currency: fix.currency, stylingFeeMinor: fix.fee, prepaidMinor: fix.prepaid, items: fix.prices.map((priceMinor, i) => ({ priceMinor, returned: fix.returned[i]! })) });
     counts[decision.kind]++;
@@ -162,8 +186,7 @@ async function seedBatch(db: Db, n: number, roll: () => number, currencies: read
           SELECT * FROM unnest(${array(returnedPairs.map((p) => p[0]), 'int[]')}, ${array(returnedPairs.map((p) => p[1]), 'int[]')})`,
     );
   }
-  counts.returns += n;
-  return fixIds;
+  counts.returns += fixes.length;
 }
 
 const totals = (byCurrency: Record<string, number>) => Object.entries(byCurrency).map(([currency, minor]) => money(minor, currency)).join(', ') || 'nothing';
