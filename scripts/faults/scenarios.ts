@@ -12,6 +12,7 @@ import { badInput } from './bad-input.js';
 import { secrets } from './secrets.js';
 import { listenKilled, notifyStorm, partitionHolderKilled, repartition } from './partitions.js';
 import { connectionFaults } from './connections.js';
+import { keyExpiry, lookupLag, savedErrors } from './lookups.js';
 
 export interface ScenarioResult {
   scenario: string;
@@ -356,6 +357,9 @@ export const SCENARIOS: Record<string, Scenario> = {
   'partition-holder-killed': partitionHolderKilled,
   repartition,
   'connection-faults': connectionFaults,
+  'saved-errors': savedErrors,
+  'key-expiry': keyExpiry,
+  'lookup-lag': lookupLag,
 };
 
 /** Scenarios run only when named (`--scenario crash-storm-5`): variants of a default one, too long to run every time. */
