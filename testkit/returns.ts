@@ -36,6 +36,11 @@ export class SimulatorClient {
   async setFaults(faults: Partial<SimulatorFaults>): Promise<void> {
     await this.#call('/v1/_simulator/faults', { method: 'POST', body: JSON.stringify(faults) });
   }
+
+  /** Moves the simulator's clock forward (cumulative: `created`, search lag and key expiry read it); resolves to its offset from real time, in seconds. */
+  async advanceClock(seconds: number): Promise<number> {
+    return (await this.#call<{ offsetSeconds: number }>('/v1/_simulator/clock', { method: 'POST', body: JSON.stringify({ advanceSeconds: seconds }) })).offsetSeconds;
+  }
 }
 
 export interface SimulatorOptions {
@@ -69,6 +74,8 @@ export interface Provider {
   ledger(): Promise<LedgerEntry[]>;
   stats(): Promise<SimulatorStats>;
   setFaults(faults: Partial<SimulatorFaults>): Promise<void>;
+  /** See SimulatorClient.advanceClock. */
+  advanceClock(seconds: number): Promise<number>;
   stop(): Promise<void>;
 }
 
@@ -83,6 +90,7 @@ export async function startProvider(adminUrl: string, args: string[] = [], apiKe
     ledger: () => client.ledger(),
     stats: () => client.stats(),
     setFaults: (faults) => client.setFaults(faults),
+    advanceClock: (seconds) => client.advanceClock(seconds),
     async stop() {
       await child.kill('SIGTERM');
       await dropDatabase(adminUrl, storage);
