@@ -8,6 +8,7 @@ import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { queryRows, type Database } from '../../src/store/database.js';
+import type { Db } from '../../src/reconciler.js';
 import { auditSettlement, type SettlementAudit } from '../../examples/returns/src/audit.js';
 import { chargeAtCheckout, seedReturns, type SeedCounts } from '../../examples/returns/src/seed.js';
 import { ProviderError, StripePaymentProvider, type EffectKind, type EffectRequest, type EffectResult, type LookupRequest, type PaymentProvider } from '../../examples/returns/src/provider.js';
@@ -227,9 +228,15 @@ export class Shop {
     public provider: ProviderHandle | undefined,
   ) {}
 
-  /** Adds `count` returns, drawn from `seed`, in FAULT_CURRENCIES; their prepaid Fixes are charged at checkout at the shop's provider, if it has one yet. */
+  /**
+   * Adds `count` returns, drawn from `seed`, in FAULT_CURRENCIES; their prepaid Fixes are charged at checkout at the
+   * shop's provider, if it has one yet. In one transaction: the returns appear with their checkout charges recorded, as
+   * in a shop where checkout came days before the return (a daemon woken by the returns' insert would otherwise find a
+   * refund whose charge is not recorded yet, and park it).
+   */
   seed(count: number, seed: number): Promise<SeedCounts> {
-    return seedReturns(this.database.db, count, seed, { currencies: FAULT_CURRENCIES, ...(this.provider ? { checkout: this.provider.checkout } : {}) });
+    const checkout = this.provider ? { checkout: this.provider.checkout } : {};
+    return this.database.db.transaction((tx) => seedReturns(tx as unknown as Db, count, seed, { currencies: FAULT_CURRENCIES, ...checkout }));
   }
 
   /** From now on its Fixes are charged at `provider`, starting with those seeded before it had one. */
