@@ -14,9 +14,9 @@ import { runCli } from './helpers/processes.js';
 import { databaseUrl } from './helpers/db.js';
 
 describe('npm run test:faults -- --quick', () => {
-  it('passes every scenario: no duplicate, nothing missing, quiet after convergence', { timeout: 600_000 }, async () => {
+  it('passes every scenario: no duplicate, nothing missing, quiet after convergence', { timeout: 900_000 }, async () => {
     const out = join(REPO_ROOT, 'test', '.tmp', `faults-${process.pid}.json`);
-    const result = await runCli([], { TEST_DATABASE_URL: databaseUrl('postgres') }, { shell: `node --import ./bin/register.js scripts/faults/main.ts --quick --out '${out}'`, timeoutMs: 590_000 });
+    const result = await runCli([], { TEST_DATABASE_URL: databaseUrl('postgres') }, { shell: `node --import ./bin/register.js scripts/faults/main.ts --quick --out '${out}'`, timeoutMs: 890_000 });
     const report = JSON.parse(readFileSync(out, 'utf8')) as { results: { scenario: string; pass: boolean; failures: string[]; figures: Record<string, number> }[] };
     const scenarios = report.results.map((r) => r.scenario.replace(/: .*/, ''));
     expect([...new Set(scenarios)]).toEqual(['crash-storm', 'crash-windows', 'database-restart', 'bad-input', 'provider-outage', 'racing-passes', 'random-cli-lines', 'secrets', 'notify-storm', 'listen-killed', 'partition-holder-killed', 'repartition', 'connection-faults', 'saved-errors', 'key-expiry', 'lookup-lag']);
