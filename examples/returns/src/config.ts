@@ -19,6 +19,7 @@ const providerSchema = z.object({
   PAYMENT_PROVIDER_URL: z
     .url({ protocol: /^https?$/, message: 'must be an http(s) URL, e.g. https://api.stripe.com' })
     .refine((value) => {
+      if (!URL.canParse(value)) return true; // not a URL at all: said once, above
       const url = new URL(value);
       return url.pathname.replace(/\/+$/, '') === '' && !url.search && !url.hash;
     }, 'must be the API\'s origin without a path (the Stripe SDK adds /v1/…), e.g. https://api.stripe.com')
