@@ -131,12 +131,16 @@ async function rawSide(url: string, concurrency: number, provider: (db: Db) => P
 
 /**
  * Puts the backlog back: the pending returns unsettled again, under new public ids, so that
- * every drain sends fresh idempotency keys, and the simulator's ledger empty. Every drain
- * starts from the same state: a ledger that grew run after run would slow whichever side
- * went second, and bias the ratio.
+ * every drain sends fresh idempotency keys, and the simulator's ledger as the seed left it (the
+ * checkout charges, nothing refunded). Every drain starts from the same state: a ledger that grew
+ * run after run would slow whichever side went second, and bias the ratio.
  */
 async function resetBacklog(database: Database, simulatorStorage: string): Promise<void> {
-  await admin('TRUNCATE payment_provider.requests, payment_provider.effects', simulatorStorage);
+  await admin(
+    "DELETE FROM payment_provider.requests WHERE idempotency_key NOT LIKE 'fix:%'; DELETE FROM payment_provider.effects WHERE coalesce(return_id, '') <> ''; " +
+      'UPDATE payment_provider.effects SET amount_refunded = 0 WHERE amount_refunded <> 0',
+    simulatorStorage,
+  );
   await admin('VACUUM ANALYZE payment_provider.requests, payment_provider.effects', simulatorStorage);
   await queryRows(database.db, sql`DELETE FROM payments WHERE return_id IN (SELECT id FROM returns WHERE recorded_by = 'warehouse-seed')`);
   await queryRows(database.db, sql`UPDATE returns SET settled_at = NULL, settlement = NULL, public_id = gen_random_uuid() WHERE recorded_by = 'warehouse-seed'`);
@@ -159,12 +163,13 @@ export async function backlogDrain({ quick, runs, app, subset }: CaseOptions): P
   try {
     await queryRows(database.db, LEDGER_TABLE);
     // The pending returns (real Fixes, items and returned items) in the middle of the settled ones.
-    // The simulator first: the seed charges prepaid Fixes at checkout there, so that their refunds have a charge.
-    const simulator = await stage.provider(1, { latencyMs: [5, 5] });
+    const simulator = await stage.provider(1, {});
+    await addReturns(database, settledCount / 2, 'settled');
+    // What their customers prepaid is charged at checkout at the simulator: the charges their refunds are made against.
+    await seedReturns(database.db, pending, 1, { checkout: simulator.checkout });
+    await addReturns(database, settledCount / 2, 'settled');
+    await simulator.setFaults({ latencyMs: [5, 5] });
     const overSimulator = () => new StripePaymentProvider({ baseUrl: simulator.direct, apiKey: simulator.apiKey, timeoutMs: 10_000 });
-    await addReturns(database, settledCount / 2, 'settled');
-    await seedReturns(database.db, pending, 1, { checkout: overSimulator() });
-    await addReturns(database, settledCount / 2, 'settled');
     const cases = [
       { label: 'DB-only work (ledger write), concurrency 10', concurrency: 10, provider: (db: Db) => new LedgerProvider(db) },
       { label: 'provider simulator with 5 ms latency, concurrency 50', concurrency: 50, provider: overSimulator },

@@ -13,12 +13,11 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { dice } from '../../examples/returns/src/dice.js';
-import { seedReturns } from '../../examples/returns/src/seed.js';
 import { queryRows, type Database } from '../../src/store/database.js';
 import type { FaultyProxy } from '../../testkit/proxy.js';
 import { until, type RunningProcess } from '../../testkit/processes.js';
 import { REPO_ROOT } from '../../testkit/jobs.js';
-import { audit, auditFigures, converge, daemonStarted, exactlyOnce, quietAfter, type Outcome, type Stage } from './harness.js';
+import { audit, auditFigures, converge, daemonStarted, exactlyOnce, quietAfter, type Outcome, type Shop, type Stage } from './harness.js';
 
 const LEASE_TTL_MS = 3_000;
 const PERIOD_MS = 2_000;
@@ -78,7 +77,7 @@ async function leasesHeld(database: Database, pid?: number): Promise<number> {
  * database, not through a proxy), so that there is work during the faults and after them.
  * Resolves when the last reset is done, with what happened.
  */
-async function runFaults(plan: FaultPlan, proxies: FaultyProxy[], database: Database, trickle: number, seed: number): Promise<{ resets: number; resetConnections: number; stallMs: number; leasesAtStall: number; endedAt: Date }> {
+async function runFaults(plan: FaultPlan, proxies: FaultyProxy[], shop: Shop, trickle: number, seed: number): Promise<{ resets: number; resetConnections: number; stallMs: number; leasesAtStall: number; endedAt: Date }> {
   const started = Date.now();
   let resets = 0;
   let resetConnections = 0;
@@ -86,6 +85,7 @@ async function runFaults(plan: FaultPlan, proxies: FaultyProxy[], database: Data
   let leasesAtStall = 0;
   /** How late the stall began (it waits for a pass in flight): what follows it comes as much later. */
   let late = 0;
+  const { database } = shop;
   const onTick = (at: number, afterTickMs: number) => sleep(Math.ceil((started + late + at) / PERIOD_MS) * PERIOD_MS + afterTickMs - Date.now());
   const events = [...plan.resets.map((reset) => ({ ...reset, stall: false })), { ...plan.stall, stall: true }].sort((a, b) => a.at - b.at);
   for (const event of events) {
@@ -108,11 +108,11 @@ async function runFaults(plan: FaultPlan, proxies: FaultyProxy[], database: Data
       proxy.reset();
     }
     resets++;
-    if (event.at < plan.durationMs) await seedReturns(database.db, trickle, seed * 1_000 + resets);
+    if (event.at < plan.durationMs) await shop.seed(trickle, seed * 1_000 + resets);
   }
   const endedAt = new Date();
   // Work after the faults: returns recorded once the last reset went through.
-  await seedReturns(database.db, trickle, seed * 1_000 + 999);
+  await shop.seed(trickle, seed * 1_000 + 999);
   return { resets, resetConnections, stallMs, leasesAtStall, endedAt };
 }
 
@@ -178,7 +178,7 @@ async function connectionFaultsWith(stage: Stage, adminUrl: string, seed: number
     const pids = daemons.map((d) => d.pid);
 
     const plan = faultPlan(seed, quick);
-    const faults = await runFaults(plan, proxied.map((p) => p.proxy), shop.database, quick ? 10 : 20, seed);
+    const faults = await runFaults(plan, proxied.map((p) => p.proxy), shop, quick ? 10 : 20, seed);
     const failures: string[] = [];
 
     // 1. Every replica works again: it starts a pass within the bound, and that pass ends well. (How long the pass
@@ -208,7 +208,7 @@ async function connectionFaultsWith(stage: Stage, adminUrl: string, seed: number
     if (idle > 0) failures.push(`${idle} session(s) idle in a transaction for a second or more after convergence`);
 
     // 4. Shutdown stays bounded with one proxy stalled in the middle of its daemon's pass.
-    await seedReturns(shop.database.db, quick ? 100 : 500, seed * 1_000 + 998);
+    await shop.seed(quick ? 100 : 500, seed * 1_000 + 998);
     const victim = Math.floor(roll() * replicas);
     const victimMidPass = await until(async () => (await leasesHeld(shop.database, pids[victim])) > 0, `replica ${victim + 1} to be in a pass`, 10_000, 20).catch(() => false);
     if (!victimMidPass) failures.push(`replica ${victim + 1} ran no pass to stall during shutdown: the shutdown check tested less than it should`);

@@ -9,8 +9,9 @@ import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { queryRows, type Database } from '../../src/store/database.js';
 import { auditSettlement, type SettlementAudit } from '../../examples/returns/src/audit.js';
-import { seedReturns } from '../../examples/returns/src/seed.js';
-import type { SimulatorFaults } from '../../examples/returns/src/simulator/server.js';
+import { chargeAtCheckout, seedReturns, type SeedCounts } from '../../examples/returns/src/seed.js';
+import { ProviderError, StripePaymentProvider, type EffectKind, type EffectRequest, type EffectResult, type LookupRequest, type PaymentProvider } from '../../examples/returns/src/provider.js';
+import type { SimulatorFaults, SimulatorStats } from '../../examples/returns/src/simulator/server.js';
 import type { App } from './app.js';
 import { OwnedPostgres } from './postgres.js';
 import { REPO_ROOT } from '../../testkit/jobs.js';
@@ -19,9 +20,14 @@ import { FaultyProxy } from '../../testkit/proxy.js';
 import { DEFAULT_ADMIN_URL, adminQuery, createEmptyDatabase, createTestDatabase, databaseUrl, dropDatabase } from '../../testkit/database.js';
 import { SimulatorClient, startSimulator } from '../../testkit/returns.js';
 import { settleReturnsJobFile, type SettleReturnsOptions } from '../../testkit/settle-returns.js';
+import shippedSettleReturns from '../../examples/returns/jobs/settle-returns.js';
 
 export const ADMIN_URL = DEFAULT_ADMIN_URL;
 export const PROVIDER_KEY = 'sk_test_faults';
+/** How many attempts settle-returns gives an item as it ships, before the item is left for a person. */
+export const SHIPPED_MAX_ATTEMPTS = shippedSettleReturns.retry!.maxAttempts!;
+/** The currencies of the fault runs' Fixes, drawn in turn: mostly USD, and a currency without decimals and one with three. */
+export const FAULT_CURRENCIES: readonly string[] = ['USD', 'USD', 'USD', 'JPY', 'KWD'];
 
 export function urlOf(database: string, adminUrl = ADMIN_URL): string {
   return databaseUrl(adminUrl, database);
@@ -34,6 +40,8 @@ export function admin(query: string, adminUrl = ADMIN_URL): Promise<void> {
 /** Everything a scenario started, torn down in reverse order whatever happens. */
 export class Stage {
   readonly #cleanups: (() => Promise<void> | void)[] = [];
+  readonly #shops: Shop[] = [];
+  readonly #providers: ProviderHandle[] = [];
 
   /** `app`: the build that every daemon, CLI run and the simulator run from. */
   constructor(readonly app: App) {}
@@ -46,15 +54,26 @@ export class Stage {
     for (const cleanup of this.#cleanups.reverse()) await Promise.resolve(cleanup()).catch(() => undefined);
   }
 
-  /** A fresh migrated database with `returns` returns seeded (deterministically from `seed`), on `adminUrl`'s server. */
-  async shop(returns: number, seed: number, adminUrl = ADMIN_URL): Promise<{ url: string; database: Database }> {
-    const shop = await createTestDatabase(adminUrl, { returns: true, prefix: 'reconciler_faults' });
-    this.defer(() => shop.drop());
-    await seedReturns(shop.db, returns, seed);
+  /**
+   * A fresh migrated database with `returns` returns seeded (deterministically from `seed`, in FAULT_CURRENCIES), on
+   * `adminUrl`'s server. What its customers prepaid is charged at checkout at the stage's provider, so that its refunds
+   * have their charge: at once if the stage has a provider (the latest one made), else by the next `provider()`, before
+   * that one's faults are on. `shop.seed(n, seed)` adds returns the same way.
+   */
+  async shop(returns: number, seed: number, adminUrl = ADMIN_URL): Promise<Shop> {
+    const created = await createTestDatabase(adminUrl, { returns: true, prefix: 'reconciler_faults' });
+    this.defer(() => created.drop());
+    const shop = new Shop(created.url, created.database, this.#providers.at(-1));
+    this.#shops.push(shop);
+    await shop.seed(returns, seed);
     return shop;
   }
 
-  /** The simulator as its own process with its own database, reached through a proxy that can cut it off. */
+  /**
+   * The simulator as its own process with its own database, reached through a proxy that can cut it off. The stage's
+   * shops that have no provider yet are charged at checkout here, through the simulator's direct URL, before `faults`
+   * are set: those charges are the shop's history, not part of the scenario.
+   */
   async provider(seed: number, faults: Partial<SimulatorFaults>, apiKey = PROVIDER_KEY): Promise<ProviderHandle> {
     const name = await createEmptyDatabase(ADMIN_URL, 'reconciler_faults_provider');
     this.defer(() => dropDatabase(ADMIN_URL, name));
@@ -63,6 +82,8 @@ export class Stage {
     const proxy = await FaultyProxy.start({ host: '127.0.0.1', port: Number(new URL(simulator.url).port) });
     this.defer(() => proxy.close());
     const handle = new ProviderHandle(simulator.url, `http://127.0.0.1:${proxy.port}`, proxy, apiKey, urlOf(name));
+    this.#providers.push(handle);
+    for (const shop of this.#shops.filter((s) => !s.provider)) await shop.chargeAt(handle);
     await handle.setFaults(faults);
     return handle;
   }
@@ -84,11 +105,15 @@ export class Stage {
 
   /**
    * A job folder with settle-returns on a fast schedule and short backoff: the shipped definition of the build,
-   * tuned for fault runs (unpartitioned and unwoken unless `partitions` and `wakeOn` shape it as it ships).
+   * tuned for fault runs (unpartitioned and unwoken unless `partitions` and `wakeOn` shape it as it ships; an item
+   * dies after `maxAttempts`, 1000 unless the scenario counts what dies, as shipped: SHIPPED_MAX_ATTEMPTS).
    */
-  jobs(schedule: string, { concurrency = 10, partitions = 1, wakeOn = false }: { concurrency?: number; partitions?: number; wakeOn?: boolean } = {}): string {
+  jobs(
+    schedule: string,
+    { concurrency = 10, partitions = 1, wakeOn = false, maxAttempts = 1000 }: { concurrency?: number; partitions?: number; wakeOn?: boolean; maxAttempts?: number } = {},
+  ): string {
     const dir = this.jobFolder();
-    const options: SettleReturnsOptions = { schedule, concurrency, partitions, wakeOn: wakeOn ? ['returns'] : [], timeout: '10s', retry: { maxAttempts: 1000, backoff: { initial: '500ms', max: '4s' } } };
+    const options: SettleReturnsOptions = { schedule, concurrency, partitions, wakeOn: wakeOn ? ['returns'] : [], timeout: '10s', retry: { maxAttempts, backoff: { initial: '500ms', max: '4s' } } };
     const from = { api: this.app.module('src/index.js'), jobFile: this.app.module('examples/returns/jobs/settle-returns.js') };
     writeFileSync(join(dir, 'settle-returns.js'), settleReturnsJobFile(options, from));
     return dir;
@@ -125,6 +150,9 @@ export class Stage {
 
 /** The simulator of a scenario: `url` goes through the proxy (what daemons use), `direct` does not (what the checks use). */
 export class ProviderHandle extends SimulatorClient {
+  /** The client that charges at checkout: the stripe SDK on the direct URL (never cut by the proxy), counting what it sent. */
+  readonly checkout: CheckoutClient;
+
   constructor(
     direct: string,
     readonly url: string,
@@ -134,6 +162,85 @@ export class ProviderHandle extends SimulatorClient {
     readonly storageUrl: string,
   ) {
     super(direct, apiKey);
+    this.checkout = new CheckoutClient(new StripePaymentProvider({ baseUrl: direct, apiKey, timeoutMs: 10_000, searchLagMs: 0 }));
+  }
+
+  /**
+   * The simulator's counters less the checkout charges the stage made (`posts`, `applied`, `replayed`): what the
+   * scenario's daemons and CLI runs did, which is what the scenarios' figures and criteria count.
+   */
+  override async stats(): Promise<SimulatorStats> {
+    const stats = await super.stats();
+    const own = this.checkout.sent;
+    return { ...stats, posts: stats.posts - own.posts, applied: stats.applied - own.applied, replayed: stats.replayed - own.replayed };
+  }
+}
+
+/**
+ * What charges a shop's prepaid Fixes at checkout: a provider client whose charges are retried with their key (a few
+ * times, on an answer that leaves the outcome unknown: a shop seeded more returns while the scenario's faults are on),
+ * and counted, so that the scenarios' figures leave them out.
+ */
+export class CheckoutClient implements PaymentProvider {
+  readonly sent = { posts: 0, applied: 0, replayed: 0 };
+
+  constructor(readonly client: PaymentProvider) {}
+
+  get searchLagMs(): number {
+    return this.client.searchLagMs;
+  }
+
+  async charge(request: EffectRequest, signal: AbortSignal): Promise<EffectResult> {
+    for (let attempt = 1; ; attempt++) {
+      this.sent.posts++;
+      try {
+        const result = await this.client.charge(request, signal);
+        if (result.replayed) this.sent.replayed++;
+        else this.sent.applied++;
+        return result;
+      } catch (error) {
+        if (!(error instanceof ProviderError) || error.failure !== 'retryable' || attempt >= 8 || signal.aborted) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
+      }
+    }
+  }
+
+  refund(): Promise<EffectResult> {
+    return Promise.reject(new Error('the checkout client only charges'));
+  }
+
+  find(request: LookupRequest, signal: AbortSignal) {
+    return this.client.find(request, signal);
+  }
+
+  retrieve(kind: EffectKind, id: string, signal: AbortSignal) {
+    return this.client.retrieve(kind, id, signal);
+  }
+}
+
+/** A scenario's shop: its database, and more returns seeded as `Stage.shop` seeds them (charged at checkout at its provider). */
+export class Shop {
+  constructor(
+    readonly url: string,
+    readonly database: Database,
+    /** Where its Fixes are charged at checkout; none until the stage has a provider. */
+    public provider: ProviderHandle | undefined,
+  ) {}
+
+  /**
+   * Adds `count` returns, drawn from `seed`, in FAULT_CURRENCIES; their prepaid Fixes are charged at checkout at the
+   * shop's provider, if it has one yet (the seed charges them before their returns appear, as a real checkout comes first).
+   */
+  seed(count: number, seed: number): Promise<SeedCounts> {
+    const checkout = this.provider ? { checkout: this.provider.checkout } : {};
+    return seedReturns(this.database.db, count, seed, { currencies: FAULT_CURRENCIES, ...checkout });
+  }
+
+  /** From now on its Fixes are charged at `provider`, starting with those seeded before it had one. */
+  async chargeAt(provider: ProviderHandle): Promise<number> {
+    this.provider = provider;
+    const fixes = await queryRows<{ id: number }>(this.database.db, sql`SELECT id FROM fixes WHERE prepaid_minor > 0 AND checkout_charge_ref IS NULL ORDER BY id`);
+    return chargeAtCheckout(this.database.db, provider.checkout, fixes.map((f) => Number(f.id)));
   }
 }
 

@@ -10,7 +10,6 @@
 import pg from 'pg';
 import { sql } from 'drizzle-orm';
 import { queryRows, type Database } from '../../src/store/database.js';
-import { seedReturns } from '../../examples/returns/src/seed.js';
 import type { SettlementAudit } from '../../examples/returns/src/audit.js';
 import { isEvent, type RunningProcess } from '../../testkit/processes.js';
 import { converge, daemonStarted, until, type Stage } from './harness.js';
@@ -92,7 +91,7 @@ export const notifyStorm: Scenario = async (stage, { seed, quick }) => {
   const before = await passCounts(shop.database);
   let batches = 0;
   const sent = await storm(shop.url, stormMs, async () => {
-    if (batches < 10) await seedReturns(shop.database.db, 20, seed * 100 + batches++);
+    if (batches < 10) await shop.seed(20, seed * 100 + batches++);
   });
   const { audit: result, ms } = await converge(shop.database, provider, 60_000);
   const after = await passCounts(shop.database);
@@ -119,12 +118,12 @@ export const listenKilled: Scenario = async (stage, { seed, quick }) => {
   let killedAt = 0;
   let batches = 0;
   const sent = await storm(shop.url, stormMs, async (elapsed) => {
-    if (batches < 10) await seedReturns(shop.database.db, 10, seed * 100 + batches++);
+    if (batches < 10) await shop.seed(10, seed * 100 + batches++);
     if (!killedAt && elapsed > stormMs / 3) {
       await queryRows(shop.database.db, sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'reconciler-listen' AND datname = current_database()`);
       killedAt = Date.now();
       // Recorded with the session down: lost notifications.
-      await seedReturns(shop.database.db, 25, seed * 100 + 99);
+      await shop.seed(25, seed * 100 + 99);
     }
   });
   const { audit: result } = await converge(shop.database, provider, 60_000);

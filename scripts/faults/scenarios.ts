@@ -6,13 +6,13 @@ import { loadavg } from 'node:os';
 import { sql } from 'drizzle-orm';
 import { dice } from '../../examples/returns/src/dice.js';
 import { queryRows, type Database } from '../../src/store/database.js';
-import { seedReturns } from '../../examples/returns/src/seed.js';
 import { Stage, audit, auditFigures, converge, exactlyOnce, quietAfter, unsettledReturns, until, type Outcome } from './harness.js';
 import type { App } from './app.js';
 import { badInput } from './bad-input.js';
 import { secrets } from './secrets.js';
 import { listenKilled, notifyStorm, partitionHolderKilled, repartition } from './partitions.js';
 import { connectionFaults } from './connections.js';
+import { keyExpiry, lookupLag, savedErrors } from './lookups.js';
 
 export interface ScenarioResult {
   scenario: string;
@@ -164,10 +164,14 @@ const crashWindows: Scenario = async (stage, { seed, quick }) => {
   const killsPerWindow = quick ? 3 : 200;
   const perWindow = quick ? 10 : 60;
   const windows = ['before-call', 'after-call', 'during-record'] as const;
+  // Each window's provider first, then its shop, one window after another: a shop is charged at checkout at the latest provider.
+  const stages = [];
+  for (const [index, window] of windows.entries()) {
+    const provider = await stage.provider(seed + index, { latencyMs: [0, 5] });
+    stages.push({ window, provider, shop: await stage.shop(perWindow, seed + index) });
+  }
   const outcomes = await Promise.all(
-    windows.map(async (window, index) => {
-      const shop = await stage.shop(perWindow, seed + index);
-      const provider = await stage.provider(seed + index, { latencyMs: [0, 5] });
+    stages.map(async ({ window, provider, shop }) => {
       const env = stage.env(shop.url, provider, stage.jobs('0 0 1 1 *'));
       let kills = 0;
       for (let i = 0; i < killsPerWindow; i++) {
@@ -177,7 +181,7 @@ const crashWindows: Scenario = async (stage, { seed, quick }) => {
         // The killed process's lease would lapse after LEASE_TTL; let that time pass on the database clock.
         await queryRows(shop.database.db, sql`UPDATE reconciler.state SET lease_expires_at = now() - interval '1 millisecond' WHERE holder_id IS NOT NULL`);
         // Fresh returns now and then, so that the window keeps meeting new intents, not only replays.
-        if (i % 20 === 19) await seedReturns(shop.database.db, 5, seed * 1_000 + i);
+        if (i % 20 === 19) await shop.seed(5, seed * 1_000 + i);
       }
       await until(async () => (await stage.run(['run', 'settle-returns', '--wait'], env)).code === 0 && (await audit(shop.database, provider)).unsettled === 0, 'convergence', 120_000);
       const result = await audit(shop.database, provider);
@@ -353,6 +357,9 @@ export const SCENARIOS: Record<string, Scenario> = {
   'partition-holder-killed': partitionHolderKilled,
   repartition,
   'connection-faults': connectionFaults,
+  'saved-errors': savedErrors,
+  'key-expiry': keyExpiry,
+  'lookup-lag': lookupLag,
 };
 
 /** Scenarios run only when named (`--scenario crash-storm-5`): variants of a default one, too long to run every time. */
