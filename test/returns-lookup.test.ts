@@ -11,7 +11,7 @@ import { NO_FAULTS } from '../examples/returns/src/simulator/server.js';
 import { resetReturns } from '../testkit/returns.js';
 import { useTestDatabase } from './helpers/db.js';
 import { runCli, startProcess, until } from './helpers/processes.js';
-import { addFix, checkoutClient, expectExactlyOnce, ledgerOf, makeDue, settleEnv, settlePass, startProvider, type Provider } from './helpers/returns.js';
+import { addFix, checkoutClient, expectExactlyOnce, ledgerOf, makeDue, settleEnv, settlePass, settleUntilQuiet, startProvider, type Provider } from './helpers/returns.js';
 
 const t = useTestDatabase({ returns: true });
 let provider: Provider;
@@ -156,6 +156,62 @@ describe('an unknown outcome is looked up at the provider', () => {
   });
 });
 
+describe('what a lookup cannot settle', () => {
+  it('never re-keys an intent sent before its requests carried metadata (migration 0004): parked once spent', async () => {
+    const { returnIds: [id] } = await toCharge();
+    await provider.setFaults({ savedErrorRate: 1, savedErrorAppliedShare: 0 });
+    await pass();
+    await t.rows(sql`UPDATE payments SET legacy_key = true WHERE return_id = ${id!}`); // as the migration marks one sent before it
+    await pass(); // replayed: spent
+    await ageIntent(id!, '1 hour');
+    await pass();
+    expect(await payment(id!)).toMatchObject({ state: 'unknown', key_version: 1 });
+    const parked = (await failure(id!))!;
+    expect(parked.dead).toBe(true);
+    expect(parked.last_error).toMatch(/^parked: whether the charge .* is unknown: .* it was sent before settle-returns tagged its requests with metadata, so no lookup can find its effect/);
+    expect((await provider.stats()).overlappingKeys).toBe(0);
+  });
+
+  it('settled-by-hand takes a spent key only once a search would show its effect; before, it refuses', async () => {
+    const { returnIds: [id] } = await toCharge();
+    await provider.setFaults({ savedErrorRate: 1, savedErrorAppliedShare: 0, searchUnsupported: true });
+    await pass();
+    await pass(); // replayed: spent just now
+    const act = () => runCli(['act', 'settle-returns', `return:${id}`, 'settled-by-hand', '--note', 'not in the dashboard; refunded by phone'], settleEnv(t, provider, LAG));
+    const early = await act();
+    expect(early.code).not.toBe(0);
+    expect(early.stderr).toMatch(/its outcome is unknown: it may be in flight or applied/);
+    await ageIntent(id!, '2 minutes');
+    const late = await act();
+    expect(late.code, late.stderr).toBe(0);
+    expect(late.stdout).toMatch(/marked settled by hand \(charge of 70\.00 USD to .+ its key spent, and not found at the provider by the person who looked\)/);
+  });
+});
+
+describe('several returns of one Fix', () => {
+  it('decides a return only once the Fix\'s other returns are final: what they moved counts once it moved', async () => {
+    // Nothing prepaid; fee 20.00, items 50.00 and 30.00. The first return sends nothing back (charge 100.00), the second the 30.00 item.
+    const { returnIds: [first, second] } = await addFix(t, provider, { currency: 'USD', feeMinor: 2_000, prepaidMinor: 0, pricesMinor: [5_000, 3_000], returns: [[], [1]] });
+    await provider.setFaults({ errorRate: 1 });
+    await makeDue(t);
+    await settlePass(t, provider, LAG, ['--key', `return:${first}`]); // its charge: unknown
+    await makeDue(t);
+    await settlePass(t, provider, LAG, ['--key', `return:${second}`]);
+    expect((await failure(second!))!.last_error).toMatch(new RegExp(`^return ${second} waits for the other returns of its Fix \\d+ to be settled first: return ${first} \\(its charge, unknown\\)`));
+    expect(await t.rows(sql`SELECT 1 FROM payments WHERE return_id = ${second!}`)).toEqual([]);
+    await provider.setFaults(NO_FAULTS);
+    await pass(); // the first's charge goes through (100.00); the second then refunds the 30.00 item against it
+    await pass();
+    const ledger = await ledgerOf(t, provider);
+    expect(ledger.map((e) => [Number(e.returnId), e.kind, e.amount]).sort()).toEqual([
+      [first, 'charge', 10_000],
+      [second, 'refund', 3_000],
+    ]);
+    expect(ledger.find((e) => e.kind === 'refund')!.charge).toBe(ledger.find((e) => e.kind === 'charge')!.id);
+    await expectExactlyOnce(t, provider);
+  });
+});
+
 describe('money in minor units', () => {
   it('settles a JPY return and a KWD return to the right minor units, and says so in each currency', async () => {
     // JPY: no decimals. Fee ¥3000 and a kept ¥5000 item, nothing prepaid: charge ¥8000.
@@ -194,7 +250,8 @@ describe('refunds against their charge', () => {
       await t.rows(sql`DELETE FROM returns WHERE id = ${returnIds[1]!}`);
       returnIds[1] = Number(moved!.id);
     }
-    // Both passes start while the test holds the Fix: they decide one after the other once it lets go.
+    // Both passes start while the test holds the Fix: they decide one after the other once it lets go, the second only
+    // once the first's refund is final.
     const holder = new pg.Client({ connectionString: t.url });
     await holder.connect();
     try {
@@ -203,10 +260,13 @@ describe('refunds against their charge', () => {
       const replicas = returnIds.map((id) => startProcess(['run', 'settle-returns', '--key', `return:${id}`], settleEnv(t, provider)));
       await until(async () => Number((await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query ILIKE '%FOR UPDATE OF f%'`))[0]!.n) === 2, 'both passes to wait for the Fix');
       await holder.query('COMMIT');
-      for (const replica of replicas) expect((await replica.exited).code, replica.stderr + replica.stdoutText.join('\n')).toBe(0);
+      // The second to take the Fix finds the first's intent not final yet: it waits (fails, to be retried), never decides on it.
+      const codes = await Promise.all(replicas.map(async (replica) => (await replica.exited).code));
+      expect(codes.sort(), replicas.map((r) => r.stderr).join('\n')).toSatisfy((c: number[]) => ['0,0', '0,1'].includes(c.join(',')));
     } finally {
       await holder.end();
     }
+    await settleUntilQuiet(t, provider);
     // Whichever decided first: 50.00 then 30.00, or 80.00 then nothing due. Never 50.00 and 80.00.
     const ledger = await ledgerOf(t, provider);
     expect(ledger.every((e) => e.kind === 'refund')).toBe(true);

@@ -21,7 +21,11 @@ ALTER TABLE "payments" ADD COLUMN "lookup_note" text;--> statement-breakpoint
 ALTER TABLE "payments" ADD COLUMN "provider_amount_minor" integer;--> statement-breakpoint
 ALTER TABLE "payments" ADD COLUMN "provider_currency" text;--> statement-breakpoint
 ALTER TABLE "payments" ADD COLUMN "known_by" text;--> statement-breakpoint
--- An intent left unknown before this migration has been unknown since it was last touched, at the latest.
-UPDATE "payments" SET "unknown_since" = "updated_at", "last_sent_at" = "updated_at" WHERE "state" = 'unknown';--> statement-breakpoint
+ALTER TABLE "payments" ADD COLUMN "legacy_key" boolean DEFAULT false NOT NULL;--> statement-breakpoint
+-- An intent sent before this migration was sent at the latest when it was last touched, and unknown since then if it is unknown.
+UPDATE "payments" SET "last_sent_at" = "updated_at" WHERE "first_sent_at" IS NOT NULL;--> statement-breakpoint
+UPDATE "payments" SET "unknown_since" = "updated_at" WHERE "state" = 'unknown';--> statement-breakpoint
+-- Its requests carried no intent_key metadata: no lookup can find what they did, so such an intent is never re-keyed.
+UPDATE "payments" SET "legacy_key" = true WHERE "first_sent_at" IS NOT NULL AND "state" IN ('pending', 'unknown');--> statement-breakpoint
 UPDATE "payments" SET "known_by" = 'answer' WHERE "state" = 'succeeded';--> statement-breakpoint
 ALTER TABLE "payments" ADD CONSTRAINT "payments_known_by" CHECK ("payments"."known_by" IS NULL OR "payments"."known_by" IN ('answer', 'lookup'));

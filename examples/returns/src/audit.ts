@@ -62,7 +62,9 @@ interface AuditedPayment {
 /**
  * What the rule expects of each return: the Fix's returns replayed in the order their decisions
  * were taken (by their intents' order; returns without an intent last, by id), each counting the
- * items of those before it as returned and what they moved as paid, as decideAndRecord does.
+ * items of those before it as returned and what they moved (once final) as paid, as
+ * decideAndRecord does. A return decided "nothing due" has no intent to order it by: on a Fix
+ * with several returns it may be replayed later than it was decided.
  */
 function expectedSettlements(returns: readonly AuditedReturn[], paymentOf: ReadonlyMap<string, AuditedPayment>): Map<number, Settlement> {
   const byFix = new Map<number, AuditedReturn[]>();
@@ -77,7 +79,9 @@ function expectedSettlements(returns: readonly AuditedReturn[], paymentOf: Reado
       for (const item of items) if (item.returnedHere) counted.add(Number(item.id));
       const decision = decideSettlement({ currency: ret.currency, stylingFeeMinor: Number(ret.fee), prepaidMinor: Number(ret.prepaid), movedMinor, items: items.map((item) => ({ priceMinor: Number(item.priceMinor), returned: counted.has(Number(item.id)) })) });
       expected.set(Number(ret.id), decision);
-      if (decision.kind !== 'none') movedMinor += signedMinor(decision.kind, decision.amountMinor);
+      // What a return moved counts for the next once final: succeeded, or resolved by hand (as the service decides).
+      const payment = paymentOf.get(String(ret.id));
+      if (decision.kind !== 'none' && payment && (payment.state === 'succeeded' || payment.resolved)) movedMinor += signedMinor(decision.kind, decision.amountMinor);
     }
   }
   return expected;

@@ -24,7 +24,8 @@
  */
 import { queryRows, sql, type ActionContext, type Db, type ManualAction } from 'reconciler';
 import { decideAndRecord, intentOf, loadReturn, type Intent } from './service.js';
-import { keyCanNoLongerApply } from './resolution.js';
+import { keyCanNoLongerApply, keySpentForSql } from './resolution.js';
+import { DEFAULT_SEARCH_LAG_MS, loadProviderConfig } from './config.js';
 import { money } from './settlement.js';
 
 export const settledByHand: ManualAction = {
@@ -69,13 +70,14 @@ export async function settleByHand(key: string, ctx: ActionContext): Promise<str
   const row = (await loadReturn(ctx.db, returnId))!;
   const intent = intentOf(row) ?? (await intendedNow(ctx.db, returnId));
   const what = `${intent.kind} of ${money(intent.amountMinor, intent.currency)} to ${row.customer_name}`;
-  refuseUnlessSafe(returnId, intent, what);
+  const lagMs = searchLagMs();
+  refuseUnlessSafe(returnId, intent, what, lagMs);
 
   const resolved = await queryRows<{ state: string }>(
     ctx.db,
     sql`UPDATE payments SET resolved_at = now(), resolved_by = ${ctx.actor}, resolution_note = ${ctx.note}, updated_at = now()
         WHERE id = ${intent.id} AND resolved_at IS NULL AND idempotency_key = ${intent.idempotencyKey}
-          AND (state = 'declined' OR (state = 'pending' AND first_sent_at IS NULL) OR ${keyCanNoLongerApply(intent)})
+          AND (state = 'declined' OR (state = 'pending' AND first_sent_at IS NULL) OR ${keySpentForSql(lagMs)})
         RETURNING state`,
   );
   if (resolved.length === 0) throw new Error(`the ${what} (return ${returnId}) changed while this action ran: look at it again`);
@@ -93,13 +95,22 @@ async function intendedNow(db: Db, returnId: number): Promise<Intent> {
   return decided;
 }
 
-function refuseUnlessSafe(returnId: number, intent: Intent, what: string): void {
+/** The provider's search lag as configured (PAYMENT_PROVIDER_SEARCH_LAG), or its default when the configuration cannot be read. */
+function searchLagMs(): number {
+  try {
+    return loadProviderConfig()?.searchLagMs ?? DEFAULT_SEARCH_LAG_MS;
+  } catch {
+    return DEFAULT_SEARCH_LAG_MS;
+  }
+}
+
+function refuseUnlessSafe(returnId: number, intent: Intent, what: string, lagMs: number): void {
   if (intent.state === 'succeeded') {
     throw new Error(`the provider already confirmed the ${what} (${intent.providerRef}); run \`reconciler run settle-returns --key return:${returnId}\` instead`);
   }
   if (intent.state === 'declined' || (intent.state === 'pending' && intent.hoursSinceFirstSend === null)) return;
-  // A spent key (replayed saved answer, or retired) will never apply: the person who looked it up says it did not.
-  if (keyCanNoLongerApply(intent)) return;
+  // A spent key (replayed saved answer, or retired) that a search would show by now: the person who looked it up says it did not apply.
+  if (keyCanNoLongerApply(intent, lagMs)) return;
   const sent = intent.hoursSinceFirstSend === null ? '' : ` ${formatHours(intent.hoursSinceFirstSend)} ago`;
   throw new Error(
     `the ${what} (return ${returnId}) was sent to the provider${sent} and its outcome is unknown: it may be in flight or applied, so settling it by hand could move the money twice; ` +

@@ -33,6 +33,9 @@ const providerSchema = z.object({
   DATABASE_URL: z.string().optional(),
 });
 
+/** How long a search may miss an effect when nothing says otherwise: Stripe documents "usually within a minute". */
+export const DEFAULT_SEARCH_LAG_MS = 60_000;
+
 export interface ProviderConfig {
   url: string;
   key: string;

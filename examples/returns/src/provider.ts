@@ -15,7 +15,7 @@
  */
 import Stripe from 'stripe';
 import type { ReconcileContext, RetryAfter } from 'reconciler';
-import { loadProviderConfig } from './config.js';
+import { DEFAULT_SEARCH_LAG_MS, loadProviderConfig } from './config.js';
 import { startDemoSimulator } from './demo-provider.js';
 
 export type EffectKind = 'charge' | 'refund';
@@ -214,7 +214,7 @@ export class StripePaymentProvider implements PaymentProvider {
   constructor(options: StripeProviderOptions) {
     this.#apiKey = options.apiKey;
     this.#timeoutMs = options.timeoutMs;
-    this.searchLagMs = options.searchLagMs ?? 60_000;
+    this.searchLagMs = options.searchLagMs ?? DEFAULT_SEARCH_LAG_MS;
     this.#stripe = new Stripe(options.apiKey, {
       ...stripeEndpoint(options.baseUrl),
       maxNetworkRetries: 0,

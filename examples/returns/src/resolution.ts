@@ -22,6 +22,7 @@
  */
 import { sql } from 'drizzle-orm';
 import { TerminalError, coerceError, errorSummary, queryRows, type Db, type ReconcileContext, type ReconcileResult } from 'reconciler';
+import type { SQL } from 'drizzle-orm';
 import { ProviderError, type Effect, type EffectRequest, type PaymentProvider } from './provider.js';
 import { crashPoint, idempotencyKeyOf, intentKeyOf, intentOf, loadReturn, past, recordOutcome, settleByHandAdvice, type Intent } from './service.js';
 import { money } from './settlement.js';
@@ -58,10 +59,24 @@ function spentKey(intent: Intent): { why: string; sinceSeconds: number } | undef
   return undefined;
 }
 
-/** The current key will never apply again (a replayed saved answer, or retired and past its last request): nothing sent with it can still move money. */
-export function keyCanNoLongerApply(intent: Intent): boolean {
+/**
+ * The spent rule again, in SQL over `payments`, for the writes that depend on it (a new key
+ * version, settled-by-hand): the row is checked as it is when written, not as an earlier read saw
+ * it, so an attempt that sent the key meanwhile (moving `last_sent_at`) makes the write match
+ * nothing. True when the current key was sent, can no longer apply, and has not for `lagMs`.
+ */
+export function keySpentForSql(lagMs: number): SQL {
+  const lag = sql`${lagMs}::int * interval '1 millisecond'`;
+  return sql`(first_sent_at IS NOT NULL AND NOT legacy_key AND CASE
+                WHEN replays > 0 THEN key_spent_at <= now() - ${lag}
+                ELSE first_sent_at <= now() - ${KEY_RETIRE_HOURS}::int * interval '1 hour'
+                 AND last_sent_at <= now() - ${STILL_IN_FLIGHT_SECONDS}::int * interval '1 second' - ${lag} END)`;
+}
+
+/** The current key was sent, will never apply again, and has not for `lagMs` (a search made now would show its effect): nothing sent with it can still move money. */
+export function keyCanNoLongerApply(intent: Intent, lagMs: number): boolean {
   const spent = spentKey(intent);
-  return intent.state === 'unknown' && spent !== undefined && spent.sinceSeconds >= 0;
+  return intent.hoursSinceFirstSend !== null && !intent.legacyKey && spent !== undefined && spent.sinceSeconds >= lagMs / 1_000;
 }
 
 function lookupDue(intent: Intent): boolean {
@@ -100,6 +115,11 @@ async function resolveByLookup(c: Completion & { client: PaymentProvider }): Pro
   const { ctx, client, intent, returnId, what } = c;
   const spent = spentKey(intent);
   const lookup = { kind: intent.kind, intentKey: intentKeyOf(c.publicId, intent.kind), ...(intent.chargeRef ? { charge: intent.chargeRef } : {}) };
+  if (intent.legacyKey) {
+    // Sent before the intent's metadata existed (migration 0004): no lookup can find its effect, so it is never re-keyed.
+    if (!spent) return 'send';
+    throw new TerminalError(parkedReason(c, spent.why, 'it was sent before settle-returns tagged its requests with metadata, so no lookup can find its effect'));
+  }
   let found: Effect[] | undefined;
   try {
     found = await client.find(lookup, ctx.signal);
@@ -114,6 +134,8 @@ async function resolveByLookup(c: Completion & { client: PaymentProvider }): Pro
     if (!spent) return 'send';
     throw new TerminalError(parkedReason(c, spent.why, 'the provider cannot answer lookups (it has no search API)'));
   }
+  // A declined charge can leave a failed charge object: no money moved. The same key, sent again, replays its decline.
+  found = found.filter((effect) => effect.status !== 'failed' && effect.status !== 'canceled');
   await noteLookup(ctx.db, intent, found.length === 0 ? 'nothing found' : `found ${found.map((e) => e.id).join(', ')}`);
   if (found.length > 1) {
     throw new TerminalError(
@@ -167,10 +189,10 @@ async function confirmAbsence(c: Completion & { client: PaymentProvider }, spent
               'key', idempotency_key, 'version', key_version, 'firstSentAt', first_sent_at, 'lastSentAt', last_sent_at, 'retiredAt', now(), 'why', ${why}::text)),
             idempotency_key = ${key}, key_version = ${version}, state = 'pending', first_sent_at = NULL, last_sent_at = NULL,
             unknown_since = NULL, replays = 0, key_spent_at = NULL, updated_at = now()
-        WHERE id = ${intent.id} AND idempotency_key = ${intent.idempotencyKey} AND state IN ('pending', 'unknown')
+        WHERE id = ${intent.id} AND idempotency_key = ${intent.idempotencyKey} AND state IN ('pending', 'unknown') AND ${keySpentForSql(lagSeconds * 1_000)}
         RETURNING id`,
   );
-  if (moved.length === 0) return 'send'; // another attempt moved it first: the reload sends the current key
+  if (moved.length === 0) return 'send'; // another attempt moved or sent it meanwhile: the reload sees which, and sends only a key that can apply
   ctx.log.warn({ event: 'returns:new-key', kind: intent.kind, idempotencyKey: key, previousKey: intent.idempotencyKey, why }, `the ${intent.kind} of ${what}: new key version ${version} (${key}), because ${why}`);
   return 'send';
 }
@@ -203,9 +225,11 @@ async function send(c: Completion & { client: PaymentProvider }): Promise<Reconc
         FROM returns r
         WHERE p.id = ${intent.id} AND r.id = p.return_id AND r.settled_at IS NULL AND p.state IN ('pending', 'unknown') AND p.resolved_at IS NULL
           AND p.idempotency_key = ${intent.idempotencyKey}
+          -- never a spent key: one the provider replayed a saved answer for, or one retired before the provider forgets it
+          AND p.replays = 0 AND (p.first_sent_at IS NULL OR p.first_sent_at > now() - ${KEY_RETIRE_HOURS}::int * interval '1 hour')
         RETURNING p.id`,
   );
-  if (sending.length === 0) return { outcome: 'unchanged', note: `return ${returnId} was settled, or its ${intent.kind} resolved or re-keyed, by someone else meanwhile: nothing sent` };
+  if (sending.length === 0) return { outcome: 'unchanged', note: `return ${returnId} was settled, or its ${intent.kind} resolved, re-keyed or spent, by someone else meanwhile: nothing sent` };
   const request: EffectRequest = {
     kind: intent.kind,
     idempotencyKey: intent.idempotencyKey,
@@ -237,11 +261,20 @@ async function send(c: Completion & { client: PaymentProvider }): Promise<Reconc
     );
   }
   const recorded = await recordOutcome(db, intent, returnId, { id: answer.id, amountMinor: answer.amountMinor, currency: answer.currency.toUpperCase(), knownBy: 'answer' });
+  if (!recorded) await refuseSecondEffect(db, intent, answer.id, what);
   ctx.log.info(
     { event: 'returns:effect', returnId, kind: intent.kind, amountMinor: intent.amountMinor, currency: intent.currency, providerRef: answer.id, idempotencyKey: intent.idempotencyKey, replayed: answer.replayed },
     `${past[intent.kind]} ${what}: ${answer.id}`,
   );
   return recorded ? { outcome: 'changed', note: `${past[intent.kind]} ${what}: ${answer.id}` } : 'unchanged';
+}
+
+/** The intent was recorded succeeded by another attempt: with another effect than `id`, that is a duplicate at the provider, for a person. */
+async function refuseSecondEffect(db: Db, intent: Intent, id: string, what: string): Promise<void> {
+  const [row] = await queryRows<{ provider_ref: string | null }>(db, sql`SELECT provider_ref FROM payments WHERE id = ${intent.id} AND state = 'succeeded'`);
+  if (row?.provider_ref && row.provider_ref !== id) {
+    throw new TerminalError(`duplicate at the provider: the ${intent.kind} of ${what} is recorded as ${row.provider_ref}, and the provider also applied ${id}: refund ${id} at the provider`);
+  }
 }
 
 /** Records what the provider said, then throws what the engine should do next. */

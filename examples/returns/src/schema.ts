@@ -4,7 +4,7 @@
  * left to the settle-returns reconciler. The payments ledger holds one intent per return.
  */
 import { sql } from 'drizzle-orm';
-import { check, index, integer, jsonb, pgTable, primaryKey, serial, text, timestamp, uniqueIndex, uuid } from 'drizzle-orm/pg-core';
+import { boolean, check, index, integer, jsonb, pgTable, primaryKey, serial, text, timestamp, uniqueIndex, uuid } from 'drizzle-orm/pg-core';
 
 const ts = (name: string) => timestamp(name, { withTimezone: true, mode: 'date' });
 
@@ -123,6 +123,8 @@ export const payments = pgTable(
     keyVersion: integer('key_version').notNull().default(1),
     /** The keys this intent sent before its current one: `[{ key, firstSentAt, lastSentAt, retiredAt, why }]`. */
     keyHistory: jsonb('key_history').notNull().default(sql`'[]'::jsonb`),
+    /** Sent before migration 0004, without the metadata a lookup searches for: never re-keyed, and parked once spent. */
+    legacyKey: boolean('legacy_key').notNull().default(false),
     /** pending → succeeded | declined | unknown (unknown → succeeded | declined on a later attempt) */
     state: text('state').notNull().default('pending'),
     providerRef: text('provider_ref'),

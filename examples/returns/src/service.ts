@@ -85,6 +85,9 @@ export interface ReturnState {
   provider_ref: string | null;
   last_error: string | null;
   replays: number | null;
+  legacy_key: boolean | null;
+  /** Another return of the Fix whose intent is not final yet (pending, unknown, or declined and not resolved): this one's decision waits for it. */
+  waiting_for: string | null;
   hours_since_first_send: number | null;
   seconds_since_last_send: number | null;
   seconds_unknown: number | null;
@@ -114,6 +117,8 @@ export interface Intent {
   secondsUnknown: number | null;
   /** How many times in a row the provider replayed a saved error for the current key. */
   replays: number;
+  /** Sent before migration 0004, without the metadata a lookup searches for. */
+  legacyKey: boolean;
   /** Seconds since the current key could no longer apply; null while it still can. */
   secondsSinceSpent: number | null;
 }
@@ -130,9 +135,13 @@ export async function loadReturn(db: Db, returnId: number): Promise<ReturnState 
                        ORDER BY fi.id)
                   FROM fix_items fi WHERE fi.fix_id = f.id) AS items,
                (SELECT coalesce(sum(CASE op.kind WHEN 'charge' THEN op.amount_minor ELSE -op.amount_minor END), 0)::int
-                  FROM payments op JOIN returns o ON o.id = op.return_id WHERE o.fix_id = f.id AND o.id <> r.id) AS moved_minor,
+                  FROM payments op JOIN returns o ON o.id = op.return_id
+                 WHERE o.fix_id = f.id AND o.id <> r.id AND (op.state = 'succeeded' OR op.resolved_at IS NOT NULL)) AS moved_minor,
+               (SELECT string_agg(format('return %s (its %s, %s)', o.id, op.kind, op.state), ', ')
+                  FROM payments op JOIN returns o ON o.id = op.return_id
+                 WHERE o.fix_id = f.id AND o.id <> r.id AND op.resolved_at IS NULL AND op.state IN ('pending', 'unknown', 'declined')) AS waiting_for,
                p.id AS payment_id, p.kind, p.amount_minor, p.currency AS payment_currency, p.charge_ref, p.idempotency_key, p.key_version, p.state,
-               p.customer_ref AS intent_customer_ref, p.payment_method AS intent_payment_method, p.provider_ref, p.last_error, p.replays,
+               p.customer_ref AS intent_customer_ref, p.payment_method AS intent_payment_method, p.provider_ref, p.last_error, p.replays, p.legacy_key,
                extract(epoch FROM now() - p.first_sent_at)::float8 / 3600 AS hours_since_first_send,
                extract(epoch FROM now() - p.last_sent_at)::float8 AS seconds_since_last_send,
                extract(epoch FROM now() - p.unknown_since)::float8 AS seconds_unknown,
@@ -165,6 +174,7 @@ export function intentOf(row: ReturnState): Intent | undefined {
     secondsSinceLastSend: numberOrNull(row.seconds_since_last_send),
     secondsUnknown: numberOrNull(row.seconds_unknown),
     replays: Number(row.replays ?? 0),
+    legacyKey: row.legacy_key === true,
     secondsSinceSpent: numberOrNull(row.seconds_since_spent),
   };
 }
@@ -198,6 +208,8 @@ export async function decideAndRecord(db: Db, returnId: number): Promise<Intent 
     if (!row || row.settled) return 'settled';
     const existing = intentOf(row);
     if (existing) return existing;
+    // What the Fix's other returns moved counts once it is final: until then, this decision would rest on money that may not move.
+    if (row.waiting_for !== null) throw new Error(`return ${returnId} waits for the other returns of its Fix ${row.fix_id} to be settled first: ${row.waiting_for}`);
     const decision = settlementOf(row);
     if (decision.kind === 'none') {
       await queryRows(t, sql`UPDATE returns SET settled_at = now(), settlement = 'none' WHERE id = ${returnId} AND settled_at IS NULL`);
