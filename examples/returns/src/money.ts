@@ -16,7 +16,8 @@ const NOT_TWO: Readonly<Record<string, number>> = {
 };
 
 let codes: Set<string> | undefined;
-const known = () => (codes ??= new Set(Intl.supportedValuesOf('currency')));
+/** ISO 4217's codes: those the runtime knows, and the fund codes it leaves out (CLF, UYI, UYW). */
+const known = () => (codes ??= new Set([...Intl.supportedValuesOf('currency'), ...Object.keys(NOT_TWO)]));
 
 /** The ISO 4217 exponent of `currency` (`USD` → 2, `JPY` → 0, `KWD` → 3); throws for a code that is not a currency. */
 export function minorUnitExponent(currency: string): number {
