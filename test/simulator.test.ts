@@ -7,7 +7,7 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import pg from 'pg';
 import { NO_FAULTS, type SimulatorStats } from '../examples/returns/src/simulator/server.js';
 import { StripePaymentProvider } from '../examples/returns/src/provider.js';
@@ -322,7 +322,13 @@ describe('stats', () => {
 
 describe('`npm run provider`', () => {
   const main = ['--import', './bin/register.js', 'examples/returns/src/simulator/main.ts'];
-  const run = (args: string[], env: Record<string, string> = {}) => spawnSync(process.execPath, [...main, ...args], { cwd: REPO_ROOT, env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env }, encoding: 'utf8', timeout: 30_000 });
+  // Asynchronous, not spawnSync: a blocked event loop outlives the simulator's keep-alive, and the next call meets a closed socket.
+  const run = (args: string[], env: Record<string, string> = {}) =>
+    new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      execFile(process.execPath, [...main, ...args], { cwd: REPO_ROOT, env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env }, encoding: 'utf8', timeout: 30_000 }, (error, _stdout, stderr) =>
+        resolve({ status: error ? (typeof error.code === 'number' ? error.code : null) : 0, stderr }),
+      );
+    });
 
   it('takes the new fault knobs from its flags', async () => {
     const other = await startProvider(['--saved-error-rate', '0.25', '--saved-error-applied-share', '0.75', '--search-lag', '1500', '--key-lifetime-hours', '2']);
@@ -333,7 +339,7 @@ describe('`npm run provider`', () => {
     }
   });
 
-  it('refuses a bad flag or variable with one line, exit 2', () => {
+  it('refuses a bad flag or variable with one line, exit 2', async () => {
     for (const [args, env, says] of [
       [['--saved-error-rate', '2'], {}, /--saved-error-rate/],
       [['--search-lag', 'soon'], {}, /--search-lag/],
@@ -341,7 +347,7 @@ describe('`npm run provider`', () => {
       [[], { PROVIDER_SAVED_ERROR_APPLIED_SHARE: 'half' }, /invalid PROVIDER_SAVED_ERROR_APPLIED_SHARE/],
       [[], { PROVIDER_SEARCH_LAG: '1m' }, /invalid PROVIDER_SEARCH_LAG/],
     ] as const) {
-      const result = run([...args], env);
+      const result = await run([...args], env);
       expect(result.status, result.stderr).toBe(2);
       expect(result.stderr.trim().split('\n'), result.stderr).toHaveLength(1);
       expect(result.stderr).toMatch(says);
