@@ -8,6 +8,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
 import { execFile } from 'node:child_process';
+import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import pg from 'pg';
 import { NO_FAULTS, type SimulatorStats } from '../examples/returns/src/simulator/server.js';
 import { StripePaymentProvider } from '../examples/returns/src/provider.js';
@@ -104,6 +105,18 @@ describe("Stripe's wire format", () => {
     const fetched = await call('GET', `/v1/charges/${first.body.id}`);
     expect(fetched.status).toBe(200);
     expect(fetched.body).toEqual(first.body);
+  });
+
+  it('keeps an idle connection open for 10 minutes, and says so, so that a busy client never reuses one the server has closed', async () => {
+    const keepAlive = await new Promise<string | undefined>((resolve, reject) => {
+      const request = httpRequest(`${provider.url}/healthz`, { agent: new HttpAgent({ keepAlive: true }) }, (response) => {
+        response.resume();
+        resolve(String(response.headers['keep-alive']));
+      });
+      request.on('error', reject).end();
+    });
+    // Node's agent closes an idle socket a second before the announced timeout; Node's default is 5 s.
+    expect(keepAlive).toBe('timeout=600');
   });
 
   it("answers errors in Stripe's shape: a missing parameter, an unknown object, an unknown route, a wrong key (never echoed)", async () => {

@@ -12,7 +12,7 @@ import { sql } from 'drizzle-orm';
 import { queryRows, type Db } from 'reconciler';
 import { decideSettlement, money } from './settlement.js';
 import { minorPerMajor } from './money.js';
-import type { PaymentProvider } from './provider.js';
+import { ProviderError, type EffectRequest, type EffectResult, type PaymentProvider } from './provider.js';
 import { dice } from './dice.js';
 
 export interface SeedCounts {
@@ -82,24 +82,40 @@ export async function chargeAtCheckout(db: Db, provider: PaymentProvider, fixIds
   const worker = async () => {
     for (let fix = fixes[next++]; fix; fix = fixes[next++]) {
       const intentKey = `fix:${fix.public_id}:checkout`;
-      const charged = await provider.charge(
-        {
-          kind: 'charge',
-          idempotencyKey: `${intentKey}:v1`,
-          intentKey,
-          amountMinor: Number(fix.prepaid_minor),
-          currency: fix.currency,
-          customer: fix.customer_ref,
-          paymentMethod: fix.payment_method,
-          metadata: { fix_id: String(fix.id), fix_public_id: fix.public_id },
-        },
-        AbortSignal.timeout(30_000),
-      );
+      const charged = await chargeRetrying(provider, {
+        kind: 'charge',
+        idempotencyKey: `${intentKey}:v1`,
+        intentKey,
+        amountMinor: Number(fix.prepaid_minor),
+        currency: fix.currency,
+        customer: fix.customer_ref,
+        paymentMethod: fix.payment_method,
+        metadata: { fix_id: String(fix.id), fix_public_id: fix.public_id },
+      });
       await queryRows(db, sql`UPDATE fixes SET checkout_charge_ref = ${charged.id} WHERE id = ${fix.id}`);
     }
   };
   await Promise.all(Array.from({ length: Math.min(CHECKOUT_CONCURRENCY, fixes.length) }, worker));
   return fixes.length;
+}
+
+/** Tries of one checkout charge whose outcome stays unknown (a dropped connection, a 500, a rate limit). */
+const CHECKOUT_TRIES = 8;
+
+/**
+ * One checkout charge, retried as a shop retries it: with the same idempotency key, so that a
+ * charge whose answer was lost is answered again instead of made twice. A decline, or an unknown
+ * outcome after CHECKOUT_TRIES, is thrown.
+ */
+async function chargeRetrying(provider: PaymentProvider, request: EffectRequest): Promise<EffectResult> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await provider.charge(request, AbortSignal.timeout(30_000));
+    } catch (error) {
+      if (!(error instanceof ProviderError) || error.failure !== 'retryable' || attempt >= CHECKOUT_TRIES) throw error;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(2_000, 100 * 2 ** attempt)));
+    }
+  }
 }
 
 interface ShippedFix {

@@ -66,6 +66,8 @@ export const DECLINED_TOKEN = 'tok_chargeDeclined';
 /** Charges with this payment method (or `tok_refundFail`) succeed; every refund of them is declined, as Stripe's test card of that name fails refunds. */
 export const REFUND_FAILS_PAYMENT_METHOD = 'pm_card_refundFail';
 
+/** How long an idle keep-alive connection stays open (see the server's `keepAliveTimeout`). */
+const IDLE_CONNECTION_MS = 10 * 60_000;
 const DECLINED_SOURCES = new Set([DECLINED_PAYMENT_METHOD, DECLINED_TOKEN]);
 const REFUND_FAILS_SOURCES = new Set([REFUND_FAILS_PAYMENT_METHOD, 'tok_refundFail']);
 
@@ -737,6 +739,10 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
     return offsetMs / 1_000;
   };
 
+  // Idle connections stay open as long as a provider's edge keeps them. With Node's default of 5 s, the server closed
+  // idle keep-alive sockets just as a busy client reused them: a reset that no fault setting asked for, which makes a
+  // charge's outcome unknown. Dropped connections are the `timeoutRate` fault's to make.
+  server.keepAliveTimeout = IDLE_CONNECTION_MS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port ?? 0, options.host ?? '127.0.0.1', resolve);
