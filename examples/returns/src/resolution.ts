@@ -87,24 +87,20 @@ function lookupDue(intent: Intent): boolean {
 /** Sends the intent, or first resolves its unknown outcome by a lookup (see the rules above). */
 export async function completeIntent(c: Completion): Promise<ReconcileResult> {
   const { ctx, client, intent, returnId, what } = c;
+  let current = intent;
   if (lookupDue(intent)) {
     if (!client) return { outcome: 'changed', note: `would look the ${intent.kind} of ${what} up at the provider (its outcome is unknown) before sending anything` };
     const resolved = await resolveByLookup({ ...c, client });
     if (resolved !== 'send') return resolved;
+    // The lookup may have moved the intent to a new key version (here, or in another attempt): send what it is now.
+    const reloaded = await loadReturn(ctx.db, returnId);
+    current = (reloaded && intentOf(reloaded)) ?? intent;
   }
   if (!client) return { outcome: 'changed', note: `would ${intent.state === 'unknown' ? 'retry' : 'send'} the ${intent.kind} of ${what}` };
-  const current = (await reloadIntent(ctx.db, intent)) ?? intent;
   const spent = spentKey(current);
   // Spent and not replaced (another attempt is resolving it): never send it again.
   if (spent) throw new Error(`not sent: the ${current.kind} of ${what}: ${spent.why}; a lookup resolves it`);
   return send({ ...c, client, intent: current });
-}
-
-/** The intent as it is now (a new key version may have replaced it). */
-async function reloadIntent(db: Db, intent: Intent): Promise<Intent | undefined> {
-  const [row] = await queryRows<{ return_id: number }>(db, sql`SELECT return_id FROM payments WHERE id = ${intent.id}`);
-  const loaded = row && (await loadReturn(db, Number(row.return_id)));
-  return loaded ? intentOf(loaded) : undefined;
 }
 
 /**
