@@ -8,7 +8,10 @@ import type { PassSignals } from './pass.js';
 import type { Slots } from './slots.js';
 
 export class Admission {
-  readonly #running = new Set<Promise<void>>();
+  /** Items (or batches) in flight. */
+  #inFlight = 0;
+  /** The pass's one wait at a time (for room, or for the end of what is in flight), woken as each settles. */
+  #wake: (() => void) | undefined;
   /** The keys of the items in flight. */
   readonly keys = new Set<string>();
   readonly #started = performance.now();
@@ -47,18 +50,36 @@ export class Admission {
     return this.#mustStop() || this.#overBudget();
   }
 
+  /** `items` may not start: the pass must stop, or (for items not yet counted) it is over budget. */
+  #refused(items: number): boolean {
+    return items > 0 ? this.closed() : this.#mustStop();
+  }
+
+  /**
+   * Admits at once when there is room: true (admitted, its slot taken), false (the pass must
+   * stop), or undefined (no room now: `admit` waits for it). The common case costs no promise.
+   */
+  tryAdmit(items = 1): boolean | undefined {
+    if (this.#inFlight >= this.reconciler.concurrency) return undefined;
+    if (this.#refused(items)) return false;
+    if (this.slots && !this.slots.tryTake()) return undefined;
+    this.#taken += items;
+    return true;
+  }
+
   /**
    * Waits for room (this pass's concurrency, then a slot shared with the other partitions'
    * passes, but not past a stop) and looks again after each wait; false when the pass must
    * stop. `items` counts toward the budget (a batch's, taken one by one before, does not).
    */
   async admit(items = 1): Promise<boolean> {
-    while (this.#running.size >= this.reconciler.concurrency) await Promise.race(this.#running);
-    const refused = () => (items > 0 ? this.closed() : this.#mustStop());
-    if (refused()) return false;
+    const now = this.tryAdmit(items);
+    if (now !== undefined) return now;
+    while (this.#inFlight >= this.reconciler.concurrency) await new Promise<void>((resolve) => (this.#wake = resolve));
+    if (this.#refused(items)) return false;
     if (this.slots) {
       const took = await this.slots.take(this.#stopped);
-      if (!took || refused()) {
+      if (!took || this.#refused(items)) {
         if (took) this.slots.give();
         return false;
       }
@@ -73,15 +94,33 @@ export class Admission {
     this.keys.add(key);
   }
 
-  /** Runs admitted work (an item, or a batch); its slot and keys are given back when it settles. */
-  start(keys: readonly string[], work: () => Promise<void>): void {
-    for (const key of keys) this.keys.add(key);
-    const running = work().finally(() => {
-      this.slots?.give();
-      this.#running.delete(running);
-      for (const key of keys) this.keys.delete(key);
-    });
-    this.#running.add(running);
+  /** Runs admitted work for one item; its slot and key are given back when it settles (it reports its own failures, and never rejects). */
+  startItem(key: string, work: Promise<void>): void {
+    this.keys.add(key);
+    this.#inFlight++;
+    const settled = () => {
+      this.keys.delete(key);
+      this.#settled();
+    };
+    void work.then(settled, settled);
+  }
+
+  /** Runs an admitted batch; its slot and keys (gathered already) are given back when it settles. */
+  startBatch(keys: readonly string[], work: Promise<void>): void {
+    this.#inFlight++;
+    const settled = () => {
+      this.release(keys);
+      this.#settled();
+    };
+    void work.then(settled, settled);
+  }
+
+  #settled(): void {
+    this.slots?.give();
+    this.#inFlight--;
+    const wake = this.#wake;
+    this.#wake = undefined;
+    wake?.();
   }
 
   /** Gathered keys that will not run after all (the pass stopped before their batch was admitted). */
@@ -90,7 +129,6 @@ export class Admission {
   }
 
   async drain(): Promise<void> {
-    await Promise.all(this.#running);
+    while (this.#inFlight > 0) await new Promise<void>((resolve) => (this.#wake = resolve));
   }
 }
-

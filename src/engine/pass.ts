@@ -87,7 +87,7 @@ class Batches {
       return false;
     }
     for (let i = 0; i < members.length; i++) this.tally.admitted();
-    this.admission.start(keys, () => reconcileBatch(this.scope, members).then((reports) => reports.forEach(({ key, report }) => this.tally.settled(key, report))));
+    this.admission.startBatch(keys, reconcileBatch(this.scope, members).then((reports) => reports.forEach(({ key, report }) => this.tally.settled(key, report))));
     return true;
   }
 }
@@ -110,35 +110,38 @@ export async function executePass(reconciler: Reconciler, options: PassOptions, 
   let error: string | null = null;
   const batches = new Batches(scope, admission, tally);
   try {
-    for await (const candidate of scan.candidates) {
-      if (candidate.kind === 'unusable' || candidate.kind === 'busy' || candidate.kind === 'duplicate') {
-        tally.classified(candidate.kind);
-        continue;
-      }
-      if (admission.closed()) {
-        stoppedEarly = true;
-        break;
-      }
-      tally.noteSince(candidate.item);
-      if (candidate.kind === 'due' && reconciler.reconcileBatch) {
-        if (!(await batches.gather(candidate))) {
-          stoppedEarly = true;
-          break;
+    scanning: for await (const page of scan.candidates) {
+      for (const candidate of page) {
+        if (candidate.kind === 'unusable' || candidate.kind === 'busy' || candidate.kind === 'duplicate') {
+          tally.classified(candidate.kind);
+          continue;
         }
-      } else if (candidate.kind === 'due') {
-        if (!(await admission.admit())) {
+        if (admission.closed()) {
           stoppedEarly = true;
-          break;
+          break scanning;
         }
-        tally.admitted();
-        const { key, memory } = candidate;
-        admission.start([key], () => reconcileItem(scope, candidate.item, key, memory).then((report) => tally.settled(key, report)));
-      } else {
-        tally.classified(candidate.kind);
-        if (candidate.kind === 'backoff') tally.noteRetry(candidate.memory.nextAttemptAt);
-        events.emit('item:deferred', { reconciler: reconciler.name, key: candidate.key, reason: candidate.kind, nextAttemptAt: candidate.memory.nextAttemptAt });
+        tally.noteSince(candidate.item);
+        if (candidate.kind === 'due' && reconciler.reconcileBatch) {
+          if (!(await batches.gather(candidate))) {
+            stoppedEarly = true;
+            break scanning;
+          }
+        } else if (candidate.kind === 'due') {
+          // Admitted at once when there is room (no promise per item); else wait for room.
+          if (!(admission.tryAdmit() ?? (await admission.admit()))) {
+            stoppedEarly = true;
+            break scanning;
+          }
+          tally.admitted();
+          const { key } = candidate;
+          admission.startItem(key, reconcileItem(scope, candidate.item, key, candidate.memory).then((report) => tally.settled(key, report)));
+        } else {
+          tally.classified(candidate.kind);
+          if (candidate.kind === 'backoff') tally.noteRetry(candidate.memory.nextAttemptAt);
+          events.emit('item:deferred', { reconciler: reconciler.name, key: candidate.key, reason: candidate.kind, nextAttemptAt: candidate.memory.nextAttemptAt });
+        }
+        keyFound = onlyKey !== undefined; // with `--key` the candidates end after that key's
       }
-      keyFound = onlyKey !== undefined; // with `--key` the candidates end after that key's
     }
   } catch (thrown) {
     stoppedEarly = true;
