@@ -10,7 +10,11 @@ import { TerminalError } from '../src/errors.js';
 import { defineReconciler, type BatchContext, type BatchOutcomes, type Db, type ReconcilerDefinition } from '../src/reconciler.js';
 import type { PassResult } from '../src/engine/result.js';
 import type { Engine, PassAttempt } from '../src/engine/engine.js';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { useTestDatabase } from './helpers/db.js';
+import { API, REPO_ROOT, jobsDir } from '../testkit/jobs.js';
+import { runCli } from './helpers/processes.js';
 import { deferred, engine, reconciler } from './helpers/engine.js';
 
 const t = useTestDatabase({ resetEngineTables: true });
@@ -207,6 +211,30 @@ describe('reconcileBatch', () => {
     const result = await pass(e, 'budget');
     expect(calls).toEqual([10, 5]);
     expect(result).toMatchObject({ complete: false, counts: { changed: 15 } });
+  });
+});
+
+describe("the docs' set-based example (writing-reconcilers.md), as a job file, from the CLI", () => {
+  it('shows a line per session under --dry-run, changing nothing, then expires exactly the stale sessions', async () => {
+    const docs = readFileSync(join(REPO_ROOT, 'docs', 'writing-reconcilers.md'), 'utf8');
+    const source = /## Set-based reconcilers[\s\S]*?```ts\n([\s\S]*?)```/.exec(docs)![1]!.replace("from 'reconciler'", `from ${JSON.stringify(API)}`);
+    await t.rows(sql`DROP TABLE IF EXISTS sessions`);
+    await t.rows(sql`CREATE TABLE sessions (id bigserial PRIMARY KEY, last_seen_at timestamptz NOT NULL, expired_at timestamptz)`);
+    await t.rows(sql`INSERT INTO sessions (last_seen_at) SELECT now() - CASE WHEN n % 3 = 0 THEN interval '1 day' ELSE interval '40 days' END FROM generate_series(1, 6) n`);
+    const jobs = jobsDir({ 'expire-sessions.ts': source });
+    try {
+      const env = { DATABASE_URL: t.url, JOBS_DIR: jobs.dir };
+      const dry = await runCli(['run', 'expire-sessions', '--dry-run'], env);
+      expect(dry.code, dry.stderr).toBe(0);
+      expect(dry.stdout.split('\n').filter((line) => line.startsWith('would'))).toEqual([1, 2, 4, 5].map((n) => `would be changed    session:${n}  would expire session ${n}`));
+      expect(await t.rows(sql`SELECT id FROM sessions WHERE expired_at IS NOT NULL`)).toEqual([]);
+      const run = await runCli(['run', 'expire-sessions'], env);
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stdout).toMatch(/expire-sessions: pass \d+ succeeded in .+: 4 found, 4 changed, 0 unchanged/);
+      expect((await t.rows<{ id: string }>(sql`SELECT id FROM sessions WHERE expired_at IS NOT NULL ORDER BY id`)).map((r) => Number(r.id))).toEqual([1, 2, 4, 5]);
+    } finally {
+      jobs.cleanup();
+    }
   });
 });
 
