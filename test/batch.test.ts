@@ -182,6 +182,30 @@ describe('reconcileBatch', () => {
     expect((await failures()).map((f) => f.last_error)).toEqual(Array(8).fill('timed out after 150ms'));
   });
 
+  it('on shutdown, lets a batch finish within SHUTDOWN_TIMEOUT, then aborts it: its items spend no attempt', async () => {
+    await addItems(30);
+    const started = deferred();
+    const e = engine(t.db, [batchJob('stopping', {
+      batchSize: 10,
+      concurrency: 2,
+      reconcileBatch: async (rows, ctx) => {
+        if (rows[0]!.id > 10) {
+          started.resolve();
+          await new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason)));
+        }
+        return closeAll(rows, ctx);
+      },
+    })]);
+    const running = e.requestPass('stopping', { trigger: 'manual' });
+    await started.promise;
+    await e.stop(300);
+    const outcome = await running;
+    expect(outcome).toMatchObject({ ran: true, result: { status: 'aborted', complete: false, counts: { changed: 10, failed: 0 } } });
+    expect(outcome.ran && outcome.result.error).toMatch(/1\d item\(s\) aborted in flight, no attempt spent/);
+    expect(await failures()).toEqual([]);
+    expect((await pending()).length).toBe(20);
+  });
+
   it('under dry run changes nothing, records nothing, and passes dryRun', async () => {
     await addItems(3, [2]);
     const notes: (string | undefined)[] = [];
