@@ -97,7 +97,7 @@ describe('an installation from before engine schemas', () => {
     // The example continues from its journal (drizzle's default): nothing of it runs again.
     await migrateReturns(t.database);
     const [journal] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations`);
-    expect(journal!.n).toBe(6); // the old installation's entries, then the example's newer ones (0002 partition index, 0003 settled by hand, 0004 lookups)
+    expect(journal!.n).toBe(7); // the old installation's entries, then the example's newer ones (0002 partition index, 0003 settled by hand, 0004 lookups, 0005 closed Fixes)
     const listed = await runCli(['list', '--json'], { DATABASE_URL: t.url, JOBS_DIR: `${REPO_ROOT}/jobs` });
     expect(listed.code, listed.stderr).toBe(0);
     const [settle] = (JSON.parse(listed.stdout) as { reconcilers: { name: string; scan: { access: string; indexes: string[] } }[] }).reconcilers;
