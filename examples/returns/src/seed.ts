@@ -46,7 +46,8 @@ const BATCH = 2_000;
 const NAMES = ['Ada Lovelace', 'Grace Hopper', 'Alan Turing', 'Katherine Johnson', 'Edsger Dijkstra', 'Barbara Liskov', 'Donald Knuth', 'Frances Allen'];
 const GOODS = ['linen shirt', 'denim jacket', 'wool sweater', 'chinos', 'sneakers', 'silk scarf', 'midi dress', 'leather belt'];
 
-const array = (values: readonly (string | number)[], type: 'int[]' | 'text[]') => sql`${`{${values.map((v) => (typeof v === 'number' ? v : `"${v}"`)).join(',')}}`}::${sql.raw(type)}`;
+/** A SQL array of `values` (one parameter, as a literal: drizzle would spread a JS array into a list). */
+export const array = (values: readonly (string | number)[], type: 'int[]' | 'text[]') => sql`${`{${values.map((v) => (typeof v === 'number' ? v : `"${v}"`)).join(',')}}`}::${sql.raw(type)}`;
 
 /** Adds `count` returns (with their customers, Fixes and items); returns what settling them will take. */
 export async function seedReturns(db: Db, count: number, seed = 1, options: SeedOptions = {}): Promise<SeedCounts> {
