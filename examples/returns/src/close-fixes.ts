@@ -34,12 +34,18 @@ export interface FixToClose {
 /** close-fixes' key, `fix:<id>`. */
 export const fixKey = (id: number): string => `fix:${id}`;
 
-/** The condition, on `fixes f`, of a Fix ready to close (see the module's comment). */
+/**
+ * The condition, on `fixes f`, of a Fix ready to close (see the module's comment): every return
+ * settled, or with no return (bool_and of no rows is null) prepaid in full. It is one lookup of
+ * the Fix's own returns through returns_by_fix, evaluated per Fix: a NOT EXISTS here would be
+ * planned as an anti join that walks returns_by_fix from the first Fix at every page, and an
+ * EXISTS inside an OR as a hashed subplan that reads every return there is.
+ */
 const readyToClose = sql`f.closed_at IS NULL
   AND f.shipped_at <= now() - ${returnWindow}
-  AND NOT EXISTS (SELECT 1 FROM returns r WHERE r.fix_id = f.id AND r.settled_at IS NULL)
-  AND (EXISTS (SELECT 1 FROM returns r WHERE r.fix_id = f.id)
-       OR f.prepaid_minor = f.styling_fee_minor + (SELECT coalesce(sum(fi.price_minor), 0) FROM fix_items fi WHERE fi.fix_id = f.id))`;
+  AND (SELECT coalesce(bool_and(r.settled_at IS NOT NULL),
+                       f.prepaid_minor = f.styling_fee_minor + (SELECT coalesce(sum(fi.price_minor), 0) FROM fix_items fi WHERE fi.fix_id = f.id))
+       FROM returns r WHERE r.fix_id = f.id)`;
 
 /** Fixes ready to close, in keyset pages by id, through the partial index `fixes_open` (open Fixes only). */
 export async function findFixesToClose(db: Db, afterId: number, limit: number): Promise<FixToClose[]> {
