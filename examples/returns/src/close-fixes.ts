@@ -107,7 +107,8 @@ function outcomeOf(row: BatchRow, dryRun: boolean): ReconcileResult {
   if (row.acted) {
     const returns = Number(row.returns);
     const why = returns === 0 ? 'no returns, prepaid in full (the customer kept everything)' : `${plural(returns, 'return')}, all settled`;
-    return { outcome: 'changed', note: `${dryRun ? 'would close' : 'closed'} ${fix}: ${why}; its return window ended ${plural(Number(row.days_since_window), 'day')} ago` };
+    const days = Number(row.days_since_window);
+    return { outcome: 'changed', note: `${dryRun ? 'would close' : 'closed'} ${fix}: ${why}; its return window ended ${days === 0 ? 'today' : `${plural(days, 'day')} ago`}` };
   }
   if (!row.exists) return { outcome: 'unchanged', note: `${fix} no longer exists: nothing to close` };
   if (row.closed_at !== null) return { outcome: 'unchanged', note: `${fix} was closed already (at ${row.closed_at})` };
