@@ -7,7 +7,7 @@
  *
  * Ready to close (`readyToClose`, the one definition the scan and the close share):
  * - open (`closed_at IS NULL`);
- * - its return window is over: shipped at least RETURN_WINDOW ago, so nothing more comes back;
+ * - its return window is over: shipped at least RETURN_WINDOW_DAYS ago, so nothing more comes back;
  * - no return of it is still to settle (settle-returns, or a person with settled-by-hand, settled each);
  * - it came back at least once (the warehouse records a return, with no items when the customer
  *   kept everything, and settle-returns charges what is owed), or, with no return at all, the
