@@ -15,9 +15,8 @@
  *   stays open: closing it would hide that money (no reconciler here collects it).
  */
 import { sql } from 'drizzle-orm';
-import { queryRows, type Db, type ReconcileResult } from 'reconciler';
+import { queryRows, sqlArray, type Db, type ReconcileResult } from 'reconciler';
 import { money } from './settlement.js';
-import { array } from './seed.js';
 import { explainMissingTables } from './service.js';
 
 /** How long after shipping a customer may still send items back. */
@@ -79,7 +78,7 @@ interface BatchRow {
  * scan), each with a note that says why.
  */
 export async function closeFixes(db: Db, fixIds: readonly number[], dryRun: boolean): Promise<Map<string, ReconcileResult>> {
-  const ids = array(fixIds, 'int[]');
+  const ids = sqlArray(fixIds, 'int');
   const act = dryRun
     ? sql`SELECT f.id FROM fixes f WHERE f.id = ANY(${ids}) AND ${readyToClose}`
     : sql`UPDATE fixes f SET closed_at = now() WHERE f.id = ANY(${ids}) AND ${readyToClose} RETURNING f.id`;
