@@ -97,10 +97,10 @@ describe('an installation from before engine schemas', () => {
     // The example continues from its journal (drizzle's default): nothing of it runs again.
     await migrateReturns(t.database);
     const [journal] = await t.rows<{ n: number }>(sql`SELECT count(*)::int AS n FROM drizzle.__drizzle_migrations`);
-    expect(journal!.n).toBe(6); // the old installation's entries, then the example's newer ones (0002 partition index, 0003 settled by hand, 0004 lookups)
+    expect(journal!.n).toBe(7); // the old installation's entries, then the example's newer ones (0002 partition index, 0003 settled by hand, 0004 lookups, 0005 closed Fixes)
     const listed = await runCli(['list', '--json'], { DATABASE_URL: t.url, JOBS_DIR: `${REPO_ROOT}/jobs` });
     expect(listed.code, listed.stderr).toBe(0);
-    const [settle] = (JSON.parse(listed.stdout) as { reconcilers: { name: string; scan: { access: string; indexes: string[] } }[] }).reconcilers;
+    const settle = (JSON.parse(listed.stdout) as { reconcilers: { name: string; scan: { access: string; indexes: string[] } }[] }).reconcilers.find((r) => r.name === 'settle-returns');
     expect(settle).toMatchObject({ name: 'settle-returns', scan: { access: 'index', indexes: ['returns_unsettled_by_partition'] } });
 
     const again = await runCli(['migrate'], { DATABASE_URL: t.url });
@@ -146,7 +146,8 @@ describe('an installation from before partitions', () => {
       await migrateReturns(old.database); // the example's partition index, on the engine's function
       const listed = await runCli(['list', '--json'], { DATABASE_URL: old.url, JOBS_DIR: `${REPO_ROOT}/jobs` });
       expect(listed.code, listed.stderr).toBe(0);
-      expect((JSON.parse(listed.stdout) as { reconcilers: { scan: { indexes: string[] } }[] }).reconcilers[0]!.scan.indexes).toEqual(['returns_unsettled_by_partition']);
+      const settle = (JSON.parse(listed.stdout) as { reconcilers: { name: string; scan: { indexes: string[] } }[] }).reconcilers.find((r) => r.name === 'settle-returns');
+      expect(settle?.scan.indexes).toEqual(['returns_unsettled_by_partition']);
       const dryRun = await runCli(['run', 'settle-returns', '--dry-run'], { DATABASE_URL: old.url, JOBS_DIR: `${REPO_ROOT}/jobs` });
       expect(dryRun.code, dryRun.stderr).toBe(0);
       expect(dryRun.stdout).toMatch(/would (charge|refund|settle)/);

@@ -36,8 +36,15 @@ export const fixes = pgTable(
     /** The provider's id of the checkout charge (`ch_…`) that took `prepaid_minor`; null when nothing was prepaid. */
     checkoutChargeRef: text('checkout_charge_ref'),
     shippedAt: ts('shipped_at').notNull().default(sql`now()`),
+    /** When close-fixes closed it: every return settled, and nothing more can come back (../src/close-fixes.ts). Null while open. */
+    closedAt: ts('closed_at'),
   },
-  (t) => [check('fixes_amounts_not_negative', sql`${t.stylingFeeMinor} >= 0 AND ${t.prepaidMinor} >= 0`), uniqueIndex('fixes_public_id').on(t.publicId)],
+  (t) => [
+    check('fixes_amounts_not_negative', sql`${t.stylingFeeMinor} >= 0 AND ${t.prepaidMinor} >= 0`),
+    uniqueIndex('fixes_public_id').on(t.publicId),
+    // close-fixes' scan: the open Fixes only, by id, so that a pass costs O(open Fixes), however many are closed.
+    index('fixes_open').on(t.id).where(sql`${t.closedAt} IS NULL`),
+  ],
 );
 
 export const fixItems = pgTable(

@@ -9,7 +9,7 @@
  * the Fix (`checkout_charge_ref`), the original payment that the Fix's refunds are made against.
  */
 import { sql } from 'drizzle-orm';
-import { queryRows, type Db } from 'reconciler';
+import { queryRows, sqlArray, type Db } from 'reconciler';
 import { decideSettlement, money } from './settlement.js';
 import { minorPerMajor } from './money.js';
 import { ProviderError, type EffectRequest, type EffectResult, type PaymentProvider } from './provider.js';
@@ -46,8 +46,6 @@ const BATCH = 2_000;
 const NAMES = ['Ada Lovelace', 'Grace Hopper', 'Alan Turing', 'Katherine Johnson', 'Edsger Dijkstra', 'Barbara Liskov', 'Donald Knuth', 'Frances Allen'];
 const GOODS = ['linen shirt', 'denim jacket', 'wool sweater', 'chinos', 'sneakers', 'silk scarf', 'midi dress', 'leather belt'];
 
-const array = (values: readonly (string | number)[], type: 'int[]' | 'text[]') => sql`${`{${values.map((v) => (typeof v === 'number' ? v : `"${v}"`)).join(',')}}`}::${sql.raw(type)}`;
-
 /** Adds `count` returns (with their customers, Fixes and items); returns what settling them will take. */
 export async function seedReturns(db: Db, count: number, seed = 1, options: SeedOptions = {}): Promise<SeedCounts> {
   const roll = dice(seed);
@@ -76,7 +74,7 @@ export async function chargeAtCheckout(db: Db, provider: PaymentProvider, fixIds
     db,
     sql`SELECT f.id, f.public_id, f.currency, f.prepaid_minor, 'cus_' || c.id AS customer_ref, c.payment_method
         FROM fixes f JOIN customers c ON c.id = f.customer_id
-        WHERE f.id = ANY(${array(fixIds, 'int[]')}) AND f.prepaid_minor > 0 AND f.checkout_charge_ref IS NULL ORDER BY f.id`,
+        WHERE f.id = ANY(${sqlArray(fixIds, 'int')}) AND f.prepaid_minor > 0 AND f.checkout_charge_ref IS NULL ORDER BY f.id`,
   );
   let next = 0;
   const worker = async () => {
@@ -141,7 +139,7 @@ async function shipFixes(db: Db, n: number, roll: () => number, currencies: read
     db,
     sql`INSERT INTO customers (name, email, payment_method)
         SELECT name, lower(replace(name, ' ', '.')) || '+' || floor(random() * 1e9)::bigint || '@example.com', 'pm_card_visa'
-        FROM unnest(${array(names, 'text[]')}) AS name RETURNING id`,
+        FROM unnest(${sqlArray(names, 'text')}) AS name RETURNING id`,
   );
   const fixRows: (ShippedFix & { customerId: number })[] = customers.map((c) => {
     const currency = currencies[Math.floor(roll() * currencies.length)]!;
@@ -161,8 +159,8 @@ async function shipFixes(db: Db, n: number, roll: () => number, currencies: read
     db,
     sql`INSERT INTO fixes (customer_id, currency, styling_fee_minor, prepaid_minor, shipped_at)
         SELECT customer_id, currency, fee, prepaid, now() - interval '10 days'
-        FROM unnest(${array(fixRows.map((f) => f.customerId), 'int[]')}, ${array(fixRows.map((f) => f.currency), 'text[]')},
-                    ${array(fixRows.map((f) => f.fee), 'int[]')}, ${array(fixRows.map((f) => f.prepaid), 'int[]')}) WITH ORDINALITY AS t(customer_id, currency, fee, prepaid, ord)
+        FROM unnest(${sqlArray(fixRows.map((f) => f.customerId), 'int')}, ${sqlArray(fixRows.map((f) => f.currency), 'text')},
+                    ${sqlArray(fixRows.map((f) => f.fee), 'int')}, ${sqlArray(fixRows.map((f) => f.prepaid), 'int')}) WITH ORDINALITY AS t(customer_id, currency, fee, prepaid, ord)
         ORDER BY ord RETURNING id`,
   );
   const fixIds = fixes.map((f) => Number(f.id));
@@ -170,9 +168,9 @@ async function shipFixes(db: Db, n: number, roll: () => number, currencies: read
     db,
     sql`INSERT INTO fix_items (fix_id, sku, description, price_minor)
         SELECT fix_id, 'SKU-' || lpad((floor(random() * 99999))::text, 5, '0'), description, price
-        FROM unnest(${array(fixIds.flatMap((id) => Array(ITEMS_PER_FIX).fill(id)), 'int[]')},
-                    ${array(fixRows.flatMap(() => Array.from({ length: ITEMS_PER_FIX }, () => GOODS[Math.floor(roll() * GOODS.length)]!)), 'text[]')},
-                    ${array(fixRows.flatMap((f) => f.prices), 'int[]')}) WITH ORDINALITY AS t(fix_id, description, price, ord)
+        FROM unnest(${sqlArray(fixIds.flatMap((id) => Array(ITEMS_PER_FIX).fill(id)), 'int')},
+                    ${sqlArray(fixRows.flatMap(() => Array.from({ length: ITEMS_PER_FIX }, () => GOODS[Math.floor(roll() * GOODS.length)]!)), 'text')},
+                    ${sqlArray(fixRows.flatMap((f) => f.prices), 'int')}) WITH ORDINALITY AS t(fix_id, description, price, ord)
         ORDER BY ord RETURNING id`,
   );
   return { fixes: fixRows, fixIds, itemIds: items.map((item) => Number(item.id)) };
@@ -183,7 +181,7 @@ async function recordReturns(db: Db, { fixes, fixIds, itemIds }: Shipment, count
   const returns = await queryRows<{ id: number }>(
     db,
     sql`INSERT INTO returns (fix_id, received_at, recorded_by) SELECT fix_id, now() - interval '1 hour', 'warehouse-seed'
-        FROM unnest(${array(fixIds, 'int[]')}) WITH ORDINALITY AS t(fix_id, ord) ORDER BY ord RETURNING id`,
+        FROM unnest(${sqlArray(fixIds, 'int')}) WITH ORDINALITY AS t(fix_id, ord) ORDER BY ord RETURNING id`,
   );
   const returnedPairs: [number, number][] = [];
   fixes.forEach((fix, f) => {
@@ -199,7 +197,7 @@ async function recordReturns(db: Db, { fixes, fixIds, itemIds }: Shipment, count
     await queryRows(
       db,
       sql`INSERT INTO return_items (return_id, fix_item_id)
-          SELECT * FROM unnest(${array(returnedPairs.map((p) => p[0]), 'int[]')}, ${array(returnedPairs.map((p) => p[1]), 'int[]')})`,
+          SELECT * FROM unnest(${sqlArray(returnedPairs.map((p) => p[0]), 'int')}, ${sqlArray(returnedPairs.map((p) => p[1]), 'int')})`,
     );
   }
   counts.returns += fixes.length;

@@ -43,17 +43,23 @@ export async function findReturnsToSettle(db: Db, afterId: number, limit: number
     db,
     sql`SELECT id, (extract(epoch FROM received_at) * 1000)::float8 AS received_ms FROM returns
         WHERE settled_at IS NULL AND id > ${afterId} AND ${inPartition(returnKeySql, partition)} ORDER BY id LIMIT ${limit}`,
-  ).catch((error: unknown) => {
-    const code = (error as { cause?: { code?: string }; code?: string }).cause?.code ?? (error as { code?: string }).code;
-    if (code !== '42P01') throw error;
-    // The engine never creates the example's tables: say how they come, and how to be rid of the example.
-    throw new Error(
-      'the returns example has no tables in this database (relation "returns" does not exist): `npm start` or `npm run seed` apply its migrations; ' +
-        'if you did not mean to run the example, delete jobs/settle-returns.ts or set JOBS_DIR to your own jobs folder',
-      { cause: error },
-    );
-  });
+  ).catch(explainMissingTables);
   return rows.map((row) => ({ id: Number(row.id), receivedAt: new Date(Number(row.received_ms)) }));
+}
+
+/**
+ * A scan's error, rethrown: when the example's tables or columns are missing (its migrations not
+ * applied), one line that says how they come, and how to be rid of the example.
+ */
+export function explainMissingTables(error: unknown): never {
+  const cause = (error as { cause?: { code?: string; message?: string } }).cause ?? (error as { code?: string; message?: string });
+  if (cause.code !== '42P01' && cause.code !== '42703') throw error;
+  // The engine never creates the example's tables.
+  throw new Error(
+    `the returns example's migrations are not applied to this database (${cause.message}): \`npm start\` or \`npm run seed\` apply them; ` +
+      'if you did not mean to run the example, delete its files from jobs/ (settle-returns.ts, close-fixes.ts) or set JOBS_DIR to your own jobs folder',
+    { cause: error },
+  );
 }
 
 export interface ReturnState {
