@@ -39,10 +39,12 @@ const save = () => {
 for (const seed of seeds) {
   for (const name of names) {
     process.stderr.write(`[faults] ${name} (seed ${seed}${options.quick ? ', quick' : ''})…\n`);
+    const scenarioStarted = Date.now();
     for (const result of await runScenario(name, { seed, quick: Boolean(options.quick), app })) {
       results.push(result);
       process.stderr.write(`[faults] ${result.scenario} (seed ${seed}): ${result.pass ? 'pass' : `FAIL: ${result.failures.join('; ')}`}\n`);
     }
+    process.stderr.write(`[faults] ${name} (seed ${seed}): ${((Date.now() - scenarioStarted) / 1000).toFixed(0)} s\n`);
     save(); // after each scenario, so that an interrupted run keeps what it measured
   }
 }
