@@ -29,6 +29,43 @@ type Major = keyof typeof VERSIONS;
 
 const run = promisify(execFile);
 
+/**
+ * Where the CPU of one `reconciler run idle` goes, stage by stage, as process.cpuUsage() (every
+ * thread of the process) reads it between the CLI's steps, done one by one as the run command
+ * does them. Run with `-e`; prints the stages as JSON lines on stdout.
+ */
+const STAGES = `
+const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+const stages = []; let last = 0;
+const mark = (name) => { const now = cpu(); stages.push({ name, cpu: now - last }); last = now; };
+mark(process.env.STAGES_AFTER ? 'node, bin/' : 'node, bin/register.js (tsx and the hooks)');
+const root = new URL(process.env.STAGES_ROOT);
+const ext = process.env.STAGES_AFTER ? 'js' : 'ts';
+const at = (path) => new URL(path + '.' + ext, root).href;
+let loadJobs = async () => {};
+if (process.env.STAGES_AFTER) {
+  const hooks = await import(process.env.STAGES_HOOKS);
+  hooks.enableCompileCache();
+  hooks.registerFastPackageResolve();
+  loadJobs = async () => { await hooks.registerTypeScript(); hooks.registerJobHooks(at('index')); };
+}
+await import(at('cli/main')); mark('the CLI (commander)');
+await import(at('cli/commands/run')); mark('the run command: engine, drizzle, pg, pino, zod');
+await loadJobs(); mark('tsx and the job hooks');
+const { prepare, connect } = await import(at('context'));
+const { pendingMigrations } = await import(at('store/migrate'));
+const { Engine } = await import(at('engine/engine'));
+const setup = await prepare({ jobs: true, defaultLogLevel: 'warn' }); mark('configuration, logger, the job file');
+const database = await connect(setup);
+if (await pendingMigrations(database) !== 0) throw new Error('pending migrations');
+mark('database connection, migrations check');
+const engine = new Engine({ db: database.db, control: database.control, reconcilers: setup.reconcilers, log: setup.log, leaseMs: setup.config.LEASE_TTL });
+const outcome = await engine.requestPass('idle', { trigger: 'manual' });
+if (!outcome.ran || outcome.result.status !== 'succeeded') throw new Error('the pass did not succeed');
+await database.close(); mark('the pass, closing the database');
+process.stdout.write(JSON.stringify(stages) + '\\n');
+`;
+
 /** A Node binary of that major version: this process's, or one fetched into node_modules/.cache (undefined with the reason when there is none). */
 async function nodeBinary(major: Major, fetch: boolean): Promise<{ path: string; version: string } | { missing: string }> {
   if (Number(process.versions.node.split('.')[0]) === major) return { path: process.execPath, version: process.versions.node };
@@ -111,6 +148,12 @@ export async function cliStartup({ quick, runs }: CaseOptions): Promise<CaseResu
         const after = way === ways.after;
         results.push({ case: 'cli start-up', figure: `CPU, ${what}`, unit: 's', ...cpu, goal: after ? `< ${GOAL_CPU_S} s CPU` : 'the figure to compare with', met: after ? cpu.median < GOAL_CPU_S : true });
         results.push({ case: 'cli start-up', figure: `wall time, ${what}`, unit: 's', ...wall, goal: 'the CPU figure above is the goal', met: true });
+        if (!quick) results.push(...(await breakdown(binary.path, binary.version, way === ways.after, count, env)));
+      }
+      if (!quick) {
+        const bare = [];
+        for (let i = 0; i < count; i++) bare.push((await measure([binary.path, '-e', 'console.error("ok")'], env, /ok/)).cpu);
+        results.push({ case: 'cli start-up', figure: `CPU, Node ${binary.version}: \`node -e 0\`, for comparison`, unit: 's', ...stats(bare), goal: 'what Node itself costs', met: true });
       }
     }
   } finally {
@@ -122,6 +165,29 @@ export async function cliStartup({ quick, runs }: CaseOptions): Promise<CaseResu
     for (const r of results.filter((r) => r.figure.startsWith('CPU') && r.goal.startsWith('<'))) r.figure += ` (${skipped.join('; ')})`;
   }
   return results;
+}
+
+/** The CPU of each stage of a run (STAGES), medians of `count` runs. */
+async function breakdown(node: string, version: string, after: boolean, count: number, env: NodeJS.ProcessEnv): Promise<CaseResult[]> {
+  const argv = after ? [node, '--input-type=module', '-e', STAGES] : [node, '--import', './bin/register.js', '--input-type=module', '-e', STAGES];
+  const stageEnv = {
+    ...env,
+    STAGES_ROOT: pathToFileURL(join(REPO_ROOT, after ? 'dist/src/' : 'src/')).href,
+    ...(after ? { STAGES_AFTER: '1', STAGES_HOOKS: pathToFileURL(join(REPO_ROOT, 'bin', 'module-hooks.js')).href } : {}),
+  };
+  const runs: { name: string; cpu: number }[][] = [];
+  for (let i = 0; i < count; i++) {
+    const { stdout } = await run(argv[0]!, argv.slice(1), { cwd: REPO_ROOT, env: stageEnv });
+    runs.push(JSON.parse(stdout.trim().split('\n').pop()!) as { name: string; cpu: number }[]);
+  }
+  return runs[0]!.map(({ name }, i) => ({
+    case: 'cli start-up',
+    figure: `… stage (CPU), Node ${version}, ${after ? 'after' : 'before'}: ${name}`,
+    unit: 's',
+    ...stats(runs.map((stages) => stages[i]!.cpu)),
+    goal: 'where the CPU goes',
+    met: true,
+  }));
 }
 
 /** Whether dist/ is a build of the sources as they are, as bin/reconciler.js decides it (it runs the sources through tsx otherwise). */
