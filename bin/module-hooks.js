@@ -14,7 +14,7 @@
 // has `module.registerHooks` (22.15, 23.5 and later): no hop to another thread per import there.
 import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import * as nodeModule from 'node:module';
-import { dirname, join, relative } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /** `reconciler` → the URL of the running engine's public API. */
@@ -185,25 +185,22 @@ export const hasSources = () => existsSync(new URL('index.ts', SOURCE));
  * changed. An edit, a checkout or a pull after the last `npm run build` makes it stale.
  */
 export function buildIsCurrent() {
-  const sources = fileURLToPath(SOURCE);
-  const built = fileURLToPath(BUILT);
-  let entries;
-  try {
-    entries = readdirSync(sources, { recursive: true, withFileTypes: true });
-  } catch {
-    return false;
-  }
-  for (const entry of entries) {
-    if (!entry.isFile() || entry.name.endsWith('.d.ts')) continue;
-    const file = join(entry.parentPath ?? entry.path, entry.name);
-    const output = join(built, relative(sources, file).replace(/\.ts$/, '.js'));
+  const outdated = (sources, built) => {
+    let entries;
     try {
-      if (statSync(output).mtimeMs < statSync(file).mtimeMs) return false;
+      entries = readdirSync(sources, { withFileTypes: true });
     } catch {
-      return false;
+      return true;
     }
-  }
-  return true;
+    return entries.some((entry) => {
+      const file = join(sources, entry.name);
+      if (entry.isDirectory()) return outdated(file, join(built, entry.name));
+      if (!entry.isFile() || entry.name.endsWith('.d.ts')) return false;
+      const output = statSync(join(built, entry.name.replace(/\.ts$/, '.js')), { throwIfNoEntry: false });
+      return !output || output.mtimeMs < statSync(file).mtimeMs;
+    });
+  };
+  return !outdated(fileURLToPath(SOURCE), fileURLToPath(BUILT));
 }
 
 /**
