@@ -102,7 +102,7 @@ const RELATIVE_SCRIPT = /^\.\.?\/[^?#]*\.(m?js|cjs)$/;
  * path names, its real path (as Node's), its format from the extension or the package's "type".
  * Anything else (a bare name, a path without its extension, a folder) goes to Node as before.
  */
-function resolveRelativeInPackage(specifier, context, nextResolve) {
+export function resolveRelativeInPackage(specifier, context, nextResolve) {
   const match = RELATIVE_SCRIPT.exec(specifier);
   const parent = context.parentURL;
   if (match && parent?.startsWith('file:') && parent.includes('/node_modules/') && context.conditions?.includes('import') && !context.importAttributes?.type) {

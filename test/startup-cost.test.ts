@@ -5,11 +5,14 @@
  *   is missing or older than them, never an old build;
  * - the engine's modules load before tsx and the job files' module hooks are installed (through
  *   them, every import would cost a hop to Node's loader thread), and commands that load no job
- *   file (`config`, `--version`) never install them.
+ *   file (`config`, `--version`) never install them;
+ * - a package's relative imports (drizzle-orm's hundreds of files) are answered without Node's
+ *   resolver, which on Node 24 parsed the package's whole package.json again for each.
  */
-import { appendFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { appendFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApp, type App } from '../scripts/faults/app.js';
 import { createTestDatabase, type TestDatabase } from './helpers/db.js';
@@ -121,5 +124,39 @@ describe('what a command loads, in which order (the build, as the image runs it)
     const version = await loads(['--version'], /\S/);
     expect(version.filter((url) => /\/node_modules\/(?:tsx|drizzle-orm|pg|pino)\//.test(url))).toEqual([]);
     expect(version.filter((url) => url.includes('/dist/src/engine/'))).toEqual([]);
+  });
+});
+
+describe("a package's own relative imports, resolved without Node's resolver (on Node 24 it re-parsed drizzle-orm's package.json for each)", () => {
+  type Resolved = { url: string; format?: string; shortCircuit?: boolean };
+  type Next = (specifier: string, context: object) => Resolved;
+  let resolve: (specifier: string, context: object, next: Next) => Resolved;
+  const drizzle = pathToFileURL(realpathSync(join(REPO_ROOT, 'node_modules', 'drizzle-orm', 'index.js'))).href;
+  const asked: string[] = [];
+  const next: Next = (specifier) => {
+    asked.push(specifier);
+    return { url: `next:${specifier}` };
+  };
+  const importing = { conditions: ['node', 'import'], importAttributes: {} };
+  beforeAll(async () => {
+    ({ resolveRelativeInPackage: resolve } = (await import(pathToFileURL(join(REPO_ROOT, 'bin', 'module-hooks.js')).href)) as { resolveRelativeInPackage: typeof resolve });
+  });
+
+  it('answers an import of a file by its path as Node would: its real path, its package\'s format', () => {
+    asked.length = 0;
+    const resolved = resolve('./sql/sql.js', { ...importing, parentURL: drizzle }, next);
+    expect(resolved).toEqual({ url: new URL('./sql/sql.js', drizzle).href, format: 'module', shortCircuit: true });
+    expect(resolve('../drizzle-orm/column.js', { ...importing, parentURL: drizzle }, next).url).toBe(new URL('./column.js', drizzle).href);
+    expect(asked).toEqual([]);
+  });
+
+  it('leaves everything else to Node: bare names, missing files, paths without extension, require, files outside node_modules', () => {
+    asked.length = 0;
+    resolve('pg', { ...importing, parentURL: drizzle }, next);
+    resolve('./no-such-file.js', { ...importing, parentURL: drizzle }, next);
+    resolve('./sql', { ...importing, parentURL: drizzle }, next);
+    resolve('./sql/sql.js', { conditions: ['node', 'require'], parentURL: drizzle }, next);
+    resolve('./cli/main.js', { ...importing, parentURL: pathToFileURL(join(REPO_ROOT, 'src', 'index.ts')).href }, next);
+    expect(asked).toEqual(['pg', './no-such-file.js', './sql', './sql/sql.js', './cli/main.js']);
   });
 });
