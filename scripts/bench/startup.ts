@@ -136,10 +136,11 @@ export async function cliStartup({ quick, runs }: CaseOptions): Promise<CaseResu
         continue;
       }
       // --quick (inside npm test, under 20 s) measures the before figure on the running version
-      // only, and without a run first: it takes seconds a run.
-      for (const way of quick && binary.path !== process.execPath ? [ways.after] : [ways.after, ways.before]) {
+      // only, and makes the uncounted first run only there, for after: it takes seconds a run.
+      const running = binary.path === process.execPath;
+      for (const way of quick && !running ? [ways.after] : [ways.after, ways.before]) {
         const argv = way.argv(binary.path);
-        if (!quick || way === ways.after) await measure(argv, env, passed); // fills the caches; not counted
+        if (!quick || (running && way === ways.after)) await measure(argv, env, passed); // fills the caches; not counted
         const samples: { cpu: number; wall: number }[] = [];
         for (let i = 0; i < count; i++) samples.push(await measure(argv, env, passed));
         const cpu = stats(samples.map((s) => s.cpu));
