@@ -1,4 +1,5 @@
-// Module hooks for job files, registered by bin/register.js (they run on Node's loader thread).
+// Module hooks for job files, and the functions that install them and pick the engine a process
+// runs (used by bin/register.js and bin/reconciler.js; nothing here runs on import).
 //
 // 1. `import … from 'reconciler'` resolves to the engine this process runs, wherever the job file
 //    lives (a folder outside any project, a mounted volume, a project that installed this package):
@@ -8,7 +9,11 @@
 //    __dirname), much as Node 22 decides for `.js`. Without this, a job file in such a folder is
 //    compiled to CommonJS and cannot import the engine (an ES module). A file that uses CommonJS
 //    is left to tsx, as are files under node_modules and those of a package that says its "type".
-import { existsSync, readFileSync } from 'node:fs';
+//
+// The hooks run on Node's loader thread (`module.register`), or in the thread itself where Node
+// has `module.registerHooks` (22.15, 23.5 and later): no hop to another thread per import there.
+import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
+import * as nodeModule from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
@@ -70,11 +75,142 @@ function asModule(url, format) {
   }
 }
 
-export async function resolve(specifier, context, nextResolve) {
-  if (apiEntry && specifier === 'reconciler') {
-    return nextResolve(apiEntry, context);
-  }
-  const resolved = await nextResolve(specifier, context);
+/** What `resolve` makes of what the next hook resolved. */
+function adjusted(resolved) {
   const url = asModule(resolved.url, resolved.format);
   return url ? { ...resolved, url, format: 'module' } : resolved;
+}
+
+export async function resolve(specifier, context, nextResolve) {
+  if (apiEntry && specifier === 'reconciler') return nextResolve(apiEntry, context);
+  return adjusted(await nextResolve(specifier, context));
+}
+
+/** `resolve` for `module.registerHooks`, where `nextResolve` answers at once. */
+function resolveInThread(specifier, context, nextResolve) {
+  if (apiEntry && specifier === 'reconciler') return nextResolve(apiEntry, context);
+  return adjusted(nextResolve(specifier, context));
+}
+
+const RELATIVE_SCRIPT = /^\.\.?\/[^?#]*\.(m?js|cjs)$/;
+
+/**
+ * A package's own relative imports (`./sql/sql.js`), resolved without Node's resolver. On Node
+ * 22 and later that resolver reads the package's package.json again for every file it resolves,
+ * parsing its whole "exports" each time: drizzle-orm's is 180 kB, imported file by file, and it
+ * cost `reconciler run` over a second of CPU on Node 24. The answer is the same: the file the
+ * path names, its real path (as Node's), its format from the extension or the package's "type".
+ * Anything else (a bare name, a path without its extension, a folder) goes to Node as before.
+ */
+export function resolveRelativeInPackage(specifier, context, nextResolve) {
+  const match = RELATIVE_SCRIPT.exec(specifier);
+  const parent = context.parentURL;
+  if (match && parent?.startsWith('file:') && parent.includes('/node_modules/') && context.conditions?.includes('import') && !context.importAttributes?.type) {
+    let path;
+    try {
+      path = realpathSync.native(fileURLToPath(new URL(specifier, parent)));
+    } catch {
+      return nextResolve(specifier, context); // no such file: Node says so in its own words
+    }
+    const format = match[1] === 'mjs' ? 'module' : match[1] === 'cjs' ? 'commonjs' : packageType(dirname(path));
+    if (format === 'module' || format === 'commonjs') return { url: pathToFileURL(path).href, format, shortCircuit: true };
+  }
+  return nextResolve(specifier, context);
+}
+
+const inThreadHooks = typeof nodeModule.registerHooks === 'function';
+
+/** Where Node has a compile cache (22.1 and later), compiled code is kept between runs (in the system's temporary folder, or NODE_COMPILE_CACHE). */
+export function enableCompileCache() {
+  try {
+    nodeModule.enableCompileCache?.();
+  } catch {
+    // an unwritable cache folder only costs speed
+  }
+}
+
+/** Installs `resolveRelativeInPackage` where hooks can run in the thread (where Node 24 needs it); elsewhere there is nothing to gain. */
+export function registerFastPackageResolve() {
+  if (inThreadHooks) nodeModule.registerHooks({ resolve: resolveRelativeInPackage });
+}
+
+/** Whether tsx is installed (without loading it). */
+export function tsxInstalled() {
+  try {
+    import.meta.resolve('tsx/esm/api');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+let tsx;
+/** Registers tsx, so that TypeScript files can be imported; false when it is not installed. Once per process. */
+export async function registerTypeScript() {
+  tsx ??= import('tsx/esm/api').then(
+    (api) => {
+      api.register();
+      return true;
+    },
+    () => false, // no tsx: TypeScript job files cannot load (the loader says so), JavaScript ones can
+  );
+  return tsx;
+}
+
+let jobHooks = false;
+/**
+ * Installs this file's hooks with `apiEntry` (the URL of the engine's index), once per process:
+ * in the thread where Node can (`inThread`, the CLI), else on the loader thread.
+ */
+export function registerJobHooks(entry, { inThread = true } = {}) {
+  if (jobHooks) return;
+  jobHooks = true;
+  if (inThread && inThreadHooks) {
+    initialize({ apiEntry: entry });
+    nodeModule.registerHooks({ resolve: resolveInThread });
+  } else {
+    nodeModule.register(new URL('./module-hooks.js', import.meta.url), import.meta.url, { data: { apiEntry: entry } });
+  }
+}
+
+const SOURCE = new URL('../src/', import.meta.url);
+const BUILT = new URL('../dist/src/', import.meta.url);
+
+/** Whether the engine's TypeScript sources are here (a checkout, not an install). */
+export const hasSources = () => existsSync(new URL('index.ts', SOURCE));
+
+/**
+ * Whether dist/src/ is a build of the sources as they are now: every file under src/ has its
+ * output there (`x.ts` → `x.js`, other files copied), written no earlier than the file was last
+ * changed. An edit, a checkout or a pull after the last `npm run build` makes it stale.
+ */
+export function buildIsCurrent() {
+  const outdated = (sources, built) => {
+    let entries;
+    try {
+      entries = readdirSync(sources, { withFileTypes: true });
+    } catch {
+      return true;
+    }
+    return entries.some((entry) => {
+      const file = join(sources, entry.name);
+      if (entry.isDirectory()) return outdated(file, join(built, entry.name));
+      if (!entry.isFile() || entry.name.endsWith('.d.ts')) return false;
+      const output = statSync(join(built, entry.name.replace(/\.ts$/, '.js')), { throwIfNoEntry: false });
+      return !output || output.mtimeMs < statSync(file).mtimeMs;
+    });
+  };
+  return !outdated(fileURLToPath(SOURCE), fileURLToPath(BUILT));
+}
+
+/**
+ * The engine a process runs: its folder (`root`), and `entry(name)` for a module of it.
+ * `build: 'when current'` (the CLI) runs dist/src/ wherever it is current, the sources through
+ * tsx where it is not (never an old build); `'when no sources'` runs the sources wherever they
+ * and tsx are here. Without the sources, it is always the build.
+ */
+export function pickEngine({ build, typescript }) {
+  const fromSources = hasSources() && typescript && (build === 'when no sources' || !buildIsCurrent());
+  const root = fromSources ? SOURCE : BUILT;
+  return { root, fromSources, entry: (name) => new URL(`${name}.${fromSources ? 'ts' : 'js'}`, root) };
 }

@@ -59,6 +59,7 @@ const cases = [
   ['convergence latency', convergenceLatency],
   ['scale-out', scaleOut],
   ['console pages', consolePages],
+  ['cli start-up', async (options: Parameters<typeof consolePages>[0]) => (await import('./startup.js')).cliStartup(options)],
 ] as const;
 /** Case name → the sub-filter after its slash ('' for the whole case). */
 const wanted = new Map(options.only?.map((entry) => [entry.split('/')[0]!.trim(), entry.split('/').slice(1).join('/').trim()]));
