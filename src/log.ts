@@ -2,8 +2,9 @@
  * Logging: pino JSON lines, or pino-pretty on a terminal. Every message and error passes
  * through `scrub`, so a password inside an error message never reaches a log line.
  */
+import { createRequire } from 'node:module';
 import pino, { type Logger } from 'pino';
-import pretty from 'pino-pretty';
+import type prettyFactory from 'pino-pretty';
 import { scrub } from './secrets.js';
 import { coerceError, errorSummary } from './errors.js';
 
@@ -28,11 +29,14 @@ function serializeError(value: unknown): Record<string, unknown> {
   return { type: error.name, message, ...(typeof code === 'string' ? { code } : {}), stack: scrub([`${error.name}: ${message}`, ...frames].join('\n')) };
 }
 
+/** pino-pretty, loaded only for a terminal: a command whose logs go to a pipe or a file does not pay for it at start-up. */
+const pretty = () => createRequire(import.meta.url)('pino-pretty') as typeof prettyFactory;
+
 export function createLogger(options: LoggerOptions): Logger {
   const stream = options.fd === 1 ? process.stdout : process.stderr;
   const usePretty = options.pretty ?? Boolean(stream.isTTY);
   const destination = options.destination ?? (usePretty
-    ? pretty({ destination: options.fd, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,event', singleLine: true, sync: true })
+    ? pretty()({ destination: options.fd, colorize: true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,event', singleLine: true, sync: true })
     : pino.destination({ fd: options.fd, sync: true }));
   return pino(
     {
