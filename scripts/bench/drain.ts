@@ -11,6 +11,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sql } from 'drizzle-orm';
 import { drizzle } from 'drizzle-orm/node-postgres';
+import { setMaxListeners } from 'node:events';
 import pg from 'pg';
 import { Engine } from '../../src/engine/engine.js';
 import { coerceError, errorSummary } from '../../src/errors.js';
@@ -99,7 +100,9 @@ async function rawSide(url: string, concurrency: number, provider: (db: Db) => P
   const pool = new pg.Pool({ connectionString: url, max: poolSizeFor(concurrency) });
   const db = drizzle(pool) as unknown as Db;
   const client = provider(db);
+  // One signal for every item in flight (the raw loop has no per-item timeout); each provider call listens on it.
   const signal = new AbortController().signal;
+  setMaxListeners(concurrency + 10, signal);
   return {
     drain: async () => {
       let settled = 0;
