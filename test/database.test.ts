@@ -24,6 +24,22 @@ function capturingLogger() {
 }
 
 describe('the PostgreSQL pool', () => {
+  it('keeps its connection after a query the server rejects (a constraint violation), and closes one whose query timed out', async () => {
+    const { log } = capturingLogger();
+    const database = await openDatabase({ databaseUrl: t.url, dataDir: '.data', log, poolSize: 1, queryTimeoutMs: 300 });
+    try {
+      const pid = async () => (await queryRows<{ pid: number }>(database.db, sql`SELECT pg_backend_pid() AS pid`))[0]!.pid;
+      const first = await pid();
+      await expect(queryRows(database.db, sql`SELECT 1 / 0`)).rejects.toThrow();
+      await expect(queryRows(database.db, sql`SELECT * FROM no_such_table_here`)).rejects.toThrow();
+      expect(await pid(), 'the same connection: no reconnection per failed query').toBe(first);
+      await expect(queryRows(database.db, sql`SELECT pg_sleep(2)`)).rejects.toThrow();
+      expect(await pid(), 'a new connection after a timeout').not.toBe(first);
+    } finally {
+      await database.close();
+    }
+  });
+
   it('survives its idle connections being dropped (as in a database restart) and reconnects', async () => {
     const { log, lines, stream } = capturingLogger();
     const database = await openDatabase({ databaseUrl: t.url, dataDir: '.data', log });
