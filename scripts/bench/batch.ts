@@ -252,6 +252,7 @@ export async function batchDrain({ quick, runs, subset }: CaseOptions): Promise<
   try {
     await createItems(database, shape);
     for (const c of chosen) {
+      process.stderr.write(`[bench] ${CASE}/${c.label}…\n`); // a full run of this case takes a while: say where it is
       const sides = new Map<SideName, DrainSide>();
       let unsaturate: (() => void) | undefined;
       try {
