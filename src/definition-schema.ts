@@ -140,7 +140,9 @@ const definitionSchema = options(
     description: optional((value) => (typeof value === 'string' ? undefined : '`description` must be a string')),
     scan: checked(fn('scan')),
     key: checked(fn('key')),
-    reconcile: checked(fn('reconcile')),
+    reconcile: optional(fn('reconcile')),
+    reconcileBatch: optional(fn('reconcileBatch', ' (items, ctx) => Promise<outcomes by key>')),
+    batchSize: optional(atLeastOne('batchSize')),
     since: optional(fn('since', ' (item) => Date')),
     concurrency: optional(atLeastOne('concurrency')),
     timeout: optional(timerDuration('timeout')),
@@ -153,7 +155,7 @@ const definitionSchema = options(
     actions: optional(actionsProblem),
   },
   '',
-  'defineReconciler() needs an object: { schedule, scan, key, reconcile, ... }',
+  'defineReconciler() needs an object: { schedule, scan, key, reconcile (or reconcileBatch), ... }',
 );
 
 const startsWith = (path: readonly PropertyKey[], prefix: readonly PropertyKey[]) => prefix.every((key, i) => path[i] === key);
@@ -172,4 +174,8 @@ function unknownOptionsFirst(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIs
 export function validateDefinition(definition: unknown): void {
   const result = definitionSchema.safeParse(definition);
   if (!result.success) throw new DefinitionError(unknownOptionsFirst(result.error.issues)[0]!.message);
+  const { reconcile, reconcileBatch, batchSize } = result.data;
+  if (reconcile === undefined && reconcileBatch === undefined) throw new DefinitionError('`reconcile` is required: a function (item, ctx) => outcome; or `reconcileBatch` (items, ctx) => outcomes by key, for set-based work');
+  if (reconcile !== undefined && reconcileBatch !== undefined) throw new DefinitionError('define `reconcile` or `reconcileBatch`, not both: the engine would not know which does the work');
+  if (batchSize !== undefined && reconcileBatch === undefined) throw new DefinitionError('`batchSize` is for `reconcileBatch`; a reconciler with `reconcile` takes one item at a time');
 }

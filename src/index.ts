@@ -5,7 +5,7 @@
  *     import { defineReconciler, TerminalError, sql } from 'reconciler';
  */
 export { defineReconciler } from './reconciler.js';
-export type { ActionContext, Db, ManualAction, Outcome, Partition, ReconcileContext, ReconcileResult, ReconcilerDefinition, RetryAfter, RetryPolicy, ScanRequest } from './reconciler.js';
+export type { ActionContext, BatchContext, BatchOutcomes, Db, ManualAction, Outcome, Partition, ReconcileContext, ReconcileResult, ReconcilerDefinition, RetryAfter, RetryPolicy, ScanRequest } from './reconciler.js';
 export type { Duration } from './duration.js';
 export { TerminalError, coerceError, errorSummary } from './errors.js';
 /** drizzle's `sql` template, re-exported so a job file needs one import. */
@@ -26,6 +26,8 @@ export { openDatabase } from './store/database.js';
  * PostgreSQL and on the embedded database alike: a job file needs no cast of `db.execute`.
  */
 export { queryRows } from './store/database.js';
+/** `sqlArray(ids, 'bigint')`: an array as one parameter, for `WHERE id = ANY(${…})` in set-based work (`reconcileBatch`). */
+export { sqlArray, type SqlArrayType } from './store/sql-array.js';
 export type { Database, OpenOptions } from './store/database.js';
 export { migrateDatabase } from './store/migrate.js';
 export type { DaemonOptions } from './daemon.js';

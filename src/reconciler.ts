@@ -9,6 +9,9 @@ import type { Logger } from 'pino';
 import type { Partition } from './store/partition.js';
 import { parseDuration, type Duration } from './duration.js';
 import { validateDefinition } from './definition-schema.js';
+import type { ManualAction } from './actions.js';
+
+export type { ActionContext, ManualAction } from './actions.js';
 
 /** The database handle reconcilers get: drizzle over `pg` (or over PGlite in the embedded default). */
 export type Db = PgDatabase<PgQueryResultHKT>;
@@ -71,37 +74,27 @@ export interface ReconcileContext {
   key: string;
 }
 
-/** What a manual action gets besides the item's key. */
-export interface ActionContext {
-  /** The database, inside the transaction that also records the action in the audit log: both happen, or neither. */
+/** What `reconcileBatch` gets besides the items: as {@link ReconcileContext}, for a batch. */
+export interface BatchContext {
   db: Db;
-  /** A child logger carrying reconciler, action, key and actor. */
+  /** A child logger carrying reconciler and pass id (and `keys` count). */
   log: Logger;
-  /** Who asked: a console token's name, or `cli:<user>@<host>`. */
-  actor: string;
-  /** Why, in the operator's words (required). */
-  note: string;
-  /** Aborted when the action's time limit (30 s) elapses. */
+  /** Aborted when the batch's `timeout` elapses, when the pass loses its lease, or when SHUTDOWN_TIMEOUT has passed. */
   signal: AbortSignal;
+  /** True under `reconciler run --dry-run`: decide and describe, but change nothing. */
+  dryRun: boolean;
+  /** Each item's attempt, by key: 1 on its first try (as `ctx.attempt` of a per-item reconcile). */
+  attempts: ReadonlyMap<string, number>;
+  /** The items' keys, in the order of the items. */
+  keys: readonly string[];
 }
 
 /**
- * A manual action: something a person decides for one item that the reconciler cannot decide
- * itself ("settled by hand: refunded by phone"). It changes the system's state so that the scan
- * stops finding the item (or finds it fixed); the engine records who ran it, on which item and
- * why, in the audit log, in the same transaction. Callable from the console and from
- * `reconciler act <name> <key> <action> --note …`.
+ * What `reconcileBatch` returns: each item's outcome by its key, as a Map or a plain object. An
+ * outcome is what `reconcile` returns (`'changed'`, `'unchanged'`, `'skipped'`, `{ outcome, note }`),
+ * or an Error: that item failed (a `TerminalError` kills it). A key it does not mention failed.
  */
-export interface ManualAction {
-  /** One line for the console's button and `reconciler act <name> --help`: what it records. */
-  description: string;
-  /**
-   * Does it for the item `key`. Throw to refuse, with a message the operator can act on
-   * ("return 16 is already settled"); nothing is then recorded. Return a line saying what was
-   * done, for the operator and the audit log.
-   */
-  run(key: string, ctx: ActionContext): Promise<string | void>;
-}
+export type BatchOutcomes = ReadonlyMap<string, ReconcileResult | Error> | Readonly<Record<string, ReconcileResult | Error>>;
 
 /**
  * When to try a failed item again, as its error says (`error.retryAfter`, e.g. from a 429's
@@ -173,16 +166,26 @@ export interface ReconcilerDefinition<Item> {
    * real pass would report for the same answers. Items in backoff and dead items are shown as
    * `not now` and not reconciled, as in a real pass.
    */
-  reconcile(item: Item, ctx: ReconcileContext): Promise<ReconcileResult>;
+  reconcile?(item: Item, ctx: ReconcileContext): Promise<ReconcileResult>;
+  /**
+   * Instead of `reconcile` (exactly one of the two): does the work of up to `batchSize` due items
+   * at once, e.g. one `UPDATE … WHERE id = ANY(…)`, and returns each item's outcome by key
+   * ({@link BatchOutcomes}), which counts as `reconcile`'s would. Idempotent, like `reconcile`.
+   * When it throws, the engine splits the batch in halves, down to single items: only the items
+   * that fail alone are recorded as failed (docs/writing-reconcilers.md, "Set-based reconcilers").
+   */
+  reconcileBatch?(items: readonly Item[], ctx: BatchContext): Promise<BatchOutcomes>;
+  /** Items per `reconcileBatch` call, at most. Default: `pageSize`. */
+  batchSize?: number;
   /**
    * When the item started needing work (a return's `received_at`). Optional; with it, the
    * `reconciler_staleness_seconds` metric shows the age of the oldest item the last scan
    * found: the number an operator actually cares about.
    */
   since?(item: Item): Date | undefined;
-  /** Items reconciled at once. Default 5. */
+  /** Items reconciled at once (with `reconcileBatch`: batches). Default 5. */
   concurrency?: number;
-  /** Per-item time limit; `ctx.signal` aborts when it elapses and the item counts as failed. Default 30s. */
+  /** Per-item (with `reconcileBatch`: per-batch) time limit; `ctx.signal` aborts when it elapses and the item counts as failed. Default 30s. */
   timeout?: Duration;
   /** Items per scan page. Default 500. */
   pageSize?: number;
@@ -224,7 +227,11 @@ export interface Reconciler<Item = unknown> {
   description: string;
   scan: ReconcilerDefinition<Item>['scan'];
   key: ReconcilerDefinition<Item>['key'];
+  /** Exactly one of `reconcile` and `reconcileBatch` is set. */
   reconcile: ReconcilerDefinition<Item>['reconcile'];
+  reconcileBatch: ReconcilerDefinition<Item>['reconcileBatch'];
+  /** Items per `reconcileBatch` call (the page size when not set). */
+  batchSize: number;
   since: ReconcilerDefinition<Item>['since'];
   concurrency: number;
   timeoutMs: number;
@@ -271,7 +278,9 @@ export function resolveReconciler<Item>(name: string, file: string, definition: 
     description: definition.description ?? '',
     scan: definition.scan.bind(definition),
     key: definition.key.bind(definition),
-    reconcile: definition.reconcile.bind(definition),
+    reconcile: definition.reconcile?.bind(definition),
+    reconcileBatch: definition.reconcileBatch?.bind(definition),
+    batchSize: definition.batchSize ?? definition.pageSize ?? 500,
     since: definition.since?.bind(definition),
     concurrency: definition.concurrency ?? 5,
     timeoutMs: definition.timeout === undefined ? 30_000 : parseDuration(definition.timeout),

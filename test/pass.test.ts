@@ -371,6 +371,15 @@ describe('a pass', () => {
     expect((await failures())[0]!.last_error).toContain(`reconcile() returned "done"; expected 'changed', 'unchanged', 'skipped'`);
   });
 
+  it('takes a reconcile that is not async (returns a value, or throws)', async () => {
+    const e = engine(t.db, [reconciler<N>('plain', { schedule: '* * * * *', scan: numbers(3), key: (i) => `n${i.n}`, reconcile: ((i: N) => {
+      if (i.n === 2) throw new Error('plainly refused');
+      return 'changed';
+    }) as never })]);
+    expect((await pass(e, 'plain')).counts).toMatchObject({ found: 3, changed: 2, failed: 1 });
+    expect(await failures()).toMatchObject([{ key: 'n2', last_error: expect.stringContaining('plainly refused') }]);
+  });
+
   it('breaks off with a clear error when the scan ignores `after` and repeats a page', async () => {
     const e = engine(t.db, [reconciler('loops', { schedule: '* * * * *', pageSize: 2, scan: async () => [{ n: 1 }, { n: 2 }], key: (i) => `n${i.n}`, reconcile: async () => 'unchanged' })]);
     const result = await pass(e, 'loops');

@@ -177,25 +177,28 @@ function classifyPage(scan: CandidateScan, { page, keys, memories }: PreparedPag
   return { rejected, offered };
 }
 
-/** Each page's rejected items first (counted whatever follows), then its offered ones in scan order. */
-async function* candidatesOf(scan: CandidateScan, pages: AsyncGenerator<PreparedPage>): AsyncGenerator<Candidate> {
+/**
+ * Page by page, each page's rejected items first (counted whatever follows), then its offered
+ * ones in scan order: a page at a time, so that the pass pays one await per page, not per item.
+ */
+async function* candidatesOf(scan: CandidateScan, pages: AsyncGenerator<PreparedPage>): AsyncGenerator<readonly Candidate[]> {
   let previousFirstKey: string | undefined;
   for await (const prepared of pages) {
     scan.events.emit('page:scanned', { reconciler: scan.reconciler.name, items: prepared.page.length });
     const { rejected, offered } = classifyPage(scan, prepared);
-    yield* rejected;
+    if (rejected.length > 0) yield rejected;
     const firstKey = offered[0]?.key;
     if (firstKey !== undefined && firstKey === previousFirstKey && scan.onlyKey === undefined) {
       throw new Error('scan() returned the same page twice: it must return the items after `after` (keyset paging), or the pass would never end');
     }
     previousFirstKey = firstKey ?? previousFirstKey;
-    yield* offered;
+    if (offered.length > 0) yield offered;
     if (scan.onlyKey !== undefined && offered.length > 0) return; // `--key`: found; the rest of the scan is not needed
   }
 }
 
 /** The pass's candidates, and the keys of other partitions' items the scan returned (filled as pages are prepared). */
-export function scanCandidates(scan: CandidateScan): { candidates: AsyncGenerator<Candidate>; foreign: string[] } {
+export function scanCandidates(scan: CandidateScan): { candidates: AsyncGenerator<readonly Candidate[]>; foreign: string[] } {
   const foreign: string[] = [];
   return { candidates: candidatesOf(scan, preparedPages(scan, foreign)), foreign };
 }

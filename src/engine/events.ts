@@ -38,6 +38,11 @@ export class EngineEvents {
     }
   }
 
+  /** Whether anything listens for `event`: an emitter per item skips building a payload nobody reads. */
+  listening(event: EngineEventName): boolean {
+    return (this.#listeners.get(event)?.size ?? 0) > 0;
+  }
+
   /** Subscribes; returns the function that unsubscribes. */
   on<E extends EngineEventName>(event: E, listener: Listener<E>): () => void {
     let set = this.#listeners.get(event);

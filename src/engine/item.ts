@@ -4,11 +4,11 @@
  * emit its event. The pass folds the report into its counts.
  */
 import type { Logger } from 'pino';
-import type { Db, Outcome, Partition, Reconciler, ReconcileResult } from '../reconciler.js';
+import type { Db, Outcome, Partition, ReconcileContext, Reconciler, ReconcileResult } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable, isTerminalError } from '../errors.js';
 import { formatDuration } from '../duration.js';
-import { abortable } from '../timeout.js';
-import { forgetFailure, recordFailure, type FailureMemory } from '../store/failures.js';
+import { forgetFailures, recordFailure, type FailureMemory } from '../store/failures.js';
+import { FlightTimeoutError, type Flight, type Flights } from './flights.js';
 import { retryDelay } from './backoff.js';
 import type { FailureDigest } from './failure-digest.js';
 import type { EngineEvents } from './events.js';
@@ -24,8 +24,10 @@ export interface ItemScope {
   events: EngineEvents;
   dryRun: boolean;
   partition: Partition;
-  /** The pass's abort: aborts the item too (shutdown timeout, lease lost). */
+  /** The pass's abort (shutdown timeout, lease lost): the pass aborts every flight with it. */
   abort: AbortSignal;
+  /** The pass's work in flight, each under the reconciler's timeout (see flights.ts). */
+  flights: Flights;
   /** See PassDeps.busyKeys: the key stays here until its reconcile settles, even after a timeout. */
   busyKeys: Set<string>;
   /** The pass's failures by kind: the first of a kind is a warning, the rest are summed up at its end. */
@@ -49,69 +51,134 @@ export interface ItemReport {
   retryAt?: Date;
 }
 
-class ItemTimeoutError extends Error {
-  override name = 'TimeoutError';
+/** The pass's time limit error, as an item's failure says it. */
+export function timedOutAfter(reconciler: Reconciler): () => Error {
+  const message = `timed out after ${formatDuration(reconciler.timeoutMs)}`;
+  return () => new FlightTimeoutError(message);
 }
 
-function normalizeResult(result: ReconcileResult): { outcome: Outcome; note: string | undefined } {
+/** `reconcile`'s (or one batch outcome's) result as an outcome and note; a TypeError naming anything else. */
+export function normalizeResult(result: ReconcileResult, what = 'reconcile() returned'): { outcome: Outcome; note: string | undefined } {
   const outcome = typeof result === 'string' ? result : (result as { outcome?: unknown } | null)?.outcome;
   if (typeof outcome === 'string' && (OUTCOMES as readonly string[]).includes(outcome)) {
     const note = typeof result === 'object' && result !== null && typeof result.note === 'string' ? result.note : undefined;
     return { outcome: outcome as Outcome, note };
   }
-  throw new TypeError(`reconcile() returned ${JSON.stringify(result) ?? String(result)}; expected 'changed', 'unchanged', 'skipped' or { outcome, note }`);
+  throw new TypeError(`${what} ${JSON.stringify(result) ?? String(result)}; expected 'changed', 'unchanged', 'skipped' or { outcome, note }`);
+}
+
+/**
+ * The context of one item's reconcile. Its logger (a pino child) and its AbortSignal are made
+ * when the reconciler first asks for them: the engine's own cost per item stays a few objects.
+ */
+class ItemContext implements ReconcileContext {
+  #log: Logger | undefined;
+
+  constructor(
+    private readonly scope: ItemScope,
+    private readonly flight: Flight,
+    readonly key: string,
+    readonly attempt: number,
+  ) {}
+
+  get db(): Db {
+    return this.scope.db;
+  }
+  get dryRun(): boolean {
+    return this.scope.dryRun;
+  }
+  get idempotencyKey(): string {
+    return `${this.scope.reconciler.name}:${this.key}`;
+  }
+  get signal(): AbortSignal {
+    return this.flight.signal;
+  }
+  get log(): Logger {
+    return (this.#log ??= this.scope.log.child({ key: this.key }));
+  }
+}
+
+/** Starts `work` and keeps `keys` busy until it settles, however long after its flight ended; a throw before it returns a promise is a rejection. */
+export function busyWhile<T>(busyKeys: Set<string>, keys: readonly string[], work: () => Promise<T>): Promise<T> {
+  for (const key of keys) busyKeys.add(key);
+  const free = () => {
+    for (const key of keys) busyKeys.delete(key);
+  };
+  let running: Promise<T>;
+  try {
+    running = Promise.resolve(work()); // the same promise when it is one; a value when the function was not async
+  } catch (error) {
+    running = Promise.reject(error);
+  }
+  return running.then(
+    (value) => {
+      free();
+      return value;
+    },
+    (error: unknown) => {
+      free();
+      throw error;
+    },
+  );
 }
 
 /** Reconciles one item and records its outcome. */
 export async function reconcileItem(scope: ItemScope, item: unknown, key: string, memory: FailureMemory | undefined): Promise<ItemReport> {
-  const { reconciler, db, dryRun, abort, busyKeys } = scope;
+  const { reconciler, abort, flights } = scope;
   const attempt = (memory?.attempts ?? 0) + 1;
-  const controller = new AbortController();
-  const abortItem = () => controller.abort(abort.reason);
-  abort.addEventListener('abort', abortItem, { once: true });
-  const timer = setTimeout(() => controller.abort(new ItemTimeoutError(`timed out after ${formatDuration(reconciler.timeoutMs)}`)), reconciler.timeoutMs);
-  const log = scope.log.child({ key });
+  const flight = flights.start();
   const started = performance.now();
+  let failure: Error;
   try {
-    busyKeys.add(key);
-    const work = Promise.resolve().then(() =>
-      reconciler.reconcile(item, { db, log, signal: controller.signal, attempt, dryRun, idempotencyKey: `${reconciler.name}:${key}`, key }),
-    );
-    void work.then(
-      () => busyKeys.delete(key),
-      () => busyKeys.delete(key),
-    );
-    const { outcome, note } = normalizeResult(await abortable(work, controller.signal));
-    let unavailable: Error | undefined;
-    // Done ('changed' or 'unchanged') ends the item's failure memory; a skip is not done: the work is still missing.
-    if (memory && outcome !== 'skipped' && !dryRun) {
-      try {
-        await forgetFailure(db, reconciler.name, key);
-      } catch (forgetError) {
-        if (isDatabaseUnavailable(forgetError)) unavailable = coerceError(forgetError);
-        else log.warn({ err: coerceError(forgetError) }, 'done, but could not clear its failure record; the next pass will clear it');
-      }
-    }
-    const durationMs = performance.now() - started;
-    log.debug({ outcome, note, durationMs: Math.round(durationMs), attempt }, note ? `${outcome}: ${note}` : outcome);
-    scope.events.emit('item:done', { reconciler: reconciler.name, key, outcome, note, durationMs, dryRun });
-    return { counted: outcome, ...(unavailable ? { unavailable } : {}) };
+    const ctx = new ItemContext(scope, flight, key, attempt);
+    const result = await flight.race(busyWhile(scope.busyKeys, [key], () => reconciler.reconcile!(item, ctx)));
+    const { outcome, note } = normalizeResult(result);
+    return await done(scope, key, memory, outcome, note, performance.now() - started, attempt);
   } catch (thrown) {
-    const failure = coerceError(thrown);
-    if (abort.aborted && !(failure instanceof ItemTimeoutError)) {
-      log.debug({ attempt }, `aborted in flight: ${errorSummary(coerceError(abort.reason), 200)}`);
-      return { counted: 'skipped', aborted: true };
-    }
-    return await failed(scope, key, attempt, failure, log);
+    failure = coerceError(thrown);
   } finally {
-    clearTimeout(timer);
-    abort.removeEventListener('abort', abortItem);
+    flights.end(flight);
+  }
+  if (abort.aborted && !(failure instanceof FlightTimeoutError)) return abortedInFlight(scope, key, attempt);
+  return failed(scope, key, attempt, failure);
+}
+
+/** An item cut off by the pass's abort: no attempt spent; the pass names it once, at its end. */
+export function abortedInFlight(scope: ItemScope, key: string, attempt: number): ItemReport {
+  if (scope.log.isLevelEnabled('debug')) scope.log.debug({ key, attempt }, `aborted in flight: ${errorSummary(coerceError(scope.abort.reason), 200)}`);
+  return { counted: 'skipped', aborted: true };
+}
+
+/**
+ * An item whose work is done (`changed`, `unchanged`) or skipped: its failure memory ends (a
+ * skip keeps it: the work is still missing), it is logged at debug and emitted as `item:done`.
+ * With `forgotten`, the caller forgot its failure memory already (a batch forgets at once).
+ */
+export async function done(scope: ItemScope, key: string, memory: FailureMemory | undefined, outcome: Outcome, note: string | undefined, durationMs: number, attempt: number, forgotten?: Promise<Error | undefined>): Promise<ItemReport> {
+  const { reconciler, dryRun, log } = scope;
+  let unavailable: Error | undefined;
+  if (memory && outcome !== 'skipped' && !dryRun) unavailable = await (forgotten ?? forget(scope, [key]));
+  if (log.isLevelEnabled('debug')) log.debug({ key, outcome, note, durationMs: Math.round(durationMs), attempt }, note ? `${outcome}: ${note}` : outcome);
+  if (scope.events.listening('item:done')) scope.events.emit('item:done', { reconciler: reconciler.name, key, outcome, note, durationMs, dryRun });
+  return { counted: outcome, ...(unavailable ? { unavailable } : {}) };
+}
+
+/** Forgets the failure memory of items now done; the database's error when it is gone (anything else is logged: the next pass clears them). */
+export async function forget(scope: ItemScope, keys: readonly string[]): Promise<Error | undefined> {
+  try {
+    await forgetFailures(scope.db, scope.reconciler.name, keys);
+    return undefined;
+  } catch (forgetError) {
+    if (isDatabaseUnavailable(forgetError)) return coerceError(forgetError);
+    scope.log.warn({ err: coerceError(forgetError), keys: keys.slice(0, 20) }, 'done, but could not clear its failure record; the next pass will clear it');
+    return undefined;
   }
 }
 
 /** Records a failed attempt in failure memory (not in a dry run), logs it and emits `item:failed`. */
-async function failed(scope: ItemScope, key: string, attempt: number, failure: Error, log: Logger): Promise<ItemReport> {
+export async function failed(scope: ItemScope, key: string, attempt: number, failure: Error): Promise<ItemReport> {
   const { reconciler, dryRun } = scope;
+  const log = scope.log.child({ key });
   const terminal = isTerminalError(failure);
   const { delayMs, askedMs } = retryDelay(failure, attempt, reconciler.retry, scope.random);
   const message = errorSummary(failure);

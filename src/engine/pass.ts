@@ -4,7 +4,6 @@
  * the tally (tally.ts), and end with a status. The pass never lets one item's failure or hang
  * stop the rest. Leases and history rows are the engine's job (engine.ts); this file does the work.
  */
-import { setMaxListeners } from 'node:events';
 import type { Logger } from 'pino';
 import type { Db, Partition, Reconciler } from '../reconciler.js';
 import { coerceError, errorSummary, isDatabaseUnavailable } from '../errors.js';
@@ -12,10 +11,13 @@ import { inPartitionText } from '../store/partition.js';
 import { databaseAnswers } from '../store/database.js';
 import { scanCandidates } from './candidates.js';
 import { FailureDigest } from './failure-digest.js';
-import { reconcileItem } from './item.js';
+import { reconcileItem, timedOutAfter, type ItemScope } from './item.js';
+import { reconcileBatch, type BatchMember } from './batch.js';
+import { Flights } from './flights.js';
 import { Tally } from './tally.js';
 import type { EngineEvents } from './events.js';
 import type { PassResult, PassStatus, Trigger } from './result.js';
+import { Admission } from './admission.js';
 import type { Slots } from './slots.js';
 
 export interface PassOptions {
@@ -57,73 +59,36 @@ export interface PassDeps {
   random?: () => number;
 }
 
-/** Which items a pass takes: at most `concurrency` in flight, within its budget, until told to stop. */
-class Admission {
-  readonly #running = new Set<Promise<void>>();
-  /** The keys of the items in flight. */
-  readonly keys = new Set<string>();
-  readonly #started = performance.now();
-  /** Aborted when the pass must take no more items: a stop (shutdown) or an abort (lost lease, shutdown timeout). */
-  readonly #stopped: AbortSignal;
-  #taken = 0;
-  /** Why the pass gave its partition up to another replica, when that stopped it. */
-  handedOver: string | undefined;
+/** A set-based reconciler's due items, gathered until a batch is full (or the scan ends), then run as one. */
+class Batches {
+  #batch: BatchMember[] = [];
 
   constructor(
-    private readonly reconciler: Reconciler,
-    private readonly signals: PassSignals,
-    private readonly slots: Slots | undefined,
-    private readonly unavailable: () => Error | undefined,
-  ) {
-    this.#stopped = AbortSignal.any([signals.stop, signals.abort]);
+    private readonly scope: ItemScope,
+    private readonly admission: Admission,
+    private readonly tally: Tally,
+  ) {}
+
+  /** Adds a due item; runs the batch once it is full. False when the pass must stop. */
+  async gather({ item, key, memory }: { item: unknown; key: string; memory: BatchMember['memory'] }): Promise<boolean> {
+    this.admission.gather(key);
+    this.#batch.push({ item, key, memory });
+    return this.#batch.length < this.scope.reconciler.batchSize || this.run();
   }
 
-  elapsed(): number {
-    return performance.now() - this.#started;
-  }
-
-  #overBudget(): boolean {
-    const { maxItemsPerPass, maxPassDurationMs } = this.reconciler;
-    return (maxItemsPerPass !== undefined && this.#taken >= maxItemsPerPass) || (maxPassDurationMs !== undefined && this.elapsed() >= maxPassDurationMs);
-  }
-
-  /** The pass must take no more items: stopped, aborted, the database gone, over budget, or its partition handed over. */
-  closed(): boolean {
-    const { stop, abort, handOver } = this.signals;
-    return Boolean(stop.aborted || abort.aborted || this.unavailable() || this.#overBudget() || (this.handedOver = handOver?.()) !== undefined);
-  }
-
-  /**
-   * Waits for room (this pass's concurrency, then a slot shared with the other partitions'
-   * passes, but not past a stop) and looks again after each wait; false when the pass must stop.
-   */
-  async admit(): Promise<boolean> {
-    while (this.#running.size >= this.reconciler.concurrency) await Promise.race(this.#running);
-    if (this.closed()) return false;
-    if (this.slots) {
-      const took = await this.slots.take(this.#stopped);
-      if (!took || this.closed()) {
-        if (took) this.slots.give();
-        return false;
-      }
+  /** Runs what was gathered, once there is room; false (and nothing run) when the pass must stop first. */
+  async run(): Promise<boolean> {
+    const members = this.#batch;
+    this.#batch = [];
+    if (members.length === 0) return true;
+    const keys = members.map((m) => m.key);
+    if (!(await this.admission.admit(0))) {
+      this.admission.release(keys);
+      return false;
     }
-    this.#taken++;
+    for (let i = 0; i < members.length; i++) this.tally.admitted();
+    this.admission.startBatch(keys, reconcileBatch(this.scope, members).then((reports) => reports.forEach(({ key, report }) => this.tally.settled(key, report))));
     return true;
-  }
-
-  /** Runs an admitted item; its slot and key are given back when it settles. */
-  start(key: string, work: () => Promise<void>): void {
-    this.keys.add(key);
-    const running = work().finally(() => {
-      this.slots?.give();
-      this.#running.delete(running);
-      this.keys.delete(key);
-    });
-    this.#running.add(running);
-  }
-
-  async drain(): Promise<void> {
-    await Promise.all(this.#running);
   }
 }
 
@@ -133,38 +98,50 @@ export async function executePass(reconciler: Reconciler, options: PassOptions, 
   const log = deps.log.child({ reconciler: reconciler.name, passId: deps.passId ?? 'dry-run' });
   const tally = new Tally(reconciler, log);
   const admission = new Admission(reconciler, signals, deps.slots, () => tally.unavailable);
-  setMaxListeners(reconciler.concurrency + 10, signals.abort); // one abort listener per item in flight
   const { dryRun, partition, onlyKey } = options;
-  const item = { reconciler, db, log, events, dryRun, partition, abort: signals.abort, busyKeys: deps.busyKeys, failures: new FailureDigest(), ...(deps.random ? { random: deps.random } : {}) };
+  // One timer and one abort listener for the whole pass, however many items it runs (flights.ts).
+  const flights = new Flights(reconciler.timeoutMs, timedOutAfter(reconciler));
+  const abortFlights = () => flights.abortAll(signals.abort.reason);
+  signals.abort.addEventListener('abort', abortFlights, { once: true });
+  const scope: ItemScope = { reconciler, db, log, events, dryRun, partition, abort: signals.abort, flights, busyKeys: deps.busyKeys, failures: new FailureDigest(), ...(deps.random ? { random: deps.random } : {}) };
   const scan = scanCandidates({ reconciler, db, log, events, signal: signals.abort, partition, dryRun, ...(onlyKey !== undefined ? { onlyKey } : {}), busyKeys: deps.busyKeys, inFlight: admission.keys });
   let stoppedEarly = false;
   let keyFound = false;
   let error: string | null = null;
+  const batches = new Batches(scope, admission, tally);
   try {
-    for await (const candidate of scan.candidates) {
-      if (candidate.kind === 'unusable' || candidate.kind === 'busy' || candidate.kind === 'duplicate') {
-        tally.classified(candidate.kind);
-        continue;
-      }
-      if (admission.closed()) {
-        stoppedEarly = true;
-        break;
-      }
-      tally.noteSince(candidate.item);
-      if (candidate.kind === 'due') {
-        if (!(await admission.admit())) {
-          stoppedEarly = true;
-          break;
+    scanning: for await (const page of scan.candidates) {
+      for (const candidate of page) {
+        if (candidate.kind === 'unusable' || candidate.kind === 'busy' || candidate.kind === 'duplicate') {
+          tally.classified(candidate.kind);
+          continue;
         }
-        tally.admitted();
-        const { key, memory } = candidate;
-        admission.start(key, () => reconcileItem(item, candidate.item, key, memory).then((report) => tally.settled(key, report)));
-      } else {
-        tally.classified(candidate.kind);
-        if (candidate.kind === 'backoff') tally.noteRetry(candidate.memory.nextAttemptAt);
-        events.emit('item:deferred', { reconciler: reconciler.name, key: candidate.key, reason: candidate.kind, nextAttemptAt: candidate.memory.nextAttemptAt });
+        if (admission.closed()) {
+          stoppedEarly = true;
+          break scanning;
+        }
+        tally.noteSince(candidate.item);
+        if (candidate.kind === 'due' && reconciler.reconcileBatch) {
+          if (!(await batches.gather(candidate))) {
+            stoppedEarly = true;
+            break scanning;
+          }
+        } else if (candidate.kind === 'due') {
+          // Admitted at once when there is room (no promise per item); else wait for room.
+          if (!(admission.tryAdmit() ?? (await admission.admit()))) {
+            stoppedEarly = true;
+            break scanning;
+          }
+          tally.admitted();
+          const { key } = candidate;
+          admission.startItem(key, reconcileItem(scope, candidate.item, key, candidate.memory).then((report) => tally.settled(key, report)));
+        } else {
+          tally.classified(candidate.kind);
+          if (candidate.kind === 'backoff') tally.noteRetry(candidate.memory.nextAttemptAt);
+          events.emit('item:deferred', { reconciler: reconciler.name, key: candidate.key, reason: candidate.kind, nextAttemptAt: candidate.memory.nextAttemptAt });
+        }
+        keyFound = onlyKey !== undefined; // with `--key` the candidates end after that key's
       }
-      keyFound = onlyKey !== undefined; // with `--key` the candidates end after that key's
     }
   } catch (thrown) {
     stoppedEarly = true;
@@ -175,8 +152,12 @@ export async function executePass(reconciler: Reconciler, options: PassOptions, 
     if (!signals.abort.aborted && isDatabaseUnavailable(failure) && !(await databaseAnswers(db))) tally.unavailable ??= failure;
     else if (!signals.abort.aborted) log.error({ err: failure }, `pass broke off: ${error}`);
   }
+  // What a set-based reconciler gathered last runs too (it is within the budget), unless the pass must stop.
+  if (!(await batches.run())) stoppedEarly = true;
   await admission.drain();
-  item.failures.summarise(log);
+  signals.abort.removeEventListener('abort', abortFlights);
+  flights.close();
+  scope.failures.summarise(log);
   logLeftOut(log, tally.abortedKeys, scan.foreign, partition);
   let complete = !stoppedEarly && !keyFound;
   if (tally.unavailable && !signals.abort.aborted) {

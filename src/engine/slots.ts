@@ -35,6 +35,13 @@ export class Slots {
     });
   }
 
+  /** Takes a slot if one is free and nobody waits for one (no promise); false otherwise. */
+  tryTake(): boolean {
+    if (this.#free === 0 || this.#waiting.length > 0) return false;
+    this.#free--;
+    return true;
+  }
+
   /** Gives a slot back: to the longest waiter, if any. */
   give(): void {
     const next = this.#waiting.shift();

@@ -2,7 +2,7 @@
  * The `failures` table: failure memory. Only failures are remembered; the system's state
  * is the queue. Looking failures up costs one query per scanned page, never one per item.
  */
-import { and, asc, eq, sql, type SQL } from 'drizzle-orm';
+import { and, asc, eq, inArray, sql, type SQL } from 'drizzle-orm';
 import type { Db } from '../reconciler.js';
 import { queryRows } from './database.js';
 import { engineSchema, type failures } from './schema.js';
@@ -74,10 +74,11 @@ export async function recordFailure(db: Db, f: FailureRecord): Promise<{ attempt
   return { attempts: Number(row?.attempts ?? 1), dead: Boolean(row?.dead) };
 }
 
-/** Forgets an item that succeeded. */
-export async function forgetFailure(db: Db, reconciler: string, key: string): Promise<void> {
+/** Forgets items that succeeded (one statement for all of them). */
+export async function forgetFailures(db: Db, reconciler: string, keys: readonly string[]): Promise<void> {
+  if (keys.length === 0) return;
   const { failures } = engineSchema();
-  await db.delete(failures).where(and(eq(failures.reconciler, reconciler), eq(failures.key, key)));
+  await db.delete(failures).where(and(eq(failures.reconciler, reconciler), keys.length === 1 ? eq(failures.key, keys[0]!) : inArray(failures.key, [...keys])));
 }
 
 /**
