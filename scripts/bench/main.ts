@@ -17,6 +17,7 @@ import { buildApp, type App } from '../faults/app.js';
 import { idleFootprint, passLatency, scanCost } from './cases.js';
 import type { CaseResult } from './common.js';
 import { backlogDrain, memoryUnderBacklog } from './drain.js';
+import { batchDrain } from './batch.js';
 import { convergenceLatency, scaleOut } from './scale.js';
 import { consolePages } from './console.js';
 
@@ -52,6 +53,7 @@ let building: Promise<App> | undefined;
 const app = () => (building ??= buildApp());
 const cases = [
   ['backlog drain', backlogDrain],
+  ['batch drain', batchDrain],
   ['scan cost', scanCost],
   ['memory under backlog', memoryUnderBacklog],
   ['idle footprint', idleFootprint],
