@@ -16,7 +16,7 @@ describe('npm run bench -- --quick', () => {
     const result = await runCli([], { TEST_DATABASE_URL: databaseUrl('postgres') }, { shell: `node --import ./bin/register.js scripts/bench/main.ts --quick --out '${out}'`, timeoutMs: 460_000 });
     expect(result.code, result.stderr).toBe(0);
     const report = JSON.parse(readFileSync(out, 'utf8')) as { runs: number; results: { case: string; figure: string; unit: string; median: number; min: number; max: number; goal: string }[] };
-    expect([...new Set(report.results.map((r) => r.case))]).toEqual(['backlog drain', 'batch drain', 'scan cost (0 items to do)', 'memory under backlog', 'idle footprint', 'pass latency', 'convergence latency', 'scale-out', 'console pages']);
+    expect([...new Set(report.results.map((r) => r.case))]).toEqual(['backlog drain', 'batch drain', 'scan cost (0 items to do)', 'memory under backlog', 'idle footprint', 'pass latency', 'convergence latency', 'scale-out', 'console pages', 'cli start-up']);
     const drain = report.results.filter((r) => r.case === 'backlog drain');
     expect(drain).toHaveLength(12); // reconciler, raw loop, ratio, extra queries: for each of the three cases
     const extraQueries = drain.filter((r) => r.figure.includes('engine queries beyond the raw loop'));
