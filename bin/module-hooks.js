@@ -81,15 +81,28 @@ function adjusted(resolved) {
   return url ? { ...resolved, url, format: 'module' } : resolved;
 }
 
+/**
+ * The engine's public API in this package, as sources and as the build. A job file that imports
+ * it by path (`../src/index.js`, as in a checkout) gets the engine the process runs, like one that
+ * imports `reconciler`: a second copy would have its own module state (the secrets `registerSecret`
+ * masks, the engine schema), and a secret registered in it would not be masked by the engine.
+ */
+const ENGINE_INDEXES = new Set([new URL('../src/index.ts', import.meta.url).href, new URL('../dist/src/index.js', import.meta.url).href]);
+
+/** True when `url` is the other copy of the running engine's public API. */
+const otherEngine = (url) => apiEntry !== undefined && url !== apiEntry && ENGINE_INDEXES.has(url);
+
 export async function resolve(specifier, context, nextResolve) {
   if (apiEntry && specifier === 'reconciler') return nextResolve(apiEntry, context);
-  return adjusted(await nextResolve(specifier, context));
+  const resolved = await nextResolve(specifier, context);
+  return otherEngine(resolved.url) ? nextResolve(apiEntry, context) : adjusted(resolved);
 }
 
 /** `resolve` for `module.registerHooks`, where `nextResolve` answers at once. */
 function resolveInThread(specifier, context, nextResolve) {
   if (apiEntry && specifier === 'reconciler') return nextResolve(apiEntry, context);
-  return adjusted(nextResolve(specifier, context));
+  const resolved = nextResolve(specifier, context);
+  return otherEngine(resolved.url) ? nextResolve(apiEntry, context) : adjusted(resolved);
 }
 
 const RELATIVE_SCRIPT = /^\.\.?\/[^?#]*\.(m?js|cjs)$/;
