@@ -131,6 +131,46 @@ export function resolveRelativeInPackage(specifier, context, nextResolve) {
   return nextResolve(specifier, context);
 }
 
+/** A package name, as a bare specifier starts with it: `pg`, `drizzle-orm/pg-core`, `@scope/name/sub`. */
+const BARE = /^(?:@[^/:?#]+\/)?[^./:?#][^/:?#]*(?:\/|$)/;
+
+const lookupRoots = new Map();
+/**
+ * The folder whose bare imports resolve as this folder's do: the folder itself when it holds a
+ * node_modules (the first place Node looks) or a package.json (a package's own name and its
+ * "imports" depend on it), else its parent's. Every file of dist/src/ shares one.
+ */
+function lookupRoot(directory) {
+  let root = lookupRoots.get(directory);
+  if (root === undefined) {
+    const parent = dirname(directory);
+    root = parent === directory || existsSync(join(directory, 'node_modules')) || existsSync(join(directory, 'package.json')) ? directory : lookupRoot(parent);
+    lookupRoots.set(directory, root);
+  }
+  return root;
+}
+
+const bareResolved = new Map();
+/**
+ * A bare import (`import { sql } from 'drizzle-orm'`) resolved once per place it can resolve
+ * differently (`lookupRoot`) and set of conditions, instead of once per importing file: on Node 22
+ * and later each resolve parses the package's whole "exports" again (drizzle-orm's is 180 kB, and
+ * nineteen of the engine's files import it). What cannot be resolved is left to Node each time.
+ */
+export function resolveBareOnce(specifier, context, nextResolve) {
+  const parent = context.parentURL;
+  if (!BARE.test(specifier) || !parent?.startsWith('file:') || (context.importAttributes && Object.keys(context.importAttributes).length > 0)) {
+    return nextResolve(specifier, context);
+  }
+  const key = `${specifier}\0${context.conditions?.join(',')}\0${lookupRoot(dirname(fileURLToPath(parent)))}`;
+  let resolved = bareResolved.get(key);
+  if (resolved === undefined) {
+    resolved = { ...nextResolve(specifier, context), shortCircuit: true };
+    bareResolved.set(key, resolved);
+  }
+  return resolved;
+}
+
 const inThreadHooks = typeof nodeModule.registerHooks === 'function';
 
 /** Where Node has a compile cache (22.1 and later), compiled code is kept between runs (in the system's temporary folder, or NODE_COMPILE_CACHE). */
@@ -142,9 +182,9 @@ export function enableCompileCache() {
   }
 }
 
-/** Installs `resolveRelativeInPackage` where hooks can run in the thread (where Node 24 needs it); elsewhere there is nothing to gain. */
+/** Installs `resolveRelativeInPackage` and `resolveBareOnce` where hooks can run in the thread (where Node 24 needs it); elsewhere there is nothing to gain. */
 export function registerFastPackageResolve() {
-  if (inThreadHooks) nodeModule.registerHooks({ resolve: resolveRelativeInPackage });
+  if (inThreadHooks) nodeModule.registerHooks({ resolve: (specifier, context, nextResolve) => resolveRelativeInPackage(specifier, context, (s, c) => resolveBareOnce(s, c, nextResolve)) });
 }
 
 /** Whether tsx is installed (without loading it). */

@@ -160,3 +160,57 @@ describe("a package's own relative imports, resolved without Node's resolver (on
     expect(asked).toEqual(['pg', './no-such-file.js', './sql', './sql/sql.js', './cli/main.js']);
   });
 });
+
+describe('a bare import resolved once per place it can resolve differently (on Node 24 each resolve parsed the package\'s whole "exports")', () => {
+  type Resolved = { url: string; format?: string; shortCircuit?: boolean };
+  type Next = (specifier: string, context: object) => Resolved;
+  let resolveBareOnce: (specifier: string, context: object, next: Next) => Resolved;
+  let root: string;
+  const asked: string[] = [];
+  const next: Next = (specifier) => {
+    asked.push(specifier);
+    if (specifier === 'missing') throw Object.assign(new Error(`Cannot find package '${specifier}'`), { code: 'ERR_MODULE_NOT_FOUND' });
+    return { url: `next:${specifier}:${asked.length}`, format: 'module' };
+  };
+  const importing = { conditions: ['node', 'import'], importAttributes: {} };
+  const from = (...path: string[]) => ({ ...importing, parentURL: pathToFileURL(join(root, ...path)).href });
+  beforeAll(async () => {
+    ({ resolveBareOnce } = (await import(pathToFileURL(join(REPO_ROOT, 'bin', 'module-hooks.js')).href)) as { resolveBareOnce: typeof resolveBareOnce });
+    // A package with files in nested folders, one of which has a node_modules of its own.
+    root = mkdtempSync(join(tmpdir(), 'reconciler-bare-'));
+    writeFileSync(join(root, 'package.json'), '{ "type": "module" }\n');
+    mkdirSync(join(root, 'src', 'store'), { recursive: true });
+    mkdirSync(join(root, 'src', 'vendored', 'node_modules'), { recursive: true });
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+
+  it('asks Node once for the files of one package, and answers the others with the same resolution', () => {
+    asked.length = 0;
+    const first = resolveBareOnce('drizzle-orm', from('src', 'index.js'), next);
+    expect(first).toEqual({ url: 'next:drizzle-orm:1', format: 'module', shortCircuit: true });
+    expect(resolveBareOnce('drizzle-orm', from('src', 'store', 'lease.js'), next)).toEqual(first);
+    expect(resolveBareOnce('drizzle-orm', from('index.js'), next)).toEqual(first);
+    expect(asked).toEqual(['drizzle-orm']);
+  });
+
+  it('asks again where the answer can differ: a folder with its own node_modules, a subpath, other conditions, a failure', () => {
+    asked.length = 0;
+    resolveBareOnce('drizzle-orm', from('src', 'vendored', 'x.js'), next);
+    resolveBareOnce('drizzle-orm/pg-core', from('src', 'index.js'), next);
+    resolveBareOnce('drizzle-orm', { conditions: ['node', 'require'], parentURL: from('src', 'index.js').parentURL }, next);
+    expect(() => resolveBareOnce('missing', from('src', 'index.js'), next)).toThrow(/Cannot find package 'missing'/);
+    expect(() => resolveBareOnce('missing', from('src', 'index.js'), next)).toThrow(/Cannot find package 'missing'/);
+    expect(asked).toEqual(['drizzle-orm', 'drizzle-orm/pg-core', 'drizzle-orm', 'missing', 'missing']);
+  });
+
+  it('leaves paths, URLs, builtins, package imports and imports with attributes to Node every time', () => {
+    asked.length = 0;
+    for (const specifier of ['./x.js', '../y.js', '/abs.js', 'node:fs', 'file:///z.js', '#internal']) {
+      resolveBareOnce(specifier, from('src', 'index.js'), next);
+      resolveBareOnce(specifier, from('src', 'index.js'), next);
+    }
+    resolveBareOnce('data', { ...from('src', 'index.js'), importAttributes: { type: 'json' } }, next);
+    resolveBareOnce('data', { ...from('src', 'index.js'), importAttributes: { type: 'json' } }, next);
+    expect(asked).toEqual(['./x.js', './x.js', '../y.js', '../y.js', '/abs.js', '/abs.js', 'node:fs', 'node:fs', 'file:///z.js', 'file:///z.js', '#internal', '#internal', 'data', 'data']);
+  });
+});
