@@ -17,6 +17,7 @@ import { loadReconcilers, type LoadError } from './engine/load.js';
 import { backoffDelay } from './engine/backoff.js';
 import type { Reconciler } from './reconciler.js';
 import { settlesWithin } from './timeout.js';
+import { startTracing, tracingConfigured, type DatabaseTarget, type Tracing } from './tracing/index.js';
 
 /** Configuration, logger and job files: everything but the database. */
 export interface Setup {
@@ -24,6 +25,8 @@ export interface Setup {
   log: Logger;
   reconcilers: Reconciler[];
   loadErrors: LoadError[];
+  /** The OpenTelemetry SDK, when the command traces (`tracing`) and the OTEL_* environment configures an exporter: shut it down (it flushes) before exiting. */
+  tracing?: Tracing;
 }
 
 export interface CommandContext extends Setup {
@@ -44,18 +47,34 @@ export interface ContextOptions {
   migrating?: boolean;
   /** Wait up to STARTUP_TIMEOUT for a database that cannot be reached yet (the daemon, `migrate`). */
   waitForDatabase?: boolean;
+  /** Trace passes when the OTEL_* environment configures an exporter (the daemon, `run`). */
+  tracing?: boolean;
 }
 
 /** Reads the configuration, points the store at the engine schema, and loads the job files. */
 export async function prepare(options: ContextOptions): Promise<Setup> {
   const config = loadConfig(process.env.LOG_LEVEL === undefined && options.defaultLogLevel ? { ...process.env, LOG_LEVEL: options.defaultLogLevel } : process.env);
-  const log = createLogger({ level: config.LOG_LEVEL, fd: options.logToStdout ? 1 : 2 });
+  const traced = options.tracing === true && tracingConfigured();
+  const log = createLogger({ level: config.LOG_LEVEL, fd: options.logToStdout ? 1 : 2, traced });
   for (const warning of deprecationWarnings()) log.warn(warning);
   useEngineSchema(config.RECONCILER_SCHEMA);
+  const tracing = traced ? await startTracing(log, databaseTarget(config.DATABASE_URL)) : undefined;
   let reconcilers: Reconciler[] = [];
   let loadErrors: LoadError[] = [];
   if (options.jobs) ({ reconcilers, errors: loadErrors } = await loadReconcilers(options.jobsDir ?? config.JOBS_DIR));
-  return { config, log, reconcilers, loadErrors };
+  return { config, log, reconcilers, loadErrors, ...(tracing ? { tracing } : {}) };
+}
+
+/** The database's name, host and port for database spans; never its user or password. */
+function databaseTarget(databaseUrl: string | undefined): DatabaseTarget {
+  if (!databaseUrl) return { name: 'postgres' }; // the embedded database
+  try {
+    const url = new URL(databaseUrl);
+    const name = decodeURIComponent(url.pathname.replace(/^\//, ''));
+    return { ...(name ? { name } : {}), ...(url.hostname ? { host: url.hostname.replace(/^\[(.*)\]$/, '$1') } : {}), port: url.port ? Number(url.port) : 5432 };
+  } catch {
+    return {}; // a key=value connection string: pg reads it, the span goes without
+  }
 }
 
 /** Opens the configured database. */
@@ -134,5 +153,6 @@ export async function withContext<T>(options: ContextOptions, fn: (context: Comm
     return await fn(context);
   } finally {
     await context.close();
+    await context.tracing?.shutdown();
   }
 }

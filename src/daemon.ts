@@ -49,7 +49,7 @@ export interface DaemonOptions {
 const startedByNpm = () => process.env.npm_lifecycle_event !== undefined;
 
 export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
-  const setup = await prepare({ jobs: true, logToStdout: true, ...(options.jobsDir ? { jobsDir: options.jobsDir } : {}) });
+  const setup = await prepare({ jobs: true, logToStdout: true, tracing: true, ...(options.jobsDir ? { jobsDir: options.jobsDir } : {}) });
   const { config, log, reconcilers, loadErrors } = setup;
   for (const error of loadErrors) log.error({ file: error.file, ...(error.excerpt ? { excerpt: error.excerpt } : {}) }, describeLoadError(error));
   const signals = onStopSignals({
@@ -122,6 +122,7 @@ export async function runDaemon(options: DaemonOptions = {}): Promise<number> {
   } finally {
     signals.dispose();
     unwatchParent();
+    await setup.tracing?.shutdown(); // the last spans go to the collector before the process exits
   }
 }
 

@@ -7,6 +7,7 @@ import pino, { type Logger } from 'pino';
 import type prettyFactory from 'pino-pretty';
 import { scrub } from './secrets.js';
 import { coerceError, errorSummary } from './errors.js';
+import { traceLogFields } from './tracing/index.js';
 
 export type { Logger };
 
@@ -18,6 +19,8 @@ export interface LoggerOptions {
   fd: 1 | 2;
   /** Pretty output; defaults to "is that stream a terminal". */
   pretty?: boolean;
+  /** Tracing is on: every line written inside a span carries its `trace_id` and `span_id`. */
+  traced?: boolean;
 }
 
 /** An error as a log field: the explaining message (see errorSummary), its code, and stack frames without the raw message. */
@@ -42,6 +45,7 @@ export function createLogger(options: LoggerOptions): Logger {
     {
       level: options.level,
       base: { pid: process.pid },
+      ...(options.traced ? { mixin: traceLogFields } : {}),
       redact: { paths: ['password', '*.password', 'databaseUrl', '*.databaseUrl', 'apiKey', '*.apiKey', 'headers.authorization'], censor: '[redacted]' },
       serializers: {
         err: serializeError,

@@ -16,7 +16,8 @@ import type { BatchContext, BatchOutcomes, Db, Outcome, ReconcileResult } from '
 import { coerceError, errorSummary } from '../errors.js';
 import type { FailureMemory } from '../store/failures.js';
 import { FlightTimeoutError } from './flights.js';
-import { abortedInFlight, busyWhile, done, failed, forget, normalizeResult, type ItemReport, type ItemScope } from './item.js';
+import { abortedInFlight, busyWhile, done, failed, forget, normalizeResult, traced, type ItemReport, type ItemScope } from './item.js';
+import { engineTracer } from '../tracing/index.js';
 
 /** A due item of a batch. */
 export interface BatchMember {
@@ -116,7 +117,29 @@ async function split(scope: ItemScope, members: readonly BatchMember[], into: Ma
 }
 
 /** Reconciles a batch and records each of its items; returns each item's report, in the batch's order. */
-export async function reconcileBatch(scope: ItemScope, members: readonly BatchMember[]): Promise<{ key: string; report: ItemReport }[]> {
+export function reconcileBatch(scope: ItemScope, members: readonly BatchMember[]): Promise<{ key: string; report: ItemReport }[]> {
+  const tracer = engineTracer();
+  if (!tracer) return reconcileUntraced(scope, members);
+  // One span for the batch (its calls, split or not), and one per item under it with the item's outcome.
+  const span = tracer.item(`batch ${scope.reconciler.name}`, { 'reconciler.name': scope.reconciler.name, 'reconciler.batch.size': members.length });
+  return tracer.within(span, async () => {
+    try {
+      return await reconcileUntraced(scope, members, (key, attempt, report) => {
+        const item = tracer.item(`item ${scope.reconciler.name}`, { 'reconciler.name': scope.reconciler.name, 'reconciler.item.key': key, 'reconciler.item.attempt': attempt });
+        return traced(item, tracer.within(item, report));
+      });
+    } catch (error) {
+      span.fail(error);
+      throw error;
+    } finally {
+      span.end();
+    }
+  });
+}
+
+type Reporting = (key: string, attempt: number, report: () => Promise<ItemReport>) => Promise<ItemReport>;
+
+async function reconcileUntraced(scope: ItemScope, members: readonly BatchMember[], reporting: Reporting = (_key, _attempt, report) => report()): Promise<{ key: string; report: ItemReport }[]> {
   const started = performance.now();
   const settled = new Map<string, Settled>();
   await settle(scope, members, settled);
@@ -128,9 +151,12 @@ export async function reconcileBatch(scope: ItemScope, members: readonly BatchMe
     members.map(async ({ key, memory }) => {
       const attempt = (memory?.attempts ?? 0) + 1;
       const s = settled.get(key)!;
-      if ('aborted' in s) return { key, report: abortedInFlight(scope, key, attempt) };
-      if ('error' in s) return { key, report: await failed(scope, key, attempt, s.error) };
-      return { key, report: await done(scope, key, memory, s.outcome, s.note, durationMs, attempt, forgotten) };
+      const report = await reporting(key, attempt, async () => {
+        if ('aborted' in s) return abortedInFlight(scope, key, attempt);
+        if ('error' in s) return failed(scope, key, attempt, s.error);
+        return done(scope, key, memory, s.outcome, s.note, durationMs, attempt, forgotten);
+      });
+      return { key, report };
     }),
   );
 }

@@ -13,6 +13,8 @@ import { partitionOf, type Partition } from '../store/partition.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { lookupFailures, type FailureMemory } from '../store/failures.js';
 import type { EngineEvents } from './events.js';
+import { engineTracer } from '../tracing/index.js';
+import { recording } from './item.js';
 
 /** Longest key accepted; longer keys could not be indexed by failure memory. */
 export const MAX_KEY_LENGTH = 1_024;
@@ -106,7 +108,10 @@ async function* preparedPages(scan: CandidateScan, foreign: string[]): AsyncGene
   const { reconciler, db } = scan;
   const source = pagesOf(reconciler, db, scan.signal, scan.partition);
   const { index, count } = scan.partition;
-  const prepare = async (): Promise<PreparedPage | undefined> => {
+  const tracer = engineTracer();
+  // The scan's query and the failure memory's lookup: one `scan page` span while tracing is on.
+  const prepare = (): Promise<PreparedPage | undefined> => recording(tracer, 'scan page', reconciler.name, preparePage);
+  const preparePage = async (): Promise<PreparedPage | undefined> => {
     const next = await source.next();
     if (next.done) return undefined;
     let page = next.value;

@@ -12,6 +12,7 @@ import { FlightTimeoutError, type Flight, type Flights } from './flights.js';
 import { retryDelay } from './backoff.js';
 import type { FailureDigest } from './failure-digest.js';
 import type { EngineEvents } from './events.js';
+import { engineTracer, type EngineSpan, type EngineTracer } from '../tracing/index.js';
 
 const OUTCOMES: readonly Outcome[] = ['changed', 'unchanged', 'skipped'];
 
@@ -49,6 +50,8 @@ export interface ItemReport {
   unavailable?: Error;
   /** When it is due again: a recorded failure that is not dead. */
   retryAt?: Date;
+  /** What failed (`failed`, `dead`): for its span. */
+  failure?: Error;
 }
 
 /** The pass's time limit error, as an item's failure says it. */
@@ -122,8 +125,36 @@ export function busyWhile<T>(busyKeys: Set<string>, keys: readonly string[], wor
   );
 }
 
-/** Reconciles one item and records its outcome. */
-export async function reconcileItem(scope: ItemScope, item: unknown, key: string, memory: FailureMemory | undefined): Promise<ItemReport> {
+/** Reconciles one item and records its outcome: under its own span while tracing is on. */
+export function reconcileItem(scope: ItemScope, item: unknown, key: string, memory: FailureMemory | undefined): Promise<ItemReport> {
+  const tracer = engineTracer();
+  if (!tracer) return reconcileUntraced(scope, item, key, memory);
+  const attempt = (memory?.attempts ?? 0) + 1;
+  const span = tracer.item(`item ${scope.reconciler.name}`, { 'reconciler.name': scope.reconciler.name, 'reconciler.item.key': key, 'reconciler.item.attempt': attempt });
+  return traced(span, tracer.within(span, () => reconcileUntraced(scope, item, key, memory)));
+}
+
+/** Ends an item's span with what came of the item: its outcome, and its error when it failed. */
+export async function traced(span: EngineSpan, reporting: Promise<ItemReport>): Promise<ItemReport> {
+  try {
+    const report = await reporting;
+    span.set({ 'reconciler.item.outcome': report.aborted ? 'aborted' : report.counted });
+    if (report.failure) span.fail(report.failure);
+    return report;
+  } catch (error) {
+    span.fail(error);
+    throw error;
+  } finally {
+    span.end();
+  }
+}
+
+/** The engine's own database work, as a span while tracing is on. */
+export function recording<T>(tracer: EngineTracer | undefined, operation: string, target: string, work: () => Promise<T>): Promise<T> {
+  return tracer ? tracer.database(operation, target, work) : work();
+}
+
+async function reconcileUntraced(scope: ItemScope, item: unknown, key: string, memory: FailureMemory | undefined): Promise<ItemReport> {
   const { reconciler, abort, flights } = scope;
   const attempt = (memory?.attempts ?? 0) + 1;
   const flight = flights.start();
@@ -166,7 +197,7 @@ export async function done(scope: ItemScope, key: string, memory: FailureMemory 
 /** Forgets the failure memory of items now done; the database's error when it is gone (anything else is logged: the next pass clears them). */
 export async function forget(scope: ItemScope, keys: readonly string[]): Promise<Error | undefined> {
   try {
-    await forgetFailures(scope.db, scope.reconciler.name, keys);
+    await recording(engineTracer(), 'record', 'reconciler.failures', () => forgetFailures(scope.db, scope.reconciler.name, keys));
     return undefined;
   } catch (forgetError) {
     if (isDatabaseUnavailable(forgetError)) return coerceError(forgetError);
@@ -185,7 +216,9 @@ export async function failed(scope: ItemScope, key: string, attempt: number, fai
   let recorded: { attempts: number; dead: boolean } | undefined;
   if (!dryRun) {
     try {
-      recorded = await recordFailure(scope.db, { reconciler: reconciler.name, partition: scope.partition.index, key, error: message, delayMs, terminal, maxAttempts: reconciler.retry.maxAttempts });
+      recorded = await recording(engineTracer(), 'record', 'reconciler.failures', () =>
+        recordFailure(scope.db, { reconciler: reconciler.name, partition: scope.partition.index, key, error: message, delayMs, terminal, maxAttempts: reconciler.retry.maxAttempts }),
+      );
     } catch (recordError) {
       if (isDatabaseUnavailable(recordError)) {
         log.debug({ err: failure }, 'failed while the database is unavailable; not recorded');
@@ -209,5 +242,5 @@ export async function failed(scope: ItemScope, key: string, attempt: number, fai
   log[level]({ attempt: attempts, dead, error: message }, `failed: ${errorSummary(failure, 300)}; ${dryRun ? 'dry run, not recorded' : next}`);
   scope.events.emit('item:failed', { reconciler: reconciler.name, key, error: failure, attempt: attempts, dead, dryRun });
   // Died now (recorded dead): counted as dead, as every later pass counts it, and as a failure of this pass.
-  return { counted: dead && recorded ? 'dead' : 'failed', ...(retryAt ? { retryAt } : {}) };
+  return { counted: dead && recorded ? 'dead' : 'failed', failure, ...(retryAt ? { retryAt } : {}) };
 }

@@ -13,6 +13,7 @@
  * - `permanent`: the request itself is wrong (400 such as a key reused with other parameters,
  *   401, 403, 404, 422). Retrying the same request cannot help.
  */
+import { context, propagation, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import Stripe from 'stripe';
 import type { ReconcileContext, RetryAfter } from 'reconciler';
 import { DEFAULT_SEARCH_LAG_MS, loadProviderConfig } from './config.js';
@@ -171,13 +172,56 @@ function ownRetriesHttpClient(): Stripe.HttpClient {
   const inner = Stripe.createNodeHttpClient();
   return {
     getClientName: () => inner.getClientName(),
-    makeRequest: (...args: Parameters<Stripe.HttpClient['makeRequest']>) =>
-      inner.makeRequest(...args).catch((error: unknown) => {
-        const code = (error as { code?: unknown } | undefined)?.code;
-        if (typeof code === 'string' && CONNECTION_CLOSED.has(code)) throw Object.assign(new Error((error as Error).message, { cause: error }), { code: 'CONNECTION_CLOSED', socketCode: code });
-        throw error;
-      }),
+    makeRequest: (host, port, path, method, headers, requestData, protocol, timeout) =>
+      tracedRequest({ host, port, path, method, protocol }, headers, (sent) =>
+        inner.makeRequest(host, port, path, method, sent, requestData, protocol, timeout).catch((error: unknown) => {
+          const code = (error as { code?: unknown } | undefined)?.code;
+          if (typeof code === 'string' && CONNECTION_CLOSED.has(code)) throw Object.assign(new Error((error as Error).message, { cause: error }), { code: 'CONNECTION_CLOSED', socketCode: code });
+          throw error;
+        }),
+      ),
   };
+}
+
+const tracer = trace.getTracer('reconciler-returns-example');
+
+/**
+ * One request to the provider as an OpenTelemetry client span (the HTTP semantic conventions),
+ * a child of the item being reconciled, with its W3C `traceparent` in the request's headers: the
+ * provider's side of the trace joins ours. While tracing is off (no SDK registered), the tracer
+ * and the propagator are OpenTelemetry's no-ops and nothing is added.
+ */
+function tracedRequest(
+  target: { host: string; port: string | number; path: string; method: string; protocol: string },
+  headers: Record<string, string | number | string[]>,
+  send: (headers: Record<string, string | number | string[]>) => Promise<Stripe.HttpClientResponse>,
+): Promise<Stripe.HttpClientResponse> {
+  const path = target.path.split('?')[0]!; // the query (a search's terms) stays out of the span
+  const span = tracer.startSpan(target.method, {
+    kind: SpanKind.CLIENT,
+    attributes: { 'http.request.method': target.method, 'server.address': target.host, 'server.port': Number(target.port), 'url.full': `${target.protocol}://${target.host}:${target.port}${path}`, 'url.path': path },
+  });
+  const sent = { ...headers };
+  propagation.inject(trace.setSpan(context.active(), span), sent);
+  return send(sent).then(
+    (response) => {
+      const status = response.getStatusCode();
+      span.setAttribute('http.response.status_code', status);
+      if (status >= 400) {
+        span.setAttribute('error.type', String(status));
+        span.setStatus({ code: SpanStatusCode.ERROR });
+      }
+      span.end();
+      return response;
+    },
+    (error: unknown) => {
+      const code = (error as { code?: unknown } | undefined)?.code;
+      span.setAttribute('error.type', typeof code === 'string' ? code : ((error as Error | undefined)?.name ?? 'Error'));
+      span.setStatus({ code: SpanStatusCode.ERROR }); // no message: the engine's item span carries the error, scrubbed of secrets
+      span.end();
+      throw error;
+    },
+  );
 }
 
 /** A charge or refund as an Effect: currency upper case, `created` (seconds) in ms, the intent and key from its metadata. */

@@ -35,7 +35,7 @@ export async function runCommand(names: string[], flags: RunFlags): Promise<numb
   if (flags.key !== undefined && (flags.all || names.length !== 1)) throw new UserError('--key needs exactly one reconciler name');
   if (flags.partition !== undefined && (flags.all || names.length !== 1)) throw new UserError('--partition needs exactly one reconciler name');
   if (flags.key !== undefined && flags.key === '') throw new UserError('--key needs a non-empty key (see `reconciler failures` or --dry-run for keys)');
-  return withContext({ jobs: true, defaultLogLevel: 'warn' }, async ({ config, log, database, reconcilers, loadErrors }) => {
+  return withContext({ jobs: true, defaultLogLevel: 'warn', tracing: true }, async ({ config, log, database, reconcilers, loadErrors }) => {
     const engine = new Engine({ db: database.db, control: database.control, reconcilers, log, leaseMs: config.LEASE_TTL });
     return runPasses(engine, names, loadErrors, flags, config, log);
   });

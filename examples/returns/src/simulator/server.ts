@@ -138,9 +138,24 @@ export interface LedgerEntry {
   createdAt: string;
 }
 
+/** A request that carried a W3C `traceparent` header: how a test joins the provider's side of a trace to the caller's span. */
+export interface TracedRequest {
+  method: string;
+  path: string;
+  traceparent: string;
+  tracestate?: string;
+  idempotencyKey?: string;
+  at: string;
+}
+
+/** The traced requests the simulator keeps, newest last; older ones are dropped beyond this. */
+const TRACED_REQUESTS_KEPT = 10_000;
+
 export interface RunningSimulator {
   url: string;
   stats(): SimulatorStats;
+  /** The requests that carried a `traceparent` (also `GET /v1/_simulator/traceparents`). */
+  tracedRequests(): TracedRequest[];
   setFaults(faults: Partial<SimulatorFaults>): SimulatorFaults;
   /** Moves the simulator's clock forward (cumulative); resolves to the offset from real time, in seconds. */
   advanceClock(seconds: number): Promise<number>;
@@ -694,6 +709,15 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
     send(res, 200, stripeObject(row));
   };
 
+  const traced: TracedRequest[] = [];
+  const noteTrace = (req: IncomingMessage, path: string) => {
+    const { traceparent, tracestate } = req.headers;
+    if (typeof traceparent !== 'string') return;
+    const key = req.headers['idempotency-key'];
+    traced.push({ method: req.method ?? '', path, traceparent, ...(typeof tracestate === 'string' ? { tracestate } : {}), ...(typeof key === 'string' ? { idempotencyKey: key } : {}), at: now().toISOString() });
+    if (traced.length > TRACED_REQUESTS_KEPT) traced.splice(0, traced.length - TRACED_REQUESTS_KEPT);
+  };
+
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://simulator');
     const path = url.pathname;
@@ -701,6 +725,8 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
       if (req.method === 'GET' && path === '/healthz') return send(res, 200, { ok: true });
       // Never echo the key that was sent: it may be a real one, sent here by mistake.
       if (req.headers.authorization !== `Bearer ${apiKey}`) return send(res, 401, apiError('invalid_request_error', 'Invalid API Key provided.'));
+      if (req.method === 'GET' && path === '/v1/_simulator/traceparents') return send(res, 200, { data: traced });
+      noteTrace(req, path);
       if (req.method === 'POST' && path === '/v1/charges') return effect('charge', path, req, res);
       if (req.method === 'POST' && path === '/v1/refunds') return effect('refund', path, req, res);
       const lookup = req.method === 'GET' && (path === '/v1/charges/search' || path === '/v1/refunds');
@@ -751,6 +777,7 @@ export async function startSimulator(options: SimulatorOptions): Promise<Running
   return {
     url: `http://${options.host ?? '127.0.0.1'}:${address.port}`,
     stats: () => structuredClone(stats),
+    tracedRequests: () => structuredClone(traced),
     setFaults(next) {
       const wrong = faultsProblem(next);
       if (wrong) throw new Error(`invalid simulator faults: ${wrong}`);
