@@ -3,7 +3,7 @@
  * =http/json), decoded into flat spans. What a collector would receive, without a collector: the
  * tracing test checks the span tree against it, and the tracing benchmark sends its spans here.
  */
-import { createServer, type IncomingMessage } from 'node:http';
+import { createServer, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 /** One span as received: ids in hex, attributes flattened to plain values. */
@@ -30,6 +30,8 @@ export interface OtlpReceiver {
   spans: ReceivedSpan[];
   /** Every request body as received (the raw JSON), for a search for secrets in everything sent. */
   bodies: string[];
+  /** The headers of every export request, in the order of `bodies` (OTEL_EXPORTER_OTLP_HEADERS arrive here, and only here). */
+  headers: IncomingHttpHeaders[];
   /** Resolves once `predicate` holds for the spans received so far (checked on every export). */
   waitFor(predicate: (spans: ReceivedSpan[]) => boolean, timeoutMs?: number): Promise<ReceivedSpan[]>;
   close(): Promise<void>;
@@ -115,6 +117,7 @@ export async function startOtlpReceiver(options: { keep?: boolean } = {}): Promi
   const keep = options.keep ?? true;
   const spans: ReceivedSpan[] = [];
   const bodies: string[] = [];
+  const headers: IncomingHttpHeaders[] = [];
   const waiters = new Set<() => void>();
   const server = createServer((req, res) => {
     readBody(req).then(
@@ -129,6 +132,7 @@ export async function startOtlpReceiver(options: { keep?: boolean } = {}): Promi
         }
         if (keep) {
           bodies.push(body);
+          headers.push(req.headers);
           spans.push(...decode(body));
         }
         res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
@@ -143,6 +147,7 @@ export async function startOtlpReceiver(options: { keep?: boolean } = {}): Promi
     url: `http://127.0.0.1:${port}`,
     spans,
     bodies,
+    headers,
     waitFor: (predicate, timeoutMs = 20_000) =>
       new Promise((resolve, reject) => {
         const check = () => {
