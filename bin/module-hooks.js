@@ -19,9 +19,12 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 
 /** `reconciler` → the URL of the running engine's public API. */
 let apiEntry;
+/** Imports of the engine's sources (`src/**.ts`) load their build instead (the benchmarks: the engine as it ships). */
+let sourcesToBuild = false;
 
 export function initialize(data) {
   apiEntry = data?.apiEntry;
+  sourcesToBuild = data?.sourcesToBuild === true;
 }
 
 const packageTypes = new Map();
@@ -95,7 +98,17 @@ const otherEngine = (url) => apiEntry !== undefined && url !== apiEntry && ENGIN
 export async function resolve(specifier, context, nextResolve) {
   if (apiEntry && specifier === 'reconciler') return nextResolve(apiEntry, context);
   const resolved = await nextResolve(specifier, context);
-  return otherEngine(resolved.url) ? nextResolve(apiEntry, context) : adjusted(resolved);
+  if (otherEngine(resolved.url)) return nextResolve(apiEntry, context);
+  return (sourcesToBuild && builtOf(resolved.url)) || adjusted(resolved);
+}
+
+const SOURCES_URL = new URL('../src/', import.meta.url).href;
+const BUILT_URL = new URL('../dist/src/', import.meta.url).href;
+
+/** `src/engine/item.ts` → `dist/src/engine/item.js`, as a resolution; undefined for anything else. */
+function builtOf(url) {
+  if (!url.startsWith(SOURCES_URL) || !url.endsWith('.ts') || url.endsWith('.d.ts')) return undefined;
+  return { url: `${BUILT_URL}${url.slice(SOURCES_URL.length, -3)}.js`, format: 'module', shortCircuit: true };
 }
 
 /** `resolve` for `module.registerHooks`, where `nextResolve` answers at once. */
@@ -215,14 +228,14 @@ let jobHooks = false;
  * Installs this file's hooks with `apiEntry` (the URL of the engine's index), once per process:
  * in the thread where Node can (`inThread`, the CLI), else on the loader thread.
  */
-export function registerJobHooks(entry, { inThread = true } = {}) {
+export function registerJobHooks(entry, { inThread = true, sourcesToBuild = false } = {}) {
   if (jobHooks) return;
   jobHooks = true;
-  if (inThread && inThreadHooks) {
+  if (inThread && inThreadHooks && !sourcesToBuild) {
     initialize({ apiEntry: entry });
     nodeModule.registerHooks({ resolve: resolveInThread });
   } else {
-    nodeModule.register(new URL('./module-hooks.js', import.meta.url), import.meta.url, { data: { apiEntry: entry } });
+    nodeModule.register(new URL('./module-hooks.js', import.meta.url), import.meta.url, { data: { apiEntry: entry, sourcesToBuild } });
   }
 }
 

@@ -9,9 +9,18 @@ import { pickEngine, registerJobHooks, registerTypeScript } from './module-hooks
 
 /** Whether TypeScript files can be imported. */
 export const typescript = await registerTypeScript();
-const engine = pickEngine({ build: 'when no sources', typescript });
+/**
+ * RECONCILER_ENGINE=build (`npm run bench`): the engine as it ships, its build in dist/, also
+ * where a script imports the sources by path; refused when the build is older than the sources.
+ */
+const asShipped = process.env.RECONCILER_ENGINE === 'build';
+const engine = pickEngine({ build: asShipped ? 'when current' : 'when no sources', typescript });
+if (asShipped && engine.fromSources) {
+  process.stderr.write('RECONCILER_ENGINE=build: dist/ is missing or older than src/: run `npm run build` first\n');
+  process.exit(2);
+}
 /** The folder of the engine this process runs: src/ (TypeScript, through tsx) or dist/src/. */
 export const root = engine.root;
 export const entry = engine.entry;
 
-registerJobHooks(entry('index').href, { inThread: false });
+registerJobHooks(entry('index').href, { inThread: false, sourcesToBuild: asShipped });
