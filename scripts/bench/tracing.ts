@@ -246,6 +246,8 @@ export async function tracingCost({ quick, runs }: CaseOptions): Promise<CaseRes
         cpuPerItem.get(side)!.push(cpuUs / shape.pending);
         spans.get(side)!.push(received);
       }
+      // Each run's figures as they come: a full run takes minutes, and the medians hide which run was off.
+      process.stderr.write(`[bench] ${CASE} run ${run + 1} of ${runs}: ${order.map((side) => `${side} ${Math.round(rate.get(side)![run]!).toLocaleString('en')} items/s (${Math.round(cpuPerItem.get(side)![run]!)} µs CPU per item)`).join(', ')}\n`);
     }
     const droppedSpans = dropped() - droppedBefore;
 
