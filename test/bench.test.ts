@@ -15,8 +15,8 @@ describe('npm run bench -- --quick', () => {
     const out = join(REPO_ROOT, 'test', '.tmp', `bench-${process.pid}.json`);
     const result = await runCli([], { TEST_DATABASE_URL: databaseUrl('postgres') }, { shell: `node --import ./bin/register.js scripts/bench/main.ts --quick --out '${out}'`, timeoutMs: 460_000 });
     expect(result.code, result.stderr).toBe(0);
-    const report = JSON.parse(readFileSync(out, 'utf8')) as { runs: number; results: { case: string; figure: string; unit: string; median: number; min: number; max: number; goal: string }[] };
-    expect([...new Set(report.results.map((r) => r.case))]).toEqual(['backlog drain', 'batch drain', 'scan cost (0 items to do)', 'memory under backlog', 'idle footprint', 'pass latency', 'convergence latency', 'scale-out', 'console pages', 'cli start-up']);
+    const report = JSON.parse(readFileSync(out, 'utf8')) as { runs: number; results: { case: string; figure: string; unit: string; median: number; min: number; max: number; goal: string; met: boolean }[] };
+    expect([...new Set(report.results.map((r) => r.case))]).toEqual(['backlog drain', 'batch drain', 'scan cost (0 items to do)', 'memory under backlog', 'idle footprint', 'pass latency', 'convergence latency', 'scale-out', 'console pages', 'cli start-up', 'tracing cost']);
     const drain = report.results.filter((r) => r.case === 'backlog drain');
     expect(drain).toHaveLength(12); // reconciler, raw loop, ratio, extra queries: for each of the three cases
     const extraQueries = drain.filter((r) => r.figure.includes('engine queries beyond the raw loop'));
@@ -45,6 +45,11 @@ describe('npm run bench -- --quick', () => {
     const drains = report.results.filter((r) => r.case === 'scale-out' && r.figure.startsWith('drain time'));
     expect(drains.map((r) => /replicas that worked: (\d+) of (\d+)/.exec(r.figure)?.slice(1))).toEqual([['1', '1'], ['2', '2'], ['4', '4']]);
     expect(report.results.filter((r) => r.case === 'convergence latency').map((r) => r.unit)).toEqual(['ms', 'ms']);
+    // Tracing (issue 19): at 100% sampling every item's and every pass's span reached the OTLP receiver, none dropped
+    // (and the harness throws if the sides with tracing off sent any).
+    const tracing = report.results.filter((r) => r.case === 'tracing cost');
+    expect(tracing.find((r) => r.figure.startsWith('spans received per drain, on at 100%'))?.met, JSON.stringify(tracing)).toBe(true);
+    expect(tracing.filter((r) => r.unit === '×').map((r) => r.figure)).toEqual(['on at 1% ÷ off', 'on at 100% ÷ off', 'off ÷ raw per-item loop']);
     const table = readFileSync(out.replace(/\.json$/, '.md'), 'utf8');
     expect(table.split('\n').filter((line) => line.startsWith('| scan cost')).length).toBe(3);
     expect(result.stdout).toContain('| pass latency |');

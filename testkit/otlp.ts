@@ -32,6 +32,8 @@ export interface OtlpReceiver {
   bodies: string[];
   /** The headers of every export request, in the order of `bodies` (OTEL_EXPORTER_OTLP_HEADERS arrive here, and only here). */
   headers: IncomingHttpHeaders[];
+  /** How many spans of each name were received so far, kept or not (`keep: false` counts them only). */
+  received: Map<string, number>;
   /** Resolves once `predicate` holds for the spans received so far (checked on every export). */
   waitFor(predicate: (spans: ReceivedSpan[]) => boolean, timeoutMs?: number): Promise<ReceivedSpan[]>;
   close(): Promise<void>;
@@ -78,8 +80,7 @@ interface ExportRequest {
   }[];
 }
 
-function decode(body: string): ReceivedSpan[] {
-  const request = JSON.parse(body) as ExportRequest;
+function decode(request: ExportRequest): ReceivedSpan[] {
   const spans: ReceivedSpan[] = [];
   for (const resourceSpans of request.resourceSpans ?? []) {
     const resource = attributesOf(resourceSpans.resource?.attributes);
@@ -112,12 +113,22 @@ const readBody = (req: IncomingMessage) =>
     req.on('error', reject);
   });
 
-/** Starts a receiver on a free port of 127.0.0.1. `keep: false` counts spans without keeping them (a benchmark's sink). */
+/** Adds the spans of an export request to the counts by name. */
+function count(request: ExportRequest, received: Map<string, number>): void {
+  for (const resourceSpans of request.resourceSpans ?? []) {
+    for (const scope of resourceSpans.scopeSpans ?? []) {
+      for (const span of scope.spans ?? []) received.set(span.name, (received.get(span.name) ?? 0) + 1);
+    }
+  }
+}
+
+/** Starts a receiver on a free port of 127.0.0.1. `keep: false` counts spans (`received`) without decoding or keeping them (a benchmark's sink). */
 export async function startOtlpReceiver(options: { keep?: boolean } = {}): Promise<OtlpReceiver> {
   const keep = options.keep ?? true;
   const spans: ReceivedSpan[] = [];
   const bodies: string[] = [];
   const headers: IncomingHttpHeaders[] = [];
+  const received = new Map<string, number>();
   const waiters = new Set<() => void>();
   const server = createServer((req, res) => {
     readBody(req).then(
@@ -130,10 +141,18 @@ export async function startOtlpReceiver(options: { keep?: boolean } = {}): Promi
           res.writeHead(415, { 'content-type': 'text/plain' }).end('this receiver decodes OTLP/JSON only: set OTEL_EXPORTER_OTLP_PROTOCOL=http/json');
           return;
         }
+        let request: ExportRequest;
+        try {
+          request = JSON.parse(body) as ExportRequest;
+        } catch {
+          res.writeHead(400, { 'content-type': 'text/plain' }).end('not JSON');
+          return;
+        }
+        count(request, received);
         if (keep) {
           bodies.push(body);
           headers.push(req.headers);
-          spans.push(...decode(body));
+          spans.push(...decode(request));
         }
         res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
         for (const wake of waiters) wake();
@@ -148,6 +167,7 @@ export async function startOtlpReceiver(options: { keep?: boolean } = {}): Promi
     spans,
     bodies,
     headers,
+    received,
     waitFor: (predicate, timeoutMs = 20_000) =>
       new Promise((resolve, reject) => {
         const check = () => {

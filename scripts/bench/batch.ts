@@ -32,27 +32,27 @@ import { reconciler } from '../../testkit/engine.js';
 import { busyPercent, machineCpu, scratchDatabase, settleDown, silent, stats, type CaseOptions, type CaseResult } from './common.js';
 
 const CASE = 'batch drain';
-const PAGE = 1_000;
+export const PAGE = 1_000;
 /** Every SPACING-th row is pending (the rest are done); every POISON_EVERY-th pending row is poison in the poison cases: 1%. */
-const SPACING = 11;
+export const SPACING = 11;
 const POISON_EVERY = 100;
 
 /** The same pool size on every side: one connection per unit in flight plus one for the scan, at most 20 (all sides of a sub-case are open at once, within max_connections = 100). */
-const poolSizeFor = (concurrency: number) => Math.min(concurrency + 1, 20);
+export const poolSizeFor = (concurrency: number) => Math.min(concurrency + 1, 20);
 
-type SideName = 'engine per item' | 'engine batch' | 'raw per-item loop' | 'raw set-based loop';
+export type SideName = 'engine per item' | 'engine batch' | 'raw per-item loop' | 'raw set-based loop';
 
-interface Drained {
+export interface Drained {
   done: number;
   failed: number;
 }
 
-interface DrainSide {
+export interface DrainSide {
   drain(): Promise<Drained>;
   close(): Promise<void>;
 }
 
-interface Item {
+export interface Item {
   id: number;
 }
 
@@ -97,7 +97,7 @@ const common = (concurrency: number) => ({
   key: (item: Item) => keyOf(item.id),
 });
 
-const perItemDefinition = (concurrency: number): ReconcilerDefinition<Item> => ({
+export const perItemDefinition = (concurrency: number): ReconcilerDefinition<Item> => ({
   ...common(concurrency),
   reconcile: async (item, { db }) => {
     await markOne(db, item.id);
@@ -147,7 +147,7 @@ async function rawSide<Unit>(url: string, concurrency: number, split: (ids: numb
   };
 }
 
-function openSide(side: SideName, url: string, concurrency: number): Promise<DrainSide> {
+export function openSide(side: SideName, url: string, concurrency: number): Promise<DrainSide> {
   switch (side) {
     case 'engine per item':
       return engineSide(url, concurrency, perItemDefinition(concurrency), 'bench-items');
@@ -160,14 +160,14 @@ function openSide(side: SideName, url: string, concurrency: number): Promise<Dra
   }
 }
 
-interface Shape {
+export interface Shape {
   pending: number;
   done: number;
   poison: number;
 }
 
 /** Fills the table: `pending` items among `done` ones, every SPACING-th row pending. */
-async function createItems(database: Database, shape: Shape): Promise<void> {
+export async function createItems(database: Database, shape: Shape): Promise<void> {
   await queryRows(database.db, sql`CREATE TABLE bench_items (id serial PRIMARY KEY, done boolean NOT NULL DEFAULT false, value int NOT NULL DEFAULT 1, CHECK (NOT done OR value >= 0))`);
   await queryRows(database.db, sql`INSERT INTO bench_items (done) SELECT n % ${SPACING} <> 0 FROM generate_series(1, ${shape.pending + shape.done}) AS n`);
   await queryRows(database.db, sql`CREATE INDEX bench_items_pending ON bench_items (id) WHERE NOT done`);
@@ -178,7 +178,7 @@ async function createItems(database: Database, shape: Shape): Promise<void> {
  * failures; every drain starts from the same state. With `upTo`, only the pending items up to
  * that id (a warm-up).
  */
-async function resetItems(database: Database, poisoned: boolean, upTo = 2 ** 31 - 1): Promise<void> {
+export async function resetItems(database: Database, poisoned: boolean, upTo = 2 ** 31 - 1): Promise<void> {
   await queryRows(
     database.db,
     sql`UPDATE bench_items SET done = false, value = CASE WHEN ${poisoned} AND id % ${SPACING * POISON_EVERY} = 0 THEN -1 ELSE 1 END WHERE id % ${SPACING} = 0 AND id <= ${upTo}`,
@@ -192,7 +192,7 @@ async function resetItems(database: Database, poisoned: boolean, upTo = 2 ** 31 
  * engine, in its failure memory), every other item done. Returns the poison items among the
  * engine's failures (0 for a raw loop).
  */
-async function checkDrain(database: Database, side: SideName, drained: Drained, shape: Shape, poisoned: boolean): Promise<number> {
+export async function checkDrain(database: Database, side: SideName, drained: Drained, shape: Shape, poisoned: boolean): Promise<number> {
   const poison = poisoned ? shape.poison : 0;
   const [left] = await queryRows<{ pending: number; innocent: number }>(database.db, sql`SELECT count(*)::int AS pending, count(*) FILTER (WHERE value >= 0)::int AS innocent FROM bench_items WHERE NOT done`);
   const problems: string[] = [];

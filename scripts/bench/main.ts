@@ -8,7 +8,8 @@
  * against table size, memory under backlog, the idle footprint, and the latency from a
  * scheduled tick to the first item's reconcile. Issue 7 adds the convergence latency of a new
  * return with wakeOn against a one-minute cron, and the scale-out of a partitioned drain
- * over 1, 2 and 4 replicas. Issue 16 adds the console's pages on a large failure table.
+ * over 1, 2 and 4 replicas. Issue 16 adds the console's pages on a large failure table; issue
+ * 19 the cost of tracing on the per-item drain (off, on at 100% and at 1% sampling).
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -20,6 +21,7 @@ import { backlogDrain, memoryUnderBacklog } from './drain.js';
 import { batchDrain } from './batch.js';
 import { convergenceLatency, scaleOut } from './scale.js';
 import { consolePages } from './console.js';
+import { tracingCost } from './tracing.js';
 
 const program = new Command('bench')
   .option('--quick', 'small tables and few runs (about 3 minutes), as the test suite runs it')
@@ -62,6 +64,7 @@ const cases = [
   ['scale-out', scaleOut],
   ['console pages', consolePages],
   ['cli start-up', async (options: Parameters<typeof consolePages>[0]) => (await import('./startup.js')).cliStartup(options)],
+  ['tracing cost', tracingCost],
 ] as const;
 /** Case name → the sub-filter after its slash ('' for the whole case). */
 const wanted = new Map(options.only?.map((entry) => [entry.split('/')[0]!.trim(), entry.split('/').slice(1).join('/').trim()]));
