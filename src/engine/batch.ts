@@ -17,7 +17,6 @@ import { coerceError, errorSummary } from '../errors.js';
 import type { FailureMemory } from '../store/failures.js';
 import { FlightTimeoutError } from './flights.js';
 import { abortedInFlight, busyWhile, done, failed, forget, normalizeResult, traced, type ItemReport, type ItemScope } from './item.js';
-import { engineTracer } from '../tracing/index.js';
 
 /** A due item of a batch. */
 export interface BatchMember {
@@ -118,7 +117,7 @@ async function split(scope: ItemScope, members: readonly BatchMember[], into: Ma
 
 /** Reconciles a batch and records each of its items; returns each item's report, in the batch's order. */
 export function reconcileBatch(scope: ItemScope, members: readonly BatchMember[]): Promise<{ key: string; report: ItemReport }[]> {
-  const tracer = engineTracer();
+  const { tracer } = scope;
   if (!tracer) return reconcileUntraced(scope, members);
   // One span for the batch (its calls, split or not), and one per item under it with the item's outcome.
   const span = tracer.item(`batch ${scope.reconciler.name}`, { 'reconciler.name': scope.reconciler.name, 'reconciler.batch.size': members.length });

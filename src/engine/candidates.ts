@@ -13,7 +13,7 @@ import { partitionOf, type Partition } from '../store/partition.js';
 import { coerceError, errorSummary } from '../errors.js';
 import { lookupFailures, type FailureMemory } from '../store/failures.js';
 import type { EngineEvents } from './events.js';
-import { engineTracer } from '../tracing/index.js';
+import type { EngineTracer } from '../tracing/index.js';
 import { recording } from './item.js';
 
 /** Longest key accepted; longer keys could not be indexed by failure memory. */
@@ -29,6 +29,8 @@ export type Candidate = Rejected | Offered;
 
 export interface CandidateScan {
   reconciler: Reconciler;
+  /** See ItemScope.tracer: each page's scan and lookup is a `scan page` span. */
+  tracer?: EngineTracer;
   db: Db;
   /** The pass's log: rejected items are logged where they are classified. */
   log: Logger;
@@ -108,7 +110,7 @@ async function* preparedPages(scan: CandidateScan, foreign: string[]): AsyncGene
   const { reconciler, db } = scan;
   const source = pagesOf(reconciler, db, scan.signal, scan.partition);
   const { index, count } = scan.partition;
-  const tracer = engineTracer();
+  const { tracer } = scan;
   // The scan's query and the failure memory's lookup: one `scan page` span while tracing is on.
   const prepare = (): Promise<PreparedPage | undefined> => recording(tracer, 'scan page', reconciler.name, preparePage);
   const preparePage = async (): Promise<PreparedPage | undefined> => {

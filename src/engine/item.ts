@@ -12,7 +12,7 @@ import { FlightTimeoutError, type Flight, type Flights } from './flights.js';
 import { retryDelay } from './backoff.js';
 import type { FailureDigest } from './failure-digest.js';
 import type { EngineEvents } from './events.js';
-import { engineTracer, type EngineSpan, type EngineTracer } from '../tracing/index.js';
+import type { EngineSpan, EngineTracer } from '../tracing/index.js';
 
 const OUTCOMES: readonly Outcome[] = ['changed', 'unchanged', 'skipped'];
 
@@ -33,6 +33,12 @@ export interface ItemScope {
   busyKeys: Set<string>;
   /** The pass's failures by kind: the first of a kind is a warning, the rest are summed up at its end. */
   failures: FailureDigest;
+  /**
+   * The tracer, while tracing is on and the pass's trace is sampled: its items and records get
+   * spans. Undefined otherwise: an unsampled pass's items would only make spans that record
+   * nothing (with any standard sampler, an item is sampled as its pass is), so they make none.
+   */
+  tracer?: EngineTracer;
   random?: () => number;
 }
 
@@ -127,7 +133,7 @@ export function busyWhile<T>(busyKeys: Set<string>, keys: readonly string[], wor
 
 /** Reconciles one item and records its outcome: under its own span while tracing is on. */
 export function reconcileItem(scope: ItemScope, item: unknown, key: string, memory: FailureMemory | undefined): Promise<ItemReport> {
-  const tracer = engineTracer();
+  const { tracer } = scope;
   if (!tracer) return reconcileUntraced(scope, item, key, memory);
   const attempt = (memory?.attempts ?? 0) + 1;
   const span = tracer.item(`item ${scope.reconciler.name}`, { 'reconciler.name': scope.reconciler.name, 'reconciler.item.key': key, 'reconciler.item.attempt': attempt });
@@ -197,7 +203,7 @@ export async function done(scope: ItemScope, key: string, memory: FailureMemory 
 /** Forgets the failure memory of items now done; the database's error when it is gone (anything else is logged: the next pass clears them). */
 export async function forget(scope: ItemScope, keys: readonly string[]): Promise<Error | undefined> {
   try {
-    await recording(engineTracer(), 'record', 'reconciler.failures', () => forgetFailures(scope.db, scope.reconciler.name, keys));
+    await recording(scope.tracer, 'record', 'reconciler.failures', () => forgetFailures(scope.db, scope.reconciler.name, keys));
     return undefined;
   } catch (forgetError) {
     if (isDatabaseUnavailable(forgetError)) return coerceError(forgetError);
@@ -216,7 +222,7 @@ export async function failed(scope: ItemScope, key: string, attempt: number, fai
   let recorded: { attempts: number; dead: boolean } | undefined;
   if (!dryRun) {
     try {
-      recorded = await recording(engineTracer(), 'record', 'reconciler.failures', () =>
+      recorded = await recording(scope.tracer, 'record', 'reconciler.failures', () =>
         recordFailure(scope.db, { reconciler: reconciler.name, partition: scope.partition.index, key, error: message, delayMs, terminal, maxAttempts: reconciler.retry.maxAttempts }),
       );
     } catch (recordError) {

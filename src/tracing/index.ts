@@ -32,6 +32,8 @@ export interface EngineTracer {
   item(name: string, attributes: Record<string, string | number | boolean | undefined>): EngineSpan;
   /** Runs `fn` with `span` active, so that spans started inside (the reconciler's own, its HTTP calls) are its children. */
   within<T>(span: EngineSpan, fn: () => T): T;
+  /** Whether the active span records (its trace is sampled): a pass whose span does not gives its items no spans of their own. */
+  recording(): boolean;
   /** Runs `fn` as a database span of the engine's own (`lease`, `scan page`, `record`), ended when it settles. */
   database<T>(operation: string, target: string, fn: () => Promise<T>): Promise<T>;
 }

@@ -9,6 +9,7 @@
  * before it reaches a span.
  */
 import { context, diag, DiagLogLevel, propagation, SpanKind, SpanStatusCode, trace, type Attributes, type Span } from '@opentelemetry/api';
+import { logs } from '@opentelemetry/api-logs';
 import { NodeSDK } from '@opentelemetry/sdk-node';
 import type { Logger } from 'pino';
 import { coerceError, errorSummary } from '../errors.js';
@@ -93,7 +94,8 @@ export function startSdk(log: Logger, env: NodeJS.ProcessEnv, database: Database
   routeDiagnostics(log, env);
   // service.name: OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES when they say it, else "reconciler" (not the SDK's "unknown_service:node").
   const named = Boolean(env.OTEL_SERVICE_NAME?.trim()) || /(?:^|,)\s*service\.name\s*=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? '');
-  const sdk = new NodeSDK({ instrumentations: [], ...(named ? {} : { serviceName: 'reconciler' }) });
+  // Traces only: the SDK would also export metrics and logs over OTLP by default (we have /metrics and pino for those).
+  const sdk = new NodeSDK({ instrumentations: [], metricReaders: [], logRecordProcessors: [], ...(named ? {} : { serviceName: 'reconciler' }) });
   sdk.start();
   const tracer = trace.getTracer(TRACER_NAME);
   const databaseAttributes = attributesOf({ 'db.system.name': 'postgresql', 'db.namespace': database.name, 'server.address': database.host, 'server.port': database.port });
@@ -102,6 +104,7 @@ export function startSdk(log: Logger, env: NodeJS.ProcessEnv, database: Database
     pass: (name, attributes) => new OtelSpan(tracer.startSpan(name, { kind: SpanKind.INTERNAL, attributes: attributesOf(attributes), root: true })),
     item: (name, attributes) => new OtelSpan(tracer.startSpan(name, { kind: SpanKind.INTERNAL, attributes: attributesOf(attributes) })),
     within: (span, fn) => context.with(trace.setSpan(context.active(), (span as OtelSpan).span), fn),
+    recording: () => trace.getSpan(context.active())?.isRecording() ?? false,
     database: (operation, target, fn) =>
       tracer.startActiveSpan(`${operation} ${target}`, { kind: SpanKind.CLIENT, attributes: { ...databaseAttributes, 'db.operation.name': operation, 'db.collection.name': target } }, async (span) => {
         try {
@@ -131,6 +134,7 @@ export function startSdk(log: Logger, env: NodeJS.ProcessEnv, database: Database
         trace.disable();
         context.disable();
         propagation.disable();
+        logs.disable();
         diag.disable();
       }
     },
