@@ -152,7 +152,10 @@ export async function withContext<T>(options: ContextOptions, fn: (context: Comm
   try {
     return await fn(context);
   } finally {
-    await context.close();
-    await context.tracing?.shutdown();
+    try {
+      await context.close();
+    } finally {
+      await context.tracing?.shutdown(); // the pass's spans are sent even when closing the database failed
+    }
   }
 }
