@@ -22,6 +22,7 @@ import { Slots } from './slots.js';
 import { partitionNamed } from '../store/partition.js';
 import { engineTracer } from '../tracing/index.js';
 import { recording } from './item.js';
+import { tracedPass } from './pass-span.js';
 
 export interface EngineOptions {
   db: Db;
@@ -131,7 +132,7 @@ export class Engine {
     const reconciler = this.get(name);
     const partition = this.partition(reconciler, request.partition);
     if (this.#stopping) return { ran: false, reason: 'stopping' };
-    if (request.dryRun) return traced(reconciler, request, partition, async () => ({ ran: true, result: await this.#dryRun(reconciler, request, partition) }));
+    if (request.dryRun) return tracedPass(reconciler, request, partition, async () => ({ ran: true, result: await this.#dryRun(reconciler, request, partition) }));
     const lane = laneOf(name, partition.index);
     if (this.#active.has(lane)) {
       if (request.tick) await this.#tickSkipped(reconciler, partition, request.tick, 'running', undefined);
@@ -140,7 +141,7 @@ export class Engine {
     const pass = newActivePass();
     this.#active.set(lane, pass.active);
     try {
-      return await traced(reconciler, request, partition, () => this.#leasedPass(reconciler, request, partition, pass.active));
+      return await tracedPass(reconciler, request, partition, () => this.#leasedPass(reconciler, request, partition, pass.active));
     } finally {
       this.#active.delete(lane);
       pass.finished();
@@ -276,41 +277,6 @@ export class Engine {
     if (!(await settlesWithin(all, RECORD_GRACE_MS))) {
       this.#options.log.warn(`some passes did not record their end within ${formatDuration(RECORD_GRACE_MS)} of the abort; their leases will expire by themselves`);
     }
-  }
-}
-
-/**
- * A pass (or the attempt at one) as the root span of its own trace while tracing is on: its lease,
- * scan pages, items and records are its children; it ends with the pass's status and counts, or
- * why it did not run (another replica holds the lease, the tick was served).
- */
-async function traced(reconciler: Reconciler, request: RunRequest, partition: Partition, run: () => Promise<PassAttempt>): Promise<PassAttempt> {
-  const tracer = engineTracer();
-  if (!tracer) return run();
-  const span = tracer.pass(`pass ${reconciler.name}`, {
-    'reconciler.name': reconciler.name,
-    'reconciler.partition': reconciler.partitions > 1 ? partition.index : undefined,
-    'reconciler.trigger': request.trigger,
-    'reconciler.dry_run': request.dryRun === true,
-    'reconciler.only_key': request.onlyKey,
-  });
-  try {
-    const attempt = await tracer.within(span, run);
-    if (!attempt.ran) {
-      span.set({ 'reconciler.pass.ran': false, 'reconciler.pass.not_run_reason': attempt.reason });
-      return attempt;
-    }
-    const { result } = attempt;
-    const counts: Record<string, number> = {};
-    for (const [name, value] of Object.entries(result.counts)) counts[`reconciler.pass.${name}`] = value;
-    span.set({ 'reconciler.pass.ran': true, 'reconciler.pass.id': result.runId ?? undefined, 'reconciler.pass.status': result.status, 'reconciler.pass.complete': result.complete, ...counts });
-    if (result.status === 'error') span.fail(new Error(result.error ?? 'the pass broke off'), 'pass_error');
-    return attempt;
-  } catch (error) {
-    span.fail(error);
-    throw error;
-  } finally {
-    span.end();
   }
 }
 

@@ -19,7 +19,7 @@ import type { EngineEvents } from './events.js';
 import type { PassResult, PassStatus, Trigger } from './result.js';
 import { Admission } from './admission.js';
 import type { Slots } from './slots.js';
-import { engineTracer } from '../tracing/index.js';
+import { sampledTracer } from '../tracing/index.js';
 
 export interface PassOptions {
   trigger: Trigger;
@@ -104,9 +104,7 @@ export async function executePass(reconciler: Reconciler, options: PassOptions, 
   const flights = new Flights(reconciler.timeoutMs, timedOutAfter(reconciler));
   const abortFlights = () => flights.abortAll(signals.abort.reason);
   signals.abort.addEventListener('abort', abortFlights, { once: true });
-  // Spans for the pass's pages, items and records only while tracing is on and this pass's trace is sampled (it runs inside its pass span).
-  const tracer = engineTracer();
-  const traced = tracer?.recording() ? { tracer } : {};
+  const traced = sampledTracer(); // spans for the pass's pages, items and records: only in a sampled pass (this runs inside its span)
   const scope: ItemScope = { reconciler, db, log, events, dryRun, partition, abort: signals.abort, flights, busyKeys: deps.busyKeys, failures: new FailureDigest(), ...traced, ...(deps.random ? { random: deps.random } : {}) };
   const scan = scanCandidates({ reconciler, db, log, events, signal: signals.abort, partition, dryRun, ...(onlyKey !== undefined ? { onlyKey } : {}), busyKeys: deps.busyKeys, inFlight: admission.keys, ...traced });
   let stoppedEarly = false;

@@ -54,6 +54,11 @@ export function engineTracer(): EngineTracer | undefined {
   return tracer;
 }
 
+/** `{ tracer }` while tracing is on and the active span records (a sampled pass: see ItemScope.tracer), else `{}`. */
+export function sampledTracer(): { tracer?: EngineTracer } {
+  return tracer?.recording() ? { tracer } : {};
+}
+
 const truthy = (value: string | undefined) => value !== undefined && value.trim() !== '';
 
 /**
