@@ -205,6 +205,36 @@ describe('a manual pass (`reconciler run`)', () => {
     expectFailedItem(itemOf(two.items, 'bad'), two.children, 'bad is always broken');
     expectItemLogsInSpans(second.stderr, two.items);
   }, 60_000);
+
+  it('traces a set-based reconciler as a batch span with its items under it, the poison one failed', async () => {
+    const jobs = tracedJobs({
+      'batched.ts': `
+import { defineReconciler } from ${JSON.stringify(API)};
+export default defineReconciler({
+  schedule: '0 0 1 1 *',
+  scan: async ({ after }) => (after ? [] : [{ key: 'a' }, { key: 'poison' }, { key: 'c' }]),
+  key: (item) => item.key,
+  reconcileBatch: async (items) => {
+    if (items.some((item) => item.key === 'poison')) throw new Error('the batch met poison');
+    return Object.fromEntries(items.map((item) => [item.key, 'changed']));
+  },
+});
+`,
+    });
+    const result = await runCli(['run', 'batched'], { DATABASE_URL: t.url, JOBS_DIR: jobs.dir, ...otel() });
+    expect(result.code, result.stderr).toBe(1);
+    await receiver.waitFor((spans) => passTraces(spans, 'pass batched').length === 1);
+    const [pass] = passTraces(receiver.spans, 'pass batched');
+    const batches = pass!.spans.filter((span) => span.name === 'batch batched');
+    expect(batches).toHaveLength(1);
+    expect(batches[0]!.parentSpanId).toBe(pass!.root.spanId);
+    expect(batches[0]!.attributes['reconciler.batch.size']).toBe(3);
+    const items = pass!.spans.filter((span) => span.name === 'item batched');
+    expect(items.map((span) => span.parentSpanId)).toEqual([batches[0]!.spanId, batches[0]!.spanId, batches[0]!.spanId]);
+    expect(Object.fromEntries(items.map((span) => [span.attributes['reconciler.item.key'], span.attributes['reconciler.item.outcome']]))).toEqual({ a: 'changed', poison: 'failed', c: 'changed' });
+    const poison = items.find((span) => span.attributes['reconciler.item.key'] === 'poison')!;
+    expect(poison.status).toMatchObject({ code: 2, message: expect.stringContaining('the batch met poison') });
+  }, 60_000);
 });
 
 /** Canaries: values that must never reach a span, an OTLP body or the CLI's output. */

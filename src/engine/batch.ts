@@ -16,7 +16,8 @@ import type { BatchContext, BatchOutcomes, Db, Outcome, ReconcileResult } from '
 import { coerceError, errorSummary } from '../errors.js';
 import type { FailureMemory } from '../store/failures.js';
 import { FlightTimeoutError } from './flights.js';
-import { abortedInFlight, busyWhile, done, failed, forget, normalizeResult, traced, type ItemReport, type ItemScope } from './item.js';
+import { settleSpan } from '../tracing/index.js';
+import { abortedInFlight, busyWhile, done, failed, forget, normalizeResult, tracedItem, type ItemReport, type ItemScope } from './item.js';
 
 /** A due item of a batch. */
 export interface BatchMember {
@@ -121,19 +122,7 @@ export function reconcileBatch(scope: ItemScope, members: readonly BatchMember[]
   if (!tracer) return reconcileUntraced(scope, members);
   // One span for the batch (its calls, split or not), and one per item under it with the item's outcome.
   const span = tracer.item(`batch ${scope.reconciler.name}`, { 'reconciler.name': scope.reconciler.name, 'reconciler.batch.size': members.length });
-  return tracer.within(span, async () => {
-    try {
-      return await reconcileUntraced(scope, members, (key, attempt, report) => {
-        const item = tracer.item(`item ${scope.reconciler.name}`, { 'reconciler.name': scope.reconciler.name, 'reconciler.item.key': key, 'reconciler.item.attempt': attempt });
-        return traced(item, tracer.within(item, report));
-      });
-    } catch (error) {
-      span.fail(error);
-      throw error;
-    } finally {
-      span.end();
-    }
-  });
+  return settleSpan(span, tracer.within(span, () => reconcileUntraced(scope, members, (key, attempt, report) => tracedItem(tracer, scope, key, attempt, report))));
 }
 
 type Reporting = (key: string, attempt: number, report: () => Promise<ItemReport>) => Promise<ItemReport>;

@@ -12,7 +12,7 @@ import { FlightTimeoutError, type Flight, type Flights } from './flights.js';
 import { retryDelay } from './backoff.js';
 import type { FailureDigest } from './failure-digest.js';
 import type { EngineEvents } from './events.js';
-import type { EngineSpan, EngineTracer } from '../tracing/index.js';
+import { settleSpan, type EngineTracer } from '../tracing/index.js';
 
 const OUTCOMES: readonly Outcome[] = ['changed', 'unchanged', 'skipped'];
 
@@ -135,24 +135,16 @@ export function busyWhile<T>(busyKeys: Set<string>, keys: readonly string[], wor
 export function reconcileItem(scope: ItemScope, item: unknown, key: string, memory: FailureMemory | undefined): Promise<ItemReport> {
   const { tracer } = scope;
   if (!tracer) return reconcileUntraced(scope, item, key, memory);
-  const attempt = (memory?.attempts ?? 0) + 1;
-  const span = tracer.item(`item ${scope.reconciler.name}`, { 'reconciler.name': scope.reconciler.name, 'reconciler.item.key': key, 'reconciler.item.attempt': attempt });
-  return traced(span, tracer.within(span, () => reconcileUntraced(scope, item, key, memory)));
+  return tracedItem(tracer, scope, key, (memory?.attempts ?? 0) + 1, () => reconcileUntraced(scope, item, key, memory));
 }
 
-/** Ends an item's span with what came of the item: its outcome, and its error when it failed. */
-export async function traced(span: EngineSpan, reporting: Promise<ItemReport>): Promise<ItemReport> {
-  try {
-    const report = await reporting;
-    span.set({ 'reconciler.item.outcome': report.aborted ? 'aborted' : report.counted });
-    if (report.failure) span.fail(report.failure);
-    return report;
-  } catch (error) {
-    span.fail(error);
-    throw error;
-  } finally {
-    span.end();
-  }
+/** `report` under the item's own span, which ends with what came of the item: its outcome, and its error when it failed. */
+export function tracedItem(tracer: EngineTracer, scope: ItemScope, key: string, attempt: number, report: () => Promise<ItemReport>): Promise<ItemReport> {
+  const span = tracer.item(`item ${scope.reconciler.name}`, { 'reconciler.name': scope.reconciler.name, 'reconciler.item.key': key, 'reconciler.item.attempt': attempt });
+  return settleSpan(span, tracer.within(span, report), (done) => {
+    span.set({ 'reconciler.item.outcome': done.aborted ? 'aborted' : done.counted });
+    if (done.failure) span.fail(done.failure);
+  });
 }
 
 /** The engine's own database work, as a span while tracing is on. */

@@ -2,7 +2,7 @@
  * A pass's span: the root of its trace while tracing is on (docs/operations.md, "Traces").
  */
 import type { Partition, Reconciler } from '../reconciler.js';
-import { engineTracer } from '../tracing/index.js';
+import { engineTracer, settleSpan } from '../tracing/index.js';
 import type { PassAttempt, RunRequest } from './engine.js';
 
 /**
@@ -10,7 +10,7 @@ import type { PassAttempt, RunRequest } from './engine.js';
  * scan pages, items and records are its children; it ends with the pass's status and counts, or
  * why it did not run (another replica holds the lease, the tick was served).
  */
-export async function tracedPass(reconciler: Reconciler, request: RunRequest, partition: Partition, run: () => Promise<PassAttempt>): Promise<PassAttempt> {
+export function tracedPass(reconciler: Reconciler, request: RunRequest, partition: Partition, run: () => Promise<PassAttempt>): Promise<PassAttempt> {
   const tracer = engineTracer();
   if (!tracer) return run();
   const span = tracer.pass(`pass ${reconciler.name}`, {
@@ -20,22 +20,15 @@ export async function tracedPass(reconciler: Reconciler, request: RunRequest, pa
     'reconciler.dry_run': request.dryRun === true,
     'reconciler.only_key': request.onlyKey,
   });
-  try {
-    const attempt = await tracer.within(span, run);
+  return settleSpan(span, tracer.within(span, run), (attempt) => {
     if (!attempt.ran) {
       span.set({ 'reconciler.pass.ran': false, 'reconciler.pass.not_run_reason': attempt.reason });
-      return attempt;
+      return;
     }
     const { result } = attempt;
     const counts: Record<string, number> = {};
     for (const [name, value] of Object.entries(result.counts)) counts[`reconciler.pass.${name}`] = value;
     span.set({ 'reconciler.pass.ran': true, 'reconciler.pass.id': result.runId ?? undefined, 'reconciler.pass.status': result.status, 'reconciler.pass.complete': result.complete, ...counts });
     if (result.status === 'error') span.fail(new Error(result.error ?? 'the pass broke off'), 'pass_error');
-    return attempt;
-  } catch (error) {
-    span.fail(error);
-    throw error;
-  } finally {
-    span.end();
-  }
+  });
 }

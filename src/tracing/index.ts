@@ -38,6 +38,23 @@ export interface EngineTracer {
   database<T>(operation: string, target: string, fn: () => Promise<T>): Promise<T>;
 }
 
+/**
+ * Ends `span` with what came of `work`: `describe` adds what its value says (attributes, a
+ * failure); a throw fails the span and goes on. The one way every engine span ends.
+ */
+export async function settleSpan<T>(span: EngineSpan, work: Promise<T>, describe?: (value: T) => void): Promise<T> {
+  try {
+    const value = await work;
+    describe?.(value);
+    return value;
+  } catch (error) {
+    span.fail(error);
+    throw error;
+  } finally {
+    span.end();
+  }
+}
+
 /** A started tracing SDK: flush and stop it before the process exits. */
 export interface Tracing {
   shutdown(): Promise<void>;

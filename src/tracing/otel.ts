@@ -14,7 +14,7 @@ import { NodeSDK } from '@opentelemetry/sdk-node';
 import type { Logger } from 'pino';
 import { coerceError, errorSummary } from '../errors.js';
 import { registerSecret, scrub } from '../secrets.js';
-import type { EngineSpan, EngineTracer } from './index.js';
+import { settleSpan, type EngineSpan, type EngineTracer } from './index.js';
 
 /** Where the engine's database is, for the `db.*` and `server.*` attributes of its database spans (never its credentials). */
 export interface DatabaseTarget {
@@ -106,16 +106,7 @@ export function startSdk(log: Logger, env: NodeJS.ProcessEnv, database: Database
     within: (span, fn) => context.with(trace.setSpan(context.active(), (span as OtelSpan).span), fn),
     recording: () => trace.getSpan(context.active())?.isRecording() ?? false,
     database: (operation, target, fn) =>
-      tracer.startActiveSpan(`${operation} ${target}`, { kind: SpanKind.CLIENT, attributes: { ...databaseAttributes, 'db.operation.name': operation, 'db.collection.name': target } }, async (span) => {
-        try {
-          return await fn();
-        } catch (error) {
-          new OtelSpan(span).fail(error);
-          throw error;
-        } finally {
-          span.end();
-        }
-      }),
+      tracer.startActiveSpan(`${operation} ${target}`, { kind: SpanKind.CLIENT, attributes: { ...databaseAttributes, 'db.operation.name': operation, 'db.collection.name': target } }, (span) => settleSpan(new OtelSpan(span), fn())),
   };
 
   const logFields = (): Record<string, string> => {
